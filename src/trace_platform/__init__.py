@@ -1,0 +1,3 @@
+"""Trace: ETL orchestration kernel for blockchain research and operations."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from trace_platform.cli import main
+
+main()

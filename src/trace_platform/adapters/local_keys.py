@@ -1,0 +1,239 @@
+"""Local key ring (Lite TokenSigner): HS256 secrets or ES256 PEM keys, current + next (+ previous).
+
+Sign with `current`; accept `current`, `next` and `previous`, so keys rotate with no downtime:
+add the new key as `next`, wait for every verifier to load it, promote it to `current`
+(the old one becomes `previous`), and drop `previous` once tokens signed with it expired.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from pydantic import ValidationError as PydanticValidationError
+
+from trace_platform.config import Settings
+from trace_platform.domain.capability import AUDIENCE, CapabilityClaims
+from trace_platform.errors import AuthError, ConfigError
+
+ALLOWED_ALGS = ("HS256", "ES256")
+LEEWAY_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class RingKey:
+    kid: str
+    alg: str
+    signing_key: Any  # bytes (HS256) or EllipticCurvePrivateKey (ES256)
+    verify_key: Any  # bytes (HS256) or EllipticCurvePublicKey (ES256)
+
+    def public_jwk(self) -> dict[str, Any] | None:
+        if self.alg != "ES256":
+            return None  # a symmetric secret is never published
+        jwk: dict[str, Any] = ECAlgorithm.to_jwk(self.verify_key, as_dict=True)
+        jwk.update({"kid": self.kid, "alg": self.alg, "use": "sig"})
+        return jwk
+
+
+def _parse_key(spec: Any, base_dir: Path | None, role: str) -> RingKey:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"task key ring: '{role}' must be an object")
+    kid, alg = spec.get("kid"), spec.get("alg")
+    if not isinstance(kid, str) or not kid:
+        raise ConfigError(f"task key ring: '{role}.kid' must be a non-empty string")
+    if alg not in ALLOWED_ALGS:
+        raise ConfigError(f"task key ring: '{role}.alg' must be one of {', '.join(ALLOWED_ALGS)}")
+    if alg == "HS256":
+        secret = spec.get("secret")
+        if not isinstance(secret, str) or len(secret.encode()) < 32:
+            raise ConfigError(f"task key ring: '{role}.secret' must be at least 32 bytes")
+        raw = secret.encode()
+        return RingKey(kid, alg, raw, raw)
+    pem = spec.get("private_key_pem")
+    if pem is None and isinstance(spec.get("private_key_path"), str):
+        path = Path(spec["private_key_path"])
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            pem = path.read_text()
+        except OSError:
+            raise ConfigError(f"task key ring: cannot read '{role}.private_key_path'") from None
+    if not isinstance(pem, str):
+        raise ConfigError(f"task key ring: '{role}' needs private_key_pem or private_key_path")
+    try:
+        private = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"task key ring: '{role}' private key is not a PEM key") from None
+    if not isinstance(private, ec.EllipticCurvePrivateKey) or private.curve.name != "secp256r1":
+        raise ConfigError(f"task key ring: '{role}' ES256 needs a P-256 EC key")
+    return RingKey(kid, alg, private, private.public_key())
+
+
+class LocalKeyRing:
+    """TokenSigner over local keys. Keys are parsed once; verification does no parsing of PEMs."""
+
+    def __init__(self, issuer: str, current: RingKey, accepted: list[RingKey]) -> None:
+        self.issuer = issuer
+        self.current = current
+        self._keys: dict[str, RingKey] = {}
+        for key in [current, *accepted]:
+            if key.kid in self._keys:
+                raise ConfigError(f"task key ring: duplicate kid {key.kid!r}")
+            self._keys[key.kid] = key
+
+    @classmethod
+    def from_document(cls, doc: Any, base_dir: Path | None = None) -> LocalKeyRing:
+        if not isinstance(doc, dict):
+            raise ConfigError("task key ring must be a JSON object")
+        issuer = doc.get("issuer", "trace-dispatcher")
+        if not isinstance(issuer, str) or not issuer:
+            raise ConfigError("task key ring: 'issuer' must be a non-empty string")
+        if "current" not in doc:
+            raise ConfigError("task key ring: 'current' key is required")
+        current = _parse_key(doc["current"], base_dir, "current")
+        accepted = [
+            _parse_key(doc[role], base_dir, role) for role in ("next", "previous") if doc.get(role)
+        ]
+        return cls(issuer, current, accepted)
+
+    @property
+    def kids(self) -> list[str]:
+        return list(self._keys)
+
+    def sign(self, claims: CapabilityClaims) -> str:
+        return jwt.encode(
+            claims.model_dump(mode="json"),
+            self.current.signing_key,
+            algorithm=self.current.alg,
+            headers={"kid": self.current.kid, "typ": "JWT"},
+        )
+
+    def verify(self, token: str) -> CapabilityClaims:
+        if not token or len(token) > 16384:
+            raise AuthError("missing or malformed capability token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed capability token") from None
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise AuthError("capability token names an unknown key")
+        # The algorithm is fixed by the key, never taken from the token.
+        if header.get("alg") != key.alg:
+            raise AuthError("capability token algorithm does not match its key")
+        try:
+            raw = jwt.decode(
+                token,
+                key.verify_key,
+                algorithms=[key.alg],
+                audience=AUDIENCE,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["iss", "aud", "sub", "exp", "iat", "jti"], "strict_aud": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("capability token expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("capability token is invalid") from None
+        try:
+            claims = CapabilityClaims.model_validate(raw)
+            claims.check_subject()
+        except (PydanticValidationError, ValueError):
+            raise AuthError("capability token claims are missing or malformed") from None
+        if claims.iat > time.time() + LEEWAY_SECONDS:
+            raise AuthError("capability token issued in the future")
+        return claims
+
+    def jwks(self) -> dict[str, Any]:
+        keys = [jwk for k in self._keys.values() if (jwk := k.public_jwk()) is not None]
+        return {"keys": keys}
+
+
+def generate_es256_pem() -> str:
+    private = ec.generate_private_key(ec.SECP256R1())
+    return private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _write_secret_file(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    try:
+        os.link(tmp, path)  # first writer wins when two processes start together
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_key_ring(settings: Settings) -> LocalKeyRing:
+    """Key ring from TRACE_TASK_KEYS (path or inline JSON), else the Lite ring under TRACE_HOME."""
+    spec = settings.task_keys
+    if spec:
+        text, base = spec, None
+        if not spec.lstrip().startswith("{"):
+            path = Path(spec)
+            try:
+                text, base = path.read_text(), path.parent
+            except OSError:
+                raise ConfigError("TRACE_TASK_KEYS is neither inline JSON nor a readable file") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError("TRACE_TASK_KEYS is not valid JSON") from None
+        return LocalKeyRing.from_document(doc, base)
+    path = settings.home.resolve() / "secrets" / "task_keys.json"
+    if not path.exists():
+        doc = {
+            "issuer": settings.issuer,
+            "current": {
+                "kid": "lite-" + secrets.token_hex(4),
+                "alg": "HS256",
+                "secret": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+            },
+        }
+        _write_secret_file(path, json.dumps(doc, indent=2))
+    return LocalKeyRing.from_document(json.loads(path.read_text()), path.parent)
+
+
+@dataclass(frozen=True)
+class WorkerTokens:
+    """The trusted worker credential: current and (during rotation) next are accepted."""
+
+    current: str
+    next: str | None = None
+
+    def accepts(self, presented: str | None) -> bool:
+        if not presented:
+            return False
+        ok = hmac.compare_digest(presented.encode(), self.current.encode())
+        if self.next:
+            ok |= hmac.compare_digest(presented.encode(), self.next.encode())
+        return ok
+
+
+def load_worker_tokens(settings: Settings) -> WorkerTokens:
+    if settings.worker_token:
+        return WorkerTokens(settings.worker_token, settings.worker_token_next)
+    path = settings.home.resolve() / "secrets" / "worker_token"
+    if not path.exists():
+        _write_secret_file(path, secrets.token_urlsafe(32))
+    return WorkerTokens(path.read_text().strip(), settings.worker_token_next)

@@ -1,0 +1,112 @@
+"""Admin verbs behind the CLI: short-lived pools, the same service code the dispatcher uses."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from trace_platform.adapters.local_keys import load_key_ring
+from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.config import Settings
+from trace_platform.db.embedded import resolve_databases
+from trace_platform.db.pool import create_pool
+from trace_platform.db.sql import q
+from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
+
+CREATE_CHUNK = 5000
+
+
+@asynccontextmanager
+async def state_pool(settings: Settings, size: int = 2) -> AsyncIterator[asyncpg.Pool]:
+    urls = await resolve_databases(settings)
+    pool = await create_pool(urls.state, max_size=size)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def task_service(settings: Settings) -> AsyncIterator[TaskService]:
+    async with state_pool(settings) as pool:
+        yield TaskService(pool, load_key_ring(settings), settings)
+
+
+async def create_tasks(
+    settings: Settings,
+    payload: dict[str, Any],
+    count: int,
+    max_attempts: int | None,
+    org_id: uuid.UUID | None,
+) -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = []
+    async with task_service(settings) as service:
+        for start in range(0, count, CREATE_CHUNK):
+            n = min(CREATE_CHUNK, count - start)
+            ids += await service.create_tasks([payload] * n, org_id or LITE_ORG_ID, max_attempts)
+    return ids
+
+
+async def show_task(settings: Settings, task_id: uuid.UUID) -> dict[str, Any]:
+    async with task_service(settings) as service:
+        return await service.view(task_id)
+
+
+async def cancel_task(settings: Settings, task_id: uuid.UUID) -> dict[str, Any]:
+    async with task_service(settings) as service:
+        return await service.cancel(task_id)
+
+
+async def collect_status(settings: Settings) -> dict[str, Any]:
+    async with state_pool(settings) as pool:
+        tasks = {r["status"]: r["n"] for r in await pool.fetch(q("tasks", "status_counts"))}
+        outbox = [dict(r) for r in await pool.fetch(q("outbox", "backlog"))]
+        queues = [
+            {"queue": s.queue_name, "depth": s.depth, "visible": s.visible,
+             "oldest_age_seconds": round(s.oldest_age_seconds, 3)}
+            for s in await PgQueue(pool).stats()
+        ]
+    urls = await resolve_databases(settings)
+    report: dict[str, Any] = {"tasks": tasks, "queues": queues, "outbox": outbox}
+    if urls.embedded:
+        async with _data_conn(urls.data) as conn:
+            report["alert_events"] = await conn.fetchval("SELECT count(*) FROM data.alert_events")
+    return report
+
+
+@asynccontextmanager
+async def _data_conn(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = ["tasks:"]
+    statuses = ("queued", "running", "completed", "failed", "canceled")
+    for s in statuses:
+        lines.append(f"  {s:<10} {report['tasks'].get(s, 0):>10}")
+    lines.append("queues:")
+    if not report["queues"]:
+        lines.append("  (empty)")
+    for qs in report["queues"]:
+        lines.append(
+            f"  {qs['queue']:<18} depth {qs['depth']:>8}  visible {qs['visible']:>8}"
+            f"  oldest {qs['oldest_age_seconds']:>8.1f}s"
+        )
+    lines.append("outbox:")
+    if not report["outbox"]:
+        lines.append("  (empty)")
+    for ob in report["outbox"]:
+        lines.append(
+            f"  {ob['status']:<10} {ob['n']:>10}  oldest {ob['oldest_age_seconds'] or 0:>8.1f}s"
+        )
+    if "alert_events" in report:
+        lines.append(f"alert_events rows: {report['alert_events']}")
+    return "\n".join(lines)

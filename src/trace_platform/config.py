@@ -1,0 +1,179 @@
+"""All TRACE_* settings, parsed and validated once, then passed down.
+
+Every setting has a default that works on one machine, an environment variable
+(`TRACE_<NAME>`) and a global CLI flag (`trace --<name> ...`). Nothing else in the
+package reads `os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trace_platform.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type
+    default: Any
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return "TRACE_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("home", Path, Path(".trace"), "Directory for Lite state: embedded Postgres, keys, objects."),
+    Setting("state_database_url", str, None, "State DB URL; unset = embedded Postgres.", True),
+    Setting("data_database_url", str, None, "Data DB URL; unset = embedded Postgres.", True),
+    Setting("task_keys", str, None, "Capability key ring: path to JSON or inline JSON.", True),
+    Setting("worker_token", str, None, "Worker token for /internal/*; unset = generated.", True),
+    Setting("worker_token_next", str, None, "Next worker token, accepted during rotation.", True),
+    Setting("issuer", str, "trace-dispatcher", "Issuer (iss) of capability tokens."),
+    Setting("lease_seconds", float, 30.0, "Task lease length."),
+    Setting("token_ttl_seconds", float, 900.0, "Capability token lifetime (>= lease)."),
+    Setting("retry_base_seconds", float, 1.0, "First retry delay (doubles each attempt)."),
+    Setting("retry_max_seconds", float, 300.0, "Upper bound of a retry delay."),
+    Setting("max_attempts", int, 3, "Default attempts per task."),
+    Setting("outbox_interval", float, 0.2, "Outbox drainer poll interval (seconds)."),
+    Setting("retry_interval", float, 0.5, "Retry scheduler interval (seconds)."),
+    Setting("reaper_interval", float, 1.0, "Lease reaper interval (seconds)."),
+    Setting("host", str, "127.0.0.1", "Dispatcher bind address."),
+    Setting("port", int, 8080, "Dispatcher port."),
+    Setting("dispatcher_url", str, None, "Dispatcher base URL for workers; default from host/port."),
+    Setting("db_pool_size", int, 8, "Max DB connections per process."),
+    Setting("object_store_url", str, None, "file:///dir or s3://bucket/prefix; unset = HOME/objects."),
+    Setting("s3_endpoint_url", str, None, "S3-compatible endpoint URL (for non-AWS S3)."),
+    Setting("worker_concurrency", int, 8, "Tasks a worker runs at once."),
+    Setting("visibility_seconds", float, 30.0, "Queue visibility timeout for received messages."),
+    Setting("sink_max_deliveries", int, 5, "Deliveries before a buffer batch goes to the DLQ."),
+    Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path(".trace")
+    state_database_url: str | None = None
+    data_database_url: str | None = None
+    task_keys: str | None = None
+    worker_token: str | None = None
+    worker_token_next: str | None = None
+    issuer: str = "trace-dispatcher"
+    lease_seconds: float = 30.0
+    token_ttl_seconds: float = 900.0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    max_attempts: int = 3
+    outbox_interval: float = 0.2
+    retry_interval: float = 0.5
+    reaper_interval: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8080
+    dispatcher_url: str | None = None
+    db_pool_size: int = 8
+    object_store_url: str | None = None
+    s3_endpoint_url: str | None = None
+    worker_concurrency: int = 8
+    visibility_seconds: float = 30.0
+    sink_max_deliveries: int = 5
+    log_level: str = "info"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from defaults < environment < explicit overrides (CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            raw: Any = None
+            if overrides and overrides.get(s.name) is not None:
+                raw = overrides[s.name]
+            elif env.get(s.env) not in (None, ""):
+                raw = env[s.env]
+            if raw is None:
+                continue
+            values[s.name] = _coerce(s, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = (
+            "lease_seconds",
+            "token_ttl_seconds",
+            "retry_base_seconds",
+            "retry_max_seconds",
+            "outbox_interval",
+            "retry_interval",
+            "reaper_interval",
+            "visibility_seconds",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_BY_NAME[name].env} must be > 0")
+        for name in ("max_attempts", "db_pool_size", "worker_concurrency", "sink_max_deliveries"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_BY_NAME[name].env} must be >= 1")
+        if not 0 < self.port < 65536:
+            raise ConfigError("TRACE_PORT must be a TCP port number")
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ConfigError("TRACE_RETRY_MAX_SECONDS must be >= TRACE_RETRY_BASE_SECONDS")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("TRACE_LOG_LEVEL must be debug, info, warning or error")
+
+    @property
+    def resolved_dispatcher_url(self) -> str:
+        if self.dispatcher_url:
+            return self.dispatcher_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    @property
+    def resolved_object_store_url(self) -> str:
+        """Canonical object store root: `file:///abs/dir` or `s3://bucket/prefix` (no trailing /)."""
+        if self.object_store_url:
+            url = self.object_store_url.rstrip("/")
+            if url.startswith("file://"):
+                return "file://" + str(Path(url[len("file://") :]).resolve())
+            return url
+        return "file://" + str((self.home / "objects").resolve())
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def child_env(self) -> dict[str, str]:
+        """Environment that reproduces these settings in a child process."""
+        out: dict[str, str] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if value is not None:
+                out[s.env] = str(value)
+        return out
+
+
+def _coerce(setting: Setting, raw: Any) -> Any:
+    try:
+        if setting.kind is Path:
+            return Path(raw)
+        if setting.kind is bool:
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        return setting.kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{setting.env} must be a {setting.kind.__name__}") from None

@@ -1,0 +1,1 @@
+"""Database access: pools, named SQL, migrations and the embedded Lite server."""

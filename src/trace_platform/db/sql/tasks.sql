@@ -1,0 +1,110 @@
+-- Task lifecycle statements. Every transition is a compare-and-swap on what was read.
+
+-- name: insert_tasks
+WITH created AS (
+    INSERT INTO state.tasks (task_id, org_id, status, payload, max_attempts)
+    SELECT t.task_id, $3::uuid, 'queued', t.payload, $4
+    FROM unnest($1::uuid[], $2::jsonb[]) AS t(task_id, payload)
+    RETURNING task_id, payload
+)
+INSERT INTO state.outbox (outbox_id, topic, payload)
+SELECT state.wakeup_outbox_id(task_id, 1), state.wakeup_topic(payload),
+       jsonb_build_object('task_id', task_id)
+FROM created;
+
+-- name: claim_task
+UPDATE state.tasks
+SET status = 'running', lease_token = $2, lease_expires_at = now() + make_interval(secs => $3),
+    worker_id = $4, updated_at = now()
+WHERE task_id = $1 AND status = 'queued'
+RETURNING task_id, org_id, attempt, lease_token, lease_expires_at, payload;
+
+-- name: task_state
+SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
+FROM state.tasks WHERE task_id = $1;
+
+-- name: lock_task_state
+SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
+FROM state.tasks WHERE task_id = $1 FOR UPDATE;
+
+-- name: share_task_state
+SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
+FROM state.tasks WHERE task_id = $1 FOR SHARE;
+
+-- name: task_view
+SELECT task_id, org_id, status, attempt, max_attempts, lease_expires_at, worker_id, payload,
+       next_retry_at, last_outcome, last_error, outputs, created_at, updated_at
+FROM state.tasks WHERE task_id = $1;
+
+-- name: heartbeat
+UPDATE state.tasks
+SET lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+WHERE task_id = $1 AND attempt = $2 AND lease_token = $3 AND status = 'running'
+RETURNING lease_expires_at;
+
+-- name: finish_attempt
+-- $7: seconds until the retry, NULL when no retry follows.
+UPDATE state.tasks
+SET status = $4, last_outcome = $5, last_error = $6,
+    next_retry_at = CASE WHEN $7::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $7) END,
+    outputs = coalesce($8::jsonb, outputs), lease_expires_at = NULL, updated_at = now()
+WHERE task_id = $1 AND attempt = $2 AND lease_token = $3
+RETURNING status, next_retry_at;
+
+-- name: insert_events
+INSERT INTO state.task_events (event_key, task_id, attempt, event)
+SELECT e.key, $1, $2, e.event FROM unnest($3::text[], $4::jsonb[]) AS e(key, event)
+ON CONFLICT (event_key) DO NOTHING;
+
+-- name: cancel_task
+UPDATE state.tasks
+SET status = 'canceled', next_retry_at = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE task_id = $1 AND status IN ('queued', 'running', 'failed')
+RETURNING attempt;
+
+-- name: expired_leases
+SELECT task_id, attempt, lease_token, max_attempts
+FROM state.tasks
+WHERE status = 'running' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT $1;
+
+-- name: reap_leases
+-- CAS per row: a heartbeat or completion that raced the read wins.
+UPDATE state.tasks t
+SET status = 'failed', last_outcome = 'timeout', last_error = 'lease expired before the attempt reported',
+    next_retry_at = CASE WHEN c.delay IS NULL THEN NULL ELSE now() + make_interval(secs => c.delay) END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::float8[]) AS c(task_id, attempt, lease_token, delay)
+WHERE t.task_id = c.task_id AND t.attempt = c.attempt AND t.lease_token = c.lease_token
+  AND t.status = 'running' AND t.lease_expires_at < now()
+RETURNING t.task_id, t.attempt, t.next_retry_at;
+
+-- name: due_retries
+SELECT task_id, attempt, lease_token
+FROM state.tasks
+WHERE status = 'failed' AND next_retry_at <= now()
+ORDER BY next_retry_at
+LIMIT $1;
+
+-- name: start_retries
+-- CAS per row, and the wake-up in the same statement: a retry never creates a new task row.
+WITH started AS (
+    UPDATE state.tasks t
+    SET status = 'queued', attempt = t.attempt + 1, lease_token = NULL, lease_expires_at = NULL,
+        worker_id = NULL, next_retry_at = NULL, last_outcome = NULL, updated_at = now()
+    FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS c(task_id, attempt, lease_token)
+    WHERE t.task_id = c.task_id AND t.attempt = c.attempt
+      AND t.lease_token IS NOT DISTINCT FROM c.lease_token
+      AND t.status = 'failed' AND t.next_retry_at <= now()
+    RETURNING t.task_id, t.attempt, t.payload
+)
+INSERT INTO state.outbox (outbox_id, topic, payload)
+SELECT state.wakeup_outbox_id(task_id, attempt), state.wakeup_topic(payload),
+       jsonb_build_object('task_id', task_id)
+FROM started
+ON CONFLICT (outbox_id) DO NOTHING
+RETURNING (payload->>'task_id')::uuid AS task_id;
+
+-- name: status_counts
+SELECT status, count(*) AS n FROM state.tasks GROUP BY status ORDER BY status;

@@ -1,0 +1,214 @@
+"""Dispatcher HTTP layer: parse, authenticate, call the service, map errors. No SQL here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
+
+from trace_platform.adapters.local_keys import WorkerTokens
+from trace_platform.dispatcher import models
+from trace_platform.dispatcher.service import TaskService
+from trace_platform.domain.capability import CapabilityClaims, is_within_prefixes
+from trace_platform.domain.lifecycle import Outcome
+from trace_platform.errors import AuthError, ForbiddenError, ValidationError
+from trace_platform.http import json_response, parse_body, request_body_schema
+from trace_platform.logs import get_logger
+from trace_platform.ports import TokenSigner
+
+log = get_logger(__name__)
+F = TypeVar("F", bound=models.Fence)
+
+WORKER_HEADER = "x-trace-worker-token"
+CAPABILITY_HEADER = "x-trace-task-capability"
+
+
+def build_router(
+    service: Callable[[], TaskService],
+    signer: TokenSigner,
+    worker_tokens: WorkerTokens,
+    extra_task_routes: Callable[[APIRouter, Callable[..., Any]], None] | None = None,
+) -> APIRouter:
+    router = APIRouter()
+
+    def require_worker(request: Request) -> None:
+        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
+            raise AuthError("missing or invalid worker token")
+
+    async def task_call(
+        request: Request,
+        model: type[F],
+        handler: Callable[[CapabilityClaims, F], Awaitable[Any]],
+    ) -> Response:
+        # Order matters: 401 (token) before 400 (body) before 403 (binding) before 409 (fence).
+        token = request.headers.get(CAPABILITY_HEADER)
+        if not token:
+            raise AuthError("missing capability token")
+        claims = signer.verify(token)
+        body = await parse_body(request, model)
+        if str(body.task_id) != claims.task_id or body.attempt != claims.attempt:
+            log.warning("auth.token_body_mismatch", path=request.url.path)
+            raise ForbiddenError("capability token does not grant this task attempt")
+        return json_response(await handler(claims, body))
+
+    # -- trusted worker endpoints -----------------------------------------------------------
+
+    @router.post(
+        "/internal/task-claim",
+        tags=["internal"],
+        response_model=models.ClaimResponse,
+        openapi_extra=request_body_schema(models.ClaimRequest),
+        summary="Claim a queued task: lease + capability token",
+    )
+    async def task_claim(request: Request) -> Response:
+        require_worker(request)
+        body = await parse_body(request, models.ClaimRequest)
+        claimed = await service().claim(body.task_id, body.worker_id)
+        return json_response(
+            {
+                "task_id": str(claimed.task_id),
+                "attempt": claimed.attempt,
+                "lease_token": str(claimed.lease_token),
+                "lease_expires_at": claimed.lease_expires_at.isoformat(),
+                "capability_token": claimed.capability_token,
+                "work_payload": claimed.payload,
+            }
+        )
+
+    @router.get("/internal/task-fetch", tags=["internal"], summary="Task view")
+    async def task_fetch(request: Request, task_id: str = "") -> Response:
+        require_worker(request)
+        try:
+            parsed = uuid.UUID(task_id)
+        except ValueError:
+            raise ValidationError("task_id must be a UUID") from None
+        view = await service().view(parsed)
+        return json_response(_public_view(view))
+
+    @router.post(
+        "/internal/task-cancel",
+        tags=["internal"],
+        openapi_extra=request_body_schema(models.CancelRequest),
+        summary="Cancel a queued, running or failed task",
+    )
+    async def task_cancel(request: Request) -> Response:
+        require_worker(request)
+        body = await parse_body(request, models.CancelRequest)
+        return json_response(await service().cancel(body.task_id))
+
+    @router.get("/internal/jwks/task", tags=["internal"], summary="Public keys of the task key ring")
+    async def jwks() -> Response:
+        return json_response(signer.jwks())
+
+    # -- attempt-scoped endpoints (capability token) --------------------------------------
+
+    @router.post(
+        "/v1/task/heartbeat",
+        tags=["task"],
+        openapi_extra=request_body_schema(models.HeartbeatRequest),
+        summary="Extend the lease of the current attempt",
+    )
+    async def heartbeat(request: Request) -> Response:
+        async def run(claims: CapabilityClaims, body: models.HeartbeatRequest) -> dict[str, Any]:
+            expires = await service().heartbeat(body.task_id, body.attempt, body.lease_token)
+            out: dict[str, Any] = {"lease_expires_at": expires.isoformat()}
+            # Long runs outlive a token: hand out a fresh one before the old one runs out.
+            if claims.exp - _now() < service().settings.lease_seconds * 2:
+                out["capability_token"] = service().mint_token(
+                    body.task_id, body.attempt, uuid.UUID(claims.org_id)
+                )
+            return out
+
+        return await task_call(request, models.HeartbeatRequest, run)
+
+    @router.post(
+        "/v1/task/buffer-publish",
+        tags=["task"],
+        openapi_extra=request_body_schema(models.BufferPublishRequest),
+        summary="Publish a batch pointer to the sink (idempotent per batch_uri)",
+    )
+    async def buffer_publish(request: Request) -> Response:
+        async def run(claims: CapabilityClaims, body: models.BufferPublishRequest) -> Any:
+            if not is_within_prefixes(body.batch_uri, claims.s3.write_prefixes):
+                raise ForbiddenError("batch_uri is outside the token's write prefixes")
+            return await service().buffer_publish(
+                claims,
+                body.lease_token,
+                body.batch_uri,
+                body.record_count,
+                body.dataset_uuid,
+                body.dataset_version,
+            )
+
+        return await task_call(request, models.BufferPublishRequest, run)
+
+    @router.post(
+        "/v1/task/events",
+        tags=["task"],
+        openapi_extra=request_body_schema(models.EventsRequest),
+        summary="Record task events (idempotent)",
+    )
+    async def events(request: Request) -> Response:
+        async def run(_claims: CapabilityClaims, body: models.EventsRequest) -> Any:
+            n = await service().record_events(body.task_id, body.attempt, body.lease_token, body.events)
+            return {"recorded": n}
+
+        return await task_call(request, models.EventsRequest, run)
+
+    @router.post(
+        "/v1/task/complete",
+        tags=["task"],
+        openapi_extra=request_body_schema(models.CompleteRequest),
+        summary="Report the outcome of the attempt (idempotent)",
+    )
+    async def complete(request: Request) -> Response:
+        async def run(_claims: CapabilityClaims, body: models.CompleteRequest) -> Any:
+            return await service().complete(
+                body.task_id,
+                body.attempt,
+                body.lease_token,
+                Outcome(body.outcome),
+                body.error_message,
+                body.events,
+                body.outputs,
+            )
+
+        return await task_call(request, models.CompleteRequest, run)
+
+    if extra_task_routes is not None:
+        extra_task_routes(router, task_call)
+    return router
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _public_view(view: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in view.items() if k != "lease_token"}
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in out.items()}
+
+
+def install_health(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:
+    from trace_platform.metrics import render
+
+    @app.get("/healthz", tags=["ops"], summary="Process is up")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", tags=["ops"], summary="Dependencies reachable")
+    async def readyz() -> Response:
+        if await ready():
+            return json_response({"status": "ready"})
+        return json_response({"error": "not_ready", "detail": "database unreachable"}, 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(render(), media_type="text/plain; version=0.0.4")
+
+

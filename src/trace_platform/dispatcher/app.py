@@ -1,0 +1,124 @@
+"""Dispatcher process: wires pools, adapters, service, loops and the HTTP app; runs uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+
+from trace_platform import __version__
+from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
+from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.config import Settings
+from trace_platform.db.embedded import resolve_databases
+from trace_platform.db.pool import create_pool
+from trace_platform.dispatcher.api import build_router, install_health
+from trace_platform.dispatcher.loops import (
+    LeaseReaper,
+    LoopRunner,
+    OutboxDrainer,
+    RetryScheduler,
+    default_routes,
+    start_kernel_loops,
+)
+from trace_platform.dispatcher.service import TaskService
+from trace_platform.http import MetricsMiddleware, install_error_handlers
+from trace_platform.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The dispatcher ASGI app. Resources are created in the lifespan, not at import."""
+    signer = load_key_ring(settings)
+    worker_tokens = load_worker_tokens(settings)
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        urls = await resolve_databases(settings)
+        pool = await create_pool(urls.state, max_size=settings.db_pool_size)
+        poke = asyncio.Event()
+        queue = PgQueue(pool, listen_dsn=urls.state)
+        service = TaskService(pool, signer, settings, outbox_poke=poke)
+        state.update(pool=pool, service=service, queue=queue)
+        runner = LoopRunner()
+        drainer = OutboxDrainer(pool, default_routes(queue))
+        start_kernel_loops(
+            runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
+        )
+        listener = await _listen_outbox(urls.state, poke)
+        log.info("dispatcher.started", host=settings.host, port=settings.port,
+                 kids=signer.kids, embedded_db=urls.embedded)
+        try:
+            yield
+        finally:
+            log.info("dispatcher.stopping")
+            await runner.stop()
+            if listener is not None:
+                await listener.close()
+            await queue.close()
+            await pool.close()
+
+    app = FastAPI(
+        title="Trace dispatcher",
+        version=__version__,
+        description="Task lifecycle, leases, capability tokens and the outbox (SPEC §3-§6).",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware)
+
+    def service() -> TaskService:
+        # The router exists before the lifespan creates the pool; resolve per call.
+        svc: TaskService = state["service"]
+        return svc
+
+    app.include_router(build_router(service, signer, worker_tokens))
+
+    async def ready() -> bool:
+        pool = state.get("pool")
+        if pool is None:
+            return False
+        try:
+            await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+        except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
+            return False
+        return True
+
+    install_health(app, ready)
+    return app
+
+
+async def _listen_outbox(dsn: str, poke: asyncio.Event) -> asyncpg.Connection | None:
+    """Wake the drainer when another process (e.g. `trace task create`) writes outbox rows."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        await conn.add_listener("trace_outbox", lambda *_: poke.set())
+    except (OSError, asyncpg.PostgresError):
+        log.warning("dispatcher.listen_failed")
+        return None
+    return conn
+
+
+def run_dispatcher(settings: Settings) -> None:
+    import uvicorn
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,74 @@
+"""Wire models of the dispatcher API. Unknown fields are rejected."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ClaimRequest(_Strict):
+    task_id: uuid.UUID
+    worker_id: str | None = Field(default=None, max_length=200)
+
+
+class CancelRequest(_Strict):
+    task_id: uuid.UUID
+
+
+class Fence(_Strict):
+    """Every /v1/task/* body names the attempt it speaks for."""
+
+    task_id: uuid.UUID
+    attempt: int = Field(ge=1)
+    lease_token: uuid.UUID
+
+
+class HeartbeatRequest(Fence):
+    pass
+
+
+class BufferPublishRequest(Fence):
+    batch_uri: str = Field(min_length=1, max_length=2048)
+    record_count: int = Field(ge=0)
+    content_type: Literal["application/jsonl"] = "application/jsonl"
+    batch_size_bytes: int | None = Field(default=None, ge=0)
+    dataset_uuid: uuid.UUID | None = None
+    dataset_version: str | None = Field(default=None, max_length=200)
+
+
+class UploadUrlRequest(Fence):
+    name: str = Field(min_length=1, max_length=200)
+    content_type: str | None = Field(default=None, max_length=200)
+    size_bytes: int | None = Field(default=None, ge=0)
+
+
+class EventsRequest(Fence):
+    events: list[dict[str, Any]] = Field(max_length=1000)
+
+
+class CompleteRequest(Fence):
+    outcome: Literal["success", "retryable_error", "fatal_error"]
+    error_message: str | None = Field(default=None, max_length=65536)
+    events: list[dict[str, Any]] | None = Field(default=None, max_length=1000)
+    outputs: dict[str, Any] | None = None
+
+
+class ClaimResponse(BaseModel):
+    task_id: uuid.UUID
+    attempt: int
+    lease_token: uuid.UUID
+    lease_expires_at: datetime
+    capability_token: str
+    work_payload: dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str

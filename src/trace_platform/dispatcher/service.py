@@ -1,0 +1,311 @@
+"""Task lifecycle service: one short transaction per lifecycle call. The HTTP layer calls this.
+
+Every state change goes through the outbox in the same transaction; every transition is a
+compare-and-swap on the row that was read (SPEC §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from trace_platform.config import Settings
+from trace_platform.db.sql import q
+from trace_platform.domain.capability import CapabilityClaims, build_claims
+from trace_platform.domain.lifecycle import (
+    Outcome,
+    TaskFence,
+    check_report_fence,
+    claim_refusal,
+    decide_completion,
+    retry_delay,
+)
+from trace_platform.errors import ConflictError, NotClaimedError, NotFoundError, StaleFenceError
+from trace_platform.logs import get_logger
+from trace_platform.metrics import TASK_TRANSITIONS
+from trace_platform.ports import TokenSigner
+
+log = get_logger(__name__)
+
+LITE_ORG_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
+_OUTBOX_NS = uuid.UUID("6f1c1f0e-3b7a-4c55-9a43-7d1f3e0c2b11")
+
+
+def buffer_outbox_id(task_id: uuid.UUID, attempt: int, batch_uri: str) -> uuid.UUID:
+    """Deterministic: a retried buffer-publish adds no second outbox row."""
+    return uuid.uuid5(_OUTBOX_NS, f"buffer:{task_id}:{attempt}:{batch_uri}")
+
+
+def event_key(task_id: uuid.UUID, attempt: int, event: dict[str, Any]) -> str:
+    digest = hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"{task_id}:{attempt}:{digest}"
+
+
+def _fence(row: asyncpg.Record) -> TaskFence:
+    return TaskFence(
+        task_id=row["task_id"],
+        status=row["status"],
+        attempt=row["attempt"],
+        lease_token=row["lease_token"],
+        last_outcome=row["last_outcome"],
+        max_attempts=row["max_attempts"],
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    task_id: uuid.UUID
+    org_id: uuid.UUID
+    attempt: int
+    lease_token: uuid.UUID
+    lease_expires_at: datetime
+    capability_token: str
+    payload: dict[str, Any]
+
+
+class TaskService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        signer: TokenSigner,
+        settings: Settings,
+        outbox_poke: asyncio.Event | None = None,
+    ) -> None:
+        self.pool = pool
+        self.signer = signer
+        self.settings = settings
+        self.store_root = settings.resolved_object_store_url
+        self.outbox_poke = outbox_poke or asyncio.Event()
+
+    # -- creation and operator verbs -------------------------------------------------------
+
+    async def create_tasks(
+        self,
+        payloads: Sequence[dict[str, Any]],
+        org_id: uuid.UUID = LITE_ORG_ID,
+        max_attempts: int | None = None,
+    ) -> list[uuid.UUID]:
+        """Insert queued tasks and their wake-ups in one transaction."""
+        ids = [uuid.uuid4() for _ in payloads]
+        attempts = max_attempts or self.settings.max_attempts
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q("tasks", "insert_tasks"), ids, list(payloads), org_id, attempts)
+            await conn.execute(q("outbox", "notify_outbox"))
+        self.outbox_poke.set()
+        TASK_TRANSITIONS.labels("created").inc(len(ids))
+        log.info("task.created", count=len(ids), first_task_id=str(ids[0]) if ids else None)
+        return ids
+
+    async def cancel(self, task_id: uuid.UUID) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            attempt = await conn.fetchval(q("tasks", "cancel_task"), task_id)
+            if attempt is None:
+                row = await conn.fetchrow(q("tasks", "task_state"), task_id)
+                if row is None:
+                    raise NotFoundError("unknown task")
+                raise ConflictError(f"task is {row['status']} and cannot be canceled")
+        TASK_TRANSITIONS.labels("canceled").inc()
+        log.info("task.canceled", task_id=str(task_id), attempt=attempt)
+        return {"task_id": str(task_id), "status": "canceled", "attempt": attempt}
+
+    async def view(self, task_id: uuid.UUID) -> dict[str, Any]:
+        row = await self.pool.fetchrow(q("tasks", "task_view"), task_id)
+        if row is None:
+            raise NotFoundError("unknown task")
+        return dict(row)
+
+    # -- worker-facing ----------------------------------------------------------------------
+
+    async def claim(self, task_id: uuid.UUID, worker_id: str | None) -> Claimed:
+        lease = uuid.uuid4()
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                q("tasks", "claim_task"), task_id, lease, self.settings.lease_seconds, worker_id
+            )
+            if row is None:
+                state = await conn.fetchrow(q("tasks", "task_state"), task_id)
+                if state is None:
+                    raise NotFoundError("unknown task")
+                raise NotClaimedError(claim_refusal(state["status"]))
+        token = self.mint_token(row["task_id"], row["attempt"], row["org_id"])
+        TASK_TRANSITIONS.labels("claimed").inc()
+        log.info("task.claimed", task_id=str(task_id), attempt=row["attempt"], worker_id=worker_id)
+        return Claimed(
+            task_id=row["task_id"],
+            org_id=row["org_id"],
+            attempt=row["attempt"],
+            lease_token=row["lease_token"],
+            lease_expires_at=row["lease_expires_at"],
+            capability_token=token,
+            payload=row["payload"],
+        )
+
+    def mint_token(self, task_id: uuid.UUID, attempt: int, org_id: uuid.UUID) -> str:
+        ttl = max(self.settings.token_ttl_seconds, self.settings.lease_seconds * 2)
+        claims = build_claims(
+            issuer=self.settings.issuer,
+            task_id=task_id,
+            attempt=attempt,
+            org_id=org_id,
+            ttl_seconds=ttl,
+            store_root=self.store_root,
+        )
+        return self.signer.sign(claims)
+
+    # -- attempt-scoped (capability token already verified and bound to the body) -----------
+
+    async def heartbeat(
+        self, task_id: uuid.UUID, attempt: int, lease_token: uuid.UUID
+    ) -> datetime:
+        async with self.pool.acquire() as conn:
+            expires = await conn.fetchval(
+                q("tasks", "heartbeat"), task_id, attempt, lease_token, self.settings.lease_seconds
+            )
+            if expires is None:
+                await self._raise_fence_error(conn, task_id, attempt, lease_token)
+        assert isinstance(expires, datetime)
+        return expires
+
+    async def _raise_fence_error(
+        self, conn: asyncpg.Connection, task_id: uuid.UUID, attempt: int, lease: uuid.UUID
+    ) -> None:
+        row = await conn.fetchrow(q("tasks", "task_state"), task_id)
+        if row is None:
+            raise NotFoundError("unknown task")
+        fence = _fence(row)
+        check_report_fence(fence, attempt, lease)
+        # The fence holds but the call still changed nothing: a heartbeat needs a live run.
+        raise StaleFenceError(f"task is {fence.status}; the lease cannot be extended")
+
+    async def buffer_publish(
+        self,
+        claims: CapabilityClaims,
+        lease_token: uuid.UUID,
+        batch_uri: str,
+        record_count: int,
+        dataset_uuid: uuid.UUID | None,
+        dataset_version: str | None,
+    ) -> dict[str, Any]:
+        task_id, attempt = uuid.UUID(claims.task_id), claims.attempt
+        outbox_id = buffer_outbox_id(task_id, attempt, batch_uri)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q("tasks", "share_task_state"), task_id)
+            if row is None:
+                raise NotFoundError("unknown task")
+            fence = _fence(row)
+            try:
+                check_report_fence(fence, attempt, lease_token)
+            except StaleFenceError:
+                raise
+            except ConflictError:
+                # Finished attempt: repeating a publish it already made is still a success.
+                if await conn.fetchval(q("outbox", "outbox_exists"), outbox_id):
+                    return {"outbox_id": str(outbox_id), "duplicate": True}
+                raise
+            message = {
+                "kind": "buffer_batch",
+                "org_id": str(row["org_id"]),  # from the trusted row, never from the producer
+                "batch_uri": batch_uri,
+                "content_type": "application/jsonl",
+                "record_count": record_count,
+                "producer": {"task_id": str(task_id), "attempt": attempt},
+            }
+            if dataset_uuid is not None:
+                message["dataset_uuid"] = str(dataset_uuid)
+            if dataset_version is not None:
+                message["dataset_version"] = dataset_version
+            inserted = await conn.fetchval(
+                q("outbox", "insert_outbox"), outbox_id, "buffer_batch", message
+            )
+        if inserted is not None:
+            self.outbox_poke.set()
+            log.info("task.buffer_published", task_id=str(task_id), attempt=attempt,
+                     record_count=record_count)
+        return {"outbox_id": str(outbox_id), "duplicate": inserted is None}
+
+    async def record_events(
+        self,
+        task_id: uuid.UUID,
+        attempt: int,
+        lease_token: uuid.UUID,
+        events: Sequence[dict[str, Any]],
+    ) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q("tasks", "share_task_state"), task_id)
+            if row is None:
+                raise NotFoundError("unknown task")
+            check_report_fence(_fence(row), attempt, lease_token)
+            await self._insert_events(conn, task_id, attempt, events)
+        return len(events)
+
+    @staticmethod
+    async def _insert_events(
+        conn: asyncpg.Connection, task_id: uuid.UUID, attempt: int, events: Sequence[dict[str, Any]]
+    ) -> None:
+        if events:
+            keys = [event_key(task_id, attempt, e) for e in events]
+            await conn.execute(q("tasks", "insert_events"), task_id, attempt, keys, list(events))
+
+    async def complete(
+        self,
+        task_id: uuid.UUID,
+        attempt: int,
+        lease_token: uuid.UUID,
+        outcome: Outcome,
+        error_message: str | None,
+        events: Sequence[dict[str, Any]] | None,
+        outputs: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q("tasks", "lock_task_state"), task_id)
+            if row is None:
+                raise NotFoundError("unknown task")
+            decision = decide_completion(_fence(row), attempt, lease_token, outcome)
+            if decision.repeat:
+                view = await conn.fetchrow(q("tasks", "task_view"), task_id)
+                assert view is not None
+                return _completion_answer(task_id, attempt, view["status"], view["next_retry_at"])
+            delay = (
+                retry_delay(attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+                if decision.retry
+                else None
+            )
+            error = (error_message or "")[:8192] or None if outcome != Outcome.SUCCESS else None
+            updated = await conn.fetchrow(
+                q("tasks", "finish_attempt"),
+                task_id,
+                attempt,
+                lease_token,
+                decision.new_status.value,
+                outcome.value,
+                error,
+                delay,
+                outputs,
+            )
+            assert updated is not None  # the row is locked and the fence was checked
+            await self._insert_events(conn, task_id, attempt, events or [])
+        transition = "completed" if outcome == Outcome.SUCCESS else (
+            "retry_scheduled" if decision.retry else "failed"
+        )
+        TASK_TRANSITIONS.labels(transition).inc()
+        log.info(f"task.{transition}", task_id=str(task_id), attempt=attempt, outcome=outcome.value)
+        return _completion_answer(task_id, attempt, updated["status"], updated["next_retry_at"])
+
+
+def _completion_answer(
+    task_id: uuid.UUID, attempt: int, status: str, next_retry_at: datetime | None
+) -> dict[str, Any]:
+    return {
+        "task_id": str(task_id),
+        "attempt": attempt,
+        "status": status,
+        "next_retry_at": next_retry_at.isoformat() if next_retry_at else None,
+    }

@@ -1,0 +1,122 @@
+"""Shared HTTP plumbing: JSON responses, the error mapping, metrics middleware, body parsing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trace_platform.errors import TraceError, ValidationError
+from trace_platform.logs import get_logger
+from trace_platform.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+log = get_logger(__name__)
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY_BYTES = 1 << 20
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(content, default=str),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(status: int, code: str, detail: str, **extra: Any) -> Response:
+    return json_response({"error": code, "detail": detail, **extra}, status)
+
+
+def _one_line_reason(exc: PydanticValidationError) -> str:
+    """First error as `field: message`, without echoing the input value."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ValidationError("request body too large")
+    if not body:
+        raise ValidationError("request body must be a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except PydanticValidationError as exc:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            raise ValidationError("request body is not valid JSON") from None
+        raise ValidationError(_one_line_reason(exc)) from None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def trace_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TraceError)
+        return json_response(exc.body(), exc.status)
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("http.unhandled_error", error=type(exc).__name__)
+        return error_response(500, "internal", "internal error")
+
+    app.add_exception_handler(TraceError, trace_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+class MetricsMiddleware:
+    """Counts requests and latency per route template (pure ASGI, cheap)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(path, str(status)).inc()
+            HTTP_LATENCY.labels(path).observe(time.perf_counter() - start)
+
+
+def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI requestBody for endpoints that parse their body themselves (auth comes first)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }

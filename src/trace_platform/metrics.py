@@ -1,0 +1,55 @@
+"""Prometheus metrics shared by every process (each process exposes its own registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+TASK_TRANSITIONS = Counter(
+    "trace_task_transitions_total",
+    "Task state transitions by kind.",
+    ["transition"],
+    registry=REGISTRY,
+)
+HTTP_REQUESTS = Counter(
+    "trace_http_requests_total",
+    "HTTP requests by route and status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "trace_http_request_seconds",
+    "HTTP request latency by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+OUTBOX_PUBLISHED = Counter(
+    "trace_outbox_published_total",
+    "Outbox rows published to queues, by topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+OUTBOX_FAILURES = Counter(
+    "trace_outbox_failures_total", "Outbox publish failures.", registry=REGISTRY
+)
+LOOP_ITERATIONS = Counter(
+    "trace_loop_iterations_total", "Background loop iterations.", ["loop"], registry=REGISTRY
+)
+WORKER_TASKS = Counter(
+    "trace_worker_tasks_total", "Tasks run by the worker, by outcome.", ["outcome"],
+    registry=REGISTRY,
+)
+SINK_BATCHES = Counter(
+    "trace_sink_batches_total", "Buffer batches handled by the sink, by result.", ["result"],
+    registry=REGISTRY,
+)
+SINK_ROWS = Counter(
+    "trace_sink_rows_total", "Rows handled by the sink, by result.", ["result"], registry=REGISTRY
+)
+IN_FLIGHT = Gauge("trace_in_flight", "Work items in flight in this process.", registry=REGISTRY)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,132 @@
+"""Ports: one typing.Protocol per replaceable part. Lite and AWS adapters implement them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from trace_platform.domain.capability import CapabilityClaims
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One delivery of a message. `deliveries` fences ack/extend like a receipt handle."""
+
+    message_id: uuid.UUID
+    payload: dict[str, Any]
+    deliveries: int
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queue_name: str
+    depth: int
+    visible: int
+    oldest_age_seconds: float
+
+
+class Queue(Protocol):
+    """At-least-once, unordered message queue (pgqueue in Lite, SQS on AWS)."""
+
+    async def publish(
+        self,
+        queue_name: str,
+        payloads: Sequence[dict[str, Any]],
+        message_ids: Sequence[uuid.UUID] | None = None,
+        delay_seconds: float = 0.0,
+    ) -> int:
+        """Publish messages; with message_ids, a re-published id is dropped where supported."""
+        ...
+
+    async def receive(
+        self, queue_name: str, max_messages: int, visibility_seconds: float
+    ) -> list[ReceivedMessage]:
+        """Receive up to max visible messages; each stays invisible for visibility_seconds."""
+        ...
+
+    async def ack(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> int:
+        """Delete these deliveries; returns how many were still current."""
+        ...
+
+    async def extend_visibility(
+        self, queue_name: str, messages: Sequence[ReceivedMessage], visibility_seconds: float
+    ) -> int:
+        """Keep these deliveries invisible for visibility_seconds more from now."""
+        ...
+
+    async def dead_letter(
+        self, queue_name: str, message: ReceivedMessage, dlq_name: str, error: str
+    ) -> bool:
+        """Move one delivery to the DLQ with its error and the original message."""
+        ...
+
+    async def wait_for_messages(self, queue_name: str, timeout: float) -> None:
+        """Return when a message may have arrived on queue_name, or after timeout."""
+        ...
+
+    async def stats(self) -> list[QueueStats]:
+        """Depth, visible count and oldest age per queue."""
+        ...
+
+
+class TokenSigner(Protocol):
+    """Mints and verifies capability tokens (local key ring in Lite, KMS on AWS)."""
+
+    def sign(self, claims: CapabilityClaims) -> str:
+        """Sign claims with the current key."""
+        ...
+
+    def verify(self, token: str) -> CapabilityClaims:
+        """Verify signature, kid, alg, iss, aud, exp and claim types; raise AuthError otherwise."""
+        ...
+
+    def jwks(self) -> dict[str, Any]:
+        """Public keys of the ring as a JWKS document."""
+        ...
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    size: int
+
+
+class ObjectStore(Protocol):
+    """Blob storage addressed by canonical URIs (`file://` or `s3://`)."""
+
+    @property
+    def root(self) -> str:
+        """Canonical root URI, ending without a slash."""
+        ...
+
+    def uri_for(self, key: str) -> str:
+        """Canonical URI of a key below the root."""
+        ...
+
+    async def put_stream(self, uri: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        """Write an object from chunks without holding it whole in memory."""
+        ...
+
+    async def put_bytes(self, uri: str, data: bytes) -> ObjectInfo:
+        """Write a small object."""
+        ...
+
+    def open_stream(self, uri: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Read an object as chunks."""
+        ...
+
+    async def get_bytes(self, uri: str) -> bytes:
+        """Read a small object whole."""
+        ...
+
+    async def exists(self, uri: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    async def delete(self, uri: str) -> None:
+        """Delete an object; deleting a missing object is not an error."""
+        ...
