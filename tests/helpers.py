@@ -1,0 +1,115 @@
+"""Small helpers shared by tests: create tasks, claim, call attempt-scoped endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.conftest import WORKER_TOKEN
+from trace_platform.db.pool import create_pool
+from trace_platform.dispatcher.service import LITE_ORG_ID
+
+
+async def create_tasks(
+    dsn: str,
+    n: int = 1,
+    payload: dict[str, Any] | None = None,
+    max_attempts: int = 3,
+    org_id: uuid.UUID = LITE_ORG_ID,
+) -> list[uuid.UUID]:
+    """Create tasks the way `trace task create` does (rows + outbox in one transaction)."""
+    from trace_platform.db.sql import q
+
+    pool = await create_pool(dsn, max_size=1)
+    try:
+        ids = [uuid.uuid4() for _ in range(n)]
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                q("tasks", "insert_tasks"), ids, [payload or {"operator": "noop"}] * n, org_id,
+                max_attempts,
+            )
+            await conn.execute(q("outbox", "notify_outbox"))
+        return ids
+    finally:
+        await pool.close()
+
+
+def worker_headers() -> dict[str, str]:
+    return {"X-Trace-Worker-Token": WORKER_TOKEN}
+
+
+async def claim(http: httpx.AsyncClient, task_id: uuid.UUID) -> httpx.Response:
+    return await http.post(
+        "/internal/task-claim", json={"task_id": str(task_id), "worker_id": "test"},
+        headers=worker_headers(),
+    )
+
+
+class Attempt:
+    """A claimed attempt: its fence and token, with one method per attempt-scoped call."""
+
+    def __init__(self, http: httpx.AsyncClient, claim_body: dict[str, Any]) -> None:
+        self.http = http
+        self.body = claim_body
+        self.task_id = claim_body["task_id"]
+        self.attempt = claim_body["attempt"]
+        self.lease_token = claim_body["lease_token"]
+        self.token = claim_body["capability_token"]
+
+    @classmethod
+    async def claim(cls, http: httpx.AsyncClient, task_id: uuid.UUID) -> Attempt:
+        r = await claim(http, task_id)
+        assert r.status_code == 200, r.text
+        return cls(http, r.json())
+
+    def fence(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "attempt": self.attempt, "lease_token": self.lease_token}
+
+    async def call(
+        self, path: str, token: str | None = "", **body: Any
+    ) -> httpx.Response:
+        headers = {}
+        tok = self.token if token == "" else token
+        if tok is not None:
+            headers["X-Trace-Task-Capability"] = tok
+        return await self.http.post(f"/v1/task/{path}", json={**self.fence(), **body},
+                                    headers=headers)
+
+    async def heartbeat(self, **kw: Any) -> httpx.Response:
+        return await self.call("heartbeat", **kw)
+
+    async def complete(self, outcome: str = "success", **kw: Any) -> httpx.Response:
+        return await self.call("complete", outcome=outcome, **kw)
+
+    async def publish(self, name: str = "b0.jsonl", record_count: int = 1, **kw: Any) -> httpx.Response:
+        prefix = self.write_prefix()
+        return await self.call("buffer-publish", batch_uri=prefix + name,
+                               record_count=record_count, **kw)
+
+    async def events(self, events: list[dict[str, Any]], **kw: Any) -> httpx.Response:
+        return await self.call("events", events=events, **kw)
+
+    def write_prefix(self) -> str:
+        import jwt
+
+        claims = jwt.decode(self.token, options={"verify_signature": False})
+        return str(claims["s3"]["write_prefixes"][0])
+
+
+async def task_row(conn: asyncpg.Connection, task_id: uuid.UUID | str) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT * FROM state.tasks WHERE task_id = $1", uuid.UUID(str(task_id)))
+    assert row is not None
+    return row
+
+
+async def outbox_rows(conn: asyncpg.Connection, topic: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch("SELECT * FROM state.outbox WHERE topic = $1", topic))
+
+
+async def queue_messages(conn: asyncpg.Connection, queue: str) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch("SELECT * FROM state.queue_messages WHERE queue_name = $1", queue)
+    )

@@ -1,0 +1,208 @@
+"""Capability token verification fails closed (SPEC §5)."""
+
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from trace_platform.adapters.local_keys import LocalKeyRing, WorkerTokens, generate_es256_pem
+from trace_platform.domain.capability import build_claims, is_within_prefixes
+from trace_platform.errors import AuthError, ConfigError
+
+SECRET_A = "a" * 40
+SECRET_B = "b" * 40
+ROOT = "file:///srv/trace/objects"
+
+
+def ring(current: dict[str, Any], nxt: dict[str, Any] | None = None, issuer: str = "iss-1") -> LocalKeyRing:
+    doc: dict[str, Any] = {"issuer": issuer, "current": current}
+    if nxt:
+        doc["next"] = nxt
+    return LocalKeyRing.from_document(doc)
+
+
+HS_A = {"kid": "a", "alg": "HS256", "secret": SECRET_A}
+HS_B = {"kid": "b", "alg": "HS256", "secret": SECRET_B}
+
+
+def claims(**over: Any) -> Any:
+    c = build_claims(issuer="iss-1", task_id=uuid.uuid4(), attempt=1, org_id=uuid.uuid4(),
+                     ttl_seconds=60, store_root=ROOT)
+    return c.model_copy(update=over) if over else c
+
+
+def raw_token(payload: dict[str, Any], key: Any, alg: str = "HS256", kid: str | None = "a") -> str:
+    headers = {"kid": kid} if kid is not None else {}
+    return jwt.encode(payload, key, algorithm=alg, headers=headers)
+
+
+def test_round_trip_and_attempt_scoped_write_prefix() -> None:
+    r = ring(HS_A)
+    c = claims()
+    out = r.verify(r.sign(c))
+    assert out == c
+    assert out.s3.write_prefixes == [f"{ROOT}/buffers/{c.task_id}/1/"]
+    assert out.sub == f"task:{c.task_id}" and out.aud == "trace.task"
+
+
+def test_token_signed_with_next_key_is_accepted_during_overlap() -> None:
+    verifier = ring(HS_A, HS_B)
+    signer_after_rotation = ring(HS_B)
+    assert verifier.verify(signer_after_rotation.sign(claims())).attempt == 1
+    # and once the next key is gone from the ring, its tokens are refused
+    with pytest.raises(AuthError):
+        ring(HS_A).verify(signer_after_rotation.sign(claims()))
+
+
+def test_tampered_signature_is_rejected() -> None:
+    r = ring(HS_A)
+    tok = r.sign(claims())
+    head, body, sig = tok.split(".")
+    forged_body = json.loads(base64.urlsafe_b64decode(body + "=="))
+    forged_body["attempt"] = 2
+    body2 = base64.urlsafe_b64encode(json.dumps(forged_body).encode()).rstrip(b"=").decode()
+    for bad in (f"{head}.{body2}.{sig}", f"{head}.{body}.{sig[:-2]}xx", f"{head}.{body}."):
+        with pytest.raises(AuthError):
+            r.verify(bad)
+
+
+def test_alg_none_is_rejected() -> None:
+    payload = claims().model_dump(mode="json")
+    tok = jwt.encode(payload, None, algorithm="none", headers={"kid": "a"})  # type: ignore[arg-type]
+    with pytest.raises(AuthError):
+        ring(HS_A).verify(tok)
+
+
+def test_expired_token_is_rejected() -> None:
+    now = time.time() - 3600
+    c = build_claims(issuer="iss-1", task_id=uuid.uuid4(), attempt=1, org_id=uuid.uuid4(),
+                     ttl_seconds=60, store_root=ROOT, now=now)
+    r = ring(HS_A)
+    with pytest.raises(AuthError, match="expired"):
+        r.verify(r.sign(c))
+
+
+@pytest.mark.parametrize("field,value", [("aud", "other.aud"), ("iss", "someone-else")])
+def test_wrong_audience_or_issuer_is_rejected(field: str, value: str) -> None:
+    payload = claims().model_dump(mode="json")
+    payload[field] = value
+    with pytest.raises(AuthError):
+        ring(HS_A).verify(raw_token(payload, SECRET_A))
+
+
+def test_unknown_or_missing_kid_is_rejected() -> None:
+    payload = claims().model_dump(mode="json")
+    for kid in ("nope", None):
+        with pytest.raises(AuthError):
+            ring(HS_A).verify(raw_token(payload, SECRET_A, kid=kid))
+
+
+@pytest.mark.parametrize("missing", ["org_id", "task_id", "attempt", "datasets", "s3", "jti", "sub"])
+def test_missing_required_claim_is_rejected(missing: str) -> None:
+    payload = claims().model_dump(mode="json")
+    del payload[missing]
+    with pytest.raises(AuthError):
+        ring(HS_A).verify(raw_token(payload, SECRET_A))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("attempt", "1"), ("attempt", 0), ("task_id", "not-a-uuid"), ("datasets", "all"),
+     ("s3", {"write_prefixes": ["s3://"], "admin": True}), ("sub", "task:someone-else")],
+)
+def test_malformed_claims_are_rejected(field: str, value: Any) -> None:
+    payload = claims().model_dump(mode="json")
+    payload[field] = value
+    with pytest.raises(AuthError):
+        ring(HS_A).verify(raw_token(payload, SECRET_A))
+
+
+def test_unknown_extra_claim_is_rejected() -> None:
+    payload = claims().model_dump(mode="json")
+    payload["role"] = "admin"
+    with pytest.raises(AuthError):
+        ring(HS_A).verify(raw_token(payload, SECRET_A))
+
+
+def test_es256_round_trip_and_jwks() -> None:
+    pem = generate_es256_pem()
+    r = ring({"kid": "es", "alg": "ES256", "private_key_pem": pem}, HS_B)
+    c = claims()
+    assert r.verify(r.sign(c)) == c
+    keys = r.jwks()["keys"]
+    assert [k["kid"] for k in keys] == ["es"]  # symmetric secrets are never published
+    assert keys[0]["kty"] == "EC" and keys[0]["crv"] == "P-256" and "d" not in keys[0]
+
+
+def test_hs_es_confusion_is_rejected() -> None:
+    """A token 'signed' with HS256 using the ES public key as secret must not pass."""
+    pem = generate_es256_pem()
+    r = ring({"kid": "es", "alg": "ES256", "private_key_pem": pem})
+    public_pem = serialization.load_pem_private_key(pem.encode(), None).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    import hashlib
+    import hmac
+
+    payload = claims().model_dump(mode="json")
+    header = {"alg": "HS256", "kid": "es", "typ": "JWT"}
+    seg = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    signing_input = f"{seg(header)}.{seg(payload)}"
+    sig = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    tok = signing_input + "." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+    with pytest.raises(AuthError):
+        r.verify(tok)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {},
+        {"current": {"kid": "a", "alg": "none", "secret": SECRET_A}},
+        {"current": {"kid": "a", "alg": "HS256", "secret": "short"}},
+        {"current": {"kid": "", "alg": "HS256", "secret": SECRET_A}},
+        {"current": {"kid": "a", "alg": "ES256", "private_key_pem": "not a pem"}},
+        {"current": HS_A, "next": HS_A},
+    ],
+)
+def test_bad_key_ring_documents_are_config_errors(doc: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        LocalKeyRing.from_document(doc)
+
+
+def test_garbage_tokens_are_401() -> None:
+    r = ring(HS_A)
+    for bad in ("", "abc", "a.b.c", "Bearer x", "." * 5, "x" * 20000):
+        with pytest.raises(AuthError):
+            r.verify(bad)
+
+
+def test_worker_tokens_accept_current_and_next_only() -> None:
+    w = WorkerTokens("cur", "nxt")
+    assert w.accepts("cur") and w.accepts("nxt")
+    assert not w.accepts("") and not w.accepts(None) and not w.accepts("cur ")
+
+
+@pytest.mark.parametrize(
+    "uri,ok",
+    [
+        (f"{ROOT}/buffers/t/1/b.jsonl", True),
+        (f"{ROOT}/buffers/t/1/sub/b.jsonl", True),
+        (f"{ROOT}/buffers/t/1/", False),
+        (f"{ROOT}/buffers/t/1/../2/b.jsonl", False),
+        (f"{ROOT}/buffers/t/1/./b.jsonl", False),
+        (f"{ROOT}/buffers/t/1//b.jsonl", False),
+        (f"{ROOT}/buffers/t/10/b.jsonl", False),
+        (f"{ROOT}/buffers/t/1/b.jsonl?x=1", False),
+        (f"{ROOT}/buffers/t/1/%2e%2e/b", False),
+        ("s3://bucket/buffers/t/1/b.jsonl", False),
+        ("", False),
+    ],
+)
+def test_write_prefix_containment(uri: str, ok: bool) -> None:
+    assert is_within_prefixes(uri, [f"{ROOT}/buffers/t/1/"]) is ok

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+
+from trace_platform.config import SETTINGS, Settings
+from trace_platform.errors import ConfigError
+
+
+def test_defaults_work_on_one_machine() -> None:
+    s = Settings.load({}, env={})
+    assert s.home == Path(".trace") and s.lease_seconds == 30 and s.max_attempts == 3
+    assert s.resolved_dispatcher_url == "http://127.0.0.1:8080"
+    assert s.resolved_object_store_url.startswith("file:///")
+
+
+def test_env_then_flags_override_defaults() -> None:
+    s = Settings.load({"lease_seconds": 5}, env={"TRACE_LEASE_SECONDS": "7", "TRACE_PORT": "9000"})
+    assert s.lease_seconds == 5 and s.port == 9000
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TRACE_LEASE_SECONDS": "0"},
+        {"TRACE_LEASE_SECONDS": "abc"},
+        {"TRACE_PORT": "70000"},
+        {"TRACE_MAX_ATTEMPTS": "0"},
+        {"TRACE_RETRY_BASE_SECONDS": "10", "TRACE_RETRY_MAX_SECONDS": "1"},
+        {"TRACE_LOG_LEVEL": "loud"},
+    ],
+)
+def test_bad_values_are_clear_errors(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load({}, env=env)
+    assert "TRACE_" in err.value.detail
+
+
+def test_every_setting_has_env_and_flag_and_help() -> None:
+    for s in SETTINGS:
+        assert s.env.startswith("TRACE_") and s.flag.startswith("--") and s.help
+        assert hasattr(Settings(), s.name)
