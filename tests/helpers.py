@@ -28,7 +28,10 @@ async def create_tasks(
         ids = [uuid.uuid4() for _ in range(n)]
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                q("tasks", "insert_tasks"), ids, [payload or {"operator": "noop"}] * n, org_id,
+                q("tasks", "insert_tasks"),
+                ids,
+                [payload or {"operator": "noop"}] * n,
+                org_id,
                 max_attempts,
             )
             await conn.execute(q("outbox", "notify_outbox"))
@@ -43,7 +46,8 @@ def worker_headers() -> dict[str, str]:
 
 async def claim(http: httpx.AsyncClient, task_id: uuid.UUID) -> httpx.Response:
     return await http.post(
-        "/internal/task-claim", json={"task_id": str(task_id), "worker_id": "test"},
+        "/internal/task-claim",
+        json={"task_id": str(task_id), "worker_id": "test"},
         headers=worker_headers(),
     )
 
@@ -68,15 +72,14 @@ class Attempt:
     def fence(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "attempt": self.attempt, "lease_token": self.lease_token}
 
-    async def call(
-        self, path: str, token: str | None = "", **body: Any
-    ) -> httpx.Response:
+    async def call(self, path: str, token: str | None = "", **body: Any) -> httpx.Response:
         headers = {}
         tok = self.token if token == "" else token
         if tok is not None:
             headers["X-Trace-Task-Capability"] = tok
-        return await self.http.post(f"/v1/task/{path}", json={**self.fence(), **body},
-                                    headers=headers)
+        return await self.http.post(
+            f"/v1/task/{path}", json={**self.fence(), **body}, headers=headers
+        )
 
     async def heartbeat(self, **kw: Any) -> httpx.Response:
         return await self.call("heartbeat", **kw)
@@ -84,10 +87,13 @@ class Attempt:
     async def complete(self, outcome: str = "success", **kw: Any) -> httpx.Response:
         return await self.call("complete", outcome=outcome, **kw)
 
-    async def publish(self, name: str = "b0.jsonl", record_count: int = 1, **kw: Any) -> httpx.Response:
+    async def publish(
+        self, name: str = "b0.jsonl", record_count: int = 1, **kw: Any
+    ) -> httpx.Response:
         prefix = self.write_prefix()
-        return await self.call("buffer-publish", batch_uri=prefix + name,
-                               record_count=record_count, **kw)
+        return await self.call(
+            "buffer-publish", batch_uri=prefix + name, record_count=record_count, **kw
+        )
 
     async def events(self, events: list[dict[str, Any]], **kw: Any) -> httpx.Response:
         return await self.call("events", events=events, **kw)
@@ -100,7 +106,9 @@ class Attempt:
 
 
 async def task_row(conn: asyncpg.Connection, task_id: uuid.UUID | str) -> asyncpg.Record:
-    row = await conn.fetchrow("SELECT * FROM state.tasks WHERE task_id = $1", uuid.UUID(str(task_id)))
+    row = await conn.fetchrow(
+        "SELECT * FROM state.tasks WHERE task_id = $1", uuid.UUID(str(task_id))
+    )
     assert row is not None
     return row
 
@@ -110,6 +118,4 @@ async def outbox_rows(conn: asyncpg.Connection, topic: str) -> list[asyncpg.Reco
 
 
 async def queue_messages(conn: asyncpg.Connection, queue: str) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch("SELECT * FROM state.queue_messages WHERE queue_name = $1", queue)
-    )
+    return list(await conn.fetch("SELECT * FROM state.queue_messages WHERE queue_name = $1", queue))

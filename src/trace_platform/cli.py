@@ -25,9 +25,9 @@ T = TypeVar("T")
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for s in reversed(SETTINGS):
         kind: Any = click.Path(path_type=Path) if s.kind is Path else s.kind
-        fn = click.option(
-            s.flag, s.name, type=kind, default=None, help=f"{s.help} [env {s.env}]"
-        )(fn)
+        fn = click.option(s.flag, s.name, type=kind, default=None, help=f"{s.help} [env {s.env}]")(
+            fn
+        )
     return fn
 
 
@@ -63,7 +63,7 @@ def _setup_logs(settings: Settings, process: str) -> None:
 @_settings_options
 @click.version_option(package_name="trace-platform")
 @click.pass_context
-def cli(ctx: click.Context, **overrides: Any) -> None:
+def cli(ctx: click.Context, /, **overrides: Any) -> None:
     """Trace: reliable ETL tasks, untrusted UDFs, a trusted sink and sandboxed SQL.
 
     Quick start: `trace demo` (runs a local stack and a sample workload), `trace status`.
@@ -153,10 +153,19 @@ def _parse_json_object(text: str, what: str) -> dict[str, Any]:
 
 @task.command("create")
 @click.option("--payload", required=True, help='Task payload JSON, e.g. \'{"operator": "noop"}\'.')
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=None,
-              help="Attempts before the task fails for good [default TRACE_MAX_ATTEMPTS].")
-@click.option("--count", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
-              help="How many identical tasks to create.")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Attempts before the task fails for good [default TRACE_MAX_ATTEMPTS].",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
+    show_default=True,
+    help="How many identical tasks to create.",
+)
 @click.option("--org-id", type=click.UUID, default=None, help="Owning org (default: the Lite org).")
 @click.pass_context
 @handle_errors

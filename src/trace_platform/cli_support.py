@@ -66,8 +66,12 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         tasks = {r["status"]: r["n"] for r in await pool.fetch(q("tasks", "status_counts"))}
         outbox = [dict(r) for r in await pool.fetch(q("outbox", "backlog"))]
         queues = [
-            {"queue": s.queue_name, "depth": s.depth, "visible": s.visible,
-             "oldest_age_seconds": round(s.oldest_age_seconds, 3)}
+            {
+                "queue": s.queue_name,
+                "depth": s.depth,
+                "visible": s.visible,
+                "oldest_age_seconds": round(s.oldest_age_seconds, 3),
+            }
             for s in await PgQueue(pool).stats()
         ]
     urls = await resolve_databases(settings)

@@ -35,7 +35,9 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("home", Path, Path(".trace"), "Directory for Lite state: embedded Postgres, keys, objects."),
+    Setting(
+        "home", Path, Path(".trace"), "Directory for Lite state: embedded Postgres, keys, objects."
+    ),
     Setting("state_database_url", str, None, "State DB URL; unset = embedded Postgres.", True),
     Setting("data_database_url", str, None, "Data DB URL; unset = embedded Postgres.", True),
     Setting("task_keys", str, None, "Capability key ring: path to JSON or inline JSON.", True),
@@ -52,9 +54,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reaper_interval", float, 1.0, "Lease reaper interval (seconds)."),
     Setting("host", str, "127.0.0.1", "Dispatcher bind address."),
     Setting("port", int, 8080, "Dispatcher port."),
-    Setting("dispatcher_url", str, None, "Dispatcher base URL for workers; default from host/port."),
+    Setting(
+        "dispatcher_url", str, None, "Dispatcher base URL for workers; default from host/port."
+    ),
     Setting("db_pool_size", int, 8, "Max DB connections per process."),
-    Setting("object_store_url", str, None, "file:///dir or s3://bucket/prefix; unset = HOME/objects."),
+    Setting(
+        "object_store_url", str, None, "file:///dir or s3://bucket/prefix; unset = HOME/objects."
+    ),
     Setting("s3_endpoint_url", str, None, "S3-compatible endpoint URL (for non-AWS S3)."),
     Setting("worker_concurrency", int, 8, "Tasks a worker runs at once."),
     Setting("visibility_seconds", float, 30.0, "Queue visibility timeout for received messages."),
@@ -147,7 +153,7 @@ class Settings:
 
     @property
     def resolved_object_store_url(self) -> str:
-        """Canonical object store root: `file:///abs/dir` or `s3://bucket/prefix` (no trailing /)."""
+        """Canonical object store root: `file:///abs/dir` or `s3://bucket/prefix`; no /."""
         if self.object_store_url:
             url = self.object_store_url.rstrip("/")
             if url.startswith("file://"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any, TypeVar
 
@@ -23,7 +24,9 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 1 << 20
 
 
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         orjson.dumps(content, default=str),
         status_code=status,
@@ -120,3 +123,32 @@ def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": model.model_json_schema()}},
         }
     }
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    """Run an ASGI app with uvicorn (uvloop + httptools); SIGTERM/SIGINT shut down gracefully
+    and the process then exits 0."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True  # not re-raised after shutdown: a clean stop exits 0
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )
+    server = GracefulServer(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)

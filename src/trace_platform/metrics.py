@@ -38,11 +38,15 @@ LOOP_ITERATIONS = Counter(
     "trace_loop_iterations_total", "Background loop iterations.", ["loop"], registry=REGISTRY
 )
 WORKER_TASKS = Counter(
-    "trace_worker_tasks_total", "Tasks run by the worker, by outcome.", ["outcome"],
+    "trace_worker_tasks_total",
+    "Tasks run by the worker, by outcome.",
+    ["outcome"],
     registry=REGISTRY,
 )
 SINK_BATCHES = Counter(
-    "trace_sink_batches_total", "Buffer batches handled by the sink, by result.", ["result"],
+    "trace_sink_batches_total",
+    "Buffer batches handled by the sink, by result.",
+    ["result"],
     registry=REGISTRY,
 )
 SINK_ROWS = Counter(

@@ -39,8 +39,14 @@ async def test_health_ready_metrics_and_openapi(http: httpx.AsyncClient) -> None
     metrics = (await http.get("/metrics")).text
     assert "trace_http_requests_total" in metrics
     spec = (await http.get("/openapi.json")).json()
-    for path in ("/internal/task-claim", "/v1/task/complete", "/v1/task/buffer-publish",
-                 "/v1/task/heartbeat", "/v1/task/events", "/internal/jwks/task"):
+    for path in (
+        "/internal/task-claim",
+        "/v1/task/complete",
+        "/v1/task/buffer-publish",
+        "/v1/task/heartbeat",
+        "/v1/task/events",
+        "/internal/jwks/task",
+    ):
         assert path in spec["paths"]
     body = spec["paths"]["/v1/task/complete"]["post"]["requestBody"]
     assert "outcome" in body["content"]["application/json"]["schema"]["properties"]
@@ -71,15 +77,20 @@ async def test_queued_task_is_claimed_once(
     assert jwt.get_unverified_header(won["capability_token"])["kid"] == "k-current"
 
 
-async def test_terminal_tasks_are_not_claimable(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_terminal_tasks_are_not_claimable(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
     tid = await new_task(settings)
     a = await Attempt.claim(http, tid)
     assert (await a.complete()).status_code == 200
     r = await claim(http, tid)
     assert r.status_code == 409 and r.json()["reason"] == "completed"
     tid2 = await new_task(settings)
-    assert (await http.post("/internal/task-cancel", json={"task_id": str(tid2)},
-                            headers=worker_headers())).status_code == 200
+    assert (
+        await http.post(
+            "/internal/task-cancel", json={"task_id": str(tid2)}, headers=worker_headers()
+        )
+    ).status_code == 200
     r = await claim(http, tid2)
     assert r.status_code == 409 and r.json()["reason"] == "canceled"
 
@@ -95,22 +106,32 @@ async def test_unknown_task_is_404_and_worker_token_is_required(http: httpx.Asyn
 
 
 async def test_claim_body_errors_are_400_with_one_line_reason(http: httpx.AsyncClient) -> None:
-    for raw in (b"", b"not json", b"[]", b'{"task_id": "nope"}', b'{"task_id": 1}',
-                json.dumps({"task_id": str(uuid.uuid4()), "evil": 1}).encode()):
+    for raw in (
+        b"",
+        b"not json",
+        b"[]",
+        b'{"task_id": "nope"}',
+        b'{"task_id": 1}',
+        json.dumps({"task_id": str(uuid.uuid4()), "evil": 1}).encode(),
+    ):
         r = await http.post("/internal/task-claim", content=raw, headers=worker_headers())
         assert r.status_code == 400, raw
         body = r.json()
         assert body["error"] == "invalid_request" and "\n" not in body["detail"]
 
 
-async def test_task_fetch_shows_state_without_lease(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_task_fetch_shows_state_without_lease(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
     tid = await new_task(settings)
     await Attempt.claim(http, tid)
     r = await http.get(f"/internal/task-fetch?task_id={tid}", headers=worker_headers())
     assert r.status_code == 200
     view = r.json()
     assert view["status"] == "running" and view["attempt"] == 1 and "lease_token" not in view
-    assert (await http.get("/internal/task-fetch?task_id=x", headers=worker_headers())).status_code == 400
+    assert (
+        await http.get("/internal/task-fetch?task_id=x", headers=worker_headers())
+    ).status_code == 400
 
 
 # -- heartbeat, publish, events --------------------------------------------------------------
@@ -137,8 +158,11 @@ async def test_buffer_publish_twice_is_one_outbox_row_and_one_message(
     r2 = await a.publish("batch-1.jsonl", record_count=3)
     assert r1.status_code == r2.status_code == 200
     assert r1.json()["duplicate"] is False and r2.json()["duplicate"] is True
-    rows = [r for r in await outbox_rows(state_conn, "buffer_batch")
-            if r["payload"]["producer"]["task_id"] == str(tid)]
+    rows = [
+        r
+        for r in await outbox_rows(state_conn, "buffer_batch")
+        if r["payload"]["producer"]["task_id"] == str(tid)
+    ]
     assert len(rows) == 1
 
     async def delivered() -> list[asyncpg.Record]:
@@ -158,12 +182,19 @@ async def test_buffer_publish_twice_is_one_outbox_row_and_one_message(
     assert (await a.publish("batch-2.jsonl")).status_code == 409
 
 
-async def test_buffer_publish_outside_write_prefix_is_403(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_buffer_publish_outside_write_prefix_is_403(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
     tid = await new_task(settings)
     a = await Attempt.claim(http, tid)
     root = a.write_prefix().rsplit("/buffers/", 1)[0]
-    for uri in (f"{root}/buffers/{tid}/2/x.jsonl", f"{root}/secrets/x", a.write_prefix() + "../x",
-                "s3://other/buffers/x.jsonl", "file:///etc/passwd"):
+    for uri in (
+        f"{root}/buffers/{tid}/2/x.jsonl",
+        f"{root}/secrets/x",
+        a.write_prefix() + "../x",
+        "s3://other/buffers/x.jsonl",
+        "file:///etc/passwd",
+    ):
         r = await a.call("buffer-publish", batch_uri=uri, record_count=1)
         assert r.status_code == 403, uri
 
@@ -194,7 +225,9 @@ async def test_missing_or_invalid_token_is_401(http: httpx.AsyncClient, settings
     assert r.status_code == 401
 
 
-async def test_token_for_task_a_used_on_task_b_is_403(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_token_for_task_a_used_on_task_b_is_403(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
     a = await Attempt.claim(http, await new_task(settings))
     b = await Attempt.claim(http, await new_task(settings))
     b.token = a.token
@@ -213,14 +246,22 @@ async def test_right_token_wrong_lease_is_409(http: httpx.AsyncClient, settings:
     assert (await a.events([{"x": 1}])).status_code == 409
 
 
-async def test_token_signed_with_next_key_is_accepted(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_token_signed_with_next_key_is_accepted(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
     a = await Attempt.claim(http, await new_task(settings))
     next_ring = LocalKeyRing.from_document({"issuer": "trace-test", "current": TEST_KEYS["next"]})
     verified_claims = jwt.decode(a.token, options={"verify_signature": False})
-    a.token = next_ring.sign(build_claims(
-        issuer="trace-test", task_id=uuid.UUID(a.task_id), attempt=1,
-        org_id=uuid.UUID(verified_claims["org_id"]), ttl_seconds=60,
-        store_root=settings.resolved_object_store_url))
+    a.token = next_ring.sign(
+        build_claims(
+            issuer="trace-test",
+            task_id=uuid.UUID(a.task_id),
+            attempt=1,
+            org_id=uuid.UUID(verified_claims["org_id"]),
+            ttl_seconds=60,
+            store_root=settings.resolved_object_store_url,
+        )
+    )
     assert jwt.get_unverified_header(a.token)["kid"] == "k-next"
     assert (await a.heartbeat()).status_code == 200
     assert (await a.complete()).status_code == 200
@@ -232,13 +273,27 @@ async def test_forged_tokens_are_401(http: httpx.AsyncClient, settings: Settings
     forged = [
         jwt.encode(claims, "x" * 40, algorithm="HS256", headers={"kid": "k-current"}),
         jwt.encode(claims, None, algorithm="none", headers={"kid": "k-current"}),  # type: ignore[arg-type]
-        jwt.encode({**claims, "exp": 1000}, TEST_KEYS["current"]["secret"], algorithm="HS256",
-                   headers={"kid": "k-current"}),
-        jwt.encode({**claims, "aud": "x"}, TEST_KEYS["current"]["secret"], algorithm="HS256",
-                   headers={"kid": "k-current"}),
-        jwt.encode({**claims, "iss": "x"}, TEST_KEYS["current"]["secret"], algorithm="HS256",
-                   headers={"kid": "k-current"}),
-        jwt.encode(claims, TEST_KEYS["current"]["secret"], algorithm="HS256", headers={"kid": "k-old"}),
+        jwt.encode(
+            {**claims, "exp": 1000},
+            TEST_KEYS["current"]["secret"],
+            algorithm="HS256",
+            headers={"kid": "k-current"},
+        ),
+        jwt.encode(
+            {**claims, "aud": "x"},
+            TEST_KEYS["current"]["secret"],
+            algorithm="HS256",
+            headers={"kid": "k-current"},
+        ),
+        jwt.encode(
+            {**claims, "iss": "x"},
+            TEST_KEYS["current"]["secret"],
+            algorithm="HS256",
+            headers={"kid": "k-current"},
+        ),
+        jwt.encode(
+            claims, TEST_KEYS["current"]["secret"], algorithm="HS256", headers={"kid": "k-old"}
+        ),
     ]
     for tok in forged:
         r = await a.call("heartbeat", token=tok)
@@ -262,7 +317,8 @@ async def test_same_completion_twice_is_idempotent(
     # one outbox effect: exactly one wake-up for attempt 2
     await wait_until(lambda: _attempt_is(state_conn, tid, 2), what="retry")
     n = await state_conn.fetchval(
-        "SELECT count(*) FROM state.outbox WHERE payload->>'task_id' = $1", str(tid))
+        "SELECT count(*) FROM state.outbox WHERE payload->>'task_id' = $1", str(tid)
+    )
     assert n == 2  # creation + one retry
     assert (await a.complete("success")).status_code == 409
 
@@ -282,13 +338,21 @@ async def test_retryable_error_backs_off_then_fails_after_max_attempts(
     row = await task_row(state_conn, tid)
     assert row["last_error"] == "flaky" and row["next_retry_at"] > row["updated_at"]
     await wait_until(lambda: _attempt_is(state_conn, tid, 2), what="retry 2")
-    wakeups = [m for m in await queue_messages(state_conn, "task_wakeup")
-               if m["payload"]["task_id"] == str(tid)]
+    wakeups = [
+        m
+        for m in await queue_messages(state_conn, "task_wakeup")
+        if m["payload"]["task_id"] == str(tid)
+    ]
     assert wakeups, "the retry must publish a fresh wake-up"
     b = await Attempt.claim(http, tid)
     assert b.attempt == 2
     r = await b.complete("retryable_error", error_message="flaky again")
-    assert r.json() == {"task_id": str(tid), "attempt": 2, "status": "failed", "next_retry_at": None}
+    assert r.json() == {
+        "task_id": str(tid),
+        "attempt": 2,
+        "status": "failed",
+        "next_retry_at": None,
+    }
     assert (await claim(http, tid)).json()["reason"] == "failed"
     assert await state_conn.fetchval("SELECT count(*) FROM state.tasks WHERE task_id=$1", tid) == 1
 
@@ -334,8 +398,10 @@ async def test_expired_lease_is_reaped_into_a_retry_and_stale_attempt_is_fenced(
     assert (await old.complete()).status_code == 403
     assert dict(await task_row(state_conn, tid)) == before
     assert await state_conn.fetchval("SELECT count(*) FROM state.outbox") == outbox_before
-    assert await state_conn.fetchval(
-        "SELECT count(*) FROM state.task_events WHERE task_id=$1", tid) == 0
+    assert (
+        await state_conn.fetchval("SELECT count(*) FROM state.task_events WHERE task_id=$1", tid)
+        == 0
+    )
     assert (await new.complete()).status_code == 200
 
 
@@ -346,7 +412,9 @@ async def test_late_reply_is_accepted_while_no_newer_attempt_started(
     a = await Attempt.claim(http, tid)
     # Expire the lease and reap it, but keep the retry far away so attempt 2 does not start.
     await state_conn.execute(
-        "UPDATE state.tasks SET lease_expires_at = now() - interval '1 second' WHERE task_id=$1", tid)
+        "UPDATE state.tasks SET lease_expires_at = now() - interval '1 second' WHERE task_id=$1",
+        tid,
+    )
 
     async def reaped() -> bool:
         row = await task_row(state_conn, tid)
@@ -354,7 +422,8 @@ async def test_late_reply_is_accepted_while_no_newer_attempt_started(
 
     await wait_until(reaped, what="reaper")
     await state_conn.execute(
-        "UPDATE state.tasks SET next_retry_at = now() + interval '1 hour' WHERE task_id=$1", tid)
+        "UPDATE state.tasks SET next_retry_at = now() + interval '1 hour' WHERE task_id=$1", tid
+    )
     assert (await a.heartbeat()).status_code == 409  # no reviving a timed-out lease
     r = await a.complete("success")
     assert r.status_code == 200 and r.json()["status"] == "completed"
@@ -365,11 +434,15 @@ async def test_late_reply_is_accepted_while_no_newer_attempt_started(
 async def test_cancel_rules(http: httpx.AsyncClient, settings: Settings) -> None:
     tid = await new_task(settings)
     a = await Attempt.claim(http, tid)
-    r = await http.post("/internal/task-cancel", json={"task_id": str(tid)}, headers=worker_headers())
+    r = await http.post(
+        "/internal/task-cancel", json={"task_id": str(tid)}, headers=worker_headers()
+    )
     assert r.status_code == 200
     for resp in (await a.heartbeat(), await a.complete(), await a.publish()):
         assert resp.status_code == 409
-    again = await http.post("/internal/task-cancel", json={"task_id": str(tid)}, headers=worker_headers())
+    again = await http.post(
+        "/internal/task-cancel", json={"task_id": str(tid)}, headers=worker_headers()
+    )
     assert again.status_code == 409
 
 

@@ -1,4 +1,4 @@
-"""A dispatcher killed with SIGKILL loses nothing: pending outbox rows are delivered after restart."""
+"""A dispatcher killed by SIGKILL loses nothing: pending outbox rows are delivered later."""
 
 from __future__ import annotations
 
@@ -23,26 +23,36 @@ async def test_outbox_rows_committed_before_a_crash_are_delivered_after_restart(
         first.signal(signal.SIGSTOP)
         ids = await create_tasks(settings.state_database_url or "", 25)
         pending = await state_conn.fetchval(
-            "SELECT count(*) FROM state.outbox WHERE status = 'pending'")
+            "SELECT count(*) FROM state.outbox WHERE status = 'pending'"
+        )
         assert pending == 25
         first.signal(signal.SIGKILL)
         assert first.popen is not None and first.popen.wait(10) == -signal.SIGKILL
     finally:
         first.kill()
-    assert await state_conn.fetchval(
-        "SELECT count(*) FROM state.queue_messages WHERE queue_name = 'task_wakeup'") == 0
+    assert (
+        await state_conn.fetchval(
+            "SELECT count(*) FROM state.queue_messages WHERE queue_name = 'task_wakeup'"
+        )
+        == 0
+    )
 
     second = await start_dispatcher(settings, tmp_path)
     try:
+
         async def delivered() -> bool:
             n = await state_conn.fetchval(
                 "SELECT count(DISTINCT payload->>'task_id') FROM state.queue_messages"
-                " WHERE queue_name = 'task_wakeup' AND (payload->>'task_id')::uuid = ANY($1)", ids)
+                " WHERE queue_name = 'task_wakeup' AND (payload->>'task_id')::uuid = ANY($1)",
+                ids,
+            )
             return n == len(ids)
 
         await wait_until(delivered, what="wake-ups after restart")
-        assert await state_conn.fetchval(
-            "SELECT count(*) FROM state.outbox WHERE status = 'pending'") == 0
+        assert (
+            await state_conn.fetchval("SELECT count(*) FROM state.outbox WHERE status = 'pending'")
+            == 0
+        )
     finally:
         second.stop()
 
@@ -78,6 +88,11 @@ def test_half_configured_databases_are_refused(settings: Settings, missing: str)
 
     env = proc_env(settings)
     env.pop("TRACE_" + missing.upper())
-    r = subprocess.run([sys.executable, "-m", "trace_platform", "status"], env=env,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "trace_platform", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "TRACE_STATE_DATABASE_URL" in r.stderr

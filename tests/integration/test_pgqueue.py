@@ -54,7 +54,10 @@ async def test_after_ack_a_message_never_reappears(queue: PgQueue, pool: asyncpg
     await queue.publish(name, [{"n": 1}])
     (m,) = await queue.receive(name, 1, 0.1)
     assert await queue.ack(name, [m]) == 1
-    assert await pool.fetchval("SELECT count(*) FROM state.queue_messages WHERE queue_name=$1", name) == 0
+    assert (
+        await pool.fetchval("SELECT count(*) FROM state.queue_messages WHERE queue_name=$1", name)
+        == 0
+    )
     assert await queue.receive(name, 10, 0.1) == []
 
 
@@ -75,7 +78,9 @@ async def test_extend_visibility_keeps_a_message_hidden(queue: PgQueue, pool: as
     assert await queue.extend_visibility(name, [m], 60) == 1
     hidden = await pool.fetchval(
         "SELECT invisible_until > now() + interval '50 seconds' FROM state.queue_messages"
-        " WHERE message_id = $1", m.message_id)
+        " WHERE message_id = $1",
+        m.message_id,
+    )
     assert hidden is True
     assert await queue.receive(name, 1, 1) == []
 

@@ -19,7 +19,9 @@ SECRET_B = "b" * 40
 ROOT = "file:///srv/trace/objects"
 
 
-def ring(current: dict[str, Any], nxt: dict[str, Any] | None = None, issuer: str = "iss-1") -> LocalKeyRing:
+def ring(
+    current: dict[str, Any], nxt: dict[str, Any] | None = None, issuer: str = "iss-1"
+) -> LocalKeyRing:
     doc: dict[str, Any] = {"issuer": issuer, "current": current}
     if nxt:
         doc["next"] = nxt
@@ -31,8 +33,14 @@ HS_B = {"kid": "b", "alg": "HS256", "secret": SECRET_B}
 
 
 def claims(**over: Any) -> Any:
-    c = build_claims(issuer="iss-1", task_id=uuid.uuid4(), attempt=1, org_id=uuid.uuid4(),
-                     ttl_seconds=60, store_root=ROOT)
+    c = build_claims(
+        issuer="iss-1",
+        task_id=uuid.uuid4(),
+        attempt=1,
+        org_id=uuid.uuid4(),
+        ttl_seconds=60,
+        store_root=ROOT,
+    )
     return c.model_copy(update=over) if over else c
 
 
@@ -80,8 +88,15 @@ def test_alg_none_is_rejected() -> None:
 
 def test_expired_token_is_rejected() -> None:
     now = time.time() - 3600
-    c = build_claims(issuer="iss-1", task_id=uuid.uuid4(), attempt=1, org_id=uuid.uuid4(),
-                     ttl_seconds=60, store_root=ROOT, now=now)
+    c = build_claims(
+        issuer="iss-1",
+        task_id=uuid.uuid4(),
+        attempt=1,
+        org_id=uuid.uuid4(),
+        ttl_seconds=60,
+        store_root=ROOT,
+        now=now,
+    )
     r = ring(HS_A)
     with pytest.raises(AuthError, match="expired"):
         r.verify(r.sign(c))
@@ -102,7 +117,9 @@ def test_unknown_or_missing_kid_is_rejected() -> None:
             ring(HS_A).verify(raw_token(payload, SECRET_A, kid=kid))
 
 
-@pytest.mark.parametrize("missing", ["org_id", "task_id", "attempt", "datasets", "s3", "jti", "sub"])
+@pytest.mark.parametrize(
+    "missing", ["org_id", "task_id", "attempt", "datasets", "s3", "jti", "sub"]
+)
 def test_missing_required_claim_is_rejected(missing: str) -> None:
     payload = claims().model_dump(mode="json")
     del payload[missing]
@@ -112,8 +129,14 @@ def test_missing_required_claim_is_rejected(missing: str) -> None:
 
 @pytest.mark.parametrize(
     "field,value",
-    [("attempt", "1"), ("attempt", 0), ("task_id", "not-a-uuid"), ("datasets", "all"),
-     ("s3", {"write_prefixes": ["s3://"], "admin": True}), ("sub", "task:someone-else")],
+    [
+        ("attempt", "1"),
+        ("attempt", 0),
+        ("task_id", "not-a-uuid"),
+        ("datasets", "all"),
+        ("s3", {"write_prefixes": ["s3://"], "admin": True}),
+        ("sub", "task:someone-else"),
+    ],
 )
 def test_malformed_claims_are_rejected(field: str, value: Any) -> None:
     payload = claims().model_dump(mode="json")
@@ -143,8 +166,10 @@ def test_hs_es_confusion_is_rejected() -> None:
     """A token 'signed' with HS256 using the ES public key as secret must not pass."""
     pem = generate_es256_pem()
     r = ring({"kid": "es", "alg": "ES256", "private_key_pem": pem})
-    public_pem = serialization.load_pem_private_key(pem.encode(), None).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    public_pem = (
+        serialization.load_pem_private_key(pem.encode(), None)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     import hashlib
     import hmac

@@ -19,8 +19,13 @@ from trace_platform.errors import ConflictError, StaleFenceError
 LEASE = uuid.uuid4()
 
 
-def row(status: str = "running", attempt: int = 1, last_outcome: str | None = None,
-        max_attempts: int = 3, lease: uuid.UUID | None = LEASE) -> TaskFence:
+def row(
+    status: str = "running",
+    attempt: int = 1,
+    last_outcome: str | None = None,
+    max_attempts: int = 3,
+    lease: uuid.UUID | None = LEASE,
+) -> TaskFence:
     return TaskFence(uuid.uuid4(), status, attempt, lease, last_outcome, max_attempts)
 
 

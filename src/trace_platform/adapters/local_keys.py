@@ -194,7 +194,9 @@ def load_key_ring(settings: Settings) -> LocalKeyRing:
             try:
                 text, base = path.read_text(), path.parent
             except OSError:
-                raise ConfigError("TRACE_TASK_KEYS is neither inline JSON nor a readable file") from None
+                raise ConfigError(
+                    "TRACE_TASK_KEYS is neither inline JSON nor a readable file"
+                ) from None
         try:
             doc = json.loads(text)
         except json.JSONDecodeError:

@@ -135,8 +135,8 @@ class PgQueue:
                 return  # polling still works; try again on the next wait
             self._listener = conn
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        event = self._events.get(payload)
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        event = self._events.get(str(payload))
         if event is not None:
             event.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +71,9 @@ async def ensure_database(admin_url: str, name: str) -> None:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            try:
+            # another process may create it concurrently
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
                 await conn.execute(f'CREATE DATABASE "{name}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass  # created concurrently by another process
     finally:
         await conn.close()
 
@@ -85,7 +85,9 @@ async def resolve_databases(settings: Settings) -> DatabaseUrls:
     if settings.state_database_url or settings.data_database_url:
         from trace_platform.errors import ConfigError
 
-        raise ConfigError("set both TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL, or neither")
+        raise ConfigError(
+            "set both TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL, or neither"
+        )
     home = settings.home.resolve()
     socket_dir = start_embedded(home / "postgres")
     for name in (STATE_DB, DATA_DB):

@@ -73,7 +73,8 @@ async def migrate(conn: asyncpg.Connection, component: str) -> list[Migration]:
             if m.version in done:
                 if done[m.version] != m.sha256:
                     raise ConfigError(
-                        f"{component} migration {m.version:04d}_{m.name} changed after it was applied"
+                        f"{component} migration {m.version:04d}_{m.name} was changed after"
+                        " it was applied (add a new migration instead)"
                     )
                 continue
             async with conn.transaction():

@@ -1,4 +1,4 @@
-"""Named SQL: every statement lives in a `.sql` file under `-- name: <name>` and is loaded by name."""
+"""Named SQL: each statement lives in a `.sql` file under `-- name: <name>`, loaded by name."""
 
 from __future__ import annotations
 

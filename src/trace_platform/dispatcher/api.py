@@ -99,7 +99,9 @@ def build_router(
         body = await parse_body(request, models.CancelRequest)
         return json_response(await service().cancel(body.task_id))
 
-    @router.get("/internal/jwks/task", tags=["internal"], summary="Public keys of the task key ring")
+    @router.get(
+        "/internal/jwks/task", tags=["internal"], summary="Public keys of the task key ring"
+    )
     async def jwks() -> Response:
         return json_response(signer.jwks())
 
@@ -153,7 +155,9 @@ def build_router(
     )
     async def events(request: Request) -> Response:
         async def run(_claims: CapabilityClaims, body: models.EventsRequest) -> Any:
-            n = await service().record_events(body.task_id, body.attempt, body.lease_token, body.events)
+            n = await service().record_events(
+                body.task_id, body.attempt, body.lease_token, body.events
+            )
             return {"recorded": n}
 
         return await task_call(request, models.EventsRequest, run)
@@ -210,5 +214,3 @@ def install_health(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:
         return Response(render(), media_type="text/plain; version=0.0.4")
-
-

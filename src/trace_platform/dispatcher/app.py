@@ -26,7 +26,7 @@ from trace_platform.dispatcher.loops import (
     start_kernel_loops,
 )
 from trace_platform.dispatcher.service import TaskService
-from trace_platform.http import MetricsMiddleware, install_error_handlers
+from trace_platform.http import MetricsMiddleware, install_error_handlers, serve
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
@@ -52,8 +52,13 @@ def create_app(settings: Settings) -> FastAPI:
             runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
         )
         listener = await _listen_outbox(urls.state, poke)
-        log.info("dispatcher.started", host=settings.host, port=settings.port,
-                 kids=signer.kids, embedded_db=urls.embedded)
+        log.info(
+            "dispatcher.started",
+            host=settings.host,
+            port=settings.port,
+            kids=signer.kids,
+            embedded_db=urls.embedded,
+        )
         try:
             yield
         finally:
@@ -106,19 +111,4 @@ async def _listen_outbox(dsn: str, poke: asyncio.Event) -> asyncpg.Connection | 
 
 
 def run_dispatcher(settings: Settings) -> None:
-    import uvicorn
-
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        backlog=2048,
-    )
-    uvicorn.Server(config).run()
+    serve(create_app(settings), settings.host, settings.port)

@@ -80,8 +80,12 @@ class OutboxDrainer:
                     await conn.execute(
                         q("outbox", "mark_failed"), ids, type(exc).__name__, OUTBOX_MAX_ATTEMPTS
                     )
-                    log.warning("outbox.delivery_failed", topic=topic, count=len(ids),
-                                error=type(exc).__name__)
+                    log.warning(
+                        "outbox.delivery_failed",
+                        topic=topic,
+                        count=len(ids),
+                        error=type(exc).__name__,
+                    )
                     continue
                 sent.extend(ids)
                 OUTBOX_PUBLISHED.labels(topic).inc(len(ids))
@@ -142,8 +146,12 @@ class LeaseReaper:
             delays,
         )
         for r in rows:
-            log.info("task.lease_expired", task_id=str(r["task_id"]), attempt=r["attempt"],
-                     retry=r["next_retry_at"] is not None)
+            log.info(
+                "task.lease_expired",
+                task_id=str(r["task_id"]),
+                attempt=r["attempt"],
+                retry=r["next_retry_at"] is not None,
+            )
         TASK_TRANSITIONS.labels("lease_expired").inc(len(rows))
         return len(rows)
 
@@ -186,8 +194,9 @@ class LoopRunner:
             except Exception as exc:  # a loop survives DB restarts and transient faults
                 failures += 1
                 handled = 0
-                log.error("loop.step_failed", loop=name, error=type(exc).__name__,
-                          detail=str(exc)[:300])
+                log.error(
+                    "loop.step_failed", loop=name, error=type(exc).__name__, detail=str(exc)[:300]
+                )
             if handled >= busy_at:
                 continue
             wait = interval * min(2**failures, 30) if failures else interval
@@ -224,12 +233,12 @@ def start_kernel_loops(
     runner.start("outbox_purge", drainer.purge_sent, 60.0, 5000)
 
 
-def default_routes(queue: Queue, extra: Mapping[str, OutboxRoute] | None = None) -> dict[str, OutboxRoute]:
+def default_routes(
+    queue: Queue, extra: Mapping[str, OutboxRoute] | None = None
+) -> dict[str, OutboxRoute]:
     routes: dict[str, OutboxRoute] = {
         "enqueue_task": queue_route(queue, TASK_WAKEUP),
         "buffer_batch": queue_route(queue, BUFFER_QUEUE),
     }
     routes.update(extra or {})
     return routes
-
-

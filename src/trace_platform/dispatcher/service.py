@@ -34,6 +34,7 @@ from trace_platform.metrics import TASK_TRANSITIONS
 from trace_platform.ports import TokenSigner
 
 log = get_logger(__name__)
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 LITE_ORG_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 _OUTBOX_NS = uuid.UUID("6f1c1f0e-3b7a-4c55-9a43-7d1f3e0c2b11")
@@ -162,9 +163,7 @@ class TaskService:
 
     # -- attempt-scoped (capability token already verified and bound to the body) -----------
 
-    async def heartbeat(
-        self, task_id: uuid.UUID, attempt: int, lease_token: uuid.UUID
-    ) -> datetime:
+    async def heartbeat(self, task_id: uuid.UUID, attempt: int, lease_token: uuid.UUID) -> datetime:
         async with self.pool.acquire() as conn:
             expires = await conn.fetchval(
                 q("tasks", "heartbeat"), task_id, attempt, lease_token, self.settings.lease_seconds
@@ -175,7 +174,7 @@ class TaskService:
         return expires
 
     async def _raise_fence_error(
-        self, conn: asyncpg.Connection, task_id: uuid.UUID, attempt: int, lease: uuid.UUID
+        self, conn: Conn, task_id: uuid.UUID, attempt: int, lease: uuid.UUID
     ) -> None:
         row = await conn.fetchrow(q("tasks", "task_state"), task_id)
         if row is None:
@@ -227,8 +226,12 @@ class TaskService:
             )
         if inserted is not None:
             self.outbox_poke.set()
-            log.info("task.buffer_published", task_id=str(task_id), attempt=attempt,
-                     record_count=record_count)
+            log.info(
+                "task.buffer_published",
+                task_id=str(task_id),
+                attempt=attempt,
+                record_count=record_count,
+            )
         return {"outbox_id": str(outbox_id), "duplicate": inserted is None}
 
     async def record_events(
@@ -248,7 +251,7 @@ class TaskService:
 
     @staticmethod
     async def _insert_events(
-        conn: asyncpg.Connection, task_id: uuid.UUID, attempt: int, events: Sequence[dict[str, Any]]
+        conn: Conn, task_id: uuid.UUID, attempt: int, events: Sequence[dict[str, Any]]
     ) -> None:
         if events:
             keys = [event_key(task_id, attempt, e) for e in events]
@@ -274,7 +277,9 @@ class TaskService:
                 assert view is not None
                 return _completion_answer(task_id, attempt, view["status"], view["next_retry_at"])
             delay = (
-                retry_delay(attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+                retry_delay(
+                    attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds
+                )
                 if decision.retry
                 else None
             )
@@ -292,8 +297,10 @@ class TaskService:
             )
             assert updated is not None  # the row is locked and the fence was checked
             await self._insert_events(conn, task_id, attempt, events or [])
-        transition = "completed" if outcome == Outcome.SUCCESS else (
-            "retry_scheduled" if decision.retry else "failed"
+        transition = (
+            "completed"
+            if outcome == Outcome.SUCCESS
+            else ("retry_scheduled" if decision.retry else "failed")
         )
         TASK_TRANSITIONS.labels(transition).inc()
         log.info(f"task.{transition}", task_id=str(task_id), attempt=attempt, outcome=outcome.value)

@@ -99,9 +99,9 @@ def retry_delay(
     attempt: int, base_seconds: float, max_seconds: float, rng: random.Random | None = None
 ) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped at max_seconds."""
-    exp = min(max_seconds, base_seconds * (2 ** max(0, attempt - 1)))
+    exp = min(max_seconds, base_seconds * 2.0 ** max(0, attempt - 1))
     r = (rng or random).random()
-    return exp / 2 + exp / 2 * r
+    return float(exp / 2 + exp / 2 * r)
 
 
 def reaped_retry_delay(
