@@ -130,3 +130,7 @@ class ObjectStore(Protocol):
     async def delete(self, uri: str) -> None:
         """Delete an object; deleting a missing object is not an error."""
         ...
+
+    def presign(self, uri: str, method: str, expires_seconds: int) -> str:
+        """A short-lived URL allowing exactly `method` (GET or PUT) on exactly this object."""
+        ...
