@@ -133,6 +133,105 @@ def dispatcher(ctx: click.Context, host: str | None, port: int | None) -> None:
     run_dispatcher(settings)
 
 
+@cli.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Tasks run at once [env TRACE_WORKER_CONCURRENCY].",
+)
+@click.pass_context
+@handle_errors
+def worker(ctx: click.Context, concurrency: int | None) -> None:
+    """Run a worker: poll task_wakeup, claim, run the operator, publish, complete."""
+    settings = settings_from(ctx, worker_concurrency=concurrency)
+    _setup_logs(settings, "worker")
+    from trace_platform.worker.app import run_worker
+
+    run_worker(settings)
+
+
+@cli.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Batches ingested at once [env TRACE_SINK_CONCURRENCY].",
+)
+@click.pass_context
+@handle_errors
+def sink(ctx: click.Context, concurrency: int | None) -> None:
+    """Run the sink: validate buffer batches, upsert alert_events idempotently, DLQ poison."""
+    settings = settings_from(ctx, sink_concurrency=concurrency)
+    _setup_logs(settings, "sink")
+    from trace_platform.sink.app import run_sink
+
+    run_sink(settings)
+
+
+# -- dead-letter queue -----------------------------------------------------------------------
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect, re-drive and purge dead-lettered buffer batches."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+@handle_errors
+def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List DLQ messages with their error and original pointer."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import list_dlq
+
+    items = run_async(list_dlq(settings, limit))
+    if as_json:
+        for item in items:
+            click.echo(orjson.dumps(item, default=str).decode())
+        return
+    if not items:
+        click.echo("DLQ is empty")
+    for item in items:
+        original = item["payload"].get("original", {})
+        click.echo(
+            f"{item['message_id']}  deliveries={item['payload'].get('deliveries')}"
+            f"  task={original.get('producer', {}).get('task_id')}"
+            f"  error={item['payload'].get('error')}"
+        )
+
+
+@dlq.command("redrive")
+@click.argument("message_ids", nargs=-1, type=click.UUID)
+@click.option("--all", "all_", is_flag=True, help="Re-drive every DLQ message.")
+@click.pass_context
+@handle_errors
+def dlq_redrive(ctx: click.Context, message_ids: tuple[uuid.UUID, ...], all_: bool) -> None:
+    """Move DLQ messages back to buffer_queue (after fixing their batch)."""
+    if bool(message_ids) == all_:
+        raise ValidationError("give message ids or --all (not both)")
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import redrive_dlq
+
+    n = run_async(redrive_dlq(settings, None if all_ else list(message_ids)))
+    click.echo(f"re-drove {n} message(s)")
+
+
+@dlq.command("purge")
+@click.argument("message_ids", nargs=-1, required=True, type=click.UUID)
+@click.pass_context
+@handle_errors
+def dlq_purge(ctx: click.Context, message_ids: tuple[uuid.UUID, ...]) -> None:
+    """Delete DLQ messages for good."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import purge_dlq
+
+    n = run_async(purge_dlq(settings, list(message_ids)))
+    click.echo(f"purged {n} message(s)")
+
+
 # -- tasks -------------------------------------------------------------------------------
 
 

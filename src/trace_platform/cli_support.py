@@ -114,3 +114,22 @@ def format_status(report: dict[str, Any]) -> str:
     if "alert_events" in report:
         lines.append(f"alert_events rows: {report['alert_events']}")
     return "\n".join(lines)
+
+
+BUFFER_QUEUE = "buffer_queue"
+BUFFER_DLQ = "buffer_queue_dlq"
+
+
+async def list_dlq(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    async with state_pool(settings) as pool:
+        return await PgQueue(pool).list_messages(BUFFER_DLQ, limit)
+
+
+async def redrive_dlq(settings: Settings, ids: list[uuid.UUID] | None) -> int:
+    async with state_pool(settings) as pool:
+        return await PgQueue(pool).redrive(BUFFER_DLQ, ids, BUFFER_QUEUE)
+
+
+async def purge_dlq(settings: Settings, ids: list[uuid.UUID]) -> int:
+    async with state_pool(settings) as pool:
+        return await PgQueue(pool).purge(BUFFER_DLQ, ids)

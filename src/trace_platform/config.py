@@ -65,6 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_concurrency", int, 8, "Tasks a worker runs at once."),
     Setting("visibility_seconds", float, 30.0, "Queue visibility timeout for received messages."),
     Setting("sink_max_deliveries", int, 5, "Deliveries before a buffer batch goes to the DLQ."),
+    Setting("sink_retry_base_seconds", float, 1.0, "First redelivery delay of a rejected batch."),
+    Setting("sink_concurrency", int, 2, "Batches the sink ingests at once."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
 
@@ -97,6 +99,8 @@ class Settings:
     worker_concurrency: int = 8
     visibility_seconds: float = 30.0
     sink_max_deliveries: int = 5
+    sink_retry_base_seconds: float = 1.0
+    sink_concurrency: int = 2
     log_level: str = "info"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -130,11 +134,18 @@ class Settings:
             "retry_interval",
             "reaper_interval",
             "visibility_seconds",
+            "sink_retry_base_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_BY_NAME[name].env} must be > 0")
-        for name in ("max_attempts", "db_pool_size", "worker_concurrency", "sink_max_deliveries"):
+        for name in (
+            "max_attempts",
+            "db_pool_size",
+            "worker_concurrency",
+            "sink_max_deliveries",
+            "sink_concurrency",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_BY_NAME[name].env} must be >= 1")
         if not 0 < self.port < 65536:

@@ -27,7 +27,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -48,8 +50,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def aws_env() -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    old = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"
+    )
     yield
     for k, v in old.items():
         if v is None:
@@ -61,7 +68,9 @@ def aws_env() -> Iterator[None]:
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
-        return LocalObjectStore(tmp_path / "objects", ObjectUrlSigner(b"k" * 32, "http://127.0.0.1:1"))
+        return LocalObjectStore(
+            tmp_path / "objects", ObjectUrlSigner(b"k" * 32, "http://127.0.0.1:1")
+        )
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = "b" + os.urandom(4).hex()
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
@@ -100,7 +109,9 @@ async def test_missing_object_is_not_found(store: ObjectStore) -> None:
         await store.get_bytes(store.uri_for("nope/x"))
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "/abs", "a//b", "a/./b", "a\\b", "", "a?b", "%2e%2e/x"])
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/abs", "a//b", "a/./b", "a\\b", "", "a?b", "%2e%2e/x"]
+)
 async def test_bad_keys_are_rejected(store: ObjectStore, key: str) -> None:
     with pytest.raises(ValidationError):
         store.uri_for(key)
@@ -126,7 +137,9 @@ async def test_s3_presigned_put_and_get_work_over_http(s3_endpoint: str) -> None
     store = S3ObjectStore(f"s3://{bucket}", endpoint_url=s3_endpoint)
     uri = store.uri_for("buffers/t/1/x.jsonl")
     req = urllib.request.Request(
-        store.presign(uri, "PUT", 60), data=b"line\n", method="PUT",
+        store.presign(uri, "PUT", 60),
+        data=b"line\n",
+        method="PUT",
         headers={"Content-Type": "application/octet-stream"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
@@ -144,8 +157,13 @@ def test_local_signed_urls_check_method_key_and_expiry() -> None:
     qs = parse_qs(urlsplit(url).query)
     exp, sig = qs["exp"][0], qs["sig"][0]
     signer.check("PUT", "a/b", exp, sig)
-    for method, key, e, s in (("GET", "a/b", exp, sig), ("PUT", "a/c", exp, sig),
-                              ("PUT", "a/b", str(int(exp) + 1), sig), ("PUT", "a/b", "1", sig),
-                              ("PUT", "a/b", None, None), ("PUT", "a/b", exp, sig[:-1] + "A")):
+    for method, key, e, s in (
+        ("GET", "a/b", exp, sig),
+        ("PUT", "a/c", exp, sig),
+        ("PUT", "a/b", str(int(exp) + 1), sig),
+        ("PUT", "a/b", "1", sig),
+        ("PUT", "a/b", None, None),
+        ("PUT", "a/b", exp, sig[:-1] + "A"),
+    ):
         with pytest.raises(ForbiddenError):
             signer.check(method, key, e, s)

@@ -33,7 +33,9 @@ class S3ObjectStore:
                 import boto3
                 from botocore.config import Config
             except ImportError:
-                raise ConfigError("the S3 object store needs `pip install 'trace-platform[aws]'`") from None
+                raise ConfigError(
+                    "the S3 object store needs `pip install 'trace-platform[aws]'`"
+                ) from None
             client = boto3.client(
                 "s3",
                 endpoint_url=endpoint_url,
@@ -83,8 +85,12 @@ class S3ObjectStore:
                         upload_id = created["UploadId"]
                     part, buf = bytes(buf[:PART_SIZE]), buf[PART_SIZE:]
                     resp = await asyncio.to_thread(
-                        self._s3.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
-                        PartNumber=len(parts) + 1, Body=part,
+                        self._s3.upload_part,
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=len(parts) + 1,
+                        Body=part,
                     )
                     parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
             if upload_id is None:
@@ -94,13 +100,20 @@ class S3ObjectStore:
             else:
                 if buf:
                     resp = await asyncio.to_thread(
-                        self._s3.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
-                        PartNumber=len(parts) + 1, Body=bytes(buf),
+                        self._s3.upload_part,
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=len(parts) + 1,
+                        Body=bytes(buf),
                     )
                     parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
                 await asyncio.to_thread(
-                    self._s3.complete_multipart_upload, Bucket=self.bucket, Key=key,
-                    UploadId=upload_id, MultipartUpload={"Parts": parts},
+                    self._s3.complete_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
                 )
         except BaseException:
             if upload_id is not None:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from trace_platform.adapters.local_keys import WorkerTokens
+from trace_platform.adapters.local_store import LocalObjectStore, ObjectUrlSigner
 from trace_platform.dispatcher import models
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.domain.capability import CapabilityClaims, is_within_prefixes
 from trace_platform.domain.lifecycle import Outcome
-from trace_platform.errors import AuthError, ForbiddenError, ValidationError
+from trace_platform.errors import AuthError, ForbiddenError, NotFoundError, ValidationError
 from trace_platform.http import json_response, parse_body, request_body_schema
 from trace_platform.logs import get_logger
-from trace_platform.ports import TokenSigner
+from trace_platform.ports import ObjectStore, TokenSigner
 
 log = get_logger(__name__)
 F = TypeVar("F", bound=models.Fence)
@@ -26,11 +29,16 @@ WORKER_HEADER = "x-trace-worker-token"
 CAPABILITY_HEADER = "x-trace-task-capability"
 
 
+UPLOAD_URL_TTL_SECONDS = 900
+MAX_UPLOAD_BYTES = 1 << 30
+_OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
 def build_router(
     service: Callable[[], TaskService],
     signer: TokenSigner,
     worker_tokens: WorkerTokens,
-    extra_task_routes: Callable[[APIRouter, Callable[..., Any]], None] | None = None,
+    store: ObjectStore,
 ) -> APIRouter:
     router = APIRouter()
 
@@ -182,9 +190,72 @@ def build_router(
 
         return await task_call(request, models.CompleteRequest, run)
 
-    if extra_task_routes is not None:
-        extra_task_routes(router, task_call)
+    @router.post(
+        "/v1/task/upload-url",
+        tags=["task"],
+        openapi_extra=request_body_schema(models.UploadUrlRequest),
+        summary="A short-lived PUT URL for one object in the attempt's write prefix",
+    )
+    async def upload_url(request: Request) -> Response:
+        async def run(claims: CapabilityClaims, body: models.UploadUrlRequest) -> Any:
+            if not _OBJECT_NAME.match(body.name) or ".." in body.name:
+                raise ValidationError("name must be a plain file name ([A-Za-z0-9._-], no '/')")
+            await service().check_reporting(body.task_id, body.attempt, body.lease_token)
+            uri = claims.s3.write_prefixes[0] + body.name
+            if not is_within_prefixes(uri, claims.s3.write_prefixes):
+                raise ForbiddenError("object is outside the token's write prefixes")
+            url = store.presign(uri, "PUT", UPLOAD_URL_TTL_SECONDS)
+            expires = datetime.now(UTC) + timedelta(seconds=UPLOAD_URL_TTL_SECONDS)
+            return {
+                "url": url,
+                "method": "PUT",
+                "batch_uri": uri,
+                "expires_at": expires.isoformat(),
+            }
+
+        return await task_call(request, models.UploadUrlRequest, run)
+
+    if isinstance(store, LocalObjectStore) and store.url_signer is not None:
+        _add_local_object_routes(router, store, store.url_signer)
     return router
+
+
+def _add_local_object_routes(
+    router: APIRouter, store: LocalObjectStore, url_signer: ObjectUrlSigner
+) -> None:
+    """Serve the signed URLs of the local store: one method, one object, until expiry."""
+
+    @router.put("/objects/{key:path}", tags=["objects"], summary="Upload via a signed URL")
+    async def put_object(request: Request, key: str) -> Response:
+        url_signer.check(
+            "PUT", key, request.query_params.get("exp"), request.query_params.get("sig")
+        )
+        uri = store.uri_for(key)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES):
+            raise ValidationError("upload too large")
+
+        async def body() -> AsyncIterator[bytes]:
+            seen = 0
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > MAX_UPLOAD_BYTES:
+                    raise ValidationError("upload too large")
+                if chunk:
+                    yield chunk
+
+        info = await store.put_stream(uri, body())
+        return json_response({"uri": info.uri, "size": info.size})
+
+    @router.get("/objects/{key:path}", tags=["objects"], summary="Download via a signed URL")
+    async def get_object(request: Request, key: str) -> Response:
+        url_signer.check(
+            "GET", key, request.query_params.get("exp"), request.query_params.get("sig")
+        )
+        uri = store.uri_for(key)
+        if not await store.exists(uri):
+            raise NotFoundError("object not found")
+        return StreamingResponse(store.open_stream(uri), media_type="application/octet-stream")
 
 
 def _now() -> float:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from trace_platform import __version__
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
@@ -83,7 +84,8 @@ def create_app(settings: Settings) -> FastAPI:
         svc: TaskService = state["service"]
         return svc
 
-    app.include_router(build_router(service, signer, worker_tokens))
+    store = object_store_from_settings(settings)
+    app.include_router(build_router(service, signer, worker_tokens, store))
 
     async def ready() -> bool:
         pool = state.get("pool")

@@ -184,6 +184,15 @@ class TaskService:
         # The fence holds but the call still changed nothing: a heartbeat needs a live run.
         raise StaleFenceError(f"task is {fence.status}; the lease cannot be extended")
 
+    async def check_reporting(
+        self, task_id: uuid.UUID, attempt: int, lease_token: uuid.UUID
+    ) -> None:
+        """Raise unless this attempt may still report (running, or a late reply)."""
+        row = await self.pool.fetchrow(q("tasks", "task_state"), task_id)
+        if row is None:
+            raise NotFoundError("unknown task")
+        check_report_fence(_fence(row), attempt, lease_token)
+
     async def buffer_publish(
         self,
         claims: CapabilityClaims,

@@ -1,0 +1,41 @@
+"""Sink process: state DB for the queue, data DB for rows, object store for batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.adapters.stores import object_store_from_settings
+from trace_platform.aio import stop_on_signals
+from trace_platform.config import Settings
+from trace_platform.db.embedded import resolve_databases
+from trace_platform.db.pool import create_pool
+from trace_platform.sink.service import Sink
+
+
+async def serve_sink(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    urls = await resolve_databases(settings)
+    state_pool = await create_pool(urls.state, max_size=3)
+    data_pool = await create_pool(urls.data, max_size=settings.sink_concurrency + 1)
+    queue = PgQueue(state_pool, listen_dsn=urls.state)
+    try:
+        sink = Sink(
+            queue,
+            object_store_from_settings(settings),
+            data_pool,
+            settings,
+            concurrency=settings.sink_concurrency,
+        )
+        await sink.run(stop)
+    finally:
+        await queue.close()
+        await data_pool.close()
+        await state_pool.close()
+
+
+def run_sink(settings: Settings) -> None:
+    import uvloop
+
+    uvloop.run(serve_sink(settings))

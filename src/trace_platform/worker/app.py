@@ -1,0 +1,40 @@
+"""Worker process: wires the queue, object store and dispatcher client, then runs the loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from trace_platform.adapters.local_keys import load_worker_tokens
+from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.adapters.stores import object_store_from_settings
+from trace_platform.aio import stop_on_signals
+from trace_platform.client import DispatcherClient
+from trace_platform.config import Settings
+from trace_platform.db.embedded import resolve_databases
+from trace_platform.db.pool import create_pool
+from trace_platform.worker.service import Worker
+
+
+async def serve_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    urls = await resolve_databases(settings)
+    pool = await create_pool(urls.state, max_size=min(settings.db_pool_size, 4))
+    queue = PgQueue(pool, listen_dsn=urls.state)
+    client = DispatcherClient(
+        settings.resolved_dispatcher_url,
+        load_worker_tokens(settings).current,
+        max_connections=max(4, settings.worker_concurrency * 2),
+    )
+    try:
+        await Worker(settings, queue, object_store_from_settings(settings), client).run(stop)
+    finally:
+        await client.close()
+        await queue.close()
+        await pool.close()
+
+
+def run_worker(settings: Settings) -> None:
+    import uvloop
+
+    uvloop.run(serve_worker(settings))

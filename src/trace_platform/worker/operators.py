@@ -1,0 +1,73 @@
+"""Platform operators, pluggable by name. An operator yields `alert_events` rows.
+
+`emit_alerts` derives every dedupe_key from the seed and the row index (never from the
+attempt), so a retried task produces the same keys and the sink inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from trace_platform.logs import EventLogger
+
+
+class FatalTaskError(Exception):
+    """Raised by an operator when retrying cannot help (bad input): the task fails for good."""
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    task_id: uuid.UUID
+    attempt: int
+    payload: dict[str, Any]
+    log: EventLogger
+
+
+Operator = Callable[[OperatorContext], AsyncIterator[dict[str, Any]]]
+OPERATORS: dict[str, Operator] = {}
+MAX_EMIT = 10_000_000
+_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def operator(name: str) -> Callable[[Operator], Operator]:
+    """Register an operator under `name` (plugins call this at import)."""
+
+    def register(fn: Operator) -> Operator:
+        OPERATORS[name] = fn
+        return fn
+
+    return register
+
+
+@operator("noop")
+async def noop(_ctx: OperatorContext) -> AsyncIterator[dict[str, Any]]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+@operator("emit_alerts")
+async def emit_alerts(ctx: OperatorContext) -> AsyncIterator[dict[str, Any]]:
+    count = ctx.payload.get("count", 10)
+    seed = ctx.payload.get("seed", "seed")
+    if type(count) is not int or not 0 <= count <= MAX_EMIT:
+        raise FatalTaskError(f"emit_alerts: count must be an integer in [0, {MAX_EMIT}]")
+    if type(seed) is not str or not seed or len(seed) > 200:
+        raise FatalTaskError("emit_alerts: seed must be a non-empty string")
+    definition = str(uuid.uuid5(uuid.NAMESPACE_URL, f"trace:alert-definition:{seed}"))
+    for i in range(count):
+        tx = hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()
+        yield {
+            "alert_definition_id": definition,
+            "dedupe_key": f"{seed}:{i}",
+            "event_time": (_EPOCH + timedelta(seconds=i)).isoformat(),
+            "chain_id": 1,
+            "block_number": 19_000_000 + i,
+            "block_hash": "0x" + tx[::-1],
+            "tx_hash": "0x" + tx,
+            "payload": {"rule": "demo", "value_wei": str((i * 7919) % 10**21)},
+        }

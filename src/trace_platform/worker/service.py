@@ -1,0 +1,253 @@
+"""Worker loop: receive wake-ups (batched), claim, run the operator under a heartbeat, write the
+JSONL batch into the attempt's prefix, buffer-publish, complete, ack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from trace_platform.aio import first_of
+from trace_platform.client import DispatcherClient, DispatcherUnavailable, Lease
+from trace_platform.config import Settings
+from trace_platform.domain.capability import batch_prefix
+from trace_platform.errors import (
+    AuthError,
+    ConflictError,
+    NotClaimedError,
+    NotFoundError,
+    TraceError,
+)
+from trace_platform.logs import get_logger
+from trace_platform.metrics import IN_FLIGHT, WORKER_TASKS
+from trace_platform.ports import ObjectStore, Queue, ReceivedMessage
+from trace_platform.worker.operators import OPERATORS, FatalTaskError, OperatorContext
+
+log = get_logger(__name__)
+
+TASK_WAKEUP = "task_wakeup"
+LINES_PER_CHUNK = 2000
+
+
+class AckBatcher:
+    """Acks go out in batches: one statement for many finished wake-ups."""
+
+    def __init__(self, queue: Queue, queue_name: str, max_batch: int = 256) -> None:
+        self.queue = queue
+        self.queue_name = queue_name
+        self.max_batch = max_batch
+        self._pending: list[ReceivedMessage] = []
+        self._wake = asyncio.Event()
+
+    def add(self, message: ReceivedMessage) -> None:
+        self._pending.append(message)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            await self.queue.ack(self.queue_name, batch)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await first_of(stop, self._wake.wait())
+            self._wake.clear()
+            try:
+                await self.flush()
+            except OSError as exc:
+                log.error("worker.ack_failed", error=type(exc).__name__)
+        await self.flush()
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: Queue,
+        store: ObjectStore,
+        client: DispatcherClient,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.store = store
+        self.client = client
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.concurrency = settings.worker_concurrency
+        self.acks = AckBatcher(queue, TASK_WAKEUP)
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event, grace_seconds: float = 10.0) -> None:
+        """Poll until `stop`; then take no new work, give in-flight tasks `grace_seconds`,
+        and abandon the rest (their leases expire into retries)."""
+        slots = asyncio.Semaphore(self.concurrency)
+        ack_stop = asyncio.Event()
+        ack_task = asyncio.create_task(self.acks.run(ack_stop))
+        log.info("worker.started", worker_id=self.worker_id, concurrency=self.concurrency)
+        visibility = self.settings.visibility_seconds
+        while not stop.is_set():
+            await first_of(stop, slots.acquire())
+            if stop.is_set():
+                break
+            free = 1
+            while free < min(32, self.concurrency) and not slots.locked():
+                await slots.acquire()
+                free += 1
+            try:
+                messages = await self.queue.receive(TASK_WAKEUP, free, visibility)
+            except OSError as exc:
+                messages = []
+                log.error("worker.receive_failed", error=type(exc).__name__)
+            for _ in range(free - len(messages)):
+                slots.release()
+            if not messages:
+                await first_of(stop, self.queue.wait_for_messages(TASK_WAKEUP, 1.0))
+                continue
+            for message in messages:
+                task = asyncio.create_task(self._handle(message, slots))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+        if self._running:
+            log.info("worker.draining", in_flight=len(self._running))
+            _done, pending = await asyncio.wait(self._running, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+                log.warning("worker.abandoned", tasks=len(pending))
+        ack_stop.set()
+        await ack_task
+        log.info("worker.stopped")
+
+    async def _handle(self, message: ReceivedMessage, slots: asyncio.Semaphore) -> None:
+        IN_FLIGHT.inc()
+        try:
+            await self._handle_wakeup(message)
+        finally:
+            IN_FLIGHT.dec()
+            slots.release()
+
+    async def _handle_wakeup(self, message: ReceivedMessage) -> None:
+        try:
+            task_id = uuid.UUID(str(message.payload.get("task_id")))
+        except ValueError:
+            log.warning("worker.bad_wakeup", message_id=str(message.message_id))
+            self.acks.add(message)
+            return
+        try:
+            lease = await self.client.claim(task_id, self.worker_id)
+        except (NotClaimedError, NotFoundError) as exc:
+            # Duplicate or stale wake-up: nothing to run, and nothing to wait for.
+            log.debug("worker.not_claimed", task_id=str(task_id), reason=exc.detail)
+            self.acks.add(message)
+            return
+        except (AuthError, DispatcherUnavailable) as exc:
+            log.error("worker.claim_failed", task_id=str(task_id), error=exc.code)
+            # Try again soon rather than after a whole visibility timeout.
+            with contextlib.suppress(OSError):
+                await self.queue.extend_visibility(TASK_WAKEUP, [message], 1.0)
+            return
+        keepalive = asyncio.create_task(self._keep_alive(lease, message))
+        try:
+            await self._run_attempt(lease)
+        except asyncio.CancelledError:
+            log.warning(
+                "worker.attempt_abandoned", task_id=str(lease.task_id), attempt=lease.attempt
+            )
+            raise
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        self.acks.add(message)
+
+    async def _keep_alive(self, lease: Lease, message: ReceivedMessage) -> None:
+        """Heartbeat the lease and keep the wake-up invisible while the operator runs."""
+        interval = max(0.2, self.settings.lease_seconds / 3)
+        visibility = self.settings.visibility_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.client.heartbeat(lease)
+            except ConflictError:
+                log.warning("worker.lease_lost", task_id=str(lease.task_id), attempt=lease.attempt)
+                return
+            except TraceError as exc:
+                log.warning("worker.heartbeat_failed", task_id=str(lease.task_id), error=exc.code)
+            with contextlib.suppress(OSError):
+                await self.queue.extend_visibility(TASK_WAKEUP, [message], visibility)
+
+    async def _run_attempt(self, lease: Lease) -> None:
+        ids = {"task_id": str(lease.task_id), "attempt": lease.attempt}
+        payload = lease.work_payload
+        name = payload.get("operator")
+        op = OPERATORS.get(name) if isinstance(name, str) else None
+        try:
+            if op is None:
+                raise FatalTaskError(f"unknown operator {name!r}")
+            ctx = OperatorContext(lease.task_id, lease.attempt, payload, log)
+            outputs = await self._write_and_publish(lease, op(ctx))
+        except FatalTaskError as exc:
+            await self._report(lease, "fatal_error", str(exc)[:2000])
+            return
+        except ConflictError as exc:
+            # Fenced out (stale attempt, canceled): this attempt must change nothing more.
+            log.warning("worker.attempt_fenced", reason=exc.detail, **ids)
+            WORKER_TASKS.labels("fenced").inc()
+            return
+        except Exception as exc:  # an operator failure is a retryable outcome, not a crash
+            await self._report(lease, "retryable_error", f"{type(exc).__name__}: {exc}"[:2000])
+            return
+        await self._report(lease, "success", None, outputs)
+
+    async def _report(
+        self,
+        lease: Lease,
+        outcome: str,
+        error: str | None,
+        outputs: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            await self.client.complete(lease, outcome, error, outputs)
+        except ConflictError as exc:
+            log.warning(
+                "worker.complete_rejected",
+                task_id=str(lease.task_id),
+                attempt=lease.attempt,
+                reason=exc.detail,
+            )
+            WORKER_TASKS.labels("fenced").inc()
+            return
+        WORKER_TASKS.labels(outcome).inc()
+
+    async def _write_and_publish(
+        self, lease: Lease, rows: AsyncIterator[dict[str, Any]]
+    ) -> dict[str, Any]:
+        first = await anext(rows, None)
+        if first is None:
+            return {"records": 0}
+        uri = batch_prefix(self.store.root, lease.task_id, lease.attempt) + "batch-0000.jsonl"
+        count = 0
+
+        async def encode() -> AsyncIterator[bytes]:
+            nonlocal count
+            lines = [orjson.dumps(first)]
+            count = 1
+            async for row in rows:
+                lines.append(orjson.dumps(row))
+                count += 1
+                if len(lines) >= LINES_PER_CHUNK:
+                    yield b"\n".join(lines) + b"\n"
+                    lines = []
+            if lines:
+                yield b"\n".join(lines) + b"\n"
+
+        info = await self.store.put_stream(uri, encode())
+        await self.client.buffer_publish(lease, uri, count)
+        return {"records": count, "batch_uri": uri, "bytes": info.size}
