@@ -35,7 +35,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     def up() -> bool:
         try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)  # noqa: S310
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
         except OSError:
             return False
         return True
@@ -142,9 +142,9 @@ async def test_s3_presigned_put_and_get_work_over_http(s3_endpoint: str) -> None
         method="PUT",
         headers={"Content-Type": "application/octet-stream"},
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
-    with urllib.request.urlopen(store.presign(uri, "GET", 60), timeout=10) as resp:  # noqa: S310
+    with urllib.request.urlopen(store.presign(uri, "GET", 60), timeout=10) as resp:
         assert resp.read() == b"line\n"
     assert await store.get_bytes(uri) == b"line\n"
 

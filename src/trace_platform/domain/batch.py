@@ -95,7 +95,7 @@ def parse_row(raw: bytes, line: int) -> StagingRecord:
     if not keys <= KNOWN_FIELDS:
         unknown = sorted(keys - KNOWN_FIELDS)[:3]
         raise BatchRejected(f"line {line}: unknown field(s) {', '.join(unknown)}")
-    if not REQUIRED_FIELDS <= keys:
+    if not keys >= REQUIRED_FIELDS:
         missing = sorted(REQUIRED_FIELDS - keys)
         raise BatchRejected(f"line {line}: missing field(s) {', '.join(missing)}")
     dedupe_key = row["dedupe_key"]
