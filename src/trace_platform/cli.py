@@ -169,6 +169,51 @@ def sink(ctx: click.Context, concurrency: int | None) -> None:
     run_sink(settings)
 
 
+@cli.command()
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes to run.")
+@click.pass_context
+@handle_errors
+def up(ctx: click.Context, workers: int) -> None:
+    """Run the whole Lite stack: embedded Postgres, dispatcher, worker(s), sink (Ctrl-C stops)."""
+    settings = settings_from(ctx)
+    _setup_logs(settings, "stack")
+    from trace_platform.stack import run_stack
+
+    def ready() -> None:
+        base = settings.resolved_dispatcher_url
+        click.echo(
+            f"\ntrace is up — TRACE_HOME={settings.home.resolve()}\n"
+            f"  dispatcher  {base}   (API docs {base}/docs, metrics {base}/metrics)\n"
+            f"  objects     {settings.resolved_object_store_url}\n"
+            "  try: trace task create --payload '{\"operator\": \"emit_alerts\", \"count\": 5}'"
+            "  then: trace status\n",
+            err=True,
+        )
+
+    run_async(run_stack(settings, workers, ready))
+
+
+@cli.command()
+@click.option("--tasks", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="emit_alerts tasks to submit.")
+@click.option("--rows-per-task", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Give up waiting after this many seconds.")
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context, tasks: int, rows_per_task: int, timeout: float) -> None:
+    """Run a sample workload end to end (starting a local stack if none is running)."""
+    settings = settings_from(ctx)
+    _setup_logs(settings.replace(log_level="warning"), "demo")
+    from trace_platform.demo import format_summary, run_demo
+
+    summary = run_async(run_demo(settings, tasks, rows_per_task, timeout))
+    click.echo(format_summary(summary))
+    ok = summary.completed == summary.tasks and summary.rows_inserted > 0
+    sys.exit(0 if ok else 1)
+
+
 # -- dead-letter queue -----------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ attempt), so a retried task produces the same keys and the sink inserts nothing 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -58,6 +59,12 @@ async def emit_alerts(ctx: OperatorContext) -> AsyncIterator[dict[str, Any]]:
         raise FatalTaskError(f"emit_alerts: count must be an integer in [0, {MAX_EMIT}]")
     if type(seed) is not str or not seed or len(seed) > 200:
         raise FatalTaskError("emit_alerts: seed must be a non-empty string")
+    # Optional think time, to model a slow source (and to test leases).
+    pause = ctx.payload.get("sleep_seconds", 0)
+    if type(pause) not in (int, float) or not 0 <= pause <= 3600:
+        raise FatalTaskError("emit_alerts: sleep_seconds must be a number in [0, 3600]")
+    if pause:
+        await asyncio.sleep(pause)
     definition = str(uuid.uuid5(uuid.NAMESPACE_URL, f"trace:alert-definition:{seed}"))
     for i in range(count):
         tx = hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()

@@ -1,0 +1,167 @@
+"""`trace demo`: bring the stack up if needed, submit a workload, show progress, summarise."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from trace_platform.adapters.local_keys import load_key_ring
+from trace_platform.config import Settings
+from trace_platform.db.pool import create_pool
+from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
+from trace_platform.stack import Stack, prepare
+
+TERMINAL = ("completed", "failed", "canceled")
+
+
+@dataclass
+class DemoSummary:
+    tasks: int
+    completed: int
+    failed: int
+    rows_published: int
+    rows_inserted: int
+    dlq: int
+    elapsed: float
+
+    @property
+    def duplicates_absorbed(self) -> int:
+        return self.rows_published - self.rows_inserted
+
+
+async def dispatcher_is_up(settings: Settings) -> bool:
+    url = settings.resolved_dispatcher_url + "/readyz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session,
+            session.get(url) as resp,
+        ):
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_demo(settings: Settings, tasks: int, rows_per_task: int, timeout: float) -> DemoSummary:
+    started_stack: Stack | None = None
+    if await dispatcher_is_up(settings):
+        _say(f"using the running stack at {settings.resolved_dispatcher_url}")
+        urls = await prepare(settings)
+    else:
+        log_path = settings.home.resolve() / "logs" / "demo-stack.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        _say(f"starting a local stack (logs: {log_path}) ...")
+        started_stack = Stack(settings, workers=1, out=log_path.open("a"))
+        await started_stack.start()
+        await started_stack.wait_ready()
+        urls = await prepare(settings)
+        _say(f"stack ready: dispatcher {settings.resolved_dispatcher_url}")
+    state = await create_pool(urls.state, max_size=2)
+    data = await create_pool(urls.data, max_size=2)
+    try:
+        return await _workload(settings, state, data, tasks, rows_per_task, timeout)
+    finally:
+        await state.close()
+        await data.close()
+        if started_stack is not None:
+            _say("stopping the local stack ...")
+            await started_stack.stop()
+
+
+async def _workload(
+    settings: Settings,
+    state: asyncpg.Pool,
+    data: asyncpg.Pool,
+    tasks: int,
+    rows_per_task: int,
+    timeout: float,
+) -> DemoSummary:
+    run = secrets.token_hex(3)
+    # Every tenth task repeats an earlier seed: the sink must absorb those rows as duplicates.
+    unique = max(1, tasks - tasks // 10)
+    payloads = [
+        {"operator": "emit_alerts", "count": rows_per_task, "seed": f"demo-{run}-{i % unique}"}
+        for i in range(tasks)
+    ]
+    service = TaskService(state, load_key_ring(settings), settings)
+    t0 = time.monotonic()
+    ids = await service.create_tasks(payloads, LITE_ORG_ID)
+    _say(f"submitted {tasks} emit_alerts tasks x {rows_per_task} rows (run {run})")
+    expected_rows = unique * rows_per_task
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    while True:
+        counts = await _task_counts(state, ids)
+        inserted = await data.fetchval(
+            "SELECT count(*) FROM data.alert_events WHERE dedupe_key LIKE $1", f"demo-{run}-%"
+        )
+        done = sum(counts.get(s, 0) for s in TERMINAL)
+        elapsed = time.monotonic() - t0
+        line = (
+            f"[{elapsed:6.1f}s] tasks {done}/{tasks} done"
+            f" (running {counts.get('running', 0)}, failed {counts.get('failed', 0)})"
+            f" | rows inserted {inserted}/{expected_rows}"
+        )
+        finished = done == tasks and (inserted >= expected_rows or counts.get("failed", 0))
+        if tty:
+            print("\r" + line, end="", flush=True)
+        elif elapsed - last_print >= 1.0 or finished:
+            _say(line)
+            last_print = elapsed
+        if finished or elapsed > timeout:
+            if tty:
+                print()
+            break
+        await asyncio.sleep(0.25)
+    published = await state.fetchval(
+        "SELECT coalesce(sum((outputs->>'records')::bigint), 0) FROM state.tasks"
+        " WHERE task_id = ANY($1) AND status = 'completed'", ids,
+    )
+    dlq = await state.fetchval(
+        "SELECT count(*) FROM state.queue_messages WHERE queue_name = 'buffer_queue_dlq'"
+    )
+    counts = await _task_counts(state, ids)
+    return DemoSummary(
+        tasks=tasks,
+        completed=counts.get("completed", 0),
+        failed=counts.get("failed", 0),
+        rows_published=int(published),
+        rows_inserted=int(inserted),
+        dlq=int(dlq),
+        elapsed=time.monotonic() - t0,
+    )
+
+
+async def _task_counts(state: asyncpg.Pool, ids: list[uuid.UUID]) -> dict[str, int]:
+    rows = await state.fetch(
+        "SELECT status, count(*) AS n FROM state.tasks WHERE task_id = ANY($1) GROUP BY status", ids
+    )
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+def format_summary(s: DemoSummary) -> str:
+    rate = s.tasks / s.elapsed if s.elapsed else 0.0
+    lines: list[Any] = [
+        "",
+        "demo summary",
+        f"  tasks completed      {s.completed}/{s.tasks}" + (f"  (failed {s.failed})" if s.failed else ""),
+        f"  rows published       {s.rows_published}",
+        f"  rows inserted        {s.rows_inserted}",
+        f"  duplicates absorbed  {s.duplicates_absorbed}",
+        f"  DLQ messages         {s.dlq}",
+        f"  elapsed              {s.elapsed:.2f}s  ({rate:.0f} tasks/s)",
+        "",
+        "next: `trace status` for the whole system, `trace up` to keep the stack running",
+    ]
+    return "\n".join(str(x) for x in lines)

@@ -1,0 +1,178 @@
+"""`trace up`: the whole Lite stack on one machine as supervised child processes.
+
+Starts (or reuses) the embedded PostgreSQL, migrates, then runs dispatcher, worker(s) and sink
+as children with one combined, prefixed log. A child that crashes is restarted with backoff;
+SIGINT/SIGTERM stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+import aiohttp
+
+from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
+from trace_platform.config import Settings
+from trace_platform.db.embedded import DatabaseUrls, resolve_databases
+from trace_platform.db.migrate import migrate
+from trace_platform.db.pool import connect
+from trace_platform.logs import get_logger
+
+log = get_logger(__name__)
+
+RESTART_MAX_DELAY = 30.0
+STABLE_AFTER = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def prepare(settings: Settings) -> DatabaseUrls:
+    """Databases up and migrated; Lite secrets created once, before children race for them."""
+    urls = await resolve_databases(settings)
+    for component, url in (("state", urls.state), ("data", urls.data)):
+        conn = await connect(url)
+        try:
+            await migrate(conn, component)
+        finally:
+            await conn.close()
+    load_key_ring(settings)
+    load_worker_tokens(settings)
+    return urls
+
+
+class Stack:
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int = 1,
+        out: IO[str] | None = None,
+        extra: list[Child] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.children = [Child("dispatcher", ["dispatcher"])]
+        self.children += [Child(f"worker-{i + 1}", ["worker"]) for i in range(workers)]
+        self.children += [Child("sink", ["sink"])]
+        self.children += extra or []
+        self._stopping = False
+        self._supervisors: list[asyncio.Task[None]] = []
+        self.env: dict[str, str] = {}
+
+    async def start(self) -> None:
+        urls = await prepare(self.settings)
+        child_settings = self.settings.replace(
+            state_database_url=urls.state, data_database_url=urls.data,
+            home=self.settings.home.resolve(),
+        )
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
+        self.env.update(child_settings.child_env())
+        for child in self.children:
+            await self._spawn(child)
+            self._supervisors.append(asyncio.create_task(self._supervise(child)))
+
+    async def _spawn(self, child: Child) -> None:
+        child.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trace_platform", *child.args,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us; we stop children in order
+        )
+        child.started_at = time.monotonic()
+        assert child.proc.stdout is not None
+        child.pumps = [asyncio.create_task(self._pump(child.name, child.proc.stdout))]
+
+    async def _pump(self, name: str, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.out.write(f"{name:<11}| {line.decode(errors='replace')}")
+            self.out.flush()
+
+    async def _supervise(self, child: Child) -> None:
+        while True:
+            assert child.proc is not None
+            code = await child.proc.wait()
+            for pump in child.pumps:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+            if self._stopping:
+                return
+            ran = time.monotonic() - child.started_at
+            if ran > STABLE_AFTER:
+                child.restarts = 0
+            delay = min(RESTART_MAX_DELAY, 0.5 * 2**child.restarts)
+            child.restarts += 1
+            log.warning("stack.child_exited", child=child.name, code=code, restart_in=delay)
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            await self._spawn(child)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        url = self.settings.resolved_dispatcher_url + "/readyz"
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise TimeoutError("dispatcher did not become ready")
+
+    async def stop(self, grace: float = 15.0) -> None:
+        self._stopping = True
+        # Producers first, dispatcher last, so in-flight reports still land.
+        for group in (
+            [c for c in self.children if c.name != "dispatcher"],
+            [c for c in self.children if c.name == "dispatcher"],
+        ):
+            for child in group:
+                if child.proc is not None and child.proc.returncode is None:
+                    child.proc.send_signal(signal.SIGTERM)
+            for child in group:
+                if child.proc is None:
+                    continue
+                try:
+                    await asyncio.wait_for(child.proc.wait(), grace)
+                except TimeoutError:
+                    child.proc.kill()
+                    await child.proc.wait()
+        for sup in self._supervisors:
+            sup.cancel()
+        for sup in self._supervisors:
+            with contextlib.suppress(asyncio.CancelledError):
+                await sup
+
+
+async def run_stack(
+    settings: Settings, workers: int, on_ready: Callable[[], None] | None = None
+) -> None:
+    stack = Stack(settings, workers)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stack.start()
+    try:
+        await stack.wait_ready()
+        if on_ready:
+            on_ready()
+        await stop.wait()
+    finally:
+        await stack.stop()
