@@ -156,6 +156,9 @@ def settings(dbs: Dbs, trace_home: Path) -> Settings:
             "retry_interval": 0.05,
             "reaper_interval": 0.1,
             "visibility_seconds": 5.0,
+            "sink_max_deliveries": 3,
+            "sink_retry_base_seconds": 0.05,
+            "port": free_port(),
             "log_level": "info",
         },
         env={},
@@ -232,8 +235,14 @@ async def wait_http_ready(url: str, proc: Proc, timeout: float = 30.0) -> None:
         await wait_until(ready, timeout, 0.05, "readyz")
 
 
+def start_proc(settings: Settings, tmp: Path, *args: str) -> Proc:
+    """Start `trace <args>` as a real child process with these settings."""
+    name = "-".join(args[:1]) + "-" + uuid.uuid4().hex[:6]
+    return Proc(list(args), proc_env(settings), tmp / f"{name}.log").start()
+
+
 async def start_dispatcher(settings: Settings, tmp: Path, port: int | None = None) -> Proc:
-    port = port or free_port()
+    port = port or settings.port
     proc = Proc(
         ["dispatcher", "--port", str(port)],
         proc_env(settings),

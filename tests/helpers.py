@@ -19,8 +19,10 @@ async def create_tasks(
     payload: dict[str, Any] | None = None,
     max_attempts: int = 3,
     org_id: uuid.UUID = LITE_ORG_ID,
+    wake: bool = True,
 ) -> list[uuid.UUID]:
-    """Create tasks the way `trace task create` does (rows + outbox in one transaction)."""
+    """Create tasks the way `trace task create` does (rows + outbox in one transaction).
+    With wake=False no wake-up is written, so no worker can race the test for the claim."""
     from trace_platform.db.sql import q
 
     pool = await create_pool(dsn, max_size=1)
@@ -34,6 +36,12 @@ async def create_tasks(
                 org_id,
                 max_attempts,
             )
+            if not wake:
+                await conn.execute(
+                    "DELETE FROM state.outbox WHERE outbox_id ="
+                    " ANY(SELECT state.wakeup_outbox_id(t, 1) FROM unnest($1::uuid[]) t)",
+                    ids,
+                )
             await conn.execute(q("outbox", "notify_outbox"))
         return ids
     finally:
