@@ -1,0 +1,119 @@
+"""The README's commands as a newcomer runs them: `trace demo` on the embedded default, and
+`trace up` supervising its children."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from tests.conftest import REPO, free_port, proc_env, wait_until
+from tests.helpers import create_tasks
+from trace_platform.config import Settings
+
+
+def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
+    env.update(TRACE_HOME=str(home), TRACE_PORT=str(free_port()))
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trace_platform",
+                "demo",
+                "--tasks",
+                "40",
+                "--rows-per-task",
+                "10",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        text = out.stdout
+        assert "tasks completed      40/40" in text
+        assert "rows published       400" in text
+        assert "rows inserted        360" in text  # every tenth task repeats a seed
+        assert "duplicates absorbed  40" in text
+        assert "DLQ messages         0" in text
+        status = subprocess.run(
+            [sys.executable, "-m", "trace_platform", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert "completed          40" in status.stdout
+        assert "alert_events rows: 360" in status.stdout
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "trace_platform", "db", "stop"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            cwd=REPO,
+        )
+
+
+async def test_up_supervises_children_restarts_a_crash_and_stops_cleanly(
+    settings: Settings, tmp_path: Path, state_conn: asyncpg.Connection
+) -> None:
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "trace_platform", "up", "--workers", "2"],
+        env=proc_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    try:
+        log_text = lambda: (tmp_path / "up.log").read_text()  # noqa: E731
+        await wait_until(lambda: "trace is up" in log_text(), timeout=60, what="stack ready")
+        assert "dispatcher |" in log_text() and "worker-2   |" in log_text()
+
+        async def done(ids: list[uuid.UUID]) -> bool:
+            n = await state_conn.fetchval(
+                "SELECT count(*) FROM state.tasks WHERE task_id = ANY($1) AND status='completed'",
+                ids,
+            )
+            return bool(n == len(ids))
+
+        ids = await create_tasks(settings.state_database_url or "", 10)
+        await wait_until(lambda: done(ids), what="tasks via trace up")
+
+        children = psutil.Process(up.pid).children()
+        workers = [c for c in children if "worker" in c.cmdline()]
+        assert len(workers) == 2 and len(children) == 4
+        workers[0].kill()
+        await wait_until(lambda: "stack.child_exited" in log_text(), what="crash noticed")
+        await wait_until(
+            lambda: (
+                len([c for c in psutil.Process(up.pid).children() if "worker" in c.cmdline()]) == 2
+            ),
+            what="worker restarted",
+        )
+        more = await create_tasks(settings.state_database_url or "", 10)
+        await wait_until(lambda: done(more), what="tasks after restart")
+
+        pids = [c.pid for c in psutil.Process(up.pid).children()]
+        up.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(up.wait, 60) == 0
+        assert not [
+            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+        ]
+    finally:
+        if up.poll() is None:
+            up.kill()

@@ -1,0 +1,102 @@
+"""The CLI as a user runs it: real subprocesses against a real database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+import orjson
+
+from tests.conftest import proc_env
+from trace_platform.config import Settings
+
+
+def trace(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trace_platform", *args],
+        env=proc_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_every_command(settings: Settings) -> None:
+    out = trace(settings, "--help")
+    assert out.returncode == 0
+    for cmd in ("migrate", "dispatcher", "worker", "sink", "up", "demo", "task", "status", "dlq"):
+        assert cmd in out.stdout
+    assert "TRACE_LEASE_SECONDS" in out.stdout
+
+
+def test_migrate_is_idempotent(settings: Settings) -> None:
+    out = trace(settings, "migrate")
+    assert out.returncode == 0 and out.stdout.splitlines() == [
+        "state: up to date",
+        "data: up to date",
+    ]
+
+
+async def test_task_create_many_show_cancel_and_status(
+    settings: Settings, state_conn: asyncpg.Connection
+) -> None:
+    out = trace(
+        settings,
+        "task",
+        "create",
+        "--payload",
+        '{"operator": "noop"}',
+        "--count",
+        "10000",
+        "--max-attempts",
+        "5",
+    )
+    assert out.returncode == 0, out.stderr
+    ids = [uuid.UUID(line) for line in out.stdout.splitlines()]
+    assert len(set(ids)) == 10000
+    assert (
+        await state_conn.fetchval(
+            "SELECT count(*) FROM state.tasks WHERE task_id = ANY($1) AND max_attempts = 5", ids
+        )
+        == 10000
+    )
+    assert (
+        await state_conn.fetchval(
+            "SELECT count(*) FROM state.outbox WHERE topic = 'enqueue_task'"
+            " AND (payload->>'task_id')::uuid = ANY($1)",
+            ids,
+        )
+        == 10000
+    )
+
+    shown = trace(settings, "task", "show", str(ids[0]))
+    view = orjson.loads(shown.stdout)
+    assert view["status"] == "queued" and view["payload"] == {"operator": "noop"}
+
+    assert trace(settings, "task", "cancel", str(ids[0])).returncode == 0
+    again = trace(settings, "task", "cancel", str(ids[0]))
+    assert again.returncode == 1 and "canceled" in again.stderr
+
+    status = orjson.loads(trace(settings, "status", "--json").stdout)
+    assert status["tasks"]["queued"] >= 9999 and status["tasks"]["canceled"] >= 1
+    table = trace(settings, "status").stdout
+    assert "queued" in table and "outbox:" in table and "queues:" in table
+
+
+def test_bad_input_gets_a_clear_one_line_error_and_changes_nothing(settings: Settings) -> None:
+    cases = [
+        (["task", "create", "--payload", "{nope"], "not valid JSON"),
+        (["task", "create", "--payload", "[1]"], "must be a JSON object"),
+        (["task", "create", "--payload", "{}", "--count", "0"], "0"),
+        (["task", "show", "not-a-uuid"], "not-a-uuid"),
+        (["task", "show", str(uuid.uuid4())], "unknown task"),
+        (["--lease-seconds", "-1", "status"], "TRACE_LEASE_SECONDS"),
+        (["dlq", "redrive"], "--all"),
+    ]
+    for args, needle in cases:
+        out = trace(settings, *args)
+        assert out.returncode != 0, args
+        assert needle in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
