@@ -170,8 +170,13 @@ def sink(ctx: click.Context, concurrency: int | None) -> None:
 
 
 @cli.command()
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes to run.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes to run.",
+)
 @click.pass_context
 @handle_errors
 def up(ctx: click.Context, workers: int) -> None:
@@ -186,7 +191,7 @@ def up(ctx: click.Context, workers: int) -> None:
             f"\ntrace is up — TRACE_HOME={settings.home.resolve()}\n"
             f"  dispatcher  {base}   (API docs {base}/docs, metrics {base}/metrics)\n"
             f"  objects     {settings.resolved_object_store_url}\n"
-            "  try: trace task create --payload '{\"operator\": \"emit_alerts\", \"count\": 5}'"
+            '  try: trace task create --payload \'{"operator": "emit_alerts", "count": 5}\''
             "  then: trace status\n",
             err=True,
         )
@@ -195,11 +200,21 @@ def up(ctx: click.Context, workers: int) -> None:
 
 
 @cli.command()
-@click.option("--tasks", type=click.IntRange(1, 100_000), default=200, show_default=True,
-              help="emit_alerts tasks to submit.")
+@click.option(
+    "--tasks",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="emit_alerts tasks to submit.",
+)
 @click.option("--rows-per-task", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--timeout", type=float, default=300.0, show_default=True,
-              help="Give up waiting after this many seconds.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Give up waiting after this many seconds.",
+)
 @click.pass_context
 @handle_errors
 def demo(ctx: click.Context, tasks: int, rows_per_task: int, timeout: float) -> None:

@@ -110,14 +110,38 @@ class DispatcherClient:
             {"X-Trace-Worker-Token": self._worker_token},
             retry=False,
         )
-        return Lease(
-            task_id=uuid.UUID(data["task_id"]),
-            attempt=data["attempt"],
-            lease_token=data["lease_token"],
-            lease_expires_at=data["lease_expires_at"],
-            capability_token=data["capability_token"],
-            work_payload=data["work_payload"],
+        return _lease(data)
+
+    async def claim_many(
+        self, task_ids: list[uuid.UUID], worker_id: str
+    ) -> tuple[list[Lease], dict[uuid.UUID, str]]:
+        """Claim a batch of woken tasks in one round trip: (leases, {task_id: refusal})."""
+        data = await self._post(
+            "/internal/task-claim-batch",
+            {"task_ids": [str(t) for t in task_ids], "worker_id": worker_id},
+            {"X-Trace-Worker-Token": self._worker_token},
+            retry=False,
         )
+        leases = [_lease(c) for c in data["claimed"]]
+        refused = {uuid.UUID(r["task_id"]): str(r["reason"]) for r in data["not_claimed"]}
+        return leases, refused
+
+    async def complete_many(
+        self, items: list[tuple[Lease, dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Many completions in one request (each still fenced by its own token and lease).
+        Returns one result per item: `{code, body}` as the single endpoint would answer."""
+        body = {
+            "items": [
+                {**lease.fence(), **report, "capability_token": lease.capability_token}
+                for lease, report in items
+            ]
+        }
+        data = await self._post(
+            "/internal/task-complete-batch", body, {"X-Trace-Worker-Token": self._worker_token}
+        )
+        results: list[dict[str, Any]] = data["results"]
+        return results
 
     async def task_call(self, lease: Lease, path: str, **body: Any) -> dict[str, Any]:
         data = await self._post(
@@ -151,3 +175,14 @@ class DispatcherClient:
         if outputs is not None:
             body["outputs"] = outputs
         return await self.task_call(lease, "complete", **body)
+
+
+def _lease(data: dict[str, Any]) -> Lease:
+    return Lease(
+        task_id=uuid.UUID(data["task_id"]),
+        attempt=data["attempt"],
+        lease_token=data["lease_token"],
+        lease_expires_at=data["lease_expires_at"],
+        capability_token=data["capability_token"],
+        work_payload=data["work_payload"],
+    )

@@ -53,7 +53,9 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def run_demo(settings: Settings, tasks: int, rows_per_task: int, timeout: float) -> DemoSummary:
+async def run_demo(
+    settings: Settings, tasks: int, rows_per_task: int, timeout: float
+) -> DemoSummary:
     started_stack: Stack | None = None
     if await dispatcher_is_up(settings):
         _say(f"using the running stack at {settings.resolved_dispatcher_url}")
@@ -126,7 +128,8 @@ async def _workload(
         await asyncio.sleep(0.25)
     published = await state.fetchval(
         "SELECT coalesce(sum((outputs->>'records')::bigint), 0) FROM state.tasks"
-        " WHERE task_id = ANY($1) AND status = 'completed'", ids,
+        " WHERE task_id = ANY($1) AND status = 'completed'",
+        ids,
     )
     dlq = await state.fetchval(
         "SELECT count(*) FROM state.queue_messages WHERE queue_name = 'buffer_queue_dlq'"
@@ -155,7 +158,8 @@ def format_summary(s: DemoSummary) -> str:
     lines: list[Any] = [
         "",
         "demo summary",
-        f"  tasks completed      {s.completed}/{s.tasks}" + (f"  (failed {s.failed})" if s.failed else ""),
+        f"  tasks completed      {s.completed}/{s.tasks}"
+        + (f"  (failed {s.failed})" if s.failed else ""),
         f"  rows published       {s.rows_published}",
         f"  rows inserted        {s.rows_inserted}",
         f"  duplicates absorbed  {s.duplicates_absorbed}",

@@ -7,6 +7,7 @@ records; the redaction below is a second line of defence, not the first.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -17,6 +18,7 @@ _REDACTED_KEYS = frozenset(
     {"token", "capability_token", "secret", "password", "sql", "worker_token", "authorization"}
 )
 _process_name = "trace"
+_threshold = logging.WARNING  # until a process calls configure(): CLI verbs stay quiet
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,8 +41,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure(process_name: str, level: str = "info") -> None:
     """Route all logging to stderr as JSON lines."""
-    global _process_name
+    global _process_name, _threshold
     _process_name = process_name
+    _threshold = logging.getLevelName(level.upper())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -50,15 +53,49 @@ def configure(process_name: str, level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+}
+
+
+def _write_line(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(2, view)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return  # stderr gone: logging must never take the process down
+        view = view[n:]
+
+
 class EventLogger:
-    """`log.info("task.claimed", task_id=..., attempt=...)`."""
+    """`log.info("task.claimed", task_id=..., attempt=...)`.
+
+    Our own events skip the stdlib LogRecord machinery (they are on the hot path) and are
+    written as one JSON line per event; third-party logs still go through `logging`."""
 
     def __init__(self, name: str) -> None:
         self._logger = logging.getLogger(name)
 
     def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
-        if self._logger.isEnabledFor(level):
-            self._logger.log(level, event, extra={"fields": fields})
+        if level < _threshold:
+            return
+        now = time.time()
+        record: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now * 1000) % 1000:03d}Z",
+            "level": _LEVEL_NAMES.get(level, "info"),
+            "process": _process_name,
+            "event": event,
+        }
+        for key, value in fields.items():
+            record[key] = "[redacted]" if key in _REDACTED_KEYS else value
+        _write_line(orjson.dumps(record, default=str) + b"\n")
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)

@@ -77,7 +77,8 @@ class Stack:
     async def start(self) -> None:
         urls = await prepare(self.settings)
         child_settings = self.settings.replace(
-            state_database_url=urls.state, data_database_url=urls.data,
+            state_database_url=urls.state,
+            data_database_url=urls.data,
             home=self.settings.home.resolve(),
         )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
@@ -88,7 +89,10 @@ class Stack:
 
     async def _spawn(self, child: Child) -> None:
         child.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trace_platform", *child.args,
+            sys.executable,
+            "-m",
+            "trace_platform",
+            *child.args,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

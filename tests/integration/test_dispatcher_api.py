@@ -449,3 +449,60 @@ async def test_cancel_rules(http: httpx.AsyncClient, settings: Settings) -> None
 async def test_unexpected_paths_and_methods(http: httpx.AsyncClient, dispatcher: Proc) -> None:
     assert (await http.get("/v1/task/complete")).status_code == 405
     assert (await http.get("/nope")).status_code == 404
+
+
+# -- batch endpoints for trusted workers -------------------------------------------------------
+
+
+async def test_claim_batch_claims_queued_and_explains_the_rest(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    queued = [await new_task(settings) for _ in range(3)]
+    done = await new_task(settings)
+    a = await Attempt.claim(http, done)
+    assert (await a.complete()).status_code == 200
+    unknown = uuid.uuid4()
+    body = {"task_ids": [str(t) for t in [*queued, queued[0], done, unknown]], "worker_id": "w"}
+    assert (await http.post("/internal/task-claim-batch", json=body)).status_code == 401
+    r = await http.post("/internal/task-claim-batch", json=body, headers=worker_headers())
+    assert r.status_code == 200
+    data = r.json()
+    assert sorted(c["task_id"] for c in data["claimed"]) == sorted(str(t) for t in queued)
+    reasons = {n["task_id"]: n["reason"] for n in data["not_claimed"]}
+    assert reasons == {str(done): "completed", str(unknown): "not_found"}
+    again = await http.post("/internal/task-claim-batch", json=body, headers=worker_headers())
+    assert again.json()["claimed"] == []
+    for bad in ({"task_ids": []}, {"task_ids": ["x"]}, {"task_ids": [str(unknown)] * 300}):
+        resp = await http.post("/internal/task-claim-batch", json=bad, headers=worker_headers())
+        assert resp.status_code == 400
+
+
+async def test_complete_batch_fences_every_item_on_its_own(
+    http: httpx.AsyncClient, settings: Settings, state_conn: asyncpg.Connection
+) -> None:
+    a, b, c, d, e = [await Attempt.claim(http, await new_task(settings)) for _ in range(5)]
+
+    def item(att: Attempt, token: str | None = None, **over: object) -> dict[str, object]:
+        return {**att.fence(), "outcome": "success", "capability_token": token or att.token, **over}
+
+    items = [
+        item(a, outputs={"records": 1}),
+        item(b, outcome="retryable_error", error_message="flaky"),
+        item(c, token="garbage"),  # 401
+        item(d, token=a.token),  # token of another task: 403
+        item(e, lease_token=str(uuid.uuid4())),  # stale lease: 409
+    ]
+    body = {"items": items}
+    assert (await http.post("/internal/task-complete-batch", json=body)).status_code == 401
+    r = await http.post("/internal/task-complete-batch", json=body, headers=worker_headers())
+    assert r.status_code == 200
+    codes = [res["code"] for res in r.json()["results"]]
+    assert codes == [200, 200, 401, 403, 409]
+    assert r.json()["results"][0]["body"]["status"] == "completed"
+    assert r.json()["results"][1]["body"]["status"] == "failed"
+    assert (await task_row(state_conn, a.task_id))["outputs"] == {"records": 1}
+    for att in (c, d, e):
+        assert (await task_row(state_conn, att.task_id))["status"] == "running"
+    # the same batch again: completions are idempotent, the rejects stay rejected
+    r2 = await http.post("/internal/task-complete-batch", json=body, headers=worker_headers())
+    assert [res["code"] for res in r2.json()["results"]] == codes

@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from trace_platform.adapters.local_keys import WorkerTokens
 from trace_platform.adapters.local_store import LocalObjectStore, ObjectUrlSigner
 from trace_platform.dispatcher import models
-from trace_platform.dispatcher.service import TaskService
+from trace_platform.dispatcher.service import Claimed, CompletionReport, TaskService
 from trace_platform.domain.capability import CapabilityClaims, is_within_prefixes
 from trace_platform.domain.lifecycle import Outcome
 from trace_platform.errors import AuthError, ForbiddenError, NotFoundError, ValidationError
@@ -75,14 +75,22 @@ def build_router(
         require_worker(request)
         body = await parse_body(request, models.ClaimRequest)
         claimed = await service().claim(body.task_id, body.worker_id)
+        return json_response(_claim_view(claimed))
+
+    @router.post(
+        "/internal/task-claim-batch",
+        tags=["internal"],
+        openapi_extra=request_body_schema(models.ClaimBatchRequest),
+        summary="Claim up to 256 tasks in one call (workers batch their wake-ups)",
+    )
+    async def task_claim_batch(request: Request) -> Response:
+        require_worker(request)
+        body = await parse_body(request, models.ClaimBatchRequest)
+        claimed, refused = await service().claim_many(body.task_ids, body.worker_id)
         return json_response(
             {
-                "task_id": str(claimed.task_id),
-                "attempt": claimed.attempt,
-                "lease_token": str(claimed.lease_token),
-                "lease_expires_at": claimed.lease_expires_at.isoformat(),
-                "capability_token": claimed.capability_token,
-                "work_payload": claimed.payload,
+                "claimed": [_claim_view(c) for c in claimed],
+                "not_claimed": [{"task_id": str(t), "reason": r} for t, r in refused],
             }
         )
 
@@ -95,6 +103,49 @@ def build_router(
             raise ValidationError("task_id must be a UUID") from None
         view = await service().view(parsed)
         return json_response(_public_view(view))
+
+    @router.post(
+        "/internal/task-complete-batch",
+        tags=["internal"],
+        openapi_extra=request_body_schema(models.CompleteBatchRequest),
+        summary="Trusted workers: many /v1/task/complete calls in one request",
+        description="Each item carries its own capability token and fence; its result holds the "
+        "`code` and `body` the single endpoint would answer (200/401/403/404/409). "
+        "The worker token is required too.",
+    )
+    async def task_complete_batch(request: Request) -> Response:
+        require_worker(request)
+        body = await parse_body(request, models.CompleteBatchRequest)
+        results: list[dict[str, Any] | None] = [None] * len(body.items)
+        reports: list[tuple[int, CompletionReport]] = []
+        for i, item in enumerate(body.items):
+            try:
+                claims = signer.verify(item.capability_token)
+            except AuthError as exc:
+                results[i] = {"code": 401, "body": exc.body()}
+                continue
+            if str(item.task_id) != claims.task_id or item.attempt != claims.attempt:
+                forbidden = ForbiddenError("capability token does not grant this task attempt")
+                results[i] = {"code": 403, "body": forbidden.body()}
+                continue
+            reports.append(
+                (
+                    i,
+                    CompletionReport(
+                        item.task_id,
+                        item.attempt,
+                        item.lease_token,
+                        Outcome(item.outcome),
+                        item.error_message,
+                        item.events,
+                        item.outputs,
+                    ),
+                )
+            )
+        answers = await service().complete_many([r for _, r in reports])
+        for (i, _), (status, answer) in zip(reports, answers, strict=True):
+            results[i] = {"code": status, "body": answer}
+        return json_response({"results": results})
 
     @router.post(
         "/internal/task-cancel",
@@ -256,6 +307,17 @@ def _add_local_object_routes(
         if not await store.exists(uri):
             raise NotFoundError("object not found")
         return StreamingResponse(store.open_stream(uri), media_type="application/octet-stream")
+
+
+def _claim_view(claimed: Claimed) -> dict[str, Any]:
+    return {
+        "task_id": str(claimed.task_id),
+        "attempt": claimed.attempt,
+        "lease_token": str(claimed.lease_token),
+        "lease_expires_at": claimed.lease_expires_at.isoformat(),
+        "capability_token": claimed.capability_token,
+        "work_payload": claimed.payload,
+    }
 
 
 def _now() -> float:

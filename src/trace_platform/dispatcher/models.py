@@ -18,6 +18,11 @@ class ClaimRequest(_Strict):
     worker_id: str | None = Field(default=None, max_length=200)
 
 
+class ClaimBatchRequest(_Strict):
+    task_ids: list[uuid.UUID] = Field(min_length=1, max_length=256)
+    worker_id: str | None = Field(default=None, max_length=200)
+
+
 class CancelRequest(_Strict):
     task_id: uuid.UUID
 
@@ -72,3 +77,11 @@ class ClaimResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     detail: str
+
+
+class CompleteBatchItem(CompleteRequest):
+    capability_token: str = Field(min_length=1, max_length=16384)
+
+
+class CompleteBatchRequest(_Strict):
+    items: list[CompleteBatchItem] = Field(min_length=1, max_length=256)

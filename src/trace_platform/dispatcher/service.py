@@ -28,7 +28,13 @@ from trace_platform.domain.lifecycle import (
     decide_completion,
     retry_delay,
 )
-from trace_platform.errors import ConflictError, NotClaimedError, NotFoundError, StaleFenceError
+from trace_platform.errors import (
+    ConflictError,
+    NotClaimedError,
+    NotFoundError,
+    StaleFenceError,
+    TraceError,
+)
 from trace_platform.logs import get_logger
 from trace_platform.metrics import TASK_TRANSITIONS
 from trace_platform.ports import TokenSigner
@@ -149,6 +155,47 @@ class TaskService:
             payload=row["payload"],
         )
 
+    async def claim_many(
+        self, task_ids: Sequence[uuid.UUID], worker_id: str | None
+    ) -> tuple[list[Claimed], list[tuple[uuid.UUID, str]]]:
+        """Claim several queued tasks in one statement; returns (claimed, [(id, reason)])."""
+        unique = list(dict.fromkeys(task_ids))
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                q("tasks", "claim_tasks"), unique, self.settings.lease_seconds, worker_id
+            )
+            missing = set(unique) - {r["task_id"] for r in rows}
+            refused: list[tuple[uuid.UUID, str]] = []
+            if missing:
+                states = {
+                    r["task_id"]: r["status"]
+                    for r in await conn.fetch(q("tasks", "task_statuses"), list(missing))
+                }
+                refused = [
+                    (t, claim_refusal(states[t]) if t in states else "not_found") for t in missing
+                ]
+        claimed = []
+        for row in rows:
+            claimed.append(
+                Claimed(
+                    task_id=row["task_id"],
+                    org_id=row["org_id"],
+                    attempt=row["attempt"],
+                    lease_token=row["lease_token"],
+                    lease_expires_at=row["lease_expires_at"],
+                    capability_token=self.mint_token(row["task_id"], row["attempt"], row["org_id"]),
+                    payload=row["payload"],
+                )
+            )
+            log.info(
+                "task.claimed",
+                task_id=str(row["task_id"]),
+                attempt=row["attempt"],
+                worker_id=worker_id,
+            )
+        TASK_TRANSITIONS.labels("claimed").inc(len(claimed))
+        return claimed, refused
+
     def mint_token(self, task_id: uuid.UUID, attempt: int, org_id: uuid.UUID) -> str:
         ttl = max(self.settings.token_ttl_seconds, self.settings.lease_seconds * 2)
         claims = build_claims(
@@ -266,6 +313,51 @@ class TaskService:
             keys = [event_key(task_id, attempt, e) for e in events]
             await conn.execute(q("tasks", "insert_events"), task_id, attempt, keys, list(events))
 
+    async def complete_many(
+        self, reports: Sequence[CompletionReport]
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """Apply many completions: successes of running attempts in one statement, every
+        other report through `complete`. Returns (status, body) per report, in order."""
+        fast = [r for r in reports if r.outcome == Outcome.SUCCESS and not r.events]
+        done: set[uuid.UUID] = set()
+        if fast:
+            rows = await self.pool.fetch(
+                q("tasks", "complete_running_successes"),
+                [r.task_id for r in fast],
+                [r.attempt for r in fast],
+                [r.lease_token for r in fast],
+                [r.outputs for r in fast],
+            )
+            done = {row["task_id"] for row in rows}
+            TASK_TRANSITIONS.labels("completed").inc(len(done))
+            for r in fast:
+                if r.task_id in done:
+                    log.info(
+                        "task.completed",
+                        task_id=str(r.task_id),
+                        attempt=r.attempt,
+                        outcome="success",
+                    )
+        results: list[tuple[int, dict[str, Any]]] = []
+        for r in reports:
+            if r.task_id in done and r.outcome == Outcome.SUCCESS and not r.events:
+                results.append((200, _completion_answer(r.task_id, r.attempt, "completed", None)))
+                continue
+            try:
+                body = await self.complete(
+                    r.task_id,
+                    r.attempt,
+                    r.lease_token,
+                    r.outcome,
+                    r.error_message,
+                    r.events,
+                    r.outputs,
+                )
+                results.append((200, body))
+            except TraceError as exc:
+                results.append((exc.status, exc.body()))
+        return results
+
     async def complete(
         self,
         task_id: uuid.UUID,
@@ -276,6 +368,17 @@ class TaskService:
         events: Sequence[dict[str, Any]] | None,
         outputs: dict[str, Any] | None,
     ) -> dict[str, Any]:
+        if outcome == Outcome.SUCCESS and not events:
+            # One round trip for the common case; falls through when the row is not running.
+            status = await self.pool.fetchval(
+                q("tasks", "complete_running_success"), task_id, attempt, lease_token, outputs
+            )
+            if status is not None:
+                TASK_TRANSITIONS.labels("completed").inc()
+                log.info(
+                    "task.completed", task_id=str(task_id), attempt=attempt, outcome=outcome.value
+                )
+                return _completion_answer(task_id, attempt, status, None)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(q("tasks", "lock_task_state"), task_id)
             if row is None:
@@ -314,6 +417,17 @@ class TaskService:
         TASK_TRANSITIONS.labels(transition).inc()
         log.info(f"task.{transition}", task_id=str(task_id), attempt=attempt, outcome=outcome.value)
         return _completion_answer(task_id, attempt, updated["status"], updated["next_retry_at"])
+
+
+@dataclass(frozen=True)
+class CompletionReport:
+    task_id: uuid.UUID
+    attempt: int
+    lease_token: uuid.UUID
+    outcome: Outcome
+    error_message: str | None = None
+    events: Sequence[dict[str, Any]] | None = None
+    outputs: dict[str, Any] | None = None
 
 
 def _completion_answer(

@@ -20,9 +20,8 @@ from trace_platform.domain.capability import batch_prefix
 from trace_platform.errors import (
     AuthError,
     ConflictError,
-    NotClaimedError,
-    NotFoundError,
     TraceError,
+    ValidationError,
 )
 from trace_platform.logs import get_logger
 from trace_platform.metrics import IN_FLIGHT, WORKER_TASKS
@@ -65,6 +64,47 @@ class AckBatcher:
         await self.flush()
 
 
+class CompletionBatcher:
+    """Completions go out together: while one batch is in flight the next one gathers, so a
+    busy worker sends one request for many tasks and an idle one adds no delay."""
+
+    def __init__(self, client: DispatcherClient, max_batch: int = 128) -> None:
+        self.client = client
+        self.max_batch = max_batch
+        self._pending: list[tuple[Lease, dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._wake = asyncio.Event()
+
+    async def complete(self, lease: Lease, report: dict[str, Any]) -> dict[str, Any]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((lease, report, fut))
+        self._wake.set()
+        result = await fut
+        code, body = int(result.get("code", 500)), result.get("body") or {}
+        if code == 200:
+            return dict(body)
+        if code == 409:
+            raise ConflictError(str(body.get("detail", "conflict")))
+        raise TraceError(f"complete answered {code}: {body.get('error')}")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not (stop.is_set() and not self._pending):
+            if not self._pending:
+                await first_of(stop, self._wake.wait())
+                self._wake.clear()
+                continue
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            try:
+                results = await self.client.complete_many([(le, rep) for le, rep, _ in batch])
+            except TraceError as exc:
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, _, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+
 class Worker:
     def __init__(
         self,
@@ -81,6 +121,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.concurrency = settings.worker_concurrency
         self.acks = AckBatcher(queue, TASK_WAKEUP)
+        self.completions = CompletionBatcher(client)
         self._running: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event, grace_seconds: float = 10.0) -> None:
@@ -89,6 +130,7 @@ class Worker:
         slots = asyncio.Semaphore(self.concurrency)
         ack_stop = asyncio.Event()
         ack_task = asyncio.create_task(self.acks.run(ack_stop))
+        completion_task = asyncio.create_task(self.completions.run(ack_stop))
         log.info("worker.started", worker_id=self.worker_id, concurrency=self.concurrency)
         visibility = self.settings.visibility_seconds
         while not stop.is_set():
@@ -109,10 +151,9 @@ class Worker:
             if not messages:
                 await first_of(stop, self.queue.wait_for_messages(TASK_WAKEUP, 1.0))
                 continue
-            for message in messages:
-                task = asyncio.create_task(self._handle(message, slots))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+            task = asyncio.create_task(self._dispatch(messages, slots))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         if self._running:
             log.info("worker.draining", in_flight=len(self._running))
             _done, pending = await asyncio.wait(self._running, timeout=grace_seconds)
@@ -122,52 +163,75 @@ class Worker:
                 await asyncio.wait(pending, timeout=5)
                 log.warning("worker.abandoned", tasks=len(pending))
         ack_stop.set()
+        await completion_task
         await ack_task
         log.info("worker.stopped")
 
-    async def _handle(self, message: ReceivedMessage, slots: asyncio.Semaphore) -> None:
-        IN_FLIGHT.inc()
-        try:
-            await self._handle_wakeup(message)
-        finally:
-            IN_FLIGHT.dec()
-            slots.release()
-
-    async def _handle_wakeup(self, message: ReceivedMessage) -> None:
-        try:
-            task_id = uuid.UUID(str(message.payload.get("task_id")))
-        except ValueError:
-            log.warning("worker.bad_wakeup", message_id=str(message.message_id))
-            self.acks.add(message)
+    async def _dispatch(self, messages: list[ReceivedMessage], slots: asyncio.Semaphore) -> None:
+        """Claim a batch of wake-ups in one call; run each claimed attempt in its own task.
+        Each message holds one slot until its attempt (or its refusal) is done."""
+        by_task: dict[uuid.UUID, list[ReceivedMessage]] = {}
+        for message in messages:
+            try:
+                task_id = uuid.UUID(str(message.payload.get("task_id")))
+            except ValueError:
+                log.warning("worker.bad_wakeup", message_id=str(message.message_id))
+                self._finish(message, slots)
+                continue
+            by_task.setdefault(task_id, []).append(message)
+        if not by_task:
             return
         try:
-            lease = await self.client.claim(task_id, self.worker_id)
-        except (NotClaimedError, NotFoundError) as exc:
-            # Duplicate or stale wake-up: nothing to run, and nothing to wait for.
-            log.debug("worker.not_claimed", task_id=str(task_id), reason=exc.detail)
-            self.acks.add(message)
-            return
-        except (AuthError, DispatcherUnavailable) as exc:
-            log.error("worker.claim_failed", task_id=str(task_id), error=exc.code)
+            leases, refused = await self.client.claim_many(list(by_task), self.worker_id)
+        except (AuthError, DispatcherUnavailable, ValidationError) as exc:
+            log.error("worker.claim_failed", tasks=len(by_task), error=exc.code)
             # Try again soon rather than after a whole visibility timeout.
             with contextlib.suppress(OSError):
-                await self.queue.extend_visibility(TASK_WAKEUP, [message], 1.0)
+                await self.queue.extend_visibility(TASK_WAKEUP, messages, 1.0)
+            for _ in messages:
+                slots.release()
             return
-        keepalive = asyncio.create_task(self._keep_alive(lease, message))
+        for task_id, reason in refused.items():
+            # Duplicate or stale wake-up: nothing to run, and nothing to wait for.
+            log.debug("worker.not_claimed", task_id=str(task_id), reason=reason)
+            for message in by_task.pop(task_id, []):
+                self._finish(message, slots)
+        for lease in leases:
+            group = by_task.pop(lease.task_id, [])
+            task = asyncio.create_task(self._attempt(lease, group, slots))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        for leftover in by_task.values():  # not in the answer at all: let it be redelivered
+            for _ in leftover:
+                slots.release()
+
+    def _finish(self, message: ReceivedMessage, slots: asyncio.Semaphore) -> None:
+        self.acks.add(message)
+        slots.release()
+
+    async def _attempt(
+        self, lease: Lease, messages: list[ReceivedMessage], slots: asyncio.Semaphore
+    ) -> None:
+        IN_FLIGHT.inc()
+        keepalive = asyncio.create_task(self._keep_alive(lease, messages))
         try:
             await self._run_attempt(lease)
         except asyncio.CancelledError:
             log.warning(
                 "worker.attempt_abandoned", task_id=str(lease.task_id), attempt=lease.attempt
             )
+            for _ in messages:
+                slots.release()
             raise
         finally:
+            IN_FLIGHT.dec()
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
-        self.acks.add(message)
+        for message in messages:
+            self._finish(message, slots)
 
-    async def _keep_alive(self, lease: Lease, message: ReceivedMessage) -> None:
+    async def _keep_alive(self, lease: Lease, messages: list[ReceivedMessage]) -> None:
         """Heartbeat the lease and keep the wake-up invisible while the operator runs."""
         interval = max(0.2, self.settings.lease_seconds / 3)
         visibility = self.settings.visibility_seconds
@@ -181,7 +245,7 @@ class Worker:
             except TraceError as exc:
                 log.warning("worker.heartbeat_failed", task_id=str(lease.task_id), error=exc.code)
             with contextlib.suppress(OSError):
-                await self.queue.extend_visibility(TASK_WAKEUP, [message], visibility)
+                await self.queue.extend_visibility(TASK_WAKEUP, messages, visibility)
 
     async def _run_attempt(self, lease: Lease) -> None:
         ids = {"task_id": str(lease.task_id), "attempt": lease.attempt}
@@ -213,8 +277,13 @@ class Worker:
         error: str | None,
         outputs: dict[str, Any] | None = None,
     ) -> None:
+        report: dict[str, Any] = {"outcome": outcome}
+        if error is not None:
+            report["error_message"] = error
+        if outputs is not None:
+            report["outputs"] = outputs
         try:
-            await self.client.complete(lease, outcome, error, outputs)
+            await self.completions.complete(lease, report)
         except ConflictError as exc:
             log.warning(
                 "worker.complete_rejected",
@@ -223,6 +292,16 @@ class Worker:
                 reason=exc.detail,
             )
             WORKER_TASKS.labels("fenced").inc()
+            return
+        except TraceError as exc:
+            # The report did not land; the lease will expire and the reaper retries the task.
+            log.error(
+                "worker.complete_failed",
+                task_id=str(lease.task_id),
+                attempt=lease.attempt,
+                error=exc.code,
+            )
+            WORKER_TASKS.labels("report_failed").inc()
             return
         WORKER_TASKS.labels(outcome).inc()
 

@@ -19,6 +19,16 @@ SET status = 'running', lease_token = $2, lease_expires_at = now() + make_interv
 WHERE task_id = $1 AND status = 'queued'
 RETURNING task_id, org_id, attempt, lease_token, lease_expires_at, payload;
 
+-- name: claim_tasks
+UPDATE state.tasks
+SET status = 'running', lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $2), worker_id = $3, updated_at = now()
+WHERE task_id = ANY($1::uuid[]) AND status = 'queued'
+RETURNING task_id, org_id, attempt, lease_token, lease_expires_at, payload;
+
+-- name: task_statuses
+SELECT task_id, status FROM state.tasks WHERE task_id = ANY($1::uuid[]);
+
 -- name: task_state
 SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
 FROM state.tasks WHERE task_id = $1;
@@ -50,6 +60,26 @@ SET status = $4, last_outcome = $5, last_error = $6,
     outputs = coalesce($8::jsonb, outputs), lease_expires_at = NULL, updated_at = now()
 WHERE task_id = $1 AND attempt = $2 AND lease_token = $3
 RETURNING status, next_retry_at;
+
+-- name: complete_running_success
+-- Fast path of the commonest report: a running attempt succeeds. Same rule as
+-- domain.lifecycle.decide_completion for a running row; anything else takes the full path.
+UPDATE state.tasks
+SET status = 'completed', last_outcome = 'success', last_error = NULL, next_retry_at = NULL,
+    outputs = coalesce($4::jsonb, outputs), lease_expires_at = NULL, updated_at = now()
+WHERE task_id = $1 AND attempt = $2 AND lease_token = $3 AND status = 'running'
+RETURNING status;
+
+-- name: complete_running_successes
+-- The same fast path for a batch of reports (trusted workers batch their completions).
+UPDATE state.tasks t
+SET status = 'completed', last_outcome = 'success', last_error = NULL, next_retry_at = NULL,
+    outputs = coalesce(c.outputs, t.outputs), lease_expires_at = NULL, updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[])
+     AS c(task_id, attempt, lease_token, outputs)
+WHERE t.task_id = c.task_id AND t.attempt = c.attempt AND t.lease_token = c.lease_token
+  AND t.status = 'running'
+RETURNING t.task_id;
 
 -- name: insert_events
 INSERT INTO state.task_events (event_key, task_id, attempt, event)
