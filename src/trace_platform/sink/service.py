@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ log = get_logger(__name__)
 
 BUFFER_QUEUE = "buffer_queue"
 BUFFER_DLQ = "buffer_queue_dlq"
-COPY_CHUNK = 5000
+COPY_CHUNK = 20000  # rows per COPY + upsert round; bounds memory
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class IngestResult:
     @property
     def duplicates(self) -> int:
         return self.rows - self.inserted
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])
 
 
 async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -78,10 +83,30 @@ class Sink:
         allowed = producer_prefix(self.store.root, pointer.producer)
         if not is_within_prefixes(pointer.batch_uri, [allowed]):
             raise BatchRejected("batch_uri is outside the producer's attempt prefix")
-        rows = 0
+        rows = inserted = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(q("sink", "create_staging"))
             buffer: list[StagingRecord] = []
+            upsert: asyncio.Task[str] | None = None
+
+            async def flush() -> None:
+                # COPY a chunk, then let the server upsert it while we parse the next one.
+                nonlocal upsert, inserted
+                if upsert is not None:
+                    inserted += _count(await upsert)
+                    await conn.execute(q("sink", "clear_staging"))
+                await conn.copy_records_to_table(
+                    "alert_staging", records=buffer, columns=STAGING_COLUMNS
+                )
+                buffer.clear()
+                upsert = asyncio.ensure_future(
+                    conn.execute(
+                        q("sink", "upsert_from_staging"),
+                        pointer.org_id,
+                        pointer.producer.task_id,
+                    )
+                )
+
             try:
                 async for line in iter_lines(self.store.open_stream(pointer.batch_uri)):
                     rows += 1
@@ -89,24 +114,23 @@ class Sink:
                         raise BatchRejected(f"line {rows}: empty line")
                     buffer.append(parse_row(line, rows))
                     if len(buffer) >= COPY_CHUNK:
-                        await conn.copy_records_to_table(
-                            "alert_staging", records=buffer, columns=STAGING_COLUMNS
-                        )
-                        buffer.clear()
+                        await flush()
+                if buffer:
+                    await flush()
+                if upsert is not None:
+                    inserted += _count(await upsert)
+                    upsert = None
             except (NotFoundError, ForbiddenError, ValidationError) as exc:
                 raise BatchRejected(f"batch object unreadable: {exc.detail}") from None
-            if buffer:
-                await conn.copy_records_to_table(
-                    "alert_staging", records=buffer, columns=STAGING_COLUMNS
-                )
+            finally:
+                if upsert is not None:  # rejected mid-way: let the statement finish, then roll back
+                    with contextlib.suppress(asyncpg.PostgresError):
+                        await upsert
             if rows != pointer.record_count:
                 raise BatchRejected(
                     f"batch has {rows} rows but the pointer declares {pointer.record_count}"
                 )
-            status = await conn.execute(
-                q("sink", "upsert_from_staging"), pointer.org_id, pointer.producer.task_id
-            )
-        return IngestResult(rows, int(status.split()[-1]))
+        return IngestResult(rows, inserted)
 
     async def handle(self, message: ReceivedMessage) -> str:
         """Process one delivery; returns 'inserted', 'rejected', 'dead_lettered' or 'retry'."""

@@ -20,3 +20,6 @@ SELECT dedupe_key, $1, alert_definition_id, event_time, chain_id, block_number, 
        tx_hash, payload::jsonb, $2
 FROM alert_staging
 ON CONFLICT (dedupe_key) DO NOTHING;
+
+-- name: clear_staging
+TRUNCATE alert_staging;
