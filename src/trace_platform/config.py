@@ -62,7 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
         "object_store_url", str, None, "file:///dir or s3://bucket/prefix; unset = HOME/objects."
     ),
     Setting("s3_endpoint_url", str, None, "S3-compatible endpoint URL (for non-AWS S3)."),
-    Setting("worker_concurrency", int, 8, "Tasks a worker runs at once."),
+    Setting("worker_concurrency", int, 32, "Tasks a worker runs at once."),
     Setting("visibility_seconds", float, 30.0, "Queue visibility timeout for received messages."),
     Setting("sink_max_deliveries", int, 5, "Deliveries before a buffer batch goes to the DLQ."),
     Setting("sink_retry_base_seconds", float, 1.0, "First redelivery delay of a rejected batch."),
@@ -96,7 +96,7 @@ class Settings:
     db_pool_size: int = 8
     object_store_url: str | None = None
     s3_endpoint_url: str | None = None
-    worker_concurrency: int = 8
+    worker_concurrency: int = 32
     visibility_seconds: float = 30.0
     sink_max_deliveries: int = 5
     sink_retry_base_seconds: float = 1.0
