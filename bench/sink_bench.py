@@ -35,12 +35,20 @@ def write_batch(path: Path, rows: int, tag: str) -> None:
     with path.open("wb") as fh:
         buf = []
         for i in range(rows):
-            buf.append(orjson.dumps({
-                "alert_definition_id": definition, "dedupe_key": f"{tag}:{i}",
-                "event_time": "2024-05-01T00:00:00+00:00", "chain_id": 1,
-                "block_number": 19_000_000 + i, "block_hash": "0x" + "ab" * 32,
-                "tx_hash": "0x" + "cd" * 32, "payload": {"value_wei": str(i * 7919)},
-            }))
+            buf.append(
+                orjson.dumps(
+                    {
+                        "alert_definition_id": definition,
+                        "dedupe_key": f"{tag}:{i}",
+                        "event_time": "2024-05-01T00:00:00+00:00",
+                        "chain_id": 1,
+                        "block_number": 19_000_000 + i,
+                        "block_hash": "0x" + "ab" * 32,
+                        "tx_hash": "0x" + "cd" * 32,
+                        "payload": {"value_wei": str(i * 7919)},
+                    }
+                )
+            )
             if len(buf) == 10000:
                 fh.write(b"\n".join(buf) + b"\n")
                 buf = []
@@ -59,17 +67,25 @@ async def ingest_child(home: Path, uri: str, rows: int) -> None:
     data = await create_pool(urls.data, max_size=2)
     state = await create_pool(urls.state, max_size=1)
     sink = Sink(PgQueue(state), object_store_from_settings(settings), data, settings)
-    pointer = BufferPointer.model_validate({
-        "kind": "buffer_batch", "org_id": str(uuid.uuid4()), "batch_uri": uri,
-        "content_type": "application/jsonl", "record_count": rows,
-        "producer": {"task_id": str(TASK), "attempt": 1},
-    })
+    pointer = BufferPointer.model_validate(
+        {
+            "kind": "buffer_batch",
+            "org_id": str(uuid.uuid4()),
+            "batch_uri": uri,
+            "content_type": "application/jsonl",
+            "record_count": rows,
+            "producer": {"task_id": str(TASK), "attempt": 1},
+        }
+    )
     t0 = time.perf_counter()
     result = await sink.ingest(pointer)
     elapsed = time.perf_counter() - t0
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would show the parent's.
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
+    hwm = next(
+        line
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     peak_mb = int(hwm.split()[1]) / 1024
     print(json.dumps({"seconds": elapsed, "inserted": result.inserted, "peak_mb": peak_mb}))
 
@@ -84,8 +100,9 @@ async def raw_floor(home: Path, path: Path) -> float:
         t0 = time.perf_counter()
         async with conn.transaction():
             await conn.execute(q("sink", "create_staging"))
-            await conn.copy_records_to_table("alert_staging", records=records,
-                                             columns=STAGING_COLUMNS)
+            await conn.copy_records_to_table(
+                "alert_staging", records=records, columns=STAGING_COLUMNS
+            )
             await conn.execute(q("sink", "upsert_from_staging"), uuid.uuid4(), TASK)
         return time.perf_counter() - t0
     finally:
@@ -117,8 +134,17 @@ async def main() -> None:
         write_batch(sink_path, args.rows, "sink")
         size_mb = sink_path.stat().st_size / 1e6
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(home), "file://" + str(sink_path),
-             str(args.rows)], capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(home),
+                "file://" + str(sink_path),
+                str(args.rows),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         child = json.loads(out.stdout.strip().splitlines()[-1])
         assert child["inserted"] == args.rows, child
@@ -127,10 +153,16 @@ async def main() -> None:
     sink_rate, floor_rate = args.rows / child["seconds"], args.rows / floor_s
     print(f"batch: {args.rows} rows, {size_mb:.0f} MB JSONL")
     print(f"{'path':<48}{'seconds':>9}{'rows/s':>11}")
-    print(f"{'raw floor (COPY parsed records + ON CONFLICT)':<48}{floor_s:>9.2f}{floor_rate:>11.0f}")
-    print(f"{'trace sink (read + parse + validate + insert)':<48}{child['seconds']:>9.2f}{sink_rate:>11.0f}")
-    print(f"sink / floor: {sink_rate / floor_rate:.2f}   peak RSS of the sink process: "
-          f"{child['peak_mb']:.0f} MB (target >= 100,000 rows/s, bounded memory)")
+    print(
+        f"{'raw floor (COPY parsed records + ON CONFLICT)':<48}{floor_s:>9.2f}{floor_rate:>11.0f}"
+    )
+    print(
+        f"{'trace sink (read + parse + validate + insert)':<48}{child['seconds']:>9.2f}{sink_rate:>11.0f}"
+    )
+    print(
+        f"sink / floor: {sink_rate / floor_rate:.2f}   peak RSS of the sink process: "
+        f"{child['peak_mb']:.0f} MB (target >= 100,000 rows/s, bounded memory)"
+    )
 
 
 if __name__ == "__main__":
