@@ -157,7 +157,8 @@ async def main() -> None:
         f"{'raw floor (COPY parsed records + ON CONFLICT)':<48}{floor_s:>9.2f}{floor_rate:>11.0f}"
     )
     print(
-        f"{'trace sink (read + parse + validate + insert)':<48}{child['seconds']:>9.2f}{sink_rate:>11.0f}"
+        f"{'trace sink (read + parse + validate + insert)':<48}"
+        f"{child['seconds']:>9.2f}{sink_rate:>11.0f}"
     )
     print(
         f"sink / floor: {sink_rate / floor_rate:.2f}   peak RSS of the sink process: "
