@@ -46,13 +46,12 @@ async def test_outbox_rows_committed_before_a_crash_are_delivered_after_restart(
                 " WHERE queue_name = 'task_wakeup' AND (payload->>'task_id')::uuid = ANY($1)",
                 ids,
             )
-            return n == len(ids)
+            pending = await state_conn.fetchval(
+                "SELECT count(*) FROM state.outbox WHERE status = 'pending'"
+            )
+            return n == len(ids) and pending == 0
 
-        await wait_until(delivered, what="wake-ups after restart")
-        assert (
-            await state_conn.fetchval("SELECT count(*) FROM state.outbox WHERE status = 'pending'")
-            == 0
-        )
+        await wait_until(delivered, what="wake-ups delivered and the outbox drained")
     finally:
         second.stop()
 
