@@ -229,6 +229,97 @@ def demo(ctx: click.Context, tasks: int, rows_per_task: int, timeout: float) -> 
     sys.exit(0 if ok else 1)
 
 
+# -- UDF bundles -------------------------------------------------------------------------
+
+
+@cli.group()
+def bundle() -> None:
+    """Build, upload and list UDF bundles (Python or Node/TypeScript)."""
+
+
+_LANG = click.Choice(["python", "node"])
+
+
+@bundle.command("build")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--language", type=_LANG, required=True)
+@click.option(
+    "--entrypoint",
+    default=None,
+    help="module.function [python: handler.handler, node: index.handler].",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Zip to write [default: SOURCE.zip].",
+)
+@click.pass_context
+@handle_errors
+def bundle_build(
+    ctx: click.Context, source: Path, language: str, entrypoint: str | None, output: Path | None
+) -> None:
+    """Build a Lambda-style zip: TypeScript compiled with esbuild, dependencies vendored."""
+    settings = settings_from(ctx)
+    from trace_platform.bundles import build_bundle
+
+    entry = entrypoint or ("handler.handler" if language == "python" else "index.handler")
+    data = build_bundle(source, language, entry, settings.esbuild)
+    out = output or source.with_suffix(".zip")
+    out.write_bytes(data)
+    import hashlib
+
+    click.echo(f"{out}  {len(data)} bytes  sha256 {hashlib.sha256(data).hexdigest()}")
+
+
+@bundle.command("upload")
+@click.argument("zip_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--language", type=_LANG, required=True)
+@click.option("--entrypoint", required=True, help="module.function, e.g. handler.handler")
+@click.option("--org-id", type=click.UUID, default=None, help="Owning org (default: Lite org).")
+@click.pass_context
+@handle_errors
+def bundle_upload(
+    ctx: click.Context, zip_path: Path, language: str, entrypoint: str, org_id: uuid.UUID | None
+) -> None:
+    """Store a bundle (content-addressed, immutable) and print its bundle_id."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import upload_bundle
+
+    reg = run_async(upload_bundle(settings, zip_path.read_bytes(), language, entrypoint, org_id))
+    note = "" if reg.created else "  (already registered)"
+    click.echo(f"{reg.bundle_id}{note}")
+    click.echo(f"sha256 {reg.sha256}  {reg.size_bytes} bytes  {reg.storage_uri}", err=True)
+
+
+@bundle.command("list")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.pass_context
+@handle_errors
+def bundle_list(ctx: click.Context, limit: int) -> None:
+    """List registered bundles, newest first."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import list_bundles
+
+    for b in run_async(list_bundles(settings, limit)):
+        click.echo(
+            f"{b['bundle_id']}  {b['language']:<6} {b['entrypoint']:<24} "
+            f"{b['size_bytes']:>9} B  sha256 {b['sha256'][:16]}…  {b['created_at']:%F %T}"
+        )
+
+
+@cli.command(hidden=True)
+@click.pass_context
+def runner(ctx: click.Context) -> None:
+    """Run one UDF invocation read from stdin (started by the dispatcher's invoker)."""
+    settings = settings_from(ctx)
+    _setup_logs(settings, "runner")
+    from trace_platform.runner.app import run_runner
+
+    sys.exit(run_runner(settings, sys.stdin.buffer.read()))
+
+
 # -- dead-letter queue -----------------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ import asyncpg
 
 from trace_platform.adapters.local_keys import load_key_ring
 from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.bundles import RegisteredBundle, register_bundle
+from trace_platform.bundles import list_bundles as list_registered
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
@@ -133,3 +135,24 @@ async def redrive_dlq(settings: Settings, ids: list[uuid.UUID] | None) -> int:
 async def purge_dlq(settings: Settings, ids: list[uuid.UUID]) -> int:
     async with state_pool(settings) as pool:
         return await PgQueue(pool).purge(BUFFER_DLQ, ids)
+
+
+async def upload_bundle(
+    settings: Settings, data: bytes, language: str, entrypoint: str, org_id: uuid.UUID | None
+) -> RegisteredBundle:
+    from trace_platform.adapters.stores import object_store_from_settings
+
+    async with state_pool(settings) as pool:
+        return await register_bundle(
+            pool,
+            object_store_from_settings(settings),
+            data,
+            language,
+            entrypoint,
+            org_id or LITE_ORG_ID,
+        )
+
+
+async def list_bundles(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    async with state_pool(settings) as pool:
+        return await list_registered(pool, limit)

@@ -67,6 +67,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sink_max_deliveries", int, 5, "Deliveries before a buffer batch goes to the DLQ."),
     Setting("sink_retry_base_seconds", float, 1.0, "First redelivery delay of a rejected batch."),
     Setting("sink_concurrency", int, 2, "Batches the sink ingests at once."),
+    Setting("runner_concurrency", int, 4, "UDF invocations the dispatcher runs at once (Lite)."),
+    Setting("runner_timeout_seconds", float, 60.0, "Wall-clock limit of one UDF handler run."),
+    Setting("runner_memory_mb", int, 1024, "Address-space limit of a UDF handler (MiB)."),
+    Setting("runner_uid", int, 65534, "Unprivileged uid UDF handlers run as (when root)."),
+    Setting("runner_allow_weak_sandbox", bool, False, "Run UDFs even without bubblewrap."),
+    Setting("query_url", str, None, "Query service base URL given to UDF runners."),
+    Setting("esbuild", str, None, "Path of esbuild for TypeScript bundles (default: tools/)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
 
@@ -101,6 +108,13 @@ class Settings:
     sink_max_deliveries: int = 5
     sink_retry_base_seconds: float = 1.0
     sink_concurrency: int = 2
+    runner_concurrency: int = 4
+    runner_timeout_seconds: float = 60.0
+    runner_memory_mb: int = 1024
+    runner_uid: int = 65534
+    runner_allow_weak_sandbox: bool = False
+    query_url: str | None = None
+    esbuild: str | None = None
     log_level: str = "info"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -135,6 +149,7 @@ class Settings:
             "reaper_interval",
             "visibility_seconds",
             "sink_retry_base_seconds",
+            "runner_timeout_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -145,9 +160,12 @@ class Settings:
             "worker_concurrency",
             "sink_max_deliveries",
             "sink_concurrency",
+            "runner_concurrency",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_BY_NAME[name].env} must be >= 1")
+        if self.runner_memory_mb < 64:
+            raise ConfigError("TRACE_RUNNER_MEMORY_MB must be >= 64")
         if not 0 < self.port < 65536:
             raise ConfigError("TRACE_PORT must be a TCP port number")
         if self.retry_max_seconds < self.retry_base_seconds:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from trace_platform.domain.bundle import InvocationPayload
 from trace_platform.domain.capability import CapabilityClaims
 
 
@@ -133,4 +134,15 @@ class ObjectStore(Protocol):
 
     def presign(self, uri: str, method: str, expires_seconds: int) -> str:
         """A short-lived URL allowing exactly `method` (GET or PUT) on exactly this object."""
+        ...
+
+
+class RuntimeInvoker(Protocol):
+    """Runs one UDF invocation (a local sandboxed runner in Lite, Lambda on AWS).
+
+    `invoke` returns when the runner is done; the runner reports the outcome itself through
+    the task-scoped endpoints, and a runner that dies is recovered by the lease reaper."""
+
+    async def invoke(self, payload: InvocationPayload) -> None:
+        """Run the invocation to its end (or until the invoker gives up on it)."""
         ...

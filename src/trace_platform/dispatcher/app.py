@@ -11,6 +11,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from trace_platform import __version__
+from trace_platform.adapters.local_invoker import LocalRuntimeInvoker
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.adapters.pgqueue import PgQueue
 from trace_platform.adapters.stores import object_store_from_settings
@@ -27,6 +28,7 @@ from trace_platform.dispatcher.loops import (
     start_kernel_loops,
 )
 from trace_platform.dispatcher.service import TaskService
+from trace_platform.dispatcher.udf import UdfDispatcher
 from trace_platform.http import MetricsMiddleware, install_error_handlers, serve
 from trace_platform.logs import get_logger
 
@@ -37,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     """The dispatcher ASGI app. Resources are created in the lifespan, not at import."""
     signer = load_key_ring(settings)
     worker_tokens = load_worker_tokens(settings)
+    store = object_store_from_settings(settings)
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -53,6 +56,11 @@ def create_app(settings: Settings) -> FastAPI:
             runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
         )
         listener = await _listen_outbox(urls.state, poke)
+        udf_stop = asyncio.Event()
+        udf = UdfDispatcher(
+            service, queue, store, LocalRuntimeInvoker(settings), settings.runner_concurrency
+        )
+        udf_task = asyncio.create_task(udf.run(udf_stop))
         log.info(
             "dispatcher.started",
             host=settings.host,
@@ -64,6 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             log.info("dispatcher.stopping")
+            udf_stop.set()
+            await asyncio.wait({udf_task}, timeout=5)
             await runner.stop()
             if listener is not None:
                 await listener.close()
@@ -84,7 +94,6 @@ def create_app(settings: Settings) -> FastAPI:
         svc: TaskService = state["service"]
         return svc
 
-    store = object_store_from_settings(settings)
     app.include_router(build_router(service, signer, worker_tokens, store))
 
     async def ready() -> bool:

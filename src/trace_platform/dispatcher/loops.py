@@ -32,6 +32,7 @@ log = get_logger(__name__)
 TASK_WAKEUP = "task_wakeup"
 BUFFER_QUEUE = "buffer_queue"
 BUFFER_DLQ = "buffer_queue_dlq"
+UDF_QUEUE = "udf_invoke"
 
 OUTBOX_BATCH = 500
 OUTBOX_MAX_ATTEMPTS = 20
@@ -239,6 +240,7 @@ def default_routes(
     routes: dict[str, OutboxRoute] = {
         "enqueue_task": queue_route(queue, TASK_WAKEUP),
         "buffer_batch": queue_route(queue, BUFFER_QUEUE),
+        "invoke_udf": queue_route(queue, UDF_QUEUE),
     }
     routes.update(extra or {})
     return routes
