@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import click
 import orjson
 
@@ -49,6 +50,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TraceError as exc:
             click.echo(f"error: {exc.detail}", err=True)
             sys.exit(1 if exc.status in (404, 409) else 2)
+        except asyncpg.UndefinedTableError:
+            click.echo("error: the database has no Trace schema; run `trace migrate`", err=True)
+            sys.exit(2)
+        except (OSError, asyncpg.PostgresError) as exc:
+            click.echo(f"error: database unreachable or failing ({type(exc).__name__})", err=True)
+            sys.exit(2)
 
     return wrapper
 

@@ -82,7 +82,10 @@ async def test_up_supervises_children_restarts_a_crash_and_stops_cleanly(
     try:
         log_text = lambda: (tmp_path / "up.log").read_text()  # noqa: E731
         await wait_until(lambda: "trace is up" in log_text(), timeout=60, what="stack ready")
-        assert "dispatcher |" in log_text() and "worker-2   |" in log_text()
+        await wait_until(
+            lambda: "dispatcher |" in log_text() and "worker-2   |" in log_text(),
+            what="prefixed logs of every child",
+        )
 
         async def done(ids: list[uuid.UUID]) -> bool:
             n = await state_conn.fetchval(

@@ -68,6 +68,7 @@ def test_trusted_fields_in_rows_are_ignored_not_rejected() -> None:
         line(payload=[1]),
         line(payload="{}"),
         line(tx_hash="x" * 1000),
+        line(payload={"k": "a\x00b"}),
     ],
 )
 def test_bad_rows_reject_the_batch(raw: bytes) -> None:

@@ -90,7 +90,18 @@ async def resolve_databases(settings: Settings) -> DatabaseUrls:
         )
     home = settings.home.resolve()
     socket_dir = start_embedded(home / "postgres")
+    urls = DatabaseUrls(_socket_url(socket_dir, STATE_DB), _socket_url(socket_dir, DATA_DB), True)
     for name in (STATE_DB, DATA_DB):
         await ensure_database(_socket_url(socket_dir, "postgres"), name)
+    # Lite owns its embedded databases: keep them migrated so every command just works.
+    from trace_platform.db.migrate import migrate
+    from trace_platform.db.pool import connect
+
+    for component, url in (("state", urls.state), ("data", urls.data)):
+        conn = await connect(url)
+        try:
+            await migrate(conn, component)
+        finally:
+            await conn.close()
     log.debug("db.embedded.ready", home=str(home))
-    return DatabaseUrls(_socket_url(socket_dir, STATE_DB), _socket_url(socket_dir, DATA_DB), True)
+    return urls

@@ -85,6 +85,8 @@ def _opt_str(row: dict[str, Any], name: str, line: int) -> str | None:
 
 def parse_row(raw: bytes, line: int) -> StagingRecord:
     """Parse and validate one JSONL line into a staging record (or reject the batch)."""
+    if b"\\u0000" in raw:
+        raise BatchRejected(f"line {line}: NUL characters cannot be stored")
     try:
         row = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -78,8 +78,8 @@ def check_zip_entries(
             or any(p in ("", ".", "..") for p in parts)
         ):
             raise BundleRejected("bundle has an unsafe path")
-        mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver set no type
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             raise BundleRejected("bundle may hold only regular files and directories")
         if name in seen:
             raise BundleRejected("bundle has a duplicate path")

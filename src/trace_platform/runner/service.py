@@ -301,7 +301,6 @@ class Runner:
             await asyncio.to_thread(writer_file.write, orjson.dumps(init) + b"\n")
             protocol = self._protocol(reader, writer_file, batch_path, result, channel)
             await asyncio.wait_for(protocol, timeout=limits.wall_seconds)
-            await asyncio.wait_for(proc.wait(), timeout=5)
         except TimeoutError:
             result.outcome = "retryable_error"
             result.error = f"handler timed out after {limits.wall_seconds:g}s and was killed"
@@ -309,6 +308,10 @@ class Runner:
             result.outcome = "fatal_error"
             result.error = "handler sent a malformed or oversized message"
         finally:
+            with contextlib.suppress(OSError):
+                writer_file.close()  # EOF on the handler's channel: a finished shim exits
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout=2)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()

@@ -122,6 +122,9 @@ class Sink:
                     upsert = None
             except (NotFoundError, ForbiddenError, ValidationError) as exc:
                 raise BatchRejected(f"batch object unreadable: {exc.detail}") from None
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                # The data itself is unstorable: poison, not an outage.
+                raise BatchRejected(f"database rejected the batch ({type(exc).__name__})") from None
             finally:
                 if upsert is not None:  # rejected mid-way: let the statement finish, then roll back
                     with contextlib.suppress(asyncpg.PostgresError):

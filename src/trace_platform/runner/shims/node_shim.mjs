@@ -1,5 +1,6 @@
 // Runs inside the sandbox: loads the handler from /bundle, talks to the runner over fds 3/4.
 import fs from "node:fs";
+import net from "node:net";
 import readline from "node:readline";
 
 const CHUNK = 500;
@@ -15,7 +16,9 @@ function send(msg) {
   fs.writeSync(3, JSON.stringify(msg) + "\n");
 }
 
-const lines = readline.createInterface({ input: fs.createReadStream(null, { fd: 4 }) });
+// A socket over the pipe (not fs.createReadStream): non-blocking, so exit never waits on it.
+const channel = new net.Socket({ fd: 4, readable: true, writable: false });
+const lines = readline.createInterface({ input: channel });
 const iterator = lines[Symbol.asyncIterator]();
 async function nextLine() {
   const { value, done } = await iterator.next();
