@@ -57,9 +57,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         listener = await _listen_outbox(urls.state, poke)
         udf_stop = asyncio.Event()
-        udf = UdfDispatcher(
-            service, queue, store, LocalRuntimeInvoker(settings), settings.runner_concurrency
-        )
+        invoker = LocalRuntimeInvoker(settings)
+        await invoker.start()
+        udf = UdfDispatcher(service, queue, store, invoker, settings.runner_concurrency)
         udf_task = asyncio.create_task(udf.run(udf_stop))
         log.info(
             "dispatcher.started",
@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("dispatcher.stopping")
             udf_stop.set()
             await asyncio.wait({udf_task}, timeout=5)
+            await invoker.close()
             await runner.stop()
             if listener is not None:
                 await listener.close()

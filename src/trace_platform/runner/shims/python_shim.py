@@ -3,13 +3,10 @@
 Protocol (JSON lines): runner → shim on fd 4, shim → runner on fd 3.
 """
 
-import asyncio
 import importlib
-import inspect
 import json
 import os
 import sys
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trace_udf import FatalError, QueryError
@@ -73,7 +70,9 @@ def main():
     try:
         handler = getattr(importlib.import_module(module_name), func_name)
         result = handler(init["event"], Context(init["context"]))
-        if inspect.iscoroutine(result):
+        if type(result).__name__ == "coroutine":  # async def handler: asyncio only when used
+            import asyncio
+
             result = asyncio.run(result)
         if result is None:
             result = []
@@ -84,6 +83,8 @@ def main():
         _send({"type": "done"})
     except BaseException as exc:  # every failure is reported; the runner decides the outcome
         fatal = isinstance(exc, FatalError) or type(exc).__name__ == "FatalError"
+        import traceback
+
         traceback.print_exc(file=sys.stderr)
         _send({"type": "error", "fatal": fatal, "error": f"{type(exc).__name__}: {exc}"[:2000]})
 
