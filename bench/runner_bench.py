@@ -27,8 +27,10 @@ from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.runner.sandbox import python_runtime
 from trace_platform.stack import Stack, prepare
 
-ROW = ('{"alert_definition_id": "9a1f2b3c-4d5e-4f60-8a7b-1c2d3e4f5a6b", "dedupe_key": "k",'
-       ' "event_time": "2024-01-01T00:00:00Z"}')
+ROW = (
+    '{"alert_definition_id": "9a1f2b3c-4d5e-4f60-8a7b-1c2d3e4f5a6b", "dedupe_key": "k",'
+    ' "event_time": "2024-01-01T00:00:00Z"}'
+)
 
 
 def free_port() -> int:
@@ -59,7 +61,9 @@ async def latencies(pool, settings: Settings, bundle_id, runs: int) -> list[floa
         while True:
             row = await pool.fetchrow(
                 "SELECT status, created_at, updated_at, last_error FROM state.tasks"
-                " WHERE task_id = $1", tid)
+                " WHERE task_id = $1",
+                tid,
+            )
             if row["status"] in ("completed", "failed"):
                 break
             await asyncio.sleep(0.002)
@@ -85,34 +89,63 @@ async def main() -> None:
         store = object_store_from_settings(settings)
         for records in (0, 1):
             body = f"[{ROW}]" if records else "[]"
-            py = deterministic_zip([("handler.py", f"def handler(e, c):\n    return {body}\n".encode())])
+            py = deterministic_zip(
+                [("handler.py", f"def handler(e, c):\n    return {body}\n".encode())]
+            )
             reg = await register_bundle(pool, store, py, "python", "handler.handler", LITE_ORG_ID)
             await latencies(pool, settings, reg.bundle_id, 3)  # warm-up
-            results[f"python, {records} record(s)"] = await latencies(pool, settings, reg.bundle_id, args.runs)
+            results[f"python, {records} record(s)"] = await latencies(
+                pool, settings, reg.bundle_id, args.runs
+            )
             src = home / f"ts{records}"
             src.mkdir()
-            (src / "index.ts").write_text(textwrap.dedent(f"""
+            (src / "index.ts").write_text(
+                textwrap.dedent(f"""
                 export async function handler(event: unknown): Promise<object[]> {{
                   return {body};
-                }}"""))
+                }}""")
+            )
             ts = build_bundle(src, "node", "index.handler")
             reg = await register_bundle(pool, store, ts, "node", "index.handler", LITE_ORG_ID)
             await latencies(pool, settings, reg.bundle_id, 3)
-            results[f"typescript, {records} record(s)"] = await latencies(pool, settings, reg.bundle_id, args.runs)
+            results[f"typescript, {records} record(s)"] = await latencies(
+                pool, settings, reg.bundle_id, args.runs
+            )
         await pool.close()
     finally:
         await stack.stop()
         stop_embedded(home / "postgres")
     prefix, exe = python_runtime()
-    bwrap = ["bwrap", "--unshare-net", "--unshare-pid", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-             "--ro-bind-try", "/lib", "/lib", "--ro-bind-try", "/lib64", "/lib64", "--ro-bind", prefix, prefix,
-             "--proc", "/proc", "--dev", "/dev"]
+    bwrap = [
+        "bwrap",
+        "--unshare-net",
+        "--unshare-pid",
+        "--die-with-parent",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--ro-bind-try",
+        "/lib",
+        "/lib",
+        "--ro-bind-try",
+        "/lib64",
+        "/lib64",
+        "--ro-bind",
+        prefix,
+        prefix,
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+    ]
     base = {
         "python -I -S -c pass": spawn_ms([exe, "-I", "-S", "-c", "pass"]),
         "node -e 0": spawn_ms(["node", "-e", "0"]),
         "bwrap + python -I -S -c pass": spawn_ms([*bwrap, exe, "-I", "-S", "-c", "pass"]),
     }
-    print(f"invoke -> complete through the dispatcher (task created -> completed), {args.runs} runs")
+    print(
+        f"invoke -> complete through the dispatcher (task created -> completed), {args.runs} runs"
+    )
     print(f"{'handler':<28}{'p50 ms':>9}{'p90 ms':>9}")
     for name, vals in results.items():
         q = statistics.quantiles(vals, n=10)
