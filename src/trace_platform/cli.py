@@ -232,7 +232,11 @@ def demo(ctx: click.Context, tasks: int, rows_per_task: int, timeout: float) -> 
 
     summary = run_async(run_demo(settings, tasks, rows_per_task, timeout))
     click.echo(format_summary(summary))
-    ok = summary.completed == summary.tasks and summary.rows_inserted > 0
+    ok = (
+        summary.completed == summary.tasks
+        and summary.rows_inserted > 0
+        and all(u.status == "completed" and u.alerts == u.expected for u in summary.udfs)
+    )
     sys.exit(0 if ok else 1)
 
 

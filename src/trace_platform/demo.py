@@ -7,7 +7,8 @@ import secrets
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,15 @@ TERMINAL = ("completed", "failed", "canceled")
 
 
 @dataclass
+class UdfResult:
+    language: str
+    status: str
+    alerts: int
+    expected: int
+    detail: str = ""
+
+
+@dataclass
 class DemoSummary:
     tasks: int
     completed: int
@@ -31,6 +41,7 @@ class DemoSummary:
     rows_inserted: int
     dlq: int
     elapsed: float
+    udfs: list[UdfResult] = field(default_factory=list)
 
     @property
     def duplicates_absorbed(self) -> int:
@@ -72,7 +83,9 @@ async def run_demo(
     state = await create_pool(urls.state, max_size=2)
     data = await create_pool(urls.data, max_size=2)
     try:
-        return await _workload(settings, state, data, tasks, rows_per_task, timeout)
+        summary = await _workload(settings, state, data, tasks, rows_per_task, timeout)
+        summary.udfs = await _udf_step(settings, state, data, timeout)
+        return summary
     finally:
         await state.close()
         await data.close()
@@ -146,6 +159,77 @@ async def _workload(
     )
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+async def _udf_step(
+    settings: Settings, state: asyncpg.Pool, data: asyncpg.Pool, timeout: float
+) -> list[UdfResult]:
+    """Run the example Python and TypeScript UDFs (sandboxed) over synthetic transfers."""
+    from trace_platform.adapters.stores import object_store_from_settings
+    from trace_platform.bundles import build_bundle, register_bundle
+    from trace_platform.errors import TraceError
+
+    run = secrets.token_hex(3)
+    transfers: list[dict[str, Any]] = [
+        {
+            "tx_hash": f"0x{run}{i:06x}",
+            "block_number": 19_000_000 + i,
+            "value_wei": (i * 7_919_000_003) % 10**12,
+            "chain_id": 1,
+            "time": f"2024-05-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z",
+        }
+        for i in range(2000)
+    ]
+    threshold = 9 * 10**11
+    expected = sum(1 for t in transfers if int(t["value_wei"]) > threshold)
+    store = object_store_from_settings(settings)
+    service = TaskService(state, load_key_ring(settings), settings)
+    results: list[UdfResult] = []
+    for language, folder, entry, prefix in (
+        ("python", "udf-python", "handler.handler", "large-transfer:"),
+        ("typescript", "udf-typescript", "index.handler", "large-transfer-ts:"),
+    ):
+        lang = "python" if language == "python" else "node"
+        try:
+            bundle = build_bundle(EXAMPLES / folder, lang, entry, settings.esbuild)
+            reg = await register_bundle(state, store, bundle, lang, entry, LITE_ORG_ID)
+        except TraceError as exc:
+            results.append(UdfResult(language, "skipped", 0, expected, exc.detail.splitlines()[0]))
+            continue
+        work = {"threshold_wei": threshold, "transfers": transfers}
+        (tid,) = await service.create_tasks(
+            [{"runtime": "lambda", "udf": {"bundle_id": str(reg.bundle_id)}, "work_payload": work}]
+        )
+        _say(f"running the {language} UDF (bundle {str(reg.bundle_id)[:8]}, sandboxed) ...")
+        row = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = await state.fetchrow(
+                "SELECT status, next_retry_at, last_error FROM state.tasks WHERE task_id = $1", tid
+            )
+            assert row is not None
+            if row["status"] == "completed" or (
+                row["status"] == "failed" and not row["next_retry_at"]
+            ):
+                break
+            await asyncio.sleep(0.1)
+        alerts = 0
+        for _ in range(100):  # the sink commits shortly after the task completes
+            alerts = await data.fetchval(
+                "SELECT count(*) FROM data.alert_events WHERE dedupe_key LIKE $1",
+                f"{prefix}0x{run}%",
+            )
+            if alerts >= expected or row is None or row["status"] != "completed":
+                break
+            await asyncio.sleep(0.1)
+        detail = (row["last_error"] or "").splitlines()[0] if row and row["last_error"] else ""
+        results.append(
+            UdfResult(language, row["status"] if row else "timeout", int(alerts), expected, detail)
+        )
+    return results
+
+
 async def _task_counts(state: asyncpg.Pool, ids: list[uuid.UUID]) -> dict[str, int]:
     rows = await state.fetch(
         "SELECT status, count(*) AS n FROM state.tasks WHERE task_id = ANY($1) GROUP BY status", ids
@@ -165,6 +249,11 @@ def format_summary(s: DemoSummary) -> str:
         f"  duplicates absorbed  {s.duplicates_absorbed}",
         f"  DLQ messages         {s.dlq}",
         f"  elapsed              {s.elapsed:.2f}s  ({rate:.0f} tasks/s)",
+    ]
+    for u in s.udfs:
+        line = f"  UDF {u.language:<11}      {u.status}: {u.alerts}/{u.expected} alerts inserted"
+        lines.append(line + (f"  ({u.detail})" if u.detail else ""))
+    lines += [
         "",
         "next: `trace status` for the whole system, `trace up` to keep the stack running",
     ]

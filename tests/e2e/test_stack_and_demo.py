@@ -48,6 +48,9 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         assert "rows inserted        360" in text  # every tenth task repeats a seed
         assert "duplicates absorbed  40" in text
         assert "DLQ messages         0" in text
+        # the sandboxed example UDFs, Python and TypeScript, each find every large transfer
+        assert "UDF python           completed: 190/190 alerts inserted" in text
+        assert "UDF typescript       completed: 190/190 alerts inserted" in text
         status = subprocess.run(
             [sys.executable, "-m", "trace_platform", "status"],
             env=env,
@@ -56,8 +59,9 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
             timeout=60,
             cwd=REPO,
         )
-        assert "completed          40" in status.stdout
-        assert "alert_events rows: 360" in status.stdout
+        # 40 emit_alerts tasks + 2 UDF tasks; 360 + 2 x 190 rows
+        assert "completed          42" in status.stdout
+        assert "alert_events rows: 740" in status.stdout
     finally:
         subprocess.run(
             [sys.executable, "-m", "trace_platform", "db", "stop"],
