@@ -1,0 +1,132 @@
+"""The SQL gate (SPEC §9): exactly one read-only SELECT over the attached relation(s).
+
+An allowlist, not a denylist: the statement must parse (DuckDB dialect) to a single SELECT /
+set operation; every relation must be a bare, unquoted name that is either an attached
+relation or a CTE of the query; every function must be on the list below. Anything else —
+table functions, file or URL readers, string relations, settings, secrets, catalogs,
+PRAGMA/SET/ATTACH/COPY/INSTALL/LOAD/DDL/DML — is rejected with a stable code. Errors never
+echo the SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import unicodedata
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+MAX_SQL_LENGTH = 20_000
+logging.getLogger("sqlglot").setLevel(logging.ERROR)  # it warns with the SQL text
+
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        # aggregates
+        "COUNT", "SUM", "AVG", "MIN", "MAX", "STDDEV", "STDDEV_POP", "STDDEV_SAMP", "VARIANCE",
+        "VAR_POP", "VAR_SAMP", "MEDIAN", "QUANTILE_CONT", "QUANTILE_DISC", "APPROX_DISTINCT",
+        "APPROX_COUNT_DISTINCT", "ANY_VALUE", "ARG_MAX", "ARG_MIN", "ARGMAX", "ARGMIN",
+        "BOOL_AND", "BOOL_OR", "LOGICAL_AND", "LOGICAL_OR", "COUNT_IF", "COUNTIF", "FIRST",
+        "LAST", "PERCENTILE_CONT", "PERCENTILE_DISC", "CORR", "COVAR_POP", "COVAR_SAMP",
+        "GROUP_CONCAT", "STRING_AGG", "ARRAY_AGG", "LIST",
+        # window
+        "ROW_NUMBER", "RANK", "DENSE_RANK", "PERCENT_RANK", "CUME_DIST", "NTILE", "LAG",
+        "LEAD", "FIRST_VALUE", "LAST_VALUE", "NTH_VALUE",
+        # scalar
+        "ABS", "ROUND", "FLOOR", "CEIL", "CEILING", "SIGN", "SQRT", "POW", "POWER", "EXP",
+        "LN", "LOG", "LOG10", "LOG2", "MOD", "GREATEST", "LEAST", "COALESCE", "NULLIF", "IF",
+        "IFNULL", "CAST", "TRY_CAST", "LOWER", "UPPER", "LENGTH", "SUBSTRING", "SUBSTR",
+        "CONCAT", "CONCAT_WS", "TRIM", "LTRIM", "RTRIM", "REPLACE", "LEFT", "RIGHT", "LPAD",
+        "RPAD", "REVERSE", "STARTS_WITH", "ENDS_WITH", "CONTAINS", "STRPOS", "POSITION",
+        "REGEXP_MATCHES", "REGEXP_LIKE", "REGEXP_REPLACE", "REGEXP_EXTRACT", "SPLIT_PART",
+        "HEX", "UNHEX", "MD5", "SHA256", "DATE_TRUNC", "TIMESTAMP_TRUNC", "DATETRUNC",
+        "DATE_PART", "EXTRACT", "EPOCH", "EPOCH_MS", "TO_TIMESTAMP", "STRFTIME", "TIME_TO_STR",
+        "STR_TO_TIME", "STRPTIME", "DATE_DIFF", "DATEDIFF", "DATE_ADD", "DATE_SUB",
+        "TIMESTAMP_ADD", "TIMESTAMP_DIFF", "UNIX_TO_TIME", "TIME_TO_UNIX", "YEAR", "MONTH",
+        "DAY", "HOUR", "MINUTE", "SECOND", "WEEK", "DAYOFWEEK", "DAY_OF_WEEK",
+        "CURRENT_DATE", "CURRENT_TIMESTAMP", "NOW", "STRUCT_EXTRACT", "ARRAY_LENGTH", "ARRAY_SIZE",
+        "ARRAY_CONTAINS", "ARRAY_TO_STRING", "CARDINALITY", "BIT_LENGTH", "OCTET_LENGTH",
+        "CASE", "INTERVAL", "DATE", "TIMESTAMP", "TS_OR_DS_TO_DATE", "STR_POSITION",
+        "STARTSWITH", "ENDSWITH", "DATE_FROM_PARTS", "TRY", "NVL", "ISNAN", "ISINF",
+    }
+)
+
+# Expression types that are never allowed anywhere in the tree.
+_FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
+    exp.Into, exp.Command, exp.Pragma, exp.Set, exp.Attach, exp.Detach, exp.Copy,
+    exp.Create, exp.Drop, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Alter,
+    exp.TruncateTable, exp.Use, exp.Describe, exp.Show, exp.Parameter, exp.Placeholder,
+    exp.SessionParameter, exp.Transaction, exp.Commit, exp.Rollback,
+)
+_ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except)
+
+
+class SqlRejected(ValueError):
+    """Stable code + a human reason; neither contains the SQL."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class GatedQuery:
+    sql: str  # the normalised SQL that is executed (re-generated from the checked tree)
+    columns: tuple[str, ...]
+    sha256: str
+
+
+def sql_hash(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()
+
+
+def _function_name(node: exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).upper()
+    return str(node.sql_name()).upper()
+
+
+def check_sql(sql: str, relations: frozenset[str] = frozenset({"dataset"})) -> GatedQuery:
+    """Accept one read-only SELECT over `relations`, or raise SqlRejected."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise SqlRejected("sql_empty", "SQL is empty")
+    if len(sql) > MAX_SQL_LENGTH:
+        raise SqlRejected("sql_too_long", f"SQL is longer than {MAX_SQL_LENGTH} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf") and c not in "\t\n\r" for c in sql):
+        raise SqlRejected("sql_bad_characters", "SQL contains control or format characters")
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except (ParseError, TokenError):
+        raise SqlRejected("sql_unparseable", "SQL could not be parsed") from None
+    if len(statements) != 1:
+        raise SqlRejected("sql_not_single_statement", "exactly one statement is allowed")
+    tree = statements[0]
+    if not isinstance(tree, _ROOTS):
+        raise SqlRejected("sql_not_select", "only SELECT (or WITH ... SELECT) is allowed")
+    ctes = {str(cte.alias_or_name).lower() for cte in tree.find_all(exp.CTE)}
+    allowed = {r.lower() for r in relations} | ctes
+    for node in tree.walk():
+        if isinstance(node, _FORBIDDEN_NODES):
+            raise SqlRejected("sql_forbidden_construct", "statement kind or clause not allowed")
+        if isinstance(node, exp.Table):
+            ident = node.this
+            if (
+                not isinstance(ident, exp.Identifier)
+                or ident.quoted
+                or node.args.get("db")
+                or node.args.get("catalog")
+                or str(ident.name).lower() not in allowed
+            ):
+                raise SqlRejected(
+                    "sql_relation_not_allowed", "only the granted relation(s) may be read"
+                )
+        elif isinstance(node, exp.Func) and not isinstance(node, exp.Connector):  # AND/OR
+            name = _function_name(node)
+            if name not in ALLOWED_FUNCTIONS:
+                raise SqlRejected("sql_function_not_allowed", f"function {name[:40]} is not allowed")
+    columns = tuple(sorted({str(c.name) for c in tree.find_all(exp.Column) if c.name}))
+    normalised = tree.sql(dialect="duckdb", comments=False)
+    return GatedQuery(normalised, columns, sql_hash(sql))

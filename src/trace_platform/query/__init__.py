@@ -1,0 +1,1 @@
+"""The query service: token-gated, SQL-gated DuckDB over datasets granted in the token."""

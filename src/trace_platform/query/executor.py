@@ -1,0 +1,124 @@
+"""DuckDB execution in separate executor processes (the second fail-closed layer).
+
+Each executor runs with an empty environment and OS limits (address space, CPU, open files,
+file size, no core dumps). DuckDB is in memory with external access disabled, extensions
+never installed or auto-loaded, configuration locked, memory and threads bounded and a
+per-query interrupt. The granted Parquet files are opened by trusted code (pyarrow, strictly
+the manifest's files) and handed to DuckDB as the Arrow relation `dataset`, so projection and
+predicate pushdown still work while DuckDB itself touches no file and no network.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any
+
+import orjson
+
+MAX_RESULT_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExecutorLimits:
+    memory_mb: int = 512  # DuckDB buffer manager; the process limit is a multiple of it
+    threads: int = 2
+    timeout_seconds: float = 10.0
+    cpu_seconds: int = 300  # per executor process, cumulative
+
+
+class QueryFailed(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _init_executor(limits: ExecutorLimits) -> None:
+    os.environ.clear()  # nothing of the platform's environment in the executor
+    mb = 1024 * 1024
+    address_space = (limits.memory_mb * 4 + 1024) * mb
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # the executor never writes a file
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+def locked_connection(limits: ExecutorLimits) -> Any:
+    import duckdb
+
+    con = duckdb.connect(
+        ":memory:",
+        config={
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "memory_limit": f"{limits.memory_mb}MB",
+            "threads": limits.threads,
+        },
+    )
+    return con
+
+
+def execute(
+    files: list[str], sql: str, limit: int, limits: ExecutorLimits
+) -> dict[str, Any]:
+    """Run one gated query over exactly `files` (local Parquet paths). Runs in an executor."""
+    import duckdb
+    import pyarrow.dataset as ds
+
+    con = locked_connection(limits)
+    try:
+        con.register("dataset", ds.dataset(files, format="parquet"))
+        con.execute("SET lock_configuration = true")
+        timer = threading.Timer(limits.timeout_seconds, con.interrupt)
+        timer.start()
+        try:
+            reader = con.sql(sql).fetch_record_batch(min(limit + 1, 2048))
+            columns: list[dict[str, str]] = [
+                {"name": f.name, "type": str(f.type)} for f in reader.schema
+            ]
+            rows: list[list[Any]] = []
+            size, truncated = 0, False
+            for batch in reader:
+                for row in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+                    if len(rows) >= limit:
+                        truncated = True
+                        break
+                    size += len(orjson.dumps(row, default=str))
+                    if size > MAX_RESULT_BYTES:
+                        truncated = True
+                        break
+                    rows.append(list(row))
+                if truncated:
+                    break
+        finally:
+            timer.cancel()
+    except duckdb.InterruptException:
+        raise QueryFailed("query_timeout", "query exceeded its time limit") from None
+    except duckdb.OutOfMemoryException:
+        raise QueryFailed("query_out_of_memory", "query exceeded its memory limit") from None
+    except (duckdb.PermissionException, duckdb.InvalidInputException):
+        raise QueryFailed("query_denied", "query touched something it may not") from None
+    except duckdb.Error as exc:
+        raise QueryFailed("query_error", type(exc).__name__) from None
+    finally:
+        con.close()
+    return {"columns": columns, "rows": orjson.loads(orjson.dumps(rows, default=str)),
+            "truncated": truncated}
+
+
+def executor_pool(workers: int, limits: ExecutorLimits) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("forkserver"),
+        initializer=_init_executor,
+        initargs=(limits,),
+        max_tasks_per_child=200,
+    )
