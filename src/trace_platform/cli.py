@@ -394,6 +394,60 @@ def dlq_purge(ctx: click.Context, message_ids: tuple[uuid.UUID, ...]) -> None:
     click.echo(f"purged {n} message(s)")
 
 
+@cli.command("query-service")
+@click.option("--host", default=None, help="Bind address [env TRACE_HOST].")
+@click.option("--port", type=int, default=None, help="Port [env TRACE_QUERY_PORT].")
+@click.pass_context
+@handle_errors
+def query_service(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the query service: POST /v1/task/query (token- and SQL-gated DuckDB)."""
+    settings = settings_from(ctx, host=host, query_port=port)
+    _setup_logs(settings, "query")
+    from trace_platform.query.app import run_query_service
+
+    run_query_service(settings)
+
+
+@cli.group()
+def dataset() -> None:
+    """Register and list datasets (Parquet, version-addressed)."""
+
+
+@dataset.command("register")
+@click.argument("name")
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--org-id", type=click.UUID, default=None, help="Owning org (default: Lite org).")
+@click.pass_context
+@handle_errors
+def dataset_register(
+    ctx: click.Context, name: str, paths: tuple[Path, ...], org_id: uuid.UUID | None
+) -> None:
+    """Upload Parquet files as a new version of NAME; prints `uuid version`."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import register_dataset_files
+
+    reg = run_async(register_dataset_files(settings, name, list(paths), org_id))
+    note = "" if reg.created else "  (same content: existing version)"
+    click.echo(f"{reg.dataset_uuid} {reg.dataset_version}{note}")
+
+
+@dataset.command("list")
+@click.pass_context
+@handle_errors
+def dataset_list(ctx: click.Context) -> None:
+    """List datasets and their versions, newest first."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import list_dataset_versions
+
+    for d in run_async(list_dataset_versions(settings)):
+        click.echo(
+            f"{d['name']:<24} {d['dataset_uuid']}  {d['dataset_version']}  "
+            f"{d['files']} file(s)  {d['created_at']:%F %T}"
+        )
+
+
 # -- tasks -------------------------------------------------------------------------------
 
 

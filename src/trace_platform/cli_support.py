@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,6 +15,7 @@ from trace_platform.adapters.pgqueue import PgQueue
 from trace_platform.bundles import RegisteredBundle, register_bundle
 from trace_platform.bundles import list_bundles as list_registered
 from trace_platform.config import Settings
+from trace_platform.datasets import RegisteredDataset, list_datasets, register_dataset
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
@@ -156,3 +158,19 @@ async def upload_bundle(
 async def list_bundles(settings: Settings, limit: int) -> list[dict[str, Any]]:
     async with state_pool(settings) as pool:
         return await list_registered(pool, limit)
+
+
+async def register_dataset_files(
+    settings: Settings, name: str, paths: list[Path], org_id: uuid.UUID | None
+) -> RegisteredDataset:
+    from trace_platform.adapters.stores import object_store_from_settings
+
+    async with state_pool(settings) as pool:
+        return await register_dataset(
+            pool, object_store_from_settings(settings), name, paths, org_id or LITE_ORG_ID
+        )
+
+
+async def list_dataset_versions(settings: Settings) -> list[dict[str, Any]]:
+    async with state_pool(settings) as pool:
+        return await list_datasets(pool)

@@ -73,6 +73,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runner_uid", int, 65534, "Unprivileged uid UDF handlers run as (when root)."),
     Setting("runner_allow_weak_sandbox", bool, False, "Run UDFs even without bubblewrap."),
     Setting("query_url", str, None, "Query service base URL given to UDF runners."),
+    Setting("query_port", int, 8081, "Query service port."),
+    Setting("query_executors", int, 2, "DuckDB executor processes of the query service."),
+    Setting("query_memory_mb", int, 512, "DuckDB memory limit per executor (MiB)."),
+    Setting("query_timeout_seconds", float, 10.0, "Per-query time limit."),
     Setting("esbuild", str, None, "Path of esbuild for TypeScript bundles (default: tools/)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
@@ -114,6 +118,10 @@ class Settings:
     runner_uid: int = 65534
     runner_allow_weak_sandbox: bool = False
     query_url: str | None = None
+    query_port: int = 8081
+    query_executors: int = 2
+    query_memory_mb: int = 512
+    query_timeout_seconds: float = 10.0
     esbuild: str | None = None
     log_level: str = "info"
     extra: Mapping[str, str] = field(default_factory=dict)

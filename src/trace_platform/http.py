@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -22,6 +23,7 @@ from trace_platform.metrics import HTTP_LATENCY, HTTP_REQUESTS
 log = get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 1 << 20
+CAPABILITY_HEADER = "x-trace-task-capability"
 
 
 def json_response(
@@ -152,3 +154,21 @@ def serve(app: Any, host: str, port: int) -> None:
     server.run()
     if not server.started:
         raise SystemExit(3)
+
+
+def install_health(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:
+    from trace_platform.metrics import render
+
+    @app.get("/healthz", tags=["ops"], summary="Process is up")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", tags=["ops"], summary="Dependencies reachable")
+    async def readyz() -> Response:
+        if await ready():
+            return json_response({"status": "ready"})
+        return json_response({"error": "not_ready", "detail": "database unreachable"}, 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(render(), media_type="text/plain; version=0.0.4")

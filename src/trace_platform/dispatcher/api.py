@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from trace_platform.adapters.local_keys import WorkerTokens
@@ -18,7 +18,7 @@ from trace_platform.dispatcher.service import Claimed, CompletionReport, TaskSer
 from trace_platform.domain.capability import CapabilityClaims, is_within_prefixes
 from trace_platform.domain.lifecycle import Outcome
 from trace_platform.errors import AuthError, ForbiddenError, NotFoundError, ValidationError
-from trace_platform.http import json_response, parse_body, request_body_schema
+from trace_platform.http import CAPABILITY_HEADER, json_response, parse_body, request_body_schema
 from trace_platform.logs import get_logger
 from trace_platform.ports import ObjectStore, TokenSigner
 
@@ -26,7 +26,6 @@ log = get_logger(__name__)
 F = TypeVar("F", bound=models.Fence)
 
 WORKER_HEADER = "x-trace-worker-token"
-CAPABILITY_HEADER = "x-trace-task-capability"
 
 
 UPLOAD_URL_TTL_SECONDS = 900
@@ -179,7 +178,11 @@ def build_router(
             # Long runs outlive a token: hand out a fresh one before the old one runs out.
             if claims.exp - _now() < service().settings.lease_seconds * 2:
                 out["capability_token"] = service().mint_token(
-                    body.task_id, body.attempt, uuid.UUID(claims.org_id)
+                    body.task_id,
+                    body.attempt,
+                    uuid.UUID(claims.org_id),
+                    list(claims.datasets),
+                    list(claims.s3.read_prefixes),
                 )
             return out
 
@@ -329,21 +332,3 @@ def _now() -> float:
 def _public_view(view: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in view.items() if k != "lease_token"}
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in out.items()}
-
-
-def install_health(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:
-    from trace_platform.metrics import render
-
-    @app.get("/healthz", tags=["ops"], summary="Process is up")
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/readyz", tags=["ops"], summary="Dependencies reachable")
-    async def readyz() -> Response:
-        if await ready():
-            return json_response({"status": "ready"})
-        return json_response({"error": "not_ready", "detail": "database unreachable"}, 503)
-
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
-    async def metrics() -> Response:
-        return Response(render(), media_type="text/plain; version=0.0.4")

@@ -18,7 +18,7 @@ from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.api import build_router, install_health
+from trace_platform.dispatcher.api import build_router
 from trace_platform.dispatcher.loops import (
     LeaseReaper,
     LoopRunner,
@@ -29,7 +29,7 @@ from trace_platform.dispatcher.loops import (
 )
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.dispatcher.udf import UdfDispatcher
-from trace_platform.http import MetricsMiddleware, install_error_handlers, serve
+from trace_platform.http import MetricsMiddleware, install_error_handlers, install_health, serve
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)

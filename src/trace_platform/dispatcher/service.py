@@ -18,8 +18,9 @@ import asyncpg
 import orjson
 
 from trace_platform.config import Settings
+from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
-from trace_platform.domain.capability import CapabilityClaims, build_claims
+from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, build_claims
 from trace_platform.domain.lifecycle import (
     Outcome,
     TaskFence,
@@ -34,6 +35,7 @@ from trace_platform.errors import (
     NotFoundError,
     StaleFenceError,
     TraceError,
+    ValidationError,
 )
 from trace_platform.logs import get_logger
 from trace_platform.metrics import TASK_TRANSITIONS
@@ -142,7 +144,7 @@ class TaskService:
                 if state is None:
                     raise NotFoundError("unknown task")
                 raise NotClaimedError(claim_refusal(state["status"]))
-        token = self.mint_token(row["task_id"], row["attempt"], row["org_id"])
+            token = await self._token_for(conn, row)
         TASK_TRANSITIONS.labels("claimed").inc()
         log.info("task.claimed", task_id=str(task_id), attempt=row["attempt"], worker_id=worker_id)
         return Claimed(
@@ -176,6 +178,15 @@ class TaskService:
                 ]
         claimed = []
         for row in rows:
+            try:
+                if _has_inputs(row):
+                    async with self.pool.acquire() as conn:
+                        token = await self._token_for(conn, row)
+                else:  # the hot path: no grants to resolve, no round trip
+                    token = self.mint_token(row["task_id"], row["attempt"], row["org_id"])
+            except NotClaimedError:
+                refused.append((row["task_id"], "failed"))
+                continue
             claimed.append(
                 Claimed(
                     task_id=row["task_id"],
@@ -183,7 +194,7 @@ class TaskService:
                     attempt=row["attempt"],
                     lease_token=row["lease_token"],
                     lease_expires_at=row["lease_expires_at"],
-                    capability_token=self.mint_token(row["task_id"], row["attempt"], row["org_id"]),
+                    capability_token=token,
                     payload=row["payload"],
                 )
             )
@@ -196,7 +207,36 @@ class TaskService:
         TASK_TRANSITIONS.labels("claimed").inc(len(claimed))
         return claimed, refused
 
-    def mint_token(self, task_id: uuid.UUID, attempt: int, org_id: uuid.UUID) -> str:
+    async def _token_for(self, conn: Conn, row: asyncpg.Record) -> str:
+        """Mint the attempt's token with its input grants resolved to pinned versions. An
+        unknown input fails the task at once: never a token with rights it should not have."""
+        payload = row["payload"]
+        grants: list[DatasetGrant] = []
+        prefixes: list[str] = []
+        if _has_inputs(row):
+            try:
+                grants, prefixes = await resolve_inputs(conn, row["org_id"], payload)
+            except ValidationError as exc:
+                await self.complete(
+                    row["task_id"],
+                    row["attempt"],
+                    row["lease_token"],
+                    Outcome.FATAL_ERROR,
+                    f"cannot grant inputs: {exc.detail}",
+                    None,
+                    None,
+                )
+                raise NotClaimedError("failed") from None
+        return self.mint_token(row["task_id"], row["attempt"], row["org_id"], grants, prefixes)
+
+    def mint_token(
+        self,
+        task_id: uuid.UUID,
+        attempt: int,
+        org_id: uuid.UUID,
+        datasets: list[DatasetGrant] | None = None,
+        read_prefixes: list[str] | None = None,
+    ) -> str:
         ttl = max(self.settings.token_ttl_seconds, self.settings.lease_seconds * 2)
         claims = build_claims(
             issuer=self.settings.issuer,
@@ -205,6 +245,8 @@ class TaskService:
             org_id=org_id,
             ttl_seconds=ttl,
             store_root=self.store_root,
+            datasets=datasets,
+            read_prefixes=read_prefixes,
         )
         return self.signer.sign(claims)
 
@@ -428,6 +470,11 @@ class CompletionReport:
     error_message: str | None = None
     events: Sequence[dict[str, Any]] | None = None
     outputs: dict[str, Any] | None = None
+
+
+def _has_inputs(row: asyncpg.Record) -> bool:
+    payload = row["payload"]
+    return isinstance(payload, dict) and bool(payload.get("inputs"))
 
 
 def _completion_answer(

@@ -15,6 +15,7 @@ import resource
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 from multiprocessing import get_context
 from typing import Any
 
@@ -66,9 +67,7 @@ def locked_connection(limits: ExecutorLimits) -> Any:
     return con
 
 
-def execute(
-    files: list[str], sql: str, limit: int, limits: ExecutorLimits
-) -> dict[str, Any]:
+def execute(files: list[str], sql: str, limit: int, limits: ExecutorLimits) -> dict[str, Any]:
     """Run one gated query over exactly `files` (local Parquet paths). Runs in an executor."""
     import duckdb
     import pyarrow.dataset as ds
@@ -91,7 +90,7 @@ def execute(
                     if len(rows) >= limit:
                         truncated = True
                         break
-                    size += len(orjson.dumps(row, default=str))
+                    size += len(orjson.dumps(row, default=_json_value))
                     if size > MAX_RESULT_BYTES:
                         truncated = True
                         break
@@ -110,8 +109,21 @@ def execute(
         raise QueryFailed("query_error", type(exc).__name__) from None
     finally:
         con.close()
-    return {"columns": columns, "rows": orjson.loads(orjson.dumps(rows, default=str)),
-            "truncated": truncated}
+    return {
+        "columns": columns,
+        "rows": orjson.loads(orjson.dumps(rows, default=_json_value)),
+        "truncated": truncated,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for what orjson lacks: integral decimals (SUM of BIGINT is HUGEINT) as numbers
+    while they fit in 64 bits, everything else (big or fractional decimals, bytes) as text."""
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        as_int = int(value)
+        if -(2**63) <= as_int < 2**63:
+            return as_int
+    return str(value)
 
 
 def executor_pool(workers: int, limits: ExecutorLimits) -> ProcessPoolExecutor:

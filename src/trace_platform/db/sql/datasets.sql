@@ -1,0 +1,41 @@
+-- Dataset registry (state DB).
+
+-- name: upsert_dataset
+INSERT INTO state.datasets (dataset_uuid, org_id, name) VALUES ($1, $2, $3)
+ON CONFLICT (dataset_uuid) DO NOTHING;
+
+-- name: insert_version
+INSERT INTO state.dataset_versions (dataset_uuid, dataset_version, storage_prefix, manifest)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (dataset_uuid, dataset_version) DO NOTHING
+RETURNING dataset_version;
+
+-- name: resolve_latest
+-- A name (or uuid) of this org → its newest version.
+SELECT d.dataset_uuid, v.dataset_version, v.storage_prefix
+FROM state.datasets d
+JOIN state.dataset_versions v USING (dataset_uuid)
+WHERE d.org_id = $1 AND (d.name = $2 OR d.dataset_uuid::text = $2)
+ORDER BY v.created_at DESC
+LIMIT 1;
+
+-- name: resolve_pinned
+SELECT d.dataset_uuid, v.dataset_version, v.storage_prefix
+FROM state.datasets d
+JOIN state.dataset_versions v USING (dataset_uuid)
+WHERE d.org_id = $1 AND d.dataset_uuid = $2 AND v.dataset_version = $3;
+
+-- name: get_version
+SELECT d.org_id, v.storage_prefix, v.manifest
+FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
+WHERE v.dataset_uuid = $1 AND v.dataset_version = $2;
+
+-- name: list_datasets
+SELECT d.name, d.dataset_uuid, v.dataset_version, v.created_at,
+       jsonb_array_length(v.manifest->'files') AS files
+FROM state.datasets d JOIN state.dataset_versions v USING (dataset_uuid)
+ORDER BY d.name, v.created_at DESC;
+
+-- name: insert_audit
+INSERT INTO data.query_audit (org_id, task_id, dataset_id, columns_accessed, result_row_count, sql_sha256)
+VALUES ($1, $2, $3, $4, $5, $6);

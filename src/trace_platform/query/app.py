@@ -1,0 +1,97 @@
+"""Query service process: `POST /v1/task/query` plus health and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from trace_platform import __version__
+from trace_platform.adapters.local_keys import load_key_ring
+from trace_platform.config import Settings
+from trace_platform.db.embedded import resolve_databases
+from trace_platform.db.pool import create_pool
+from trace_platform.errors import AuthError, ForbiddenError, OverloadedError
+from trace_platform.http import (
+    CAPABILITY_HEADER,
+    MetricsMiddleware,
+    install_error_handlers,
+    install_health,
+    json_response,
+    parse_body,
+    request_body_schema,
+    serve,
+)
+from trace_platform.query.executor import ExecutorLimits
+from trace_platform.query.service import QueryService
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str = Field(max_length=64)
+    attempt: int = Field(ge=1)
+    dataset_id: str = Field(max_length=64)
+    sql: str = Field(max_length=20_000)
+    limit: int | None = None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    signer = load_key_ring(settings)  # same ring as the dispatcher; no call to it per request
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        urls = await resolve_databases(settings)
+        state_pool = await create_pool(urls.state, max_size=4)
+        data_pool = await create_pool(urls.data, max_size=4)
+        limits = ExecutorLimits(
+            memory_mb=settings.query_memory_mb, timeout_seconds=settings.query_timeout_seconds
+        )
+        service = QueryService(state_pool, data_pool, settings.query_executors, limits)
+        state.update(service=service, pool=state_pool)
+        try:
+            yield
+        finally:
+            await service.close()
+            await state_pool.close()
+            await data_pool.close()
+
+    app = FastAPI(title="Trace query service", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware)
+
+    @app.post(
+        "/v1/task/query",
+        tags=["task"],
+        openapi_extra=request_body_schema(QueryRequest),
+        summary="Sandboxed SQL over a dataset granted in the capability token",
+    )
+    async def query(request: Request) -> Response:
+        token = request.headers.get(CAPABILITY_HEADER)
+        if not token:
+            raise AuthError("missing capability token")
+        claims = signer.verify(token)
+        body = await parse_body(request, QueryRequest)
+        if body.task_id != claims.task_id or body.attempt != claims.attempt:
+            raise ForbiddenError("capability token does not grant this task attempt")
+        service: QueryService = state["service"]
+        try:
+            result = await service.query(claims, body.dataset_id, body.sql, body.limit)
+        except OverloadedError as exc:
+            return json_response(exc.body(), 429, headers={"Retry-After": "1"})
+        return json_response(result)
+
+    async def ready() -> bool:
+        pool = state.get("pool")
+        return pool is not None and await pool.fetchval("SELECT 1") == 1
+
+    install_health(app, ready)
+    return app
+
+
+def run_query_service(settings: Settings) -> None:
+    serve(create_app(settings), settings.host, settings.query_port)

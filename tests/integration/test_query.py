@@ -1,0 +1,337 @@
+"""Query service over real HTTP, a real Postgres and real DuckDB executors (SPEC §9, §10.7)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import Dbs, Proc, free_port, start_dispatcher, start_proc, wait_until
+from tests.helpers import Attempt, create_tasks
+from trace_platform.adapters.stores import object_store_from_settings
+from trace_platform.config import Settings
+from trace_platform.datasets import register_dataset
+from trace_platform.db.pool import create_pool
+from trace_platform.dispatcher.service import LITE_ORG_ID
+
+N = 1000
+
+
+def fixture_table() -> pa.Table:
+    return pa.table(
+        {
+            "block": list(range(N)),
+            "addr": [f"0x{i % 7:040x}" for i in range(N)],
+            "value": [(i * 37) % 1000 for i in range(N)],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def q_settings(settings: Settings) -> Settings:
+    port = free_port()
+    return settings.replace(query_port=port, query_url=f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+async def services(
+    q_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, Proc]]:
+    logs = tmp_path_factory.mktemp("logs")
+    procs = {
+        "dispatcher": await start_dispatcher(q_settings, logs),
+        "query": start_proc(q_settings, logs, "query-service"),
+    }
+    procs["query"].url = q_settings.query_url
+    async with httpx.AsyncClient(timeout=2) as c:
+
+        async def ready() -> bool:
+            try:
+                return (await c.get(f"{q_settings.query_url}/readyz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(ready, 30, what="query service")
+    yield procs
+    for p in procs.values():
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+async def datasets(
+    q_settings: Settings, dbs: Dbs, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("parquet")
+    t = fixture_table()
+    pq.write_table(t.slice(0, 600), tmp / "part-0.parquet")
+    pq.write_table(t.slice(600), tmp / "part-1.parquet")
+    pq.write_table(pa.table({"secret": ["do not read"]}), tmp / "other.parquet")
+    pool = await create_pool(dbs.state, max_size=2)
+    store = object_store_from_settings(q_settings)
+    chain = await register_dataset(
+        pool, store, "chain", [tmp / "part-0.parquet", tmp / "part-1.parquet"], LITE_ORG_ID
+    )
+    again = await register_dataset(
+        pool, store, "chain", [tmp / "part-1.parquet", tmp / "part-0.parquet"], LITE_ORG_ID
+    )
+    other = await register_dataset(pool, store, "other", [tmp / "other.parquet"], LITE_ORG_ID)
+    await pool.close()
+    assert again.dataset_version == chain.dataset_version and not again.created
+    return {
+        "chain": str(chain.dataset_uuid),
+        "other": str(other.dataset_uuid),
+        "version": chain.dataset_version,
+    }
+
+
+@pytest.fixture(scope="module")
+async def attempt(
+    q_settings: Settings, services: dict[str, Proc], datasets: dict[str, Any]
+) -> AsyncIterator[Attempt]:
+    (tid,) = await create_tasks(
+        q_settings.state_database_url or "",
+        1,
+        payload={"operator": "manual", "inputs": [{"dataset": "chain"}]},
+        wake=False,
+    )
+    async with httpx.AsyncClient(base_url=services["dispatcher"].url or "", timeout=10) as http:
+        yield await Attempt.claim(http, tid)
+
+
+async def query(
+    q_settings: Settings,
+    a: Attempt,
+    sql: str,
+    dataset: str | None = None,
+    token: str | None = "",
+    **extra: Any,
+) -> httpx.Response:
+    body = {"task_id": a.task_id, "attempt": a.attempt, "dataset_id": dataset, "sql": sql, **extra}
+    headers = {} if token is None else {"X-Trace-Task-Capability": token or a.token}
+    async with httpx.AsyncClient(timeout=30) as c:
+        return await c.post(f"{q_settings.query_url}/v1/task/query", json=body, headers=headers)
+
+
+def test_token_grants_the_pinned_version(attempt: Attempt, datasets: dict[str, Any]) -> None:
+    import jwt
+
+    claims = jwt.decode(attempt.token, options={"verify_signature": False})
+    (grant,) = claims["datasets"]
+    assert (
+        grant["dataset_uuid"] == datasets["chain"]
+        and grant["dataset_version"] == datasets["version"]
+    )
+    assert claims["s3"]["read_prefixes"] == ["file://" + grant["storage_ref"]["prefix"]]
+
+
+async def test_unknown_input_dataset_fails_the_task_at_claim(
+    q_settings: Settings, services: dict[str, Proc], state_conn: asyncpg.Connection
+) -> None:
+    (tid,) = await create_tasks(
+        q_settings.state_database_url or "",
+        1,
+        payload={"operator": "manual", "inputs": [{"dataset": "nope"}]},
+        wake=False,
+    )
+    async with httpx.AsyncClient(base_url=services["dispatcher"].url or "", timeout=10) as http:
+        from tests.helpers import claim
+
+        r = await claim(http, tid)
+    assert r.status_code == 409 and r.json()["reason"] == "failed"
+    row = await state_conn.fetchrow(
+        "SELECT status, last_error FROM state.tasks WHERE task_id=$1", tid
+    )
+    assert row["status"] == "failed" and "unknown dataset" in row["last_error"]
+
+
+async def test_auth_rules(
+    q_settings: Settings, attempt: Attempt, datasets: dict[str, Any], state_conn: asyncpg.Connection
+) -> None:
+    sql = "SELECT count(*) FROM dataset"
+    assert (await query(q_settings, attempt, sql, datasets["chain"], token=None)).status_code == 401
+    assert (
+        await query(q_settings, attempt, sql, datasets["chain"], token="x.y.z")
+    ).status_code == 401
+    mismatch = await query(q_settings, attempt, sql, datasets["chain"], attempt=attempt.attempt + 1)
+    assert mismatch.status_code == 403
+    assert (await query(q_settings, attempt, sql, datasets["other"])).status_code == 403
+    assert (await query(q_settings, attempt, sql, str(uuid.uuid4()))).status_code == 403
+
+
+async def test_manifest_entry_outside_the_granted_prefix_is_403(
+    q_settings: Settings, attempt: Attempt, datasets: dict[str, Any], state_conn: asyncpg.Connection
+) -> None:
+    row = await state_conn.fetchrow(
+        "SELECT manifest FROM state.dataset_versions WHERE dataset_uuid=$1",
+        uuid.UUID(datasets["chain"]),
+    )
+    manifest = row["manifest"]
+    other_uri = await state_conn.fetchval(
+        "SELECT manifest->'files'->0->>'uri' FROM state.dataset_versions WHERE dataset_uuid=$1",
+        uuid.UUID(datasets["other"]),
+    )
+    tampered = {
+        "files": [*manifest["files"], {"name": "x", "uri": other_uri, "size": 1, "sha256": "0"}]
+    }
+    await state_conn.execute(
+        "UPDATE state.dataset_versions SET manifest=$2 WHERE dataset_uuid=$1",
+        uuid.UUID(datasets["chain"]),
+        tampered,
+    )
+    try:
+        r = await query(q_settings, attempt, "SELECT * FROM dataset", datasets["chain"])
+        assert r.status_code == 403 and "outside" in r.json()["detail"]
+    finally:
+        await state_conn.execute(
+            "UPDATE state.dataset_versions SET manifest=$2 WHERE dataset_uuid=$1",
+            uuid.UUID(datasets["chain"]),
+            manifest,
+        )
+
+
+ATTACKS = [
+    "SELECT * FROM read_parquet('/etc/passwd')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_csv_auto('http://127.0.0.1:1/x.csv')",
+    "SELECT * FROM read_json('s3://bucket/x.json')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM read_blob('/etc/hostname')",
+    "SELECT * FROM glob('/*')",
+    "SELECT * FROM parquet_scan('https://example.com/x.parquet')",
+    "SELECT * FROM 'file.csv'",
+    'SELECT * FROM "/etc/passwd"',
+    "ATTACH '/tmp/x.db' AS x",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "COPY (SELECT * FROM dataset) TO '/tmp/out.csv'",
+    "EXPORT DATABASE '/tmp/export'",
+    "PRAGMA database_list",
+    "SET enable_external_access = true",
+    "RESET memory_limit",
+    "SELECT getenv('HOME')",
+    "SELECT current_setting('memory_limit')",
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * FROM duckdb_secrets()",
+    "SELECT * FROM duckdb_extensions()",
+    "SELECT * FROM query('SELECT 42')",
+    "SELECT * FROM query_table('dataset')",
+    "SELECT 1 FROM dataset; SELECT 2",
+    "SELECT 1; DROP TABLE dataset",
+    "CREATE TABLE t AS SELECT * FROM dataset",
+    "INSERT INTO dataset VALUES (1)",
+    "DELETE FROM dataset",
+    "SELECT * FROM dataset /* */ ; COPY dataset TO '/tmp/x'",
+    "SELECT * FROM dataset -- ; ATTACH 'x'\n; ATTACH 'y'",
+    "SeLeCt * FrOm ReAd_PaRqUeT('/etc/passwd')",
+    "SELECT * FROM main.dataset",
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM sqlite_master",
+    "SELECT * FROM dataset WHERE block IN (SELECT 1 FROM read_csv('/etc/passwd'))",
+    "WITH x AS (SELECT * FROM read_parquet('/etc/x')) SELECT * FROM x",
+    "ＳＥＬＥＣＴ * FROM dataset",
+    "SELECT * FROM dataset\u200b",
+    "SELECT * INTO copy FROM dataset",
+]
+
+
+@pytest.mark.parametrize("sql", ATTACKS)
+async def test_gate_rejects_before_execution_and_writes_no_audit(
+    q_settings: Settings,
+    attempt: Attempt,
+    datasets: dict[str, Any],
+    data_conn: asyncpg.Connection,
+    sql: str,
+) -> None:
+    before = await data_conn.fetchval("SELECT count(*) FROM data.query_audit")
+    r = await query(q_settings, attempt, sql, datasets["chain"])
+    assert r.status_code == 400, (sql, r.text)
+    body = r.json()
+    assert body["error"] == "sql_rejected" and body["reason"].startswith("sql_")
+    assert sql not in r.text
+    assert await data_conn.fetchval("SELECT count(*) FROM data.query_audit") == before
+
+
+async def test_allowed_queries_return_correct_results(
+    q_settings: Settings, attempt: Attempt, datasets: dict[str, Any], data_conn: asyncpg.Connection
+) -> None:
+    t = fixture_table().to_pylist()
+    ds = datasets["chain"]
+    r = await query(
+        q_settings, attempt, "SELECT block, value FROM dataset WHERE value > 990 ORDER BY block", ds
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == [[x["block"], x["value"]] for x in t if x["value"] > 990]
+    assert [c["name"] for c in r.json()["columns"]] == ["block", "value"]
+    agg = await query(
+        q_settings,
+        attempt,
+        "SELECT addr, count(*) AS n, sum(value) AS s FROM dataset GROUP BY addr ORDER BY addr",
+        ds,
+    )
+    expect: dict[str, list[int]] = {}
+    for x in t:
+        e = expect.setdefault(x["addr"], [0, 0])
+        e[0] += 1
+        e[1] += x["value"]
+    assert agg.json()["rows"] == [[k, v[0], v[1]] for k, v in sorted(expect.items())]
+    cte = await query(
+        q_settings,
+        attempt,
+        """
+        WITH big AS (SELECT block, value FROM dataset WHERE value >= 500),
+             small AS (SELECT block, value FROM dataset WHERE value < 500)
+        SELECT count(*) FROM big JOIN small ON big.block + 1 = small.block""",
+        ds,
+    )
+    by_block = {x["block"]: x["value"] for x in t}
+    assert cte.json()["rows"] == [
+        [sum(1 for b, v in by_block.items() if v >= 500 and by_block.get(b + 1, 1000) < 500)]
+    ]
+    win = await query(
+        q_settings,
+        attempt,
+        """
+        SELECT block, row_number() OVER (PARTITION BY addr ORDER BY block) AS rn,
+               lag(value) OVER (ORDER BY block) AS prev
+        FROM dataset ORDER BY block LIMIT 3""",
+        ds,
+    )
+    assert win.json()["rows"] == [[0, 1, None], [1, 1, 0], [2, 1, 37]]
+
+
+async def test_limit_is_clamped_and_truncation_reported(
+    q_settings: Settings, attempt: Attempt, datasets: dict[str, Any]
+) -> None:
+    ds = datasets["chain"]
+    r = await query(q_settings, attempt, "SELECT block FROM dataset ORDER BY block", ds, limit=10)
+    assert len(r.json()["rows"]) == 10 and r.json()["truncated"] is True
+    r = await query(q_settings, attempt, "SELECT block FROM dataset", ds, limit=0)
+    assert len(r.json()["rows"]) == 1
+    r = await query(q_settings, attempt, "SELECT block FROM dataset", ds, limit=10**9)
+    assert len(r.json()["rows"]) == N and r.json()["truncated"] is False
+    r = await query(q_settings, attempt, "SELECT block FROM dataset", ds)
+    assert len(r.json()["rows"]) == N  # default 1000 covers the fixture exactly
+
+
+async def test_each_successful_query_is_audited_without_sql(
+    q_settings: Settings, attempt: Attempt, datasets: dict[str, Any], data_conn: asyncpg.Connection
+) -> None:
+    before = await data_conn.fetchval("SELECT count(*) FROM data.query_audit")
+    r = await query(
+        q_settings, attempt, "SELECT block FROM dataset WHERE value = 37", datasets["chain"]
+    )
+    assert r.status_code == 200
+    row = await data_conn.fetchrow("SELECT * FROM data.query_audit ORDER BY id DESC LIMIT 1")
+    assert await data_conn.fetchval("SELECT count(*) FROM data.query_audit") == before + 1
+    assert str(row["task_id"]) == attempt.task_id and row["org_id"] == LITE_ORG_ID
+    assert str(row["dataset_id"]) == datasets["chain"]
+    assert row["result_row_count"] == len(r.json()["rows"])
+    assert sorted(row["columns_accessed"]) == ["block", "value"]
+    assert "SELECT" not in json.dumps(dict(row), default=str)
