@@ -235,7 +235,7 @@ ATTACKS = [
     "SELECT * FROM sqlite_master",
     "SELECT * FROM dataset WHERE block IN (SELECT 1 FROM read_csv('/etc/passwd'))",
     "WITH x AS (SELECT * FROM read_parquet('/etc/x')) SELECT * FROM x",
-    "ＳＥＬＥＣＴ * FROM dataset",
+    "\uff33\uff25\uff2c\uff25\uff23\uff34 * FROM dataset",  # fullwidth lookalikes
     "SELECT * FROM dataset\u200b",
     "SELECT * INTO copy FROM dataset",
 ]
