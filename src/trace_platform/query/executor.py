@@ -41,6 +41,7 @@ class QueryFailed(Exception):
 
 def _init_executor(limits: ExecutorLimits) -> None:
     os.environ.clear()  # nothing of the platform's environment in the executor
+    os.chdir("/")  # and no working directory of the platform's either
     mb = 1024 * 1024
     address_space = (limits.memory_mb * 4 + 1024) * mb
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
@@ -60,6 +61,10 @@ def locked_connection(limits: ExecutorLimits) -> Any:
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "allow_community_extensions": False,
+            "allow_persistent_secrets": False,
+            "home_directory": "/nonexistent",
+            # No spill files: a query lives within memory_limit or fails (nothing on disk).
+            "temp_directory": "",
             "memory_limit": f"{limits.memory_mb}MB",
             "threads": limits.threads,
         },
@@ -72,6 +77,13 @@ def execute(files: list[str], sql: str, limit: int, limits: ExecutorLimits) -> d
     import duckdb
     import pyarrow.dataset as ds
 
+    # Independent of the gate: DuckDB's own parser must see exactly one SELECT.
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error:
+        raise QueryFailed("query_denied", "statement rejected by the engine") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryFailed("query_denied", "only one SELECT statement may run")
     con = locked_connection(limits)
     try:
         con.register("dataset", ds.dataset(files, format="parquet"))
@@ -79,7 +91,7 @@ def execute(files: list[str], sql: str, limit: int, limits: ExecutorLimits) -> d
         timer = threading.Timer(limits.timeout_seconds, con.interrupt)
         timer.start()
         try:
-            reader = con.sql(sql).fetch_record_batch(min(limit + 1, 2048))
+            reader = con.sql(sql).to_arrow_reader(min(limit + 1, 2048))
             columns: list[dict[str, str]] = [
                 {"name": f.name, "type": str(f.type)} for f in reader.schema
             ]
