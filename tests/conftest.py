@@ -159,6 +159,7 @@ def settings(dbs: Dbs, trace_home: Path) -> Settings:
             "sink_max_deliveries": 3,
             "sink_retry_base_seconds": 0.05,
             "port": free_port(),
+            "query_port": free_port(),
             "log_level": "info",
         },
         env={},

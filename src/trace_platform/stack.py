@@ -68,7 +68,7 @@ class Stack:
         self.out = out or sys.stdout
         self.children = [Child("dispatcher", ["dispatcher"])]
         self.children += [Child(f"worker-{i + 1}", ["worker"]) for i in range(workers)]
-        self.children += [Child("sink", ["sink"])]
+        self.children += [Child("sink", ["sink"]), Child("query", ["query-service"])]
         self.children += extra or []
         self._stopping = False
         self._supervisors: list[asyncio.Task[None]] = []
@@ -80,6 +80,8 @@ class Stack:
             state_database_url=urls.state,
             data_database_url=urls.data,
             home=self.settings.home.resolve(),
+            # UDF runners reach the query service of this stack
+            query_url=self.settings.query_url or f"http://127.0.0.1:{self.settings.query_port}",
         )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
         self.env.update(child_settings.child_env())

@@ -22,7 +22,7 @@ from trace_platform.config import Settings
 def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
-    env.update(TRACE_HOME=str(home), TRACE_PORT=str(free_port()))
+    env.update(TRACE_HOME=str(home), TRACE_PORT=str(free_port()), TRACE_QUERY_PORT=str(free_port()))
     try:
         out = subprocess.run(
             [
@@ -103,7 +103,7 @@ async def test_up_supervises_children_restarts_a_crash_and_stops_cleanly(
 
         children = psutil.Process(up.pid).children()
         workers = [c for c in children if "worker" in c.cmdline()]
-        assert len(workers) == 2 and len(children) == 4
+        assert len(workers) == 2 and len(children) == 5  # dispatcher, 2 workers, sink, query
         workers[0].kill()
         await wait_until(lambda: "stack.child_exited" in log_text(), what="crash noticed")
         await wait_until(

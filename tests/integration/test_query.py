@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -48,6 +49,7 @@ async def services(
     procs = {
         "dispatcher": await start_dispatcher(q_settings, logs),
         "query": start_proc(q_settings, logs, "query-service"),
+        "sink": start_proc(q_settings, logs, "sink"),
     }
     procs["query"].url = q_settings.query_url
     async with httpx.AsyncClient(timeout=2) as c:
@@ -335,3 +337,92 @@ async def test_each_successful_query_is_audited_without_sql(
     assert row["result_row_count"] == len(r.json()["rows"])
     assert sorted(row["columns_accessed"]) == ["block", "value"]
     assert "SELECT" not in json.dumps(dict(row), default=str)
+
+
+async def test_udf_reads_its_granted_dataset_through_context_query(
+    q_settings: Settings,
+    services: dict[str, Proc],
+    datasets: dict[str, Any],
+    dbs: Dbs,
+    data_conn: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    import textwrap
+
+    from trace_platform.bundles import build_bundle, deterministic_zip, register_bundle
+
+    tag = "q-" + uuid.uuid4().hex[:6]
+    rule = "9a1f2b3c-4d5e-4f60-8a7b-1c2d3e4f5a6b"
+    py = textwrap.dedent(f"""
+        def handler(event, context):
+            res = context.query(event["dataset"], "SELECT count(*), sum(value) FROM dataset WHERE value > 500")
+            try:
+                context.query(event["other"], "SELECT * FROM dataset")
+                denied = "no"
+            except context.QueryError as exc:
+                denied = str(exc)[:3]
+            return [{{"alert_definition_id": "{rule}", "dedupe_key": "{tag}:py",
+                      "event_time": "2024-01-01T00:00:00Z",
+                      "payload": {{"n": res["rows"][0][0], "s": res["rows"][0][1], "denied": denied}}}}]
+        """).encode()
+    src = tmp_path / "ts"
+    src.mkdir()
+    (src / "index.ts").write_text(
+        textwrap.dedent(f"""
+        export async function handler(event: any, context: any) {{
+          const res = await context.query(event.dataset, "SELECT count(*), sum(value) FROM dataset WHERE value > 500");
+          let denied = "no";
+          try {{ await context.query(event.other, "SELECT * FROM dataset"); }}
+          catch (e: any) {{ denied = String(e.message).slice(0, 3); }}
+          return [{{ alert_definition_id: "{rule}", dedupe_key: "{tag}:ts",
+                     event_time: "2024-01-01T00:00:00Z",
+                     payload: {{ n: res.rows[0][0], s: res.rows[0][1], denied }} }}];
+        }}""")
+    )
+    pool = await create_pool(dbs.state, max_size=2)
+    store = object_store_from_settings(q_settings)
+    b_py = await register_bundle(
+        pool,
+        store,
+        deterministic_zip([("handler.py", py)]),
+        "python",
+        "handler.handler",
+        LITE_ORG_ID,
+    )
+    b_ts = await register_bundle(
+        pool,
+        store,
+        build_bundle(src, "node", "index.handler"),
+        "node",
+        "index.handler",
+        LITE_ORG_ID,
+    )
+    await pool.close()
+    work = {"dataset": datasets["chain"], "other": datasets["other"]}
+    ids = []
+    for b in (b_py, b_ts):
+        payload = {
+            "runtime": "lambda",
+            "udf": {"bundle_id": str(b.bundle_id)},
+            "inputs": [{"dataset": "chain"}],
+            "work_payload": work,
+        }
+        (tid,) = await create_tasks(q_settings.state_database_url or "", 1, payload=payload)
+        ids.append(tid)
+
+    async def both_rows() -> list[asyncpg.Record] | None:
+        rows = await data_conn.fetch(
+            "SELECT dedupe_key, payload FROM data.alert_events WHERE dedupe_key LIKE $1 ORDER BY dedupe_key",
+            tag + ":%",
+        )
+        return list(rows) if len(rows) == 2 else None
+
+    rows = await wait_until(both_rows, timeout=60, what="udf query results")
+    t = fixture_table().to_pylist()
+    big = [x["value"] for x in t if x["value"] > 500]
+    expected = {"n": len(big), "s": sum(big), "denied": "403"}
+    assert [r["payload"] for r in rows] == [expected, expected]
+    audited = await data_conn.fetchval(
+        "SELECT count(*) FROM data.query_audit WHERE task_id = ANY($1)", ids
+    )
+    assert audited == 2  # one allowed query per handler; the denied ones leave no audit row
