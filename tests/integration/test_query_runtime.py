@@ -77,7 +77,10 @@ def test_runtime_fails_closed_when_the_gate_is_bypassed(files: list[str], sql: s
 def test_runtime_introspection_reveals_nothing_outside(
     files: list[str], sql: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir("/")  # as executor processes run
+    from trace_platform.query import executor
+
+    monkeypatch.chdir("/")  # as executor processes run: chdir before the database opens
+    monkeypatch.setattr(executor, "_DATABASES", {})
     result = execute(files, sql, 1000, LIMITS)
     text = repr(result)
     assert "CANARY" not in text and "/etc" not in text and "/work" not in text

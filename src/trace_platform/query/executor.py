@@ -51,6 +51,20 @@ def _init_executor(limits: ExecutorLimits) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
+_DATABASES: dict[ExecutorLimits, Any] = {}
+
+
+def _database(limits: ExecutorLimits) -> Any:
+    """One in-memory database per executor process, configured and locked once (opening one
+    costs ~14 ms); every query gets its own cursor, so registrations never leak across."""
+    db = _DATABASES.get(limits)
+    if db is None:
+        db = locked_connection(limits)
+        db.execute("SET lock_configuration = true")
+        _DATABASES[limits] = db
+    return db
+
+
 def locked_connection(limits: ExecutorLimits) -> Any:
     import duckdb
 
@@ -84,10 +98,9 @@ def execute(files: list[str], sql: str, limit: int, limits: ExecutorLimits) -> d
         raise QueryFailed("query_denied", "statement rejected by the engine") from None
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         raise QueryFailed("query_denied", "only one SELECT statement may run")
-    con = locked_connection(limits)
+    con = _database(limits).cursor()  # a fresh connection to the locked in-memory database
     try:
         con.register("dataset", ds.dataset(files, format="parquet"))
-        con.execute("SET lock_configuration = true")
         timer = threading.Timer(limits.timeout_seconds, con.interrupt)
         timer.start()
         try:
