@@ -57,16 +57,19 @@ async def main() -> None:
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="trace-query-bench-"))
     n = args.rows
-    table = pa.table({
-        "block": pa.array(range(n), pa.int64()),
-        "addr": pa.array(((i * 7919) % 1000 for i in range(n)), pa.int64()),
-        "value": pa.array(((i * 2654435761) % 10**9 for i in range(n)), pa.int64()),
-    })
+    table = pa.table(
+        {
+            "block": pa.array(range(n), pa.int64()),
+            "addr": pa.array(((i * 7919) % 1000 for i in range(n)), pa.int64()),
+            "value": pa.array(((i * 2654435761) % 10**9 for i in range(n)), pa.int64()),
+        }
+    )
     path = home / "chain.parquet"
     pq.write_table(table, path, row_group_size=100_000)
     qport = free_port()
-    settings = Settings.load({"home": home, "port": free_port(), "query_port": qport,
-                              "log_level": "warning"}, env={})
+    settings = Settings.load(
+        {"home": home, "port": free_port(), "query_port": qport, "log_level": "warning"}, env={}
+    )
     stack = Stack(settings, workers=0, out=(home / "stack.log").open("w"))
     rows: list[tuple[str, float, float, float]] = []
     try:
@@ -74,11 +77,15 @@ async def main() -> None:
         await stack.wait_ready()
         urls = await prepare(settings)
         pool = await create_pool(urls.state, max_size=2)
-        reg = await register_dataset(pool, object_store_from_settings(settings), "chain", [path], LITE_ORG_ID)
+        reg = await register_dataset(
+            pool, object_store_from_settings(settings), "chain", [path], LITE_ORG_ID
+        )
         from trace_platform.adapters.local_keys import load_key_ring
 
         service = TaskService(pool, load_key_ring(settings), settings)
-        (tid,) = await service.create_tasks([{"operator": "manual", "inputs": [{"dataset": "chain"}]}])
+        (tid,) = await service.create_tasks(
+            [{"operator": "manual", "inputs": [{"dataset": "chain"}]}]
+        )
         await pool.execute("DELETE FROM state.outbox WHERE payload->>'task_id' = $1", str(tid))
         claimed = await service.claim(tid, "bench")
         await pool.close()
@@ -100,9 +107,16 @@ async def main() -> None:
                 arrow_ms = timed(lambda s=sql: arrow.execute(s).fetchall(), args.runs)
 
                 def via_service(s: str = sql) -> None:
-                    r = client.post(url, json={"task_id": str(tid), "attempt": claimed.attempt,
-                                               "dataset_id": str(reg.dataset_uuid), "sql": s},
-                                    headers={"X-Trace-Task-Capability": claimed.capability_token})
+                    r = client.post(
+                        url,
+                        json={
+                            "task_id": str(tid),
+                            "attempt": claimed.attempt,
+                            "dataset_id": str(reg.dataset_uuid),
+                            "sql": s,
+                        },
+                        headers={"X-Trace-Task-Capability": claimed.capability_token},
+                    )
                     r.raise_for_status()
 
                 svc_ms = timed(via_service, args.runs)
@@ -111,7 +125,9 @@ async def main() -> None:
         await stack.stop()
         stop_embedded(home / "postgres")
     print(f"{args.rows} rows, median of {args.runs} runs (ms)")
-    print(f"{'query':<22}{'raw read_parquet':>18}{'raw arrow ds':>14}{'POST /query':>13}{'vs raw':>9}")
+    print(
+        f"{'query':<22}{'raw read_parquet':>18}{'raw arrow ds':>14}{'POST /query':>13}{'vs raw':>9}"
+    )
     for name, raw_ms, arrow_ms, svc_ms in rows:
         print(f"{name:<22}{raw_ms:>18.1f}{arrow_ms:>14.1f}{svc_ms:>13.1f}{svc_ms / raw_ms:>8.2f}x")
     print("targets: filter <= raw + 3 ms, scan <= 1.2x raw")
