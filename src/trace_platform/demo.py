@@ -162,28 +162,54 @@ async def _workload(
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+DEMO_TRANSFERS = 1_000_000
+DEMO_THRESHOLD = 999 * 10**9  # ~0.1% of the synthetic transfers
+
+
+def _write_transfers(path: Path, run: str, n: int) -> int:
+    """A synthetic chain dataset (Parquet); returns how many transfers beat the threshold."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = [(i * 2_654_435_761) % 10**12 for i in range(n)]
+    table = pa.table(
+        {
+            "tx_hash": [f"0x{run}{i:08x}" for i in range(n)],
+            "block_number": pa.array(range(19_000_000, 19_000_000 + n), pa.int64()),
+            "value_wei": pa.array(values, pa.int64()),
+            "ts": [
+                f"2024-05-{1 + i // 86400 % 28:02d}T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:"
+                f"{i % 60:02d}Z"
+                for i in range(n)
+            ],
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=100_000)
+    return sum(1 for v in values if v > DEMO_THRESHOLD)
+
+
 async def _udf_step(
     settings: Settings, state: asyncpg.Pool, data: asyncpg.Pool, timeout: float
 ) -> list[UdfResult]:
-    """Run the example Python and TypeScript UDFs (sandboxed) over synthetic transfers."""
+    """The real story: a synthetic chain dataset, registered and granted to two sandboxed alert
+    UDFs (Python and TypeScript) that query it through the query service."""
     from trace_platform.adapters.stores import object_store_from_settings
     from trace_platform.bundles import build_bundle, register_bundle
+    from trace_platform.datasets import register_dataset
     from trace_platform.errors import TraceError
 
     run = secrets.token_hex(3)
-    transfers: list[dict[str, Any]] = [
-        {
-            "tx_hash": f"0x{run}{i:06x}",
-            "block_number": 19_000_000 + i,
-            "value_wei": (i * 7_919_000_003) % 10**12,
-            "chain_id": 1,
-            "time": f"2024-05-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z",
-        }
-        for i in range(2000)
-    ]
-    threshold = 9 * 10**11
-    expected = sum(1 for t in transfers if int(t["value_wei"]) > threshold)
+    t0 = time.monotonic()
+    path = settings.home.resolve() / "demo" / f"transfers-{run}.parquet"
+    expected = await asyncio.to_thread(_write_transfers, path, run, DEMO_TRANSFERS)
     store = object_store_from_settings(settings)
+    reg = await register_dataset(state, store, "demo-transfers", [path], LITE_ORG_ID)
+    path.unlink()
+    _say(
+        f"generated and registered {DEMO_TRANSFERS:,} transfers as dataset demo-transfers "
+        f"(version {reg.dataset_version[:8]}) in {time.monotonic() - t0:.1f}s"
+    )
     service = TaskService(state, load_key_ring(settings), settings)
     results: list[UdfResult] = []
     for language, folder, entry, prefix in (
@@ -193,18 +219,25 @@ async def _udf_step(
         lang = "python" if language == "python" else "node"
         try:
             bundle = build_bundle(EXAMPLES / folder, lang, entry, settings.esbuild)
-            reg = await register_bundle(state, store, bundle, lang, entry, LITE_ORG_ID)
+            breg = await register_bundle(state, store, bundle, lang, entry, LITE_ORG_ID)
         except TraceError as exc:
             results.append(UdfResult(language, "skipped", 0, expected, exc.detail.splitlines()[0]))
             continue
-        work = {"threshold_wei": threshold, "transfers": transfers}
+        work = {"threshold_wei": DEMO_THRESHOLD, "dataset": str(reg.dataset_uuid)}
+        started = time.monotonic()
         (tid,) = await service.create_tasks(
-            [{"runtime": "lambda", "udf": {"bundle_id": str(reg.bundle_id)}, "work_payload": work}]
+            [
+                {
+                    "runtime": "lambda",
+                    "udf": {"bundle_id": str(breg.bundle_id)},
+                    "inputs": [{"dataset": "demo-transfers"}],
+                    "work_payload": work,
+                }
+            ]
         )
-        _say(f"running the {language} UDF (bundle {str(reg.bundle_id)[:8]}, sandboxed) ...")
+        _say(f"running the {language} alert UDF (sandboxed; it queries the dataset) ...")
         row = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() - started < timeout:
             row = await state.fetchrow(
                 "SELECT status, next_retry_at, last_error FROM state.tasks WHERE task_id = $1", tid
             )
@@ -213,7 +246,7 @@ async def _udf_step(
                 row["status"] == "failed" and not row["next_retry_at"]
             ):
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
         alerts = 0
         for _ in range(100):  # the sink commits shortly after the task completes
             alerts = await data.fetchval(
@@ -222,10 +255,17 @@ async def _udf_step(
             )
             if alerts >= expected or row is None or row["status"] != "completed":
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - started
         detail = (row["last_error"] or "").splitlines()[0] if row and row["last_error"] else ""
         results.append(
-            UdfResult(language, row["status"] if row else "timeout", int(alerts), expected, detail)
+            UdfResult(
+                language,
+                row["status"] if row else "timeout",
+                int(alerts),
+                expected,
+                detail or f"{took:.2f}s end to end",
+            )
         )
     return results
 

@@ -48,9 +48,11 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         assert "rows inserted        360" in text  # every tenth task repeats a seed
         assert "duplicates absorbed  40" in text
         assert "DLQ messages         0" in text
-        # the sandboxed example UDFs, Python and TypeScript, each find every large transfer
-        assert "UDF python           completed: 190/190 alerts inserted" in text
-        assert "UDF typescript       completed: 190/190 alerts inserted" in text
+        # the sandboxed example UDFs, Python and TypeScript, query the registered 1M-transfer
+        # dataset through the query service and each find every large transfer
+        assert "registered 1,000,000 transfers as dataset demo-transfers" in text
+        assert "UDF python           completed: 1000/1000 alerts inserted" in text
+        assert "UDF typescript       completed: 1000/1000 alerts inserted" in text
         status = subprocess.run(
             [sys.executable, "-m", "trace_platform", "status"],
             env=env,
@@ -59,9 +61,9 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
             timeout=60,
             cwd=REPO,
         )
-        # 40 emit_alerts tasks + 2 UDF tasks; 360 + 2 x 190 rows
+        # 40 emit_alerts tasks + 2 UDF tasks; 360 + 2 x 1000 rows
         assert "completed          42" in status.stdout
-        assert "alert_events rows: 740" in status.stdout
+        assert "alert_events rows: 2360" in status.stdout
     finally:
         subprocess.run(
             [sys.executable, "-m", "trace_platform", "db", "stop"],
