@@ -38,6 +38,10 @@ class QueryFailed(Exception):
         self.code = code
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[QueryFailed], tuple[str, str]]:
+        # It crosses the executor-process boundary: pickle both arguments.
+        return (QueryFailed, (self.code, self.reason))
+
 
 def _init_executor(limits: ExecutorLimits) -> None:
     os.environ.clear()  # nothing of the platform's environment in the executor
@@ -46,7 +50,8 @@ def _init_executor(limits: ExecutorLimits) -> None:
     address_space = (limits.memory_mb * 4 + 1024) * mb
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # the executor never writes a file
+    # The executor writes no file itself; its stderr may be a log file, so not 0.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * mb, 16 * mb))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
