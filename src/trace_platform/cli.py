@@ -89,18 +89,13 @@ def migrate(ctx: click.Context) -> None:
     settings = settings_from(ctx)
     _setup_logs(settings, "migrate")
     from trace_platform.db.embedded import resolve_databases
-    from trace_platform.db.migrate import migrate as apply
-    from trace_platform.db.pool import connect
+    from trace_platform.db.migrate import migrate_databases
 
     async def go() -> None:
         urls = await resolve_databases(settings)
-        for component, url in (("state", urls.state), ("data", urls.data)):
-            conn = await connect(url)
-            try:
-                applied = await apply(conn, component)
-            finally:
-                await conn.close()
-            names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "up to date"
+        applied = await migrate_databases(urls.state, urls.data)
+        for component, done in applied.items():
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in done) or "up to date"
             click.echo(f"{component}: {names}")
 
     run_async(go())

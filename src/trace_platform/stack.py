@@ -22,8 +22,7 @@ import aiohttp
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.config import Settings
 from trace_platform.db.embedded import DatabaseUrls, resolve_databases
-from trace_platform.db.migrate import migrate
-from trace_platform.db.pool import connect
+from trace_platform.db.migrate import migrate_databases
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
@@ -45,12 +44,8 @@ class Child:
 async def prepare(settings: Settings) -> DatabaseUrls:
     """Databases up and migrated; Lite secrets created once, before children race for them."""
     urls = await resolve_databases(settings)
-    for component, url in (("state", urls.state), ("data", urls.data)):
-        conn = await connect(url)
-        try:
-            await migrate(conn, component)
-        finally:
-            await conn.close()
+    if not urls.embedded:  # the embedded ones are migrated as they are resolved
+        await migrate_databases(urls.state, urls.data)
     load_key_ring(settings)
     load_worker_tokens(settings)
     return urls

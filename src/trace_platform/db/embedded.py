@@ -94,14 +94,8 @@ async def resolve_databases(settings: Settings) -> DatabaseUrls:
     for name in (STATE_DB, DATA_DB):
         await ensure_database(_socket_url(socket_dir, "postgres"), name)
     # Lite owns its embedded databases: keep them migrated so every command just works.
-    from trace_platform.db.migrate import migrate
-    from trace_platform.db.pool import connect
+    from trace_platform.db.migrate import migrate_databases
 
-    for component, url in (("state", urls.state), ("data", urls.data)):
-        conn = await connect(url)
-        try:
-            await migrate(conn, component)
-        finally:
-            await conn.close()
+    await migrate_databases(urls.state, urls.data)
     log.debug("db.embedded.ready", home=str(home))
     return urls

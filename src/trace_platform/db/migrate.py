@@ -92,3 +92,17 @@ async def migrate(conn: asyncpg.Connection, component: str) -> list[Migration]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now
+
+
+async def migrate_databases(state_url: str, data_url: str) -> dict[str, list[Migration]]:
+    """Apply pending migrations to both databases; returns what was applied per component."""
+    from trace_platform.db.pool import connect
+
+    applied: dict[str, list[Migration]] = {}
+    for component, url in (("state", state_url), ("data", data_url)):
+        conn = await connect(url)
+        try:
+            applied[component] = await migrate(conn, component)
+        finally:
+            await conn.close()
+    return applied

@@ -147,15 +147,7 @@ class TaskService:
             token = await self._token_for(conn, row)
         TASK_TRANSITIONS.labels("claimed").inc()
         log.info("task.claimed", task_id=str(task_id), attempt=row["attempt"], worker_id=worker_id)
-        return Claimed(
-            task_id=row["task_id"],
-            org_id=row["org_id"],
-            attempt=row["attempt"],
-            lease_token=row["lease_token"],
-            lease_expires_at=row["lease_expires_at"],
-            capability_token=token,
-            payload=row["payload"],
-        )
+        return _claimed(row, token)
 
     async def claim_many(
         self, task_ids: Sequence[uuid.UUID], worker_id: str | None
@@ -187,17 +179,7 @@ class TaskService:
             except NotClaimedError:
                 refused.append((row["task_id"], "failed"))
                 continue
-            claimed.append(
-                Claimed(
-                    task_id=row["task_id"],
-                    org_id=row["org_id"],
-                    attempt=row["attempt"],
-                    lease_token=row["lease_token"],
-                    lease_expires_at=row["lease_expires_at"],
-                    capability_token=token,
-                    payload=row["payload"],
-                )
-            )
+            claimed.append(_claimed(row, token))
             log.info(
                 "task.claimed",
                 task_id=str(row["task_id"]),
@@ -470,6 +452,18 @@ class CompletionReport:
     error_message: str | None = None
     events: Sequence[dict[str, Any]] | None = None
     outputs: dict[str, Any] | None = None
+
+
+def _claimed(row: asyncpg.Record, token: str) -> Claimed:
+    return Claimed(
+        task_id=row["task_id"],
+        org_id=row["org_id"],
+        attempt=row["attempt"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        capability_token=token,
+        payload=row["payload"],
+    )
 
 
 def _has_inputs(row: asyncpg.Record) -> bool:
