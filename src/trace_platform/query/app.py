@@ -39,6 +39,29 @@ class QueryRequest(BaseModel):
     limit: int | None = None
 
 
+def s3_options(settings: Settings) -> dict[str, str] | None:
+    """S3 access for executors when the object store is S3: endpoint and the credentials of
+    this (trusted) process, resolved by boto3's usual chain and handed over explicitly."""
+    if not settings.resolved_object_store_url.startswith("s3://"):
+        return None
+    try:
+        import boto3
+    except ImportError:
+        return None
+    session = boto3.Session()
+    creds = session.get_credentials()
+    opts: dict[str, str] = {"region": session.region_name or "us-east-1"}
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        opts.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+        if frozen.token:
+            opts["session_token"] = frozen.token
+    if settings.s3_endpoint_url:
+        scheme, _, host = settings.s3_endpoint_url.partition("://")
+        opts.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+    return opts
+
+
 def create_app(settings: Settings) -> FastAPI:
     signer = load_key_ring(settings)  # same ring as the dispatcher; no call to it per request
     state: dict[str, Any] = {}
@@ -51,7 +74,9 @@ def create_app(settings: Settings) -> FastAPI:
         limits = ExecutorLimits(
             memory_mb=settings.query_memory_mb, timeout_seconds=settings.query_timeout_seconds
         )
-        service = QueryService(state_pool, data_pool, settings.query_executors, limits)
+        service = QueryService(
+            state_pool, data_pool, settings.query_executors, limits, s3_options(settings)
+        )
         state.update(service=service, pool=state_pool)
         try:
             yield

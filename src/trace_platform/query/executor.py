@@ -91,8 +91,16 @@ def locked_connection(limits: ExecutorLimits) -> Any:
     return con
 
 
-def execute(files: list[str], sql: str, limit: int, limits: ExecutorLimits) -> dict[str, Any]:
-    """Run one gated query over exactly `files` (local Parquet paths). Runs in an executor."""
+def execute(
+    files: list[str],
+    sql: str,
+    limit: int,
+    limits: ExecutorLimits,
+    s3: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run one gated query over exactly `files` — local Parquet paths, or `bucket/key` paths
+    read through an S3 filesystem built from `s3` (endpoint and credentials handed over by the
+    trusted service; the executor's own environment is empty). Runs in an executor."""
     import duckdb
     import pyarrow.dataset as ds
 
@@ -105,7 +113,12 @@ def execute(files: list[str], sql: str, limit: int, limits: ExecutorLimits) -> d
         raise QueryFailed("query_denied", "only one SELECT statement may run")
     con = _database(limits).cursor()  # a fresh connection to the locked in-memory database
     try:
-        con.register("dataset", ds.dataset(files, format="parquet"))
+        filesystem = None
+        if s3 is not None:
+            from pyarrow import fs
+
+            filesystem = fs.S3FileSystem(**s3)
+        con.register("dataset", ds.dataset(files, format="parquet", filesystem=filesystem))
         timer = threading.Timer(limits.timeout_seconds, con.interrupt)
         timer.start()
         try:

@@ -45,8 +45,14 @@ def grant_prefix(grant: DatasetGrant) -> str:
 
 class QueryService:
     def __init__(
-        self, state: asyncpg.Pool, data: asyncpg.Pool, workers: int, limits: ExecutorLimits
+        self,
+        state: asyncpg.Pool,
+        data: asyncpg.Pool,
+        workers: int,
+        limits: ExecutorLimits,
+        s3_options: dict[str, str] | None = None,
     ) -> None:
+        self.s3_options = s3_options
         self.state = state
         self.data = data
         self.workers = workers
@@ -57,8 +63,11 @@ class QueryService:
     async def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def manifest_files(self, claims: CapabilityClaims, dataset_id: str) -> list[str]:
-        """Local paths of exactly the granted version's files, or ForbiddenError."""
+    async def manifest_files(
+        self, claims: CapabilityClaims, dataset_id: str
+    ) -> tuple[list[str], dict[str, str] | None]:
+        """Exactly the granted version's files (local paths or `bucket/key` with S3 options),
+        or ForbiddenError."""
         grant = next((g for g in claims.datasets if g.dataset_uuid == dataset_id), None)
         if grant is None:
             raise ForbiddenError("dataset is not granted to this task")
@@ -85,8 +94,11 @@ class QueryService:
                 uri, list(claims.s3.read_prefixes)
             ):
                 raise ForbiddenError("a manifest entry is outside the granted prefix")
-            if not uri.startswith("file://"):
-                raise ValidationError("this executor reads file:// datasets only")
+            if uri.startswith("s3://"):
+                if self.s3_options is None:
+                    raise ValidationError("this query service has no S3 access configured")
+                paths.append(uri[len("s3://") :])
+                continue
             path = Path(uri[len("file://") :])
             try:
                 if path.stat().st_size != f.get("size"):
@@ -96,7 +108,8 @@ class QueryService:
             paths.append(str(path))
         if not paths:
             raise ForbiddenError("dataset version has no files")
-        return paths
+        s3 = self.s3_options if paths and prefix.startswith("s3://") else None
+        return paths, s3
 
     async def query(
         self, claims: CapabilityClaims, dataset_id: str, sql: str, limit: int | None
@@ -109,7 +122,7 @@ class QueryService:
             "sql_sha256": digest,
         }
         try:
-            files = await self.manifest_files(claims, dataset_id)
+            files, s3 = await self.manifest_files(claims, dataset_id)
             gated = check_sql(sql)
         except SqlRejected as exc:
             log.warning("query.denied", reason=exc.code, **ids)
@@ -124,7 +137,7 @@ class QueryService:
             try:
                 result: dict[str, Any] = await asyncio.wait_for(
                     loop.run_in_executor(
-                        self.pool, execute, files, gated.sql, clamp_limit(limit), self.limits
+                        self.pool, execute, files, gated.sql, clamp_limit(limit), self.limits, s3
                     ),
                     self.limits.timeout_seconds + 10,
                 )
