@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -57,6 +58,32 @@ def _init_executor(limits: ExecutorLimits) -> None:
 
 
 _DATABASES: dict[ExecutorLimits, Any] = {}
+_DATASETS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_DATASET_CACHE = 32
+
+
+def _arrow_dataset(files: tuple[str, ...], s3: dict[str, str] | None) -> Any:
+    """Arrow datasets with their Parquet footers read, cached per file list: dataset versions
+    are immutable (content-addressed) and the service checks them before every query."""
+    import pyarrow.dataset as ds
+
+    key = (files, tuple(sorted(s3.items())) if s3 else None)
+    cached = _DATASETS.get(key)
+    if cached is not None:
+        _DATASETS.move_to_end(key)
+        return cached
+    filesystem = None
+    if s3 is not None:
+        from pyarrow import fs
+
+        filesystem = fs.S3FileSystem(**s3)
+    dataset = ds.dataset(list(files), format="parquet", filesystem=filesystem)
+    for fragment in dataset.get_fragments():
+        fragment.ensure_complete_metadata()
+    _DATASETS[key] = dataset
+    while len(_DATASETS) > _DATASET_CACHE:
+        _DATASETS.popitem(last=False)
+    return dataset
 
 
 def _database(limits: ExecutorLimits) -> Any:
@@ -102,7 +129,6 @@ def execute(
     read through an S3 filesystem built from `s3` (endpoint and credentials handed over by the
     trusted service; the executor's own environment is empty). Runs in an executor."""
     import duckdb
-    import pyarrow.dataset as ds
 
     # Independent of the gate: DuckDB's own parser must see exactly one SELECT.
     try:
@@ -113,12 +139,7 @@ def execute(
         raise QueryFailed("query_denied", "only one SELECT statement may run")
     con = _database(limits).cursor()  # a fresh connection to the locked in-memory database
     try:
-        filesystem = None
-        if s3 is not None:
-            from pyarrow import fs
-
-            filesystem = fs.S3FileSystem(**s3)
-        con.register("dataset", ds.dataset(files, format="parquet", filesystem=filesystem))
+        con.register("dataset", _arrow_dataset(tuple(files), s3))
         timer = threading.Timer(limits.timeout_seconds, con.interrupt)
         timer.start()
         try:
