@@ -101,21 +101,13 @@ class DispatcherClient:
                 delay = min(delay * 2, 2.0)
         raise DispatcherUnavailable(f"dispatcher did not answer {path}")
 
-    async def claim(self, task_id: uuid.UUID, worker_id: str) -> Lease:
-        # Claims are not idempotent (a lost answer leaves the lease with nobody): no retry;
-        # the wake-up stays unacked and the reaper frees the lease.
-        data = await self._post(
-            "/internal/task-claim",
-            {"task_id": str(task_id), "worker_id": worker_id},
-            {"X-Trace-Worker-Token": self._worker_token},
-            retry=False,
-        )
-        return _lease(data)
-
     async def claim_many(
         self, task_ids: list[uuid.UUID], worker_id: str
     ) -> tuple[list[Lease], dict[uuid.UUID, str]]:
-        """Claim a batch of woken tasks in one round trip: (leases, {task_id: refusal})."""
+        """Claim a batch of woken tasks in one round trip: (leases, {task_id: refusal}).
+
+        Claims are not idempotent (a lost answer leaves leases with nobody): no retry; the
+        wake-ups stay unacked and the reaper frees the leases."""
         data = await self._post(
             "/internal/task-claim-batch",
             {"task_ids": [str(t) for t in task_ids], "worker_id": worker_id},
@@ -161,20 +153,6 @@ class DispatcherClient:
         await self.task_call(
             lease, "buffer-publish", batch_uri=batch_uri, record_count=record_count
         )
-
-    async def complete(
-        self,
-        lease: Lease,
-        outcome: str,
-        error_message: str | None = None,
-        outputs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"outcome": outcome}
-        if error_message is not None:
-            body["error_message"] = error_message
-        if outputs is not None:
-            body["outputs"] = outputs
-        return await self.task_call(lease, "complete", **body)
 
 
 def _lease(data: dict[str, Any]) -> Lease:

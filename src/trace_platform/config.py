@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,6 @@ class Settings:
     query_timeout_seconds: float = 10.0
     esbuild: str | None = None
     log_level: str = "info"
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(
