@@ -254,6 +254,14 @@ async def start_dispatcher(settings: Settings, tmp: Path, port: int | None = Non
     return proc
 
 
+async def start_query_service(settings: Settings, tmp: Path) -> Proc:
+    """`trace query-service` on settings.query_port, returned once /readyz answers."""
+    proc = start_proc(settings, tmp, "query-service")
+    proc.url = f"http://127.0.0.1:{settings.query_port}"
+    await wait_http_ready(proc.url, proc)
+    return proc
+
+
 @pytest.fixture(scope="module")
 async def dispatcher(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory

@@ -14,7 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Dbs, Proc, free_port, start_dispatcher, start_proc, wait_until
+from tests.conftest import (
+    Dbs,
+    Proc,
+    free_port,
+    start_dispatcher,
+    start_proc,
+    start_query_service,
+    wait_until,
+)
 from tests.helpers import Attempt, create_tasks
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
@@ -48,19 +56,9 @@ async def services(
     logs = tmp_path_factory.mktemp("logs")
     procs = {
         "dispatcher": await start_dispatcher(q_settings, logs),
-        "query": start_proc(q_settings, logs, "query-service"),
+        "query": await start_query_service(q_settings, logs),
         "sink": start_proc(q_settings, logs, "sink"),
     }
-    procs["query"].url = q_settings.query_url
-    async with httpx.AsyncClient(timeout=2) as c:
-
-        async def ready() -> bool:
-            try:
-                return (await c.get(f"{q_settings.query_url}/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(ready, 30, what="query service")
     yield procs
     for p in procs.values():
         p.stop()

@@ -10,7 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Proc, free_port, start_dispatcher, start_proc, wait_until
+from tests.conftest import (
+    Proc,
+    free_port,
+    start_dispatcher,
+    start_query_service,
+)
 from tests.helpers import create_tasks
 from tests.integration.test_query import Attempt, datasets, query  # noqa: F401 - shared fixtures
 from trace_platform.config import Settings
@@ -39,17 +44,8 @@ async def services(
     logs = tmp_path_factory.mktemp("logs")
     procs = {
         "dispatcher": await start_dispatcher(q_settings, logs),
-        "query": start_proc(q_settings, logs, "query-service"),
+        "query": await start_query_service(q_settings, logs),
     }
-    async with httpx.AsyncClient(timeout=2) as c:
-
-        async def ready() -> bool:
-            try:
-                return (await c.get(f"{q_settings.query_url}/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(ready, 30, what="query service")
     yield procs
     for p in procs.values():
         p.stop()

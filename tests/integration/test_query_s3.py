@@ -13,7 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Dbs, Proc, free_port, start_dispatcher, start_proc, wait_until
+from tests.conftest import (
+    Dbs,
+    Proc,
+    free_port,
+    start_dispatcher,
+    start_query_service,
+)
 from tests.helpers import Attempt, create_tasks
 from tests.integration.test_object_stores import aws_env, s3_endpoint  # noqa: F401 - fixtures
 from trace_platform.adapters.stores import object_store_from_settings
@@ -43,17 +49,8 @@ async def services(
     logs = tmp_path_factory.mktemp("logs")
     procs = {
         "dispatcher": await start_dispatcher(s3_settings, logs),
-        "query": start_proc(s3_settings, logs, "query-service"),
+        "query": await start_query_service(s3_settings, logs),
     }
-    async with httpx.AsyncClient(timeout=2) as c:
-
-        async def ready() -> bool:
-            try:
-                return (await c.get(f"{s3_settings.query_url}/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(ready, 30, what="query service")
     yield procs
     for p in procs.values():
         p.stop()
