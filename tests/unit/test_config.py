@@ -39,3 +39,11 @@ def test_every_setting_has_env_and_flag_and_help() -> None:
     for s in SETTINGS:
         assert s.env.startswith("TRACE_") and s.flag.startswith("--") and s.help
         assert hasattr(Settings(), s.name)
+
+
+def test_declared_defaults_match_the_settings_class() -> None:
+    """SETTINGS (env/flags/help) and the Settings dataclass declare each default once each;
+    this keeps the two from drifting apart."""
+    defaults = Settings()
+    for s in SETTINGS:
+        assert getattr(defaults, s.name) == s.default, s.name
