@@ -315,17 +315,6 @@ def bundle_list(ctx: click.Context, limit: int) -> None:
         )
 
 
-@cli.command(hidden=True)
-@click.pass_context
-def runner(ctx: click.Context) -> None:
-    """Run one UDF invocation read from stdin (started by the dispatcher's invoker)."""
-    settings = settings_from(ctx)
-    _setup_logs(settings, "runner")
-    from trace_platform.runner.app import run_runner
-
-    sys.exit(run_runner(settings, sys.stdin.buffer.read()))
-
-
 # -- dead-letter queue -----------------------------------------------------------------------
 
 

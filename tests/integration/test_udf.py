@@ -615,7 +615,7 @@ async def test_stale_invocation_cannot_publish_or_complete(
     }
     env = proc_env(udf_settings)
     out = subprocess.run(
-        [sys.executable, "-m", "trace_platform", "runner"],
+        [sys.executable, "-m", "trace_platform.runner"],
         input=json.dumps(invocation),
         env=env,
         capture_output=True,
