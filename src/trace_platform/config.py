@@ -77,6 +77,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query_executors", int, 2, "DuckDB executor processes of the query service."),
     Setting("query_memory_mb", int, 512, "DuckDB memory limit per executor (MiB)."),
     Setting("query_timeout_seconds", float, 10.0, "Per-query time limit."),
+    Setting("query_uid", int, 65533, "Unprivileged uid query executors run as (when root)."),
     Setting("esbuild", str, None, "Path of esbuild for TypeScript bundles (default: tools/)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
@@ -122,6 +123,7 @@ class Settings:
     query_executors: int = 2
     query_memory_mb: int = 512
     query_timeout_seconds: float = 10.0
+    query_uid: int = 65533
     esbuild: str | None = None
     log_level: str = "info"
 

@@ -1,13 +1,26 @@
-"""The DuckDB layer on its own: statements fed *past* the gate must still fail closed, and a
-property test throws compositions of dangerous fragments at gate + runtime together."""
+"""The runtime layers on their own, statements fed *past* the gate:
+
+- the DuckDB layer (the engine in this process, both routes) must fail closed or reveal
+  nothing outside the granted data;
+- the executor sandbox (a real executor process, DuckDB's own reader over the granted files)
+  must hold even where DuckDB would allow something (`COPY`/`glob` inside the allowed
+  directory), and even for a DuckDB with none of our settings (a probe in the same sandbox);
+- a property test throws compositions of dangerous fragments at gate + engine together.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -16,9 +29,19 @@ from hypothesis import strategies as st
 
 from tests.integration.test_query import ATTACKS
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
-from trace_platform.query.executor import ExecutorLimits, QueryFailed, execute
+from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, Engine
+from trace_platform.query.executor import (
+    Binding,
+    ExecutorLimits,
+    ExecutorPool,
+    QueryFailed,
+    launch_command,
+    library_dir,
+)
+from trace_platform.runner.sandbox import detect_isolation
 
 LIMITS = ExecutorLimits(timeout_seconds=5)
+ROUTES = [ROUTE_READER, ROUTE_ARROW]
 # Read-only introspection of the in-memory engine itself: DuckDB evaluates these (the gate
 # rejects them), and they can only show the engine's own settings and the granted relation.
 HARMLESS_AT_RUNTIME = {
@@ -32,15 +55,37 @@ HARMLESS_AT_RUNTIME = {
     "SELECT * FROM sqlite_master",
     "SELECT * FROM dataset\u200b",
 }
+# What DuckDB's own reader would allow inside its allowed directory, aimed at the sandbox's
+# view of it (/data) and at host paths next to the granted file.
+INSIDE_THE_ALLOWED_DIRECTORY = [
+    "COPY (SELECT 1) TO '/data/out.csv'",
+    "COPY dataset TO '/data/part-00001.parquet'",
+    "ATTACH '/data/new.duckdb' AS n",
+    "EXPORT DATABASE '/data/export'",
+    "SELECT * FROM read_csv('/data/stray-secret.csv')",
+    "SELECT * FROM read_text('/data/../etc/hostname')",
+    "SELECT * FROM read_text('/data/./../proc/self/environ')",
+    "SELECT * FROM glob('/data/../*')",
+    "SELECT * FROM read_csv('{version}/stray-secret.csv')",
+    "SELECT * FROM read_parquet('{version}/data.parquet')",
+]
 
 
 @pytest.fixture(scope="module")
-def canary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("canary")
     (root / "secret.csv").write_text("token\nCANARY-SECRET\n")
     pq.write_table(pa.table({"token": ["CANARY-SECRET"]}), root / "secret.parquet")
-    data = root / "data.parquet"
-    pq.write_table(pa.table({"x": list(range(10)), "y": [str(i) for i in range(10)]}), data)
+    table = pa.table({"x": list(range(10)), "y": [str(i) for i in range(10)]})
+    granted = root / "granted"  # the DuckDB-layer tests' allowed directory: the data only
+    granted.mkdir()
+    pq.write_table(table, granted / "data.parquet")
+    # A dataset version directory with a file that is *not* in the manifest next to the
+    # granted one: the sandbox mounts the granted files one by one, so it never sees it.
+    version = root / "version"
+    version.mkdir()
+    pq.write_table(table, version / "data.parquet")
+    (version / "stray-secret.csv").write_text("token\nCANARY-STRAY\n")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -56,43 +101,78 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             conn.close()
 
     threading.Thread(target=accept, daemon=True).start()
-    yield {"root": root, "data": str(data), "port": listener.getsockname()[1], "hits": hits}
+    yield {
+        "root": root,
+        "data": str(granted / "data.parquet"),
+        "version": version,
+        "port": listener.getsockname()[1],
+        "hits": hits,
+    }
     listener.close()
 
 
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def engines(canary: dict[str, Any]) -> Iterator[dict[str, Engine]]:
+    # As in an executor process, whose working directory is "/": DuckDB lists its own
+    # (in-memory) database's would-be paths, relative to it, among the allowed ones.
+    cwd = os.getcwd()
+    os.chdir("/")
+    try:
+        engines = {route: Engine(route, [canary["data"]], LIMITS) for route in ROUTES}
+    finally:
+        os.chdir(cwd)
+    yield engines
+
+
 @pytest.fixture
-def files(canary: dict[str, object]) -> Iterator[list[str]]:
-    before = sorted(p.name for p in Path(str(canary["root"])).iterdir())
-    yield [str(canary["data"])]
-    assert sorted(p.name for p in Path(str(canary["root"])).iterdir()) == before, "a file appeared"
+def untouched(canary: dict[str, Any]) -> Iterator[None]:
+    before = listing(canary["root"])
+    yield
+    assert listing(canary["root"]) == before, "a file appeared or vanished"
+    assert canary["hits"] == [], "something reached the network"
 
 
+def run(engine: Engine, sql: str, limit: int = 50) -> dict[str, Any]:
+    body, _, _ = engine.query(sql, limit)
+    result: dict[str, Any] = orjson.loads(body)
+    return result
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("sql", [a for a in ATTACKS if a not in HARMLESS_AT_RUNTIME])
-def test_runtime_fails_closed_when_the_gate_is_bypassed(files: list[str], sql: str) -> None:
-    with pytest.raises(QueryFailed):
-        execute(files, sql, 10, LIMITS)
-
-
-@pytest.mark.parametrize("sql", sorted(HARMLESS_AT_RUNTIME))
-def test_runtime_introspection_reveals_nothing_outside(
-    files: list[str], sql: str, monkeypatch: pytest.MonkeyPatch
+def test_engine_fails_closed_when_the_gate_is_bypassed(
+    engines: dict[str, Engine], untouched: None, route: str, sql: str
 ) -> None:
-    from trace_platform.query import executor
+    with pytest.raises(QueryFailed):
+        run(engines[route], sql)
 
-    monkeypatch.chdir("/")  # as executor processes run: chdir before the database opens
-    monkeypatch.setattr(executor, "_DATABASES", {})
-    result = execute(files, sql, 1000, LIMITS)
-    text = repr(result)
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("sql", sorted(HARMLESS_AT_RUNTIME))
+def test_engine_introspection_reveals_nothing_outside(
+    engines: dict[str, Engine], untouched: None, route: str, sql: str
+) -> None:
+    text = repr(run(engines[route], sql, 1000)["rows"])
     assert "CANARY" not in text and "/etc" not in text and "/work" not in text
-    assert "/root" not in text  # no home, secret or temp directory of the platform either
+    assert "secret.csv" not in text and "stray" not in text
 
 
-def test_no_secret_exists_in_the_engine(files: list[str]) -> None:
-    assert execute(files, "SELECT * FROM duckdb_secrets()", 10, LIMITS)["rows"] == []
+@pytest.mark.parametrize("route", ROUTES)
+def test_engine_has_no_secret_and_answers_from_the_granted_file(
+    engines: dict[str, Engine], route: str
+) -> None:
+    assert run(engines[route], "SELECT * FROM duckdb_secrets()")["rows"] == []
+    result = run(engines[route], "SELECT count(*), sum(x) FROM dataset WHERE x > 4")
+    assert result["rows"] == [[5, 35]]
 
 
-def test_runtime_blocks_file_and_url_reads_even_inside_query(
-    files: list[str], canary: dict[str, object]
+@pytest.mark.parametrize("route", ROUTES)
+def test_engine_blocks_file_and_url_reads_even_inside_query(
+    engines: dict[str, Engine], canary: dict[str, Any], untouched: None, route: str
 ) -> None:
     root, port = canary["root"], canary["port"]
     for inner in (
@@ -101,20 +181,159 @@ def test_runtime_blocks_file_and_url_reads_even_inside_query(
         f"SELECT * FROM read_csv(''http://127.0.0.1:{port}/x.csv'')",
     ):
         with pytest.raises(QueryFailed):
-            execute(files, f"SELECT * FROM query('{inner}')", 10, LIMITS)
-    assert canary["hits"] == []
+            run(engines[route], f"SELECT * FROM query('{inner}')")
 
 
-def test_runtime_interrupts_a_runaway_query(files: list[str]) -> None:
-    slow = ExecutorLimits(timeout_seconds=0.5)
+def test_engine_interrupts_a_runaway_query(canary: dict[str, Any]) -> None:
+    engine = Engine(ROUTE_READER, [canary["data"]], ExecutorLimits(timeout_seconds=0.5))
     sql = (
         "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
         " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
     )
     with pytest.raises(QueryFailed) as err:
-        execute(files, sql, 10, slow)
+        run(engine, sql)
     assert err.value.code == "query_timeout"
+    assert run(engine, "SELECT count(*) FROM dataset")["rows"] == [[10]]  # still usable
 
+
+def test_result_bytes_are_capped_and_marked_truncated(canary: dict[str, Any]) -> None:
+    engine = Engine(ROUTE_READER, [canary["data"]], LIMITS)
+    body, rows, truncated = engine.query(
+        "SELECT repeat('x', 2000000) AS s FROM dataset", limit=10
+    )
+    assert truncated and rows == 5 and len(body) <= 10 * 1024 * 1024 + 200
+    assert orjson.loads(body)["truncated"] is True
+
+
+# --- the executor sandbox -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def sandboxed(canary: dict[str, Any]) -> AsyncIterator[tuple[ExecutorPool, Binding]]:
+    isolation = detect_isolation()
+    assert isolation.strong, f"the executor sandbox needs bubblewrap here: {isolation.features}"
+    pool = ExecutorPool(1, LIMITS, isolation)
+    binding = Binding("canary@v1", (str(canary["version"] / "data.parquet"),))
+    yield pool, binding
+    await pool.close()
+
+
+async def sandboxed_query(
+    sandboxed: tuple[ExecutorPool, Binding], sql: str, limit: int = 50
+) -> dict[str, Any]:
+    pool, binding = sandboxed
+    result = await pool.run(binding, sql, limit)
+    out: dict[str, Any] = orjson.loads(result.body)
+    return out
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [a for a in ATTACKS if a not in HARMLESS_AT_RUNTIME] + INSIDE_THE_ALLOWED_DIRECTORY,
+)
+async def test_sandboxed_executor_fails_closed_when_the_gate_is_bypassed(
+    sandboxed: tuple[ExecutorPool, Binding],
+    canary: dict[str, Any],
+    untouched: None,
+    sql: str,
+) -> None:
+    with pytest.raises(QueryFailed):
+        await sandboxed_query(sandboxed, sql.format(version=canary["version"]))
+
+
+async def test_sandboxed_executor_lists_and_reads_only_the_granted_files(
+    sandboxed: tuple[ExecutorPool, Binding], untouched: None
+) -> None:
+    # glob and wildcard reads are allowed inside the allowed directory: there is nothing
+    # else in it to find.
+    listed = await sandboxed_query(sandboxed, "SELECT * FROM glob('/data/**')")
+    assert listed["rows"] == [["/data/part-00000.parquet"]]
+    wild = await sandboxed_query(sandboxed, "SELECT count(*) FROM read_parquet('/data/*')")
+    assert wild["rows"] == [[10]]
+    views = await sandboxed_query(sandboxed, "SELECT sql FROM duckdb_views() WHERE NOT internal")
+    assert "/data/part-00000.parquet" in repr(views) and "canary" not in repr(views)
+
+
+PROBE = r"""
+import json, os, socket, sys
+sys.path.insert(0, "/opt/trace/lib")
+report = {"uid": os.getuid(), "env": dict(os.environ), "root": sorted(os.listdir("/")),
+          "data": sorted(os.listdir("/data"))}
+def attempt(name, fn):
+    try:
+        fn()
+        report[name] = "allowed"
+    except Exception as exc:
+        report[name] = type(exc).__name__
+attempt("write_data", lambda: open("/data/new", "w").write("x"))
+attempt("write_root", lambda: open("/new", "w").write("x"))
+attempt("write_tmp", lambda: open("/tmp/new", "w").write("x"))
+attempt("overwrite_granted", lambda: open("/data/part-00000.parquet", "r+b").write(b"x"))
+attempt("read_host_file", lambda: open(sys.argv[1]).read())
+attempt("connect", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[2])), 2))
+report["host_root_visible"] = os.path.exists(sys.argv[3])
+import duckdb  # a DuckDB with none of the engine's settings: external access on
+con = duckdb.connect()
+con.execute("PRAGMA disable_progress_bar")
+attempt("duckdb_copy", lambda: con.execute("COPY (SELECT 1) TO '/data/out.csv'"))
+attempt("duckdb_attach", lambda: con.execute("ATTACH '/data/x.duckdb' AS x"))
+report["duckdb_glob"] = [r[0] for r in con.execute("SELECT * FROM glob('/data/**')").fetchall()]
+report["duckdb_host"] = [r[0] for r in con.execute(f"SELECT * FROM glob('{sys.argv[3]}/**')").fetchall()]
+print(json.dumps(report))
+"""
+
+
+async def test_the_sandbox_holds_for_a_duckdb_without_our_settings(
+    canary: dict[str, Any], untouched: None
+) -> None:
+    isolation = detect_isolation()
+    binding = Binding("probe", (str(canary["version"] / "data.parquet"),))
+    cmd, _, route = launch_command(
+        isolation,
+        binding,
+        65533,
+        program=[
+            "-I",
+            "-c",
+            PROBE,
+            str(canary["root"] / "secret.csv"),
+            str(canary["port"]),
+            str(canary["root"]),
+        ],
+    )
+    assert route == ROUTE_READER
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={}
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    report = json.loads(out.splitlines()[-1])
+    assert report["uid"] != 0
+    assert set(report["env"]) <= {"PWD", "LC_CTYPE"}  # set by bwrap and Python themselves
+    assert report["data"] == ["part-00000.parquet"]  # not the stray file next to it
+    assert "home" not in report["root"] and "tmp" not in report["root"]
+    for name in (
+        "write_data",
+        "write_root",
+        "write_tmp",
+        "overwrite_granted",
+        "read_host_file",
+        "connect",
+        "duckdb_copy",
+        "duckdb_attach",
+    ):
+        assert report[name] != "allowed", name
+    assert report["duckdb_glob"] == ["/data/part-00000.parquet"]
+    assert report["host_root_visible"] is False and report["duckdb_host"] == []
+
+
+def test_the_engine_library_directory_is_the_services_own() -> None:
+    # The sandbox mounts exactly this directory read-only as the engine's libraries.
+    assert Path(library_dir(), "duckdb").is_dir()
+    assert os.path.realpath(sys.prefix) != "/"
+
+
+# --- gate + engine, composed at random ------------------------------------------------------
 
 FRAGMENTS = [
     "SELECT",
@@ -134,11 +353,12 @@ FRAGMENTS = [
     "'{root}/secret.csv'",
     "read_text('{root}/secret.csv')",
     "glob('{root}/*')",
+    "glob('{root}/granted/../*')",
     "'http://127.0.0.1:{port}/x'",
     "read_json('http://127.0.0.1:{port}/x')",
     "COPY",
-    "TO '{root}/out.csv'",
-    "ATTACH '{root}/db.duckdb'",
+    "TO '{root}/granted/out.csv'",
+    "ATTACH '{root}/granted/db.duckdb'",
     "INSTALL httpfs",
     "LOAD httpfs",
     "PRAGMA",
@@ -167,19 +387,20 @@ FRAGMENTS = [
 )
 @given(parts=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=12))
 def test_random_dangerous_compositions_never_reach_files_or_network(
-    canary: dict[str, object], parts: list[str]
+    canary: dict[str, Any], engines: dict[str, Engine], parts: list[str]
 ) -> None:
     sql = " ".join(parts).format(root=canary["root"], port=canary["port"])
-    before = sorted(p.name for p in Path(str(canary["root"])).iterdir())
+    before = listing(canary["root"])
     try:
         gated = check_sql(sql)
     except SqlRejected:
         gated = None
-    for candidate in ([gated.sql] if gated else []) + [sql]:  # gate + runtime, and runtime alone
-        try:
-            result = execute([str(canary["data"])], candidate, 50, LIMITS)
-        except QueryFailed:
-            continue
-        assert "CANARY" not in repr(result)
-    assert sorted(p.name for p in Path(str(canary["root"])).iterdir()) == before
+    for candidate in ([gated.sql] if gated else []) + [sql]:  # gate + engine, and engine alone
+        for engine in engines.values():
+            try:
+                result = run(engine, candidate)
+            except QueryFailed:
+                continue
+            assert "CANARY" not in repr(result)  # no content of a file that is not granted
+    assert listing(canary["root"]) == before
     assert canary["hits"] == []

@@ -161,6 +161,32 @@ class LocalKeyRing:
         return {"keys": keys}
 
 
+class VerifiedTokens:
+    """Remembers tokens that verified, until they expire: a task's handler sends the same
+    token with every query, and a signature check costs more than the rest of the request.
+    Failures are never remembered; expiry is checked on every use with the ring's leeway."""
+
+    def __init__(self, ring: LocalKeyRing, size: int = 4096) -> None:
+        self.ring = ring
+        self.size = size
+        self._claims: dict[str, CapabilityClaims] = {}
+
+    def verify(self, token: str) -> CapabilityClaims:
+        claims = self._claims.get(token)
+        if claims is not None:
+            if time.time() < claims.exp + LEEWAY_SECONDS:
+                return claims
+            del self._claims[token]
+        claims = self.ring.verify(token)
+        if len(self._claims) >= self.size:
+            now = time.time()
+            self._claims = {t: c for t, c in self._claims.items() if now < c.exp}
+            while len(self._claims) >= self.size:  # all still valid: drop the oldest
+                del self._claims[next(iter(self._claims))]
+        self._claims[token] = claims
+        return claims
+
+
 def generate_es256_pem() -> str:
     private = ec.generate_private_key(ec.SECP256R1())
     return private.private_bytes(

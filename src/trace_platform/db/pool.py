@@ -26,8 +26,11 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
-async def create_pool(dsn: str, max_size: int = 8, min_size: int = 1) -> asyncpg.Pool:
-    """A bounded pool; statements are prepared and cached per connection by asyncpg."""
+async def create_pool(
+    dsn: str, max_size: int = 8, min_size: int = 1, session: dict[str, str] | None = None
+) -> asyncpg.Pool:
+    """A bounded pool; statements are prepared and cached per connection by asyncpg.
+    `session`: extra server settings for every connection of this pool."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, max_size),
@@ -35,7 +38,7 @@ async def create_pool(dsn: str, max_size: int = 8, min_size: int = 1) -> asyncpg
         init=_init_connection,
         reset=_keep_session,
         command_timeout=30,
-        server_settings={"application_name": "trace"},
+        server_settings={"application_name": "trace", **(session or {})},
     )
     assert pool is not None
     return pool

@@ -1,200 +1,303 @@
-"""DuckDB execution in separate executor processes (the second fail-closed layer).
+"""Query executor processes, seen from the trusted service: launch, bind, talk, recycle.
 
-Each executor runs with an empty environment and OS limits (address space, CPU, open files,
-file size, no core dumps). DuckDB is in memory with external access disabled, extensions
-never installed or auto-loaded, configuration locked, memory and threads bounded and a
-per-query interrupt. The granted Parquet files are opened by trusted code (pyarrow, strictly
-the manifest's files) and handed to DuckDB as the Arrow relation `dataset`, so projection and
-predicate pushdown still work while DuckDB itself touches no file and no network.
+Each executor is a separate process running `engine.py` bound to one dataset version. With
+bubblewrap available it runs in its own sandbox: no network (local datasets), its own PID
+space, a filesystem view holding only the system runtime, the engine's libraries and the
+granted files — all read-only — an unprivileged uid with no capabilities, an empty
+environment and rlimits. There DuckDB keeps its own Parquet reader (`reader` route). Without
+bubblewrap, or for S3 datasets (which need the network), the engine takes the `arrow` route,
+where DuckDB itself touches no file and no network.
+
+The pool holds at most `size` executors. A query goes to an idle executor bound to its
+dataset version; else a new one is started (recycling the least recently used idle one when
+the pool is full); when every executor is busy the caller gets OverloadedError (HTTP 429).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-import resource
-import threading
+import struct
+import sys
+import time
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from decimal import Decimal
-from multiprocessing import get_context
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-MAX_RESULT_BYTES = 10 * 1024 * 1024
+from trace_platform.errors import OverloadedError, TraceError
+from trace_platform.logs import get_logger
+from trace_platform.query import engine
+from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, ExecutorLimits, QueryFailed
+from trace_platform.runner.sandbox import (
+    Isolation,
+    drop_privileges,
+    python_runtime,
+    ro_bind_same_path,
+    system_binds,
+)
+
+__all__ = ["Binding", "ExecutorLimits", "ExecutorPool", "ExecutorUnavailable", "QueryFailed"]
+
+log = get_logger(__name__)
+_FRAME = struct.Struct(">I")
+ENGINE_SCRIPT = Path(engine.__file__).resolve()
+SANDBOX_DATA = "/data"
+SANDBOX_LIB = "/opt/trace"
+START_TIMEOUT = 30.0
+
+
+class ExecutorUnavailable(TraceError):
+    status = 503
+    code = "executor_unavailable"
 
 
 @dataclass(frozen=True)
-class ExecutorLimits:
-    memory_mb: int = 512  # DuckDB buffer manager; the process limit is a multiple of it
-    threads: int = 2
-    timeout_seconds: float = 10.0
-    cpu_seconds: int = 300  # per executor process, cumulative
+class Binding:
+    """One dataset version: `files` are local paths, or `bucket/key` paths when `s3` is set."""
+
+    key: str
+    files: tuple[str, ...]
+    s3: tuple[tuple[str, str], ...] | None = None
 
 
-class QueryFailed(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[QueryFailed], tuple[str, str]]:
-        # It crosses the executor-process boundary: pickle both arguments.
-        return (QueryFailed, (self.code, self.reason))
+@dataclass(frozen=True)
+class QueryResult:
+    body: bytes  # the JSON response body, as the engine wrote it
+    rows: int
+    truncated: bool
 
 
-def _init_executor(limits: ExecutorLimits) -> None:
-    os.environ.clear()  # nothing of the platform's environment in the executor
-    os.chdir("/")  # and no working directory of the platform's either
-    mb = 1024 * 1024
-    address_space = (limits.memory_mb * 4 + 1024) * mb
-    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-    # The executor writes no file itself; its stderr may be a log file, so not 0.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * mb, 16 * mb))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-
-_DATABASES: dict[ExecutorLimits, Any] = {}
-_DATASETS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_DATASET_CACHE = 32
-
-
-def _arrow_dataset(files: tuple[str, ...], s3: dict[str, str] | None) -> Any:
-    """Arrow datasets with their Parquet footers read, cached per file list: dataset versions
-    are immutable (content-addressed) and the service checks them before every query."""
-    import pyarrow.dataset as ds
-
-    key = (files, tuple(sorted(s3.items())) if s3 else None)
-    cached = _DATASETS.get(key)
-    if cached is not None:
-        _DATASETS.move_to_end(key)
-        return cached
-    filesystem = None
-    if s3 is not None:
-        from pyarrow import fs
-
-        filesystem = fs.S3FileSystem(**s3)
-    dataset = ds.dataset(list(files), format="parquet", filesystem=filesystem)
-    for fragment in dataset.get_fragments():
-        fragment.ensure_complete_metadata()
-    _DATASETS[key] = dataset
-    while len(_DATASETS) > _DATASET_CACHE:
-        _DATASETS.popitem(last=False)
-    return dataset
-
-
-def _database(limits: ExecutorLimits) -> Any:
-    """One in-memory database per executor process, configured and locked once (opening one
-    costs ~14 ms); every query gets its own cursor, so registrations never leak across."""
-    db = _DATABASES.get(limits)
-    if db is None:
-        db = locked_connection(limits)
-        db.execute("SET lock_configuration = true")
-        _DATABASES[limits] = db
-    return db
-
-
-def locked_connection(limits: ExecutorLimits) -> Any:
+def library_dir() -> str:
+    """The directory holding duckdb/orjson/pyarrow (the service's own site-packages)."""
     import duckdb
 
-    con = duckdb.connect(
-        ":memory:",
-        config={
-            "enable_external_access": False,
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "allow_community_extensions": False,
-            "allow_persistent_secrets": False,
-            "home_directory": "/nonexistent",
-            # No spill files: a query lives within memory_limit or fails (nothing on disk).
-            "temp_directory": "",
-            "memory_limit": f"{limits.memory_mb}MB",
-            "threads": limits.threads,
-        },
-    )
-    return con
+    return str(Path(duckdb.__file__).resolve().parent.parent)
 
 
-def execute(
-    files: list[str],
-    sql: str,
-    limit: int,
-    limits: ExecutorLimits,
-    s3: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Run one gated query over exactly `files` — local Parquet paths, or `bucket/key` paths
-    read through an S3 filesystem built from `s3` (endpoint and credentials handed over by the
-    trusted service; the executor's own environment is empty). Runs in an executor."""
-    import duckdb
+def launch_command(
+    iso: Isolation, binding: Binding, uid: int, program: list[str] | None = None
+) -> tuple[list[str], list[str], str]:
+    """(argv, the files as the engine will see them, route). `program` replaces the engine
+    script's arguments to the interpreter (tests probe the sandbox with it)."""
+    route = ROUTE_ARROW if binding.s3 is not None or iso.bwrap is None else ROUTE_READER
+    if iso.bwrap is None:
+        exe = sys.executable
+        args = program or ["-I", "-B", str(ENGINE_SCRIPT), library_dir()]
+        return [exe, *args], list(binding.files), route
+    prefix, exe = python_runtime()
+    cmd = [
+        iso.bwrap,
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        *system_binds(),
+        *ro_bind_same_path(prefix),
+        "--perms",
+        "0755",
+        "--dir",
+        SANDBOX_LIB,
+        "--ro-bind",
+        library_dir(),
+        f"{SANDBOX_LIB}/lib",
+        "--ro-bind",
+        str(ENGINE_SCRIPT),
+        f"{SANDBOX_LIB}/engine.py",
+        "--dev",
+        "/dev",
+        "--chdir",
+        "/",
+        "--clearenv",
+    ]
+    if binding.s3 is None:
+        cmd.append("--unshare-net")
+        cmd += ["--perms", "0755", "--dir", SANDBOX_DATA]
+        seen: list[str] = []
+        for i, path in enumerate(binding.files):
+            inside = f"{SANDBOX_DATA}/part-{i:05d}.parquet"
+            cmd += ["--ro-bind", path, inside]
+            seen.append(inside)
+    else:
+        # S3 needs the network, name resolution and CA certificates; still nothing writable.
+        for etc in ("/etc/ssl", "/etc/ca-certificates", "/etc/resolv.conf", "/etc/hosts"):
+            cmd += ["--ro-bind-try", etc, etc]
+        seen = list(binding.files)
+    if iso.drop_uid:
+        cmd += drop_privileges(uid)
+    cmd += [exe, *(program or ["-I", "-B", f"{SANDBOX_LIB}/engine.py", f"{SANDBOX_LIB}/lib"])]
+    return cmd, seen, route
 
-    # Independent of the gate: DuckDB's own parser must see exactly one SELECT.
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error:
-        raise QueryFailed("query_denied", "statement rejected by the engine") from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise QueryFailed("query_denied", "only one SELECT statement may run")
-    con = _database(limits).cursor()  # a fresh connection to the locked in-memory database
-    try:
-        con.register("dataset", _arrow_dataset(tuple(files), s3))
-        timer = threading.Timer(limits.timeout_seconds, con.interrupt)
-        timer.start()
+
+class Executor:
+    def __init__(self, binding: Binding, proc: asyncio.subprocess.Process, route: str) -> None:
+        self.binding = binding
+        self.proc = proc
+        self.route = route
+        self.queries = 0
+
+    @classmethod
+    async def start(
+        cls, iso: Isolation, binding: Binding, limits: ExecutorLimits, uid: int
+    ) -> Executor:
+        cmd, files, route = launch_command(iso, binding, uid)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={},
+            cwd="/",
+            start_new_session=True,
+        )
+        ex = cls(binding, proc, route)
+        init = {
+            "route": route,
+            "files": files,
+            "limits": asdict(limits),
+            "s3": dict(binding.s3) if binding.s3 is not None else None,
+        }
         try:
-            reader = con.sql(sql).to_arrow_reader(min(limit + 1, 2048))
-            columns: list[dict[str, str]] = [
-                {"name": f.name, "type": str(f.type)} for f in reader.schema
-            ]
-            rows: list[list[Any]] = []
-            size, truncated = 0, False
-            for batch in reader:
-                for row in zip(*(c.to_pylist() for c in batch.columns), strict=True):
-                    if len(rows) >= limit:
-                        truncated = True
-                        break
-                    size += len(orjson.dumps(row, default=_json_value))
-                    if size > MAX_RESULT_BYTES:
-                        truncated = True
-                        break
-                    rows.append(list(row))
-                if truncated:
-                    break
+            ex._send(orjson.dumps(init))
+            reply = await asyncio.wait_for(ex._read(), START_TIMEOUT)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            reply = None
+        if not isinstance(reply, dict) or not reply.get("ready"):
+            detail = ""
+            if reply is None and proc.stderr is not None:
+                with contextlib.suppress(TimeoutError):
+                    detail = (await asyncio.wait_for(proc.stderr.read(400), 1)).decode(
+                        "utf-8", "replace"
+                    )
+            ex.kill()
+            code = reply.get("code") if isinstance(reply, dict) else "no_reply"
+            log.error("query.executor_start_failed", code=code, detail=detail.strip()[:400])
+            raise ExecutorUnavailable("query executor could not start")
+        return ex  # it silenced its own stderr once bound: nothing more arrives there
+
+    def _send(self, payload: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(_FRAME.pack(len(payload)) + payload)
+
+    async def _read_bytes(self) -> bytes:
+        assert self.proc.stdout is not None
+        head = await self.proc.stdout.readexactly(_FRAME.size)
+        (size,) = _FRAME.unpack(head)
+        return await self.proc.stdout.readexactly(size)
+
+    async def _read(self) -> Any:
+        return orjson.loads(await self._read_bytes())
+
+    async def query(self, sql: str, limit: int, timeout: float) -> QueryResult:
+        """QueryFailed for a refused or failed query (the executor stays usable unless it
+        says otherwise); ExecutorUnavailable when the process is lost or stuck (killed)."""
+        self.queries += 1
+        try:
+            self._send(orjson.dumps({"sql": sql, "limit": limit}))
+            header = await asyncio.wait_for(self._read(), timeout)
+            if header.get("ok"):
+                body = await asyncio.wait_for(self._read_bytes(), timeout)
+                return QueryResult(body, int(header["rows"]), bool(header["truncated"]))
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            self.kill()
+            raise ExecutorUnavailable("query executor failed; retry") from None
+        if header.get("retire"):
+            self.kill()
+        raise QueryFailed(str(header.get("code")), str(header.get("reason")))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, 9)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def close(self) -> None:
+        self.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.wait(), 5)
+
+
+class ExecutorPool:
+    """At most `size` executors; idle ones are kept bound to their dataset version."""
+
+    def __init__(
+        self,
+        size: int,
+        limits: ExecutorLimits,
+        isolation: Isolation,
+        uid: int = 65533,
+        max_queries: int = 10_000,
+    ) -> None:
+        self.size = size
+        self.limits = limits
+        self.isolation = isolation
+        self.uid = uid
+        self.max_queries = max_queries  # recycled after this many queries
+        self.live = 0
+        self.idle: OrderedDict[int, Executor] = OrderedDict()  # id → executor, LRU first
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def _take(self, binding: Binding) -> Executor | bool | None:
+        """An idle executor for `binding`, or True when a new one may start, else None."""
+        for ident, ex in list(self.idle.items()):
+            if not ex.alive:  # died while idle
+                del self.idle[ident]
+                self.live -= 1
+        for ident, ex in reversed(self.idle.items()):
+            if ex.binding == binding and ex.alive:
+                del self.idle[ident]
+                return ex
+        if self.live < self.size:
+            self.live += 1
+            return True
+        if self.idle:
+            _, victim = self.idle.popitem(last=False)  # recycle the least recently used
+            self._close_later(victim)
+            return True
+        return None
+
+    def _close_later(self, ex: Executor) -> None:
+        task = asyncio.get_running_loop().create_task(ex.close())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self, binding: Binding, sql: str, limit: int) -> QueryResult:
+        taken = self._take(binding)
+        if taken is None:
+            raise OverloadedError("all query executors are busy; retry shortly")
+        ex: Executor | None = None
+        try:
+            if isinstance(taken, Executor):
+                ex = taken
+            else:
+                started = time.perf_counter()
+                ex = await Executor.start(self.isolation, binding, self.limits, self.uid)
+                log.info(
+                    "query.executor_started",
+                    route=ex.route,
+                    dataset=binding.key,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            return await ex.query(sql, limit, self.limits.timeout_seconds + 5)
         finally:
-            timer.cancel()
-    except duckdb.InterruptException:
-        raise QueryFailed("query_timeout", "query exceeded its time limit") from None
-    except duckdb.OutOfMemoryException:
-        raise QueryFailed("query_out_of_memory", "query exceeded its memory limit") from None
-    except (duckdb.PermissionException, duckdb.InvalidInputException):
-        raise QueryFailed("query_denied", "query touched something it may not") from None
-    except duckdb.Error as exc:
-        raise QueryFailed("query_error", type(exc).__name__) from None
-    finally:
-        con.close()
-    return {
-        "columns": columns,
-        "rows": orjson.loads(orjson.dumps(rows, default=_json_value)),
-        "truncated": truncated,
-    }
+            if ex is not None and ex.alive and ex.queries < self.max_queries:
+                self.idle[id(ex)] = ex
+            else:
+                self.live -= 1
+                if ex is not None:
+                    self._close_later(ex)
 
-
-def _json_value(value: Any) -> Any:
-    """JSON for what orjson lacks: integral decimals (SUM of BIGINT is HUGEINT) as numbers
-    while they fit in 64 bits, everything else (big or fractional decimals, bytes) as text."""
-    if isinstance(value, Decimal) and value == value.to_integral_value():
-        as_int = int(value)
-        if -(2**63) <= as_int < 2**63:
-            return as_int
-    return str(value)
-
-
-def executor_pool(workers: int, limits: ExecutorLimits) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=get_context("forkserver"),
-        initializer=_init_executor,
-        initargs=(limits,),
-        max_tasks_per_child=200,
-    )
+    async def close(self) -> None:
+        executors = list(self.idle.values())
+        self.idle.clear()
+        await asyncio.gather(*(ex.close() for ex in executors), *self.tasks)

@@ -3,33 +3,43 @@ gate the SQL, execute it in a bounded executor pool, audit it. No SQL text is ev
 
 from __future__ import annotations
 
-import asyncio
+import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, is_within_prefixes
-from trace_platform.domain.sql_gate import SqlRejected, check_sql, sql_hash
-from trace_platform.errors import ForbiddenError, OverloadedError, TraceError, ValidationError
+from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, sql_hash
+from trace_platform.errors import ForbiddenError, TraceError, ValidationError
 from trace_platform.logs import get_logger
-from trace_platform.query.executor import ExecutorLimits, QueryFailed, execute, executor_pool
+from trace_platform.query.executor import (
+    Binding,
+    ExecutorLimits,
+    ExecutorPool,
+    ExecutorUnavailable,
+    QueryFailed,
+    QueryResult,
+)
+from trace_platform.runner.sandbox import Isolation
 
 log = get_logger(__name__)
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
+VERSION_CACHE_SECONDS = 60.0
 
 
 class QueryRejected(ValidationError):
     code = "sql_rejected"
 
 
-class ExecutorUnavailable(TraceError):
-    status = 503
-    code = "executor_unavailable"
+@lru_cache(maxsize=4096)
+def gate(sql: str) -> GatedQuery:
+    """The gate is a pure function of the SQL text: UDFs repeat their queries, so verdicts
+    that pass are remembered (rejections are not cached and re-parse every time)."""
+    return check_sql(sql)
 
 
 def clamp_limit(limit: int | None) -> int:
@@ -50,30 +60,48 @@ class QueryService:
         data: asyncpg.Pool,
         workers: int,
         limits: ExecutorLimits,
+        isolation: Isolation,
         s3_options: dict[str, str] | None = None,
+        executor_uid: int = 65533,
     ) -> None:
         self.s3_options = s3_options
         self.state = state
         self.data = data
-        self.workers = workers
         self.limits = limits
-        self.slots = asyncio.Semaphore(workers)
-        self.pool: ProcessPoolExecutor = executor_pool(workers, limits)
+        self.pool = ExecutorPool(workers, limits, isolation, executor_uid)
+        # Dataset versions are immutable (content-addressed): their rows are remembered for a
+        # short while; every grant, org and prefix check still runs on each query.
+        self.versions: OrderedDict[tuple[str, str], tuple[float, asyncpg.Record]] = OrderedDict()
 
     async def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        await self.pool.close()
 
-    async def manifest_files(
-        self, claims: CapabilityClaims, dataset_id: str
-    ) -> tuple[list[str], dict[str, str] | None]:
+    async def version_row(self, grant: DatasetGrant) -> asyncpg.Record | None:
+        cached = self.versions.get((grant.dataset_uuid, grant.dataset_version))
+        if cached is not None and time.monotonic() - cached[0] < VERSION_CACHE_SECONDS:
+            return cached[1]
+        row: asyncpg.Record | None = await self.state.fetchrow(
+            q("datasets", "get_version"), uuid.UUID(grant.dataset_uuid), grant.dataset_version
+        )
+        return row
+
+    def remember(self, grant: DatasetGrant, row: asyncpg.Record) -> None:
+        """Only rows that passed every check are remembered, for VERSION_CACHE_SECONDS."""
+        key = (grant.dataset_uuid, grant.dataset_version)
+        cached = self.versions.get(key)
+        if cached is not None and cached[1] is row:
+            return
+        self.versions[key] = (time.monotonic(), row)
+        while len(self.versions) > 1024:
+            self.versions.popitem(last=False)
+
+    async def manifest_files(self, claims: CapabilityClaims, dataset_id: str) -> Binding:
         """Exactly the granted version's files (local paths or `bucket/key` with S3 options),
         or ForbiddenError."""
         grant = next((g for g in claims.datasets if g.dataset_uuid == dataset_id), None)
         if grant is None:
             raise ForbiddenError("dataset is not granted to this task")
-        row = await self.state.fetchrow(
-            q("datasets", "get_version"), uuid.UUID(grant.dataset_uuid), grant.dataset_version
-        )
+        row = await self.version_row(grant)
         if row is None or str(row["org_id"]) != claims.org_id:
             raise ForbiddenError("granted dataset version is not available")
         prefix = grant_prefix(grant)
@@ -108,12 +136,17 @@ class QueryService:
             paths.append(str(path))
         if not paths:
             raise ForbiddenError("dataset version has no files")
-        s3 = self.s3_options if paths and prefix.startswith("s3://") else None
-        return paths, s3
+        s3 = self.s3_options if prefix.startswith("s3://") else None
+        self.remember(grant, row)
+        return Binding(
+            key=f"{grant.dataset_uuid}@{grant.dataset_version}",
+            files=tuple(paths),
+            s3=tuple(sorted(s3.items())) if s3 is not None else None,
+        )
 
     async def query(
         self, claims: CapabilityClaims, dataset_id: str, sql: str, limit: int | None
-    ) -> dict[str, Any]:
+    ) -> QueryResult:
         digest = sql_hash(sql)
         ids = {
             "task_id": claims.task_id,
@@ -122,41 +155,30 @@ class QueryService:
             "sql_sha256": digest,
         }
         try:
-            files, s3 = await self.manifest_files(claims, dataset_id)
-            gated = check_sql(sql)
+            binding = await self.manifest_files(claims, dataset_id)
+            gated = gate(sql)
         except SqlRejected as exc:
             log.warning("query.denied", reason=exc.code, **ids)
             raise QueryRejected(exc.reason, reason=exc.code) from None
         except TraceError as exc:
             log.warning("query.denied", reason=exc.code, **ids)
             raise
-        if self.slots.locked():
-            raise OverloadedError("all query executors are busy; retry shortly")
-        async with self.slots:
-            loop = asyncio.get_running_loop()
-            try:
-                result: dict[str, Any] = await asyncio.wait_for(
-                    loop.run_in_executor(
-                        self.pool, execute, files, gated.sql, clamp_limit(limit), self.limits, s3
-                    ),
-                    self.limits.timeout_seconds + 10,
-                )
-            except QueryFailed as exc:
-                log.warning("query.failed", reason=exc.code, **ids)
-                raise ValidationError(exc.reason, reason=exc.code) from None
-            except (BrokenProcessPool, TimeoutError):
-                log.error("query.executor_lost", **ids)
-                self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = executor_pool(self.workers, self.limits)
-                raise ExecutorUnavailable("query executor failed; retry") from None
+        try:
+            result = await self.pool.run(binding, gated.sql, clamp_limit(limit))
+        except QueryFailed as exc:
+            log.warning("query.failed", reason=exc.code, **ids)
+            raise ValidationError(exc.reason, reason=exc.code) from None
+        except ExecutorUnavailable:
+            log.error("query.executor_lost", **ids)
+            raise
         await self.data.execute(
             q("datasets", "insert_audit"),
             uuid.UUID(claims.org_id),
             uuid.UUID(claims.task_id),
             uuid.UUID(dataset_id),
             list(gated.columns),
-            len(result["rows"]),
+            result.rows,
             digest,
         )
-        log.info("query.allowed", rows=len(result["rows"]), truncated=result["truncated"], **ids)
+        log.info("query.allowed", rows=result.rows, truncated=result.truncated, **ids)
         return result

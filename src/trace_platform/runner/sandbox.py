@@ -57,6 +57,43 @@ def detect_isolation() -> Isolation:
     return Isolation(bwrap, is_root and has_setpriv and bwrap is not None, features)
 
 
+SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin")
+
+
+def system_binds() -> list[str]:
+    """The system runtime, read-only (what a dynamically linked interpreter needs)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for d in SYSTEM_DIRS[1:]:
+        args += ["--ro-bind-try", d, d]
+    return args
+
+
+def ro_bind_same_path(path: str) -> list[str]:
+    """Bind `path` read-only at the same place (interpreters find their libraries by absolute
+    path). bwrap would create the missing parents 0700, unreadable to the unprivileged uid:
+    create them 0755 first. Paths under the system directories are already there."""
+    if any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS):
+        return []
+    args: list[str] = []
+    for parent in reversed(Path(path).parents):
+        if str(parent) != "/":
+            args += ["--perms", "0755", "--dir", str(parent)]
+    return [*args, "--ro-bind", path, path]
+
+
+def drop_privileges(uid: int) -> list[str]:
+    """setpriv prefix: an unprivileged uid/gid, no groups, no capabilities, no new privileges."""
+    return [
+        "/usr/bin/setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ]
+
+
 def python_runtime() -> tuple[str, str]:
     """(prefix to expose read-only, interpreter) — the real interpreter, not a venv shim."""
     prefix = sys.base_prefix
@@ -92,18 +129,7 @@ def sandbox_command(
         "--unshare-cgroup-try",
         "--die-with-parent",
         "--new-session",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-        "--ro-bind-try",
-        "/lib",
-        "/lib",
-        "--ro-bind-try",
-        "/lib64",
-        "/lib64",
-        "--ro-bind-try",
-        "/bin",
-        "/bin",
+        *system_binds(),
         "--ro-bind",
         str(bundle_dir),
         "/bundle",
@@ -137,17 +163,9 @@ def sandbox_command(
     ]
     if language == "python":
         prefix, _ = python_runtime()
-        cmd += ["--ro-bind", prefix, prefix]
+        cmd += ro_bind_same_path(prefix)
     if iso.drop_uid:
-        cmd += [
-            "/usr/bin/setpriv",
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            "--no-new-privs",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ]
+        cmd += drop_privileges(uid)
     return cmd + inner
 
 

@@ -1,0 +1,296 @@
+"""The DuckDB engine of one query executor process (the second fail-closed layer).
+
+Standalone on purpose: it imports only the standard library, `duckdb` and `orjson` (and
+`pyarrow` for the Arrow route), so the query service can run it as a script inside the
+executor sandbox, where nothing of the platform is mounted.
+
+An engine is bound to one dataset version for its whole life. DuckDB is in memory with
+extensions never installed or auto-loaded, no persistent secrets, no spill files, memory and
+threads bounded, configuration locked, and a per-query interrupt. Two routes to the data:
+
+- `reader` (local files, sandboxed executor): DuckDB's own Parquet reader with external
+  access disabled except `allowed_directories` = the directories of the granted files. The
+  OS layer holds on its own: the executor sees only those files, read-only, under an
+  unprivileged uid, so even statements DuckDB would allow there (`COPY ... TO`, `glob`)
+  can neither write nor find anything else.
+- `arrow` (S3, or no sandbox available): trusted code opens strictly the manifest's files with
+  `pyarrow.dataset` and hands DuckDB an Arrow relation; DuckDB touches no file or network.
+
+Wire protocol on stdin/stdout: frames of a 4-byte big-endian length and an orjson document.
+First frame in: the binding. Then one frame in per query; out: a header frame and, on
+success, a second frame holding the response body.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, BinaryIO
+
+MAX_RESULT_BYTES = 10 * 1024 * 1024
+ROUTE_READER = "reader"
+ROUTE_ARROW = "arrow"
+_FRAME = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExecutorLimits:
+    memory_mb: int = 512  # DuckDB buffer manager; the process limit is a multiple of it
+    threads: int = 2
+    timeout_seconds: float = 10.0
+    cpu_seconds: int = 300  # per executor process, cumulative
+
+
+class QueryFailed(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[QueryFailed], tuple[str, str]]:
+        # It may cross a process boundary: pickle both arguments.
+        return (QueryFailed, (self.code, self.reason))
+
+
+def apply_limits(limits: ExecutorLimits) -> None:
+    """OS limits the executor puts on itself before it reads any query (soft = hard, and it
+    holds no capability to raise them again)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write fails, it does not kill
+    mb = 1024 * 1024
+    address_space = (limits.memory_mb * 4 + 1024) * mb
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # writes no file, not even a log
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+class Engine:
+    """One locked in-memory database bound to one dataset version's files."""
+
+    def __init__(
+        self,
+        route: str,
+        files: list[str],
+        limits: ExecutorLimits,
+        s3: dict[str, str] | None = None,
+    ) -> None:
+        import duckdb
+
+        if not files:
+            raise QueryFailed("query_error", "no files to bind")
+        self.limits = limits
+        self.dataset: Any = None
+        config: dict[str, Any] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_persistent_secrets": False,
+            "home_directory": "/nonexistent",
+            # No spill files: a query lives within memory_limit or fails (nothing on disk).
+            "temp_directory": "",
+            "memory_limit": f"{limits.memory_mb}MB",
+            "threads": limits.threads,
+        }
+        if route == ROUTE_READER:
+            if s3 is not None:
+                raise QueryFailed("query_error", "the reader route is for local files only")
+            con = duckdb.connect(":memory:", config=config)
+            dirs = sorted({os.path.dirname(f) + "/" for f in files})
+            con.execute(f"SET allowed_directories = {_sql_list(dirs)}")
+            con.execute("SET enable_external_access = false")
+            con.execute(f"CREATE VIEW dataset AS SELECT * FROM read_parquet({_sql_list(files)})")
+        elif route == ROUTE_ARROW:
+            con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
+            self.dataset = _arrow_dataset(files, s3)
+        else:
+            raise QueryFailed("query_error", "unknown route")
+        con.execute("SET lock_configuration = true")
+        self.con = con
+        self.watchdog = Watchdog()
+
+    def query(self, sql: str, limit: int) -> tuple[bytes, int, bool]:
+        """Run one query; (response body, row count, truncated) or QueryFailed."""
+        import duckdb
+
+        # Independent of the gate: DuckDB's own parser must see exactly one SELECT.
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error:
+            raise QueryFailed("query_denied", "statement rejected by the engine") from None
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise QueryFailed("query_denied", "only one SELECT statement may run")
+        import orjson
+
+        con = self.con.cursor()  # a fresh connection: nothing of one query leaks into the next
+        try:
+            if self.dataset is not None:
+                con.register("dataset", self.dataset)
+            self.watchdog.arm(con, self.limits.timeout_seconds)
+            try:
+                result = con.execute(sql)
+                columns = [{"name": d[0], "type": str(d[1])} for d in result.description or []]
+                rows = result.fetchmany(limit + 1)
+            finally:
+                self.watchdog.disarm()
+        except duckdb.InterruptException:
+            raise QueryFailed("query_timeout", "query exceeded its time limit") from None
+        except duckdb.OutOfMemoryException:
+            raise QueryFailed("query_out_of_memory", "query exceeded its memory limit") from None
+        except (duckdb.PermissionException, duckdb.InvalidInputException):
+            raise QueryFailed("query_denied", "query touched something it may not") from None
+        except duckdb.IOException:
+            raise QueryFailed("query_denied", "query touched a file it may not") from None
+        except duckdb.Error as exc:
+            raise QueryFailed("query_error", type(exc).__name__) from None
+        finally:
+            con.close()
+        truncated = len(rows) > limit
+        del rows[limit:]
+        encoded = orjson.dumps(rows, default=json_value)
+        if len(encoded) > MAX_RESULT_BYTES:  # keep the rows that fit, in order
+            size, keep = 2, 0
+            for row in rows:
+                size += len(orjson.dumps(row, default=json_value)) + 1
+                if size > MAX_RESULT_BYTES:
+                    break
+                keep += 1
+            del rows[keep:]
+            truncated = True
+            encoded = orjson.dumps(rows, default=json_value)
+        head = orjson.dumps({"columns": columns, "truncated": truncated})
+        body = head[:-1] + b',"rows":' + encoded + b"}"
+        return body, len(rows), truncated
+
+
+class Watchdog:
+    """One thread that interrupts the running query once past its deadline. It checks every
+    `tick` seconds instead of being woken per query (no thread start or wake-up per query)."""
+
+    def __init__(self, tick: float = 0.05) -> None:
+        self._lock = threading.Lock()
+        self._target: Any = None
+        self._deadline = 0.0
+        self._tick = tick
+        threading.Thread(target=self._run, name="query-watchdog", daemon=True).start()
+
+    def arm(self, con: Any, seconds: float) -> None:
+        with self._lock:
+            self._target, self._deadline = con, time.monotonic() + seconds
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._target = None
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._tick)
+            with self._lock:
+                if self._target is not None and time.monotonic() >= self._deadline:
+                    self._target.interrupt()
+                    self._target = None
+
+
+def _arrow_dataset(files: list[str], s3: dict[str, str] | None) -> Any:
+    """Strictly the manifest's files (local paths, or `bucket/key` through an S3 filesystem
+    built from options the trusted service handed over), Parquet footers read once."""
+    import pyarrow.dataset as ds
+
+    filesystem = None
+    if s3 is not None:
+        from pyarrow import fs
+
+        filesystem = fs.S3FileSystem(**s3)
+    dataset = ds.dataset(list(files), format="parquet", filesystem=filesystem)
+    for fragment in dataset.get_fragments():
+        fragment.ensure_complete_metadata()
+    return dataset
+
+
+def json_value(value: Any) -> Any:
+    """JSON for what orjson lacks: integral decimals (SUM of BIGINT is HUGEINT) as numbers
+    while they fit in 64 bits, everything else (big or fractional decimals, bytes) as text."""
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        as_int = int(value)
+        if -(2**63) <= as_int < 2**63:
+            return as_int
+    return str(value)
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    import orjson
+
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (size,) = _FRAME.unpack(head)
+    if size > MAX_FRAME:
+        raise ValueError("frame too large")
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return orjson.loads(data)
+
+
+def write_frames(stream: BinaryIO, *payloads: bytes) -> None:
+    stream.write(b"".join(_FRAME.pack(len(p)) + p for p in payloads))
+    stream.flush()
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> int:
+    """The executor's loop: bind, say ready, answer queries until stdin closes."""
+    import orjson
+
+    init = read_frame(inp)
+    if not isinstance(init, dict):
+        return 2
+    limits = ExecutorLimits(**init["limits"])
+    try:
+        apply_limits(limits)
+        engine = Engine(init["route"], list(init["files"]), limits, init.get("s3"))
+    except QueryFailed as exc:
+        write_frames(out, orjson.dumps({"ok": False, "code": exc.code, "reason": exc.reason}))
+        return 1
+    except Exception as exc:
+        write_frames(out, orjson.dumps({"ok": False, "code": "bind", "reason": type(exc).__name__}))
+        return 1
+    write_frames(out, orjson.dumps({"ok": True, "ready": True}))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # from here on nothing (no SQL) can reach the service's log
+    while (request := read_frame(inp)) is not None:
+        try:
+            body, count, truncated = engine.query(str(request["sql"]), int(request["limit"]))
+        except QueryFailed as exc:
+            write_frames(out, orjson.dumps({"ok": False, "code": exc.code, "reason": exc.reason}))
+            continue
+        except MemoryError:
+            failure = {"ok": False, "code": "query_out_of_memory", "reason": "out of memory"}
+            write_frames(out, orjson.dumps({**failure, "retire": True}))
+            return 1
+        except Exception as exc:
+            reply = {"ok": False, "code": "query_error", "reason": type(exc).__name__}
+            write_frames(out, orjson.dumps({**reply, "retire": True}))
+            return 1
+        header = orjson.dumps({"ok": True, "rows": count, "truncated": truncated})
+        write_frames(out, header, body)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as a script inside the sandbox: `engine.py SITE_DIR` puts the (read-only) directory
+    # holding duckdb/orjson/pyarrow on the path; nothing else of the platform is importable.
+    if len(sys.argv) > 1:
+        sys.path.insert(0, sys.argv[1])
+    raise SystemExit(serve(sys.stdin.buffer, sys.stdout.buffer))
