@@ -32,15 +32,20 @@ def handler(event, context):
         raise FatalError("threshold_wei must be a non-negative integer")
     alerts = []
     for t in transfers_above(event, context, threshold):
-        alerts.append({
-            "alert_definition_id": str(RULE),
-            "dedupe_key": f"large-transfer:{t['tx_hash']}",
-            "event_time": t.get("ts") or t.get("time") or "2024-01-01T00:00:00Z",
-            "chain_id": t.get("chain_id", 1),
-            "block_number": t.get("block_number"),
-            "tx_hash": t["tx_hash"],
-            "payload": {"value_wei": str(t["value_wei"]), "rule": "large-transfer",
-                        "language": "python"},
-        })
+        alerts.append(
+            {
+                "alert_definition_id": str(RULE),
+                "dedupe_key": f"large-transfer:{t['tx_hash']}",
+                "event_time": t.get("ts") or t.get("time") or "2024-01-01T00:00:00Z",
+                "chain_id": t.get("chain_id", 1),
+                "block_number": t.get("block_number"),
+                "tx_hash": t["tx_hash"],
+                "payload": {
+                    "value_wei": str(t["value_wei"]),
+                    "rule": "large-transfer",
+                    "language": "python",
+                },
+            }
+        )
     context.log.info(f"{len(alerts)} large transfers")
     return alerts

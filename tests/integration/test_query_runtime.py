@@ -198,9 +198,7 @@ def test_engine_interrupts_a_runaway_query(canary: dict[str, Any]) -> None:
 
 def test_result_bytes_are_capped_and_marked_truncated(canary: dict[str, Any]) -> None:
     engine = Engine(ROUTE_READER, [canary["data"]], LIMITS)
-    body, rows, truncated = engine.query(
-        "SELECT repeat('x', 2000000) AS s FROM dataset", limit=10
-    )
+    body, rows, truncated = engine.query("SELECT repeat('x', 2000000) AS s FROM dataset", limit=10)
     assert truncated and rows == 5 and len(body) <= 10 * 1024 * 1024 + 200
     assert orjson.loads(body)["truncated"] is True
 
