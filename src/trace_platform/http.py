@@ -149,6 +149,8 @@ def serve(app: Any, host: str, port: int) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
         backlog=2048,
+        # Loopback services: no proxy in front whose headers would be trusted.
+        proxy_headers=False,
     )
     server = GracefulServer(config)
     server.run()

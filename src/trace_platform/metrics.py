@@ -52,6 +52,21 @@ SINK_BATCHES = Counter(
 SINK_ROWS = Counter(
     "trace_sink_rows_total", "Rows handled by the sink, by result.", ["result"], registry=REGISTRY
 )
+QUERIES = Counter(
+    "trace_queries_total",
+    "Queries answered by the query service, by outcome (allowed, or the denial/failure code).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+QUERY_EXECUTOR_STARTS = Counter(
+    "trace_query_executor_starts_total",
+    "Query executor processes started, by route (reader, arrow) and result.",
+    ["route", "result"],
+    registry=REGISTRY,
+)
+QUERY_EXECUTORS = Gauge(
+    "trace_query_executors", "Live query executor processes.", registry=REGISTRY
+)
 IN_FLIGHT = Gauge("trace_in_flight", "Work items in flight in this process.", registry=REGISTRY)
 
 

@@ -337,6 +337,39 @@ async def test_each_successful_query_is_audited_without_sql(
     assert "SELECT" not in json.dumps(dict(row), default=str)
 
 
+async def test_metrics_count_outcomes_and_executors_are_reused(
+    q_settings: Settings, attempt: Attempt, datasets: dict[str, Any]
+) -> None:
+    async def samples() -> dict[str, float]:
+        async with httpx.AsyncClient(timeout=10) as c:
+            text = (await c.get(f"{q_settings.query_url}/metrics")).text
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+
+    warm = await query(q_settings, attempt, "SELECT 1 FROM dataset LIMIT 1", datasets["chain"])
+    assert warm.status_code == 200
+    before = await samples()
+    for _ in range(3):
+        ok = await query(q_settings, attempt, "SELECT count(*) FROM dataset", datasets["chain"])
+        assert ok.status_code == 200
+    denied = await query(q_settings, attempt, "SELECT * FROM glob('/*')", datasets["chain"])
+    assert denied.status_code == 400
+    after = await samples()
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew('trace_queries_total{outcome="allowed"}') == 3
+    reason = denied.json()["reason"]
+    assert grew(f'trace_queries_total{{outcome="{reason}"}}') == 1
+    # The executor bound to this dataset version answered all three: none was started.
+    assert grew('trace_query_executor_starts_total{result="ok",route="reader"}') == 0
+    assert 1 <= after["trace_query_executors"] <= q_settings.query_executors
+
+
 async def test_udf_reads_its_granted_dataset_through_context_query(
     q_settings: Settings,
     services: dict[str, Proc],

@@ -252,6 +252,51 @@ async def test_sandboxed_executor_lists_and_reads_only_the_granted_files(
     assert "/data/part-00000.parquet" in repr(views) and "canary" not in repr(views)
 
 
+async def test_pool_recycles_idle_executors_and_replaces_dead_ones(
+    canary: dict[str, Any],
+) -> None:
+    pool = ExecutorPool(1, LIMITS, detect_isolation())
+    a = Binding("a@1", (str(canary["version"] / "data.parquet"),))
+    b = Binding("b@1", (canary["data"],))
+    try:
+        first = await pool.run(a, "SELECT count(*) FROM dataset", 5)
+        assert first.rows == 1 and pool.live == 1
+        # The only executor is bound to `a`; `b` recycles it (least recently used, idle).
+        other = await pool.run(b, "SELECT sum(x) FROM dataset", 5)
+        assert orjson.loads(other.body)["rows"] == [[45]] and pool.live == 1
+        (executor,) = pool.idle.values()
+        assert executor.binding == b
+        executor.proc.kill()  # dies while idle
+        await executor.proc.wait()
+        again = await pool.run(b, "SELECT max(x) FROM dataset", 5)
+        assert orjson.loads(again.body)["rows"] == [[9]] and pool.live == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_cancelled_query_never_hands_its_reply_to_the_next(
+    canary: dict[str, Any],
+) -> None:
+    pool = ExecutorPool(1, ExecutorLimits(timeout_seconds=3), detect_isolation())
+    binding = Binding("a@1", (canary["data"],))
+    slow_sql = (
+        "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
+        " dataset g, dataset h WHERE a.x + b.x >= 0"
+    )
+    try:
+        await pool.run(binding, "SELECT 1", 1)  # started and bound
+        slow = asyncio.create_task(pool.run(binding, slow_sql, 1))
+        while pool.idle:  # until the slow query has taken the executor and been sent
+            await asyncio.sleep(0.005)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        result = await pool.run(binding, "SELECT 'fresh' AS answer", 1)
+        assert orjson.loads(result.body)["rows"] == [["fresh"]]
+    finally:
+        await pool.close()
+
+
 PROBE = r"""
 import json, os, socket, sys
 sys.path.insert(0, "/opt/trace/lib")

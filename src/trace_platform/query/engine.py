@@ -120,18 +120,24 @@ class Engine:
         con.execute("SET lock_configuration = true")
         self.con = con
         self.watchdog = Watchdog()
+        self._checked: set[str] = set()
 
     def query(self, sql: str, limit: int) -> tuple[bytes, int, bool]:
         """Run one query; (response body, row count, truncated) or QueryFailed."""
         import duckdb
 
-        # Independent of the gate: DuckDB's own parser must see exactly one SELECT.
-        try:
-            statements = duckdb.extract_statements(sql)
-        except duckdb.Error:
-            raise QueryFailed("query_denied", "statement rejected by the engine") from None
-        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-            raise QueryFailed("query_denied", "only one SELECT statement may run")
+        # Independent of the gate: DuckDB's own parser must see exactly one SELECT. (A pure
+        # function of the text, ~0.2 ms: texts that passed are remembered.)
+        if sql not in self._checked:
+            try:
+                statements = duckdb.extract_statements(sql)
+            except duckdb.Error:
+                raise QueryFailed("query_denied", "statement rejected by the engine") from None
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                raise QueryFailed("query_denied", "only one SELECT statement may run")
+            if len(self._checked) >= 1024:
+                self._checked.clear()
+            self._checked.add(sql)
         import orjson
 
         con = self.con.cursor()  # a fresh connection: nothing of one query leaks into the next

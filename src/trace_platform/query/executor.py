@@ -30,6 +30,7 @@ import orjson
 
 from trace_platform.errors import OverloadedError, TraceError
 from trace_platform.logs import get_logger
+from trace_platform.metrics import QUERY_EXECUTOR_STARTS, QUERY_EXECUTORS
 from trace_platform.query import engine
 from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, ExecutorLimits, QueryFailed
 from trace_platform.runner.sandbox import (
@@ -140,6 +141,7 @@ class Executor:
         self.proc = proc
         self.route = route
         self.queries = 0
+        self.in_flight = False
 
     @classmethod
     async def start(
@@ -175,9 +177,11 @@ class Executor:
                         "utf-8", "replace"
                     )
             ex.kill()
+            QUERY_EXECUTOR_STARTS.labels(route, "failed").inc()
             code = reply.get("code") if isinstance(reply, dict) else "no_reply"
             log.error("query.executor_start_failed", code=code, detail=detail.strip()[:400])
             raise ExecutorUnavailable("query executor could not start")
+        QUERY_EXECUTOR_STARTS.labels(route, "ok").inc()
         return ex  # it silenced its own stderr once bound: nothing more arrives there
 
     def _send(self, payload: bytes) -> None:
@@ -197,15 +201,19 @@ class Executor:
         """QueryFailed for a refused or failed query (the executor stays usable unless it
         says otherwise); ExecutorUnavailable when the process is lost or stuck (killed)."""
         self.queries += 1
+        self.in_flight = True  # until the whole reply is read; if not, never reuse it
         try:
-            self._send(orjson.dumps({"sql": sql, "limit": limit}))
-            header = await asyncio.wait_for(self._read(), timeout)
-            if header.get("ok"):
-                body = await asyncio.wait_for(self._read_bytes(), timeout)
-                return QueryResult(body, int(header["rows"]), bool(header["truncated"]))
+            async with asyncio.timeout(timeout):
+                self._send(orjson.dumps({"sql": sql, "limit": limit}))
+                header = await self._read()
+                if header.get("ok"):
+                    body = await self._read_bytes()
+                    self.in_flight = False
+                    return QueryResult(body, int(header["rows"]), bool(header["truncated"]))
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             self.kill()
             raise ExecutorUnavailable("query executor failed; retry") from None
+        self.in_flight = False
         if header.get("retire"):
             self.kill()
         raise QueryFailed(str(header.get("code")), str(header.get("reason")))
@@ -243,9 +251,19 @@ class ExecutorPool:
         self.isolation = isolation
         self.uid = uid
         self.max_queries = max_queries  # recycled after this many queries
-        self.live = 0
+        self._live = 0
         self.idle: OrderedDict[int, Executor] = OrderedDict()  # id → executor, LRU first
         self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def live(self) -> int:
+        """Executors started or starting (at most `size`)."""
+        return self._live
+
+    @live.setter
+    def live(self, value: int) -> None:
+        self._live = value
+        QUERY_EXECUTORS.set(value)
 
     def _take(self, binding: Binding) -> Executor | bool | None:
         """An idle executor for `binding`, or True when a new one may start, else None."""
@@ -290,7 +308,8 @@ class ExecutorPool:
                 )
             return await ex.query(sql, limit, self.limits.timeout_seconds + 5)
         finally:
-            if ex is not None and ex.alive and ex.queries < self.max_queries:
+            reusable = ex is not None and ex.alive and not ex.in_flight
+            if ex is not None and reusable and ex.queries < self.max_queries:
                 self.idle[id(ex)] = ex
             else:
                 self.live -= 1

@@ -14,8 +14,9 @@ import asyncpg
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, is_within_prefixes
 from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, sql_hash
-from trace_platform.errors import ForbiddenError, TraceError, ValidationError
+from trace_platform.errors import ForbiddenError, OverloadedError, TraceError, ValidationError
 from trace_platform.logs import get_logger
+from trace_platform.metrics import QUERIES
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
@@ -158,18 +159,25 @@ class QueryService:
             binding = await self.manifest_files(claims, dataset_id)
             gated = gate(sql)
         except SqlRejected as exc:
+            QUERIES.labels(exc.code).inc()
             log.warning("query.denied", reason=exc.code, **ids)
             raise QueryRejected(exc.reason, reason=exc.code) from None
         except TraceError as exc:
+            QUERIES.labels(exc.code).inc()
             log.warning("query.denied", reason=exc.code, **ids)
             raise
         try:
             result = await self.pool.run(binding, gated.sql, clamp_limit(limit))
         except QueryFailed as exc:
+            QUERIES.labels(exc.code).inc()
             log.warning("query.failed", reason=exc.code, **ids)
             raise ValidationError(exc.reason, reason=exc.code) from None
         except ExecutorUnavailable:
+            QUERIES.labels("executor_unavailable").inc()
             log.error("query.executor_lost", **ids)
+            raise
+        except OverloadedError:
+            QUERIES.labels("overloaded").inc()
             raise
         await self.data.execute(
             q("datasets", "insert_audit"),
@@ -180,5 +188,6 @@ class QueryService:
             result.rows,
             digest,
         )
+        QUERIES.labels("allowed").inc()
         log.info("query.allowed", rows=result.rows, truncated=result.truncated, **ids)
         return result
