@@ -1,7 +1,9 @@
-"""Query path latency: POST /v1/task/query (HTTP + token + gate + manifest + executor process +
-Arrow attach) next to raw in-process DuckDB on the same 2,000,000-row Parquet file, same run.
+"""Query path latency: POST /v1/task/query (HTTP + token + gate + manifest checks + a sandboxed
+executor process bound to the dataset version + audit row) next to in-process DuckDB on the
+same 2,000,000-row Parquet file in the same run: raw `read_parquet`, DuckDB locked down to the
+file's directory (`allowed_directories`), and an Arrow dataset. Routes take turns in each run.
 
-    .venv/bin/python bench/query_bench.py [--rows 2000000] [--runs 30]
+    .venv/bin/python bench/query_bench.py [--rows 2000000] [--runs 50]
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,13 @@ def test_declared_defaults_match_the_settings_class() -> None:
     defaults = Settings()
     for s in SETTINGS:
         assert getattr(defaults, s.name) == s.default, s.name
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    first_cells = " ".join(
+        line.split("|")[1] for line in readme.splitlines() if line.startswith("| `TRACE_")
+    )
+    documented = set(re.findall(r"TRACE_[A-Z0-9_]+", first_cells))
+    missing = [s.env for s in SETTINGS if s.env not in documented]
+    assert not missing, f"README configuration table lacks {missing}"
