@@ -38,7 +38,7 @@ from trace_platform.query.executor import (
     launch_command,
     library_dir,
 )
-from trace_platform.runner.sandbox import detect_isolation
+from trace_platform.runner.sandbox import Isolation, detect_isolation
 
 LIMITS = ExecutorLimits(timeout_seconds=5)
 ROUTES = [ROUTE_READER, ROUTE_ARROW]
@@ -293,6 +293,27 @@ async def test_a_cancelled_query_never_hands_its_reply_to_the_next(
             await slow
         result = await pool.run(binding, "SELECT 'fresh' AS answer", 1)
         assert orjson.loads(result.body)["rows"] == [["fresh"]]
+    finally:
+        await pool.close()
+
+
+async def test_without_bubblewrap_executors_take_the_arrow_route(
+    canary: dict[str, Any], untouched: None
+) -> None:
+    weak = Isolation(bwrap=None, drop_uid=False, features={"filesystem_view": False})
+    pool = ExecutorPool(1, LIMITS, weak)
+    binding = Binding("a@1", (canary["data"],))
+    try:
+        result = await pool.run(binding, "SELECT sum(x) FROM dataset WHERE x < 5", 5)
+        assert orjson.loads(result.body)["rows"] == [[10]]
+        assert next(iter(pool.idle.values())).route == ROUTE_ARROW
+        for sql in (
+            f"SELECT * FROM read_parquet('{canary['data']}')",  # the granted file, by path
+            f"SELECT * FROM read_csv('{canary['root']}/secret.csv')",
+            "SELECT * FROM glob('/*')",
+        ):
+            with pytest.raises(QueryFailed):
+                await pool.run(binding, sql, 5)
     finally:
         await pool.close()
 
