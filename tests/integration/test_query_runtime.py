@@ -318,6 +318,27 @@ async def test_without_bubblewrap_executors_take_the_arrow_route(
         await pool.close()
 
 
+async def test_an_executor_retires_long_before_its_cpu_limit(canary: dict[str, Any]) -> None:
+    # RLIMIT_CPU counts a process's whole life: past half of it, the engine answers and exits,
+    # and the pool starts a fresh executor for the next query.
+    limits = ExecutorLimits(threads=1, timeout_seconds=1.2, cpu_seconds=2)
+    pool = ExecutorPool(1, limits, detect_isolation())
+    binding = Binding("a@1", (canary["data"],))
+    burn = (
+        "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
+        " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
+    )
+    try:
+        with pytest.raises(QueryFailed) as err:
+            await pool.run(binding, burn, 1)  # ~1.2 s of CPU on one thread: past half of 2 s
+        assert err.value.code == "query_timeout"
+        assert not pool.idle and pool.live == 0  # retired, not kept
+        fresh = await pool.run(binding, "SELECT count(*) FROM dataset", 1)
+        assert orjson.loads(fresh.body)["rows"] == [[10]]
+    finally:
+        await pool.close()
+
+
 PROBE = r"""
 import json, os, socket, sys
 sys.path.insert(0, "/opt/trace/lib")

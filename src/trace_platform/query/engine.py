@@ -278,19 +278,27 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     while (request := read_frame(inp)) is not None:
         try:
             body, count, truncated = engine.query(str(request["sql"]), int(request["limit"]))
+            reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
         except QueryFailed as exc:
-            write_frames(out, orjson.dumps({"ok": False, "code": exc.code, "reason": exc.reason}))
-            continue
+            reply, body = {"ok": False, "code": exc.code, "reason": exc.reason}, b""
         except MemoryError:
-            failure = {"ok": False, "code": "query_out_of_memory", "reason": "out of memory"}
-            write_frames(out, orjson.dumps({**failure, "retire": True}))
+            reply = {"ok": False, "code": "query_out_of_memory", "reason": "out of memory"}
+            write_frames(out, orjson.dumps({**reply, "retire": True}))
             return 1
         except Exception as exc:
             reply = {"ok": False, "code": "query_error", "reason": type(exc).__name__}
             write_frames(out, orjson.dumps({**reply, "retire": True}))
             return 1
-        header = orjson.dumps({"ok": True, "rows": count, "truncated": truncated})
-        write_frames(out, header, body)
+        # RLIMIT_CPU is cumulative: retire (answer, then exit) well before it could strike
+        # in the middle of a later query.
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        retire = usage.ru_utime + usage.ru_stime > limits.cpu_seconds / 2
+        if retire:
+            reply["retire"] = True
+        header = orjson.dumps(reply)
+        write_frames(out, *((header, body) if reply["ok"] else (header,)))
+        if retire:
+            return 0
     return 0
 
 

@@ -142,6 +142,7 @@ class Executor:
         self.route = route
         self.queries = 0
         self.in_flight = False
+        self.retiring = False
 
     @classmethod
     async def start(
@@ -209,12 +210,14 @@ class Executor:
                 if header.get("ok"):
                     body = await self._read_bytes()
                     self.in_flight = False
+                    self.retiring = bool(header.get("retire"))  # it exits after this reply
                     return QueryResult(body, int(header["rows"]), bool(header["truncated"]))
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             self.kill()
             raise ExecutorUnavailable("query executor failed; retry") from None
         self.in_flight = False
         if header.get("retire"):
+            self.retiring = True
             self.kill()
         raise QueryFailed(str(header.get("code")), str(header.get("reason")))
 
@@ -308,7 +311,7 @@ class ExecutorPool:
                 )
             return await ex.query(sql, limit, self.limits.timeout_seconds + 5)
         finally:
-            reusable = ex is not None and ex.alive and not ex.in_flight
+            reusable = ex is not None and ex.alive and not (ex.in_flight or ex.retiring)
             if ex is not None and reusable and ex.queries < self.max_queries:
                 self.idle[id(ex)] = ex
             else:
