@@ -36,6 +36,7 @@ from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, ExecutorLimit
 from trace_platform.runner.sandbox import (
     Isolation,
     drop_privileges,
+    namespaces,
     python_runtime,
     ro_bind_same_path,
     system_binds,
@@ -92,12 +93,7 @@ def launch_command(
     prefix, exe = python_runtime()
     cmd = [
         iso.bwrap,
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--die-with-parent",
-        "--new-session",
+        *namespaces(network=binding.s3 is not None),
         *system_binds(),
         *ro_bind_same_path(prefix),
         "--perms",
@@ -117,7 +113,6 @@ def launch_command(
         "--clearenv",
     ]
     if binding.s3 is None:
-        cmd.append("--unshare-net")
         cmd += ["--perms", "0755", "--dir", SANDBOX_DATA]
         seen: list[str] = []
         for i, path in enumerate(binding.files):

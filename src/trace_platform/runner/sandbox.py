@@ -60,6 +60,21 @@ def detect_isolation() -> Isolation:
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin")
 
 
+def namespaces(network: bool = False) -> list[str]:
+    """bwrap namespace options: own PID/IPC/UTS/cgroup spaces, killed with its parent, no
+    controlling terminal, and no network unless asked for."""
+    args = [] if network else ["--unshare-net"]
+    return [
+        *args,
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+    ]
+
+
 def system_binds() -> list[str]:
     """The system runtime, read-only (what a dynamically linked interpreter needs)."""
     args = ["--ro-bind", "/usr", "/usr"]
@@ -122,13 +137,7 @@ def sandbox_command(
     inner = handler_command(language, limits)
     cmd = [
         iso.bwrap,
-        "--unshare-net",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--die-with-parent",
-        "--new-session",
+        *namespaces(),
         *system_binds(),
         "--ro-bind",
         str(bundle_dir),
