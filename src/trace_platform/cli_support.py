@@ -20,6 +20,8 @@ from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
 from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
+from trace_platform.errors import ConfigError
+from trace_platform.ports import QueueStats
 
 CREATE_CHUNK = 5000
 
@@ -76,7 +78,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
                 "visible": s.visible,
                 "oldest_age_seconds": round(s.oldest_age_seconds, 3),
             }
-            for s in await PgQueue(pool).stats()
+            for s in await _queue_stats(settings, pool)
         ]
     urls = await resolve_databases(settings)
     report: dict[str, Any] = {"tasks": tasks, "queues": queues, "outbox": outbox}
@@ -120,21 +122,40 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def _queue_stats(settings: Settings, pool: asyncpg.Pool) -> list[QueueStats]:
+    if settings.queue_backend == "sqs":
+        from trace_platform.adapters.sqs_queue import SqsQueue
+
+        return await SqsQueue(prefix=settings.sqs_queue_prefix, create=False).stats()
+    return await PgQueue(pool).stats()
+
+
 BUFFER_QUEUE = "buffer_queue"
 BUFFER_DLQ = "buffer_queue_dlq"
 
 
+def _pgqueue_only(settings: Settings) -> None:
+    if settings.queue_backend != "postgres":
+        raise ConfigError(
+            "trace dlq manages the Postgres queue; with TRACE_QUEUE_BACKEND=sqs inspect and "
+            f"redrive the SQS queue {settings.sqs_queue_prefix}{BUFFER_DLQ} (StartMessageMoveTask)"
+        )
+
+
 async def list_dlq(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    _pgqueue_only(settings)
     async with state_pool(settings) as pool:
         return await PgQueue(pool).list_messages(BUFFER_DLQ, limit)
 
 
 async def redrive_dlq(settings: Settings, ids: list[uuid.UUID] | None) -> int:
+    _pgqueue_only(settings)
     async with state_pool(settings) as pool:
         return await PgQueue(pool).redrive(BUFFER_DLQ, ids, BUFFER_QUEUE)
 
 
 async def purge_dlq(settings: Settings, ids: list[uuid.UUID]) -> int:
+    _pgqueue_only(settings)
     async with state_pool(settings) as pool:
         return await PgQueue(pool).purge(BUFFER_DLQ, ids)
 

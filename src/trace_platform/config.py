@@ -64,6 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_endpoint_url", str, None, "S3-compatible endpoint URL (for non-AWS S3)."),
     Setting("worker_concurrency", int, 32, "Tasks a worker runs at once."),
     Setting("visibility_seconds", float, 30.0, "Queue visibility timeout for received messages."),
+    Setting("queue_backend", str, "postgres", "Queues: postgres (pgqueue) or sqs (extra [aws])."),
+    Setting("sqs_queue_prefix", str, "trace-", "SQS queue names are this prefix + queue name."),
     Setting("sink_max_deliveries", int, 5, "Deliveries before a buffer batch goes to the DLQ."),
     Setting("sink_retry_base_seconds", float, 1.0, "First redelivery delay of a rejected batch."),
     Setting("sink_concurrency", int, 2, "Batches the sink ingests at once."),
@@ -110,6 +112,8 @@ class Settings:
     s3_endpoint_url: str | None = None
     worker_concurrency: int = 32
     visibility_seconds: float = 30.0
+    queue_backend: str = "postgres"
+    sqs_queue_prefix: str = "trace-"
     sink_max_deliveries: int = 5
     sink_retry_base_seconds: float = 1.0
     sink_concurrency: int = 2
@@ -179,6 +183,8 @@ class Settings:
             raise ConfigError("TRACE_PORT must be a TCP port number")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ConfigError("TRACE_RETRY_MAX_SECONDS must be >= TRACE_RETRY_BASE_SECONDS")
+        if self.queue_backend not in ("postgres", "sqs"):
+            raise ConfigError("TRACE_QUEUE_BACKEND must be postgres or sqs")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("TRACE_LOG_LEVEL must be debug, info, warning or error")
 

@@ -14,12 +14,14 @@ from trace_platform.domain.capability import CapabilityClaims
 
 @dataclass(frozen=True)
 class ReceivedMessage:
-    """One delivery of a message. `deliveries` fences ack/extend like a receipt handle."""
+    """One delivery of a message. `deliveries` fences ack/extend like a receipt handle (pgqueue);
+    `receipt` is the backend's own handle where it has one (SQS)."""
 
     message_id: uuid.UUID
     payload: dict[str, Any]
     deliveries: int
     created_at: datetime | None = None
+    receipt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class Queue(Protocol):
 
     async def stats(self) -> list[QueueStats]:
         """Depth, visible count and oldest age per queue."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (listeners, clients)."""
         ...
 
 

@@ -100,3 +100,15 @@ def test_bad_input_gets_a_clear_one_line_error_and_changes_nothing(settings: Set
         assert out.returncode != 0, args
         assert needle in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_dlq_commands_say_what_to_do_on_the_sqs_backend(settings: Settings) -> None:
+    out = trace(settings.replace(queue_backend="sqs"), "dlq", "list")
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert "TRACE_QUEUE_BACKEND=sqs" in line and "trace-buffer_queue_dlq" in line
+
+
+def test_unknown_queue_backend_is_a_clear_error(settings: Settings) -> None:
+    out = trace(settings, "--queue-backend", "kafka", "status")
+    assert out.returncode == 2 and "TRACE_QUEUE_BACKEND must be postgres or sqs" in out.stderr

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from trace_platform import __version__
 from trace_platform.adapters.local_invoker import LocalRuntimeInvoker
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
-from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         urls = await resolve_databases(settings)
         pool = await create_pool(urls.state, max_size=settings.db_pool_size)
         poke = asyncio.Event()
-        queue = PgQueue(pool, listen_dsn=urls.state)
+        queue = queue_from_settings(settings, pool, urls.state)
         service = TaskService(pool, signer, settings, outbox_poke=poke)
         state.update(pool=pool, service=service, queue=queue)
         runner = LoopRunner()

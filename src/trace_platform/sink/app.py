@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import stop_on_signals
 from trace_platform.config import Settings
@@ -19,7 +19,7 @@ async def serve_sink(settings: Settings, stop: asyncio.Event | None = None) -> N
     urls = await resolve_databases(settings)
     state_pool = await create_pool(urls.state, max_size=3)
     data_pool = await create_pool(urls.data, max_size=settings.sink_concurrency + 1)
-    queue = PgQueue(state_pool, listen_dsn=urls.state)
+    queue = queue_from_settings(settings, state_pool, urls.state)
     try:
         sink = Sink(
             queue,

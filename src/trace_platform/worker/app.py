@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from trace_platform.adapters.local_keys import load_worker_tokens
-from trace_platform.adapters.pgqueue import PgQueue
+from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import stop_on_signals
 from trace_platform.client import DispatcherClient
@@ -20,7 +20,7 @@ async def serve_worker(settings: Settings, stop: asyncio.Event | None = None) ->
     stop_on_signals(stop)
     urls = await resolve_databases(settings)
     pool = await create_pool(urls.state, max_size=min(settings.db_pool_size, 4))
-    queue = PgQueue(pool, listen_dsn=urls.state)
+    queue = queue_from_settings(settings, pool, urls.state)
     client = DispatcherClient(
         settings.resolved_dispatcher_url,
         load_worker_tokens(settings).current,
