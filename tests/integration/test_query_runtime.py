@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -28,12 +29,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.test_query import ATTACKS
+from trace_platform.adapters.local_store import LocalObjectStore
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
 from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, Engine
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
     ExecutorPool,
+    ExecutorUnavailable,
     QueryFailed,
     launch_command,
     library_dir,
@@ -337,6 +340,30 @@ async def test_an_executor_retires_long_before_its_cpu_limit(canary: dict[str, A
         assert orjson.loads(fresh.body)["rows"] == [[10]]
     finally:
         await pool.close()
+
+
+async def test_a_file_the_executor_cannot_read_fails_its_start_clearly(
+    canary: dict[str, Any], tmp_path: Path
+) -> None:
+    isolation = detect_isolation()
+    assert isolation.drop_uid, "this host runs the service as root: executors drop their uid"
+    private = tmp_path / "private.parquet"
+    pq.write_table(pa.table({"x": [1]}), private)
+    private.chmod(0o600)  # root's own: not readable by the executor's uid
+    pool = ExecutorPool(1, LIMITS, isolation)
+    try:
+        with pytest.raises(ExecutorUnavailable):
+            await pool.run(Binding("p@1", (str(private),)), "SELECT * FROM dataset", 1)
+        assert pool.live == 0
+    finally:
+        await pool.close()
+
+
+async def test_the_local_store_writes_files_the_executor_can_read(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+    info = await store.put_bytes(store.uri_for("datasets/a/b/x.parquet"), b"PAR1")
+    assert stat.S_IMODE(os.stat(store.path_of(info.uri)).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "objects").st_mode) == 0o700
 
 
 PROBE = r"""

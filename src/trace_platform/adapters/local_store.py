@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -69,7 +70,8 @@ def validate_key(key: str) -> str:
 class LocalObjectStore:
     def __init__(self, root_dir: Path, url_signer: ObjectUrlSigner | None = None) -> None:
         self.root_dir = root_dir.resolve()
-        self.root_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # private when we create it
+            self.root_dir.mkdir(parents=True, mode=0o700)
         self._root = "file://" + str(self.root_dir)
         self.url_signer = url_signer
 
@@ -108,6 +110,9 @@ class LocalObjectStore:
             tmp.unlink(missing_ok=True)
             raise
         fh.close()
+        # Readable by the unprivileged query executors, whatever the umask: they see only the
+        # files bound into their sandbox, and the store's root directory is private (0700).
+        await asyncio.to_thread(os.chmod, tmp, 0o644)
         await asyncio.to_thread(os.replace, tmp, path)
         return ObjectInfo(uri, size)
 

@@ -107,6 +107,8 @@ class Engine:
         if route == ROUTE_READER:
             if s3 is not None:
                 raise QueryFailed("query_error", "the reader route is for local files only")
+            if not all(os.access(f, os.R_OK) for f in files):
+                raise QueryFailed("dataset_unreadable", "a dataset file is not readable here")
             con = duckdb.connect(":memory:", config=config)
             dirs = sorted({os.path.dirname(f) + "/" for f in files})
             con.execute(f"SET allowed_directories = {_sql_list(dirs)}")
