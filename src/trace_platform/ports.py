@@ -87,6 +87,10 @@ class TokenSigner(Protocol):
         """Sign claims with the current key."""
         ...
 
+    async def sign_async(self, claims: CapabilityClaims) -> str:
+        """`sign` without blocking the event loop when the key is remote (KMS)."""
+        ...
+
     def verify(self, token: str) -> CapabilityClaims:
         """Verify signature, kid, alg, iss, aud, exp and claim types; raise AuthError otherwise."""
         ...

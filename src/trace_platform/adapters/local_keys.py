@@ -7,6 +7,7 @@ add the new key as `next`, wait for every verifier to load it, promote it to `cu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -54,6 +55,15 @@ def _parse_key(spec: Any, base_dir: Path | None, role: str) -> RingKey:
         raise ConfigError(f"task key ring: '{role}.kid' must be a non-empty string")
     if alg not in ALLOWED_ALGS:
         raise ConfigError(f"task key ring: '{role}.alg' must be one of {', '.join(ALLOWED_ALGS)}")
+    if isinstance(spec.get("kms_key_id"), str):
+        if alg != "ES256":
+            raise ConfigError(f"task key ring: '{role}' KMS keys are ES256")
+        try:
+            from trace_platform.adapters.kms_keys import KmsKey
+        except ImportError:  # pragma: no cover - boto3 is part of the [aws] extra
+            raise ConfigError("task key ring: KMS keys need the [aws] extra (boto3)") from None
+        kms = KmsKey(spec["kms_key_id"])
+        return RingKey(kid, alg, kms, kms.public_key())
     if alg == "HS256":
         secret = spec.get("secret")
         if not isinstance(secret, str) or len(secret.encode()) < 32:
@@ -81,7 +91,8 @@ def _parse_key(spec: Any, base_dir: Path | None, role: str) -> RingKey:
 
 
 class LocalKeyRing:
-    """TokenSigner over local keys. Keys are parsed once; verification does no parsing of PEMs."""
+    """TokenSigner over a key ring: local HS256/ES256 keys, or ES256 keys held in KMS (only the
+    signature is computed there). Keys are parsed once; verification is always local."""
 
     def __init__(self, issuer: str, current: RingKey, accepted: list[RingKey]) -> None:
         self.issuer = issuer
@@ -111,13 +122,29 @@ class LocalKeyRing:
     def kids(self) -> list[str]:
         return list(self._keys)
 
+    @property
+    def signs_remotely(self) -> bool:
+        """True when the current key lives in KMS (each signature is a network call)."""
+        return not isinstance(self.current.signing_key, (bytes, ec.EllipticCurvePrivateKey))
+
     def sign(self, claims: CapabilityClaims) -> str:
+        key = self.current
+        if self.signs_remotely:
+            header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
+            token: str = key.signing_key.sign_jws(header, claims.model_dump(mode="json"))
+            return token
         return jwt.encode(
             claims.model_dump(mode="json"),
-            self.current.signing_key,
-            algorithm=self.current.alg,
-            headers={"kid": self.current.kid, "typ": "JWT"},
+            key.signing_key,
+            algorithm=key.alg,
+            headers={"kid": key.kid, "typ": "JWT"},
         )
+
+    async def sign_async(self, claims: CapabilityClaims) -> str:
+        """Local keys sign inline (microseconds); KMS signs off the event loop."""
+        if self.signs_remotely:
+            return await asyncio.to_thread(self.sign, claims)
+        return self.sign(claims)
 
     def verify(self, token: str) -> CapabilityClaims:
         if not token or len(token) > 16384:

@@ -177,7 +177,7 @@ def build_router(
             out: dict[str, Any] = {"lease_expires_at": expires.isoformat()}
             # Long runs outlive a token: hand out a fresh one before the old one runs out.
             if claims.exp - _now() < service().settings.lease_seconds * 2:
-                out["capability_token"] = service().mint_token(
+                out["capability_token"] = await service().mint_token(
                     body.task_id,
                     body.attempt,
                     uuid.UUID(claims.org_id),

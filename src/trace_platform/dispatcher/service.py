@@ -175,7 +175,7 @@ class TaskService:
                     async with self.pool.acquire() as conn:
                         token = await self._token_for(conn, row)
                 else:  # the hot path: no grants to resolve, no round trip
-                    token = self.mint_token(row["task_id"], row["attempt"], row["org_id"])
+                    token = await self.mint_token(row["task_id"], row["attempt"], row["org_id"])
             except NotClaimedError:
                 refused.append((row["task_id"], "failed"))
                 continue
@@ -209,9 +209,11 @@ class TaskService:
                     None,
                 )
                 raise NotClaimedError("failed") from None
-        return self.mint_token(row["task_id"], row["attempt"], row["org_id"], grants, prefixes)
+        return await self.mint_token(
+            row["task_id"], row["attempt"], row["org_id"], grants, prefixes
+        )
 
-    def mint_token(
+    async def mint_token(
         self,
         task_id: uuid.UUID,
         attempt: int,
@@ -230,7 +232,7 @@ class TaskService:
             datasets=datasets,
             read_prefixes=read_prefixes,
         )
-        return self.signer.sign(claims)
+        return await self.signer.sign_async(claims)
 
     # -- attempt-scoped (capability token already verified and bound to the body) -----------
 
