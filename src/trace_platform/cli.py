@@ -432,6 +432,45 @@ def dataset_list(ctx: click.Context) -> None:
         )
 
 
+@dataset.command("query")
+@click.argument("name")
+@click.argument("sql")
+@click.option("--limit", type=int, default=None, help="Rows to return (1..10000, default 1000).")
+@click.option("--org-id", type=click.UUID, default=None, help="Owning org (default: Lite org).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
+@click.pass_context
+@handle_errors
+def dataset_query(
+    ctx: click.Context,
+    name: str,
+    sql: str,
+    limit: int | None,
+    org_id: uuid.UUID | None,
+    as_json: bool,
+) -> None:
+    """Run SQL over the newest version of NAME (relation `dataset`) through the same gate and
+    sandboxed executor as the query service: try a UDF's query before shipping it."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import query_dataset
+
+    result = run_async(query_dataset(settings, name, sql, limit, org_id))
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+        return
+    names = [c["name"] for c in result["columns"]]
+    cells = [[_cell(v) for v in row] for row in result["rows"]]
+    widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
+    click.echo("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    more = " (truncated: raise --limit)" if result["truncated"] else ""
+    click.echo(f"({len(cells)} row{'s' if len(cells) != 1 else ''}){more}", err=True)
+
+
+def _cell(value: Any) -> str:
+    return "NULL" if value is None else str(value)
+
+
 # -- tasks -------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
 from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
-from trace_platform.errors import ConfigError
+from trace_platform.errors import ConfigError, NotFoundError, ValidationError
 from trace_platform.ports import QueueStats
 
 CREATE_CHUNK = 5000
@@ -195,3 +195,49 @@ async def register_dataset_files(
 async def list_dataset_versions(settings: Settings) -> list[dict[str, Any]]:
     async with state_pool(settings) as pool:
         return await list_datasets(pool)
+
+
+async def query_dataset(
+    settings: Settings, name: str, sql: str, limit: int | None, org_id: uuid.UUID | None
+) -> dict[str, Any]:
+    """Operator's read path: the newest version of NAME through the same gate and sandboxed
+    executor as `POST /v1/task/query` (no task, so no audit row)."""
+    import orjson
+
+    from trace_platform.domain.sql_gate import SqlRejected
+    from trace_platform.query.app import s3_options
+    from trace_platform.query.executor import ExecutorLimits, ExecutorPool, QueryFailed
+    from trace_platform.query.service import clamp_limit, gate, manifest_binding
+    from trace_platform.runner.sandbox import detect_isolation
+
+    try:
+        gated = gate(sql)
+    except SqlRejected as exc:
+        raise ValidationError(f"SQL rejected ({exc.code}): {exc.reason}") from None
+    async with state_pool(settings) as pool:
+        latest = await pool.fetchrow(q("datasets", "resolve_latest"), org_id or LITE_ORG_ID, name)
+        if latest is None:
+            raise NotFoundError(f"unknown dataset {name!r}")
+        version = await pool.fetchrow(
+            q("datasets", "get_version"), latest["dataset_uuid"], latest["dataset_version"]
+        )
+    prefix = latest["storage_prefix"]
+    binding = manifest_binding(
+        f"{latest['dataset_uuid']}@{latest['dataset_version']}",
+        prefix,
+        version["manifest"] if version else None,
+        [prefix],
+        s3_options(settings),
+    )
+    limits = ExecutorLimits(
+        memory_mb=settings.query_memory_mb, timeout_seconds=settings.query_timeout_seconds
+    )
+    executors = ExecutorPool(1, limits, detect_isolation(), settings.query_uid)
+    try:
+        result = await executors.run(binding, gated.sql, clamp_limit(limit))
+    except QueryFailed as exc:
+        raise ValidationError(f"query failed ({exc.code}): {exc.reason}") from None
+    finally:
+        await executors.close()
+    out: dict[str, Any] = orjson.loads(result.body)
+    return out

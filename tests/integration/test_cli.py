@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -112,3 +113,33 @@ def test_dlq_commands_say_what_to_do_on_the_sqs_backend(settings: Settings) -> N
 def test_unknown_queue_backend_is_a_clear_error(settings: Settings) -> None:
     out = trace(settings, "--queue-backend", "kafka", "status")
     assert out.returncode == 2 and "TRACE_QUEUE_BACKEND must be postgres or sqs" in out.stderr
+
+
+def test_dataset_query_runs_gated_sql_in_the_sandbox(settings: Settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "blocks.parquet"
+    pq.write_table(pa.table({"block": list(range(100)), "v": [i % 4 for i in range(100)]}), path)
+    assert trace(settings, "dataset", "register", "cli-blocks", str(path)).returncode == 0
+    sql = "SELECT v, count(*) AS n FROM dataset WHERE block >= 20 GROUP BY v ORDER BY v"
+    out = trace(settings, "dataset", "query", "cli-blocks", sql)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["v", "n"] and [line.split() for line in lines[1:]] == [
+        ["0", "20"],
+        ["1", "20"],
+        ["2", "20"],
+        ["3", "20"],
+    ]
+    assert "(4 rows)" in out.stderr
+    as_json = trace(settings, "dataset", "query", "cli-blocks", sql, "--json", "--limit", "2")
+    doc = orjson.loads(as_json.stdout)
+    assert doc["rows"] == [[0, 20], [1, 20]] and doc["truncated"] is True
+
+    secret = "SELECT * FROM read_csv('/etc/passwd')"
+    denied = trace(settings, "dataset", "query", "cli-blocks", secret)
+    assert denied.returncode == 2 and "SQL rejected (sql_" in denied.stderr
+    assert "/etc/passwd" not in denied.stderr + denied.stdout  # never echoes the SQL
+    missing = trace(settings, "dataset", "query", "no-such-dataset", "SELECT 1 FROM dataset")
+    assert missing.returncode == 1 and "unknown dataset" in missing.stderr

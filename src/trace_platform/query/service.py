@@ -54,6 +54,44 @@ def grant_prefix(grant: DatasetGrant) -> str:
     return f"file://{ref.prefix}"
 
 
+def manifest_binding(
+    key: str,
+    prefix: str,
+    manifest: object,
+    read_prefixes: list[str],
+    s3_options: dict[str, str] | None,
+) -> Binding:
+    """Exactly a version's files (local paths, or `bucket/key` with S3 options), each inside
+    the version's prefix and the caller's read prefixes, local sizes as recorded; else
+    ForbiddenError (nothing is read)."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        raise ForbiddenError("dataset manifest is malformed")
+    paths: list[str] = []
+    for f in files:
+        if not isinstance(f, dict):
+            raise ForbiddenError("dataset manifest is malformed")
+        uri = str(f.get("uri", ""))
+        if not is_within_prefixes(uri, [prefix]) or not is_within_prefixes(uri, read_prefixes):
+            raise ForbiddenError("a manifest entry is outside the granted prefix")
+        if uri.startswith("s3://"):
+            if s3_options is None:
+                raise ValidationError("this query service has no S3 access configured")
+            paths.append(uri[len("s3://") :])
+            continue
+        path = Path(uri[len("file://") :])
+        try:
+            if path.stat().st_size != f.get("size"):
+                raise ForbiddenError("dataset file does not match its manifest")
+        except FileNotFoundError:
+            raise ForbiddenError("dataset file is missing") from None
+        paths.append(str(path))
+    if not paths:
+        raise ForbiddenError("dataset version has no files")
+    s3 = s3_options if prefix.startswith("s3://") else None
+    return Binding(key, tuple(paths), tuple(sorted(s3.items())) if s3 is not None else None)
+
+
 class QueryService:
     def __init__(
         self,
@@ -110,40 +148,15 @@ class QueryService:
             prefix.startswith(p) for p in claims.s3.read_prefixes
         ):
             raise ForbiddenError("dataset storage is outside the token's read prefixes")
-        manifest = row["manifest"]
-        files = manifest.get("files") if isinstance(manifest, dict) else None
-        if not isinstance(files, list):
-            raise ForbiddenError("dataset manifest is malformed")
-        paths: list[str] = []
-        for f in files:
-            if not isinstance(f, dict):
-                raise ForbiddenError("dataset manifest is malformed")
-            uri = str(f.get("uri", ""))
-            if not is_within_prefixes(uri, [prefix]) or not is_within_prefixes(
-                uri, list(claims.s3.read_prefixes)
-            ):
-                raise ForbiddenError("a manifest entry is outside the granted prefix")
-            if uri.startswith("s3://"):
-                if self.s3_options is None:
-                    raise ValidationError("this query service has no S3 access configured")
-                paths.append(uri[len("s3://") :])
-                continue
-            path = Path(uri[len("file://") :])
-            try:
-                if path.stat().st_size != f.get("size"):
-                    raise ForbiddenError("dataset file does not match its manifest")
-            except FileNotFoundError:
-                raise ForbiddenError("dataset file is missing") from None
-            paths.append(str(path))
-        if not paths:
-            raise ForbiddenError("dataset version has no files")
-        s3 = self.s3_options if prefix.startswith("s3://") else None
-        self.remember(grant, row)
-        return Binding(
-            key=f"{grant.dataset_uuid}@{grant.dataset_version}",
-            files=tuple(paths),
-            s3=tuple(sorted(s3.items())) if s3 is not None else None,
+        binding = manifest_binding(
+            f"{grant.dataset_uuid}@{grant.dataset_version}",
+            prefix,
+            row["manifest"],
+            list(claims.s3.read_prefixes),
+            self.s3_options,
         )
+        self.remember(grant, row)
+        return binding
 
     async def query(
         self, claims: CapabilityClaims, dataset_id: str, sql: str, limit: int | None
