@@ -32,6 +32,16 @@ class QueueStats:
     oldest_age_seconds: float
 
 
+def message_ids_for(
+    payloads: Sequence[dict[str, Any]], message_ids: Sequence[uuid.UUID] | None
+) -> list[uuid.UUID]:
+    """The ids a publish uses: the given ones (one per payload) or fresh ones."""
+    ids = list(message_ids) if message_ids is not None else [uuid.uuid4() for _ in payloads]
+    if len(ids) != len(payloads):
+        raise ValueError("message_ids and payloads differ in length")
+    return ids
+
+
 class Queue(Protocol):
     """At-least-once, unordered message queue (pgqueue in Lite, SQS on AWS)."""
 

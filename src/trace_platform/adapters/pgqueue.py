@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from trace_platform.db.sql import q
-from trace_platform.ports import QueueStats, ReceivedMessage
+from trace_platform.ports import QueueStats, ReceivedMessage, message_ids_for
 
 CHANNEL = "trace_queue"
 
@@ -37,9 +37,7 @@ class PgQueue:
     ) -> int:
         if not payloads:
             return 0
-        ids = list(message_ids) if message_ids is not None else [uuid.uuid4() for _ in payloads]
-        if len(ids) != len(payloads):
-            raise ValueError("message_ids and payloads differ in length")
+        ids = message_ids_for(payloads, message_ids)
         row = await self._pool.fetchrow(
             q("queue", "publish"), queue_name, ids, list(payloads), float(delay_seconds)
         )

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from trace_platform.ports import QueueStats, ReceivedMessage
+from trace_platform.ports import QueueStats, ReceivedMessage, message_ids_for
 
 MAX_DELAY_SECONDS = 900
 _BATCH = 10
@@ -94,9 +94,7 @@ class SqsQueue:
     ) -> int:
         if not payloads:
             return 0
-        ids = list(message_ids) if message_ids is not None else [uuid.uuid4() for _ in payloads]
-        if len(ids) != len(payloads):
-            raise ValueError("message_ids and payloads differ in length")
+        ids = message_ids_for(payloads, message_ids)
         if not 0 <= delay_seconds <= MAX_DELAY_SECONDS:
             raise ValueError(f"SQS delays are 0 to {MAX_DELAY_SECONDS} seconds")
         url = await self._url(queue_name)
