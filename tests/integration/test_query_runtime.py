@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -273,6 +274,13 @@ async def test_pool_recycles_idle_executors_and_replaces_dead_ones(
         await executor.proc.wait()
         again = await pool.run(b, "SELECT max(x) FROM dataset", 5)
         assert orjson.loads(again.body)["rows"] == [[9]] and pool.live == 1
+        # Killed and asked at once, before its exit is even noticed: one retry on a fresh
+        # executor answers (queries only read, so that is safe).
+        (executor,) = pool.idle.values()
+        os.kill(executor.proc.pid, signal.SIGKILL)
+        last = await pool.run(b, "SELECT min(x) FROM dataset", 5)
+        assert orjson.loads(last.body)["rows"] == [[0]] and pool.live == 1
+        assert next(iter(pool.idle.values())) is not executor
     finally:
         await pool.close()
 

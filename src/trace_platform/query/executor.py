@@ -50,11 +50,20 @@ ENGINE_SCRIPT = Path(engine.__file__).resolve()
 SANDBOX_DATA = "/data"
 SANDBOX_LIB = "/opt/trace"
 START_TIMEOUT = 30.0
+_REAPING: set[asyncio.Future[None]] = set()  # closes of executors abandoned mid-start
 
 
 class ExecutorUnavailable(TraceError):
     status = 503
     code = "executor_unavailable"
+
+
+class ExecutorLost(ExecutorUnavailable):
+    """The executor's process went away (not a time-out)."""
+
+
+class _StaleExecutor(Exception):
+    """A reused executor was found dead when asked: retry on a fresh one."""
 
 
 @dataclass(frozen=True)
@@ -144,41 +153,59 @@ class Executor:
         cls, iso: Isolation, binding: Binding, limits: ExecutorLimits, uid: int
     ) -> Executor:
         cmd, files, route = launch_command(iso, binding, uid)
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={},
-            cwd="/",
-            start_new_session=True,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={},
+                cwd="/",
+                start_new_session=True,
+            )
+        except OSError as exc:
+            QUERY_EXECUTOR_STARTS.labels(route, "failed").inc()
+            log.error("query.executor_start_failed", code="spawn", detail=type(exc).__name__)
+            raise ExecutorUnavailable("query executor could not start") from None
         ex = cls(binding, proc, route)
+        try:
+            return await ex._bind(files, limits)
+        except ExecutorUnavailable:
+            await ex.close()
+            raise
+        except BaseException:  # cancelled while starting: never leave it behind
+            ex.kill()
+            reap = asyncio.ensure_future(ex.close())
+            _REAPING.add(reap)
+            reap.add_done_callback(_REAPING.discard)
+            raise
+
+    async def _bind(self, files: list[str], limits: ExecutorLimits) -> Executor:
+        """Send the binding; wait for the engine to say it is ready (or why not)."""
         init = {
-            "route": route,
+            "route": self.route,
             "files": files,
             "limits": asdict(limits),
-            "s3": dict(binding.s3) if binding.s3 is not None else None,
+            "s3": dict(self.binding.s3) if self.binding.s3 is not None else None,
         }
         try:
-            ex._send(orjson.dumps(init))
-            reply = await asyncio.wait_for(ex._read(), START_TIMEOUT)
+            self._send(orjson.dumps(init))
+            reply = await asyncio.wait_for(self._read(), START_TIMEOUT)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             reply = None
         if not isinstance(reply, dict) or not reply.get("ready"):
             detail = ""
-            if reply is None and proc.stderr is not None:
+            if reply is None and self.proc.stderr is not None:
                 with contextlib.suppress(TimeoutError):
-                    detail = (await asyncio.wait_for(proc.stderr.read(400), 1)).decode(
-                        "utf-8", "replace"
-                    )
-            ex.kill()
-            QUERY_EXECUTOR_STARTS.labels(route, "failed").inc()
+                    raw = await asyncio.wait_for(self.proc.stderr.read(400), 1)
+                    detail = raw.decode("utf-8", "replace")
+            self.kill()
+            QUERY_EXECUTOR_STARTS.labels(self.route, "failed").inc()
             code = reply.get("code") if isinstance(reply, dict) else "no_reply"
             log.error("query.executor_start_failed", code=code, detail=detail.strip()[:400])
             raise ExecutorUnavailable("query executor could not start")
-        QUERY_EXECUTOR_STARTS.labels(route, "ok").inc()
-        return ex  # it silenced its own stderr once bound: nothing more arrives there
+        QUERY_EXECUTOR_STARTS.labels(self.route, "ok").inc()
+        return self  # it silenced its own stderr once bound: nothing more arrives there
 
     def _send(self, payload: bytes) -> None:
         assert self.proc.stdin is not None
@@ -207,9 +234,12 @@ class Executor:
                     self.in_flight = False
                     self.retiring = bool(header.get("retire"))  # it exits after this reply
                     return QueryResult(body, int(header["rows"]), bool(header["truncated"]))
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        except TimeoutError:
             self.kill()
-            raise ExecutorUnavailable("query executor failed; retry") from None
+            raise ExecutorUnavailable("query executor did not answer in time") from None
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.kill()
+            raise ExecutorLost("query executor failed; retry") from None
         self.in_flight = False
         if header.get("retire"):
             self.retiring = True
@@ -229,8 +259,11 @@ class Executor:
 
     async def close(self) -> None:
         self.kill()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.proc.wait(), 5)
+            # Reap it and drain its pipes to EOF, so the transport closes here and now.
+            await asyncio.wait_for(self.proc.communicate(), 5)
 
 
 class ExecutorPool:
@@ -263,14 +296,15 @@ class ExecutorPool:
         self._live = value
         QUERY_EXECUTORS.set(value)
 
-    def _take(self, binding: Binding) -> Executor | bool | None:
-        """An idle executor for `binding`, or True when a new one may start, else None."""
+    def _take(self, binding: Binding, reuse: bool = True) -> Executor | bool | None:
+        """An idle executor for `binding` (when `reuse`), or True when a new one may start,
+        else None."""
         for ident, ex in list(self.idle.items()):
             if not ex.alive:  # died while idle
                 del self.idle[ident]
                 self.live -= 1
         for ident, ex in reversed(self.idle.items()):
-            if ex.binding == binding and ex.alive:
+            if reuse and ex.binding == binding and ex.alive:
                 del self.idle[ident]
                 return ex
         if self.live < self.size:
@@ -288,7 +322,15 @@ class ExecutorPool:
         task.add_done_callback(self.tasks.discard)
 
     async def run(self, binding: Binding, sql: str, limit: int) -> QueryResult:
-        taken = self._take(binding)
+        try:
+            return await self._run(binding, sql, limit, fresh=False)
+        except _StaleExecutor:
+            # An idle executor had died unseen (OOM killer, operator): queries only read, so
+            # one more try on a fresh executor is safe; a query that kills that one fails.
+            return await self._run(binding, sql, limit, fresh=True)
+
+    async def _run(self, binding: Binding, sql: str, limit: int, fresh: bool) -> QueryResult:
+        taken = self._take(binding, reuse=not fresh)
         if taken is None:
             raise OverloadedError("all query executors are busy; retry shortly")
         ex: Executor | None = None
@@ -304,7 +346,12 @@ class ExecutorPool:
                     dataset=binding.key,
                     ms=round((time.perf_counter() - started) * 1000, 1),
                 )
-            return await ex.query(sql, limit, self.limits.timeout_seconds + 5)
+            try:
+                return await ex.query(sql, limit, self.limits.timeout_seconds + 5)
+            except ExecutorLost:
+                if isinstance(taken, Executor):  # it had served before: died while idle
+                    raise _StaleExecutor from None
+                raise
         finally:
             reusable = ex is not None and ex.alive and not (ex.in_flight or ex.retiring)
             if ex is not None and reusable and ex.queries < self.max_queries:
