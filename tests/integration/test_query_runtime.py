@@ -256,6 +256,24 @@ async def test_sandboxed_executor_lists_and_reads_only_the_granted_files(
     assert "/data/part-00000.parquet" in repr(views) and "canary" not in repr(views)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 async def test_pool_recycles_idle_executors_and_replaces_dead_ones(
     canary: dict[str, Any],
 ) -> None:
@@ -277,7 +295,8 @@ async def test_pool_recycles_idle_executors_and_replaces_dead_ones(
         # Killed and asked at once, before its exit is even noticed: one retry on a fresh
         # executor answers (queries only read, so that is safe).
         (executor,) = pool.idle.values()
-        os.kill(executor.proc.pid, signal.SIGKILL)
+        for pid in descendants(executor.proc.pid):  # the engine inside the sandbox dies
+            os.kill(pid, signal.SIGKILL)
         last = await pool.run(b, "SELECT min(x) FROM dataset", 5)
         assert orjson.loads(last.body)["rows"] == [[0]] and pool.live == 1
         assert next(iter(pool.idle.values())) is not executor
