@@ -68,8 +68,8 @@ async def test_visibility_expiry_redelivers_with_a_higher_count(queue: SqsQueue)
 
 
 async def test_delayed_messages_stay_hidden_until_due(queue: SqsQueue) -> None:
-    await queue.publish("q", [{"later": True}], delay_seconds=2)
-    assert await queue.receive("q", 1, 30) == []  # a 1 s long poll ends before it is due
+    await queue.publish("q", [{"later": True}], delay_seconds=5)
+    assert await queue.receive("q", 1, 30) == []  # a 1 s long poll ends well before it is due
 
     async def due() -> list[object]:
         return list(await queue.receive("q", 1, 30))
