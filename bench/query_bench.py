@@ -47,12 +47,14 @@ def free_port() -> int:
 
 def interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
     """Median ms per route, the routes taking turns within each run so that they all see the
-    same background load (the stack's own pollers share these cores)."""
+    same background load (the stack's own pollers share these cores), in an order rotated
+    every run so that none always follows the same neighbour."""
     for fn in fns.values():
         fn()  # warm: executors bound, footers cached
     out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for i in range(runs):
+        for name, fn in order[i % len(order) :] + order[: i % len(order)]:
             t0 = time.perf_counter()
             fn()
             out[name].append((time.perf_counter() - t0) * 1000)
