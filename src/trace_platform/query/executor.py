@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.util
 import os
 import struct
 import sys
@@ -82,11 +84,14 @@ class QueryResult:
     truncated: bool
 
 
+@functools.cache
 def library_dir() -> str:
-    """The directory holding duckdb/orjson/pyarrow (the service's own site-packages)."""
-    import duckdb
-
-    return str(Path(duckdb.__file__).resolve().parent.parent)
+    """The directory holding duckdb/orjson/pyarrow (the service's own site-packages), found
+    without importing duckdb into the service."""
+    spec = importlib.util.find_spec("duckdb")
+    if spec is None or spec.origin is None:
+        raise ExecutorUnavailable("duckdb is not installed")
+    return str(Path(spec.origin).resolve().parent.parent)
 
 
 def launch_command(
