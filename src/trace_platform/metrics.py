@@ -64,6 +64,12 @@ QUERY_EXECUTOR_STARTS = Counter(
     ["route", "result"],
     registry=REGISTRY,
 )
+QUERY_SECONDS = Histogram(
+    "trace_query_seconds",
+    "Time from a gated query's hand-off to its executor until the reply (starts included).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+    registry=REGISTRY,
+)
 QUERY_EXECUTORS = Gauge(
     "trace_query_executors", "Live query executor processes.", registry=REGISTRY
 )

@@ -363,6 +363,7 @@ async def test_metrics_count_outcomes_and_executors_are_reused(
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     assert grew('trace_queries_total{outcome="allowed"}') == 3
+    assert grew("trace_query_seconds_count") == 3
     reason = denied.json()["reason"]
     assert grew(f'trace_queries_total{{outcome="{reason}"}}') == 1
     # The executor bound to this dataset version answered all three: none was started.

@@ -16,7 +16,7 @@ from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, is_
 from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, sql_hash
 from trace_platform.errors import ForbiddenError, OverloadedError, TraceError, ValidationError
 from trace_platform.logs import get_logger
-from trace_platform.metrics import QUERIES
+from trace_platform.metrics import QUERIES, QUERY_SECONDS
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
@@ -179,6 +179,7 @@ class QueryService:
             QUERIES.labels(exc.code).inc()
             log.warning("query.denied", reason=exc.code, **ids)
             raise
+        started = time.perf_counter()
         try:
             result = await self.pool.run(binding, gated.sql, clamp_limit(limit))
         except QueryFailed as exc:
@@ -192,6 +193,7 @@ class QueryService:
         except OverloadedError:
             QUERIES.labels("overloaded").inc()
             raise
+        QUERY_SECONDS.observe(time.perf_counter() - started)
         await self.data.execute(
             q("datasets", "insert_audit"),
             uuid.UUID(claims.org_id),
