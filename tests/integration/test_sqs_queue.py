@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import boto3
+import orjson
 import pytest
 
-from tests.conftest import Proc, start_dispatcher, start_proc, wait_until
+from tests.conftest import Proc, proc_env, start_dispatcher, start_proc, wait_until
 from tests.helpers import create_tasks
 from tests.integration.test_object_stores import aws_env, s3_endpoint  # noqa: F401 - fixtures
 from trace_platform.adapters.sqs_queue import QueueUnavailable, SqsQueue
@@ -156,3 +159,17 @@ async def test_the_kernel_runs_unchanged_on_sqs(
     assert {"task_wakeup", "buffer_queue"} <= names
     for p in procs.values():
         assert p.popen is not None and p.popen.poll() is None
+
+
+def test_trace_status_reads_sqs_depths(sqs_stack: tuple[Settings, dict[str, Proc]]) -> None:
+    s, _ = sqs_stack
+    out = subprocess.run(
+        [sys.executable, "-m", "trace_platform", "status", "--json"],
+        env=proc_env(s),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    queues = {q["queue"] for q in orjson.loads(out.stdout)["queues"]}
+    assert {"task_wakeup", "buffer_queue"} <= queues
