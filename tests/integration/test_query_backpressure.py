@@ -15,6 +15,7 @@ from tests.conftest import (
     free_port,
     start_dispatcher,
     start_query_service,
+    wait_until,
 )
 from tests.helpers import create_tasks
 from tests.integration.test_query import Attempt, datasets, query  # noqa: F401 - shared fixtures
@@ -65,6 +66,13 @@ async def test_saturated_service_answers_429_and_runaway_query_times_out(
     async with httpx.AsyncClient(base_url=services["dispatcher"].url or "", timeout=10) as http:
         a = await Attempt.claim(http, tid)
     slow = asyncio.create_task(query(q_settings, a, RUNAWAY, datasets["chain"]))
+
+    async def executor_taken() -> bool:  # the runaway query holds the only executor
+        async with httpx.AsyncClient(timeout=5) as c:
+            text = (await c.get(f"{q_settings.query_url}/metrics")).text
+        return "trace_query_executors 1.0" in text.splitlines()
+
+    await wait_until(executor_taken, timeout=20, what="the runaway query to take the executor")
     busy = None
     for _ in range(200):
         await asyncio.sleep(0.01)
