@@ -74,6 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runner_memory_mb", int, 1024, "Address-space limit of a UDF handler (MiB)."),
     Setting("runner_uid", int, 65534, "Unprivileged uid UDF handlers run as (when root)."),
     Setting("runner_allow_weak_sandbox", bool, False, "Run UDFs even without bubblewrap."),
+    Setting("runtime_invoker", str, "local", "UDF runner: local (sandboxed child) or lambda."),
+    Setting("lambda_function", str, "trace-udf-runner", "Runner Lambda function (name or ARN)."),
     Setting("query_url", str, None, "Query service base URL given to UDF runners."),
     Setting("query_port", int, 8081, "Query service port."),
     Setting("query_executors", int, 2, "DuckDB executor processes of the query service."),
@@ -122,6 +124,8 @@ class Settings:
     runner_memory_mb: int = 1024
     runner_uid: int = 65534
     runner_allow_weak_sandbox: bool = False
+    runtime_invoker: str = "local"
+    lambda_function: str = "trace-udf-runner"
     query_url: str | None = None
     query_port: int = 8081
     query_executors: int = 2
@@ -183,6 +187,8 @@ class Settings:
             raise ConfigError("TRACE_PORT must be a TCP port number")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ConfigError("TRACE_RETRY_MAX_SECONDS must be >= TRACE_RETRY_BASE_SECONDS")
+        if self.runtime_invoker not in ("local", "lambda"):
+            raise ConfigError("TRACE_RUNTIME_INVOKER must be local or lambda")
         if self.queue_backend not in ("postgres", "sqs"):
             raise ConfigError("TRACE_QUEUE_BACKEND must be postgres or sqs")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -166,3 +166,11 @@ class RuntimeInvoker(Protocol):
     async def invoke(self, payload: InvocationPayload) -> None:
         """Run the invocation to its end (or until the invoker gives up on it)."""
         ...
+
+    async def start(self) -> None:
+        """Prepare (e.g. start a runner fork server)."""
+        ...
+
+    async def close(self) -> None:
+        """Release what start() took."""
+        ...

@@ -28,6 +28,8 @@ def test_env_then_flags_override_defaults() -> None:
         {"TRACE_MAX_ATTEMPTS": "0"},
         {"TRACE_RETRY_BASE_SECONDS": "10", "TRACE_RETRY_MAX_SECONDS": "1"},
         {"TRACE_LOG_LEVEL": "loud"},
+        {"TRACE_QUEUE_BACKEND": "kafka"},
+        {"TRACE_RUNTIME_INVOKER": "docker"},
     ],
 )
 def test_bad_values_are_clear_errors(env: dict[str, str]) -> None:

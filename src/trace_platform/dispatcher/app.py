@@ -31,8 +31,18 @@ from trace_platform.dispatcher.service import TaskService
 from trace_platform.dispatcher.udf import UdfDispatcher
 from trace_platform.http import MetricsMiddleware, install_error_handlers, install_health, serve
 from trace_platform.logs import get_logger
+from trace_platform.ports import RuntimeInvoker
 
 log = get_logger(__name__)
+
+
+def invoker_from_settings(settings: Settings) -> RuntimeInvoker:
+    """The local sandboxed runner (Lite), or the platform-managed runner Lambda function."""
+    if settings.runtime_invoker == "lambda":
+        from trace_platform.adapters.lambda_invoker import LambdaRuntimeInvoker
+
+        return LambdaRuntimeInvoker(settings.lambda_function, settings.runner_timeout_seconds)
+    return LocalRuntimeInvoker(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         listener = await _listen_outbox(urls.state, poke)
         udf_stop = asyncio.Event()
-        invoker = LocalRuntimeInvoker(settings)
+        invoker = invoker_from_settings(settings)
         await invoker.start()
         udf = UdfDispatcher(service, queue, store, invoker, settings.runner_concurrency)
         udf_task = asyncio.create_task(udf.run(udf_stop))
