@@ -17,44 +17,28 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import asyncpg
 import boto3
 import httpx
 import pytest
 
-from tests.conftest import Proc, start_dispatcher, start_proc, wait_until
+from tests.conftest import Proc, wait_until
 from tests.helpers import create_tasks, task_row, worker_headers
 from tests.integration.test_object_stores import aws_env, s3_endpoint  # noqa: F401 - fixtures
-from tests.integration.test_udf import ROW_HELPER, register_python, rows_with
+from tests.integration.test_udf import (  # noqa: F401 - fixtures
+    register_python,
+    rows_with,
+    stack,
+    udf_settings,
+)
 from trace_platform.adapters.lambda_invoker import LambdaRuntimeInvoker
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
 from trace_platform.domain.bundle import InvocationPayload
-
-assert ROW_HELPER  # the bundle below uses its row() helper
-
-
-@pytest.fixture(scope="module")
-def lambda_settings(settings: Settings) -> Settings:
-    return settings.replace(runner_timeout_seconds=10.0, lease_seconds=10.0)
-
-
-@pytest.fixture(scope="module")
-async def stack(
-    lambda_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[dict[str, Proc]]:
-    logs = tmp_path_factory.mktemp("logs")
-    procs = {
-        "dispatcher": await start_dispatcher(lambda_settings, logs),
-        "sink": start_proc(lambda_settings, logs, "sink"),
-    }
-    yield procs
-    for p in procs.values():
-        p.stop()
 
 
 async def invocation_for(
@@ -91,24 +75,24 @@ async def invocation_for(
 
 
 async def test_the_runner_runs_as_the_lambda_function_body(
-    lambda_settings: Settings,
-    stack: dict[str, Proc],
+    udf_settings: Settings,  # noqa: F811
+    stack: dict[str, Proc],  # noqa: F811
     state_conn: asyncpg.Connection,
     data_conn: asyncpg.Connection,
 ) -> None:
     tag = "lambda-" + uuid.uuid4().hex[:6]
-    pool = await create_pool(lambda_settings.state_database_url or "", max_size=1)
+    pool = await create_pool(udf_settings.state_database_url or "", max_size=1)
     try:
         bundle_id = await register_python(
             pool,
-            lambda_settings,
+            udf_settings,
             f"def handler(event, context):\n"
             f"    return [row('{tag}:' + str(i), n=i) for i in range(event['n'])]\n",
         )
     finally:
         await pool.close()
     (tid,) = await create_tasks(
-        lambda_settings.state_database_url or "",
+        udf_settings.state_database_url or "",
         1,
         payload={
             "runtime": "lambda",
@@ -118,13 +102,13 @@ async def test_the_runner_runs_as_the_lambda_function_body(
         wake=False,  # no wake-up: the dispatcher's own UDF path stays out of it
     )
     async with httpx.AsyncClient(base_url=stack["dispatcher"].url or "", timeout=10) as http:
-        event = await invocation_for(lambda_settings, http, tid)
+        event = await invocation_for(udf_settings, http, tid)
     # The function's configuration: where the dispatcher and query service are, the limits,
     # weak sandbox accepted (Lambda's micro-VM is the boundary) — and nothing secret.
     function_env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
-        "TRACE_DISPATCHER_URL": lambda_settings.resolved_dispatcher_url,
+        "TRACE_DISPATCHER_URL": udf_settings.resolved_dispatcher_url,
         "TRACE_RUNNER_TIMEOUT_SECONDS": "10",
         "TRACE_RUNNER_ALLOW_WEAK_SANDBOX": "1",
         "TRACE_HOME": "/nonexistent/lambda",
