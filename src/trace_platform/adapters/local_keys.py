@@ -58,12 +58,14 @@ def _parse_key(spec: Any, base_dir: Path | None, role: str) -> RingKey:
     if isinstance(spec.get("kms_key_id"), str):
         if alg != "ES256":
             raise ConfigError(f"task key ring: '{role}' KMS keys are ES256")
+        from trace_platform.adapters.kms_keys import KmsKey
+
         try:
-            from trace_platform.adapters.kms_keys import KmsKey
-        except ImportError:  # pragma: no cover - boto3 is part of the [aws] extra
+            kms = KmsKey(spec["kms_key_id"])
+            public = kms.public_key()
+        except ImportError:  # boto3 is part of the [aws] extra
             raise ConfigError("task key ring: KMS keys need the [aws] extra (boto3)") from None
-        kms = KmsKey(spec["kms_key_id"])
-        return RingKey(kid, alg, kms, kms.public_key())
+        return RingKey(kid, alg, kms, public)
     if alg == "HS256":
         secret = spec.get("secret")
         if not isinstance(secret, str) or len(secret.encode()) < 32:

@@ -12,9 +12,10 @@ from trace_platform.ports import Queue
 
 def queue_from_settings(settings: Settings, pool: asyncpg.Pool, listen_dsn: str) -> Queue:
     if settings.queue_backend == "sqs":
+        from trace_platform.adapters.sqs_queue import SqsQueue
+
         try:
-            from trace_platform.adapters.sqs_queue import SqsQueue
-        except ImportError:  # pragma: no cover - boto3 is part of the [aws] extra
+            return SqsQueue(prefix=settings.sqs_queue_prefix)
+        except ImportError:  # boto3 is part of the [aws] extra
             raise ConfigError("TRACE_QUEUE_BACKEND=sqs needs the [aws] extra (boto3)") from None
-        return SqsQueue(prefix=settings.sqs_queue_prefix)
     return PgQueue(pool, listen_dsn=listen_dsn)

@@ -29,6 +29,7 @@ from trace_platform.dispatcher.loops import (
 )
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.dispatcher.udf import UdfDispatcher
+from trace_platform.errors import ConfigError
 from trace_platform.http import MetricsMiddleware, install_error_handlers, install_health, serve
 from trace_platform.logs import get_logger
 from trace_platform.ports import RuntimeInvoker
@@ -41,7 +42,12 @@ def invoker_from_settings(settings: Settings) -> RuntimeInvoker:
     if settings.runtime_invoker == "lambda":
         from trace_platform.adapters.lambda_invoker import LambdaRuntimeInvoker
 
-        return LambdaRuntimeInvoker(settings.lambda_function, settings.runner_timeout_seconds)
+        try:
+            return LambdaRuntimeInvoker(settings.lambda_function, settings.runner_timeout_seconds)
+        except ImportError:  # boto3 is part of the [aws] extra
+            raise ConfigError(
+                "TRACE_RUNTIME_INVOKER=lambda needs the [aws] extra (boto3)"
+            ) from None
     return LocalRuntimeInvoker(settings)
 
 
