@@ -305,9 +305,10 @@ class ExecutorPool:
         """An idle executor for `binding` (when `reuse`), or True when a new one may start,
         else None."""
         for ident, ex in list(self.idle.items()):
-            if not ex.alive:  # died while idle
+            if not ex.alive:  # died while idle: reap it, free its slot
                 del self.idle[ident]
                 self.live -= 1
+                self._close_later(ex)
         for ident, ex in reversed(self.idle.items()):
             if reuse and ex.binding == binding and ex.alive:
                 del self.idle[ident]
