@@ -67,6 +67,19 @@ class S3ObjectStore:
         rel = validate_key(uri[len(prefix) :])
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
+    async def _upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes
+    ) -> dict[str, Any]:
+        resp = await asyncio.to_thread(
+            self._s3.upload_part,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
     async def put_stream(self, uri: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         key = self._object_key(uri)
         buf = bytearray()
@@ -84,30 +97,16 @@ class S3ObjectStore:
                         )
                         upload_id = created["UploadId"]
                     part, buf = bytes(buf[:PART_SIZE]), buf[PART_SIZE:]
-                    resp = await asyncio.to_thread(
-                        self._s3.upload_part,
-                        Bucket=self.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=len(parts) + 1,
-                        Body=part,
-                    )
-                    parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
+                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, part))
             if upload_id is None:
                 await asyncio.to_thread(
                     self._s3.put_object, Bucket=self.bucket, Key=key, Body=bytes(buf)
                 )
             else:
                 if buf:
-                    resp = await asyncio.to_thread(
-                        self._s3.upload_part,
-                        Bucket=self.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=len(parts) + 1,
-                        Body=bytes(buf),
+                    parts.append(
+                        await self._upload_part(key, upload_id, len(parts) + 1, bytes(buf))
                     )
-                    parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
                 await asyncio.to_thread(
                     self._s3.complete_multipart_upload,
                     Bucket=self.bucket,
