@@ -206,7 +206,7 @@ async def query_dataset(
 
     from trace_platform.domain.sql_gate import SqlRejected
     from trace_platform.query.app import s3_options
-    from trace_platform.query.executor import ExecutorLimits, ExecutorPool, QueryFailed
+    from trace_platform.query.executor import ExecutorPool, QueryFailed, executor_limits
     from trace_platform.query.service import clamp_limit, gate, manifest_binding
     from trace_platform.runner.sandbox import detect_isolation
 
@@ -229,10 +229,7 @@ async def query_dataset(
         [prefix],
         s3_options(settings),
     )
-    limits = ExecutorLimits(
-        memory_mb=settings.query_memory_mb, timeout_seconds=settings.query_timeout_seconds
-    )
-    executors = ExecutorPool(1, limits, detect_isolation(), settings.query_uid)
+    executors = ExecutorPool(1, executor_limits(settings), detect_isolation(), settings.query_uid)
     try:
         result = await executors.run(binding, gated.sql, clamp_limit(limit))
     except QueryFailed as exc:

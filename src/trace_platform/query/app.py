@@ -27,7 +27,7 @@ from trace_platform.http import (
     serve,
 )
 from trace_platform.logs import get_logger
-from trace_platform.query.executor import ExecutorLimits
+from trace_platform.query.executor import executor_limits
 from trace_platform.query.service import QueryService
 from trace_platform.runner.sandbox import detect_isolation
 
@@ -80,9 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         # milliseconds of audit rows, never half of one, and a query no longer waits ~1 ms
         # for an fsync.
         data_pool = await create_pool(urls.data, max_size=4, session={"synchronous_commit": "off"})
-        limits = ExecutorLimits(
-            memory_mb=settings.query_memory_mb, timeout_seconds=settings.query_timeout_seconds
-        )
+        limits = executor_limits(settings)
         isolation = detect_isolation()
         log.info(
             "query.sandbox",

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from trace_platform.config import Settings
 from trace_platform.errors import OverloadedError, TraceError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERY_EXECUTOR_STARTS, QUERY_EXECUTORS
@@ -66,6 +67,12 @@ class ExecutorLost(ExecutorUnavailable):
 
 class _StaleExecutor(Exception):
     """A reused executor was found dead when asked: retry on a fresh one."""
+
+
+def executor_limits(settings: Settings) -> ExecutorLimits:
+    return ExecutorLimits(
+        memory_mb=settings.query_memory_mb, timeout_seconds=settings.query_timeout_seconds
+    )
 
 
 @dataclass(frozen=True)
