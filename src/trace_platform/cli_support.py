@@ -198,12 +198,19 @@ async def list_dataset_versions(settings: Settings) -> list[dict[str, Any]]:
 
 
 async def query_dataset(
-    settings: Settings, name: str, sql: str, limit: int | None, org_id: uuid.UUID | None
+    settings: Settings,
+    name: str,
+    sql: str,
+    limit: int | None,
+    org_id: uuid.UUID | None,
+    block_range: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Operator's read path: the newest version of NAME through the same gate and sandboxed
-    executor as `POST /v1/task/query` (no task, so no audit row)."""
+    """Operator's read path: the newest version of NAME (a chain dataset: its current
+    snapshot, or only `block_range`) through the same gate and sandboxed executor as
+    `POST /v1/task/query` (no task, so no audit row)."""
     import orjson
 
+    from trace_platform.datasets import resolve_inputs, snapshot_manifest, snapshot_prefix
     from trace_platform.domain.sql_gate import SqlRejected
     from trace_platform.query.app import s3_options
     from trace_platform.query.executor import ExecutorPool, QueryFailed, executor_limits
@@ -214,20 +221,32 @@ async def query_dataset(
         gated = gate(sql)
     except SqlRejected as exc:
         raise ValidationError(f"SQL rejected ({exc.code}): {exc.reason}") from None
-    async with state_pool(settings) as pool:
-        latest = await pool.fetchrow(q("datasets", "resolve_latest"), org_id or LITE_ORG_ID, name)
-        if latest is None:
-            raise NotFoundError(f"unknown dataset {name!r}")
-        version = await pool.fetchrow(
-            q("datasets", "get_version"), latest["dataset_uuid"], latest["dataset_version"]
-        )
-    prefix = latest["storage_prefix"]
+    item: dict[str, Any] = {"dataset": name}
+    if block_range is not None:
+        item["range"] = list(block_range)
+    async with state_pool(settings) as pool, pool.acquire() as conn:
+        try:
+            grants, _ = await resolve_inputs(conn, org_id or LITE_ORG_ID, {"inputs": [item]})
+        except ValidationError as exc:
+            if "unknown dataset" in exc.detail:
+                raise NotFoundError(f"unknown dataset {name!r}") from None
+            raise
+        grant = grants[0]
+        row: Any = await snapshot_manifest(conn, grant)
+        if row is None:
+            row = await conn.fetchrow(
+                q("datasets", "get_version"), uuid.UUID(grant.dataset_uuid), grant.dataset_version
+            )
+    prefix = snapshot_prefix(grant)
+    if row is not None and not row["manifest"].get("files"):
+        raise ValidationError(f"dataset {name!r} has no committed data yet")
     binding = manifest_binding(
-        f"{latest['dataset_uuid']}@{latest['dataset_version']}",
+        f"{grant.dataset_uuid}@{grant.dataset_version}",
         prefix,
-        version["manifest"] if version else None,
+        row["manifest"] if row else None,
         [prefix],
         s3_options(settings),
+        row.get("block_range") if row else None,
     )
     executors = ExecutorPool(1, executor_limits(settings), detect_isolation(), settings.query_uid)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query_timeout_seconds", float, 10.0, "Per-query time limit."),
     Setting("query_uid", int, 65533, "Unprivileged uid query executors run as (when root)."),
     Setting("esbuild", str, None, "Path of esbuild for TypeScript bundles (default: tools/)."),
+    Setting("chain_interval", float, 0.5, "Chain planner and head observer tick (seconds)."),
+    Setting("chain_watch_depth", int, 64, "Blocks below the head re-checked for reorgs."),
+    Setting("chain_rpc_timeout_seconds", float, 10.0, "Timeout of one RPC call (head, hashes)."),
+    Setting("cryo_concurrency", int, 4, "Ranges a worker extracts with cryo at once."),
+    Setting("cryo_timeout_seconds", float, 300.0, "Wall-clock limit of one range extraction."),
+    Setting("cryo_max_bytes", int, 1 << 30, "Largest output of one range extraction (bytes)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
+
+# RPC endpoints live only in the environment (their URLs carry API keys): one variable per
+# pool, TRACE_RPC_POOL_<NAME>_URL; a spec names the pool, never the URL.
+RPC_POOL_ENV = re.compile(r"^TRACE_RPC_POOL_([A-Z0-9_]+)_URL$")
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -133,7 +144,14 @@ class Settings:
     query_timeout_seconds: float = 10.0
     query_uid: int = 65533
     esbuild: str | None = None
+    chain_interval: float = 0.5
+    chain_watch_depth: int = 64
+    chain_rpc_timeout_seconds: float = 10.0
+    cryo_concurrency: int = 4
+    cryo_timeout_seconds: float = 300.0
+    cryo_max_bytes: int = 1 << 30
     log_level: str = "info"
+    rpc_pools: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def load(
@@ -151,6 +169,12 @@ class Settings:
             if raw is None:
                 continue
             values[s.name] = _coerce(s, raw)
+        pools = {
+            m.group(1).lower(): v for k, v in env.items() if (m := RPC_POOL_ENV.match(k)) and v
+        }
+        if overrides and overrides.get("rpc_pools"):
+            pools.update({str(k).lower(): str(v) for k, v in overrides["rpc_pools"].items()})
+        values["rpc_pools"] = tuple(sorted(pools.items()))
         settings = cls(**values)
         settings.validate()
         return settings
@@ -167,6 +191,9 @@ class Settings:
             "visibility_seconds",
             "sink_retry_base_seconds",
             "runner_timeout_seconds",
+            "chain_interval",
+            "chain_rpc_timeout_seconds",
+            "cryo_timeout_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -178,6 +205,9 @@ class Settings:
             "sink_max_deliveries",
             "sink_concurrency",
             "runner_concurrency",
+            "cryo_concurrency",
+            "chain_watch_depth",
+            "cryo_max_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_BY_NAME[name].env} must be >= 1")
@@ -211,6 +241,14 @@ class Settings:
             return url
         return "file://" + str((self.home / "objects").resolve())
 
+    def rpc_url(self, pool: str) -> str | None:
+        """The URL of an RPC pool (TRACE_RPC_POOL_<NAME>_URL), or None when it is not set."""
+        return dict(self.rpc_pools).get(pool.lower().replace("-", "_"))
+
+    @staticmethod
+    def rpc_pool_env(pool: str) -> str:
+        return f"TRACE_RPC_POOL_{pool.upper().replace('-', '_')}_URL"
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -221,6 +259,8 @@ class Settings:
             value = getattr(self, s.name)
             if value is not None:
                 out[s.env] = str(value)
+        for pool, url in self.rpc_pools:
+            out[self.rpc_pool_env(pool)] = url
         return out
 
 

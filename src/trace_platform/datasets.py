@@ -97,6 +97,14 @@ async def resolve_inputs(
         if not isinstance(item, dict):
             raise ValidationError("each input must be an object")
         row = None
+        if isinstance(item.get("dataset"), str):
+            snap = await snapshot_grant(conn, org_id, item)
+            if snap is not None:
+                grants.append(snap)
+                prefixes.append(snapshot_prefix(snap))
+                continue
+        if "range" in item:
+            raise ValidationError("a range input needs a dataset synced from a chain")
         if isinstance(item.get("dataset_uuid"), str) and isinstance(
             item.get("dataset_version"), str
         ):
@@ -120,6 +128,83 @@ async def resolve_inputs(
         )
         prefixes.append(row["storage_prefix"])
     return grants, prefixes
+
+
+SNAPSHOT_PREFIX = "snap-"
+
+
+def snapshot_version(seq: int, block_range: tuple[int, int] | None = None) -> str:
+    """The version string of a snapshot grant: `snap-<seq>` or `snap-<seq>:<start>-<end>`.
+    It is signed into the token, so the query service trusts what it says."""
+    if block_range is None:
+        return f"{SNAPSHOT_PREFIX}{seq}"
+    return f"{SNAPSHOT_PREFIX}{seq}:{block_range[0]}-{block_range[1]}"
+
+
+def parse_snapshot_version(version: str) -> tuple[int, tuple[int, int] | None] | None:
+    """(seq, range or None) for a snapshot version; None for a content-addressed version."""
+    if not version.startswith(SNAPSHOT_PREFIX):
+        return None
+    seq_text, _, range_text = version[len(SNAPSHOT_PREFIX) :].partition(":")
+    try:
+        seq = int(seq_text)
+        if not range_text:
+            return seq, None
+        lo, _, hi = range_text.partition("-")
+        return seq, (int(lo), int(hi))
+    except ValueError:
+        return None
+
+
+def snapshot_prefix(grant: DatasetGrant) -> str:
+    ref = grant.storage_ref
+    return f"s3://{ref.bucket}/{ref.prefix}" if ref.scheme == "s3" else f"file://{ref.prefix}"
+
+
+async def snapshot_grant(conn: Any, org_id: uuid.UUID, item: dict[str, Any]) -> DatasetGrant | None:
+    """A partitioned (chain) dataset pinned at its current commit: every range committed so
+    far, or only those inside `range` [start, end). The grant names a snapshot and the
+    dataset's prefix, never a list of files, so the token's size does not grow with ranges."""
+    row = await conn.fetchrow(q("chain", "partitioned_dataset"), org_id, item["dataset"])
+    if row is None:
+        return None
+    block_range = None
+    if "range" in item:
+        r = item["range"]
+        if (
+            not isinstance(r, list)
+            or len(r) != 2
+            or not all(type(v) is int and v >= 0 for v in r)
+            or r[0] >= r[1]
+        ):
+            raise ValidationError("input range must be [start, end) with 0 <= start < end")
+        block_range = (r[0], r[1])
+    return DatasetGrant(
+        dataset_uuid=str(row["dataset_uuid"]),
+        dataset_version=snapshot_version(row["commit_seq"], block_range),
+        storage_ref=storage_ref(row["storage_prefix"]),
+    )
+
+
+async def snapshot_manifest(conn: Any, grant: DatasetGrant) -> dict[str, Any] | None:
+    """What a snapshot grant reads: `{org_id, storage_prefix, manifest, block_range}` with the
+    files of every partition live at that commit (and overlapping the range), or None."""
+    parsed = parse_snapshot_version(grant.dataset_version)
+    if parsed is None:
+        return None
+    seq, block_range = parsed
+    ds = await conn.fetchrow(q("chain", "dataset_by_uuid"), uuid.UUID(grant.dataset_uuid))
+    if ds is None or ds["kind"] != "partitions":
+        return None
+    lo, hi = block_range or (0, 2**62)
+    parts = await conn.fetch(q("chain", "snapshot_files"), ds["dataset_uuid"], seq, lo, hi)
+    files = [f for p in parts for f in p["files"]]
+    return {
+        "org_id": ds["org_id"],
+        "storage_prefix": ds["storage_prefix"],
+        "manifest": {"files": files},
+        "block_range": block_range,
+    }
 
 
 async def list_datasets(pool: asyncpg.Pool) -> list[dict[str, Any]]:

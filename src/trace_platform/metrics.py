@@ -78,3 +78,20 @@ IN_FLIGHT = Gauge("trace_in_flight", "Work items in flight in this process.", re
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+CHAIN_RANGES = Counter(
+    "trace_chain_ranges_total",
+    "Chain ranges by transition (scheduled, committed, rejected, failed, replaced).",
+    ["transition"],
+    registry=REGISTRY,
+)
+CHAIN_REORGS = Counter(
+    "trace_chain_reorgs_total", "Reorgs detected on synced chains.", registry=REGISTRY
+)
+CHAIN_HEAD = Gauge(
+    "trace_chain_head", "Last head block seen per chain job.", ["job"], registry=REGISTRY
+)
+CHAIN_COMPACTIONS = Counter(
+    "trace_chain_compactions_total", "Partitions merged by compaction.", registry=REGISTRY
+)

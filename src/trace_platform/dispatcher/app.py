@@ -15,6 +15,7 @@ from trace_platform.adapters.local_invoker import LocalRuntimeInvoker
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
+from trace_platform.chain.loops import chain_routes, start_chain_loops
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
@@ -67,10 +68,11 @@ def create_app(settings: Settings) -> FastAPI:
         service = TaskService(pool, signer, settings, outbox_poke=poke)
         state.update(pool=pool, service=service, queue=queue)
         runner = LoopRunner()
-        drainer = OutboxDrainer(pool, default_routes(queue))
+        drainer = OutboxDrainer(pool, default_routes(queue, chain_routes()))
         start_kernel_loops(
             runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
         )
+        observer = start_chain_loops(runner, settings, pool, store)
         listener = await _listen_outbox(urls.state, poke)
         udf_stop = asyncio.Event()
         invoker = invoker_from_settings(settings)
@@ -92,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.wait({udf_task}, timeout=5)
             await invoker.close()
             await runner.stop()
+            await observer.close()
             if listener is not None:
                 await listener.close()
             await queue.close()

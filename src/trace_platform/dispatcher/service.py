@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from trace_platform.chain.commit import CommitRejected, commit_range
 from trace_platform.config import Settings
 from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
@@ -38,7 +39,7 @@ from trace_platform.errors import (
     ValidationError,
 )
 from trace_platform.logs import get_logger
-from trace_platform.metrics import TASK_TRANSITIONS
+from trace_platform.metrics import CHAIN_RANGES, TASK_TRANSITIONS
 from trace_platform.ports import TokenSigner
 
 log = get_logger(__name__)
@@ -414,6 +415,20 @@ class TaskService:
                 view = await conn.fetchrow(q("tasks", "task_view"), task_id)
                 assert view is not None
                 return _completion_answer(task_id, attempt, view["status"], view["next_retry_at"])
+            if row["chain_range"] and outcome == Outcome.SUCCESS:
+                try:
+                    async with conn.transaction():  # a savepoint: a rejection leaves no trace
+                        await commit_range(conn, self.store_root, task_id, attempt, outputs)
+                except CommitRejected as exc:
+                    CHAIN_RANGES.labels("rejected").inc()
+                    log.warning(
+                        "chain.commit_rejected",
+                        task_id=str(task_id),
+                        attempt=attempt,
+                        reason=str(exc),
+                    )
+                    outcome, error_message = Outcome.RETRYABLE_ERROR, f"commit rejected: {exc}"
+                    decision = decide_completion(_fence(row), attempt, lease_token, outcome)
             delay = (
                 retry_delay(
                     attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds

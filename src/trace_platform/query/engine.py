@@ -86,6 +86,7 @@ class Engine:
         files: list[str],
         limits: ExecutorLimits,
         s3: dict[str, str] | None = None,
+        block_range: tuple[int, int] | None = None,
     ) -> None:
         import duckdb
 
@@ -113,10 +114,22 @@ class Engine:
             dirs = sorted({os.path.dirname(f) + "/" for f in files})
             con.execute(f"SET allowed_directories = {_sql_list(dirs)}")
             con.execute("SET enable_external_access = false")
-            con.execute(f"CREATE VIEW dataset AS SELECT * FROM read_parquet({_sql_list(files)})")
+            where = ""
+            if block_range is not None:  # a range grant: only rows of blocks inside it
+                lo, hi = int(block_range[0]), int(block_range[1])
+                where = f" WHERE block_number >= {lo} AND block_number < {hi}"
+            con.execute(
+                f"CREATE VIEW dataset AS SELECT * FROM read_parquet({_sql_list(files)}){where}"
+            )
         elif route == ROUTE_ARROW:
             con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
             self.dataset = _arrow_dataset(files, s3)
+            if block_range is not None:
+                import pyarrow.dataset as ds
+
+                lo, hi = int(block_range[0]), int(block_range[1])
+                field = ds.field("block_number")
+                self.dataset = self.dataset.filter((field >= lo) & (field < hi))
         else:
             raise QueryFailed("query_error", "unknown route")
         con.execute("SET lock_configuration = true")
@@ -267,7 +280,14 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     limits = ExecutorLimits(**init["limits"])
     try:
         apply_limits(limits)
-        engine = Engine(init["route"], list(init["files"]), limits, init.get("s3"))
+        block_range = init.get("block_range")
+        engine = Engine(
+            init["route"],
+            list(init["files"]),
+            limits,
+            init.get("s3"),
+            tuple(block_range) if block_range is not None else None,
+        )
     except QueryFailed as exc:
         write_frames(out, orjson.dumps({"ok": False, "code": exc.code, "reason": exc.reason}))
         return 1

@@ -82,6 +82,7 @@ class Binding:
     key: str
     files: tuple[str, ...]
     s3: tuple[tuple[str, str], ...] | None = None
+    block_range: tuple[int, int] | None = None  # a range grant of a chain dataset
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class Executor:
             "files": files,
             "limits": asdict(limits),
             "s3": dict(self.binding.s3) if self.binding.s3 is not None else None,
+            "block_range": self.binding.block_range,
         }
         try:
             self._send(orjson.dumps(init))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 
+from trace_platform.datasets import parse_snapshot_version, snapshot_manifest
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, is_within_prefixes
 from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, sql_hash
@@ -60,6 +63,7 @@ def manifest_binding(
     manifest: object,
     read_prefixes: list[str],
     s3_options: dict[str, str] | None,
+    block_range: tuple[int, int] | None = None,
 ) -> Binding:
     """Exactly a version's files (local paths, or `bucket/key` with S3 options), each inside
     the version's prefix and the caller's read prefixes, local sizes as recorded; else
@@ -89,7 +93,9 @@ def manifest_binding(
     if not paths:
         raise ForbiddenError("dataset version has no files")
     s3 = s3_options if prefix.startswith("s3://") else None
-    return Binding(key, tuple(paths), tuple(sorted(s3.items())) if s3 is not None else None)
+    return Binding(
+        key, tuple(paths), tuple(sorted(s3.items())) if s3 is not None else None, block_range
+    )
 
 
 class QueryService:
@@ -110,21 +116,26 @@ class QueryService:
         self.pool = ExecutorPool(workers, limits, isolation, executor_uid)
         # Dataset versions are immutable (content-addressed): their rows are remembered for a
         # short while; every grant, org and prefix check still runs on each query.
-        self.versions: OrderedDict[tuple[str, str], tuple[float, asyncpg.Record]] = OrderedDict()
+        self.versions: OrderedDict[tuple[str, str], tuple[float, Mapping[str, Any]]] = OrderedDict()
 
     async def close(self) -> None:
         await self.pool.close()
 
-    async def version_row(self, grant: DatasetGrant) -> asyncpg.Record | None:
+    async def version_row(self, grant: DatasetGrant) -> Mapping[str, Any] | None:
+        """The granted version's org, prefix and manifest: a registered version, or a
+        snapshot of a chain dataset (immutable too: a commit sequence number)."""
         cached = self.versions.get((grant.dataset_uuid, grant.dataset_version))
         if cached is not None and time.monotonic() - cached[0] < VERSION_CACHE_SECONDS:
             return cached[1]
-        row: asyncpg.Record | None = await self.state.fetchrow(
+        if parse_snapshot_version(grant.dataset_version) is not None:
+            async with self.state.acquire() as conn:
+                return await snapshot_manifest(conn, grant)
+        row = await self.state.fetchrow(
             q("datasets", "get_version"), uuid.UUID(grant.dataset_uuid), grant.dataset_version
         )
-        return row
+        return cast("Mapping[str, Any] | None", row)
 
-    def remember(self, grant: DatasetGrant, row: asyncpg.Record) -> None:
+    def remember(self, grant: DatasetGrant, row: Mapping[str, Any]) -> None:
         """Only rows that passed every check are remembered, for VERSION_CACHE_SECONDS."""
         key = (grant.dataset_uuid, grant.dataset_version)
         cached = self.versions.get(key)
@@ -154,6 +165,7 @@ class QueryService:
             row["manifest"],
             list(claims.s3.read_prefixes),
             self.s3_options,
+            row.get("block_range"),
         )
         self.remember(grant, row)
         return binding

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from trace_platform.aio import first_of
+from trace_platform.chain.ingest import IngestFatal, IngestRetryable, cryo_ingest
 from trace_platform.client import DispatcherClient, DispatcherUnavailable, Lease
 from trace_platform.config import Settings
 from trace_platform.domain.capability import batch_prefix
@@ -253,12 +254,22 @@ class Worker:
         name = payload.get("operator")
         op = OPERATORS.get(name) if isinstance(name, str) else None
         try:
-            if op is None:
+            if name == "cryo_ingest":
+                # Writes Parquet into the attempt's prefix; the dispatcher commits the range
+                # with the completion that reports the files.
+                outputs = await cryo_ingest(
+                    lease.task_id, lease.attempt, payload, self.store, self.settings
+                )
+            elif op is None:
                 raise FatalTaskError(f"unknown operator {name!r}")
-            ctx = OperatorContext(lease.task_id, lease.attempt, payload, log)
-            outputs = await self._write_and_publish(lease, op(ctx))
-        except FatalTaskError as exc:
+            else:
+                ctx = OperatorContext(lease.task_id, lease.attempt, payload, log)
+                outputs = await self._write_and_publish(lease, op(ctx))
+        except (FatalTaskError, IngestFatal) as exc:
             await self._report(lease, "fatal_error", str(exc)[:2000])
+            return
+        except IngestRetryable as exc:
+            await self._report(lease, "retryable_error", str(exc)[:2000])
             return
         except ConflictError as exc:
             # Fenced out (stale attempt, canceled): this attempt must change nothing more.

@@ -31,10 +31,17 @@ FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
 WHERE v.dataset_uuid = $1 AND v.dataset_version = $2;
 
 -- name: list_datasets
+-- Registered versions, and chain datasets at their current snapshot.
 SELECT d.name, d.dataset_uuid, v.dataset_version, v.created_at,
-       jsonb_array_length(v.manifest->'files') AS files
+       jsonb_array_length(v.manifest->'files')::bigint AS files
 FROM state.datasets d JOIN state.dataset_versions v USING (dataset_uuid)
-ORDER BY d.name, v.created_at DESC;
+UNION ALL
+SELECT d.name, d.dataset_uuid, 'snap-' || d.commit_seq, d.created_at,
+       (SELECT coalesce(sum(jsonb_array_length(p.files)), 0)::bigint
+        FROM state.dataset_partitions p
+        WHERE p.dataset_uuid = d.dataset_uuid AND p.removed_seq IS NULL)
+FROM state.datasets d WHERE d.kind = 'partitions'
+ORDER BY 1, 4 DESC;
 
 -- name: insert_audit
 INSERT INTO data.query_audit (org_id, task_id, dataset_id, columns_accessed, result_row_count, sql_sha256)

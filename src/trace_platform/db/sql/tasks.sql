@@ -34,7 +34,8 @@ SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
 FROM state.tasks WHERE task_id = $1;
 
 -- name: lock_task_state
-SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
+SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id,
+       payload ? 'chain' AS chain_range
 FROM state.tasks WHERE task_id = $1 FOR UPDATE;
 
 -- name: share_task_state
@@ -68,6 +69,7 @@ UPDATE state.tasks
 SET status = 'completed', last_outcome = 'success', last_error = NULL, next_retry_at = NULL,
     outputs = coalesce($4::jsonb, outputs), lease_expires_at = NULL, updated_at = now()
 WHERE task_id = $1 AND attempt = $2 AND lease_token = $3 AND status = 'running'
+  AND NOT payload ? 'chain'  -- a chain range commits with its completion: the full path
 RETURNING status;
 
 -- name: complete_running_successes
@@ -78,7 +80,7 @@ SET status = 'completed', last_outcome = 'success', last_error = NULL, next_retr
 FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[])
      AS c(task_id, attempt, lease_token, outputs)
 WHERE t.task_id = c.task_id AND t.attempt = c.attempt AND t.lease_token = c.lease_token
-  AND t.status = 'running'
+  AND t.status = 'running' AND NOT t.payload ? 'chain'
 RETURNING t.task_id;
 
 -- name: insert_events

@@ -5,22 +5,18 @@ Global settings come first: `trace --lease-seconds 5 dispatcher`. Each has a TRA
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncpg
 import click
 import orjson
 
+from trace_platform.cli.common import handle_errors, run_async, settings_from
 from trace_platform.config import SETTINGS, Settings
-from trace_platform.errors import TraceError, ValidationError
-
-T = TypeVar("T")
+from trace_platform.errors import ValidationError
 
 
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,34 +26,6 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             fn
         )
     return fn
-
-
-def settings_from(ctx: click.Context, **local: Any) -> Settings:
-    overrides = dict(ctx.find_root().obj or {})
-    overrides.update({k: v for k, v in local.items() if v is not None})
-    return Settings.load(overrides)
-
-
-def run_async(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TraceError as exc:
-            click.echo(f"error: {exc.detail}", err=True)
-            sys.exit(1 if exc.status in (404, 409) else 2)
-        except asyncpg.UndefinedTableError:
-            click.echo("error: the database has no Trace schema; run `trace migrate`", err=True)
-            sys.exit(2)
-        except (OSError, asyncpg.PostgresError) as exc:
-            click.echo(f"error: database unreachable or failing ({type(exc).__name__})", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def _setup_logs(settings: Settings, process: str) -> None:
@@ -438,6 +406,7 @@ def dataset_list(ctx: click.Context) -> None:
 @click.option("--limit", type=int, default=None, help="Rows to return (1..10000, default 1000).")
 @click.option("--org-id", type=click.UUID, default=None, help="Owning org (default: Lite org).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
+@click.option("--range", "block_range", default=None, help="Chain datasets: only blocks START:END.")
 @click.pass_context
 @handle_errors
 def dataset_query(
@@ -447,13 +416,17 @@ def dataset_query(
     limit: int | None,
     org_id: uuid.UUID | None,
     as_json: bool,
+    block_range: str | None,
 ) -> None:
-    """Run SQL over the newest version of NAME (relation `dataset`) through the same gate and
-    sandboxed executor as the query service: try a UDF's query before shipping it."""
+    """Run SQL over the newest version of NAME (relation `dataset`; a chain dataset: every
+    committed range) through the same gate and sandboxed executor as the query service: try
+    a UDF's query before shipping it."""
     settings = settings_from(ctx)
     from trace_platform.cli_support import query_dataset
+    from trace_platform.ops.chains import check_block_range
 
-    result = run_async(query_dataset(settings, name, sql, limit, org_id))
+    bounds = check_block_range(block_range) if block_range is not None else None
+    result = run_async(query_dataset(settings, name, sql, limit, org_id, bounds))
     if as_json:
         click.echo(orjson.dumps(result).decode())
         return
@@ -560,6 +533,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_status(report))
+
+
+def _register_verb_groups() -> None:
+    from trace_platform.cli import chains
+
+    cli.add_command(chains.apply)
+    cli.add_command(chains.chain)
+
+
+_register_verb_groups()
 
 
 def main() -> None:

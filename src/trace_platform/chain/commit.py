@@ -1,0 +1,162 @@
+"""Range commit (SPEC §11): a range becomes part of its dataset only on the fenced
+successful completion of its task, inside that completion's transaction.
+
+The files must lie inside the attempt's own prefix and cover exactly the range; the range
+must line up with its committed neighbours (the hash of the block before it equals the
+predecessor's last hash, and likewise for the successor) and overlap no live partition.
+Otherwise the completion is turned into a retryable failure: a stale or torn attempt's
+objects are never referenced.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from trace_platform.db.sql import q
+from trace_platform.logs import get_logger
+from trace_platform.metrics import CHAIN_RANGES
+
+log = get_logger(__name__)
+_EVENT_NS = uuid.UUID("0f5e7a3c-2d1b-4c9e-8a7f-6b5d4c3e2f1a")
+MAX_FILES = 64
+
+
+class CommitRejected(Exception):
+    """The completion's outputs cannot be committed; the attempt is retried."""
+
+
+def part_prefix(
+    store_root: str, dataset_uuid: uuid.UUID | str, task_id: uuid.UUID | str, attempt: int
+) -> str:
+    """Where one attempt of one range writes its files: private to the attempt."""
+    return f"{store_root.rstrip('/')}/datasets/{dataset_uuid}/parts/{task_id}/{attempt}/"
+
+
+def dataset_prefix(store_root: str, dataset_uuid: uuid.UUID | str) -> str:
+    return f"{store_root.rstrip('/')}/datasets/{dataset_uuid}/"
+
+
+def report_block_time(outputs: Any) -> float | None:
+    value = outputs["chain"].get("last_block_time")
+    return float(value) if type(value) in (int, float) else None
+
+
+def committed_event_id(dataset_uuid: uuid.UUID, start: int, end: int, seq: int) -> uuid.UUID:
+    return uuid.uuid5(_EVENT_NS, f"{dataset_uuid}:{start}:{end}:{seq}")
+
+
+def check_files(
+    outputs: Any, prefix: str, start: int, end: int, cryo_dataset: str
+) -> tuple[list[dict[str, Any]], int, int, str | None, str | None]:
+    """Validate reported files; returns (files, rows, bytes, first_parent_hash, last_hash)."""
+    report = outputs.get("chain") if isinstance(outputs, dict) else None
+    if not isinstance(report, dict):
+        raise CommitRejected("the completion reports no chain range")
+    if report.get("start") != start or report.get("end") != end:
+        raise CommitRejected("the completion reports another range")
+    files = report.get("files")
+    if not isinstance(files, list) or len(files) > MAX_FILES:
+        raise CommitRejected("the completion's file list is malformed")
+    rows = size = 0
+    clean: list[dict[str, Any]] = []
+    for f in files:
+        if not isinstance(f, dict):
+            raise CommitRejected("the completion's file list is malformed")
+        uri = f.get("uri")
+        if not isinstance(uri, str) or not uri.startswith(prefix) or ".." in uri[len(prefix) :]:
+            raise CommitRejected("a reported file lies outside the attempt's prefix")
+        n, b = f.get("rows"), f.get("size")
+        lo, hi = f.get("min_block"), f.get("max_block")
+        if type(n) is not int or type(b) is not int or n < 0 or b <= 0:
+            raise CommitRejected("a reported file has no valid size or row count")
+        if n and (type(lo) is not int or type(hi) is not int or lo < start or hi >= end):
+            raise CommitRejected("a reported file holds blocks outside the range")
+        if not isinstance(f.get("sha256"), str):
+            raise CommitRejected("a reported file has no sha256")
+        rows, size = rows + n, size + b
+        clean.append(
+            {k: f[k] for k in ("uri", "size", "sha256", "rows", "min_block", "max_block") if k in f}
+        )
+    if not clean:
+        raise CommitRejected("the completion reports no file for the range")
+    if cryo_dataset == "blocks" and rows != end - start:
+        raise CommitRejected(f"blocks range holds {rows} rows, expected {end - start}")
+    parent, last = report.get("first_parent_hash"), report.get("last_hash")
+    if parent is not None and not isinstance(parent, str):
+        raise CommitRejected("first_parent_hash is malformed")
+    if not isinstance(last, str):
+        raise CommitRejected("last_hash is missing")
+    return clean, rows, size, parent, last
+
+
+async def commit_range(
+    conn: Any, store_root: str, task_id: uuid.UUID, attempt: int, outputs: Any
+) -> dict[str, Any] | None:
+    """Commit the range of a chain task (caller holds the task's row lock inside the
+    completion's transaction). Returns the commit, or None for a task with no live range;
+    raises CommitRejected."""
+    rng = await conn.fetchrow(q("chain", "range_for_task"), task_id)
+    if rng is None or rng["status"] != "scheduled":
+        raise CommitRejected("the range of this task is no longer scheduled (replaced)")
+    start, end, ds = rng["range_start"], rng["range_end"], rng["dataset_uuid"]
+    prefix = part_prefix(store_root, ds, task_id, attempt)
+    files, rows, size, parent, last = check_files(outputs, prefix, start, end, rng["cryo_dataset"])
+    for n in await conn.fetch(q("chain", "neighbours"), ds, start, end):
+        if n["range_end"] == start:
+            if parent is not None and n["last_hash"] is not None and n["last_hash"] != parent:
+                raise CommitRejected(
+                    f"range does not line up with the committed range before it at block"
+                    f" {start - 1} (reorg?)"
+                )
+        elif n["range_start"] == end:
+            if n["first_parent_hash"] is not None and n["first_parent_hash"] != last:
+                raise CommitRejected(
+                    f"range does not line up with the committed range after it at block"
+                    f" {end - 1} (reorg?)"
+                )
+        else:
+            raise CommitRejected("range overlaps a committed partition")
+    seq = await conn.fetchval(q("chain", "bump_commit_seq"), ds)
+    partition_id = uuid.uuid4()
+    await conn.execute(
+        q("chain", "insert_partition"),
+        partition_id,
+        ds,
+        start,
+        end,
+        files,
+        rows,
+        size,
+        parent,
+        last,
+        seq,
+        task_id,
+        False,
+    )
+    block_time = report_block_time(outputs)
+    await conn.execute(q("chain", "mark_committed"), task_id, block_time)
+    event = {
+        "dataset_uuid": str(ds),
+        "job_id": str(rng["job_id"]),
+        "stream": rng["stream"],
+        "start": start,
+        "end": end,
+        "commit_seq": seq,
+        "partition_id": str(partition_id),
+    }
+    await conn.execute(
+        q("chain", "insert_committed_event"), committed_event_id(ds, start, end, seq), event
+    )
+    CHAIN_RANGES.labels("committed").inc()
+    log.info(
+        "chain.range_committed",
+        task_id=str(task_id),
+        attempt=attempt,
+        dataset_uuid=str(ds),
+        range_start=start,
+        range_end=end,
+        commit_seq=seq,
+        rows=rows,
+    )
+    return event

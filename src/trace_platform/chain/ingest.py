@@ -1,0 +1,208 @@
+"""`cryo_ingest`: extract exactly one range `[start, end)` of one cryo dataset (SPEC §11).
+
+Runs in the trusted worker. cryo writes Parquet into a staging directory private to the
+attempt; its error counts are checked (a range past the head is retryable, a dataset cryo
+does not know is fatal); files and bytes are capped; each file is streamed into the
+attempt's own prefix (never whole in memory) with its size, sha256, row count and min/max
+block, and the hashes of block `start - 1` and `end - 1` are read before and after the
+extraction so a range that changed under the extractor is retried, not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from trace_platform.chain.commit import MAX_FILES, part_prefix
+from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
+from trace_platform.chain.spec import KNOWN_CRYO_DATASETS
+from trace_platform.config import Settings
+from trace_platform.ports import ObjectStore
+
+CHUNK = 1 << 20
+_SLOTS: dict[int, asyncio.Semaphore] = {}
+
+
+class IngestFatal(Exception):
+    """Retrying cannot help (unknown dataset, missing pool, bad payload)."""
+
+
+class IngestRetryable(Exception):
+    """Try again later (past the head, RPC down, chain moved under the extractor)."""
+
+
+def _slots(n: int) -> asyncio.Semaphore:
+    if n not in _SLOTS:
+        _SLOTS[n] = asyncio.Semaphore(n)
+    return _SLOTS[n]
+
+
+def parse_range_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    spec = payload.get("chain")
+    if not isinstance(spec, dict):
+        raise IngestFatal("cryo_ingest: payload has no chain range")
+    for key, kind in (
+        ("dataset_uuid", str),
+        ("cryo_dataset", str),
+        ("rpc_pool", str),
+        ("start", int),
+        ("end", int),
+        ("chain_id", int),
+    ):
+        if type(spec.get(key)) is not kind:
+            raise IngestFatal(f"cryo_ingest: chain.{key} is missing or not a {kind.__name__}")
+    if not 0 <= spec["start"] < spec["end"]:
+        raise IngestFatal("cryo_ingest: chain range must satisfy 0 <= start < end")
+    return spec
+
+
+def _freeze(dataset: str, start: int, end: int, rpc: str, out: Path) -> dict[str, int]:
+    import cryo  # the Rust extractor; imported only where ranges are extracted
+
+    result: dict[str, int] = cryo.freeze(
+        dataset,
+        blocks=[f"{start}:{end}"],
+        rpc=rpc,
+        output_dir=str(out),
+        hex=True,
+        verbose=False,
+        overwrite=True,
+        chunk_size=end - start,
+        max_concurrent_requests=16,
+    )
+    return result
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    """Row count and min/max block of one Parquet file (reads only `block_number`)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    info: dict[str, Any] = {"rows": meta.num_rows}
+    if meta.num_rows:
+        column = pq.read_table(path, columns=["block_number"]).column("block_number")
+        bounds = pc.min_max(column).as_py()
+        info["min_block"], info["max_block"] = int(bounds["min"]), int(bounds["max"])
+    return info
+
+
+def _last_block_hash(path: Path) -> str | None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["block_number", "block_hash"])
+    if table.num_rows == 0:
+        return None
+    last = pc.max(table.column("block_number"))
+    rows = table.filter(pc.equal(table.column("block_number"), last))
+    return str(rows.column("block_hash")[0].as_py())
+
+
+async def _file_chunks(path: Path, digest: Any) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            digest.update(chunk)
+            yield chunk
+
+
+async def _hashes(rpc: RpcClient, start: int, end: int) -> tuple[str | None, str | None, int]:
+    """(hash of block start - 1, hash of block end - 1, timestamp of block end - 1)."""
+    head = await rpc.block_number()
+    if end - 1 > head:
+        raise IngestRetryable(f"range end {end} is past the node's head {head}")
+    wanted = [end - 1] + ([start - 1] if start > 0 else [])
+    headers = await rpc.block_headers(wanted)
+    before = headers.get(start - 1) if start > 0 else None
+    last = headers.get(end - 1)
+    return (before[0] if before else None), (last[0] if last else None), (last[1] if last else 0)
+
+
+async def cryo_ingest(
+    task_id: uuid.UUID,
+    attempt: int,
+    payload: dict[str, Any],
+    store: ObjectStore,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Extract, check and upload one range; returns the completion's `outputs`."""
+    spec = parse_range_payload(payload)
+    start, end, dataset = spec["start"], spec["end"], spec["cryo_dataset"]
+    url = settings.rpc_url(spec["rpc_pool"])
+    if url is None:
+        raise IngestFatal(
+            f"rpc pool {spec['rpc_pool']!r} is not configured on this worker"
+            f" (set {Settings.rpc_pool_env(spec['rpc_pool'])})"
+        )
+    staging = settings.home / "staging" / str(task_id) / str(attempt)
+    shutil.rmtree(staging, ignore_errors=True)  # cryo skips files that exist: start clean
+    staging.mkdir(parents=True, mode=0o700)
+    try:
+        async with RpcClient(url, settings.chain_rpc_timeout_seconds) as rpc:
+            try:
+                served = await rpc.chain_id()
+                if served != spec["chain_id"]:
+                    raise IngestFatal(
+                        f"the node serves chain {served}, the range is of chain {spec['chain_id']}"
+                    )
+                parent, last_before, block_time = await _hashes(rpc, start, end)
+                async with _slots(settings.cryo_concurrency):
+                    result = await asyncio.wait_for(
+                        asyncio.to_thread(_freeze, dataset, start, end, url, staging),
+                        settings.cryo_timeout_seconds,
+                    )
+                parent_after, last_after, _ = await _hashes(rpc, start, end)
+            except (RpcUnavailable, RpcError) as exc:
+                raise IngestRetryable(f"rpc: {exc}") from None
+            except TimeoutError:
+                raise IngestRetryable("cryo extraction timed out") from None
+            except TypeError as exc:  # cryo's binding reports every failure as TypeError
+                if dataset not in KNOWN_CRYO_DATASETS:
+                    raise IngestFatal(f"cryo cannot extract dataset {dataset!r}") from None
+                raise IngestRetryable(f"cryo failed: {exc}") from None
+        if result.get("n_errored", 0):
+            raise IngestRetryable(f"cryo reported {result['n_errored']} errored chunk(s)")
+        if (parent_after, last_after) != (parent, last_before) or last_before is None:
+            raise IngestRetryable("the chain changed during the extraction (reorg)")
+        files = sorted(staging.glob("*.parquet"))
+        if not files:
+            raise IngestRetryable("cryo wrote no file for the range")
+        if len(files) > MAX_FILES:
+            raise IngestFatal(f"cryo wrote {len(files)} files; at most {MAX_FILES} per range")
+        total = sum(f.stat().st_size for f in files)
+        if total > settings.cryo_max_bytes:
+            raise IngestFatal(
+                f"range output is {total} bytes,"
+                f" over TRACE_CRYO_MAX_BYTES ({settings.cryo_max_bytes})"
+            )
+        if dataset == "blocks":
+            in_file = await asyncio.to_thread(_last_block_hash, files[-1])
+            if in_file != last_before:
+                raise IngestRetryable("extracted blocks do not end on the node's block hash")
+        prefix = part_prefix(store.root, spec["dataset_uuid"], task_id, attempt)
+        reported = []
+        for i, path in enumerate(files):
+            info = await asyncio.to_thread(_describe, path)
+            digest = hashlib.sha256()
+            uri = f"{prefix}part-{i:03d}.parquet"
+            stored = await store.put_stream(uri, _file_chunks(path, digest))
+            reported.append({"uri": uri, "size": stored.size, "sha256": digest.hexdigest(), **info})
+        return {
+            "chain": {
+                "start": start,
+                "end": end,
+                "files": reported,
+                "rows": sum(int(f["rows"]) for f in reported),
+                "bytes": sum(int(f["size"]) for f in reported),
+                "first_parent_hash": parent,
+                "last_hash": last_before,
+                "last_block_time": block_time,
+            }
+        }
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

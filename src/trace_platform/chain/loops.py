@@ -1,0 +1,45 @@
+"""Chain sync's dispatcher loops (planner, head observer, compaction) and outbox routes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+
+from trace_platform.chain.compaction import Compactor
+from trace_platform.chain.planner import ChainPlanner, HeadObserver
+from trace_platform.config import Settings
+from trace_platform.dispatcher.loops import LoopRunner, OutboxRoute
+from trace_platform.ports import ObjectStore
+
+NEVER_BUSY = 1 << 30
+COMPACTION_INTERVAL = 5.0
+
+
+def start_chain_loops(
+    runner: LoopRunner, settings: Settings, pool: asyncpg.Pool, store: ObjectStore
+) -> HeadObserver:
+    """Start the planner (woken early when a head moves), the head observer and the
+    compactor; returns the observer, whose RPC sessions the caller closes."""
+    plan_now = asyncio.Event()
+    planner = ChainPlanner(pool, settings)
+    observer = HeadObserver(pool, settings, on_new_head=plan_now.set)
+    # Retired files outlive every token that could still name their snapshot.
+    gc_after = 2 * max(settings.token_ttl_seconds, settings.lease_seconds * 2)
+    compactor = Compactor(pool, store, gc_after)
+    runner.start("chain_planner", planner.tick, settings.chain_interval, NEVER_BUSY, plan_now)
+    runner.start("chain_head", observer.tick, min(0.25, settings.chain_interval), NEVER_BUSY)
+    runner.start("chain_compaction", compactor.tick, COMPACTION_INTERVAL, NEVER_BUSY)
+    return observer
+
+
+def chain_routes() -> dict[str, OutboxRoute]:
+    """`dataset.range_committed` has no consumer of its own yet (alerts subscribe to it);
+    the row is marked sent so the outbox stays clean."""
+
+    async def committed(_ids: list[uuid.UUID], _payloads: list[dict[str, Any]]) -> None:
+        return None
+
+    return {"dataset.range_committed": committed}

@@ -1,0 +1,295 @@
+"""Planner and head observer: dispatcher loops of chain sync (SPEC §11).
+
+The planner ticks each active stream in its own transaction holding the stream's row lock
+(SKIP LOCKED, so several dispatchers never plan the same stream at once): it settles ranges
+whose task failed for good (the stream stops with the range and reason), then schedules new
+ranges up to `max_inflight` as tasks with deterministic ids and outbox wake-ups.
+
+The head observer polls each job's node (async HTTP with timeouts: the API's event loop is
+never blocked), records the head and its age, flags `stale_head` / `rpc_unavailable` /
+`rpc_pool_missing` / `chain_id_mismatch`, and re-checks committed ranges within the watch
+depth against the node's canonical chain (a mismatch is a reorg: `chain.reorg.repair`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from trace_platform.chain.reorg import repair_reorg
+from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
+from trace_platform.chain.spec import range_task_id
+from trace_platform.config import Settings
+from trace_platform.db.sql import q
+from trace_platform.logs import get_logger
+from trace_platform.metrics import CHAIN_HEAD, CHAIN_RANGES
+
+log = get_logger(__name__)
+
+CHAIN_TASK_ATTEMPTS = 10  # RPC faults are retried with the kernel's backoff for minutes
+
+
+def eligible_end(mode: dict[str, Any], head: int | None) -> int | None:
+    """First block the planner may not schedule yet (end-exclusive), or None."""
+    if mode["kind"] == "fixed_target":
+        return int(mode["to_block"])
+    if head is None:
+        return None
+    return head + 1 - int(mode.get("tail_lag", 2))
+
+
+def next_ranges(
+    cursor: int,
+    chunk: int,
+    mode: dict[str, Any],
+    end: int,
+    room: int,
+    taken: set[int],
+) -> tuple[list[tuple[int, int]], int]:
+    """Ranges to schedule from `cursor` and the new cursor. `follow_head` takes full chunks
+    only; `fixed_target` ends with a partial one at `to_block`. Starts in `taken` (already
+    scheduled or committed) are stepped over."""
+    ranges: list[tuple[int, int]] = []
+    fixed = mode["kind"] == "fixed_target"
+    while len(ranges) < room and cursor < end:
+        stop = cursor + chunk
+        if fixed:
+            stop = min(stop, end)
+        elif stop > end:
+            break
+        if cursor not in taken:
+            ranges.append((cursor, stop))
+        cursor = stop
+    return ranges, cursor
+
+
+def range_payload(row: asyncpg.Record, start: int, end: int) -> dict[str, Any]:
+    return {
+        "operator": "cryo_ingest",
+        "chain": {
+            "job_id": str(row["job_id"]),
+            "stream": row["stream"],
+            "dataset_uuid": str(row["dataset_uuid"]),
+            "cryo_dataset": row["cryo_dataset"],
+            "chain_id": row["chain_id"],
+            "rpc_pool": row["rpc_pool"],
+            "start": start,
+            "end": end,
+            "generation": row["generation"],
+        },
+    }
+
+
+class ChainPlanner:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    async def tick(self) -> int:
+        """Plan every active stream once; returns how many ranges were scheduled."""
+        streams = await self.pool.fetch(q("chain", "plannable_streams"))
+        scheduled = 0
+        for s in streams:
+            scheduled += await self.plan_stream(s["job_id"], s["stream"])
+        return scheduled
+
+    async def plan_stream(self, job_id: uuid.UUID, stream: str) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q("chain", "lock_stream"), job_id, stream)
+            if row is None or row["status"] != "active" or row["paused"]:
+                return 0
+            inflight = 0
+            for r in await conn.fetch(q("chain", "open_ranges"), job_id, stream):
+                terminal = r["task_status"] == "canceled" or (
+                    r["task_status"] == "failed" and r["next_retry_at"] is None
+                )
+                if not terminal:
+                    inflight += 1
+                    continue
+                reason = (r["last_error"] or r["task_status"])[:500]
+                error = f"range [{r['range_start']}, {r['range_end']}) failed: {reason}"
+                await conn.execute(q("chain", "fail_range"), r["task_id"], reason)
+                await conn.execute(q("chain", "stop_stream"), job_id, stream, error)
+                await conn.execute(
+                    q("chain", "insert_event"),
+                    job_id,
+                    "chain.stream_stopped",
+                    {
+                        "stream": stream,
+                        "range": [r["range_start"], r["range_end"]],
+                        "error": reason,
+                    },
+                )
+                CHAIN_RANGES.labels("failed").inc()
+                log.error(
+                    "chain.stream_stopped",
+                    job_id=str(job_id),
+                    stream=stream,
+                    range_start=r["range_start"],
+                    range_end=r["range_end"],
+                )
+                return 0
+            if row["head_error"]:
+                return 0  # scheduling waits for a healthy, fresh head (visible in status)
+            mode = row["mode"]
+            end = eligible_end(mode, row["head_number"])
+            room = row["max_inflight"] - inflight
+            if end is None or room <= 0 or row["cursor"] >= end:
+                return 0
+            taken = {
+                r["range_start"]
+                for r in await conn.fetch(q("chain", "taken_starts"), job_id, stream, row["cursor"])
+            }
+            ranges, cursor = next_ranges(row["cursor"], row["chunk_size"], mode, end, room, taken)
+            if cursor != row["cursor"]:
+                await conn.execute(q("chain", "advance_cursor"), job_id, stream, cursor)
+            if not ranges:
+                return 0
+            generation = row["generation"]
+            ids = [range_task_id(job_id, stream, s, e, generation) for s, e in ranges]
+            await conn.execute(
+                q("chain", "insert_ranges"),
+                job_id,
+                stream,
+                generation,
+                ids,
+                [s for s, _ in ranges],
+                [e for _, e in ranges],
+            )
+            await conn.execute(
+                q("chain", "insert_range_tasks"),
+                ids,
+                [range_payload(row, s, e) for s, e in ranges],
+                row["org_id"],
+                CHAIN_TASK_ATTEMPTS,
+            )
+            await conn.execute(q("outbox", "notify_outbox"))
+        CHAIN_RANGES.labels("scheduled").inc(len(ranges))
+        log.info(
+            "chain.ranges_scheduled",
+            job_id=str(job_id),
+            stream=stream,
+            count=len(ranges),
+            first=ranges[0][0],
+            last=ranges[-1][1],
+        )
+        return len(ranges)
+
+
+class HeadObserver:
+    """Polls each job's node for its head; checks committed ranges for reorgs."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        on_new_head: Callable[[], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.on_new_head = on_new_head
+        self._heads: dict[uuid.UUID, int] = {}
+        self._clients: dict[str, RpcClient] = {}
+        self._last_poll: dict[uuid.UUID, float] = {}
+        self._chain_ok: set[uuid.UUID] = set()
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    def _client(self, url: str) -> RpcClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = RpcClient(url, self.settings.chain_rpc_timeout_seconds)
+        return client
+
+    async def tick(self) -> int:
+        jobs = await self.pool.fetch(q("chain", "jobs"))
+        polled = 0
+        now = time.monotonic()
+        for job in jobs:
+            every = float(job["mode"].get("head_poll_seconds", 1.0))
+            if now - self._last_poll.get(job["job_id"], 0.0) < every:
+                continue
+            self._last_poll[job["job_id"]] = now
+            await self.observe(job)
+            polled += 1
+        return 0 if polled == 0 else 1
+
+    async def observe(self, job: asyncpg.Record) -> None:
+        job_id = job["job_id"]
+        url = self.settings.rpc_url(job["rpc_pool"])
+        if url is None:
+            error = (
+                f"rpc_pool_missing: pool {job['rpc_pool']!r} is not configured"
+                f" (set {Settings.rpc_pool_env(job['rpc_pool'])})"
+            )
+            await self.pool.execute(q("chain", "set_head_error"), job_id, error)
+            return
+        rpc = self._client(url)
+        try:
+            if job_id not in self._chain_ok:
+                served = await rpc.chain_id()
+                if served != job["chain_id"]:
+                    error = (
+                        f"chain_id_mismatch: the node serves chain {served},"
+                        f" the spec says {job['chain_id']}"
+                    )
+                    await self.pool.execute(q("chain", "set_head_error"), job_id, error)
+                    return
+                self._chain_ok.add(job_id)
+            head = await rpc.block_number()
+        except (RpcUnavailable, RpcError) as exc:
+            await self._record(job, None, f"rpc_unavailable: {exc}")
+            return
+        CHAIN_HEAD.labels(job["name"]).set(head)
+        await self._record(job, head, None)
+        if self._heads.get(job_id) != head:
+            self._heads[job_id] = head
+            if self.on_new_head is not None:
+                self.on_new_head()
+        await self.check_reorgs(job, rpc, head)
+
+    async def _record(self, job: asyncpg.Record, head: int | None, error: str | None) -> None:
+        row = await self.pool.fetchrow(q("chain", "record_head"), job["job_id"], head, error)
+        mode = job["mode"]
+        if row is None or mode["kind"] != "follow_head" or row["head_age"] is None:
+            return
+        max_age = float(mode.get("max_head_age_seconds", 30.0))
+        if row["head_age"] > max_age:
+            stale = f"stale_head: no new block for {row['head_age']:.0f} s (limit {max_age:g} s)"
+            if error:
+                stale += f"; {error}"
+            await self.pool.execute(q("chain", "set_head_error"), job["job_id"], stale)
+            if job["head_error"] is None or not job["head_error"].startswith("stale_head"):
+                log.warning("chain.stale_head", job_id=str(job["job_id"]), age=row["head_age"])
+
+    async def check_reorgs(self, job: asyncpg.Record, rpc: RpcClient, head: int) -> None:
+        """Committed ranges ending within the watch depth must still end on the node's
+        canonical block; the earliest that does not is where the repair starts."""
+        floor = head - self.settings.chain_watch_depth
+        watched = await self.pool.fetch(q("chain", "watched_partitions"), job["job_id"], floor)
+        if not watched:
+            return
+        try:
+            hashes = await rpc.block_hashes([p["range_end"] - 1 for p in watched])
+        except (RpcUnavailable, RpcError):
+            return  # the next poll checks again
+        mismatched = [p for p in watched if hashes.get(p["range_end"] - 1) != p["last_hash"]]
+        if not mismatched:
+            return
+        first = min(mismatched, key=lambda p: p["range_start"])
+        detail = {
+            "fork_block": first["range_start"],
+            "head": head,
+            "depth": head - first["range_start"] + 1,
+            "checked_block": first["range_end"] - 1,
+            "stored_hash": first["last_hash"],
+            "node_hash": hashes.get(first["range_end"] - 1),
+        }
+        await repair_reorg(self.pool, job["job_id"], first["range_start"], detail)

@@ -1,0 +1,58 @@
+"""Reorg repair (SPEC §11): when the node's canonical chain no longer matches committed
+ranges, every stream of the job drops the ranges ending after the fork block (their
+partitions leave the dataset at a new snapshot, their in-flight tasks are canceled) and
+rewinds its cursor under a new generation, so the planner re-syncs them as new partitions.
+One transaction; a `chain.reorg` event records depth and blocks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from trace_platform.chain.spec import aligned_start
+from trace_platform.db.sql import q
+from trace_platform.logs import get_logger
+from trace_platform.metrics import CHAIN_RANGES, CHAIN_REORGS
+
+log = get_logger(__name__)
+
+
+async def repair_reorg(
+    pool: asyncpg.Pool, job_id: uuid.UUID, fork_block: int, detail: dict[str, Any]
+) -> dict[str, int]:
+    """Replace every range of the job that ends after `fork_block`; returns replaced
+    ranges per stream."""
+    replaced: dict[str, int] = {}
+    async with pool.acquire() as conn, conn.transaction():
+        job = await conn.fetchrow(q("chain", "lock_job"), job_id)
+        if job is None:
+            return replaced
+        from_block = int(job["mode"].get("from_block", 0))
+        for stream in await conn.fetch(q("chain", "lock_streams_of_job"), job_id):
+            name = stream["stream"]
+            rows = await conn.fetch(q("chain", "replace_ranges_from"), job_id, name, fork_block)
+            in_flight = [r["task_id"] for r in rows if r["status"] == "scheduled"]
+            if in_flight:
+                await conn.execute(q("chain", "cancel_range_tasks"), in_flight)
+            seq = await conn.fetchval(q("chain", "bump_commit_seq"), stream["dataset_uuid"])
+            await conn.execute(
+                q("chain", "remove_partitions_from"), stream["dataset_uuid"], fork_block, seq
+            )
+            start = aligned_start(from_block, stream["chunk_size"], fork_block)
+            await conn.execute(q("chain", "rewind_stream"), job_id, name, start)
+            replaced[name] = len(rows)
+        detail = {**detail, "replaced_ranges": replaced}
+        await conn.execute(q("chain", "insert_event"), job_id, "chain.reorg", detail)
+        await conn.execute(q("chain", "record_reorg"), job_id, detail)
+    CHAIN_REORGS.inc()
+    CHAIN_RANGES.labels("replaced").inc(sum(replaced.values()))
+    log.warning(
+        "chain.reorg",
+        job_id=str(job_id),
+        fork_block=fork_block,
+        depth=detail.get("depth"),
+        replaced=sum(replaced.values()),
+    )
+    return replaced

@@ -1,0 +1,265 @@
+"""Chain operations for people (CLI today, `/v1/*` next): apply a chain_sync spec, status,
+pause, resume, retry. Each state change is one transaction; no SQL lives in callers."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+
+from trace_platform.chain.commit import dataset_prefix
+from trace_platform.chain.planner import eligible_end
+from trace_platform.chain.spec import ChainSyncSpec, aligned_start, job_id_for
+from trace_platform.datasets import dataset_uuid_for
+from trace_platform.db.sql import q
+from trace_platform.errors import ConflictError, NotFoundError, ValidationError
+
+RATE_WINDOW_SECONDS = 30.0
+
+
+def spec_digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def apply_chain_sync(
+    pool: asyncpg.Pool, spec: ChainSyncSpec, org_id: uuid.UUID, store_root: str
+) -> dict[str, Any]:
+    """Create or update the job, its streams and their datasets. Re-applying the same spec
+    changes nothing; a changed spec changes only what is not yet scheduled (cursors stay)."""
+    body = spec.model_dump(mode="json")
+    digest = spec_digest(body)
+    job_id = job_id_for(org_id, spec.name)
+    async with pool.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(q("chain", "get_spec"), org_id, spec.kind, spec.name)
+        result = {"kind": spec.kind, "name": spec.name, "job_id": str(job_id)}
+        if current is not None and current["sha256"] == digest:
+            return {**result, "changed": False}
+        job = await conn.fetchrow(q("chain", "lock_job"), job_id)
+        if job is not None and job["chain_id"] != spec.chain_id:
+            raise ConflictError(
+                f"chain_id: job {spec.name!r} syncs chain {job['chain_id']}; a job cannot"
+                " change chains (apply it under a new name)"
+            )
+        await conn.execute(q("chain", "upsert_spec"), org_id, spec.kind, spec.name, body, digest)
+        await conn.execute(
+            q("chain", "upsert_job"),
+            job_id,
+            org_id,
+            spec.name,
+            spec.chain_id,
+            spec.rpc_pool,
+            body["mode"],
+            body["compaction"],
+        )
+        for stream, s in spec.streams.items():
+            name = spec.dataset_name(stream)
+            ds = dataset_uuid_for(org_id, name)
+            await conn.execute(
+                q("chain", "upsert_partitioned_dataset"),
+                ds,
+                org_id,
+                name,
+                dataset_prefix(store_root, ds),
+            )
+            if await conn.fetchval(q("chain", "dataset_kind"), ds) != "partitions":
+                raise ConflictError(
+                    f"streams.{stream}: dataset {name!r} exists and is not a chain dataset"
+                )
+            await conn.execute(
+                q("chain", "upsert_stream"),
+                job_id,
+                stream,
+                ds,
+                s.cryo_dataset,
+                s.chunk_size,
+                s.max_inflight,
+                spec.mode.from_block,
+            )
+        for row in await conn.fetch(q("chain", "streams_of_job"), job_id):
+            if row["stream"] not in spec.streams and row["status"] == "active":
+                await conn.execute(
+                    q("chain", "stop_stream"), job_id, row["stream"], "removed from the spec"
+                )
+        await conn.execute(q("outbox", "notify_outbox"))
+    return {**result, "changed": True, "created": current is None}
+
+
+async def _job(conn: Any, org_id: uuid.UUID, name: str) -> asyncpg.Record:
+    job = await conn.fetchrow(q("chain", "job_by_name"), org_id, name)
+    if job is None:
+        raise NotFoundError(f"no chain job named {name!r}")
+    assert isinstance(job, asyncpg.Record)
+    return job
+
+
+async def set_paused(
+    pool: asyncpg.Pool, org_id: uuid.UUID, name: str, paused: bool
+) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        job = await _job(conn, org_id, name)
+        await conn.execute(q("chain", "set_paused"), job["job_id"], paused)
+    return {"name": name, "paused": paused}
+
+
+async def retry_stream(
+    pool: asyncpg.Pool, org_id: uuid.UUID, name: str, stream: str, from_block: int | None
+) -> dict[str, Any]:
+    """Re-schedule a stopped stream's failed ranges (from `from_block` on, default all)."""
+    async with pool.acquire() as conn, conn.transaction():
+        job = await _job(conn, org_id, name)
+        streams = {
+            r["stream"]: r for r in await conn.fetch(q("chain", "streams_of_job"), job["job_id"])
+        }
+        if stream not in streams:
+            raise NotFoundError(f"job {name!r} has no stream {stream!r}")
+        s = streams[stream]
+        base = int(job["mode"].get("from_block", 0))
+        start = base if from_block is None else max(base, from_block)
+        aligned = aligned_start(base, s["chunk_size"], start)
+        row = await conn.fetchrow(
+            q("chain", "retry_stream"), job["job_id"], stream, aligned, s["cursor"]
+        )
+    assert row is not None
+    return {"name": name, "stream": stream, "cursor": row["cursor"], "replaced": row["replaced"]}
+
+
+async def chain_status(
+    pool: asyncpg.Pool, org_id: uuid.UUID, name: str | None = None
+) -> list[dict[str, Any]]:
+    """Per job: head, its age and error, reorgs; per stream: cursor, committed tip, lag in
+    blocks and seconds, ranges in flight/committed/failed, blocks/s, last error."""
+    out = []
+    async with pool.acquire() as conn:
+        jobs = (
+            [await _job(conn, org_id, name)]
+            if name
+            else [j for j in await conn.fetch(q("chain", "jobs")) if j["org_id"] == org_id]
+        )
+        now = time.time()
+        for job in jobs:
+            out.append(await _job_status(conn, job, now))
+    return out
+
+
+async def _job_status(conn: Any, job: asyncpg.Record, now: float) -> dict[str, Any]:
+    mode = job["mode"]
+    head = job["head_number"]
+    counts: dict[str, dict[str, Any]] = {}
+    for r in await conn.fetch(q("chain", "range_counts"), job["job_id"]):
+        counts.setdefault(r["stream"], {})[r["status"]] = r["n"]
+    base = int(mode.get("from_block", 0))
+    target = eligible_end(mode, head)
+    streams = []
+    for s in await conn.fetch(q("chain", "streams_of_job"), job["job_id"]):
+        tip = await conn.fetchval(q("chain", "contiguous_tip"), job["job_id"], s["stream"], base)
+        rate = await conn.fetchval(
+            q("chain", "recent_commit_rate"), job["job_id"], s["stream"], RATE_WINDOW_SECONDS
+        )
+        tip_time = await conn.fetchval(
+            q("chain", "tip_block_time"), job["job_id"], s["stream"], tip
+        )
+        c = counts.get(s["stream"], {})
+        goal = (
+            int(mode["to_block"])
+            if mode["kind"] == "fixed_target"
+            else (head + 1 if head is not None else None)
+        )
+        lag_blocks = max(0, goal - tip) if goal is not None else None
+        error = s["last_error"]
+        if error is None:
+            retrying = await conn.fetch(q("chain", "open_ranges"), job["job_id"], s["stream"])
+            failing = [r for r in retrying if r["task_status"] == "failed" and r["last_error"]]
+            if failing:
+                r = failing[0]
+                error = f"retrying [{r['range_start']}, {r['range_end']}): {r['last_error'][:300]}"
+        streams.append(
+            {
+                "stream": s["stream"],
+                "dataset": f"{job['name']}.{s['stream']}",
+                "cryo_dataset": s["cryo_dataset"],
+                "status": s["status"],
+                "cursor": s["cursor"],
+                "tip": tip,
+                "target": target if mode["kind"] == "fixed_target" else None,
+                "lag_blocks": lag_blocks,
+                "lag_seconds": (
+                    round(max(0.0, now - tip_time.timestamp()), 1)
+                    if tip_time is not None and lag_blocks
+                    else (0.0 if lag_blocks == 0 else None)
+                ),
+                "in_flight": c.get("scheduled", 0),
+                "committed": c.get("committed", 0),
+                "failed": c.get("failed", 0),
+                "replaced": c.get("replaced", 0),
+                "blocks_per_second": round(float(rate) / RATE_WINDOW_SECONDS, 1),
+                "complete": mode["kind"] == "fixed_target" and tip >= int(mode["to_block"]),
+                "last_error": error,
+            }
+        )
+    head_age = (
+        round(now - job["head_changed_at"].timestamp(), 1) if job["head_changed_at"] else None
+    )
+    return {
+        "name": job["name"],
+        "chain_id": job["chain_id"],
+        "rpc_pool": job["rpc_pool"],
+        "mode": mode["kind"],
+        "paused": job["paused"],
+        "head": head,
+        "head_age_seconds": head_age,
+        "error": job["head_error"],
+        "reorgs": job["reorgs"],
+        "last_reorg": job["last_reorg"],
+        "streams": streams,
+    }
+
+
+def format_chain_status(jobs: list[dict[str, Any]]) -> str:
+    if not jobs:
+        return "no chain jobs (apply a kind: chain_sync spec with `trace apply FILE`)"
+    lines = []
+    for j in jobs:
+        state = "paused" if j["paused"] else ("error" if j["error"] else "syncing")
+        head = "?" if j["head"] is None else str(j["head"])
+        age = "" if j["head_age_seconds"] is None else f" ({j['head_age_seconds']:g} s ago)"
+        lines.append(
+            f"{j['name']}  chain {j['chain_id']}  {j['mode']}  head {head}{age}  {state}"
+            f"  reorgs {j['reorgs']}"
+        )
+        if j["error"]:
+            lines.append(f"  error: {j['error']}")
+        if j["last_reorg"]:
+            r = j["last_reorg"]
+            lines.append(
+                f"  last reorg: from block {r.get('fork_block')} (depth {r.get('depth')}),"
+                f" replaced {sum(r.get('replaced_ranges', {}).values())} range(s)"
+            )
+        for s in j["streams"]:
+            lag = "" if s["lag_blocks"] is None else f"  lag {s['lag_blocks']} blocks"
+            if s["lag_seconds"] is not None and s["lag_blocks"]:
+                lag += f" / {s['lag_seconds']:g} s"
+            done = "  complete" if s["complete"] else ""
+            lines.append(
+                f"  {s['stream']:<18} {s['status']:<8} tip {s['tip']:<10} cursor {s['cursor']:<10}"
+                f" in flight {s['in_flight']:<3} committed {s['committed']:<6}"
+                f" failed {s['failed']:<3} {s['blocks_per_second']:g} blocks/s{lag}{done}"
+            )
+            if s["last_error"]:
+                lines.append(f"    last error: {s['last_error']}")
+    return "\n".join(lines)
+
+
+def check_block_range(text: str) -> tuple[int, int]:
+    """`START:END` (end-exclusive) → (start, end)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        start, end = int(lo), int(hi)
+    except ValueError:
+        raise ValidationError("range must be START:END (end-exclusive block numbers)") from None
+    if not sep or start < 0 or end <= start:
+        raise ValidationError("range must be START:END with 0 <= START < END")
+    return start, end

@@ -1,0 +1,29 @@
+"""`trace apply`: validate every document of a spec file first, then apply each by kind."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from trace_platform.chain.spec import ChainSyncSpec
+from trace_platform.db.sql import q
+from trace_platform.ops.chains import apply_chain_sync
+from trace_platform.specs import parse_spec_documents
+
+
+async def apply_specs(
+    pool: asyncpg.Pool, text: str, org_id: uuid.UUID, store_root: str
+) -> list[dict[str, Any]]:
+    """Nothing is applied unless every document is valid."""
+    docs = parse_spec_documents(text)
+    results = []
+    for doc in docs:
+        assert isinstance(doc, ChainSyncSpec)  # the only kind so far
+        results.append(await apply_chain_sync(pool, doc, org_id, store_root))
+    return results
+
+
+async def list_specs(pool: asyncpg.Pool, org_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [dict(r) for r in await pool.fetch(q("chain", "list_specs"), org_id)]

@@ -1,0 +1,64 @@
+"""`trace apply` documents: parse YAML, validate strictly, hand each `kind` to its package.
+
+Errors name the field's path (`streams.logs.chunk_size: ...`) and never echo values that
+could be secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import yaml
+
+from trace_platform.chain.spec import ChainSyncSpec
+from trace_platform.errors import ValidationError
+
+MAX_SPEC_BYTES = 256 * 1024
+SPEC_KINDS: dict[str, type[pydantic.BaseModel]] = {"chain_sync": ChainSyncSpec}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("FollowHead", "FixedTarget"))]
+    parts = [p for p in parts if p not in ("follow_head", "fixed_target")]
+    return ".".join(parts) or "(document)"
+
+
+def describe(exc: pydantic.ValidationError) -> str:
+    """One line naming the first failing field."""
+    err = exc.errors(include_url=False)[0]
+    kind = err.get("type", "")
+    msg = "unknown field" if kind == "extra_forbidden" else str(err.get("msg", "invalid"))
+    return f"{_path(tuple(err.get('loc', ())))}: {msg}"
+
+
+def parse_spec_documents(text: str) -> list[pydantic.BaseModel]:
+    """Every YAML document of `text`, validated; ValidationError on the first bad one."""
+    if len(text.encode()) > MAX_SPEC_BYTES:
+        raise ValidationError(f"spec is larger than {MAX_SPEC_BYTES} bytes")
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValidationError(f"spec is not valid YAML{where}") from None
+    if not docs:
+        raise ValidationError("spec file holds no document")
+    out = []
+    for i, doc in enumerate(docs):
+        out.append(parse_spec(doc, f"document {i + 1}: " if len(docs) > 1 else ""))
+    return out
+
+
+def parse_spec(doc: Any, where: str = "") -> pydantic.BaseModel:
+    if not isinstance(doc, dict):
+        raise ValidationError(f"{where}a spec must be a mapping with a `kind`")
+    kind = doc.get("kind")
+    model = SPEC_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        known = ", ".join(sorted(SPEC_KINDS))
+        raise ValidationError(f"{where}kind: must be one of {known}")
+    try:
+        return model.model_validate(doc)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(where + describe(exc)) from None
