@@ -133,8 +133,10 @@ class ChainPlanner:
                     range_end=r["range_end"],
                 )
                 return 0
-            if row["head_error"]:
-                return 0  # scheduling waits for a healthy, fresh head (visible in status)
+            if row["head_error"] or row["head_number"] is None:
+                # Scheduling waits until the observer has seen the pool's node serve the
+                # right chain with a fresh head (its error is visible in status meanwhile).
+                return 0
             mode = row["mode"]
             end = eligible_end(mode, row["head_number"])
             room = row["max_inflight"] - inflight
