@@ -26,6 +26,7 @@ from trace_platform.ports import ObjectStore
 
 CHUNK = 1 << 20
 _SLOTS: dict[int, asyncio.Semaphore] = {}
+_CHAIN_IDS: dict[str, int] = {}  # a node's chain id, asked once per process
 
 
 class IngestFatal(Exception):
@@ -145,7 +146,8 @@ async def cryo_ingest(
     try:
         async with RpcClient(url, settings.chain_rpc_timeout_seconds) as rpc:
             try:
-                served = await rpc.chain_id()
+                served = _CHAIN_IDS.get(url) or await rpc.chain_id()
+                _CHAIN_IDS[url] = served
                 if served != spec["chain_id"]:
                     raise IngestFatal(
                         f"the node serves chain {served}, the range is of chain {spec['chain_id']}"

@@ -30,7 +30,7 @@ def start_chain_loops(
     gc_after = 2 * max(settings.token_ttl_seconds, settings.lease_seconds * 2)
     compactor = Compactor(pool, store, gc_after)
     runner.start("chain_planner", planner.tick, settings.chain_interval, NEVER_BUSY, plan_now)
-    runner.start("chain_head", observer.tick, min(0.25, settings.chain_interval), NEVER_BUSY)
+    runner.start("chain_head", observer.tick, min(0.1, settings.chain_interval), NEVER_BUSY)
     runner.start("chain_compaction", compactor.tick, COMPACTION_INTERVAL, NEVER_BUSY)
     return observer
 

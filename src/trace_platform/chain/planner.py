@@ -30,8 +30,6 @@ from trace_platform.metrics import CHAIN_HEAD, CHAIN_RANGES
 
 log = get_logger(__name__)
 
-CHAIN_TASK_ATTEMPTS = 10  # RPC faults are retried with the kernel's backoff for minutes
-
 
 def eligible_end(mode: dict[str, Any], head: int | None) -> int | None:
     """First block the planner may not schedule yet (end-exclusive), or None."""
@@ -167,7 +165,7 @@ class ChainPlanner:
                 ids,
                 [range_payload(row, s, e) for s, e in ranges],
                 row["org_id"],
-                CHAIN_TASK_ATTEMPTS,
+                self.settings.chain_max_attempts,
             )
             await conn.execute(q("outbox", "notify_outbox"))
         CHAIN_RANGES.labels("scheduled").inc(len(ranges))
