@@ -120,7 +120,7 @@ class Anvil:
         import urllib.request
 
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
-        req = urllib.request.Request(
+        req = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
             self.url, data=body.encode(), headers={"content-type": "application/json"}
         )
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
