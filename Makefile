@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml tools/package-lock.json
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	./scripts/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/pip install --quiet --no-cache-dir -e '.[dev]'
 	npm ci --prefix tools --no-audit --no-fund --silent
 	touch $(STAMP)
 

@@ -88,7 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("chain_watch_depth", int, 64, "Blocks below the head re-checked for reorgs."),
     Setting("chain_rpc_timeout_seconds", float, 10.0, "Timeout of one RPC call (head, hashes)."),
     Setting("chain_max_attempts", int, 20, "Attempts of one chain range (RPC faults retry)."),
-    Setting("cryo_concurrency", int, 4, "Ranges a worker extracts with cryo at once."),
+    Setting("cryo_concurrency", int, 8, "Ranges a worker extracts with cryo at once."),
     Setting("cryo_timeout_seconds", float, 300.0, "Wall-clock limit of one range extraction."),
     Setting("cryo_max_bytes", int, 1 << 30, "Largest output of one range extraction (bytes)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
@@ -149,7 +149,7 @@ class Settings:
     chain_watch_depth: int = 64
     chain_rpc_timeout_seconds: float = 10.0
     chain_max_attempts: int = 20
-    cryo_concurrency: int = 4
+    cryo_concurrency: int = 8
     cryo_timeout_seconds: float = 300.0
     cryo_max_bytes: int = 1 << 30
     log_level: str = "info"

@@ -1,32 +1,33 @@
 """`cryo_ingest`: extract exactly one range `[start, end)` of one cryo dataset (SPEC §11).
 
-Runs in the trusted worker. cryo writes Parquet into a staging directory private to the
-attempt; its error counts are checked (a range past the head is retryable, a dataset cryo
-does not know is fatal); files and bytes are capped; each file is streamed into the
-attempt's own prefix (never whole in memory) with its size, sha256, row count and min/max
-block, and the hashes of block `start - 1` and `end - 1` are read before and after the
-extraction so a range that changed under the extractor is retried, not committed.
+Runs in the trusted worker. cryo writes Parquet into a fresh staging directory (`extract`:
+ranges of a job's streams with the same bounds share one cryo call); its error counts are
+checked (a range past the head is retryable, a dataset cryo does not know is fatal); files
+and bytes are capped; each file is streamed into the attempt's own prefix (never whole in
+memory) with its size, sha256, row count and min/max block, and the hashes of block
+`start - 1` and `end - 1` are read before and after the extraction so a range that changed
+under the extractor is retried, not committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from trace_platform.chain.commit import MAX_FILES, part_prefix
+from trace_platform.chain.extract import Extraction, ExtractionFailed, RangeExtractor
 from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.chain.spec import KNOWN_CRYO_DATASETS
 from trace_platform.config import Settings
 from trace_platform.ports import ObjectStore
 
 CHUNK = 1 << 20
-_SLOTS: dict[int, asyncio.Semaphore] = {}
 _CHAIN_IDS: dict[str, int] = {}  # a node's chain id, asked once per process
+_EXTRACTORS: dict[tuple[str, int], RangeExtractor] = {}
 
 
 class IngestFatal(Exception):
@@ -37,10 +38,12 @@ class IngestRetryable(Exception):
     """Try again later (past the head, RPC down, chain moved under the extractor)."""
 
 
-def _slots(n: int) -> asyncio.Semaphore:
-    if n not in _SLOTS:
-        _SLOTS[n] = asyncio.Semaphore(n)
-    return _SLOTS[n]
+def extractor(settings: Settings) -> RangeExtractor:
+    """The process's range extractor (one thread pool and coalescing window per worker)."""
+    key = (str(settings.home), settings.cryo_concurrency)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = RangeExtractor(settings.home / "staging", settings.cryo_concurrency)
+    return _EXTRACTORS[key]
 
 
 def parse_range_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -60,23 +63,6 @@ def parse_range_payload(payload: dict[str, Any]) -> dict[str, Any]:
     if not 0 <= spec["start"] < spec["end"]:
         raise IngestFatal("cryo_ingest: chain range must satisfy 0 <= start < end")
     return spec
-
-
-def _freeze(dataset: str, start: int, end: int, rpc: str, out: Path) -> dict[str, int]:
-    import cryo  # the Rust extractor; imported only where ranges are extracted
-
-    result: dict[str, int] = cryo.freeze(
-        dataset,
-        blocks=[f"{start}:{end}"],
-        rpc=rpc,
-        output_dir=str(out),
-        hex=True,
-        verbose=False,
-        overwrite=True,
-        chunk_size=end - start,
-        max_concurrent_requests=16,
-    )
-    return result
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -140,9 +126,7 @@ async def cryo_ingest(
             f"rpc pool {spec['rpc_pool']!r} is not configured on this worker"
             f" (set {Settings.rpc_pool_env(spec['rpc_pool'])})"
         )
-    staging = settings.home / "staging" / str(task_id) / str(attempt)
-    shutil.rmtree(staging, ignore_errors=True)  # cryo skips files that exist: start clean
-    staging.mkdir(parents=True, mode=0o700)
+    extraction: Extraction | None = None
     try:
         async with RpcClient(url, settings.chain_rpc_timeout_seconds) as rpc:
             try:
@@ -153,25 +137,24 @@ async def cryo_ingest(
                         f"the node serves chain {served}, the range is of chain {spec['chain_id']}"
                     )
                 parent, last_before, block_time = await _hashes(rpc, start, end)
-                async with _slots(settings.cryo_concurrency):
-                    result = await asyncio.wait_for(
-                        asyncio.to_thread(_freeze, dataset, start, end, url, staging),
-                        settings.cryo_timeout_seconds,
-                    )
+                extraction = await asyncio.wait_for(
+                    extractor(settings).extract(url, dataset, start, end),
+                    settings.cryo_timeout_seconds,
+                )
                 parent_after, last_after, _ = await _hashes(rpc, start, end)
             except (RpcUnavailable, RpcError) as exc:
                 raise IngestRetryable(f"rpc: {exc}") from None
             except TimeoutError:
                 raise IngestRetryable("cryo extraction timed out") from None
-            except TypeError as exc:  # cryo's binding reports every failure as TypeError
+            except ExtractionFailed as exc:
                 if dataset not in KNOWN_CRYO_DATASETS:
                     raise IngestFatal(f"cryo cannot extract dataset {dataset!r}") from None
                 raise IngestRetryable(f"cryo failed: {exc}") from None
-        if result.get("n_errored", 0):
-            raise IngestRetryable(f"cryo reported {result['n_errored']} errored chunk(s)")
+        if extraction.errored:
+            raise IngestRetryable(f"cryo reported {extraction.errored} errored chunk(s)")
         if (parent_after, last_after) != (parent, last_before) or last_before is None:
             raise IngestRetryable("the chain changed during the extraction (reorg)")
-        files = sorted(staging.glob("*.parquet"))
+        files = extraction.files
         if not files:
             raise IngestRetryable("cryo wrote no file for the range")
         if len(files) > MAX_FILES:
@@ -207,4 +190,5 @@ async def cryo_ingest(
             }
         }
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if extraction is not None:
+            extraction.release()

@@ -19,11 +19,15 @@ COMPACTION_INTERVAL = 5.0
 
 
 def start_chain_loops(
-    runner: LoopRunner, settings: Settings, pool: asyncpg.Pool, store: ObjectStore
+    runner: LoopRunner,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    store: ObjectStore,
+    plan_now: asyncio.Event,
 ) -> HeadObserver:
-    """Start the planner (woken early when a head moves), the head observer and the
-    compactor; returns the observer, whose RPC sessions the caller closes."""
-    plan_now = asyncio.Event()
+    """Start the planner (woken early by `plan_now`: a head moved, a range committed), the
+    head observer and the compactor; returns the observer, whose RPC sessions the caller
+    closes."""
     planner = ChainPlanner(pool, settings)
     observer = HeadObserver(pool, settings, on_new_head=plan_now.set)
     # Retired files outlive every token that could still name their snapshot.

@@ -65,14 +65,15 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await create_pool(urls.state, max_size=settings.db_pool_size)
         poke = asyncio.Event()
         queue = queue_from_settings(settings, pool, urls.state)
-        service = TaskService(pool, signer, settings, outbox_poke=poke)
+        plan_now = asyncio.Event()  # a committed range frees a slot: plan at once
+        service = TaskService(pool, signer, settings, outbox_poke=poke, range_poke=plan_now)
         state.update(pool=pool, service=service, queue=queue)
         runner = LoopRunner()
         drainer = OutboxDrainer(pool, default_routes(queue, chain_routes()))
         start_kernel_loops(
             runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
         )
-        observer = start_chain_loops(runner, settings, pool, store)
+        observer = start_chain_loops(runner, settings, pool, store, plan_now)
         listener = await _listen_outbox(urls.state, poke)
         udf_stop = asyncio.Event()
         invoker = invoker_from_settings(settings)

@@ -88,12 +88,14 @@ class TaskService:
         signer: TokenSigner,
         settings: Settings,
         outbox_poke: asyncio.Event | None = None,
+        range_poke: asyncio.Event | None = None,
     ) -> None:
         self.pool = pool
         self.signer = signer
         self.settings = settings
         self.store_root = settings.resolved_object_store_url
         self.outbox_poke = outbox_poke or asyncio.Event()
+        self.range_poke = range_poke or asyncio.Event()
 
     # -- creation and operator verbs -------------------------------------------------------
 
@@ -450,6 +452,8 @@ class TaskService:
             )
             assert updated is not None  # the row is locked and the fence was checked
             await self._insert_events(conn, task_id, attempt, events or [])
+        if row["chain_range"]:
+            self.range_poke.set()  # after the commit: the planner sees the freed slot
         transition = (
             "completed"
             if outcome == Outcome.SUCCESS

@@ -26,6 +26,7 @@ from trace_platform.errors import ConfigError
 ANVIL_REL = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 _TRANSFER_SELECTOR = "a9059cbb"
+KEPT_STATES = 1024  # deeper than any reorg the tests and the demo make
 
 
 def find_anvil(configured: str | None = None) -> str:
@@ -87,6 +88,9 @@ class Anvil:
     def start(self, timeout: float = 20.0) -> Anvil:
         args = [find_anvil(self.binary), "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--silent", "--chain-id", "31337", "--accounts", "10"]
+        # Keep recent states in memory only: by default anvil persists older states under
+        # ~/.foundry/anvil/tmp, which a long-running devnet grows to tens of gigabytes.
+        args += ["--prune-history", str(KEPT_STATES)]
         if self.block_time is not None:
             args += ["--block-time", f"{self.block_time:g}"]
         if self.state is not None:
