@@ -252,7 +252,8 @@ async def query(args: argparse.Namespace) -> None:
 
     blocks = args.ranges * 100
     node = Anvil().start()
-    node.mine(blocks + 10)
+    while node.head() < blocks + 10:
+        node.mine(5000)
     try:
         async with BenchStack(node, cryo_concurrency=4) as b:
             streams = {"blocks": {"cryo_dataset": "blocks", "chunk_size": 100, "max_inflight": 16}}

@@ -53,6 +53,10 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         assert "registered 1,000,000 transfers as dataset demo-transfers" in text
         assert "UDF python           completed: 1000/1000 alerts inserted" in text
         assert "UDF typescript       completed: 1000/1000 alerts inserted" in text
+        # The chain part: a real anvil node, synced into four datasets, queried back.
+        assert "chain sync           completed: demo-" in text
+        assert "synced rows          blocks 600," in text
+        assert "whale transfers      9 found / 9 sent" in text
         status = subprocess.run(
             [sys.executable, "-m", "trace_platform", "status"],
             env=env,
@@ -61,8 +65,8 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
             timeout=60,
             cwd=REPO,
         )
-        # 40 emit_alerts tasks + 2 UDF tasks; 360 + 2 x 1000 rows
-        assert "completed          42" in status.stdout
+        # 40 emit_alerts tasks + 2 UDF tasks + 4 streams x 12 ranges; 360 + 2 x 1000 rows
+        assert "completed          90" in status.stdout
         assert "alert_events rows: 2360" in status.stdout
     finally:
         subprocess.run(

@@ -15,9 +15,20 @@ import aiohttp
 import asyncpg
 
 from trace_platform.adapters.local_keys import load_key_ring
+from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
+from trace_platform.demo.chain import (
+    BLOCKS,
+    DEMO_POOL,
+    ChainDemoResult,
+    format_chain,
+    make_traffic,
+    start_node,
+    sync_and_query,
+)
 from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
+from trace_platform.errors import ConfigError
 from trace_platform.stack import Stack, prepare
 
 TERMINAL = ("completed", "failed", "canceled")
@@ -42,6 +53,7 @@ class DemoSummary:
     dlq: int
     elapsed: float
     udfs: list[UdfResult] = field(default_factory=list)
+    chain: ChainDemoResult = field(default_factory=lambda: ChainDemoResult("skipped"))
 
     @property
     def duplicates_absorbed(self) -> int:
@@ -68,10 +80,19 @@ async def run_demo(
     settings: Settings, tasks: int, rows_per_task: int, timeout: float
 ) -> DemoSummary:
     started_stack: Stack | None = None
+    node: Anvil | None = None
+    chain = ChainDemoResult("skipped")
     if await dispatcher_is_up(settings):
         _say(f"using the running stack at {settings.resolved_dispatcher_url}")
+        chain.detail = "a running stack has no demo node: run the demo with no stack up"
         urls = await prepare(settings)
     else:
+        try:
+            node = start_node()
+            settings = settings.replace(rpc_pools=(*settings.rpc_pools, (DEMO_POOL, node.url)))
+            _say(f"started a local Ethereum node (anvil) at {node.url}")
+        except (ConfigError, OSError, RuntimeError) as exc:
+            chain.detail = str(exc.detail if isinstance(exc, ConfigError) else exc)
         log_path = settings.home.resolve() / "logs" / "demo-stack.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         _say(f"starting a local stack (logs: {log_path}) ...")
@@ -85,6 +106,11 @@ async def run_demo(
     try:
         summary = await _workload(settings, state, data, tasks, rows_per_task, timeout)
         summary.udfs = await _udf_step(settings, state, data, timeout)
+        if node is not None:
+            whales = make_traffic(node, BLOCKS)
+            _say(f"made ERC-20 traffic on the node: {BLOCKS} blocks, {whales} whale transfers")
+            chain = await sync_and_query(settings, state, whales, timeout)
+        summary.chain = chain
         return summary
     finally:
         await state.close()
@@ -92,6 +118,8 @@ async def run_demo(
         if started_stack is not None:
             _say("stopping the local stack ...")
             await started_stack.stop()
+        if node is not None:
+            node.stop()
 
 
 async def _workload(
@@ -159,7 +187,7 @@ async def _workload(
     )
 
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 DEMO_TRANSFERS = 1_000_000
@@ -293,8 +321,10 @@ def format_summary(s: DemoSummary) -> str:
     for u in s.udfs:
         line = f"  UDF {u.language:<11}      {u.status}: {u.alerts}/{u.expected} alerts inserted"
         lines.append(line + (f"  ({u.detail})" if u.detail else ""))
+    lines += format_chain(s.chain)
     lines += [
         "",
-        "next: `trace status` for the whole system, `trace up` to keep the stack running",
+        "next: `trace status` for the whole system, `trace up` to keep the stack running,",
+        "      `trace apply SPEC` to sync a chain and `trace chain status` to follow it",
     ]
     return "\n".join(str(x) for x in lines)
