@@ -117,12 +117,32 @@ class MetricsMiddleware:
             HTTP_LATENCY.labels(path).observe(time.perf_counter() - start)
 
 
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The model's JSON schema with every local `#/$defs/...` reference inlined: the schema
+    is embedded in the OpenAPI document, where `$defs` of a model would not resolve."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                target = defs[ref.removeprefix("#/$defs/")]
+                return resolve({**target, **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI requestBody for endpoints that parse their body themselves (auth comes first)."""
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": inline_refs(model.model_json_schema())}},
         }
     }
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -80,6 +81,7 @@ class Anvil:
     binary: str | None = None
     log: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    _cache: Path | None = None
 
     @property
     def url(self) -> str:
@@ -90,7 +92,8 @@ class Anvil:
         args += ["--silent", "--chain-id", "31337", "--accounts", "10"]
         # Keep recent states in memory only: by default anvil persists older states under
         # ~/.foundry/anvil/tmp, which a long-running devnet grows to tens of gigabytes.
-        args += ["--prune-history", str(KEPT_STATES)]
+        self._cache = Path(tempfile.mkdtemp(prefix="trace-anvil-"))
+        args += ["--prune-history", str(KEPT_STATES), "--cache-path", str(self._cache)]
         if self.block_time is not None:
             args += ["--block-time", f"{self.block_time:g}"]
         if self.state is not None:
@@ -119,6 +122,9 @@ class Anvil:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        if self._cache is not None:
+            shutil.rmtree(self._cache, ignore_errors=True)
+            self._cache = None
 
     def rpc(self, method: str, params: list[Any] | None = None) -> Any:
         import urllib.request
