@@ -208,7 +208,7 @@ async def claim_query_token(b: BenchStack, inputs: list[dict[str, Any]]) -> dict
             LITE_ORG_ID,
             {"operator": "manual", "inputs": inputs},
         )
-    token = load_worker_tokens(b.settings)[0]
+    token = load_worker_tokens(b.settings).current
     async with httpx.AsyncClient(base_url=b.settings.resolved_dispatcher_url) as http:
         r = await http.post(
             "/internal/task-claim",

@@ -3,8 +3,10 @@ and resolve a task's declared inputs to pinned grants at claim time."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,17 @@ def dataset_uuid_for(org_id: uuid.UUID, name: str) -> uuid.UUID:
     return uuid.uuid5(_NS, f"{org_id}:{name}")
 
 
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(4)
+
+
+async def _chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, size):
+            yield chunk
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -51,7 +64,7 @@ async def register_dataset(
         raise ValidationError("file names must be unique within a version")
     entries = []
     for p in sorted(paths, key=lambda p: p.name):
-        if not p.is_file() or p.read_bytes()[:4] != b"PAR1":
+        if not p.is_file() or _magic(p) != b"PAR1":
             raise ValidationError(f"{p.name} is not a Parquet file")
         entries.append({"name": p.name, "size": p.stat().st_size, "sha256": _sha256(p), "path": p})
     version = hashlib.sha256(
@@ -62,8 +75,8 @@ async def register_dataset(
     files = []
     for e in entries:
         uri = prefix + str(e["name"])
-        if not await store.exists(uri):
-            await store.put_bytes(uri, Path(str(e["path"])).read_bytes())
+        if not await store.exists(uri):  # streamed: a file is never held whole in memory
+            await store.put_stream(uri, _chunks(Path(str(e["path"]))))
         files.append({"name": e["name"], "uri": uri, "size": e["size"], "sha256": e["sha256"]})
     try:
         async with pool.acquire() as conn, conn.transaction():

@@ -93,6 +93,11 @@ class Queue(Protocol):
 class TokenSigner(Protocol):
     """Mints and verifies capability tokens (local key ring in Lite, KMS on AWS)."""
 
+    @property
+    def issuer(self) -> str:
+        """The `iss` every token of this ring carries and every verification requires."""
+        ...
+
     def sign(self, claims: CapabilityClaims) -> str:
         """Sign claims with the current key."""
         ...

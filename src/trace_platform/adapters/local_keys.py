@@ -92,6 +92,9 @@ def _parse_key(spec: Any, base_dir: Path | None, role: str) -> RingKey:
     return RingKey(kid, alg, private, private.public_key())
 
 
+DEFAULT_ISSUER = "trace-dispatcher"
+
+
 class LocalKeyRing:
     """TokenSigner over a key ring: local HS256/ES256 keys, or ES256 keys held in KMS (only the
     signature is computed there). Keys are parsed once; verification is always local."""
@@ -106,10 +109,12 @@ class LocalKeyRing:
             self._keys[key.kid] = key
 
     @classmethod
-    def from_document(cls, doc: Any, base_dir: Path | None = None) -> LocalKeyRing:
+    def from_document(
+        cls, doc: Any, base_dir: Path | None = None, default_issuer: str = DEFAULT_ISSUER
+    ) -> LocalKeyRing:
         if not isinstance(doc, dict):
             raise ConfigError("task key ring must be a JSON object")
-        issuer = doc.get("issuer", "trace-dispatcher")
+        issuer = doc.get("issuer", default_issuer)
         if not isinstance(issuer, str) or not issuer:
             raise ConfigError("task key ring: 'issuer' must be a non-empty string")
         if "current" not in doc:
@@ -256,7 +261,7 @@ def load_key_ring(settings: Settings) -> LocalKeyRing:
             doc = json.loads(text)
         except json.JSONDecodeError:
             raise ConfigError("TRACE_TASK_KEYS is not valid JSON") from None
-        return LocalKeyRing.from_document(doc, base)
+        return _with_issuer(LocalKeyRing.from_document(doc, base, settings.issuer), settings)
     path = settings.home.resolve() / "secrets" / "task_keys.json"
     if not path.exists():
         doc = {
@@ -268,7 +273,20 @@ def load_key_ring(settings: Settings) -> LocalKeyRing:
             },
         }
         _write_secret_file(path, json.dumps(doc, indent=2))
-    return LocalKeyRing.from_document(json.loads(path.read_text()), path.parent)
+    ring = LocalKeyRing.from_document(json.loads(path.read_text()), path.parent, settings.issuer)
+    return _with_issuer(ring, settings)
+
+
+def _with_issuer(ring: LocalKeyRing, settings: Settings) -> LocalKeyRing:
+    """One source of truth for `iss`: the ring's issuer. TRACE_ISSUER names the issuer of a
+    ring that has none (and of generated rings); set to something else it is a conflict that
+    would make every minted token fail its own verification, so it stops the start."""
+    if settings.issuer not in (DEFAULT_ISSUER, ring.issuer):
+        raise ConfigError(
+            f"TRACE_ISSUER ({settings.issuer!r}) differs from the key ring's issuer"
+            f" ({ring.issuer!r}); remove one of them or make them equal"
+        )
+    return ring
 
 
 @dataclass(frozen=True)

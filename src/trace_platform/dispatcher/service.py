@@ -226,7 +226,7 @@ class TaskService:
     ) -> str:
         ttl = max(self.settings.token_ttl_seconds, self.settings.lease_seconds * 2)
         claims = build_claims(
-            issuer=self.settings.issuer,
+            issuer=self.signer.issuer,  # the ring's issuer: what verification expects
             task_id=task_id,
             attempt=attempt,
             org_id=org_id,
