@@ -43,7 +43,7 @@ class Child:
 
 async def prepare(settings: Settings) -> DatabaseUrls:
     """Databases up and migrated; Lite secrets created once, before children race for them."""
-    urls = await resolve_databases(settings)
+    urls = await resolve_databases(settings, create=True)
     if not urls.embedded:  # the embedded ones are migrated as they are resolved
         await migrate_databases(urls.state, urls.data)
     load_key_ring(settings)

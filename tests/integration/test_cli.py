@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import orjson
+import pytest
 
 from tests.conftest import proc_env
 from trace_platform.config import Settings
@@ -143,3 +145,31 @@ def test_dataset_query_runs_gated_sql_in_the_sandbox(settings: Settings, tmp_pat
     assert "/etc/passwd" not in denied.stderr + denied.stdout  # never echoes the SQL
     missing = trace(settings, "dataset", "query", "no-such-dataset", "SELECT 1 FROM dataset")
     assert missing.returncode == 1 and "unknown dataset" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["task", "show", "00000000-0000-4000-8000-000000000009"],
+        ["dlq", "list"],
+        ["dataset", "list"],
+        ["chain", "status"],
+        ["bundle", "list"],
+    ],
+)
+def test_read_only_commands_never_create_a_trace_home(args: list[str], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "trace_platform", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        "error: no Trace home at ./.trace — run 'trace up' here or set TRACE_HOME"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing was initialised

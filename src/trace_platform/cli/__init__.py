@@ -60,7 +60,7 @@ def migrate(ctx: click.Context) -> None:
     from trace_platform.db.migrate import migrate_databases
 
     async def go() -> None:
-        urls = await resolve_databases(settings)
+        urls = await resolve_databases(settings, create=True)
         applied = await migrate_databases(urls.state, urls.data)
         for component, done in applied.items():
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in done) or "up to date"
@@ -72,6 +72,20 @@ def migrate(ctx: click.Context) -> None:
 @cli.group()
 def db() -> None:
     """Embedded PostgreSQL (Lite) management."""
+
+
+@db.command("start")
+@click.pass_context
+@handle_errors
+def db_start(ctx: click.Context) -> None:
+    """Start (creating it on first use) the embedded PostgreSQL under TRACE_HOME, migrated."""
+    settings = settings_from(ctx)
+    from trace_platform.db.embedded import resolve_databases
+
+    urls = run_async(resolve_databases(settings, create=True))
+    click.echo(f"embedded postgres ready under {settings.home.resolve() / 'postgres'}")
+    if urls.embedded:
+        click.echo(f"state: {urls.state}")
 
 
 @db.command("stop")

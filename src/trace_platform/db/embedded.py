@@ -11,6 +11,7 @@ from urllib.parse import quote
 import asyncpg
 
 from trace_platform.config import Settings
+from trace_platform.errors import ConfigError
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
@@ -78,8 +79,23 @@ async def ensure_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-async def resolve_databases(settings: Settings) -> DatabaseUrls:
-    """URLs of the state and data DBs; starts the embedded server when none is configured."""
+class NoTraceHome(ConfigError):
+    """A command that only reads found no installation (it never creates one)."""
+
+
+def home_exists(settings: Settings) -> bool:
+    return (settings.home.resolve() / "postgres" / "PG_VERSION").is_file()
+
+
+def _shown(home: Path) -> str:
+    text = str(home)
+    return text if home.is_absolute() or text.startswith(("./", "../")) else f"./{text}"
+
+
+async def resolve_databases(settings: Settings, create: bool = False) -> DatabaseUrls:
+    """URLs of the state and data DBs; starts the embedded server when none is configured.
+    Only `create=True` (up, demo, migrate, db start) initialises a new Trace home: everything
+    else fails with NoTraceHome rather than report an empty, freshly made system."""
     if settings.state_database_url and settings.data_database_url:
         return DatabaseUrls(settings.state_database_url, settings.data_database_url, False)
     if settings.state_database_url or settings.data_database_url:
@@ -89,6 +105,10 @@ async def resolve_databases(settings: Settings) -> DatabaseUrls:
             "set both TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL, or neither"
         )
     home = settings.home.resolve()
+    if not create and not home_exists(settings):
+        raise NoTraceHome(
+            f"no Trace home at {_shown(settings.home)} — run 'trace up' here or set TRACE_HOME"
+        )
     socket_dir = start_embedded(home / "postgres")
     urls = DatabaseUrls(_socket_url(socket_dir, STATE_DB), _socket_url(socket_dir, DATA_DB), True)
     for name in (STATE_DB, DATA_DB):
