@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -22,6 +22,22 @@ async def first_of(stop: asyncio.Event, other: Coroutine[Any, Any, Any]) -> None
     _done, pending = await asyncio.wait({waiter, fut}, return_when=asyncio.FIRST_COMPLETED)
     for p in pending:
         p.cancel()
+
+
+def watch(
+    task: asyncio.Task[Any], name: str, on_death: Callable[[str, BaseException], None]
+) -> asyncio.Task[Any]:
+    """Give a background task an owner that notices its death: `on_death(name, exc)` runs
+    when it ends with an exception (a cancel is a normal end)."""
+
+    def done(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            exc = t.exception()
+            assert exc is not None
+            on_death(name, exc)
+
+    task.add_done_callback(done)
+    return task
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

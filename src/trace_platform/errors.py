@@ -63,3 +63,10 @@ class StaleFenceError(ConflictError):
 class OverloadedError(TraceError):
     status = 429
     code = "overloaded"
+
+
+class LoopDied(TraceError):
+    """A background loop of a process ended with an unexpected error: the process stops (so
+    `trace up` restarts it) instead of running on without it."""
+
+    code = "loop_died"

@@ -42,8 +42,15 @@ def message_ids_for(
     return ids
 
 
+class QueueUnavailable(OSError):
+    """The queue backend could not be reached or failed the call (connection lost, server
+    shutting down, timeout, throttled). The only error a Queue method raises for backend
+    trouble: callers retry later and never need to know the adapter's own exceptions."""
+
+
 class Queue(Protocol):
-    """At-least-once, unordered message queue (pgqueue in Lite, SQS on AWS)."""
+    """At-least-once, unordered message queue (pgqueue in Lite, SQS on AWS). Every method
+    raises QueueUnavailable (and nothing else) when the backend fails."""
 
     async def publish(
         self,
@@ -52,29 +59,33 @@ class Queue(Protocol):
         message_ids: Sequence[uuid.UUID] | None = None,
         delay_seconds: float = 0.0,
     ) -> int:
-        """Publish messages; with message_ids, a re-published id is dropped where supported."""
+        """Publish messages; with message_ids, a re-published id is dropped where supported.
+        Raises QueueUnavailable."""
         ...
 
     async def receive(
         self, queue_name: str, max_messages: int, visibility_seconds: float
     ) -> list[ReceivedMessage]:
-        """Receive up to max visible messages; each stays invisible for visibility_seconds."""
+        """Receive up to max visible messages; each stays invisible for visibility_seconds.
+        Raises QueueUnavailable."""
         ...
 
     async def ack(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> int:
-        """Delete these deliveries; returns how many were still current."""
+        """Delete these deliveries; returns how many were still current. Raises QueueUnavailable."""
         ...
 
     async def extend_visibility(
         self, queue_name: str, messages: Sequence[ReceivedMessage], visibility_seconds: float
     ) -> int:
-        """Keep these deliveries invisible for visibility_seconds more from now."""
+        """Keep these deliveries invisible for visibility_seconds more from now.
+        Raises QueueUnavailable."""
         ...
 
     async def dead_letter(
         self, queue_name: str, message: ReceivedMessage, dlq_name: str, error: str
     ) -> bool:
-        """Move one delivery to the DLQ with its error and the original message."""
+        """Move one delivery to the DLQ with its error and the original message.
+        Raises QueueUnavailable."""
         ...
 
     async def wait_for_messages(self, queue_name: str, timeout: float) -> None:
@@ -82,7 +93,7 @@ class Queue(Protocol):
         ...
 
     async def stats(self) -> list[QueueStats]:
-        """Depth, visible count and oldest age per queue."""
+        """Depth, visible count and oldest age per queue. Raises QueueUnavailable."""
         ...
 
     async def close(self) -> None:

@@ -154,3 +154,32 @@ async def test_stats_report_depth_and_visible(queue: PgQueue) -> None:
     await queue.receive(name, 1, 60)
     stats = {s.queue_name: s for s in await queue.stats()}
     assert stats[name].depth == 2 and stats[name].visible == 1
+
+
+async def test_backend_failures_surface_as_queue_unavailable(dbs: Dbs, pool: asyncpg.Pool) -> None:
+    """asyncpg's own errors (pool closed, server gone, connection lost) never leave the port."""
+    from trace_platform.ports import QueueUnavailable
+
+    gone = await create_pool(dbs.state, max_size=1)
+    broken = PgQueue(gone)
+    await gone.close()
+    name = qname()
+    for call in (
+        broken.publish(name, [{"a": 1}]),
+        broken.receive(name, 1, 5.0),
+        broken.stats(),
+    ):
+        with pytest.raises(QueueUnavailable, match=r"pgqueue \w+ failed: InterfaceError"):
+            await call
+    # A server that terminates the session mid-call (what a restart does) is the same error.
+    live = await create_pool(dbs.state, max_size=1)
+    try:
+        q = PgQueue(live)
+        async with live.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        await pool.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(QueueUnavailable):
+            await q.receive(name, 1, 5.0)
+        assert await q.receive(name, 1, 5.0) == []  # the pool reconnects: the queue works again
+    finally:
+        await live.close()

@@ -8,16 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
 from trace_platform.db.sql import q
-from trace_platform.ports import QueueStats, ReceivedMessage, message_ids_for
+from trace_platform.ports import QueueStats, QueueUnavailable, ReceivedMessage, message_ids_for
 
 CHANNEL = "trace_queue"
+P = ParamSpec("P")
+R = TypeVar("R")
+# What a lost, restarting or overloaded server raises through asyncpg (none is an OSError).
+BACKEND_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def backend_errors_as_unavailable(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """The port's error contract: asyncpg's own errors leave as QueueUnavailable."""
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except QueueUnavailable:
+            raise
+        except BACKEND_ERRORS as exc:
+            raise QueueUnavailable(f"pgqueue {fn.__name__} failed: {type(exc).__name__}") from None
+
+    return call
 
 
 class PgQueue:
@@ -28,6 +50,7 @@ class PgQueue:
         self._events: dict[str, asyncio.Event] = {}
         self._listen_lock = asyncio.Lock()
 
+    @backend_errors_as_unavailable
     async def publish(
         self,
         queue_name: str,
@@ -43,6 +66,7 @@ class PgQueue:
         )
         return int(row["n"]) if row else 0
 
+    @backend_errors_as_unavailable
     async def receive(
         self, queue_name: str, max_messages: int, visibility_seconds: float
     ) -> list[ReceivedMessage]:
@@ -58,6 +82,7 @@ class PgQueue:
     def _receipts(messages: Sequence[ReceivedMessage]) -> tuple[list[uuid.UUID], list[int]]:
         return [m.message_id for m in messages], [m.deliveries for m in messages]
 
+    @backend_errors_as_unavailable
     async def ack(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> int:
         if not messages:
             return 0
@@ -65,6 +90,7 @@ class PgQueue:
         rows = await self._pool.fetch(q("queue", "ack"), queue_name, ids, deliveries)
         return len(rows)
 
+    @backend_errors_as_unavailable
     async def extend_visibility(
         self, queue_name: str, messages: Sequence[ReceivedMessage], visibility_seconds: float
     ) -> int:
@@ -76,6 +102,7 @@ class PgQueue:
         )
         return len(rows)
 
+    @backend_errors_as_unavailable
     async def dead_letter(
         self, queue_name: str, message: ReceivedMessage, dlq_name: str, error: str
     ) -> bool:
@@ -89,10 +116,12 @@ class PgQueue:
         )
         return row is not None
 
+    @backend_errors_as_unavailable
     async def list_messages(self, queue_name: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(q("queue", "list_messages"), queue_name, limit)
         return [dict(r) for r in rows]
 
+    @backend_errors_as_unavailable
     async def redrive(
         self, dlq_name: str, message_ids: Sequence[uuid.UUID] | None, default_queue: str
     ) -> int:
@@ -100,10 +129,12 @@ class PgQueue:
         rows = await self._pool.fetch(q("queue", "redrive"), dlq_name, ids, default_queue)
         return len(rows)
 
+    @backend_errors_as_unavailable
     async def purge(self, queue_name: str, message_ids: Sequence[uuid.UUID]) -> int:
         rows = await self._pool.fetch(q("queue", "purge"), queue_name, list(message_ids))
         return len(rows)
 
+    @backend_errors_as_unavailable
     async def stats(self) -> list[QueueStats]:
         rows = await self._pool.fetch(q("queue", "stats"))
         return [

@@ -29,15 +29,11 @@ from typing import Any
 
 import orjson
 
-from trace_platform.ports import QueueStats, ReceivedMessage, message_ids_for
+from trace_platform.ports import QueueStats, QueueUnavailable, ReceivedMessage, message_ids_for
 
 MAX_DELAY_SECONDS = 900
 _BATCH = 10
 _ID_NAMESPACE = uuid.UUID("0b6b8f52-3c1e-4f49-8f0e-6f2a4c7d9e10")
-
-
-class QueueUnavailable(OSError):
-    """An SQS call failed (network, throttling, permissions); the reason names the call."""
 
 
 class SqsQueue:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from trace_platform.adapters.local_invoker import LocalRuntimeInvoker
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
+from trace_platform.aio import watch
 from trace_platform.chain.loops import chain_routes, start_chain_loops
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
@@ -30,7 +33,7 @@ from trace_platform.dispatcher.loops import (
 )
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.dispatcher.udf import UdfDispatcher
-from trace_platform.errors import ConfigError
+from trace_platform.errors import ConfigError, LoopDied
 from trace_platform.http import MetricsMiddleware, install_error_handlers, install_health, serve
 from trace_platform.logs import get_logger
 from trace_platform.ports import RuntimeInvoker
@@ -59,6 +62,12 @@ def create_app(settings: Settings) -> FastAPI:
     store = object_store_from_settings(settings)
     state: dict[str, Any] = {}
 
+    def loop_died(name: str, exc: BaseException) -> None:
+        # /readyz turns red and the process stops, so `trace up` restarts it.
+        log.error("dispatcher.loop_died", loop=name, error=type(exc).__name__, detail=str(exc))
+        state["died"] = name
+        os.kill(os.getpid(), signal.SIGTERM)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         urls = await resolve_databases(settings)
@@ -79,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         invoker = invoker_from_settings(settings)
         await invoker.start()
         udf = UdfDispatcher(service, queue, store, invoker, settings.runner_concurrency)
-        udf_task = asyncio.create_task(udf.run(udf_stop))
+        udf_task = watch(asyncio.create_task(udf.run(udf_stop)), "udf_dispatcher", loop_died)
         log.info(
             "dispatcher.started",
             host=settings.host,
@@ -107,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Task lifecycle, leases, capability tokens and the outbox (SPEC §3-§6).",
         lifespan=lifespan,
     )
+    app.state.trace = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)
 
@@ -119,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def ready() -> bool:
         pool = state.get("pool")
-        if pool is None:
+        if pool is None or state.get("died"):
             return False
         try:
             await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
@@ -143,4 +153,8 @@ async def _listen_outbox(dsn: str, poke: asyncio.Event) -> asyncpg.Connection | 
 
 
 def run_dispatcher(settings: Settings) -> None:
-    serve(create_app(settings), settings.host, settings.port)
+    app = create_app(settings)
+    serve(app, settings.host, settings.port)
+    died = app.state.trace.get("died")
+    if died:
+        raise LoopDied(f"dispatcher loop {died!r} died; the dispatcher stopped")

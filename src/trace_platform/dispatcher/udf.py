@@ -7,14 +7,20 @@ import asyncio
 import uuid
 from typing import Any
 
-from trace_platform.aio import first_of
+from trace_platform.aio import first_of, sleep_or_stop
 from trace_platform.db.sql import q
 from trace_platform.dispatcher.service import Claimed, TaskService
 from trace_platform.domain.bundle import InvocationPayload
 from trace_platform.domain.lifecycle import Outcome
 from trace_platform.errors import NotClaimedError, NotFoundError, TraceError
 from trace_platform.logs import get_logger
-from trace_platform.ports import ObjectStore, Queue, ReceivedMessage, RuntimeInvoker
+from trace_platform.ports import (
+    ObjectStore,
+    Queue,
+    QueueUnavailable,
+    ReceivedMessage,
+    RuntimeInvoker,
+)
 
 log = get_logger(__name__)
 
@@ -46,9 +52,11 @@ class UdfDispatcher:
                 break
             try:
                 messages = await self.queue.receive(UDF_QUEUE, 1, 60.0)
-            except OSError as exc:
-                log.error("udf.receive_failed", error=type(exc).__name__)
-                messages = []
+            except QueueUnavailable as exc:
+                log.error("udf.receive_failed", error=type(exc).__name__, detail=str(exc))
+                slots.release()
+                await sleep_or_stop(stop, 0.5)
+                continue
             if not messages:
                 slots.release()
                 await first_of(stop, self.queue.wait_for_messages(UDF_QUEUE, 1.0))
@@ -64,6 +72,8 @@ class UdfDispatcher:
             await self._invoke(message)
         except TraceError as exc:
             log.error("udf.invoke_failed", error=exc.code, detail=exc.detail[:300])
+        except QueueUnavailable as exc:  # the wake-up is redelivered after its visibility
+            log.error("udf.queue_failed", error=type(exc).__name__, detail=str(exc))
         finally:
             slots.release()
 

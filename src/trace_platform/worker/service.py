@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from trace_platform.aio import first_of
+from trace_platform.aio import first_of, sleep_or_stop, watch
 from trace_platform.chain.ingest import IngestFatal, IngestRetryable, cryo_ingest
 from trace_platform.client import DispatcherClient, DispatcherUnavailable, Lease
 from trace_platform.config import Settings
@@ -21,18 +21,20 @@ from trace_platform.domain.capability import batch_prefix
 from trace_platform.errors import (
     AuthError,
     ConflictError,
+    LoopDied,
     TraceError,
     ValidationError,
 )
 from trace_platform.logs import get_logger
 from trace_platform.metrics import IN_FLIGHT, WORKER_TASKS
-from trace_platform.ports import ObjectStore, Queue, ReceivedMessage
+from trace_platform.ports import ObjectStore, Queue, QueueUnavailable, ReceivedMessage
 from trace_platform.worker.operators import OPERATORS, FatalTaskError, OperatorContext
 
 log = get_logger(__name__)
 
 TASK_WAKEUP = "task_wakeup"
 LINES_PER_CHUNK = 2000
+ACK_RETRY_SECONDS = 0.2
 
 
 class AckBatcher:
@@ -51,8 +53,9 @@ class AckBatcher:
 
     async def flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            batch = self._pending[: self.max_batch]
             await self.queue.ack(self.queue_name, batch)
+            self._pending = self._pending[len(batch) :]  # dropped only once acked
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -60,8 +63,10 @@ class AckBatcher:
             self._wake.clear()
             try:
                 await self.flush()
-            except OSError as exc:
-                log.error("worker.ack_failed", error=type(exc).__name__)
+            except QueueUnavailable as exc:  # the acks stay pending: try again shortly
+                log.error("worker.ack_failed", error=type(exc).__name__, detail=str(exc))
+                await sleep_or_stop(stop, ACK_RETRY_SECONDS)
+                self._wake.set()
         await self.flush()
 
 
@@ -130,8 +135,17 @@ class Worker:
         and abandon the rest (their leases expire into retries)."""
         slots = asyncio.Semaphore(self.concurrency)
         ack_stop = asyncio.Event()
-        ack_task = asyncio.create_task(self.acks.run(ack_stop))
-        completion_task = asyncio.create_task(self.completions.run(ack_stop))
+        died: list[str] = []
+
+        def loop_died(name: str, exc: BaseException) -> None:
+            log.error("worker.loop_died", loop=name, error=type(exc).__name__, detail=str(exc))
+            died.append(name)
+            stop.set()
+
+        ack_task = watch(asyncio.create_task(self.acks.run(ack_stop)), "acks", loop_died)
+        completion_task = watch(
+            asyncio.create_task(self.completions.run(ack_stop)), "completions", loop_died
+        )
         log.info("worker.started", worker_id=self.worker_id, concurrency=self.concurrency)
         visibility = self.settings.visibility_seconds
         while not stop.is_set():
@@ -144,9 +158,10 @@ class Worker:
                 free += 1
             try:
                 messages = await self.queue.receive(TASK_WAKEUP, free, visibility)
-            except OSError as exc:
+            except QueueUnavailable as exc:
                 messages = []
-                log.error("worker.receive_failed", error=type(exc).__name__)
+                log.error("worker.receive_failed", error=type(exc).__name__, detail=str(exc))
+                await sleep_or_stop(stop, 0.5)
             for _ in range(free - len(messages)):
                 slots.release()
             if not messages:
@@ -164,8 +179,9 @@ class Worker:
                 await asyncio.wait(pending, timeout=5)
                 log.warning("worker.abandoned", tasks=len(pending))
         ack_stop.set()
-        await completion_task
-        await ack_task
+        await asyncio.wait({completion_task, ack_task})
+        if died:
+            raise LoopDied(f"worker loop {died[0]!r} died; the worker stops so it is restarted")
         log.info("worker.stopped")
 
     async def _dispatch(self, messages: list[ReceivedMessage], slots: asyncio.Semaphore) -> None:
@@ -187,7 +203,7 @@ class Worker:
         except (AuthError, DispatcherUnavailable, ValidationError) as exc:
             log.error("worker.claim_failed", tasks=len(by_task), error=exc.code)
             # Try again soon rather than after a whole visibility timeout.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(QueueUnavailable):
                 await self.queue.extend_visibility(TASK_WAKEUP, messages, 1.0)
             for _ in messages:
                 slots.release()
@@ -245,7 +261,7 @@ class Worker:
                 return
             except TraceError as exc:
                 log.warning("worker.heartbeat_failed", task_id=str(lease.task_id), error=exc.code)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(QueueUnavailable):
                 await self.queue.extend_visibility(TASK_WAKEUP, messages, visibility)
 
     async def _run_attempt(self, lease: Lease) -> None:

@@ -1,0 +1,116 @@
+"""The Queue port's error contract (QueueUnavailable) and the loops that must outlive it,
+driven through the in-memory Queue with injected faults; a loop that dies of anything else
+stops its process instead of leaving it running without the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_until
+from trace_platform.adapters.memory_queue import InMemoryQueue
+from trace_platform.aio import watch
+from trace_platform.config import Settings
+from trace_platform.errors import LoopDied
+from trace_platform.ports import QueueUnavailable
+from trace_platform.worker.service import TASK_WAKEUP, AckBatcher, Worker
+
+
+async def received(queue: InMemoryQueue, n: int) -> list[Any]:
+    await queue.publish(TASK_WAKEUP, [{"task_id": str(uuid.uuid4())} for _ in range(n)])
+    return await queue.receive(TASK_WAKEUP, n, 30.0)
+
+
+async def test_ack_batcher_keeps_acking_after_the_queue_fails() -> None:
+    queue = InMemoryQueue()
+    acks = AckBatcher(queue, TASK_WAKEUP)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(acks.run(stop))
+    queue.fail("ack", times=2)
+    for m in await received(queue, 3):
+        acks.add(m)
+    await wait_until(lambda: queue.depth(TASK_WAKEUP) == 0, 5, what="all acked after retries")
+    assert queue.calls["ack"] == 3  # two failures kept the acks pending, the third sent them
+    stop.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.heartbeats = 0
+
+    async def heartbeat(self, _lease: Any) -> dict[str, Any]:
+        self.heartbeats += 1
+        return {}
+
+
+async def test_a_failing_visibility_extension_does_not_end_the_keepalive(tmp_path: Path) -> None:
+    queue = InMemoryQueue()
+    settings = Settings.load({"home": tmp_path, "lease_seconds": 0.6}, env={})
+    client = FakeClient()
+    worker = Worker(settings, queue, store=None, client=client)  # type: ignore[arg-type]
+    messages = await received(queue, 1)
+    queue.fail("extend_visibility", times=3)
+    keepalive = asyncio.create_task(worker._keep_alive(object(), messages))  # type: ignore[arg-type]
+    await wait_until(lambda: client.heartbeats >= 5, 10, what="heartbeats go on")
+    assert not keepalive.done()
+    assert queue.calls["extend_visibility"] >= 4  # failed three times, then extended again
+    keepalive.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await keepalive
+
+
+async def test_the_worker_stops_when_its_ack_loop_dies(tmp_path: Path) -> None:
+    class BrokenAcks(InMemoryQueue):
+        async def ack(self, queue_name: str, messages: Any) -> int:
+            raise RuntimeError("a bug, not a queue outage")
+
+    queue = BrokenAcks()
+    settings = Settings.load({"home": tmp_path}, env={})
+    worker = Worker(settings, queue, store=None, client=FakeClient())  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    run = asyncio.create_task(worker.run(stop, grace_seconds=1))
+    for m in await received(queue, 1):
+        worker.acks.add(m)
+    with pytest.raises(LoopDied, match="'acks' died"):
+        await asyncio.wait_for(run, 10)
+
+
+async def test_the_udf_dispatcher_outlives_failed_receives() -> None:
+    from trace_platform.dispatcher.udf import UDF_QUEUE, UdfDispatcher
+
+    queue = InMemoryQueue()
+    queue.fail("receive", times=3)
+    udf = UdfDispatcher(None, queue, None, None, 1)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    run = asyncio.create_task(udf.run(stop))
+    await wait_until(lambda: queue.calls.get("receive", 0) >= 5, 10, what="receives go on")
+    assert not run.done()
+    stop.set()
+    await asyncio.wait_for(run, 5)
+    assert queue.depth(UDF_QUEUE) == 0
+
+
+async def test_watch_reports_a_death_but_not_a_cancel() -> None:
+    deaths: list[tuple[str, str]] = []
+
+    async def boom() -> None:
+        raise ValueError("x")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    died = watch(asyncio.create_task(boom()), "boom", lambda n, e: deaths.append((n, repr(e))))
+    quiet = watch(asyncio.create_task(forever()), "quiet", lambda n, e: deaths.append((n, "")))
+    await asyncio.wait({died})
+    quiet.cancel()
+    await asyncio.wait({quiet})
+    assert deaths == [("boom", "ValueError('x')")]
+
+
+def test_queue_unavailable_is_the_ports_error() -> None:
+    assert issubclass(QueueUnavailable, OSError)
