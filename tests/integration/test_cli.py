@@ -31,7 +31,7 @@ def test_help_lists_every_command(settings: Settings) -> None:
     assert out.returncode == 0
     for cmd in ("migrate", "dispatcher", "worker", "sink", "up", "demo", "task", "status", "dlq"):
         assert cmd in out.stdout
-    assert "TRACE_LEASE_SECONDS" in out.stdout
+    assert "trace config" in out.stdout  # where the settings are documented
 
 
 def test_migrate_is_idempotent(settings: Settings) -> None:
@@ -173,3 +173,35 @@ def test_read_only_commands_never_create_a_trace_home(args: list[str], tmp_path:
         "error: no Trace home at ./.trace — run 'trace up' here or set TRACE_HOME"
     )
     assert list(tmp_path.iterdir()) == []  # nothing was initialised
+
+
+def test_help_shows_the_commands_first_and_config_lists_every_setting(tmp_path: Path) -> None:
+    from trace_platform.config import SETTINGS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
+    env["COLUMNS"] = "100"
+    top = subprocess.run(
+        [sys.executable, "-m", "trace_platform", "--help"], env=env, capture_output=True, text=True
+    )
+    assert top.returncode == 0
+    lines = top.stdout.splitlines()
+    assert len(lines) <= 50
+    assert lines.index("Run the stack:") < lines.index("Operate:") < lines.index("Build:")
+    assert "[env TRACE_" not in top.stdout  # settings are documented once, by `config`
+    env.update(TRACE_WORKER_TOKEN="super-secret-token", TRACE_RPC_POOL_MAIN_URL="http://k/ey")
+    out = subprocess.run(
+        [sys.executable, "-m", "trace_platform", "--lease-seconds", "7", "config", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {r["env"]: r for r in orjson.loads(out.stdout)}
+    assert set(rows) >= {s.env for s in SETTINGS} | {"TRACE_RPC_POOL_MAIN_URL"}
+    assert rows["TRACE_LEASE_SECONDS"]["source"] == "flag"
+    assert rows["TRACE_LEASE_SECONDS"]["value"] == "7.0"
+    assert rows["TRACE_WORKER_TOKEN"]["source"] == "env"
+    assert rows["TRACE_HOME"]["source"] == "default"
+    assert "super-secret-token" not in out.stdout and "k/ey" not in out.stdout
+    assert list(tmp_path.iterdir()) == []  # config reads settings only

@@ -20,12 +20,57 @@ from trace_platform.errors import ValidationError
 
 
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Every setting as a global flag. They work before any sub-command but stay out of the
+    first screen: `trace config` lists them with their sources and effective values."""
     for s in reversed(SETTINGS):
         kind: Any = click.Path(path_type=Path) if s.kind is Path else s.kind
-        fn = click.option(s.flag, s.name, type=kind, default=None, help=f"{s.help} [env {s.env}]")(
-            fn
-        )
+        fn = click.option(
+            s.flag, s.name, type=kind, default=None, hidden=True, help=f"{s.help} [env {s.env}]"
+        )(fn)
     return fn
+
+
+COMMAND_GROUPS = (
+    (
+        "Run the stack",
+        ("up", "demo", "dispatcher", "worker", "sink", "query-service", "migrate", "db"),
+    ),
+    ("Operate", ("status", "apply", "chain", "task", "dataset", "dlq", "config")),
+    ("Build", ("bundle",)),
+)
+
+
+class TraceGroup(click.Group):
+    """Commands first, in groups; settings are documented once, by `trace config`."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        listed: set[str] = set()
+        for title, names in COMMAND_GROUPS:
+            rows = []
+            for name in names:
+                cmd = self.get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit=80)))
+                    listed.add(name)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        rest = [
+            (n, c.get_short_help_str(limit=80))
+            for n in self.list_commands(ctx)
+            if n not in listed and (c := self.get_command(ctx, n)) is not None and not c.hidden
+        ]
+        if rest:
+            with formatter.section("Other"):
+                formatter.write_dl(rest)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        formatter.write_text(
+            "Settings: every TRACE_* environment variable also has a global flag that goes"
+            " before the command (trace --lease-seconds 5 worker). `trace config` lists them"
+            " all with their source and effective value. `trace COMMAND --help` for a command."
+        )
 
 
 def _setup_logs(settings: Settings, process: str) -> None:
@@ -34,14 +79,19 @@ def _setup_logs(settings: Settings, process: str) -> None:
     logs.configure(process, settings.log_level)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=TraceGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @_settings_options
 @click.version_option(package_name="trace-platform")
 @click.pass_context
 def cli(ctx: click.Context, /, **overrides: Any) -> None:
-    """Trace: reliable ETL tasks, untrusted UDFs, a trusted sink and sandboxed SQL.
+    """Trace: sync chains into Parquet datasets, run reliable ETL tasks and sandboxed UDFs
+    and SQL over them.
 
-    Quick start: `trace demo` (runs a local stack and a sample workload), `trace status`.
+    Quick start: `trace demo` (a local stack, a sample workload and a synced devnet chain),
+    then `trace up` to keep the stack running and `trace status` to look at it.
     """
     ctx.obj = overrides
 
@@ -548,6 +598,47 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_status(report))
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+@handle_errors
+def config_command(ctx: click.Context, as_json: bool) -> None:
+    """Every setting: env var, flag, source (default/env/flag) and effective value (secrets
+    masked) — what a process started here would use."""
+    import os
+
+    settings = settings_from(ctx)
+    flags = ctx.find_root().obj or {}
+    rows = []
+    for s in SETTINGS:
+        value = getattr(settings, s.name)
+        source = (
+            "flag"
+            if flags.get(s.name) is not None
+            else ("env" if os.environ.get(s.env) not in (None, "") else "default")
+        )
+        shown = "—" if value is None else ("****" if s.secret else str(value))
+        rows.append(
+            {"env": s.env, "flag": s.flag, "source": source, "value": shown, "help": s.help}
+        )
+    for pool, _url in settings.rpc_pools:
+        rows.append(
+            {
+                "env": Settings.rpc_pool_env(pool),
+                "flag": "",
+                "source": "env",
+                "value": "**** (URLs carry API keys)",
+                "help": f"JSON-RPC URL of pool {pool!r}",
+            }
+        )
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    width = max(len(r["env"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['env']:<{width}}  {r['source']:<7}  {r['value']:<28}  {r['help']}")
 
 
 def _register_verb_groups() -> None:
