@@ -55,17 +55,14 @@ def deterministic_zip(files: list[tuple[str, bytes]]) -> bytes:
 
 
 def find_esbuild(configured: str | None = None) -> str:
-    candidates = [
-        configured,
-        shutil.which("esbuild"),
-        str(Path.cwd() / "tools" / "node_modules" / ".bin" / "esbuild"),
-        str(Path(__file__).resolve().parents[2] / "tools" / "node_modules" / ".bin" / "esbuild"),
-    ]
-    for c in candidates:
+    from trace_platform.toolchain import ESBUILD, find_tool
+
+    for c in (configured, find_tool(ESBUILD), shutil.which("esbuild")):
         if c and Path(c).is_file():
             return c
     raise ValidationError(
-        "esbuild not found: run `npm ci --prefix tools` (make install does) or set TRACE_ESBUILD"
+        "esbuild not found: run `trace tools install` (a source checkout: `make install`)"
+        " or set TRACE_ESBUILD"
     )
 
 

@@ -36,7 +36,7 @@ COMMAND_GROUPS = (
         ("up", "demo", "dispatcher", "worker", "sink", "query-service", "migrate", "db"),
     ),
     ("Operate", ("status", "apply", "chain", "task", "dataset", "dlq", "config")),
-    ("Build", ("bundle",)),
+    ("Build", ("bundle", "tools")),
 )
 
 
@@ -639,6 +639,39 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
     width = max(len(r["env"]) for r in rows)
     for r in rows:
         click.echo(f"{r['env']:<{width}}  {r['source']:<7}  {r['value']:<28}  {r['help']}")
+
+
+@cli.group()
+def tools() -> None:
+    """Node tools Trace runs: esbuild (TypeScript bundles) and anvil (the demo's devnet)."""
+
+
+@tools.command("install")
+@click.option(
+    "--dir",
+    "target",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to install [default: ~/.local/share/trace/tools].",
+)
+@handle_errors
+def tools_install(target: Path | None) -> None:
+    """npm-install esbuild and anvil (needs Node.js 18+ with npm; a source checkout has them
+    already after `make install`)."""
+    from trace_platform.toolchain import TOOL_PACKAGES, install_tools
+
+    click.echo("installing " + ", ".join(f"{k}@{v}" for k, v in TOOL_PACKAGES.items()) + " ...")
+    where = install_tools(target)
+    click.echo(f"installed under {where}")
+
+
+@tools.command("status")
+def tools_status() -> None:
+    """Where each tool is found (or that it is missing)."""
+    from trace_platform.toolchain import ANVIL, ESBUILD, find_tool
+
+    for name, rel in (("esbuild", ESBUILD), ("anvil", ANVIL)):
+        click.echo(f"{name:<8} {find_tool(rel) or 'missing: run `trace tools install`'}")
 
 
 def _register_verb_groups() -> None:

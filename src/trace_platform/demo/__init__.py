@@ -187,7 +187,7 @@ async def _workload(
     )
 
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # shipped in the package
 
 
 DEMO_TRANSFERS = 1_000_000

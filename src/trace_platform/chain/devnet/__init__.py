@@ -24,29 +24,21 @@ from typing import Any
 
 from trace_platform.errors import ConfigError
 
-ANVIL_REL = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 _TRANSFER_SELECTOR = "a9059cbb"
 KEPT_STATES = 1024  # deeper than any reorg the tests and the demo make
 
 
 def find_anvil(configured: str | None = None) -> str:
-    """The anvil binary: TRACE_ANVIL, then tools/ under the working directory or the source
-    checkout, then PATH."""
-    here = Path(__file__).resolve()
-    candidates = [
-        configured,
-        os.environ.get("TRACE_ANVIL"),
-        str(Path.cwd() / "tools" / ANVIL_REL),
-        str(here.parents[4] / "tools" / ANVIL_REL) if len(here.parents) > 4 else None,
-        shutil.which("anvil"),
-    ]
-    for c in candidates:
+    """The anvil binary: `configured`, then the tools directories (`trace tools install`,
+    ./tools, a source checkout's tools/), then PATH."""
+    from trace_platform.toolchain import ANVIL, find_tool
+
+    for c in (configured, find_tool(ANVIL), shutil.which("anvil")):
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
     raise ConfigError(
-        "anvil not found: run `npm install --prefix tools @foundry-rs/anvil` (make install"
-        " does) or set TRACE_ANVIL to the binary"
+        "anvil not found: run `trace tools install` (a source checkout: `make install`)"
     )
 
 
