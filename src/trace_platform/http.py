@@ -80,6 +80,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail))
 
     async def unexpected(_request: Request, exc: Exception) -> Response:
+        from trace_platform.db.pool import DB_ERRORS
+
+        if isinstance(exc, DB_ERRORS):  # the database is away: retry later, not a bug
+            log.warning("http.database_unavailable", error=type(exc).__name__)
+            return error_response(503, "database_unavailable", "the database is unavailable")
         log.error("http.unhandled_error", error=type(exc).__name__)
         return error_response(500, "internal", "internal error")
 

@@ -123,7 +123,8 @@ async def test_a_dispatcher_signs_claims_with_its_kms_key(
         "issuer": "trace-dispatcher",
         "current": {"kid": "kms-d", "alg": "ES256", "kms_key_id": key_id},
     }
-    s = settings.replace(task_keys=json.dumps(ring), port=free_port())
+    # TRACE_ISSUER at its default: the ring's issuer is the one the tokens carry.
+    s = settings.replace(task_keys=json.dumps(ring), port=free_port(), issuer="trace-dispatcher")
     proc = await start_dispatcher(s, tmp_path)
     try:
         (tid,) = await create_tasks(
@@ -138,5 +139,6 @@ async def test_a_dispatcher_signs_claims_with_its_kms_key(
         public = jwt.PyJWK(jwks["keys"][0]).key
         decoded = jwt.decode(token, public, algorithms=["ES256"], audience="trace.task")
         assert decoded["task_id"] == str(tid)
+        assert decoded["iss"] == "trace-dispatcher"
     finally:
         proc.stop()

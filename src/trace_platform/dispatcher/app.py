@@ -21,7 +21,7 @@ from trace_platform.aio import watch
 from trace_platform.chain.loops import chain_routes, start_chain_loops
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
-from trace_platform.db.pool import create_pool
+from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.dispatcher.api import build_router
 from trace_platform.dispatcher.loops import (
     LeaseReaper,
@@ -71,7 +71,9 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         urls = await resolve_databases(settings)
-        pool = await create_pool(urls.state, max_size=settings.db_pool_size)
+        pool = await create_pool(
+            urls.state, max_size=settings.db_pool_size, wait_seconds=STARTUP_DB_WAIT
+        )
         poke = asyncio.Event()
         queue = queue_from_settings(settings, pool, urls.state)
         plan_now = asyncio.Event()  # a committed range frees a slot: plan at once

@@ -14,7 +14,7 @@ from trace_platform import __version__
 from trace_platform.adapters.local_keys import VerifiedTokens, load_key_ring
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
-from trace_platform.db.pool import create_pool
+from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.errors import AuthError, ForbiddenError, OverloadedError
 from trace_platform.http import (
     CAPABILITY_HEADER,
@@ -74,12 +74,17 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         urls = await resolve_databases(settings)
-        state_pool = await create_pool(urls.state, max_size=4)
+        state_pool = await create_pool(urls.state, max_size=4, wait_seconds=STARTUP_DB_WAIT)
         # This pool only writes audit rows. They commit without waiting for the WAL flush
         # (synchronous_commit=off): a PostgreSQL crash can lose the newest few hundred
         # milliseconds of audit rows, never half of one, and a query no longer waits ~1 ms
         # for an fsync.
-        data_pool = await create_pool(urls.data, max_size=4, session={"synchronous_commit": "off"})
+        data_pool = await create_pool(
+            urls.data,
+            max_size=4,
+            session={"synchronous_commit": "off"},
+            wait_seconds=STARTUP_DB_WAIT,
+        )
         limits = executor_limits(settings)
         isolation = detect_isolation()
         log.info(

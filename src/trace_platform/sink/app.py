@@ -9,7 +9,7 @@ from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import stop_on_signals
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
-from trace_platform.db.pool import create_pool
+from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.sink.service import Sink
 
 
@@ -17,8 +17,10 @@ async def serve_sink(settings: Settings, stop: asyncio.Event | None = None) -> N
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     urls = await resolve_databases(settings)
-    state_pool = await create_pool(urls.state, max_size=3)
-    data_pool = await create_pool(urls.data, max_size=settings.sink_concurrency + 1)
+    state_pool = await create_pool(urls.state, max_size=3, wait_seconds=STARTUP_DB_WAIT)
+    data_pool = await create_pool(
+        urls.data, max_size=settings.sink_concurrency + 1, wait_seconds=STARTUP_DB_WAIT
+    )
     queue = queue_from_settings(settings, state_pool, urls.state)
     try:
         sink = Sink(

@@ -13,6 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from trace_platform.aio import first_of, sleep_or_stop
 from trace_platform.config import Settings
+from trace_platform.db.pool import DB_ERRORS
 from trace_platform.db.sql import q
 from trace_platform.domain.batch import (
     STAGING_COLUMNS,
@@ -204,7 +205,7 @@ class Sink:
         async def one(message: ReceivedMessage) -> None:
             try:
                 await self.handle(message)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 # Infrastructure trouble is not the batch's fault: let it be redelivered.
                 log.error(
                     "sink.batch.error", message_id=str(message.message_id), error=type(exc).__name__
@@ -217,7 +218,7 @@ class Sink:
             await slots.acquire()
             try:
                 messages = await self.queue.receive(BUFFER_QUEUE, 1, visibility)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 slots.release()
                 log.error("sink.receive_failed", error=type(exc).__name__)
                 await sleep_or_stop(stop, 1.0)

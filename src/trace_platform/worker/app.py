@@ -11,7 +11,7 @@ from trace_platform.aio import stop_on_signals
 from trace_platform.client import DispatcherClient
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
-from trace_platform.db.pool import create_pool
+from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.worker.service import Worker
 
 
@@ -19,7 +19,9 @@ async def serve_worker(settings: Settings, stop: asyncio.Event | None = None) ->
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     urls = await resolve_databases(settings)
-    pool = await create_pool(urls.state, max_size=min(settings.db_pool_size, 4))
+    pool = await create_pool(
+        urls.state, max_size=min(settings.db_pool_size, 4), wait_seconds=STARTUP_DB_WAIT
+    )
     queue = queue_from_settings(settings, pool, urls.state)
     client = DispatcherClient(
         settings.resolved_dispatcher_url,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,6 +36,7 @@ log = get_logger(__name__)
 TASK_WAKEUP = "task_wakeup"
 LINES_PER_CHUNK = 2000
 ACK_RETRY_SECONDS = 0.2
+COMPLETION_RETRY_SECONDS = 0.2
 
 
 class AckBatcher:
@@ -67,22 +69,33 @@ class AckBatcher:
                 log.error("worker.ack_failed", error=type(exc).__name__, detail=str(exc))
                 await sleep_or_stop(stop, ACK_RETRY_SECONDS)
                 self._wake.set()
-        await self.flush()
+        try:
+            await self.flush()
+        except QueueUnavailable as exc:  # stopping: the wake-ups are simply redelivered
+            log.warning("worker.final_ack_failed", pending=len(self._pending), error=str(exc))
 
 
 class CompletionBatcher:
     """Completions go out together: while one batch is in flight the next one gathers, so a
     busy worker sends one request for many tasks and an idle one adds no delay."""
 
-    def __init__(self, client: DispatcherClient, max_batch: int = 128) -> None:
+    def __init__(
+        self, client: DispatcherClient, max_batch: int = 128, retry_horizon: float = 20.0
+    ) -> None:
         self.client = client
         self.max_batch = max_batch
-        self._pending: list[tuple[Lease, dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        # A completion is idempotent: while the dispatcher is unavailable (its database
+        # restarting, say) it is sent again, for up to `retry_horizon` seconds — well inside
+        # the lease, so an outage does not turn finished work into lease timeouts.
+        self.retry_horizon = retry_horizon
+        self._pending: list[
+            tuple[Lease, dict[str, Any], asyncio.Future[dict[str, Any]], float]
+        ] = []
         self._wake = asyncio.Event()
 
     async def complete(self, lease: Lease, report: dict[str, Any]) -> dict[str, Any]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append((lease, report, fut))
+        self._pending.append((lease, report, fut, time.monotonic()))
         self._wake.set()
         result = await fut
         code, body = int(result.get("code", 500)), result.get("body") or {}
@@ -93,6 +106,7 @@ class CompletionBatcher:
         raise TraceError(f"complete answered {code}: {body.get('error')}")
 
     async def run(self, stop: asyncio.Event) -> None:
+        backoff = COMPLETION_RETRY_SECONDS
         while not (stop.is_set() and not self._pending):
             if not self._pending:
                 await first_of(stop, self._wake.wait())
@@ -100,13 +114,25 @@ class CompletionBatcher:
                 continue
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             try:
-                results = await self.client.complete_many([(le, rep) for le, rep, _ in batch])
+                results = await self.client.complete_many([(le, rep) for le, rep, _, _ in batch])
+            except DispatcherUnavailable as exc:
+                now = time.monotonic()
+                again = [item for item in batch if now - item[3] < self.retry_horizon]
+                for _, _, fut, queued in batch:
+                    if now - queued >= self.retry_horizon and not fut.done():
+                        fut.set_exception(exc)
+                self._pending = again + self._pending
+                if again:
+                    await sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 2.0)
+                continue
             except TraceError as exc:
-                for _, _, fut in batch:
+                for _, _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for (_, _, fut), result in zip(batch, results, strict=True):
+            backoff = COMPLETION_RETRY_SECONDS
+            for (_, _, fut, _), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
 
@@ -127,7 +153,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.concurrency = settings.worker_concurrency
         self.acks = AckBatcher(queue, TASK_WAKEUP)
-        self.completions = CompletionBatcher(client)
+        self.completions = CompletionBatcher(client, retry_horizon=settings.lease_seconds * 0.6)
         self._running: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event, grace_seconds: float = 10.0) -> None:
@@ -332,6 +358,20 @@ class Worker:
             return
         WORKER_TASKS.labels(outcome).inc()
 
+    async def _publish(self, lease: Lease, uri: str, count: int) -> None:
+        """buffer-publish is idempotent per (task, attempt, batch): while the dispatcher is
+        unavailable it is sent again, within the same horizon as completions."""
+        started, delay = time.monotonic(), COMPLETION_RETRY_SECONDS
+        while True:
+            try:
+                await self.client.buffer_publish(lease, uri, count)
+                return
+            except DispatcherUnavailable:
+                if time.monotonic() - started + delay > self.completions.retry_horizon:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _write_and_publish(
         self, lease: Lease, rows: AsyncIterator[dict[str, Any]]
     ) -> dict[str, Any]:
@@ -355,5 +395,5 @@ class Worker:
                 yield b"\n".join(lines) + b"\n"
 
         info = await self.store.put_stream(uri, encode())
-        await self.client.buffer_publish(lease, uri, count)
+        await self._publish(lease, uri, count)
         return {"records": count, "batch_uri": uri, "bytes": info.size}
