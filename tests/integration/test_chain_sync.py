@@ -93,6 +93,7 @@ async def stack(
         "dispatcher": await start_dispatcher(c_settings, logs),
         "worker": start_proc(c_settings, logs, "worker"),
         "query": await start_query_service(c_settings, logs),
+        "sink": start_proc(c_settings, logs, "sink"),
     }
     yield procs
     for p in procs.values():
@@ -247,6 +248,59 @@ async def test_snapshot_grant_is_small_pinned_at_claim_and_range_grants_see_only
     )
     assert out.returncode == 0, out.stderr
     assert '"rows":[[2300,2300,0,2299]]' in out.stdout
+
+
+async def test_a_udf_reads_every_committed_range_as_one_dataset(
+    c_settings: Settings, fixed: dict[str, Any], stack: dict[str, Proc], data_conn: Any
+) -> None:
+    import textwrap
+    import uuid
+
+    from trace_platform.bundles import deterministic_zip, register_bundle
+    from trace_platform.db.pool import create_pool
+    from trace_platform.dispatcher.service import LITE_ORG_ID
+
+    tip = streams_of(await status(c_settings, "fixed"))["blocks"]["tip"]
+    tag = "chain-udf-" + uuid.uuid4().hex[:6]
+    code = textwrap.dedent(f"""
+        def handler(event, context):
+            res = context.query(event["dataset"], "{COUNT_SQL}")
+            n, distinct, lo, hi = res["rows"][0]
+            return [{{"alert_definition_id": "9a1f2b3c-4d5e-4f60-8a7b-1c2d3e4f5a6b",
+                      "dedupe_key": "{tag}", "event_time": "2024-01-01T00:00:00Z",
+                      "payload": {{"n": n, "distinct": distinct, "lo": lo, "hi": hi}}}}]
+        """).encode()
+    pool = await create_pool(c_settings.state_database_url or "", max_size=1)
+    from trace_platform.adapters.stores import object_store_from_settings
+
+    bundle = await register_bundle(
+        pool,
+        object_store_from_settings(c_settings),
+        deterministic_zip([("handler.py", code)]),
+        "python",
+        "handler.handler",
+        LITE_ORG_ID,
+    )
+    await pool.close()
+    grant = jwt.decode(
+        (await claim_with_inputs(stack, c_settings, [{"dataset": "fixed.blocks"}])).token,
+        options={"verify_signature": False},
+    )["datasets"][0]
+    payload = {
+        "runtime": "lambda",
+        "udf": {"bundle_id": str(bundle.bundle_id)},
+        "inputs": [{"dataset": "fixed.blocks"}],
+        "work_payload": {"dataset": grant["dataset_uuid"]},
+    }
+    await create_tasks(c_settings.state_database_url or "", 1, payload=payload)
+
+    async def landed() -> Any:
+        return await data_conn.fetchval(
+            "SELECT payload FROM data.alert_events WHERE dedupe_key = $1", tag
+        )
+
+    got = await wait_until(landed, 60, 0.1, "the UDF's row")
+    assert got == {"n": tip, "distinct": tip, "lo": 0, "hi": tip - 1}
 
 
 async def test_compaction_merges_old_partitions_and_keeps_results(
