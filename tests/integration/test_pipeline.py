@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -95,6 +96,38 @@ async def test_tasks_flow_end_to_end(
         "SELECT org_id, producer_task_id FROM data.alert_events WHERE dedupe_key = $1", f"{seed}:0"
     )
     assert stored["producer_task_id"] == ids[0] and stored["org_id"] == row["org_id"]
+
+
+async def test_two_orgs_with_the_same_dedupe_keys_each_keep_all_their_events(
+    settings: Settings, worker: Proc, state_conn: asyncpg.Connection, data_conn: asyncpg.Connection
+) -> None:
+    """alert_events is unique on (org_id, dedupe_key): one tenant's keys never suppress
+    another tenant's events (SPEC §2)."""
+    seed = "tenancy-" + uuid.uuid4().hex[:6]
+    other = uuid.uuid4()
+    ids = await create_tasks(settings.state_database_url or "", 1, payload=emit(seed, 20))
+    ids += await create_tasks(
+        settings.state_database_url or "", 1, payload=emit(seed, 20), org_id=other
+    )
+    await wait_until(lambda: completed(state_conn, ids), what="both orgs' tasks")
+    await wait_until(lambda: sink_idle(state_conn))
+
+    async def per_org() -> dict[str, int]:
+        rows = await data_conn.fetch(
+            "SELECT org_id, count(*) AS n FROM data.alert_events WHERE dedupe_key LIKE $1"
+            " GROUP BY org_id",
+            f"{seed}:%",
+        )
+        return {str(r["org_id"]): int(r["n"]) for r in rows}
+
+    await wait_until(lambda: _has_orgs(per_org, 2), what="rows of both orgs")
+    task_orgs = {str((await task_row(state_conn, t))["org_id"]) for t in ids}
+    assert await per_org() == {org: 20 for org in task_orgs}
+
+
+async def _has_orgs(per_org: Any, n: int) -> bool:
+    counts = await per_org()
+    return len(counts) == n and all(v == 20 for v in counts.values())
 
 
 async def test_duplicate_wakeups_run_a_task_once(
