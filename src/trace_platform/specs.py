@@ -11,16 +11,18 @@ from typing import Any
 import pydantic
 import yaml
 
+from trace_platform.alerts.spec import AlertSpec
 from trace_platform.chain.spec import ChainSyncSpec
 from trace_platform.errors import ValidationError
 
 MAX_SPEC_BYTES = 256 * 1024
-SPEC_KINDS: dict[str, type[pydantic.BaseModel]] = {"chain_sync": ChainSyncSpec}
+SPEC_KINDS: dict[str, type[pydantic.BaseModel]] = {"chain_sync": ChainSyncSpec, "alert": AlertSpec}
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if not str(p).startswith(("FollowHead", "FixedTarget"))]
-    parts = [p for p in parts if p not in ("follow_head", "fixed_target")]
+    parts = [p for p in parts if p not in ("follow_head", "fixed_target", "FromBlock")]
+    parts = [p for p in parts if not p.startswith("literal[")]
     return ".".join(parts) or "(document)"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,129 @@ def test_apply_rejects_unknown_fields_with_their_path(c_settings: Settings, tmp_
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "error: streams.blocks.chunk_sise: unknown field"
+
+
+ALERT_SQL = (
+    "SELECT block_number, transaction_hash, log_index, value_f64 FROM dataset"
+    " WHERE value_f64 >= 1e24 AND from_address <> '0x0000000000000000000000000000000000000000'"
+)
+
+
+def whale_transfers(url: str, token: str) -> set[tuple[str, int]]:
+    """web3's view: (tx hash, log index) of every holder-to-holder transfer >= 1e24."""
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(url))
+    topic = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+    out = set()
+    for log in w3.eth.get_logs(
+        {
+            "fromBlock": 0,
+            "toBlock": BLOCKS - 1,
+            "address": Web3.to_checksum_address(token),
+            "topics": [topic],
+        }
+    ):
+        sender = int(bytes(log["topics"][1]).hex(), 16)
+        if sender != 0 and int(bytes(log["data"]).hex(), 16) >= 10**24:
+            out.add(("0x" + bytes(log["transactionHash"]).hex(), log["logIndex"]))
+    return out
+
+
+async def test_a_sql_alert_backfills_every_committed_range_once_with_the_nodes_events(
+    c_settings: Settings,
+    stack: dict[str, Proc],
+    node: Anvil,
+    state_conn: asyncpg.Connection,
+    data_conn: Any,
+) -> None:
+    streams = {
+        "erc20_transfers": {"cryo_dataset": "erc20_transfers", "chunk_size": 200, "max_inflight": 8}
+    }
+    await apply(c_settings, spec_yaml("alerted", "{kind: fixed_target, to_block: 2000}", streams))
+    await wait_synced(c_settings, "alerted", BLOCKS)
+    alert = (
+        "kind: alert\nname: whales\nsource: {dataset: alerted.erc20_transfers}\n"
+        f'start: {{from_block: 0}}\nrule: {{sql: "{ALERT_SQL}"}}\n'
+        "identity: [transaction_hash, log_index]\nseverity: critical\n"
+    )
+    (result,) = await apply(c_settings, alert)
+    assert result["evaluations_scheduled"] == 10  # one per committed range
+    expected = whale_transfers(node.url, node.extra["token"])  # type: ignore[attr-defined]
+    assert len(expected) > 20
+    alert_id = uuid.UUID(result["alert_id"])
+
+    async def events() -> set[tuple[str, int]]:
+        rows = await data_conn.fetch(
+            "SELECT payload FROM data.alert_events WHERE alert_definition_id = $1", alert_id
+        )
+        return {
+            (r["payload"]["row"]["transaction_hash"], r["payload"]["row"]["log_index"])
+            for r in rows
+        }
+
+    await wait_until(lambda: _equals(events, expected), 90, 0.2, "every whale transfer alerted")
+    # Re-applying (a backfill again) schedules nothing new and adds no event.
+    tasks = "SELECT count(*) FROM state.tasks WHERE payload->'alert'->>'alert_id' = $1"
+    before = await state_conn.fetchval(tasks, str(alert_id))
+    await apply(c_settings, alert)
+    assert await state_conn.fetchval(tasks, str(alert_id)) == before == 10
+    rows = await data_conn.fetch(
+        "SELECT dedupe_key, block_hash, chain_id FROM data.alert_events WHERE alert_definition_id = $1",
+        alert_id,
+    )
+    assert len(rows) == len(expected) and all(
+        r["block_hash"] and r["chain_id"] == 31337 for r in rows
+    )
+
+
+async def _equals(read: Any, expected: set[tuple[str, int]]) -> bool:
+    return bool(await read() == expected)
+
+
+def test_an_alert_rule_the_gate_rejects_is_refused_at_apply(
+    c_settings: Settings, tmp_path: Path
+) -> None:
+    f = tmp_path / "bad-alert.yaml"
+    f.write_text(
+        "kind: alert\nname: bad\nsource: {dataset: fixed.blocks}\n"
+        "rule: {sql: \"SELECT * FROM read_parquet('/etc/passwd')\"}\nidentity: [block_number]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "trace_platform", "apply", str(f)],
+        env=proc_env(c_settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: rule.sql: rejected by the SQL gate")
+
+
+async def test_a_latest_alert_evaluates_only_ranges_committed_after_it(
+    c_settings: Settings, stack: dict[str, Proc], node: Anvil, data_conn: Any
+) -> None:
+    alert = (
+        "kind: alert\nname: whales-live\nsource: {dataset: alerted.erc20_transfers}\n"
+        f'start: latest\nrule: {{sql: "{ALERT_SQL}"}}\nidentity: [transaction_hash, log_index]\n'
+    )
+    (result,) = await apply(c_settings, alert)  # after the backfill test: 2,000 blocks committed
+    assert result["evaluations_scheduled"] == 0 and result["start_block"] >= BLOCKS
+    (whale,) = node.traffic_block(node.extra["token"], [9 * 10**24])[1:]  # type: ignore[attr-defined]
+    end = node.head() + 1
+    streams = {
+        "erc20_transfers": {"cryo_dataset": "erc20_transfers", "chunk_size": 200, "max_inflight": 8}
+    }
+    await apply(
+        c_settings, spec_yaml("alerted", f"{{kind: fixed_target, to_block: {end}}}", streams)
+    )
+    alert_id = uuid.UUID(result["alert_id"])
+
+    async def live_events() -> list[str] | None:
+        rows = await data_conn.fetch(
+            "SELECT tx_hash FROM data.alert_events WHERE alert_definition_id = $1", alert_id
+        )
+        return [r["tx_hash"] for r in rows] or None
+
+    assert await wait_until(live_events, 60, 0.2, "the new whale alerted") == [whale]

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from trace_platform.alerts.schedule import schedule_evaluations
 from trace_platform.chain.compaction import Compactor
 from trace_platform.chain.planner import ChainPlanner, HeadObserver
 from trace_platform.config import Settings
@@ -39,11 +40,17 @@ def start_chain_loops(
     return observer
 
 
-def chain_routes() -> dict[str, OutboxRoute]:
-    """`dataset.range_committed` has no consumer of its own yet (alerts subscribe to it);
-    the row is marked sent so the outbox stays clean."""
+def chain_routes(pool: asyncpg.Pool) -> dict[str, OutboxRoute]:
+    """`dataset.range_committed` schedules the evaluations of the dataset's alerts for that
+    range (deterministic task ids: a re-delivered event schedules nothing twice)."""
 
-    async def committed(_ids: list[uuid.UUID], _payloads: list[dict[str, Any]]) -> None:
-        return None
+    async def committed(_ids: list[uuid.UUID], payloads: list[dict[str, Any]]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            for p in payloads:
+                await schedule_evaluations(
+                    conn,
+                    uuid.UUID(p["dataset_uuid"]),
+                    [(p["partition_id"], int(p["start"]), int(p["end"]))],
+                )
 
     return {"dataset.range_committed": committed}

@@ -35,7 +35,7 @@ COMMAND_GROUPS = (
         "Run the stack",
         ("up", "demo", "dispatcher", "worker", "sink", "query-service", "migrate", "db"),
     ),
-    ("Operate", ("status", "apply", "chain", "task", "dataset", "dlq", "config")),
+    ("Operate", ("status", "apply", "chain", "alert", "task", "dataset", "dlq", "config")),
     ("Build", ("bundle", "tools")),
 )
 
@@ -679,10 +679,11 @@ def tools_status() -> None:
 
 
 def _register_verb_groups() -> None:
-    from trace_platform.cli import chains
+    from trace_platform.cli import alerts, chains
 
     cli.add_command(chains.apply)
     cli.add_command(chains.chain)
+    cli.add_command(alerts.alert)
 
 
 _register_verb_groups()

@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         service = TaskService(pool, signer, settings, outbox_poke=poke, range_poke=plan_now)
         state.update(pool=pool, service=service, queue=queue)
         runner = LoopRunner()
-        drainer = OutboxDrainer(pool, default_routes(queue, chain_routes()))
+        drainer = OutboxDrainer(pool, default_routes(queue, chain_routes(pool)))
         start_kernel_loops(
             runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
         )

@@ -7,8 +7,10 @@ from typing import Any
 
 import asyncpg
 
+from trace_platform.alerts.spec import AlertSpec
 from trace_platform.chain.spec import ChainSyncSpec
 from trace_platform.db.sql import q
+from trace_platform.ops.alerts import apply_alert
 from trace_platform.ops.chains import apply_chain_sync
 from trace_platform.specs import parse_spec_documents
 
@@ -20,8 +22,11 @@ async def apply_specs(
     docs = parse_spec_documents(text)
     results = []
     for doc in docs:
-        assert isinstance(doc, ChainSyncSpec)  # the only kind so far
-        results.append(await apply_chain_sync(pool, doc, org_id, store_root))
+        if isinstance(doc, AlertSpec):
+            results.append(await apply_alert(pool, doc, org_id))
+        else:
+            assert isinstance(doc, ChainSyncSpec)
+            results.append(await apply_chain_sync(pool, doc, org_id, store_root))
     return results
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from trace_platform.aio import first_of, sleep_or_stop, watch
+from trace_platform.alerts.evaluate import EvaluationFatal, EvaluationRetryable, evaluate
 from trace_platform.chain.ingest import IngestFatal, IngestRetryable, cryo_ingest
 from trace_platform.client import DispatcherClient, DispatcherUnavailable, Lease
 from trace_platform.config import Settings
@@ -302,15 +303,20 @@ class Worker:
                 outputs = await cryo_ingest(
                     lease.task_id, lease.attempt, payload, self.store, self.settings
                 )
+            elif name == "alert_eval":
+                events = await evaluate(
+                    self.settings, lease.task_id, lease.attempt, lease.capability_token, payload
+                )
+                outputs = await self._write_and_publish(lease, _aiter(events))
             elif op is None:
                 raise FatalTaskError(f"unknown operator {name!r}")
             else:
                 ctx = OperatorContext(lease.task_id, lease.attempt, payload, log)
                 outputs = await self._write_and_publish(lease, op(ctx))
-        except (FatalTaskError, IngestFatal) as exc:
+        except (FatalTaskError, IngestFatal, EvaluationFatal) as exc:
             await self._report(lease, "fatal_error", str(exc)[:2000])
             return
-        except IngestRetryable as exc:
+        except (IngestRetryable, EvaluationRetryable) as exc:
             await self._report(lease, "retryable_error", str(exc)[:2000])
             return
         except ConflictError as exc:
@@ -397,3 +403,8 @@ class Worker:
         info = await self.store.put_stream(uri, encode())
         await self._publish(lease, uri, count)
         return {"records": count, "batch_uri": uri, "bytes": info.size}
+
+
+async def _aiter(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for item in items:
+        yield item

@@ -1,0 +1,120 @@
+"""`alert_eval`: evaluate one alert's SQL rule over one committed range (SPEC §12).
+
+The trusted worker holds the task's capability token, which grants that range of the source
+dataset only; the rule runs through the query service (gate, sandbox, audit). Each result
+row becomes an `alert_events` row whose dedupe key is derived from the alert, the identity
+columns and the block's hash (read from the node), so retries and duplicate evaluations
+insert nothing twice and an event on a block that a reorg replaced is a new event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
+from trace_platform.config import Settings
+
+MAX_ROWS = 10_000
+
+
+class EvaluationFatal(Exception):
+    """The rule cannot produce events (missing identity column, too many rows)."""
+
+
+class EvaluationRetryable(Exception):
+    """Try again (query service or node unavailable)."""
+
+
+def dedupe_key(alert_id: str, identity: list[Any], block_hash: str | None) -> str:
+    digest = hashlib.sha256(orjson.dumps([alert_id, identity, block_hash])).hexdigest()
+    return f"alert:{alert_id}:{digest[:40]}"
+
+
+def query_url(settings: Settings) -> str:
+    return (settings.query_url or f"http://127.0.0.1:{settings.query_port}").rstrip("/")
+
+
+async def run_rule(
+    settings: Settings, task_id: uuid.UUID, attempt: int, token: str, dataset_uuid: str, sql: str
+) -> dict[str, Any]:
+    body = {
+        "task_id": str(task_id),
+        "attempt": attempt,
+        "dataset_id": dataset_uuid,
+        "sql": sql,
+        "limit": MAX_ROWS,
+    }
+    timeout = aiohttp.ClientTimeout(total=settings.query_timeout_seconds + 10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.post(
+                f"{query_url(settings)}/v1/task/query",
+                data=orjson.dumps(body),
+                headers={"X-Trace-Task-Capability": token, "Content-Type": "application/json"},
+            ) as resp,
+        ):
+            answer = orjson.loads(await resp.read())
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        raise EvaluationRetryable(f"query service: {type(exc).__name__}") from None
+    if status in (429, 503) or status >= 500:
+        raise EvaluationRetryable(f"query service answered {status}")
+    if status != 200:
+        raise EvaluationFatal(f"rule rejected ({status}): {answer.get('detail', '')}"[:500])
+    result: dict[str, Any] = answer
+    return result
+
+
+async def evaluate(
+    settings: Settings, task_id: uuid.UUID, attempt: int, token: str, payload: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The alert_events rows of one (alert, range)."""
+    a = payload.get("alert")
+    if not isinstance(a, dict):
+        raise EvaluationFatal("alert_eval: payload has no alert")
+    result = await run_rule(settings, task_id, attempt, token, a["dataset_uuid"], a["sql"])
+    if result.get("truncated"):
+        raise EvaluationFatal(f"the rule returned more than {MAX_ROWS} rows for one range")
+    names = [c["name"] for c in result["columns"]]
+    missing = [c for c in a["identity"] if c not in names]
+    if missing:
+        raise EvaluationFatal(f"the rule's result lacks identity column(s) {missing}")
+    rows = [dict(zip(names, r, strict=True)) for r in result["rows"]]
+    if not rows:
+        return []
+    numbers = sorted({int(r["block_number"]) for r in rows if r.get("block_number") is not None})
+    headers: dict[int, tuple[str, int] | None] = {}
+    url = settings.rpc_url(a["rpc_pool"])
+    if numbers and url is not None:
+        try:
+            async with RpcClient(url, settings.chain_rpc_timeout_seconds) as rpc:
+                headers = await rpc.block_headers(numbers)
+        except (RpcUnavailable, RpcError) as exc:
+            raise EvaluationRetryable(f"rpc: {exc}") from None
+    events = []
+    for r in rows:
+        number = r.get("block_number")
+        header = headers.get(int(number)) if number is not None else None
+        block_hash = r.get("block_hash") or (header[0] if header else None)
+        when = datetime.fromtimestamp(header[1], UTC) if header else datetime.now(UTC)
+        identity = [r[c] for c in a["identity"]]
+        events.append(
+            {
+                "alert_definition_id": a["alert_id"],
+                "dedupe_key": dedupe_key(a["alert_id"], identity, block_hash),
+                "event_time": when.isoformat(),
+                "chain_id": a["chain_id"],
+                "block_number": int(number) if number is not None else None,
+                "block_hash": block_hash,
+                "tx_hash": r.get("transaction_hash") or r.get("tx_hash"),
+                "payload": {"alert": a["name"], "severity": a["severity"], "row": r},
+            }
+        )
+    return events

@@ -1,0 +1,75 @@
+"""Evaluation tasks: one per (alert, committed partition) with a deterministic id, created
+with their wake-ups in one transaction — on `dataset.range_committed` (every new or re-synced
+range) and, for `start: {from_block}`, as a backfill over what is already committed."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from trace_platform.alerts.spec import evaluation_task_id
+from trace_platform.db.sql import q
+from trace_platform.logs import get_logger
+
+log = get_logger(__name__)
+EVAL_ATTEMPTS = 10
+
+
+def evaluation_payload(
+    alert: Any, source: Any, partition_id: str, start: int, end: int
+) -> dict[str, Any]:
+    spec = alert["spec"]
+    return {
+        "operator": "alert_eval",
+        "alert": {
+            "alert_id": str(alert["alert_id"]),
+            "name": alert["name"],
+            "sql": spec["rule"]["sql"],
+            "identity": spec["identity"],
+            "severity": spec["severity"],
+            "chain_id": source["chain_id"],
+            "rpc_pool": source["rpc_pool"],
+            "partition_id": partition_id,
+            "dataset_uuid": str(alert["dataset_uuid"]),
+            "start": start,
+            "end": end,
+        },
+        # The task's token grants this range of the source dataset, nothing else.
+        "inputs": [{"dataset": source["dataset"], "range": [start, end]}],
+    }
+
+
+async def schedule_evaluations(
+    conn: Any,
+    dataset_uuid: uuid.UUID,
+    partitions: list[tuple[str, int, int]],
+    alerts: list[Any] | None = None,
+) -> int:
+    """Evaluation tasks of these partitions for every enabled alert of the dataset (or the
+    given alerts) whose start block the partition ends after. Returns tasks created."""
+    alerts = (
+        alerts
+        if alerts is not None
+        else await conn.fetch(q("alerts", "alerts_of_dataset"), dataset_uuid)
+    )
+    if not alerts:
+        return 0
+    source = await conn.fetchrow(q("alerts", "source_chain"), dataset_uuid)
+    if source is None:
+        return 0
+    created = 0
+    for alert in alerts:
+        if alert["spec"]["rule"].get("sql") is None:
+            continue  # UDF rules are not evaluated yet
+        chosen = [(p, s, e) for p, s, e in partitions if e > alert["start_block"]]
+        if not chosen:
+            continue
+        ids = [evaluation_task_id(alert["alert_id"], p) for p, _, _ in chosen]
+        payloads = [evaluation_payload(alert, source, str(p), s, e) for p, s, e in chosen]
+        await conn.execute(
+            q("chain", "insert_range_tasks"), ids, payloads, alert["org_id"], EVAL_ATTEMPTS
+        )
+        created += len(ids)
+    if created:
+        await conn.execute(q("outbox", "notify_outbox"))
+    return created

@@ -1,0 +1,46 @@
+-- Alerts (SPEC §12): definitions and the evaluation tasks of committed ranges.
+
+-- name: upsert_alert
+INSERT INTO state.alert_definitions (alert_id, org_id, name, dataset_uuid, spec, start_block, enabled)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (alert_id) DO UPDATE
+SET dataset_uuid = $4, spec = $5, enabled = $7, updated_at = now()
+RETURNING (xmax = 0) AS created, start_block;
+
+-- name: alert_by_name
+SELECT * FROM state.alert_definitions WHERE org_id = $1 AND name = $2;
+
+-- name: list_alerts
+SELECT a.alert_id, a.name, a.enabled, a.start_block, a.spec, d.name AS dataset, a.created_at
+FROM state.alert_definitions a JOIN state.datasets d USING (dataset_uuid)
+WHERE a.org_id = $1 ORDER BY a.name;
+
+-- name: alerts_of_dataset
+SELECT alert_id, org_id, name, dataset_uuid, spec, start_block FROM state.alert_definitions
+WHERE dataset_uuid = $1 AND enabled;
+
+-- name: committed_end
+-- Where a `start: latest` alert begins: after everything committed so far.
+SELECT coalesce(max(range_end), 0) FROM state.dataset_partitions
+WHERE dataset_uuid = $1 AND removed_seq IS NULL;
+
+-- name: partitions_after
+-- Live partitions a backfill evaluates (those ending after the start block).
+SELECT partition_id, range_start, range_end FROM state.dataset_partitions
+WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2 ORDER BY range_start;
+
+-- name: source_chain
+-- The chain a dataset is synced from (for block hashes and timestamps of events).
+SELECT j.chain_id, j.rpc_pool, d.name AS dataset FROM state.chain_streams s
+JOIN state.chain_jobs j USING (job_id) JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid
+WHERE s.dataset_uuid = $1;
+
+-- name: evaluation_counts
+SELECT t.status, count(*) AS n FROM state.tasks t
+WHERE t.payload->'alert'->>'alert_id' = $1::text GROUP BY t.status;
+
+-- name: alert_events
+-- (data DB) The events of one alert of one org.
+SELECT dedupe_key, event_time, block_number, block_hash, tx_hash, payload, created_at
+FROM data.alert_events WHERE org_id = $1 AND alert_definition_id = $2
+ORDER BY block_number, dedupe_key LIMIT $3;

@@ -1,0 +1,85 @@
+"""Alert operations for people: apply a `kind: alert` spec (with its backfill), list, show,
+events. One transaction per change; no SQL in callers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from trace_platform.alerts.schedule import schedule_evaluations
+from trace_platform.alerts.spec import AlertSpec, FromBlock, alert_id_for
+from trace_platform.db.sql import q
+from trace_platform.domain.sql_gate import SqlRejected, check_sql
+from trace_platform.errors import NotFoundError, ValidationError
+
+
+async def apply_alert(pool: asyncpg.Pool, spec: AlertSpec, org_id: uuid.UUID) -> dict[str, Any]:
+    """Create or update the alert. `start: latest` evaluates ranges committed from now on;
+    `start: {from_block: N}` also evaluates every committed range ending after N, once."""
+    if spec.rule.sql is not None:
+        try:
+            check_sql(spec.rule.sql)
+        except SqlRejected as exc:
+            raise ValidationError(f"rule.sql: rejected by the SQL gate ({exc.reason})") from None
+    else:
+        raise ValidationError("rule.udf: UDF rules are not supported yet; use rule.sql")
+    body = spec.model_dump(mode="json")
+    alert_id = alert_id_for(org_id, spec.name)
+    async with pool.acquire() as conn, conn.transaction():
+        ds = await conn.fetchrow(q("chain", "partitioned_dataset"), org_id, spec.source.dataset)
+        if ds is None:
+            raise ValidationError(
+                f"source.dataset: {spec.source.dataset!r} is not a chain dataset of this org"
+            )
+        if isinstance(spec.start, FromBlock):
+            start_block = spec.start.from_block
+        else:
+            start_block = int(await conn.fetchval(q("alerts", "committed_end"), ds["dataset_uuid"]))
+        row = await conn.fetchrow(
+            q("alerts", "upsert_alert"),
+            alert_id,
+            org_id,
+            spec.name,
+            ds["dataset_uuid"],
+            body,
+            start_block,
+            spec.enabled,
+        )
+        assert row is not None
+        backfilled = 0
+        if spec.enabled:
+            parts = await conn.fetch(
+                q("alerts", "partitions_after"), ds["dataset_uuid"], row["start_block"]
+            )
+            alert = await conn.fetchrow(q("alerts", "alert_by_name"), org_id, spec.name)
+            backfilled = await schedule_evaluations(
+                conn,
+                ds["dataset_uuid"],
+                [(str(p["partition_id"]), p["range_start"], p["range_end"]) for p in parts],
+                [alert],
+            )
+    return {
+        "kind": "alert",
+        "name": spec.name,
+        "alert_id": str(alert_id),
+        "changed": True,
+        "created": bool(row["created"]),
+        "start_block": row["start_block"],
+        "evaluations_scheduled": backfilled,
+    }
+
+
+async def list_alerts(pool: asyncpg.Pool, org_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [dict(r) for r in await pool.fetch(q("alerts", "list_alerts"), org_id)]
+
+
+async def alert_events(
+    state: asyncpg.Pool, data: asyncpg.Pool, org_id: uuid.UUID, name: str, limit: int
+) -> list[dict[str, Any]]:
+    alert = await state.fetchrow(q("alerts", "alert_by_name"), org_id, name)
+    if alert is None:
+        raise NotFoundError(f"no alert named {name!r}")
+    rows = await data.fetch(q("alerts", "alert_events"), org_id, alert["alert_id"], limit)
+    return [dict(r) for r in rows]
