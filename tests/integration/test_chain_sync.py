@@ -362,22 +362,23 @@ async def test_unknown_cryo_dataset_stops_the_stream_with_its_reason(
     assert await committed_files(state_conn, "unknown-ds") == []
 
 
+async def apply_and_wait_for_error(settings: Settings, name: str, pool: str) -> dict[str, Any]:
+    """Apply a small fixed-target job on `pool`; its status once the job shows an error."""
+    mode = "{kind: fixed_target, to_block: 30}"
+    await apply(settings, spec_yaml(name, mode, {"blocks": STREAMS["blocks"]}, rpc_pool=pool))
+
+    async def errored() -> dict[str, Any] | None:
+        job = await status(settings, name)
+        return job if job["error"] else None
+
+    job: dict[str, Any] = await wait_until(errored, 30, 0.1, f"{name}: a job error")
+    return job
+
+
 async def test_missing_rpc_pool_is_a_clear_error_and_schedules_nothing(
     c_settings: Settings, stack: dict[str, Proc], state_conn: asyncpg.Connection
 ) -> None:
-    text = spec_yaml(
-        "no-pool",
-        "{kind: fixed_target, to_block: 30}",
-        {"blocks": STREAMS["blocks"]},
-        rpc_pool="nowhere",
-    )
-    await apply(c_settings, text)
-
-    async def errored() -> dict[str, Any] | None:
-        job = await status(c_settings, "no-pool")
-        return job if job["error"] else None
-
-    job = await wait_until(errored, 20, 0.1, "pool error")
+    job = await apply_and_wait_for_error(c_settings, "no-pool", "nowhere")
     assert job["error"].startswith("rpc_pool_missing")
     assert "TRACE_RPC_POOL_NOWHERE_URL" in job["error"]
     assert streams_of(job)["blocks"]["in_flight"] == 0
@@ -393,19 +394,7 @@ async def test_missing_rpc_pool_is_a_clear_error_and_schedules_nothing(
 async def test_rpc_refusing_connections_is_reported_and_nothing_is_torn(
     c_settings: Settings, stack: dict[str, Proc], state_conn: asyncpg.Connection
 ) -> None:
-    text = spec_yaml(
-        "refused",
-        "{kind: fixed_target, to_block: 30}",
-        {"blocks": STREAMS["blocks"]},
-        rpc_pool="refused",
-    )
-    await apply(c_settings, text)
-
-    async def errored() -> dict[str, Any] | None:
-        job = await status(c_settings, "refused")
-        return job if job["error"] else None
-
-    job = await wait_until(errored, 30, 0.1, "rpc error")
+    job = await apply_and_wait_for_error(c_settings, "refused", "refused")
     assert job["error"].startswith("rpc_unavailable: the node is unreachable")
     assert "127.0.0.1" not in job["error"]  # pool URLs carry API keys: never shown
     assert await committed_files(state_conn, "refused") == []
