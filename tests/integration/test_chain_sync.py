@@ -449,22 +449,26 @@ async def test_reorg_deeper_than_tail_lag_is_detected_and_repaired(
     assert [k["kind"] for k in kinds].count("chain.reorg") >= 1
 
 
+def trace_apply(settings: Settings, path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """`trace apply FILE` as a user runs it."""
+    path.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "trace_platform", "apply", str(path)],
+        env=proc_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_apply_rejects_unknown_fields_with_their_path(c_settings: Settings, tmp_path: Path) -> None:
     bad = spec_yaml(
         "bad",
         "{kind: fixed_target, to_block: 10}",
         {"blocks": {"cryo_dataset": "blocks", "chunk_sise": 5}},
     )
-    f = tmp_path / "bad.yaml"
-    f.write_text(bad)
-    out = subprocess.run(
-        [sys.executable, "-m", "trace_platform", "apply", str(f)],
-        env=proc_env(c_settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = trace_apply(c_settings, tmp_path / "bad.yaml", bad)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: streams.blocks.chunk_sise: unknown field"
 
@@ -550,18 +554,11 @@ async def _equals(read: Any, expected: set[tuple[str, int]]) -> bool:
 def test_an_alert_rule_the_gate_rejects_is_refused_at_apply(
     c_settings: Settings, tmp_path: Path
 ) -> None:
-    f = tmp_path / "bad-alert.yaml"
-    f.write_text(
+    out = trace_apply(
+        c_settings,
+        tmp_path / "bad-alert.yaml",
         "kind: alert\nname: bad\nsource: {dataset: fixed.blocks}\n"
-        "rule: {sql: \"SELECT * FROM read_parquet('/etc/passwd')\"}\nidentity: [block_number]\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "trace_platform", "apply", str(f)],
-        env=proc_env(c_settings),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        "rule: {sql: \"SELECT * FROM read_parquet('/etc/passwd')\"}\nidentity: [block_number]\n",
     )
     assert out.returncode == 2
     assert out.stderr.startswith("error: rule.sql: rejected by the SQL gate")
