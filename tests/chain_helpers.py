@@ -46,7 +46,13 @@ async def apply(
 ) -> list[dict[str, Any]]:
     pool = await create_pool(settings.state_database_url or "", max_size=1)
     try:
-        return await apply_specs(pool, text, org_id, settings.resolved_object_store_url)
+        return await apply_specs(
+            pool,
+            text,
+            org_id,
+            settings.resolved_object_store_url,
+            settings.delivery_allow_private,
+        )
     finally:
         await pool.close()
 

@@ -91,6 +91,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cryo_concurrency", int, 8, "Ranges a worker extracts with cryo at once."),
     Setting("cryo_timeout_seconds", float, 300.0, "Wall-clock limit of one range extraction."),
     Setting("cryo_max_bytes", int, 1 << 30, "Largest output of one range extraction (bytes)."),
+    Setting(
+        "delivery_concurrency", int, 64, "Webhook requests the delivery process makes at once."
+    ),
+    Setting("delivery_timeout_seconds", float, 10.0, "Time limit of one webhook request."),
+    Setting("delivery_max_attempts", int, 12, "Attempts of one delivery before it is failed."),
+    Setting(
+        "delivery_retry_base_seconds", float, 8.0, "First retry delay of a delivery (x2.4 each)."
+    ),
+    Setting("delivery_interval", float, 0.1, "How often the delivery process looks for work."),
+    Setting(
+        "delivery_allow_private",
+        bool,
+        False,
+        "Lite only: allow http:// and private/loopback webhook addresses (the SSRF guard off).",
+    ),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
 
@@ -152,6 +167,12 @@ class Settings:
     cryo_concurrency: int = 8
     cryo_timeout_seconds: float = 300.0
     cryo_max_bytes: int = 1 << 30
+    delivery_concurrency: int = 64
+    delivery_timeout_seconds: float = 10.0
+    delivery_max_attempts: int = 12
+    delivery_retry_base_seconds: float = 8.0
+    delivery_interval: float = 0.1
+    delivery_allow_private: bool = False
     log_level: str = "info"
     rpc_pools: tuple[tuple[str, str], ...] = ()
 
@@ -196,6 +217,9 @@ class Settings:
             "chain_interval",
             "chain_rpc_timeout_seconds",
             "cryo_timeout_seconds",
+            "delivery_timeout_seconds",
+            "delivery_retry_base_seconds",
+            "delivery_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -211,6 +235,8 @@ class Settings:
             "chain_max_attempts",
             "chain_watch_depth",
             "cryo_max_bytes",
+            "delivery_concurrency",
+            "delivery_max_attempts",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_BY_NAME[name].env} must be >= 1")

@@ -95,3 +95,15 @@ CHAIN_HEAD = Gauge(
 CHAIN_COMPACTIONS = Counter(
     "trace_chain_compactions_total", "Partitions merged by compaction.", registry=REGISTRY
 )
+DELIVERIES = Counter(
+    "trace_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retry, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+DELIVERY_SECONDS = Histogram(
+    "trace_delivery_seconds",
+    "Time of one webhook delivery attempt.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)

@@ -20,7 +20,7 @@ from typing import IO
 import aiohttp
 
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
-from trace_platform.config import Settings
+from trace_platform.config import SETTINGS, Settings
 from trace_platform.db.embedded import DatabaseUrls, resolve_databases
 from trace_platform.db.migrate import migrate_databases
 from trace_platform.logs import get_logger
@@ -64,6 +64,7 @@ class Stack:
         self.children = [Child("dispatcher", ["dispatcher"])]
         self.children += [Child(f"worker-{i + 1}", ["worker"]) for i in range(workers)]
         self.children += [Child("sink", ["sink"]), Child("query", ["query-service"])]
+        self.children += [Child("deliver", ["deliver"])]
         self.children += extra or []
         self._stopping = False
         self._supervisors: list[asyncio.Task[None]] = []
@@ -78,7 +79,10 @@ class Stack:
             # UDF runners reach the query service of this stack
             query_url=self.settings.query_url or f"http://127.0.0.1:{self.settings.query_port}",
         )
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
+        # Settings reach the children as this stack resolved them; other TRACE_ variables
+        # (webhook secrets named by alert specs) pass through unchanged.
+        known = {setting.env for setting in SETTINGS}
+        self.env = {k: v for k, v in os.environ.items() if k not in known}
         self.env.update(child_settings.child_env())
         for child in self.children:
             await self._spawn(child)

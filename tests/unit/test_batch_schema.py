@@ -42,7 +42,16 @@ def test_optional_fields_may_be_absent_or_null() -> None:
 
 def test_trusted_fields_in_rows_are_ignored_not_rejected() -> None:
     rec = parse_row(line(org_id=str(uuid.uuid4()), producer_task_id="x"), 1)
-    assert len(rec) == 8  # no org or producer column comes from the row
+    assert len(rec) == 9  # no org or producer column comes from the row
+
+
+def test_channels_name_the_deliveries_of_an_event() -> None:
+    assert parse_row(line(channels=[0, 2]), 1)[8] == [0, 2]
+    assert parse_row(line(channels=[]), 1)[8] is None
+    assert parse_row(line(), 1)[8] is None
+    for bad in ([0, 0], [8], [-1], ["0"], [True], 0, list(range(9))):
+        with pytest.raises(BatchRejected, match="channels must be"):
+            parse_row(line(channels=bad), 1)
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,7 @@ async def evaluate(
                 "block_hash": block_hash,
                 "tx_hash": r.get("transaction_hash") or r.get("tx_hash"),
                 "payload": {"alert": a["name"], "severity": a["severity"], "row": r},
+                **({"channels": a["channels"]} if a.get("channels") else {}),
             }
         )
     return events

@@ -27,6 +27,7 @@ def evaluation_payload(
             "sql": spec["rule"]["sql"],
             "identity": spec["identity"],
             "severity": spec["severity"],
+            "channels": list(range(len(spec.get("channels", [])))),
             "chain_id": source["chain_id"],
             "rpc_pool": source["rpc_pool"],
             "partition_id": partition_id,

@@ -43,9 +43,19 @@ class Rule(_Strict):
 
 
 class Channel(_Strict):
+    """Where events go. A webhook is signed (Standard Webhooks) with the secret(s) held in
+    the environment variable `secret_env` of the delivery process; a slack channel posts a
+    readable message to an incoming-webhook URL."""
+
     type: Literal["webhook", "slack"]
-    url: Annotated[str, Field(min_length=8, max_length=2000)]
+    url: Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://")]
     secret_env: Annotated[str, Field(pattern=r"^TRACE_[A-Z0-9_]{1,64}$")] | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> Channel:
+        if self.type == "webhook" and self.secret_env is None:
+            raise ValueError("a webhook channel needs secret_env (the variable holding whsec_...)")
+        return self
 
 
 class AlertSpec(_Strict):

@@ -33,7 +33,7 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 COMMAND_GROUPS = (
     (
         "Run the stack",
-        ("up", "demo", "dispatcher", "worker", "sink", "query-service", "migrate", "db"),
+        ("up", "demo", "dispatcher", "worker", "sink", "deliver", "query-service", "migrate", "db"),
     ),
     ("Operate", ("status", "apply", "chain", "alert", "task", "dataset", "dlq", "config")),
     ("Build", ("bundle", "tools")),
@@ -201,6 +201,31 @@ def sink(ctx: click.Context, concurrency: int | None) -> None:
     from trace_platform.sink.app import run_sink
 
     run_sink(settings)
+
+
+@cli.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Webhook requests at once [env TRACE_DELIVERY_CONCURRENCY].",
+)
+@click.option(
+    "--allow-private/--no-allow-private",
+    default=None,
+    help="Lite only: allow http:// and private addresses [env TRACE_DELIVERY_ALLOW_PRIVATE].",
+)
+@click.pass_context
+@handle_errors
+def deliver(ctx: click.Context, concurrency: int | None, allow_private: bool | None) -> None:
+    """Run the delivery process: signed webhooks for alert events, retried, SSRF-guarded."""
+    settings = settings_from(
+        ctx, delivery_concurrency=concurrency, delivery_allow_private=allow_private
+    )
+    _setup_logs(settings, "deliver")
+    from trace_platform.delivery.app import run_deliver
+
+    run_deliver(settings)
 
 
 @cli.command()

@@ -31,8 +31,9 @@ def _org(org_id: uuid.UUID | None) -> uuid.UUID:
 @click.pass_context
 @handle_errors
 def apply(ctx: click.Context, file: Path, org_id: uuid.UUID | None, as_json: bool) -> None:
-    """Apply a spec file (`kind: chain_sync`; several documents allowed, `-` reads stdin).
-    Every document is validated before anything is applied; re-applying changes nothing."""
+    """Apply a spec file (`kind: chain_sync` or `kind: alert`; several documents allowed,
+    `-` reads stdin). Every document is validated before anything is applied; re-applying
+    changes nothing."""
     settings = settings_from(ctx)
     from trace_platform.cli_support import state_pool
     from trace_platform.ops.specs import apply_specs
@@ -44,7 +45,13 @@ def apply(ctx: click.Context, file: Path, org_id: uuid.UUID | None, as_json: boo
 
     async def go() -> list[dict[str, object]]:
         async with state_pool(settings) as pool:
-            return await apply_specs(pool, text, _org(org_id), settings.resolved_object_store_url)
+            return await apply_specs(
+                pool,
+                text,
+                _org(org_id),
+                settings.resolved_object_store_url,
+                settings.delivery_allow_private,
+            )
 
     results = run_async(go())
     if as_json:

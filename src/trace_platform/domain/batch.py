@@ -17,7 +17,10 @@ MAX_HASH = 256
 INT64 = (-(2**63), 2**63 - 1)
 
 REQUIRED_FIELDS = frozenset({"alert_definition_id", "dedupe_key", "event_time"})
-OPTIONAL_FIELDS = frozenset({"chain_id", "block_number", "block_hash", "tx_hash", "payload"})
+OPTIONAL_FIELDS = frozenset(
+    {"chain_id", "block_number", "block_hash", "tx_hash", "payload", "channels"}
+)
+MAX_CHANNELS = 8  # an alert's channels are numbered 0..7 (SPEC §12)
 # Trusted columns: the sink takes them from the queue message and ignores row values.
 IGNORED_FIELDS = frozenset({"org_id", "producer_task_id"})
 KNOWN_FIELDS = REQUIRED_FIELDS | OPTIONAL_FIELDS | IGNORED_FIELDS
@@ -32,9 +35,12 @@ STAGING_COLUMNS = (
     "block_hash",
     "tx_hash",
     "payload",
+    "channels",
 )
 
-StagingRecord = tuple[str, uuid.UUID, datetime, int | None, int | None, str | None, str | None, str]
+StagingRecord = tuple[
+    str, uuid.UUID, datetime, int | None, int | None, str | None, str | None, str, list[int] | None
+]
 
 
 class BatchRejected(ValueError):
@@ -81,6 +87,24 @@ def _opt_str(row: dict[str, Any], name: str, line: int) -> str | None:
     if type(value) is not str or len(value) > MAX_HASH:
         raise BatchRejected(f"line {line}: {name} must be a string of at most {MAX_HASH} chars")
     return value
+
+
+def _channels(row: dict[str, Any], line: int) -> list[int] | None:
+    """The channels of the event's alert to deliver it to: a delivery row per channel is
+    created with the event. The channel configuration itself is the alert's (state DB)."""
+    value = row.get("channels")
+    if value is None:
+        return None
+    if (
+        type(value) is not list
+        or len(value) > MAX_CHANNELS
+        or any(type(c) is not int or not 0 <= c < MAX_CHANNELS for c in value)
+        or len(set(value)) != len(value)
+    ):
+        raise BatchRejected(
+            f"line {line}: channels must be a list of distinct integers 0..{MAX_CHANNELS - 1}"
+        )
+    return value or None
 
 
 def parse_row(raw: bytes, line: int) -> StagingRecord:
@@ -131,6 +155,7 @@ def parse_row(raw: bytes, line: int) -> StagingRecord:
         _opt_str(row, "block_hash", line),
         _opt_str(row, "tx_hash", line),
         orjson.dumps(payload).decode(),
+        _channels(row, line),
     )
 
 

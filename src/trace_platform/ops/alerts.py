@@ -11,13 +11,14 @@ import asyncpg
 from trace_platform.alerts.schedule import schedule_evaluations
 from trace_platform.alerts.spec import AlertSpec, FromBlock, alert_id_for
 from trace_platform.db.sql import q
+from trace_platform.delivery.guard import UrlRefused, check_url
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
 from trace_platform.errors import NotFoundError, ValidationError
 
 
-async def apply_alert(pool: asyncpg.Pool, spec: AlertSpec, org_id: uuid.UUID) -> dict[str, Any]:
-    """Create or update the alert. `start: latest` evaluates ranges committed from now on;
-    `start: {from_block: N}` also evaluates every committed range ending after N, once."""
+def validate_alert(spec: AlertSpec, allow_private: bool = False) -> None:
+    """What the schema cannot check: the rule passes the SQL gate, every channel URL passes
+    the SSRF guard's static checks (DNS is checked on every delivery)."""
     if spec.rule.sql is not None:
         try:
             check_sql(spec.rule.sql)
@@ -25,6 +26,20 @@ async def apply_alert(pool: asyncpg.Pool, spec: AlertSpec, org_id: uuid.UUID) ->
             raise ValidationError(f"rule.sql: rejected by the SQL gate ({exc.reason})") from None
     else:
         raise ValidationError("rule.udf: UDF rules are not supported yet; use rule.sql")
+    for i, channel in enumerate(spec.channels):
+        try:
+            check_url(channel.url, allow_private)
+        except UrlRefused as exc:
+            hint = "" if allow_private else " (Lite: TRACE_DELIVERY_ALLOW_PRIVATE=1 allows it)"
+            raise ValidationError(f"channels.{i}.url: {exc}{hint}") from None
+
+
+async def apply_alert(
+    pool: asyncpg.Pool, spec: AlertSpec, org_id: uuid.UUID, allow_private: bool = False
+) -> dict[str, Any]:
+    """Create or update the alert. `start: latest` evaluates ranges committed from now on;
+    `start: {from_block: N}` also evaluates every committed range ending after N, once."""
+    validate_alert(spec, allow_private)
     body = spec.model_dump(mode="json")
     alert_id = alert_id_for(org_id, spec.name)
     async with pool.acquire() as conn, conn.transaction():

@@ -10,20 +10,27 @@ import asyncpg
 from trace_platform.alerts.spec import AlertSpec
 from trace_platform.chain.spec import ChainSyncSpec
 from trace_platform.db.sql import q
-from trace_platform.ops.alerts import apply_alert
+from trace_platform.ops.alerts import apply_alert, validate_alert
 from trace_platform.ops.chains import apply_chain_sync
 from trace_platform.specs import parse_spec_documents
 
 
 async def apply_specs(
-    pool: asyncpg.Pool, text: str, org_id: uuid.UUID, store_root: str
+    pool: asyncpg.Pool,
+    text: str,
+    org_id: uuid.UUID,
+    store_root: str,
+    allow_private: bool = False,
 ) -> list[dict[str, Any]]:
     """Nothing is applied unless every document is valid."""
     docs = parse_spec_documents(text)
+    for doc in docs:
+        if isinstance(doc, AlertSpec):
+            validate_alert(doc, allow_private)
     results = []
     for doc in docs:
         if isinstance(doc, AlertSpec):
-            results.append(await apply_alert(pool, doc, org_id))
+            results.append(await apply_alert(pool, doc, org_id, allow_private))
         else:
             assert isinstance(doc, ChainSyncSpec)
             results.append(await apply_chain_sync(pool, doc, org_id, store_root))

@@ -46,10 +46,6 @@ class IngestResult:
         return self.rows - self.inserted
 
 
-def _count(status: str) -> int:
-    return int(status.split()[-1])
-
-
 async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Split a byte stream into lines without holding the object whole."""
     rest = b""
@@ -88,23 +84,24 @@ class Sink:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(q("sink", "create_staging"))
             buffer: list[StagingRecord] = []
-            upsert: asyncio.Task[str] | None = None
+            upsert: asyncio.Task[int] | None = None
 
             async def flush() -> None:
                 # COPY a chunk, then let the server upsert it while we parse the next one.
                 nonlocal upsert, inserted
                 if upsert is not None:
-                    inserted += _count(await upsert)
+                    inserted += await upsert
                     await conn.execute(q("sink", "clear_staging"))
                 await conn.copy_records_to_table(
                     "alert_staging", records=buffer, columns=STAGING_COLUMNS
                 )
                 buffer.clear()
                 upsert = asyncio.ensure_future(
-                    conn.execute(
+                    conn.fetchval(
                         q("sink", "upsert_from_staging"),
                         pointer.org_id,
                         pointer.producer.task_id,
+                        self.settings.delivery_max_attempts,
                     )
                 )
 
@@ -119,7 +116,7 @@ class Sink:
                 if buffer:
                     await flush()
                 if upsert is not None:
-                    inserted += _count(await upsert)
+                    inserted += await upsert
                     upsert = None
             except (NotFoundError, ForbiddenError, ValidationError) as exc:
                 raise BatchRejected(f"batch object unreadable: {exc.detail}") from None

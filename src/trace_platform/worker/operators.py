@@ -66,9 +66,16 @@ async def emit_alerts(ctx: OperatorContext) -> AsyncIterator[dict[str, Any]]:
     if pause:
         await asyncio.sleep(pause)
     definition = str(uuid.uuid5(uuid.NAMESPACE_URL, f"trace:alert-definition:{seed}"))
+    if "alert_definition_id" in ctx.payload:  # events of a real alert, delivered to its channels
+        try:
+            definition = str(uuid.UUID(str(ctx.payload["alert_definition_id"])))
+        except ValueError:
+            raise FatalTaskError("emit_alerts: alert_definition_id must be a UUID") from None
+    channels = ctx.payload.get("channels")
+    extra = {"channels": channels} if channels is not None else {}
     for i in range(count):
         tx = hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()
-        yield {
+        yield extra | {
             "alert_definition_id": definition,
             "dedupe_key": f"{seed}:{i}",
             "event_time": (_EPOCH + timedelta(seconds=i)).isoformat(),

@@ -44,3 +44,7 @@ WHERE t.payload->'alert'->>'alert_id' = $1::text GROUP BY t.status;
 SELECT dedupe_key, event_time, block_number, block_hash, tx_hash, payload, created_at
 FROM data.alert_events WHERE org_id = $1 AND alert_definition_id = $2
 ORDER BY block_number, dedupe_key LIMIT $3;
+
+-- name: alert_channels
+-- (delivery) An alert's name, org and spec (its channels); secrets are never stored.
+SELECT alert_id, org_id, name, spec FROM state.alert_definitions WHERE alert_id = $1;
