@@ -37,6 +37,21 @@ async def state_pool(settings: Settings, size: int = 2) -> AsyncIterator[asyncpg
 
 
 @asynccontextmanager
+async def both_pools(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
+    """(state, data) pools of one CLI command."""
+    urls = await resolve_databases(settings)
+    state = await create_pool(urls.state, max_size=1)
+    try:
+        data = await create_pool(urls.data, max_size=1)
+        try:
+            yield state, data
+        finally:
+            await data.close()
+    finally:
+        await state.close()
+
+
+@asynccontextmanager
 async def task_service(settings: Settings) -> AsyncIterator[TaskService]:
     async with state_pool(settings) as pool:
         yield TaskService(pool, load_key_ring(settings), settings)

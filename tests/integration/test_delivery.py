@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -444,3 +445,52 @@ async def test_killing_trace_deliver_loses_nothing(
         got.setdefault(event["data"]["dedupe_key"], set()).add(seen.headers["Idempotency-Key"])
     assert set(got) == set(keys)
     assert all(len(ids) == 1 for ids in got.values())
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trace_platform", *args, "--org-id", str(ORG)],
+        env=proc_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_cli_shows_deliveries_and_retries_a_failed_one(
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+    settings: Settings,
+    receiver: Receiver,
+    deliver: Any,
+) -> None:
+    receiver.script["/later"] = [400, 200]
+    alert = await one_delivery(pools, "later", receiver.url("/later"))
+    deliver()
+    (row,) = await wait_statuses(pools[1], ORG, alert, all_settled)
+    assert row["status"] == "failed"
+    out = cli(settings, "alert", "deliveries", "later", "--json")
+    assert out.returncode == 0, out.stderr
+    (listed,) = json.loads(out.stdout)
+    assert listed["status"] == "failed" and listed["attempt_log"][0]["status_code"] == 400
+    shown = cli(settings, "alert", "show", "later")
+    assert "deliveries failed 1" in shown.stdout and "$TRACE_HOOK_SECRET_T" in shown.stdout
+    assert SECRET not in shown.stdout + shown.stderr  # the secret's name, never its value
+
+    retried = cli(settings, "delivery", "retry", str(row["delivery_id"]))
+    assert retried.returncode == 0 and "pending again" in retried.stdout, retried.stderr
+    (row,) = await wait_statuses(pools[1], ORG, alert, all_settled)
+    assert row["status"] == "delivered" and row["attempts"] == 2
+    again = cli(settings, "delivery", "retry", str(row["delivery_id"]))
+    assert again.returncode == 1 and "is delivered; nothing to retry" in again.stderr
+    missing = cli(settings, "delivery", "retry", str(uuid.uuid4()))
+    assert missing.returncode == 1 and "no delivery" in missing.stderr
+    other_org = subprocess.run(
+        [sys.executable, "-m", "trace_platform", "delivery", "retry", str(row["delivery_id"])],
+        env=proc_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert other_org.returncode == 1 and "no delivery" in other_org.stderr  # not its org's

@@ -35,7 +35,10 @@ COMMAND_GROUPS = (
         "Run the stack",
         ("up", "demo", "dispatcher", "worker", "sink", "deliver", "query-service", "migrate", "db"),
     ),
-    ("Operate", ("status", "apply", "chain", "alert", "task", "dataset", "dlq", "config")),
+    (
+        "Operate",
+        ("status", "apply", "chain", "alert", "delivery", "task", "dataset", "dlq", "config"),
+    ),
     ("Build", ("bundle", "tools")),
 )
 
@@ -709,6 +712,7 @@ def _register_verb_groups() -> None:
     cli.add_command(chains.apply)
     cli.add_command(chains.chain)
     cli.add_command(alerts.alert)
+    cli.add_command(alerts.delivery)
 
 
 _register_verb_groups()

@@ -13,7 +13,7 @@ from trace_platform.alerts.spec import AlertSpec, FromBlock, alert_id_for
 from trace_platform.db.sql import q
 from trace_platform.delivery.guard import UrlRefused, check_url
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
-from trace_platform.errors import NotFoundError, ValidationError
+from trace_platform.errors import ConflictError, NotFoundError, ValidationError
 
 
 def validate_alert(spec: AlertSpec, allow_private: bool = False) -> None:
@@ -98,3 +98,77 @@ async def alert_events(
         raise NotFoundError(f"no alert named {name!r}")
     rows = await data.fetch(q("alerts", "alert_events"), org_id, alert["alert_id"], limit)
     return [dict(r) for r in rows]
+
+
+async def _alert(state: asyncpg.Pool, org_id: uuid.UUID, name: str) -> Any:
+    alert = await state.fetchrow(q("alerts", "alert_by_name"), org_id, name)
+    if alert is None:
+        raise NotFoundError(f"no alert named {name!r}")
+    return alert
+
+
+async def show_alert(
+    state: asyncpg.Pool, data: asyncpg.Pool, org_id: uuid.UUID, name: str
+) -> dict[str, Any]:
+    """The definition (channels without secrets: only the variable names), evaluation and
+    delivery counts, events so far."""
+    alert = await _alert(state, org_id, name)
+    evaluations = {
+        r["status"]: r["n"]
+        for r in await state.fetch(q("alerts", "evaluation_counts"), str(alert["alert_id"]))
+    }
+    deliveries = {
+        r["status"]: r["n"]
+        for r in await data.fetch(q("delivery", "delivery_counts"), org_id, alert["alert_id"])
+    }
+    events = await data.fetchval(q("alerts", "event_count"), org_id, alert["alert_id"])
+    return {
+        "alert_id": str(alert["alert_id"]),
+        "name": alert["name"],
+        "enabled": alert["enabled"],
+        "start_block": alert["start_block"],
+        "spec": alert["spec"],
+        "evaluations": evaluations,
+        "events": events,
+        "deliveries": deliveries,
+        "updated_at": alert["updated_at"],
+    }
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+async def alert_deliveries(
+    state: asyncpg.Pool,
+    data: asyncpg.Pool,
+    org_id: uuid.UUID,
+    name: str,
+    status: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Deliveries of an alert, newest first, each with its attempts."""
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise ValidationError(f"status must be one of {', '.join(DELIVERY_STATUSES)}")
+    alert = await _alert(state, org_id, name)
+    rows = await data.fetch(
+        q("delivery", "deliveries_of_alert"), org_id, alert["alert_id"], status, limit
+    )
+    out = []
+    for r in rows:
+        attempts = await data.fetch(q("delivery", "attempts_of_delivery"), r["delivery_id"])
+        out.append(dict(r) | {"attempt_log": [dict(a) for a in attempts]})
+    return out
+
+
+async def retry_delivery(
+    data: asyncpg.Pool, org_id: uuid.UUID, delivery_id: uuid.UUID, attempts: int
+) -> dict[str, Any]:
+    """Make a failed delivery due now with a fresh attempt budget (a delivered one is left
+    alone: the receiver has it)."""
+    row = await data.fetchrow(q("delivery", "retry_delivery"), delivery_id, org_id, attempts)
+    if row is None:
+        current = await data.fetchrow(q("delivery", "delivery_by_id"), delivery_id, org_id)
+        if current is None:
+            raise NotFoundError(f"no delivery {delivery_id}")
+        raise ConflictError(f"delivery {delivery_id} is {current['status']}; nothing to retry")
+    return dict(row)

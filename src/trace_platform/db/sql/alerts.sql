@@ -48,3 +48,7 @@ ORDER BY block_number, dedupe_key LIMIT $3;
 -- name: alert_channels
 -- (delivery) An alert's name, org and spec (its channels); secrets are never stored.
 SELECT alert_id, org_id, name, spec FROM state.alert_definitions WHERE alert_id = $1;
+
+-- name: event_count
+-- (data DB)
+SELECT count(*) FROM data.alert_events WHERE org_id = $1 AND alert_definition_id = $2;
