@@ -165,3 +165,31 @@ class SlowRpcProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+ALERT_SQL = (
+    "SELECT block_number, transaction_hash, log_index, value_f64 FROM dataset"
+    " WHERE value_f64 >= 1e24 AND from_address <> '0x0000000000000000000000000000000000000000'"
+)
+
+
+def whale_transfers(url: str, token: str, lo: int, hi: int) -> set[tuple[str, int]]:
+    """web3's view: (tx hash, log index) of every holder-to-holder transfer >= 1e24 in blocks
+    lo..hi (inclusive)."""
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(url))
+    topic = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+    out = set()
+    for log in w3.eth.get_logs(
+        {
+            "fromBlock": lo,
+            "toBlock": hi,
+            "address": Web3.to_checksum_address(token),
+            "topics": [topic],
+        }
+    ):
+        sender = int(bytes(log["topics"][1]).hex(), 16)
+        if sender != 0 and int(bytes(log["data"]).hex(), 16) >= 10**24:
+            out.add(("0x" + bytes(log["transactionHash"]).hex(), log["logIndex"]))
+    return out

@@ -65,6 +65,13 @@ class OverloadedError(TraceError):
     code = "overloaded"
 
 
+class UnavailableError(TraceError):
+    """A dependency (an RPC node, a database) is not answering: try again later."""
+
+    status = 503
+    code = "unavailable"
+
+
 class LoopDied(TraceError):
     """A background loop of a process ended with an unexpected error: the process stops (so
     `trace up` restarts it) instead of running on without it."""

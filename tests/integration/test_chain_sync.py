@@ -17,6 +17,7 @@ import jwt
 import pytest
 
 from tests.chain_helpers import (
+    ALERT_SQL,
     apply,
     committed_files,
     node_blocks,
@@ -26,6 +27,7 @@ from tests.chain_helpers import (
     status,
     streams_of,
     wait_synced,
+    whale_transfers,
 )
 from tests.conftest import (
     REPO,
@@ -473,33 +475,6 @@ def test_apply_rejects_unknown_fields_with_their_path(c_settings: Settings, tmp_
     assert out.stderr.strip() == "error: streams.blocks.chunk_sise: unknown field"
 
 
-ALERT_SQL = (
-    "SELECT block_number, transaction_hash, log_index, value_f64 FROM dataset"
-    " WHERE value_f64 >= 1e24 AND from_address <> '0x0000000000000000000000000000000000000000'"
-)
-
-
-def whale_transfers(url: str, token: str) -> set[tuple[str, int]]:
-    """web3's view: (tx hash, log index) of every holder-to-holder transfer >= 1e24."""
-    from web3 import Web3
-
-    w3 = Web3(Web3.HTTPProvider(url))
-    topic = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
-    out = set()
-    for log in w3.eth.get_logs(
-        {
-            "fromBlock": 0,
-            "toBlock": BLOCKS - 1,
-            "address": Web3.to_checksum_address(token),
-            "topics": [topic],
-        }
-    ):
-        sender = int(bytes(log["topics"][1]).hex(), 16)
-        if sender != 0 and int(bytes(log["data"]).hex(), 16) >= 10**24:
-            out.add(("0x" + bytes(log["transactionHash"]).hex(), log["logIndex"]))
-    return out
-
-
 async def test_a_sql_alert_backfills_every_committed_range_once_with_the_nodes_events(
     c_settings: Settings,
     stack: dict[str, Proc],
@@ -519,7 +494,7 @@ async def test_a_sql_alert_backfills_every_committed_range_once_with_the_nodes_e
     )
     (result,) = await apply(c_settings, alert)
     assert result["evaluations_scheduled"] == 10  # one per committed range
-    expected = whale_transfers(node.url, node.extra["token"])  # type: ignore[attr-defined]
+    expected = whale_transfers(node.url, node.extra["token"], 0, BLOCKS - 1)  # type: ignore[attr-defined]
     assert len(expected) > 20
     alert_id = uuid.UUID(result["alert_id"])
 

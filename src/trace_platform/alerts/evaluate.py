@@ -9,7 +9,9 @@ insert nothing twice and an event on a block that a reorg replaced is a new even
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +23,7 @@ from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.config import Settings
 
 MAX_ROWS = 10_000
+BUSY_RETRIES = 6  # a 429 from the query service is retried in place (about 3 s)
 
 
 class EvaluationFatal(Exception):
@@ -51,19 +54,24 @@ async def run_rule(
         "limit": MAX_ROWS,
     }
     timeout = aiohttp.ClientTimeout(total=settings.query_timeout_seconds + 10)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.post(
-                f"{query_url(settings)}/v1/task/query",
-                data=orjson.dumps(body),
-                headers={"X-Trace-Task-Capability": token, "Content-Type": "application/json"},
-            ) as resp,
-        ):
-            answer = orjson.loads(await resp.read())
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-        raise EvaluationRetryable(f"query service: {type(exc).__name__}") from None
+    delay = 0.05
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                async with http.post(
+                    f"{query_url(settings)}/v1/task/query",
+                    data=orjson.dumps(body),
+                    headers={"X-Trace-Task-Capability": token, "Content-Type": "application/json"},
+                ) as resp:
+                    answer = orjson.loads(await resp.read())
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+                raise EvaluationRetryable(f"query service: {type(exc).__name__}") from None
+            if status != 429 or attempt == BUSY_RETRIES:
+                break
+            # Busy executors: back-pressure, waited out here rather than by a task retry.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 1.0)
     if status in (429, 503) or status >= 500:
         raise EvaluationRetryable(f"query service answered {status}")
     if status != 200:
@@ -72,10 +80,57 @@ async def run_rule(
     return result
 
 
+def block_numbers(rows: list[dict[str, Any]]) -> list[int]:
+    out = set()
+    for r in rows:
+        n = r.get("block_number")
+        if n is not None:
+            if type(n) is not int or n < 0:
+                raise EvaluationFatal("block_number of a result row must be a non-negative integer")
+            out.add(n)
+    return sorted(out)
+
+
+def rows_to_events(
+    a: dict[str, Any], rows: list[dict[str, Any]], headers: dict[int, tuple[str, int] | None]
+) -> list[dict[str, Any]]:
+    """alert_events rows of an alert's result rows; `headers` = block number -> (hash, time)
+    from the node. A row without an identity column fails the evaluation (naming it)."""
+    if len(rows) > MAX_ROWS:
+        raise EvaluationFatal(f"the rule returned more than {MAX_ROWS} rows for one range")
+    events = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise EvaluationFatal(f"result row {i} is not an object")
+        missing = [c for c in a["identity"] if c not in r]
+        if missing:
+            raise EvaluationFatal(f"result row {i} lacks identity column(s) {missing}")
+        number = r.get("block_number")
+        header = headers.get(int(number)) if number is not None else None
+        block_hash = r.get("block_hash") or (header[0] if header else None)
+        when = datetime.fromtimestamp(header[1], UTC) if header else datetime.now(UTC)
+        identity = [r[c] for c in a["identity"]]
+        tx = r.get("transaction_hash") or r.get("tx_hash")
+        events.append(
+            {
+                "alert_definition_id": a["alert_id"],
+                "dedupe_key": dedupe_key(a["alert_id"], identity, block_hash),
+                "event_time": when.isoformat(),
+                "chain_id": a["chain_id"],
+                "block_number": int(number) if number is not None else None,
+                "block_hash": str(block_hash) if block_hash is not None else None,
+                "tx_hash": str(tx) if tx is not None else None,
+                "payload": {"alert": a["name"], "severity": a["severity"], "row": r},
+                **({"channels": a["channels"]} if a.get("channels") else {}),
+            }
+        )
+    return events
+
+
 async def evaluate(
     settings: Settings, task_id: uuid.UUID, attempt: int, token: str, payload: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """The alert_events rows of one (alert, range)."""
+    """The alert_events rows of one (alert, range) of a SQL rule."""
     a = payload.get("alert")
     if not isinstance(a, dict):
         raise EvaluationFatal("alert_eval: payload has no alert")
@@ -89,7 +144,7 @@ async def evaluate(
     rows = [dict(zip(names, r, strict=True)) for r in result["rows"]]
     if not rows:
         return []
-    numbers = sorted({int(r["block_number"]) for r in rows if r.get("block_number") is not None})
+    numbers = block_numbers(rows)
     headers: dict[int, tuple[str, int] | None] = {}
     url = settings.rpc_url(a["rpc_pool"])
     if numbers and url is not None:
@@ -98,24 +153,4 @@ async def evaluate(
                 headers = await rpc.block_headers(numbers)
         except (RpcUnavailable, RpcError) as exc:
             raise EvaluationRetryable(f"rpc: {exc}") from None
-    events = []
-    for r in rows:
-        number = r.get("block_number")
-        header = headers.get(int(number)) if number is not None else None
-        block_hash = r.get("block_hash") or (header[0] if header else None)
-        when = datetime.fromtimestamp(header[1], UTC) if header else datetime.now(UTC)
-        identity = [r[c] for c in a["identity"]]
-        events.append(
-            {
-                "alert_definition_id": a["alert_id"],
-                "dedupe_key": dedupe_key(a["alert_id"], identity, block_hash),
-                "event_time": when.isoformat(),
-                "chain_id": a["chain_id"],
-                "block_number": int(number) if number is not None else None,
-                "block_hash": block_hash,
-                "tx_hash": r.get("transaction_hash") or r.get("tx_hash"),
-                "payload": {"alert": a["name"], "severity": a["severity"], "row": r},
-                **({"channels": a["channels"]} if a.get("channels") else {}),
-            }
-        )
-    return events
+    return rows_to_events(a, rows, headers)

@@ -18,25 +18,49 @@ EVAL_ATTEMPTS = 10
 def evaluation_payload(
     alert: Any, source: Any, partition_id: str, start: int, end: int
 ) -> dict[str, Any]:
+    """A SQL rule runs in the worker (operator alert_eval); a UDF rule runs in the sandboxed
+    runner, whose handler gets {alert, range, config} and calls context.query."""
     spec = alert["spec"]
+    about = {
+        "alert_id": str(alert["alert_id"]),
+        "name": alert["name"],
+        "identity": spec["identity"],
+        "severity": spec["severity"],
+        "channels": list(range(len(spec.get("channels", [])))),
+        "chain_id": source["chain_id"],
+        "rpc_pool": source["rpc_pool"],
+        "partition_id": partition_id,
+        "dataset_uuid": str(alert["dataset_uuid"]),
+        "dataset": source["dataset"],
+        "start": start,
+        "end": end,
+    }
+    # The task's token grants this range of the source dataset, nothing else.
+    inputs = [{"dataset": source["dataset"], "range": [start, end]}]
+    udf = spec["rule"].get("udf")
+    if udf is None:
+        return {
+            "operator": "alert_eval",
+            "alert": about | {"sql": spec["rule"]["sql"]},
+            "inputs": inputs,
+        }
     return {
         "operator": "alert_eval",
-        "alert": {
-            "alert_id": str(alert["alert_id"]),
-            "name": alert["name"],
-            "sql": spec["rule"]["sql"],
-            "identity": spec["identity"],
-            "severity": spec["severity"],
-            "channels": list(range(len(spec.get("channels", [])))),
-            "chain_id": source["chain_id"],
-            "rpc_pool": source["rpc_pool"],
-            "partition_id": partition_id,
-            "dataset_uuid": str(alert["dataset_uuid"]),
-            "start": start,
-            "end": end,
+        "runtime": "lambda",
+        "udf": {"bundle_id": udf["bundle_id"]},
+        "alert": about,
+        "inputs": inputs,
+        "work_payload": {
+            "kind": "alert_eval",
+            "alert": about,
+            "range": {
+                "dataset_id": str(alert["dataset_uuid"]),
+                "dataset": source["dataset"],
+                "start": start,
+                "end": end,
+            },
+            "config": udf.get("config", {}),
         },
-        # The task's token grants this range of the source dataset, nothing else.
-        "inputs": [{"dataset": source["dataset"], "range": [start, end]}],
     }
 
 
@@ -60,17 +84,15 @@ async def schedule_evaluations(
         return 0
     created = 0
     for alert in alerts:
-        if alert["spec"]["rule"].get("sql") is None:
-            continue  # UDF rules are not evaluated yet
         chosen = [(p, s, e) for p, s, e in partitions if e > alert["start_block"]]
         if not chosen:
             continue
         ids = [evaluation_task_id(alert["alert_id"], p) for p, _, _ in chosen]
         payloads = [evaluation_payload(alert, source, str(p), s, e) for p, s, e in chosen]
-        await conn.execute(
+        status = await conn.execute(
             q("chain", "insert_range_tasks"), ids, payloads, alert["org_id"], EVAL_ATTEMPTS
         )
-        created += len(ids)
+        created += int(status.split()[-1])  # wake-ups written = tasks that did not exist
     if created:
         await conn.execute(q("outbox", "notify_outbox"))
     return created

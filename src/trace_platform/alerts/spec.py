@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trace_platform.chain.spec import NAME_PATTERN
@@ -29,6 +30,19 @@ class FromBlock(_Strict):
 class UdfRule(_Strict):
     bundle_id: str
     config: dict[str, object] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _json(self) -> UdfRule:
+        try:
+            size = len(orjson.dumps(self.config))
+        except TypeError:
+            raise ValueError(
+                "config must be plain JSON with integers that fit in 64 bits"
+                " (write larger numbers as floats, e.g. 1.0e+24, or as strings)"
+            ) from None
+        if size > 65536:
+            raise ValueError("config is larger than 64 KiB")
+        return self
 
 
 class Rule(_Strict):

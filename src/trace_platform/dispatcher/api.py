@@ -245,6 +245,21 @@ def build_router(
         return await task_call(request, models.CompleteRequest, run)
 
     @router.post(
+        "/v1/task/block-headers",
+        tags=["task"],
+        openapi_extra=request_body_schema(models.BlockHeadersRequest),
+        summary="Hash and timestamp of blocks of an alert evaluation's range (UDF rules)",
+    )
+    async def block_headers(request: Request) -> Response:
+        async def run(_claims: CapabilityClaims, body: models.BlockHeadersRequest) -> Any:
+            headers = await service().alert_block_headers(
+                body.task_id, body.attempt, body.lease_token, body.numbers
+            )
+            return {"headers": headers}
+
+        return await task_call(request, models.BlockHeadersRequest, run)
+
+    @router.post(
         "/v1/task/upload-url",
         tags=["task"],
         openapi_extra=request_body_schema(models.UploadUrlRequest),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,12 @@ class UploadUrlRequest(Fence):
     name: str = Field(min_length=1, max_length=200)
     content_type: str | None = Field(default=None, max_length=200)
     size_bytes: int | None = Field(default=None, ge=0)
+
+
+class BlockHeadersRequest(Fence):
+    numbers: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        min_length=1, max_length=10_000
+    )
 
 
 class EventsRequest(Fence):

@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 
 from trace_platform.chain.commit import CommitRejected, commit_range
+from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.config import Settings
 from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
@@ -32,10 +33,12 @@ from trace_platform.domain.lifecycle import (
 )
 from trace_platform.errors import (
     ConflictError,
+    ForbiddenError,
     NotClaimedError,
     NotFoundError,
     StaleFenceError,
     TraceError,
+    UnavailableError,
     ValidationError,
 )
 from trace_platform.logs import get_logger
@@ -268,6 +271,32 @@ class TaskService:
         if row is None:
             raise NotFoundError("unknown task")
         check_report_fence(_fence(row), attempt, lease_token)
+
+    async def alert_block_headers(
+        self, task_id: uuid.UUID, attempt: int, lease_token: uuid.UUID, numbers: list[int]
+    ) -> dict[str, list[Any] | None]:
+        """(hash, timestamp) of blocks of an alert evaluation's range, from the chain's RPC
+        pool: a UDF rule's runner holds no RPC access, only its capability token."""
+        await self.check_reporting(task_id, attempt, lease_token)
+        row = await self.pool.fetchrow(q("tasks", "task_alert"), task_id)
+        if row is None or not isinstance(row["alert"], dict):
+            raise ForbiddenError("block headers are granted to alert evaluations only")
+        alert = row["alert"]
+        start, end = int(alert["start"]), int(alert["end"])
+        outside = [n for n in numbers if not start <= n < end]
+        if outside:
+            raise ForbiddenError(
+                f"block {outside[0]} is outside the evaluated range [{start}, {end})"
+            )
+        url = self.settings.rpc_url(str(alert["rpc_pool"]))
+        if url is None:
+            raise UnavailableError(f"RPC pool {alert['rpc_pool']!r} is not configured")
+        try:
+            async with RpcClient(url, self.settings.chain_rpc_timeout_seconds) as rpc:
+                headers = await rpc.block_headers(numbers)
+        except (RpcUnavailable, RpcError) as exc:
+            raise UnavailableError(f"rpc: {exc}"[:300]) from None
+        return {str(n): (list(h) if h else None) for n, h in headers.items()}
 
     async def buffer_publish(
         self,

@@ -24,14 +24,25 @@ def validate_alert(spec: AlertSpec, allow_private: bool = False) -> None:
             check_sql(spec.rule.sql)
         except SqlRejected as exc:
             raise ValidationError(f"rule.sql: rejected by the SQL gate ({exc.reason})") from None
-    else:
-        raise ValidationError("rule.udf: UDF rules are not supported yet; use rule.sql")
     for i, channel in enumerate(spec.channels):
         try:
             check_url(channel.url, allow_private)
         except UrlRefused as exc:
             hint = "" if allow_private else " (Lite: TRACE_DELIVERY_ALLOW_PRIVATE=1 allows it)"
             raise ValidationError(f"channels.{i}.url: {exc}{hint}") from None
+
+
+async def _check_bundle(conn: Any, org_id: uuid.UUID, bundle_id: str) -> None:
+    try:
+        bid = uuid.UUID(bundle_id)
+    except ValueError:
+        raise ValidationError("rule.udf.bundle_id: not a bundle id (a UUID)") from None
+    bundle = await conn.fetchrow(q("bundles", "get_bundle"), bid)
+    if bundle is None or bundle["org_id"] != org_id:
+        raise ValidationError(
+            f"rule.udf.bundle_id: no bundle {bundle_id} in this org (upload it with"
+            " `trace bundle upload`)"
+        )
 
 
 async def apply_alert(
@@ -48,6 +59,8 @@ async def apply_alert(
             raise ValidationError(
                 f"source.dataset: {spec.source.dataset!r} is not a chain dataset of this org"
             )
+        if spec.rule.udf is not None:
+            await _check_bundle(conn, org_id, spec.rule.udf.bundle_id)
         if isinstance(spec.start, FromBlock):
             start_block = spec.start.from_block
         else:

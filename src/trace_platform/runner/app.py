@@ -19,6 +19,9 @@ from trace_platform.runner.service import Runner, read_payload
 log = get_logger(__name__)
 
 
+PROCESSES_PER_HANDLER = 32
+
+
 def run_runner(settings: Settings, raw: bytes) -> int:
     isolation = detect_isolation()
     if not isolation.strong and not settings.runner_allow_weak_sandbox:
@@ -39,6 +42,9 @@ def run_runner(settings: Settings, raw: bytes) -> int:
         wall_seconds=settings.runner_timeout_seconds,
         cpu_seconds=max(1, int(settings.runner_timeout_seconds)),
         memory_mb=settings.runner_memory_mb,
+        # RLIMIT_NPROC counts every thread of the handlers' uid, and the handlers of one
+        # runner host share it: a budget per concurrent handler (node alone runs ~11).
+        processes=PROCESSES_PER_HANDLER * settings.runner_concurrency,
     )
     runner = Runner(
         settings.resolved_dispatcher_url,

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import random
 import signal
 import tempfile
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from trace_platform.alerts.evaluate import EvaluationFatal, block_numbers, rows_to_events
 from trace_platform.domain.bundle import (
     MAX_BUNDLE_BYTES,
     BundleRejected,
@@ -35,6 +37,7 @@ log = get_logger(__name__)
 MAX_BATCH_BYTES = 256 << 20
 MAX_MESSAGE_BYTES = 16 << 20
 STDERR_TAIL = 4000
+QUERY_BUSY_RETRIES = 6  # a 429 from the query service is retried (about 3 s in all)
 
 
 class Fenced(Exception):
@@ -50,6 +53,15 @@ class RunOutcome:
     stdout: bytes = b""
     stderr: bytes = b""
     notes: list[str] = field(default_factory=list)
+    collected: list[Any] | None = None  # alert rules: result rows, made events afterwards
+
+
+def alert_of(work: dict[str, Any]) -> dict[str, Any] | None:
+    """The alert of an alert-rule evaluation (SPEC §12), or None for an ordinary UDF task."""
+    alert = work.get("alert")
+    if work.get("kind") == "alert_eval" and isinstance(alert, dict):
+        return alert
+    return None
 
 
 class Capture:
@@ -229,11 +241,41 @@ class Runner:
             os.chown(work, self.uid, self.uid)
         heartbeat = asyncio.create_task(self._heartbeat(channel, inv))
         try:
-            return await self._sandboxed(inv, bundle_dir, work, root / "batch.jsonl", channel)
+            result = await self._sandboxed(inv, bundle_dir, work, root / "batch.jsonl", channel)
+            alert = alert_of(inv.work_payload)
+            if alert is not None and result.outcome == "success":
+                result = await self._alert_events(channel, alert, result)
+            return result
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Fenced):
                 await heartbeat
+
+    async def _alert_events(
+        self, channel: DispatcherChannel, alert: dict[str, Any], run: RunOutcome
+    ) -> RunOutcome:
+        """An alert rule's result rows become alert_events rows, keyed like a SQL rule's:
+        (alert, identity columns, the block's hash, read through the dispatcher)."""
+        rows = run.collected or []
+        try:
+            numbers = block_numbers(rows)
+            headers: dict[int, tuple[str, int] | None] = {}
+            if numbers:
+                answer = await channel.call("block-headers", numbers=numbers)
+                for n, h in answer.get("headers", {}).items():
+                    headers[int(n)] = (str(h[0]), int(h[1])) if h else None
+            events = rows_to_events(alert, rows, headers)
+        except EvaluationFatal as exc:
+            return RunOutcome("fatal_error", str(exc), stdout=run.stdout, stderr=run.stderr)
+        except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
+            error = f"block headers unavailable: {exc}"[:500]
+            return RunOutcome("retryable_error", error, stdout=run.stdout, stderr=run.stderr)
+        assert run.batch_path is not None
+        with run.batch_path.open("wb") as fh:
+            for event in events:
+                fh.write(orjson.dumps(event) + b"\n")
+        run.records, run.collected = len(events), None
+        return run
 
     async def _heartbeat(self, channel: DispatcherChannel, inv: InvocationPayload) -> None:
         expires = datetime.fromisoformat(inv.lease_expires_at).timestamp()
@@ -297,6 +339,8 @@ class Runner:
             "bundle_dir": str(bundle_dir) if weak else "/bundle",
         }
         result = RunOutcome("retryable_error", batch_path=batch_path)
+        if alert_of(inv.work_payload) is not None:
+            result.collected = []
         try:
             await asyncio.to_thread(writer_file.write, orjson.dumps(init) + b"\n")
             protocol = self._protocol(reader, writer_file, batch_path, result, channel)
@@ -349,7 +393,10 @@ class Runner:
                         if size > MAX_BATCH_BYTES:
                             result.outcome, result.error = "fatal_error", "handler output too large"
                             return
-                        batch.write(data)
+                        if result.collected is not None:
+                            result.collected.append(row)
+                        else:
+                            batch.write(data)
                     result.records += len(rows)
                 elif kind == "query":
                     answer = await self._query(channel, msg)
@@ -380,24 +427,30 @@ class Runner:
             "sql": msg.get("sql"),
             "limit": msg.get("limit", 1000),
         }
-        try:
-            async with channel.session.post(
-                f"{self.query_url.rstrip('/')}/v1/task/query",
-                data=orjson.dumps(body),
-                headers={
-                    "X-Trace-Task-Capability": channel.token,
-                    "Content-Type": "application/json",
-                },
-            ) as resp:
-                data = orjson.loads(await resp.read() or b"{}")
-                if resp.status == 200:
-                    return {"ok": True, "result": data}
-                return {
-                    "ok": False,
-                    "error": f"{resp.status} {data.get('error')}: {data.get('detail', '')}"[:500],
-                }
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return {"ok": False, "error": f"query service unreachable ({type(exc).__name__})"}
+        delay = 0.05
+        for attempt in range(QUERY_BUSY_RETRIES + 1):
+            try:
+                async with channel.session.post(
+                    f"{self.query_url.rstrip('/')}/v1/task/query",
+                    data=orjson.dumps(body),
+                    headers={
+                        "X-Trace-Task-Capability": channel.token,
+                        "Content-Type": "application/json",
+                    },
+                ) as resp:
+                    data = orjson.loads(await resp.read() or b"{}")
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return {"ok": False, "error": f"query service unreachable ({type(exc).__name__})"}
+            if status == 200:
+                return {"ok": True, "result": data}
+            if status != 429 or attempt == QUERY_BUSY_RETRIES:
+                error = f"{status} {data.get('error')}: {data.get('detail', '')}"
+                return {"ok": False, "error": error[:500]}
+            # Busy executors are back-pressure, not the handler's failure: wait a little.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
 
     async def _report(
         self, session: aiohttp.ClientSession, channel: DispatcherChannel, run: RunOutcome
@@ -433,6 +486,7 @@ class Runner:
             attempt=channel.inv.attempt,
             outcome=run.outcome,
             records=run.records,
+            error=(run.error or "")[:300] or None,
         )
         return run.outcome
 

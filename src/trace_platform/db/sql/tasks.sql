@@ -33,6 +33,11 @@ SELECT task_id, status FROM state.tasks WHERE task_id = ANY($1::uuid[]);
 SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
 FROM state.tasks WHERE task_id = $1;
 
+-- name: task_alert
+-- The alert evaluation of a task (UDF rules ask for the block headers of their range).
+SELECT payload->'alert' AS alert FROM state.tasks
+WHERE task_id = $1 AND payload->>'operator' = 'alert_eval';
+
 -- name: lock_task_state
 SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id,
        payload ? 'chain' AS chain_range
