@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,9 +66,15 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
             timeout=60,
             cwd=REPO,
         )
-        # 40 emit_alerts tasks + 2 UDF tasks + 4 streams x 12 ranges; 360 + 2 x 1000 rows
-        assert "completed          90" in status.stdout
-        assert "alert_events rows: 2360" in status.stdout
+        # The alerts part: a followed head, two rules, each live whale delivered once per
+        # rule to the demo's receiver, which verified every signature.
+        assert "alerts               completed: 3 live whale transfers ->" in text
+        assert text.count("s to webhook") == 6
+        # 40 emit_alerts tasks + 2 UDF tasks + 4 streams x 12 ranges, then the live ranges
+        # and evaluations (as many as the head moved); 360 + 2 x 1000 rows + 3 x 2 alerts
+        completed = re.search(r"completed\s+(\d+)", status.stdout)
+        assert completed is not None and int(completed.group(1)) >= 90 + 6, status.stdout
+        assert "alert_events rows: 2366" in status.stdout
     finally:
         subprocess.run(
             [sys.executable, "-m", "trace_platform", "db", "stop"],
@@ -109,7 +116,9 @@ async def test_up_supervises_children_restarts_a_crash_and_stops_cleanly(
 
         children = psutil.Process(up.pid).children()
         workers = [c for c in children if "worker" in c.cmdline()]
-        assert len(workers) == 2 and len(children) == 5  # dispatcher, 2 workers, sink, query
+        assert (
+            len(workers) == 2 and len(children) == 6
+        )  # dispatcher, 2 workers, sink, query, deliver
         workers[0].kill()
         await wait_until(lambda: "stack.child_exited" in log_text(), what="crash noticed")
         await wait_until(

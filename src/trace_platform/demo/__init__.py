@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sys
 import time
@@ -18,6 +19,9 @@ from trace_platform.adapters.local_keys import load_key_ring
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
+from trace_platform.delivery.signing import new_secret
+from trace_platform.demo.alerts import SECRET_ENV as DEMO_SECRET_ENV
+from trace_platform.demo.alerts import AlertDemoResult, format_alerts, live_alerts
 from trace_platform.demo.chain import (
     BLOCKS,
     DEMO_POOL,
@@ -54,6 +58,7 @@ class DemoSummary:
     elapsed: float
     udfs: list[UdfResult] = field(default_factory=list)
     chain: ChainDemoResult = field(default_factory=lambda: ChainDemoResult("skipped"))
+    alerts: AlertDemoResult = field(default_factory=lambda: AlertDemoResult("skipped"))
 
     @property
     def duplicates_absorbed(self) -> int:
@@ -82,6 +87,8 @@ async def run_demo(
     started_stack: Stack | None = None
     node: Anvil | None = None
     chain = ChainDemoResult("skipped")
+    alerts = AlertDemoResult("skipped", "needs the demo's chain")
+    hook_secret = new_secret()
     if await dispatcher_is_up(settings):
         _say(f"using the running stack at {settings.resolved_dispatcher_url}")
         chain.detail = "a running stack has no demo node: run the demo with no stack up"
@@ -93,6 +100,10 @@ async def run_demo(
             _say(f"started a local Ethereum node (anvil) at {node.url}")
         except (ConfigError, OSError, RuntimeError) as exc:
             chain.detail = str(exc.detail if isinstance(exc, ConfigError) else exc)
+        # The demo's receiver listens on loopback: the SSRF guard's Lite escape hatch, and a
+        # webhook secret for this run, in the environment of the stack's `trace deliver`.
+        settings = settings.replace(delivery_allow_private=True)
+        os.environ[DEMO_SECRET_ENV] = hook_secret
         log_path = settings.home.resolve() / "logs" / "demo-stack.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         _say(f"starting a local stack (logs: {log_path}) ...")
@@ -107,10 +118,13 @@ async def run_demo(
         summary = await _workload(settings, state, data, tasks, rows_per_task, timeout)
         summary.udfs = await _udf_step(settings, state, data, timeout)
         if node is not None:
-            whales = make_traffic(node, BLOCKS)
+            whales, token = make_traffic(node, BLOCKS)
             _say(f"made ERC-20 traffic on the node: {BLOCKS} blocks, {whales} whale transfers")
             chain = await sync_and_query(settings, state, whales, timeout)
+            if chain.status == "completed":
+                alerts = await live_alerts(settings, state, node, token, hook_secret, timeout)
         summary.chain = chain
+        summary.alerts = alerts
         return summary
     finally:
         await state.close()
@@ -322,9 +336,11 @@ def format_summary(s: DemoSummary) -> str:
         line = f"  UDF {u.language:<11}      {u.status}: {u.alerts}/{u.expected} alerts inserted"
         lines.append(line + (f"  ({u.detail})" if u.detail else ""))
     lines += format_chain(s.chain)
+    lines += format_alerts(s.alerts)
     lines += [
         "",
         "next: `trace status` for the whole system, `trace up` to keep the stack running,",
-        "      `trace apply SPEC` to sync a chain and `trace chain status` to follow it",
+        "      `trace apply SPEC` to sync a chain and `trace chain status` to follow it,",
+        "      `trace alert list` and `trace alert deliveries NAME` for the alerts",
     ]
     return "\n".join(str(x) for x in lines)

@@ -45,8 +45,8 @@ def start_node() -> Anvil:
     return Anvil().start()
 
 
-def make_traffic(node: Anvil, blocks: int) -> int:
-    """Token traffic over `blocks` blocks; returns how many whale transfers were sent."""
+def make_traffic(node: Anvil, blocks: int) -> tuple[int, str]:
+    """Token traffic over `blocks` blocks; returns (whale transfers sent, the token)."""
     token = node.deploy_token()
     whales = 0
     i = 0
@@ -58,7 +58,7 @@ def make_traffic(node: Anvil, blocks: int) -> int:
         node.traffic_block(token, amounts)
         node.mine(min(9, blocks - 1 - node.head()))
         i += 1
-    return whales
+    return whales, token
 
 
 def spec_text(name: str, blocks: int) -> str:
