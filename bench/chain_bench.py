@@ -81,7 +81,13 @@ class BenchStack:
         shutil.rmtree(self.home, ignore_errors=True)
 
     async def apply(self, text: str) -> None:
-        await apply_specs(self.pool, text, LITE_ORG_ID, self.settings.resolved_object_store_url)
+        await apply_specs(
+            self.pool,
+            text,
+            LITE_ORG_ID,
+            self.settings.resolved_object_store_url,
+            self.settings.delivery_allow_private,
+        )
 
     async def wait_tip(self, name: str, tip: int, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout

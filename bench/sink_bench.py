@@ -63,7 +63,7 @@ async def ingest_child(home: Path, uri: str, rows: int) -> None:
     from trace_platform.sink.service import Sink
 
     settings = Settings.load({"home": home}, env={})
-    urls = await resolve_databases(settings)
+    urls = await resolve_databases(settings, create=True)
     data = await create_pool(urls.data, max_size=2)
     state = await create_pool(urls.state, max_size=1)
     sink = Sink(PgQueue(state), object_store_from_settings(settings), data, settings)
@@ -93,7 +93,7 @@ async def ingest_child(home: Path, uri: str, rows: int) -> None:
 async def raw_floor(home: Path, path: Path) -> float:
     """COPY already-parsed records + INSERT ON CONFLICT: what Postgres allows."""
     settings = Settings.load({"home": home}, env={})
-    urls = await resolve_databases(settings)
+    urls = await resolve_databases(settings, create=True)
     records = [parse_row(line, i) for i, line in enumerate(path.read_bytes().splitlines(), 1)]
     conn = await connect(urls.data)
     try:
@@ -119,7 +119,7 @@ async def main() -> None:
         return
     home = Path(tempfile.mkdtemp(prefix="trace-sink-bench-"))
     settings = Settings.load({"home": home}, env={})
-    urls = await resolve_databases(settings)
+    urls = await resolve_databases(settings, create=True)
     try:
         for component, url in (("state", urls.state), ("data", urls.data)):
             conn = await connect(url)

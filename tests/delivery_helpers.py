@@ -140,7 +140,7 @@ async def insert_events(
         await conn.execute(q("sink", "create_staging"))
         await conn.copy_records_to_table("alert_staging", records=records, columns=STAGING_COLUMNS)
         inserted: int = await conn.fetchval(
-            q("sink", "upsert_from_staging"), org_id, uuid.uuid4(), max_attempts
+            q("sink", "upsert_with_deliveries"), org_id, uuid.uuid4(), max_attempts
         )
     return inserted
 

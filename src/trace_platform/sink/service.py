@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from pydantic import ValidationError as PydanticValidationError
@@ -44,6 +46,24 @@ class IngestResult:
     @property
     def duplicates(self) -> int:
         return self.rows - self.inserted
+
+
+async def upsert_staged(
+    conn: Any,
+    org_id: uuid.UUID,
+    producer: uuid.UUID,
+    with_channels: bool,
+    max_attempts: int,
+) -> int:
+    """Insert the staged events (their delivery rows too, when they name channels); returns
+    the events that were new."""
+    if with_channels:
+        n: int = await conn.fetchval(
+            q("sink", "upsert_with_deliveries"), org_id, producer, max_attempts
+        )
+        return n
+    status = await conn.execute(q("sink", "upsert_from_staging"), org_id, producer)
+    return int(status.split()[-1])
 
 
 async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -95,12 +115,14 @@ class Sink:
                 await conn.copy_records_to_table(
                     "alert_staging", records=buffer, columns=STAGING_COLUMNS
                 )
+                with_channels = any(record[8] for record in buffer)
                 buffer.clear()
                 upsert = asyncio.ensure_future(
-                    conn.fetchval(
-                        q("sink", "upsert_from_staging"),
+                    upsert_staged(
+                        conn,
                         pointer.org_id,
                         pointer.producer.task_id,
+                        with_channels,
                         self.settings.delivery_max_attempts,
                     )
                 )

@@ -15,7 +15,16 @@ CREATE TEMP TABLE IF NOT EXISTS alert_staging (
 
 -- name: upsert_from_staging
 -- Idempotent on (org_id, dedupe_key); org_id and producer come from the trusted queue message.
--- An event that is new gets its delivery rows (one per channel) in the same statement, so a
+-- The hot path: events without channels.
+INSERT INTO data.alert_events (dedupe_key, org_id, alert_definition_id, event_time, chain_id,
+                               block_number, block_hash, tx_hash, payload, producer_task_id)
+SELECT dedupe_key, $1, alert_definition_id, event_time, chain_id, block_number, block_hash,
+       tx_hash, payload::jsonb, $2
+FROM alert_staging
+ON CONFLICT (org_id, dedupe_key) DO NOTHING;
+
+-- name: upsert_with_deliveries
+-- The same, for events with channels: an event that is new gets its delivery rows (one per channel) in the same statement, so a
 -- duplicate or a re-evaluation never delivers twice. Returns the events inserted.
 WITH inserted AS (
     INSERT INTO data.alert_events (dedupe_key, org_id, alert_definition_id, event_time, chain_id,
