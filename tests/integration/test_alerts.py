@@ -315,6 +315,17 @@ async def test_a_udf_rule_missing_an_identity_column_fails_with_its_name(
     )
 
 
+async def test_a_disabled_alert_evaluates_nothing_until_enabled(
+    a_settings: Settings, synced: set[tuple[str, int]], pools: tuple[asyncpg.Pool, asyncpg.Pool]
+) -> None:
+    text = alert_yaml("toggled", f'{{sql: "{ALERT_SQL}"}}', None)
+    (off,) = await apply(a_settings, text + "enabled: false\n")
+    assert off["evaluations_scheduled"] == 0
+    (on,) = await apply(a_settings, text)
+    assert on["evaluations_scheduled"] == 10  # enabling backfills from its start block
+    await wait_events(pools[1], uuid.UUID(on["alert_id"]), synced)
+
+
 async def test_an_unknown_bundle_is_refused_at_apply(a_settings: Settings, synced: Any) -> None:
     from trace_platform.errors import ValidationError
 

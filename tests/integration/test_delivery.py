@@ -494,3 +494,21 @@ async def test_cli_shows_deliveries_and_retries_a_failed_one(
         check=False,
     )
     assert other_org.returncode == 1 and "no delivery" in other_org.stderr  # not its org's
+
+
+async def test_a_slack_channel_gets_a_readable_message(
+    pools: tuple[asyncpg.Pool, asyncpg.Pool], receiver: Receiver, deliver: Any
+) -> None:
+    state, data = pools
+    alert = await define_alert(
+        state, ORG, "to-slack", [{"type": "slack", "url": receiver.url("/slack")}]
+    )
+    await insert_events(data, ORG, alert, ["to-slack:0"], [0])
+    deliver()
+    (row,) = await wait_statuses(data, ORG, alert, all_settled)
+    assert row["status"] == "delivered"
+    (s,) = receiver.at("/slack")
+    message = json.loads(s.body)
+    assert set(message) == {"text"}
+    assert message["text"].startswith("*[critical] to-slack* at block 100, tx `0xtx0`")
+    assert "webhook-signature" not in s.headers  # Slack URLs carry their own secret
