@@ -106,6 +106,9 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "Lite only: allow http:// and private/loopback webhook addresses (the SSRF guard off).",
     ),
+    Setting("api_port", int, 8090, "User API and console port (`trace api`)."),
+    Setting("api_rate_per_second", float, 20.0, "Requests per second per API key (429 beyond)."),
+    Setting("api_rate_burst", int, 60, "Burst of requests per API key above the rate."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
 
@@ -173,6 +176,9 @@ class Settings:
     delivery_retry_base_seconds: float = 8.0
     delivery_interval: float = 0.1
     delivery_allow_private: bool = False
+    api_port: int = 8090
+    api_rate_per_second: float = 20.0
+    api_rate_burst: int = 60
     log_level: str = "info"
     rpc_pools: tuple[tuple[str, str], ...] = ()
 
@@ -220,6 +226,7 @@ class Settings:
             "delivery_timeout_seconds",
             "delivery_retry_base_seconds",
             "delivery_interval",
+            "api_rate_per_second",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -237,6 +244,7 @@ class Settings:
             "cryo_max_bytes",
             "delivery_concurrency",
             "delivery_max_attempts",
+            "api_rate_burst",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_BY_NAME[name].env} must be >= 1")

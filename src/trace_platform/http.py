@@ -24,6 +24,7 @@ log = get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 1 << 20
 CAPABILITY_HEADER = "x-trace-task-capability"
+WORKER_HEADER = "x-trace-worker-token"
 
 
 def json_response(

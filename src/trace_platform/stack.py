@@ -64,7 +64,7 @@ class Stack:
         self.children = [Child("dispatcher", ["dispatcher"])]
         self.children += [Child(f"worker-{i + 1}", ["worker"]) for i in range(workers)]
         self.children += [Child("sink", ["sink"]), Child("query", ["query-service"])]
-        self.children += [Child("deliver", ["deliver"])]
+        self.children += [Child("deliver", ["deliver"]), Child("api", ["api"])]
         self.children += extra or []
         self._stopping = False
         self._supervisors: list[asyncio.Task[None]] = []

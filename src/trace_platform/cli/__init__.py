@@ -33,11 +33,33 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 COMMAND_GROUPS = (
     (
         "Run the stack",
-        ("up", "demo", "dispatcher", "worker", "sink", "deliver", "query-service", "migrate", "db"),
+        (
+            "up",
+            "demo",
+            "dispatcher",
+            "worker",
+            "sink",
+            "deliver",
+            "query-service",
+            "api",
+            "migrate",
+            "db",
+        ),
     ),
     (
         "Operate",
-        ("status", "apply", "chain", "alert", "delivery", "task", "dataset", "dlq", "config"),
+        (
+            "status",
+            "apply",
+            "chain",
+            "alert",
+            "delivery",
+            "user",
+            "task",
+            "dataset",
+            "dlq",
+            "config",
+        ),
     ),
     ("Build", ("bundle", "tools")),
 )
@@ -232,6 +254,19 @@ def deliver(ctx: click.Context, concurrency: int | None, allow_private: bool | N
 
 
 @cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="[env TRACE_API_PORT]")
+@click.pass_context
+@handle_errors
+def api(ctx: click.Context, port: int | None) -> None:
+    """Run the user API (/v1/*, API keys and roles) and the web console (/ui)."""
+    settings = settings_from(ctx, api_port=port)
+    _setup_logs(settings, "api")
+    from trace_platform.api.app import run_api
+
+    run_api(settings)
+
+
+@cli.command()
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -252,6 +287,9 @@ def up(ctx: click.Context, workers: int) -> None:
         click.echo(
             f"\ntrace is up — TRACE_HOME={settings.home.resolve()}\n"
             f"  dispatcher  {base}   (API docs {base}/docs, metrics {base}/metrics)\n"
+            f"  console     http://127.0.0.1:{settings.api_port}/ui   (user API"
+            f" http://127.0.0.1:{settings.api_port}/v1, docs /docs; log in with a key from"
+            " `trace user create NAME --role admin`)\n"
             f"  objects     {settings.resolved_object_store_url}\n"
             '  try: trace task create --payload \'{"operator": "emit_alerts", "count": 5}\''
             "  then: trace status\n",
@@ -707,12 +745,13 @@ def tools_status() -> None:
 
 
 def _register_verb_groups() -> None:
-    from trace_platform.cli import alerts, chains
+    from trace_platform.cli import alerts, chains, users
 
     cli.add_command(chains.apply)
     cli.add_command(chains.chain)
     cli.add_command(alerts.alert)
     cli.add_command(alerts.delivery)
+    cli.add_command(users.user)
 
 
 _register_verb_groups()

@@ -18,14 +18,18 @@ from trace_platform.dispatcher.service import Claimed, CompletionReport, TaskSer
 from trace_platform.domain.capability import CapabilityClaims, is_within_prefixes
 from trace_platform.domain.lifecycle import Outcome
 from trace_platform.errors import AuthError, ForbiddenError, NotFoundError, ValidationError
-from trace_platform.http import CAPABILITY_HEADER, json_response, parse_body, request_body_schema
+from trace_platform.http import (
+    CAPABILITY_HEADER,
+    WORKER_HEADER,
+    json_response,
+    parse_body,
+    request_body_schema,
+)
 from trace_platform.logs import get_logger
 from trace_platform.ports import ObjectStore, TokenSigner
 
 log = get_logger(__name__)
 F = TypeVar("F", bound=models.Fence)
-
-WORKER_HEADER = "x-trace-worker-token"
 
 
 UPLOAD_URL_TTL_SECONDS = 900

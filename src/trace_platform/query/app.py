@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,13 +12,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from trace_platform import __version__
-from trace_platform.adapters.local_keys import VerifiedTokens, load_key_ring
+from trace_platform.adapters.local_keys import VerifiedTokens, load_key_ring, load_worker_tokens
 from trace_platform.config import Settings
+from trace_platform.datasets import resolve_inputs
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
-from trace_platform.errors import AuthError, ForbiddenError, OverloadedError
+from trace_platform.domain.capability import build_claims
+from trace_platform.errors import (
+    AuthError,
+    ForbiddenError,
+    NotFoundError,
+    OverloadedError,
+    ValidationError,
+)
 from trace_platform.http import (
     CAPABILITY_HEADER,
+    WORKER_HEADER,
     MetricsMiddleware,
     install_error_handlers,
     install_health,
@@ -32,6 +42,15 @@ from trace_platform.query.service import QueryService
 from trace_platform.runner.sandbox import detect_isolation
 
 log = get_logger(__name__)
+
+
+class UserQueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    org_id: uuid.UUID
+    user_id: uuid.UUID
+    dataset: str = Field(min_length=1, max_length=128)
+    sql: str = Field(min_length=1, max_length=20_000)
+    limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
 class QueryRequest(BaseModel):
@@ -69,6 +88,7 @@ def s3_options(settings: Settings) -> dict[str, str] | None:
 def create_app(settings: Settings) -> FastAPI:
     # Same ring as the dispatcher; no call to it per request.
     signer = VerifiedTokens(load_key_ring(settings))
+    worker_tokens = load_worker_tokens(settings)  # the user API's credential here
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -132,6 +152,42 @@ def create_app(settings: Settings) -> FastAPI:
         service: QueryService = state["service"]
         try:
             result = await service.query(claims, body.dataset_id, body.sql, body.limit)
+        except OverloadedError as exc:
+            return json_response(exc.body(), 429, headers={"Retry-After": "1"})
+        return Response(result.body, media_type="application/json")
+
+    @app.post(
+        "/internal/user-query",
+        tags=["internal"],
+        openapi_extra=request_body_schema(UserQueryRequest),
+        summary="A user's query (from the user API): the org's dataset, same gate and sandbox",
+    )
+    async def user_query(request: Request) -> Response:
+        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
+            raise AuthError("missing or invalid worker token")
+        body = await parse_body(request, UserQueryRequest)
+        service: QueryService = state["service"]
+        async with state["pool"].acquire() as conn:
+            try:
+                grants, prefixes = await resolve_inputs(
+                    conn, body.org_id, {"inputs": [{"dataset": body.dataset}]}
+                )
+            except ValidationError:
+                raise NotFoundError(f"no dataset named {body.dataset!r} in this org") from None
+        claims = build_claims(
+            issuer="trace-user-api",
+            task_id=body.user_id,
+            attempt=1,
+            org_id=body.org_id,
+            ttl_seconds=60,
+            store_root=settings.resolved_object_store_url,
+            datasets=grants,
+            read_prefixes=prefixes,
+        )
+        try:
+            result = await service.query(
+                claims, grants[0].dataset_uuid, body.sql, body.limit, user_id=body.user_id
+            )
         except OverloadedError as exc:
             return json_response(exc.body(), 429, headers={"Retry-After": "1"})
         return Response(result.body, media_type="application/json")

@@ -171,15 +171,22 @@ class QueryService:
         return binding
 
     async def query(
-        self, claims: CapabilityClaims, dataset_id: str, sql: str, limit: int | None
+        self,
+        claims: CapabilityClaims,
+        dataset_id: str,
+        sql: str,
+        limit: int | None,
+        user_id: uuid.UUID | None = None,
     ) -> QueryResult:
+        """`user_id`: a user's query (POST /v1/query), audited per user; `claims` then are
+        the grant the user API resolved for the user's org, never a task's."""
         digest = sql_hash(sql)
-        ids = {
-            "task_id": claims.task_id,
-            "attempt": claims.attempt,
-            "dataset_id": dataset_id,
-            "sql_sha256": digest,
-        }
+        ids: dict[str, Any] = (
+            {"user_id": str(user_id)}
+            if user_id is not None
+            else {"task_id": claims.task_id, "attempt": claims.attempt}
+        )
+        ids |= {"dataset_id": dataset_id, "sql_sha256": digest}
         try:
             binding = await self.manifest_files(claims, dataset_id)
             gated = gate(sql)
@@ -207,9 +214,9 @@ class QueryService:
             raise
         QUERY_SECONDS.observe(time.perf_counter() - started)
         await self.data.execute(
-            q("datasets", "insert_audit"),
+            q("datasets", "insert_user_audit" if user_id else "insert_audit"),
             uuid.UUID(claims.org_id),
-            uuid.UUID(claims.task_id),
+            user_id or uuid.UUID(claims.task_id),
             uuid.UUID(dataset_id),
             list(gated.columns),
             result.rows,

@@ -43,6 +43,10 @@ SELECT d.name, d.dataset_uuid, 'snap-' || d.commit_seq, d.created_at,
 FROM state.datasets d WHERE d.kind = 'partitions'
 ORDER BY 1, 4 DESC;
 
+-- name: insert_user_audit
+INSERT INTO data.query_audit (org_id, user_id, dataset_id, columns_accessed, result_row_count, sql_sha256)
+VALUES ($1, $2, $3, $4, $5, $6);
+
 -- name: insert_audit
 INSERT INTO data.query_audit (org_id, task_id, dataset_id, columns_accessed, result_row_count, sql_sha256)
 VALUES ($1, $2, $3, $4, $5, $6);

@@ -1,0 +1,353 @@
+"""The user API and the console (SPEC §13, invariant 14) against a real `trace api`, a real
+query service and a real Postgres: roles, tenancy, revocation, rate limits, pagination under
+concurrent inserts, queries, the console's session and CSRF rules, XSS, and a fuzz."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
+from trace_platform.adapters.stores import object_store_from_settings
+from trace_platform.config import Settings
+from trace_platform.datasets import register_dataset
+from trace_platform.db.pool import create_pool
+from trace_platform.dispatcher.service import LITE_ORG_ID
+from trace_platform.ops.users import create_user
+
+ORG_B = uuid.UUID("0b0b0b0b-0000-4000-8000-0000000000bb")
+XSS = "<script>alert('x')</script>"
+
+
+@pytest.fixture(scope="module")
+def u_settings(settings: Settings) -> Settings:
+    port = free_port()
+    return settings.replace(
+        query_port=port,
+        query_url=f"http://127.0.0.1:{port}",
+        api_port=free_port(),
+        api_rate_per_second=20.0,
+        api_rate_burst=60,
+    )
+
+
+@pytest.fixture(scope="module")
+async def pool(u_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(u_settings.state_database_url or "", max_size=4)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="module")
+async def api(u_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    logs = tmp_path_factory.mktemp("apilogs")
+    query = await start_query_service(u_settings, logs)
+    proc = Proc(["api"], proc_env(u_settings), logs / "api.log").start()
+    url = f"http://127.0.0.1:{u_settings.api_port}"
+    await wait_http_ready(url, proc)
+    yield url
+    proc.stop()
+    query.stop()
+
+
+@pytest.fixture(scope="module")
+async def keys(pool: asyncpg.Pool, api: str) -> dict[str, str]:
+    out = {}
+    for org, prefix in ((LITE_ORG_ID, ""), (ORG_B, "b-")):
+        for role in ("reader", "writer", "admin"):
+            _, key = await create_user(pool, org, f"{prefix}{role}", role)
+            out[prefix + role] = key
+    return out
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+async def dataset(u_settings: Settings, pool: asyncpg.Pool, tmp_path_factory: Any) -> str:
+    path = tmp_path_factory.mktemp("ds") / "t.parquet"
+    pq.write_table(
+        pa.table(
+            {"n": list(range(100)), "label": [XSS if i == 7 else f"row{i}" for i in range(100)]}
+        ),
+        path,
+    )
+    await register_dataset(
+        pool, object_store_from_settings(u_settings), "numbers", [path], LITE_ORG_ID
+    )
+    return "numbers"
+
+
+ROUTES: list[tuple[str, str, Any, str]] = [
+    ("GET", "/v1/me", None, "reader"),
+    ("GET", "/v1/status", None, "reader"),
+    ("GET", "/v1/tasks", None, "reader"),
+    ("GET", "/v1/datasets", None, "reader"),
+    ("GET", "/v1/specs", None, "reader"),
+    ("GET", "/v1/chains", None, "reader"),
+    ("GET", "/v1/bundles", None, "reader"),
+    ("GET", "/v1/alerts", None, "reader"),
+    ("GET", "/v1/dlq", None, "reader"),
+    ("POST", "/v1/query", {"dataset": "numbers", "sql": "SELECT count(*) FROM dataset"}, "reader"),
+    ("POST", "/v1/tasks", {"payload": {"operator": "noop"}}, "writer"),
+    ("POST", "/v1/specs", "kind: nonsense\n", "writer"),
+    ("POST", "/v1/deliveries/00000000-0000-4000-8000-000000000000/retry", None, "writer"),
+    ("POST", "/v1/dlq/redrive", {}, "admin"),
+    ("GET", "/v1/users", None, "admin"),
+    ("POST", "/v1/tasks/00000000-0000-4000-8000-000000000000/cancel", None, "admin"),
+]
+RANK = {"reader": 0, "writer": 1, "admin": 2}
+
+
+async def call(
+    http: httpx.AsyncClient, method: str, path: str, body: Any, key: str
+) -> httpx.Response:
+    if isinstance(body, str):
+        return await http.request(method, path, content=body, headers=bearer(key))
+    return await http.request(method, path, json=body, headers=bearer(key))
+
+
+async def test_each_role_can_do_exactly_what_it_is_allowed(
+    api: str, keys: dict[str, str], dataset: str
+) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        for method, path, body, needed in ROUTES:
+            for role in ("reader", "writer", "admin"):
+                r = await call(http, method, path, body, keys[role])
+                allowed = RANK[role] >= RANK[needed]
+                if allowed:
+                    assert r.status_code not in (401, 403), (method, path, role, r.text)
+                    if method == "GET" or path == "/v1/query":
+                        assert r.status_code == 200, (method, path, role, r.text)
+                else:
+                    assert r.status_code == 403, (method, path, role, r.text)
+                    assert f"needs the {needed} role" in r.json()["detail"]
+
+
+async def test_no_key_a_bad_key_and_a_revoked_key_get_401(
+    api: str, pool: asyncpg.Pool, keys: dict[str, str]
+) -> None:
+    _, key = await create_user(pool, LITE_ORG_ID, "short-lived", "admin")
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        assert (await http.get("/v1/me")).status_code == 401
+        assert (
+            await http.get("/v1/me", headers={"Authorization": f"Basic {key}"})
+        ).status_code == 401
+        assert (await http.get("/v1/me", headers=bearer("trk_" + "x" * 43))).status_code == 401
+        assert (await http.get("/v1/me", headers=bearer(key))).status_code == 200
+        r = await http.post("/v1/users/short-lived/revoke", headers=bearer(keys["admin"]))
+        assert r.status_code == 200
+        r = await http.get("/v1/me", headers=bearer(key))  # at once: no cache
+        assert r.status_code == 401 and key not in r.text
+
+
+async def test_an_org_never_sees_another_orgs_tasks_datasets_or_results(
+    api: str, keys: dict[str, str], dataset: str
+) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        r = await http.post(
+            "/v1/tasks",
+            json={"payload": {"operator": "noop", "tag": "a-only"}},
+            headers=bearer(keys["writer"]),
+        )
+        assert r.status_code == 201
+        (tid,) = r.json()["task_ids"]
+        mine = await http.get(f"/v1/tasks/{tid}", headers=bearer(keys["reader"]))
+        assert mine.status_code == 200 and mine.json()["payload"]["tag"] == "a-only"
+        assert (
+            await http.get(f"/v1/tasks/{tid}", headers=bearer(keys["b-admin"]))
+        ).status_code == 404
+        cancel = await http.post(f"/v1/tasks/{tid}/cancel", headers=bearer(keys["b-admin"]))
+        assert cancel.status_code == 404
+        listed = (await http.get("/v1/tasks?limit=200", headers=bearer(keys["b-admin"]))).json()
+        assert tid not in {t["task_id"] for t in listed["tasks"]}
+        b_sets = (await http.get("/v1/datasets", headers=bearer(keys["b-reader"]))).json()
+        assert "numbers" not in {d["name"] for d in b_sets["datasets"]}
+        assert (
+            await http.get("/v1/datasets/numbers", headers=bearer(keys["b-reader"]))
+        ).status_code == 404
+        q = await http.post(
+            "/v1/query",
+            json={"dataset": "numbers", "sql": "SELECT * FROM dataset"},
+            headers=bearer(keys["b-reader"]),
+        )
+        assert q.status_code == 404 and "numbers" in q.json()["detail"]
+
+
+async def test_a_query_runs_through_the_gate_and_is_audited_per_user_without_its_sql(
+    api: str, keys: dict[str, str], dataset: str, u_settings: Settings
+) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        sql = "SELECT n, label FROM dataset WHERE n % 10 = 7 ORDER BY n"
+        r = await http.post(
+            "/v1/query", json={"dataset": "numbers", "sql": sql}, headers=bearer(keys["reader"])
+        )
+        assert r.status_code == 200, r.text
+        assert [row[0] for row in r.json()["rows"]] == list(range(7, 100, 10))
+        bad = "SELECT * FROM read_parquet('/etc/passwd')"
+        r = await http.post(
+            "/v1/query", json={"dataset": "numbers", "sql": bad}, headers=bearer(keys["reader"])
+        )
+        assert r.status_code == 400 and "/etc/passwd" not in r.text
+    data = await asyncpg.connect(u_settings.data_database_url)
+    try:
+        rows = await data.fetch(
+            "SELECT a.user_id, a.sql_sha256, a.result_row_count FROM data.query_audit a"
+            " WHERE a.user_id IS NOT NULL"
+        )
+    finally:
+        await data.close()
+    assert rows and all(len(r["sql_sha256"]) == 64 for r in rows)
+    assert any(r["result_row_count"] == 10 for r in rows)
+
+
+async def test_a_key_past_its_rate_limit_gets_429_with_retry_after(
+    api: str, pool: asyncpg.Pool
+) -> None:
+    _, key = await create_user(pool, LITE_ORG_ID, "hasty", "reader")
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        answers = await asyncio.gather(
+            *(http.get("/v1/me", headers=bearer(key)) for _ in range(150))
+        )
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited and len(limited) < 150
+    assert all(int(a.headers["Retry-After"]) >= 1 for a in limited)
+    assert limited[0].json()["error"] == "rate_limited"
+
+
+async def test_pagination_is_stable_under_concurrent_inserts(
+    api: str, pool: asyncpg.Pool, keys: dict[str, str]
+) -> None:
+    _, key = await create_user(pool, ORG_B, "pager", "writer")
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        r = await http.post(
+            "/v1/tasks", json={"payload": {"operator": "noop"}, "count": 230}, headers=bearer(key)
+        )
+        before = set(r.json()["task_ids"])
+        seen: list[str] = []
+        cursor = None
+        while True:
+            url = "/v1/tasks?limit=50" + (f"&cursor={cursor}" if cursor else "")
+            page = (await http.get(url, headers=bearer(key))).json()
+            seen += [t["task_id"] for t in page["tasks"]]
+            # new tasks arrive while we page: they are newer than the cursor, never in a page
+            await http.post(
+                "/v1/tasks", json={"payload": {"operator": "noop"}, "count": 7}, headers=bearer(key)
+            )
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen))  # no duplicates
+        assert before <= set(seen)  # nothing skipped
+        bad = await http.get("/v1/tasks?cursor=not-a-cursor", headers=bearer(key))
+        assert bad.status_code == 400
+
+
+async def test_the_console_session_is_httponly_strict_and_state_changes_need_csrf(
+    api: str, keys: dict[str, str]
+) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=10, follow_redirects=False) as http:
+        assert (await http.get("/ui")).status_code == 303  # to the login page
+        form = await http.get("/ui/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        no_csrf = await http.post("/ui/login", data={"api_key": keys["admin"], "login_token": "x"})
+        assert no_csrf.status_code == 403
+        r = await http.post("/ui/login", data={"api_key": keys["admin"], "login_token": token})
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert keys["admin"] not in cookie + r.headers.get("location", "")
+        page = await http.get("/ui")
+        assert page.status_code == 200 and keys["admin"] not in page.text
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        # the session alone cannot change anything
+        assert (
+            await http.post("/v1/tasks", json={"payload": {"operator": "noop"}})
+        ).status_code == 403
+        ok = await http.post(
+            "/v1/tasks", json={"payload": {"operator": "noop"}}, headers={"X-CSRF-Token": csrf}
+        )
+        assert ok.status_code == 201
+        wrong = await http.post(
+            "/v1/tasks", json={"payload": {}}, headers={"X-CSRF-Token": csrf[::-1]}
+        )
+        assert wrong.status_code == 403
+
+
+async def test_hostile_values_render_inert(api: str, keys: dict[str, str], dataset: str) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=10, follow_redirects=False) as http:
+        r = await http.post(
+            "/v1/tasks",
+            json={"payload": {"operator": "noop", "note": XSS}},
+            headers=bearer(keys["writer"]),
+        )
+        (tid,) = r.json()["task_ids"]
+        form = await http.get("/ui/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        await http.post("/ui/login", data={"api_key": keys["reader"], "login_token": token})
+        page = await http.get(f"/ui/tasks/{tid}")
+        assert page.status_code == 200
+        assert XSS not in page.text and "&lt;script&gt;" in page.text
+
+
+def test_the_user_api_documents_every_route_with_resolvable_schemas(api: str) -> None:
+    doc = httpx.get(f"{api}/openapi.json").json()
+    paths = set(doc["paths"])
+    assert {
+        "/v1/tasks",
+        "/v1/query",
+        "/v1/specs",
+        "/v1/dlq/redrive",
+        "/v1/alerts/{name}/deliveries",
+    } <= paths
+    text = str(doc)
+    for ref in re.findall(r"#/components/schemas/([A-Za-z0-9_]+)", text):
+        assert ref in doc["components"]["schemas"]
+
+
+async def test_fuzzing_the_user_api_with_a_valid_key_finds_no_5xx(
+    api: str, pool: asyncpg.Pool, dataset: str
+) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from schemathesis.checks import not_a_server_error
+
+    _, key = await create_user(pool, ORG_B, "fuzzer", "admin")
+    schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
+    calls: list[str] = []
+
+    def run_all() -> None:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if not operation.path.startswith("/v1/"):
+                continue
+
+            @given(case=operation.as_strategy())
+            @hsettings(
+                max_examples=15,
+                deadline=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
+            def run(case: Any) -> None:
+                case.call_and_validate(headers=bearer(key), checks=[not_a_server_error])
+                calls.append(case.path)
+
+            run()
+
+    await asyncio.to_thread(run_all)
+    assert len(calls) > 100
+    _ = Path
