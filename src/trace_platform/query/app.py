@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -42,6 +43,9 @@ from trace_platform.query.service import QueryService
 from trace_platform.runner.sandbox import detect_isolation
 
 log = get_logger(__name__)
+
+
+RESOLVE_CACHE_SECONDS = 1.0
 
 
 class UserQueryRequest(BaseModel):
@@ -89,6 +93,9 @@ def create_app(settings: Settings) -> FastAPI:
     # Same ring as the dispatcher; no call to it per request.
     signer = VerifiedTokens(load_key_ring(settings))
     worker_tokens = load_worker_tokens(settings)  # the user API's credential here
+    # A user's query reads the dataset's newest version (or snapshot) as of at most
+    # RESOLVE_CACHE_SECONDS ago; every org, grant and prefix check still runs per query.
+    resolved: dict[tuple[uuid.UUID, str], tuple[float, Any, Any]] = {}
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -167,13 +174,21 @@ def create_app(settings: Settings) -> FastAPI:
             raise AuthError("missing or invalid worker token")
         body = await parse_body(request, UserQueryRequest)
         service: QueryService = state["service"]
-        async with state["pool"].acquire() as conn:
-            try:
-                grants, prefixes = await resolve_inputs(
-                    conn, body.org_id, {"inputs": [{"dataset": body.dataset}]}
-                )
-            except ValidationError:
-                raise NotFoundError(f"no dataset named {body.dataset!r} in this org") from None
+        key = (body.org_id, body.dataset)
+        hit = resolved.get(key)
+        if hit is not None and time.monotonic() - hit[0] < RESOLVE_CACHE_SECONDS:
+            grants, prefixes = hit[1], hit[2]
+        else:
+            async with state["pool"].acquire() as conn:
+                try:
+                    grants, prefixes = await resolve_inputs(
+                        conn, body.org_id, {"inputs": [{"dataset": body.dataset}]}
+                    )
+                except ValidationError:
+                    raise NotFoundError(f"no dataset named {body.dataset!r} in this org") from None
+            resolved[key] = (time.monotonic(), grants, prefixes)
+            while len(resolved) > 4096:
+                resolved.pop(next(iter(resolved)))
         claims = build_claims(
             issuer="trace-user-api",
             task_id=body.user_id,
