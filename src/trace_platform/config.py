@@ -109,6 +109,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_port", int, 8090, "User API and console port (`trace api`)."),
     Setting("api_rate_per_second", float, 20.0, "Requests per second per API key (429 beyond)."),
     Setting("api_rate_burst", int, 60, "Burst of requests per API key above the rate."),
+    Setting("oidc_issuer", str, None, "OIDC: accept bearer JWTs of this issuer (iss) too."),
+    Setting("oidc_audience", str, None, "OIDC: the audience (aud) those JWTs must carry."),
+    Setting("oidc_jwks", str, None, "OIDC: JWKS of the issuer: an https URL or a file path."),
+    Setting("oidc_role_claim", str, "trace_role", "OIDC: claim holding reader|writer|admin."),
+    Setting("oidc_org_claim", str, "trace_org", "OIDC: claim holding the org id (default Lite)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
 
@@ -179,6 +184,11 @@ class Settings:
     api_port: int = 8090
     api_rate_per_second: float = 20.0
     api_rate_burst: int = 60
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks: str | None = None
+    oidc_role_claim: str = "trace_role"
+    oidc_org_claim: str = "trace_org"
     log_level: str = "info"
     rpc_pools: tuple[tuple[str, str], ...] = ()
 
@@ -260,6 +270,11 @@ class Settings:
             raise ConfigError("TRACE_QUEUE_BACKEND must be postgres or sqs")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("TRACE_LOG_LEVEL must be debug, info, warning or error")
+        oidc = (self.oidc_issuer, self.oidc_audience, self.oidc_jwks)
+        if any(oidc) and not all(oidc):
+            raise ConfigError(
+                "OIDC needs TRACE_OIDC_ISSUER, TRACE_OIDC_AUDIENCE and TRACE_OIDC_JWKS together"
+            )
 
     @property
     def resolved_dispatcher_url(self) -> str:

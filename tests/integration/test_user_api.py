@@ -351,3 +351,109 @@ async def test_fuzzing_the_user_api_with_a_valid_key_finds_no_5xx(
     await asyncio.to_thread(run_all)
     assert len(calls) > 100
     _ = Path
+
+
+@pytest.fixture(scope="module")
+async def oidc(
+    u_settings: Settings, tmp_path_factory: pytest.TempPathFactory, api: str
+) -> AsyncIterator[dict[str, Any]]:
+    """A second `trace api` that also accepts JWTs of a test issuer (JWKS in a file)."""
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    jwk["kid"] = "test-1"
+    folder = tmp_path_factory.mktemp("oidc")
+    (folder / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    s = u_settings.replace(
+        api_port=free_port(),
+        oidc_issuer="https://idp.example.com",
+        oidc_audience="trace",
+        oidc_jwks=str(folder / "jwks.json"),
+    )
+    proc = Proc(["api"], proc_env(s), folder / "api.log").start()
+    url = f"http://127.0.0.1:{s.api_port}"
+    await wait_http_ready(url, proc)
+    yield {"url": url, "key": key}
+    proc.stop()
+
+
+def id_token(key: Any, kid: str = "test-1", **over: Any) -> str:
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    claims = {
+        "iss": "https://idp.example.com",
+        "aud": "trace",
+        "sub": "alice@example.com",
+        "iat": now,
+        "exp": now + 300,
+        "trace_role": "writer",
+    } | over
+    body = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(body, key, algorithm="ES256", headers={"kid": kid})
+
+
+async def test_oidc_jwts_are_verified_strictly(oidc: dict[str, Any], keys: dict[str, str]) -> None:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = oidc["key"]
+    other = ec.generate_private_key(ec.SECP256R1())
+    async with httpx.AsyncClient(base_url=oidc["url"], timeout=10) as http:
+        me = await http.get("/v1/me", headers=bearer(id_token(key)))
+        assert me.status_code == 200 and me.json()["role"] == "writer"
+        assert me.json()["org_id"] == str(LITE_ORG_ID)
+        # a writer may create, not cancel
+        made = await http.post(
+            "/v1/tasks", json={"payload": {"operator": "noop"}}, headers=bearer(id_token(key))
+        )
+        assert made.status_code == 201
+        (tid,) = made.json()["task_ids"]
+        refused = await http.post(f"/v1/tasks/{tid}/cancel", headers=bearer(id_token(key)))
+        assert refused.status_code == 403
+        other_org = id_token(key, trace_org=str(ORG_B), trace_role="admin")
+        assert (await http.get(f"/v1/tasks/{tid}", headers=bearer(other_org))).status_code == 404
+        for bad in (
+            id_token(key, aud="someone-else"),
+            id_token(key, iss="https://evil.example.com"),
+            id_token(key, exp=int(__import__("time").time()) - 3600),
+            id_token(key, sub=None),
+            id_token(other),  # signed by a key the JWKS does not hold
+            id_token(key, kid="unknown"),
+            jwt.encode(
+                {
+                    "iss": "https://idp.example.com",
+                    "aud": "trace",
+                    "sub": "x",
+                    "trace_role": "admin",
+                },
+                None,
+                algorithm="none",
+            ),
+            jwt.encode(
+                {
+                    "iss": "https://idp.example.com",
+                    "aud": "trace",
+                    "sub": "x",
+                    "iat": 1,
+                    "exp": 2**40,
+                    "trace_role": "admin",
+                },
+                "secret-key-long-enough-for-hs256!!",
+                algorithm="HS256",
+                headers={"kid": "test-1"},
+            ),
+        ):
+            r = await http.get("/v1/me", headers=bearer(bad))
+            assert r.status_code == 401, r.text
+            assert bad not in r.text
+        no_role = await http.get("/v1/me", headers=bearer(id_token(key, trace_role="root")))
+        assert no_role.status_code == 403
+        # API keys still work next to OIDC
+        assert (await http.get("/v1/me", headers=bearer(keys["reader"]))).status_code == 200

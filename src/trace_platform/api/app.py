@@ -92,7 +92,12 @@ async def authenticate(request: Request) -> User:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise AuthError("Authorization must be 'Bearer <API key>'")
-        user = await user_ops.authenticate(state["pool"], key.strip())
+        key = key.strip()
+        oidc = state.get("oidc")
+        if oidc is not None and not key.startswith(user_ops.KEY_PREFIX):
+            user = oidc.verify(key)
+        else:
+            user = await user_ops.authenticate(state["pool"], key)
     else:
         from trace_platform.api.console import session_user
 
@@ -214,6 +219,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
 
     state.update(settings=settings, limiter=limiter, secret=worker_tokens.current)
+    if settings.oidc_issuer:
+        from trace_platform.api.oidc import OidcVerifier
+
+        state["oidc"] = OidcVerifier(settings)
 
     @app.get("/v1/me", tags=["users"], summary="Who this key is")
     async def me(c: Reader) -> Response:
