@@ -457,3 +457,43 @@ async def test_oidc_jwts_are_verified_strictly(oidc: dict[str, Any], keys: dict[
         assert no_role.status_code == 403
         # API keys still work next to OIDC
         assert (await http.get("/v1/me", headers=bearer(keys["reader"]))).status_code == 200
+
+
+def cli(settings: Settings, *args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "trace_platform", *args],
+        env=proc_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_cli_and_the_api_share_users_and_task_pages(
+    u_settings: Settings, api: str, keys: dict[str, str]
+) -> None:
+    import json
+
+    made = cli(u_settings, "user", "create", "from-cli", "--role", "reader", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["api_key"]
+    again = cli(u_settings, "user", "create", "from-cli", "--role", "admin")
+    assert again.returncode == 1 and "exists" in again.stderr
+    bad = cli(u_settings, "user", "create", "x", "--role", "root")
+    assert bad.returncode == 2
+    listed = cli(u_settings, "user", "list")
+    assert "from-cli" in listed.stdout and key not in listed.stdout
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        assert (await http.get("/v1/me", headers=bearer(key))).json()["name"] == "from-cli"
+        page = (await http.get("/v1/tasks?limit=20", headers=bearer(key))).json()
+        out = cli(u_settings, "task", "list", "--limit", "20", "--json")
+        assert [t["task_id"] for t in json.loads(out.stdout)["tasks"]] == [
+            t["task_id"] for t in page["tasks"]
+        ]
+        assert cli(u_settings, "user", "revoke", "from-cli").returncode == 0
+        assert (await http.get("/v1/me", headers=bearer(key))).status_code == 401
+    assert cli(u_settings, "user", "revoke", "from-cli").returncode == 1  # already revoked

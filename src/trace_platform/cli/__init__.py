@@ -584,7 +584,7 @@ def _cell(value: Any) -> str:
 
 @cli.group()
 def task() -> None:
-    """Create, inspect and cancel tasks."""
+    """Create, list, inspect and cancel tasks."""
 
 
 def _parse_json_object(text: str, what: str) -> dict[str, Any]:
@@ -626,6 +626,50 @@ def task_create(
     ids = run_async(create_tasks(settings, body, count, max_attempts, org_id))
     out = sys.stdout
     out.write("".join(f"{i}\n" for i in ids))
+
+
+@task.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["queued", "running", "completed", "failed", "canceled"]),
+    default=None,
+)
+@click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
+@click.option("--cursor", default=None, help="next_cursor of the previous page.")
+@click.option("--org-id", type=click.UUID, default=None, help="Owning org (default: the Lite org).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with next_cursor).")
+@click.pass_context
+@handle_errors
+def task_list(
+    ctx: click.Context,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    org_id: uuid.UUID | None,
+    as_json: bool,
+) -> None:
+    """Tasks, newest first, a page at a time (the same call as GET /v1/tasks)."""
+    settings = settings_from(ctx)
+    from trace_platform.cli_support import state_pool
+    from trace_platform.dispatcher.service import LITE_ORG_ID
+    from trace_platform.ops.tasks import list_tasks
+
+    async def go() -> dict[str, Any]:
+        async with state_pool(settings) as pool:
+            return await list_tasks(pool, org_id or LITE_ORG_ID, status, cursor, limit)
+
+    page = run_async(go())
+    if as_json:
+        click.echo(orjson.dumps(page, default=str).decode())
+        return
+    for t in page["tasks"]:
+        error = f"  {t['last_error'][:80]}" if t["last_error"] else ""
+        click.echo(
+            f"{t['task_id']}  {t['status']:<9} {t['attempt']}/{t['max_attempts']}"
+            f"  {t['created_at']:%F %T}  {t['operator'] or t['runtime'] or ''}{error}"
+        )
+    if page["next_cursor"]:
+        click.echo(f"more: trace task list --cursor {page['next_cursor']}", err=True)
 
 
 @task.command("show")
