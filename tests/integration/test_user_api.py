@@ -497,3 +497,35 @@ async def test_the_cli_and_the_api_share_users_and_task_pages(
         assert cli(u_settings, "user", "revoke", "from-cli").returncode == 0
         assert (await http.get("/v1/me", headers=bearer(key))).status_code == 401
     assert cli(u_settings, "user", "revoke", "from-cli").returncode == 1  # already revoked
+
+
+async def test_specs_apply_show_and_delete_through_the_api(api: str, keys: dict[str, str]) -> None:
+    spec = (
+        "kind: chain_sync\nname: api-chain\nchain_id: 1\nrpc_pool: nowhere\n"
+        "mode: {kind: fixed_target, to_block: 100}\n"
+        "streams:\n  blocks: {cryo_dataset: blocks, chunk_size: 10}\n"
+    )
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        w = bearer(keys["writer"])
+        r = await http.post("/v1/specs", content=spec, headers=w)
+        assert r.status_code == 200 and r.json()["results"][0]["created"], r.text
+        bad = await http.post(
+            "/v1/specs", content=spec.replace("chunk_size", "chunk_sise"), headers=w
+        )
+        assert bad.status_code == 400 and "chunk_sise" in bad.json()["detail"]
+        listed = (await http.get("/v1/specs", headers=bearer(keys["reader"]))).json()["specs"]
+        assert ("chain_sync", "api-chain") in {(x["kind"], x["name"]) for x in listed}
+        shown = await http.get("/v1/specs/chain_sync/api-chain", headers=bearer(keys["reader"]))
+        assert shown.json()["body"]["rpc_pool"] == "nowhere"
+        assert (
+            await http.get("/v1/specs/chain_sync/api-chain", headers=bearer(keys["b-admin"]))
+        ).status_code == 404
+        refused = await http.delete(
+            "/v1/specs/chain_sync/api-chain", headers=bearer(keys["reader"])
+        )
+        assert refused.status_code == 403
+        gone = await http.delete("/v1/specs/chain_sync/api-chain", headers=w)
+        assert gone.status_code == 200 and gone.json()["paused"] is True
+        assert (await http.get("/v1/specs/chain_sync/api-chain", headers=w)).status_code == 404
+        chain = (await http.get("/v1/chains/api-chain", headers=w)).json()
+        assert chain["paused"] is True  # its data stays; applying again resumes it

@@ -336,6 +336,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def specs(c: Reader) -> Response:
         return json_response({"specs": await spec_ops.list_specs(c.state, c.user.org_id)})
 
+    @app.get("/v1/specs/{kind}/{name}", tags=["specs"], summary="One applied spec")
+    async def spec(c: Reader, kind: Literal["chain_sync", "alert"], name: str) -> Response:
+        return json_response(await spec_ops.show_spec(c.state, c.user.org_id, kind, name))
+
+    @app.delete(
+        "/v1/specs/{kind}/{name}",
+        tags=["specs"],
+        summary="Delete a spec (writer): an alert stops; a chain sync is paused, data kept",
+    )
+    async def delete_spec(c: Writer, kind: Literal["chain_sync", "alert"], name: str) -> Response:
+        return json_response(await spec_ops.delete_spec(c.state, c.user.org_id, kind, name))
+
     @app.get("/v1/chains", tags=["chains"], summary="Chain sync jobs with per-stream progress")
     async def chains(c: Reader) -> Response:
         return json_response({"chains": await chain_ops.chain_status(c.state, c.user.org_id, None)})

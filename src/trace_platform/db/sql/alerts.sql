@@ -52,3 +52,7 @@ SELECT alert_id, org_id, name, spec FROM state.alert_definitions WHERE alert_id 
 -- name: event_count
 -- (data DB)
 SELECT count(*) FROM data.alert_events WHERE org_id = $1 AND alert_definition_id = $2;
+
+-- name: delete_alert
+-- Deliveries still pending fail with "the alert no longer exists"; events are kept.
+DELETE FROM state.alert_definitions WHERE org_id = $1 AND name = $2 RETURNING alert_id;

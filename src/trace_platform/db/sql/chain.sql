@@ -8,8 +8,19 @@ INSERT INTO state.specs (org_id, kind, name, body, sha256) VALUES ($1, $2, $3, $
 ON CONFLICT (org_id, kind, name) DO UPDATE SET body = $4, sha256 = $5, updated_at = now();
 
 -- name: list_specs
-SELECT kind, name, sha256, created_at, updated_at FROM state.specs
-WHERE org_id = $1 ORDER BY kind, name;
+-- Applied specs of an org: chain syncs (state.specs) and alerts (their definitions).
+SELECT kind, name, sha256, created_at, updated_at FROM state.specs WHERE org_id = $1
+UNION ALL
+SELECT 'alert', name, md5(spec::text), created_at, updated_at FROM state.alert_definitions
+WHERE org_id = $1
+ORDER BY 1, 2;
+
+-- name: show_spec
+SELECT kind, name, body, created_at, updated_at FROM state.specs
+WHERE org_id = $1 AND kind = $2 AND name = $3;
+
+-- name: delete_spec
+DELETE FROM state.specs WHERE org_id = $1 AND kind = $2 AND name = $3 RETURNING name;
 
 -- name: upsert_job
 INSERT INTO state.chain_jobs (job_id, org_id, name, chain_id, rpc_pool, mode, compaction)
