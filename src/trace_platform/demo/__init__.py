@@ -341,6 +341,8 @@ def format_summary(s: DemoSummary) -> str:
         "",
         "next: `trace status` for the whole system, `trace up` to keep the stack running,",
         "      `trace apply SPEC` to sync a chain and `trace chain status` to follow it,",
-        "      `trace alert list` and `trace alert deliveries NAME` for the alerts",
+        "      `trace alert list` and `trace alert deliveries NAME` for the alerts;",
+        "      the console: `trace user create me --role admin`, `trace up`, then",
+        "      http://127.0.0.1:8090/ui (log in with the key)",
     ]
     return "\n".join(str(x) for x in lines)
