@@ -116,9 +116,8 @@ async def test_up_supervises_children_restarts_a_crash_and_stops_cleanly(
 
         children = psutil.Process(up.pid).children()
         workers = [c for c in children if "worker" in c.cmdline()]
-        assert (
-            len(workers) == 2 and len(children) == 6
-        )  # dispatcher, 2 workers, sink, query, deliver
+        # dispatcher, 2 workers, sink, query, deliver, api
+        assert len(workers) == 2 and len(children) == 7
         workers[0].kill()
         await wait_until(lambda: "stack.child_exited" in log_text(), what="crash noticed")
         await wait_until(
