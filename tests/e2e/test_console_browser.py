@@ -137,7 +137,9 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
         f"mode: {mode}\nstreams:\n  blocks: {{cryo_dataset: blocks, chunk_size: 1, max_inflight: 4}}\n",
     )
     path = tmp_path / "n.parquet"
-    pq.write_table(pa.table({"n": list(range(50)), "word": [f"w{i}" for i in range(50)]}), path)
+    words = [f"w{i}" for i in range(50)]
+    words[3] = "<img src=x onerror=\"document.title='pwned'\">"  # a hostile value in the data
+    pq.write_table(pa.table({"n": list(range(50)), "word": words}), path)
     await register_dataset(
         pool, object_store_from_settings(b_settings), "words", [path], LITE_ORG_ID
     )
@@ -216,6 +218,9 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
         await page.wait_for_selector("table.results")
         cells = await page.locator("table.results tr").all_inner_texts()
         assert len(cells) == 6 and "w4" in cells[-1]
+        assert await page.locator("table.results img").count() == 0  # shown as text
+        assert "<img src=x" in (await page.locator("table.results").inner_text())
+        assert await page.title() != "pwned"
         await shot(page, "query")
 
         # the hostile payload is shown as text

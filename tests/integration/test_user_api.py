@@ -48,9 +48,13 @@ async def pool(u_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
+LOGS: list[Path] = []
+
+
 @pytest.fixture(scope="module")
 async def api(u_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     logs = tmp_path_factory.mktemp("apilogs")
+    LOGS.append(logs)
     query = await start_query_service(u_settings, logs)
     proc = Proc(["api"], proc_env(u_settings), logs / "api.log").start()
     url = f"http://127.0.0.1:{u_settings.api_port}"
@@ -350,7 +354,6 @@ async def test_fuzzing_the_user_api_with_a_valid_key_finds_no_5xx(
 
     await asyncio.to_thread(run_all)
     assert len(calls) > 100
-    _ = Path
 
 
 @pytest.fixture(scope="module")
@@ -529,3 +532,34 @@ async def test_specs_apply_show_and_delete_through_the_api(api: str, keys: dict[
         assert (await http.get("/v1/specs/chain_sync/api-chain", headers=w)).status_code == 404
         chain = (await http.get("/v1/chains/api-chain", headers=w)).json()
         assert chain["paused"] is True  # its data stays; applying again resumes it
+
+
+async def test_alerts_are_org_scoped_and_no_key_reaches_a_log(
+    api: str, pool: asyncpg.Pool, keys: dict[str, str]
+) -> None:
+    from tests.delivery_helpers import define_alert
+
+    await define_alert(pool, LITE_ORG_ID, "org-a-alert", [])
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        mine = await http.get("/v1/alerts/org-a-alert", headers=bearer(keys["reader"]))
+        assert mine.status_code == 200
+        theirs = await http.get("/v1/alerts/org-a-alert", headers=bearer(keys["b-admin"]))
+        assert theirs.status_code == 404
+        listed = (await http.get("/v1/alerts", headers=bearer(keys["b-admin"]))).json()
+        assert "org-a-alert" not in {a["name"] for a in listed["alerts"]}
+        for path in ("/events", "/deliveries"):
+            r = await http.get(f"/v1/alerts/org-a-alert{path}", headers=bearer(keys["b-admin"]))
+            assert r.status_code == 404
+    text = "".join(p.read_text(errors="replace") for d in LOGS for p in d.glob("*.log"))
+    assert text  # the processes did log
+    for key in keys.values():
+        assert key not in text and key[10:30] not in text
+    assert "read_parquet('/etc/passwd')" not in text  # nor SQL text
+
+
+async def test_a_payload_postgres_cannot_store_is_a_400(api: str, keys: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        r = await http.post(
+            "/v1/tasks", json={"payload": {"k\u0000": 1}}, headers=bearer(keys["writer"])
+        )
+        assert r.status_code == 400 and "NUL" in r.json()["detail"]

@@ -109,6 +109,9 @@ class TaskService:
         max_attempts: int | None = None,
     ) -> list[uuid.UUID]:
         """Insert queued tasks and their wake-ups in one transaction."""
+        for payload in payloads:
+            if b"\\u0000" in orjson.dumps(payload):  # jsonb cannot store NUL
+                raise ValidationError("payload may not contain NUL characters (\\u0000)")
         ids = [uuid.uuid4() for _ in payloads]
         attempts = max_attempts or self.settings.max_attempts
         async with self.pool.acquire() as conn, conn.transaction():
