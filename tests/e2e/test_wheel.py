@@ -59,6 +59,19 @@ def test_the_wheel_carries_everything_the_demo_needs(tmp_path: Path) -> None:
         cwd=empty,
     )
     assert str(venv) in where.stdout, where.stdout + where.stderr  # not the source checkout
+    console = _run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "from trace_platform.api.app import create_app; from trace_platform.config import"
+            " Settings; from trace_platform.api.console import _env; _env.get_template("
+            "'overview.html'); from importlib import resources; print(len(resources.files("
+            "'trace_platform.api').joinpath('static', 'console.js').read_bytes()))",
+        ],
+        env=env,
+        cwd=empty,
+    )
+    assert console.returncode == 0 and int(console.stdout) > 1000, console.stderr[-2000:]
 
     missing = _run([str(bin_dir / "trace"), "tools", "status"], env=env, cwd=empty, timeout=60)
     assert "missing: run `trace tools install`" in missing.stdout
