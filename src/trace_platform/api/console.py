@@ -232,114 +232,105 @@ def install_console(
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
 
-    @app.get("/ui", include_in_schema=False)
-    async def overview(request: Request) -> Response:
+    Loader = Callable[[User], Awaitable[dict[str, Any]]]
+
+    async def render(request: Request, template: str, load: Loader) -> Response:
+        """Log-in redirect, the page's data for this user, the page (or its error)."""
         user = await viewer(request)
         if isinstance(user, Response):
             return user
-        sample = await samples.current(state["pool"], user.org_id)
-        series = samples.series(user.org_id)
-        chains = await chain_ops.chain_status(state["pool"], user.org_id, None)
-        return page(
-            request,
-            "overview.html",
-            user,
-            counts=sample["counts"],
-            depths=sample["depths"],
-            rate=sample["rate"],
-            rate_chart=sparkline(series["rate"]),
-            depth_chart=sparkline(series["depth"]),
-            chains=chains,
-        )
+        try:
+            ctx = await load(user)
+        except TraceError as exc:  # not found, a bad filter or cursor: one line, no trace
+            return page(request, "error.html", user, error=exc.detail)
+        return page(request, template, user, **ctx)
+
+    def pool() -> asyncpg.Pool:
+        p: asyncpg.Pool = state["pool"]  # created in the app's lifespan
+        return p
+
+    @app.get("/ui", include_in_schema=False)
+    async def overview(request: Request) -> Response:
+        async def load(user: User) -> dict[str, Any]:
+            sample = await samples.current(pool(), user.org_id)
+            series = samples.series(user.org_id)
+            return {
+                "counts": sample["counts"],
+                "depths": sample["depths"],
+                "rate": sample["rate"],
+                "rate_chart": sparkline(series["rate"]),
+                "depth_chart": sparkline(series["depth"]),
+                "chains": await chain_ops.chain_status(pool(), user.org_id, None),
+            }
+
+        return await render(request, "overview.html", load)
 
     @app.get("/ui/tasks", include_in_schema=False)
     async def tasks(request: Request) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
         status = request.query_params.get("status") or None
         cursor = request.query_params.get("cursor") or None
-        try:
-            result = await task_ops.list_tasks(state["pool"], user.org_id, status, cursor, 50)
-        except TraceError as exc:
-            return page(request, "error.html", user, error=exc.detail)
-        return page(
-            request,
-            "tasks.html",
-            user,
-            result=result,
-            status=status,
-            cursor=cursor,
-            statuses=task_ops.TASK_STATUSES,
-        )
+
+        async def load(user: User) -> dict[str, Any]:
+            result = await task_ops.list_tasks(pool(), user.org_id, status, cursor, 50)
+            return {
+                "result": result,
+                "status": status,
+                "cursor": cursor,
+                "statuses": task_ops.TASK_STATUSES,
+            }
+
+        return await render(request, "tasks.html", load)
 
     @app.get("/ui/tasks/{task_id}", include_in_schema=False)
     async def task(request: Request, task_id: uuid.UUID) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        try:
-            t = await task_ops.show_task(state["pool"], user.org_id, task_id)
-        except NotFoundError as exc:
-            return page(request, "error.html", user, error=exc.detail)
-        return page(request, "task.html", user, t=t)
+        async def load(user: User) -> dict[str, Any]:
+            return {"t": await task_ops.show_task(pool(), user.org_id, task_id)}
+
+        return await render(request, "task.html", load)
 
     @app.get("/ui/chains", include_in_schema=False)
     async def chains(request: Request) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        jobs = await chain_ops.chain_status(state["pool"], user.org_id, None)
-        return page(request, "chains.html", user, chains=jobs)
+        async def load(user: User) -> dict[str, Any]:
+            return {"chains": await chain_ops.chain_status(pool(), user.org_id, None)}
+
+        return await render(request, "chains.html", load)
 
     @app.get("/ui/datasets", include_in_schema=False)
     async def datasets(request: Request) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        rows = await task_ops.list_org_datasets(state["pool"], user.org_id)
-        return page(request, "datasets.html", user, datasets=rows)
+        async def load(user: User) -> dict[str, Any]:
+            return {"datasets": await task_ops.list_org_datasets(pool(), user.org_id)}
+
+        return await render(request, "datasets.html", load)
 
     @app.get("/ui/datasets/{name}", include_in_schema=False)
     async def dataset(request: Request, name: str) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        try:
-            ds = await task_ops.show_dataset(state["pool"], user.org_id, name)
-        except NotFoundError as exc:
-            return page(request, "error.html", user, error=exc.detail)
-        return page(request, "dataset.html", user, ds=ds)
+        async def load(user: User) -> dict[str, Any]:
+            return {"ds": await task_ops.show_dataset(pool(), user.org_id, name)}
+
+        return await render(request, "dataset.html", load)
 
     @app.get("/ui/alerts", include_in_schema=False)
     async def alerts(request: Request) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        rows = await alert_ops.list_alerts(state["pool"], user.org_id)
-        return page(request, "alerts.html", user, alerts=rows)
+        async def load(user: User) -> dict[str, Any]:
+            return {"alerts": await alert_ops.list_alerts(pool(), user.org_id)}
+
+        return await render(request, "alerts.html", load)
 
     @app.get("/ui/alerts/{name}", include_in_schema=False)
     async def alert(request: Request, name: str) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        try:
-            info = await alert_ops.show_alert(state["pool"], state["data"], user.org_id, name)
-            events = await alert_ops.alert_events(
-                state["pool"], state["data"], user.org_id, name, 50
-            )
-            deliveries = await alert_ops.alert_deliveries(
-                state["pool"], state["data"], user.org_id, name, None, 50
-            )
-        except NotFoundError as exc:
-            return page(request, "error.html", user, error=exc.detail)
-        return page(request, "alert.html", user, a=info, events=events, deliveries=deliveries)
+        async def load(user: User) -> dict[str, Any]:
+            org, data = user.org_id, state["data"]
+            return {
+                "a": await alert_ops.show_alert(pool(), data, org, name),
+                "events": await alert_ops.alert_events(pool(), data, org, name, 50),
+                "deliveries": await alert_ops.alert_deliveries(pool(), data, org, name, None, 50),
+            }
+
+        return await render(request, "alert.html", load)
 
     @app.get("/ui/dlq", include_in_schema=False)
     async def dlq(request: Request) -> Response:
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        rows = await task_ops.list_dlq(state["pool"], user.org_id, 200)
-        return page(request, "dlq.html", user, messages=rows)
+        async def load(user: User) -> dict[str, Any]:
+            return {"messages": await task_ops.list_dlq(pool(), user.org_id, 200)}
+
+        return await render(request, "dlq.html", load)
