@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -137,4 +138,9 @@ async def test_up_supervises_children_restarts_a_crash_and_stops_cleanly(
         ]
     finally:
         if up.poll() is None:
+            # a failed assertion must not leave the stack's children running (they sit in
+            # sessions of their own and would outlive `up`)
+            for child in psutil.Process(up.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
             up.kill()
