@@ -384,6 +384,12 @@ async def test_the_ssrf_guard_refuses_private_targets_without_connecting(
         ("https://app.localhost/x", True),
         ("ftp://example.com/x", True),
         ("https:///nohost", True),
+        ("https://2130706433/x", True),  # decimal 127.0.0.1
+        ("https://0x7f000001/x", True),
+        ("https://127.1/x", True),
+        ("https://017700000001/x", True),  # octal
+        ("https://user:pw@127.0.0.1/x", True),
+        ("https://[fe80::1%25eth0]/x", True),
     ],
 )
 def test_static_url_checks(url: str, refused: bool) -> None:

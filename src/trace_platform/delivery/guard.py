@@ -51,6 +51,15 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
+def _legacy_ipv4(host: str) -> bool:
+    """inet_aton's other spellings of an IPv4 address (hex, octal, decimal, short forms)."""
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
+
+
 def check_url(url: str, allow_private: bool) -> str:
     """The host to connect to, after the checks that need no DNS; raises UrlRefused."""
     try:
@@ -68,6 +77,10 @@ def check_url(url: str, allow_private: bool) -> str:
     ip = _literal(host)
     if ip is not None and (why := address_refused(ip)):
         raise UrlRefused(f"the address is {why}")
+    if ip is None and _legacy_ipv4(host):
+        raise UrlRefused(
+            "numeric hosts must be dotted-quad IPv4 (0x7f000001, 2130706433, 127.1 are not)"
+        )
     if host.rstrip(".").lower() == "localhost" or host.lower().endswith(".localhost"):
         raise UrlRefused("the address is loopback")
     return host
