@@ -109,6 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_port", int, 8090, "User API and console port (`trace api`)."),
     Setting("api_rate_per_second", float, 20.0, "Requests per second per API key (429 beyond)."),
     Setting("api_rate_burst", int, 60, "Burst of requests per API key above the rate."),
+    Setting("api_query_timeout_seconds", float, 60.0, "Time limit of a user's POST /v1/query."),
     Setting("oidc_issuer", str, None, "OIDC: accept bearer JWTs of this issuer (iss) too."),
     Setting("oidc_audience", str, None, "OIDC: the audience (aud) those JWTs must carry."),
     Setting("oidc_jwks", str, None, "OIDC: JWKS of the issuer: an https URL or a file path."),
@@ -184,6 +185,7 @@ class Settings:
     api_port: int = 8090
     api_rate_per_second: float = 20.0
     api_rate_burst: int = 60
+    api_query_timeout_seconds: float = 60.0
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks: str | None = None
@@ -237,6 +239,7 @@ class Settings:
             "delivery_retry_base_seconds",
             "delivery_interval",
             "api_rate_per_second",
+            "api_query_timeout_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -270,6 +273,8 @@ class Settings:
             raise ConfigError("TRACE_QUEUE_BACKEND must be postgres or sqs")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("TRACE_LOG_LEVEL must be debug, info, warning or error")
+        if self.api_query_timeout_seconds > 600:
+            raise ConfigError("TRACE_API_QUERY_TIMEOUT_SECONDS must be <= 600")
         oidc = (self.oidc_issuer, self.oidc_audience, self.oidc_jwks)
         if any(oidc) and not all(oidc):
             raise ConfigError(

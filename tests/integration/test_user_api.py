@@ -563,3 +563,37 @@ async def test_a_payload_postgres_cannot_store_is_a_400(api: str, keys: dict[str
             "/v1/tasks", json={"payload": {"k\u0000": 1}}, headers=bearer(keys["writer"])
         )
         assert r.status_code == 400 and "NUL" in r.json()["detail"]
+
+
+async def test_a_users_query_has_its_own_time_limit(
+    u_settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The query service's tasks get 0.3 s here; users get what TRACE_API_QUERY_TIMEOUT_SECONDS
+    says: a heavy self-join finishes for a 30 s user budget and is stopped for a 0.3 s one."""
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"n": list(range(20_000))}), path)
+    await register_dataset(pool, object_store_from_settings(u_settings), "big", [path], ORG_B)
+    _, key = await create_user(pool, ORG_B, "analyst", "reader")
+    qport = free_port()
+    base = u_settings.replace(
+        query_port=qport, query_url=f"http://127.0.0.1:{qport}", query_timeout_seconds=0.3
+    )
+    procs = [await start_query_service(base, tmp_path)]
+    urls = []
+    for budget in (30.0, 0.3):
+        s = base.replace(api_port=free_port(), api_query_timeout_seconds=budget)
+        procs.append(Proc(["api"], proc_env(s), tmp_path / f"api-{budget}.log").start())
+        urls.append(f"http://127.0.0.1:{s.api_port}")
+        await wait_http_ready(urls[-1], procs[-1])
+    sql = "SELECT count(*) FROM dataset a, dataset b WHERE (a.n * 7 + b.n) % 1000003 = 1"
+    try:
+        async with httpx.AsyncClient(timeout=60) as http:
+            body = {"dataset": "big", "sql": sql}
+            ok = await http.post(f"{urls[0]}/v1/query", json=body, headers=bearer(key))
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["rows"][0][0] > 0
+            stopped = await http.post(f"{urls[1]}/v1/query", json=body, headers=bearer(key))
+            assert stopped.status_code == 400 and "time limit" in stopped.json()["detail"]
+    finally:
+        for p in procs:
+            p.stop()

@@ -188,7 +188,9 @@ def create_app(settings: Settings) -> FastAPI:
             urls.state, max_size=settings.db_pool_size, wait_seconds=STARTUP_DB_WAIT
         )
         data = await create_pool(urls.data, max_size=4, wait_seconds=STARTUP_DB_WAIT)
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90))
+        http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.api_query_timeout_seconds + 30)
+        )
         state.update(
             pool=pool,
             data=data,
@@ -288,6 +290,7 @@ def create_app(settings: Settings) -> FastAPI:
             "dataset": body.dataset,
             "sql": body.sql,
             "limit": body.limit,
+            "timeout_seconds": settings.api_query_timeout_seconds,
         }
         try:
             async with state["http"].post(

@@ -55,6 +55,7 @@ class UserQueryRequest(BaseModel):
     dataset: str = Field(min_length=1, max_length=128)
     sql: str = Field(min_length=1, max_length=20_000)
     limit: int | None = Field(default=None, ge=1, le=10_000)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=600)
 
 
 class QueryRequest(BaseModel):
@@ -201,7 +202,12 @@ def create_app(settings: Settings) -> FastAPI:
         )
         try:
             result = await service.query(
-                claims, grants[0].dataset_uuid, body.sql, body.limit, user_id=body.user_id
+                claims,
+                grants[0].dataset_uuid,
+                body.sql,
+                body.limit,
+                user_id=body.user_id,
+                timeout=body.timeout_seconds,
             )
         except OverloadedError as exc:
             return json_response(exc.body(), 429, headers={"Retry-After": "1"})

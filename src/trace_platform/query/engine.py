@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Any, BinaryIO
 
 MAX_RESULT_BYTES = 10 * 1024 * 1024
+MAX_TIMEOUT = 600.0  # seconds: no query runs longer, whatever it asks
 ROUTE_READER = "reader"
 ROUTE_ARROW = "arrow"
 _FRAME = struct.Struct(">I")
@@ -137,8 +138,9 @@ class Engine:
         self.watchdog = Watchdog()
         self._checked: set[str] = set()
 
-    def query(self, sql: str, limit: int) -> tuple[bytes, int, bool]:
-        """Run one query; (response body, row count, truncated) or QueryFailed."""
+    def query(self, sql: str, limit: int, timeout: float | None = None) -> tuple[bytes, int, bool]:
+        """Run one query; (response body, row count, truncated) or QueryFailed. `timeout`:
+        this query's time limit (a user's query has its own), else the executor's."""
         import duckdb
 
         # Independent of the gate: DuckDB's own parser must see exactly one SELECT. (A pure
@@ -159,7 +161,7 @@ class Engine:
         try:
             if self.dataset is not None:
                 con.register("dataset", self.dataset)
-            self.watchdog.arm(con, self.limits.timeout_seconds)
+            self.watchdog.arm(con, min(MAX_TIMEOUT, timeout or self.limits.timeout_seconds))
             try:
                 result = con.execute(sql)
                 columns = [{"name": d[0], "type": str(d[1])} for d in result.description or []]
@@ -299,7 +301,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     os.dup2(devnull, 2)  # from here on nothing (no SQL) can reach the service's log
     while (request := read_frame(inp)) is not None:
         try:
-            body, count, truncated = engine.query(str(request["sql"]), int(request["limit"]))
+            wanted = request.get("timeout")
+            body, count, truncated = engine.query(
+                str(request["sql"]),
+                int(request["limit"]),
+                float(wanted) if isinstance(wanted, (int, float)) else None,
+            )
             reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
         except QueryFailed as exc:
             reply, body = {"ok": False, "code": exc.code, "reason": exc.reason}, b""

@@ -234,14 +234,19 @@ class Executor:
     async def _read(self) -> Any:
         return orjson.loads(await self._read_bytes())
 
-    async def query(self, sql: str, limit: int, timeout: float) -> QueryResult:
+    async def query(
+        self, sql: str, limit: int, timeout: float, engine_timeout: float | None = None
+    ) -> QueryResult:
         """QueryFailed for a refused or failed query (the executor stays usable unless it
         says otherwise); ExecutorUnavailable when the process is lost or stuck (killed)."""
         self.queries += 1
         self.in_flight = True  # until the whole reply is read; if not, never reuse it
         try:
             async with asyncio.timeout(timeout):
-                self._send(orjson.dumps({"sql": sql, "limit": limit}))
+                request: dict[str, Any] = {"sql": sql, "limit": limit}
+                if engine_timeout is not None:
+                    request["timeout"] = engine_timeout
+                self._send(orjson.dumps(request))
                 header = await self._read()
                 if header.get("ok"):
                     body = await self._read_bytes()
@@ -336,15 +341,20 @@ class ExecutorPool:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def run(self, binding: Binding, sql: str, limit: int) -> QueryResult:
+    async def run(
+        self, binding: Binding, sql: str, limit: int, timeout: float | None = None
+    ) -> QueryResult:
+        """`timeout`: this query's limit in seconds (default: the executors' own)."""
         try:
-            return await self._run(binding, sql, limit, fresh=False)
+            return await self._run(binding, sql, limit, fresh=False, timeout=timeout)
         except _StaleExecutor:
             # An idle executor had died unseen (OOM killer, operator): queries only read, so
             # one more try on a fresh executor is safe; a query that kills that one fails.
-            return await self._run(binding, sql, limit, fresh=True)
+            return await self._run(binding, sql, limit, fresh=True, timeout=timeout)
 
-    async def _run(self, binding: Binding, sql: str, limit: int, fresh: bool) -> QueryResult:
+    async def _run(
+        self, binding: Binding, sql: str, limit: int, fresh: bool, timeout: float | None = None
+    ) -> QueryResult:
         taken = self._take(binding, reuse=not fresh)
         if taken is None:
             raise OverloadedError("all query executors are busy; retry shortly")
@@ -362,7 +372,8 @@ class ExecutorPool:
                     ms=round((time.perf_counter() - started) * 1000, 1),
                 )
             try:
-                return await ex.query(sql, limit, self.limits.timeout_seconds + 5)
+                limit_s = timeout or self.limits.timeout_seconds
+                return await ex.query(sql, limit, limit_s + 5, timeout)
             except ExecutorLost:
                 if isinstance(taken, Executor):  # it had served before: died while idle
                     raise _StaleExecutor from None

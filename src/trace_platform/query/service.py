@@ -177,6 +177,7 @@ class QueryService:
         sql: str,
         limit: int | None,
         user_id: uuid.UUID | None = None,
+        timeout: float | None = None,
     ) -> QueryResult:
         """`user_id`: a user's query (POST /v1/query), audited per user; `claims` then are
         the grant the user API resolved for the user's org, never a task's."""
@@ -200,7 +201,7 @@ class QueryService:
             raise
         started = time.perf_counter()
         try:
-            result = await self.pool.run(binding, gated.sql, clamp_limit(limit))
+            result = await self.pool.run(binding, gated.sql, clamp_limit(limit), timeout)
         except QueryFailed as exc:
             QUERIES.labels(exc.code).inc()
             log.warning("query.failed", reason=exc.code, **ids)
