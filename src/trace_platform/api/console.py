@@ -14,6 +14,7 @@ token. A revoked user's session ends at its next request.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -94,26 +95,44 @@ async def check_csrf(request: Request, secret: str) -> None:
 
 class Samples:
     """Per org: task counts and queue depths sampled at most every SAMPLE_SECONDS, with a
-    short history for the charts (throughput = completed per second between samples)."""
+    short history for the charts (throughput = completed per second between samples). A
+    stale sample is served while a fresh one is taken in the background, so no page waits
+    for the count (an index-only scan: ~150 ms at a million tasks) after the first."""
 
     def __init__(self) -> None:
         self.by_org: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        self.refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
 
-    async def current(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> dict[str, Any]:
+    async def _take(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> None:
         history = self.by_org.setdefault(org_id, [])
-        now = time.time()
-        if history and now - history[-1]["at"] < SAMPLE_SECONDS:
-            return history[-1]
         counts = await task_ops.task_counts(pool, org_id)
         depths = await task_ops.queue_depths(pool)
+        now = time.time()
         rate = 0.0
         if history:
             prev = history[-1]
-            rate = max(0, counts.get("completed", 0) - prev["counts"].get("completed", 0)) / (
-                now - prev["at"]
-            )
+            done = counts.get("completed", 0) - prev["counts"].get("completed", 0)
+            rate = max(0, done) / max(1e-3, now - prev["at"])
         history.append({"at": now, "counts": counts, "depths": depths, "rate": rate})
         del history[:-HISTORY]
+
+    async def _refresh(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> None:
+        from trace_platform.db.pool import DB_ERRORS
+
+        try:
+            await self._take(pool, org_id)
+        except DB_ERRORS:  # the last sample stays; the next page view tries again
+            return
+
+    async def current(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> dict[str, Any]:
+        history = self.by_org.get(org_id)
+        if not history:
+            await self._take(pool, org_id)
+            return self.by_org[org_id][-1]
+        if time.time() - history[-1]["at"] >= SAMPLE_SECONDS and org_id not in self.refreshing:
+            task = asyncio.create_task(self._refresh(pool, org_id))
+            self.refreshing[org_id] = task
+            task.add_done_callback(lambda _t: self.refreshing.pop(org_id, None))
         return history[-1]
 
     def series(self, org_id: uuid.UUID) -> dict[str, list[float]]:
