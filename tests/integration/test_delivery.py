@@ -518,3 +518,18 @@ async def test_a_slack_channel_gets_a_readable_message(
     assert set(message) == {"text"}
     assert message["text"].startswith("*[critical] to-slack* at block 100, tx `0xtx0`")
     assert "webhook-signature" not in s.headers  # Slack URLs carry their own secret
+
+
+async def test_a_dead_result_writer_stops_the_process_instead_of_running_on(
+    pools: tuple[asyncpg.Pool, asyncpg.Pool], settings: Settings
+) -> None:
+    state, data = pools
+    d = Deliverer(data, state, lite(settings), ENV)
+
+    async def broken(_stop: asyncio.Event) -> None:
+        raise RuntimeError("disk on fire")
+
+    d.results.run = broken  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    await asyncio.wait_for(d.run(stop), 10)  # returns on its own: `trace up` restarts it
+    assert stop.is_set()

@@ -28,7 +28,7 @@ import asyncpg
 import orjson
 
 from trace_platform import __version__
-from trace_platform.aio import sleep_or_stop
+from trace_platform.aio import sleep_or_stop, watch
 from trace_platform.config import Settings
 from trace_platform.db.pool import DB_ERRORS
 from trace_platform.db.sql import q
@@ -243,7 +243,14 @@ class Deliverer:
             guard="off (TRACE_DELIVERY_ALLOW_PRIVATE)" if self.allow_private else "on",
         )
         running: set[asyncio.Task[None]] = set()
-        writer = asyncio.create_task(self.results.run(stop))
+
+        def writer_died(name: str, exc: BaseException) -> None:
+            # Results would pile up unwritten: stop, so `trace up` restarts the process (the
+            # leases of what was in flight expire and those deliveries are made again).
+            log.error("deliver.loop_died", loop=name, error=type(exc).__name__)
+            stop.set()
+
+        writer = watch(asyncio.create_task(self.results.run(stop)), "results", writer_died)
         async with self.session() as http:
             while not stop.is_set():
                 free = self.concurrency - len(running)
@@ -268,7 +275,8 @@ class Deliverer:
                     self.wake.clear()
             if running:
                 await asyncio.wait(running, timeout=self.settings.delivery_timeout_seconds + 1)
-        await writer
+        with contextlib.suppress(Exception):  # a dead writer was logged when it died
+            await writer
         log.info("deliver.stopped")
 
     async def _one(self, http: aiohttp.ClientSession, row: Any) -> None:
