@@ -172,14 +172,25 @@ async def test_backend_failures_surface_as_queue_unavailable(dbs: Dbs, pool: asy
         with pytest.raises(QueueUnavailable, match=r"pgqueue \w+ failed: InterfaceError"):
             await call
     # A server that terminates the session mid-call (what a restart does) is the same error.
+    # The call is held mid-flight on a table lock, so the termination lands inside it.
     live = await create_pool(dbs.state, max_size=1)
     try:
         q = PgQueue(live)
-        async with live.acquire() as conn:
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
-        await pool.execute("SELECT pg_terminate_backend($1)", pid)
-        with pytest.raises(QueueUnavailable):
-            await q.receive(name, 1, 5.0)
+        async with pool.acquire() as locker, locker.transaction():
+            await locker.execute("LOCK TABLE state.queue_messages IN ACCESS EXCLUSIVE MODE")
+            call = asyncio.ensure_future(q.publish(name, [{"a": 2}]))
+
+            async def waiting() -> int | None:
+                pid: int | None = await pool.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND pid <> pg_backend_pid() LIMIT 1"
+                )
+                return pid
+
+            pid = await wait_until(waiting, 10, 0.02, "the publish waiting on the lock")
+            await pool.execute("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(QueueUnavailable):
+                await call
         assert await q.receive(name, 1, 5.0) == []  # the pool reconnects: the queue works again
     finally:
         await live.close()
