@@ -129,13 +129,8 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
 
     _, admin = await create_user(pool, LITE_ORG_ID, "ops", "admin")
     _, reader = await create_user(pool, LITE_ORG_ID, "viewer", "reader")
-    # a chain followed at its head, a dataset, a queued task, a DLQ message, an alert
-    mode = "{kind: follow_head, from_block: 0, tail_lag: 0, head_poll_seconds: 0.2, max_head_age_seconds: 60}"
-    await apply(
-        b_settings,
-        "kind: chain_sync\nname: live\nchain_id: 31337\nrpc_pool: local\n"
-        f"mode: {mode}\nstreams:\n  blocks: {{cryo_dataset: blocks, chunk_size: 1, max_inflight: 4}}\n",
-    )
+    # a dataset, tasks in three states (no wake-ups: they stay as they are), a DLQ message,
+    # an alert; the chain comes after the overview, whose numbers must then hold still
     path = tmp_path / "n.parquet"
     words = [f"w{i}" for i in range(50)]
     words[3] = "<img src=x onerror=\"document.title='pwned'\">"  # a hostile value in the data
@@ -151,6 +146,15 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
         LITE_ORG_ID,
         {"operator": "noop", "note": "<script>document.title='pwned'</script>"},
     )
+    for status, n in (("completed", 3), ("failed", 2)):
+        await pool.execute(
+            "INSERT INTO state.tasks (task_id, org_id, status, payload, max_attempts, attempt)"
+            ' SELECT gen_random_uuid(), $1, $2, \'{"operator": "noop"}\', 1, 1'
+            " FROM generate_series(1, $3)",
+            LITE_ORG_ID,
+            status,
+            n,
+        )
     dead = uuid.uuid4()
     await pool.execute(
         "INSERT INTO state.queue_messages (message_id, queue_name, payload)"
@@ -200,8 +204,16 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
             return all(shown[s] == now.get(s, 0) for s in shown)
 
         await wait_until(overview_matches, 20, 0.3, "overview equals the database")
-        assert counts  # there are tasks to count
+        assert counts == {"queued": 1, "completed": 3, "failed": 2}
         await shot(page, "overview")
+
+        # a chain followed at its head
+        mode = "{kind: follow_head, from_block: 0, tail_lag: 0, head_poll_seconds: 0.2, max_head_age_seconds: 60}"
+        await apply(
+            b_settings,
+            "kind: chain_sync\nname: live\nchain_id: 31337\nrpc_pool: local\n"
+            f"mode: {mode}\nstreams:\n  blocks: {{cryo_dataset: blocks, chunk_size: 1, max_inflight: 4}}\n",
+        )
 
         # a chain's progress advances without a reload
         await page.goto(f"{stack}/ui/chains")
