@@ -127,3 +127,20 @@ async def outbox_rows(conn: asyncpg.Connection, topic: str) -> list[asyncpg.Reco
 
 async def queue_messages(conn: asyncpg.Connection, queue: str) -> list[asyncpg.Record]:
     return list(await conn.fetch("SELECT * FROM state.queue_messages WHERE queue_name = $1", queue))
+
+
+def run_trace(settings: Any, *args: str, timeout: float = 60) -> Any:
+    """`trace ARGS` as a user runs it (a subprocess with these settings in its environment)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import proc_env
+
+    return subprocess.run(
+        [sys.executable, "-m", "trace_platform", *args],
+        env=proc_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -21,7 +21,7 @@ from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
 from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
 from trace_platform.errors import ConfigError, NotFoundError, ValidationError
-from trace_platform.ports import QueueStats
+from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE, QueueStats
 
 CREATE_CHUNK = 5000
 
@@ -145,10 +145,6 @@ async def _queue_stats(settings: Settings, pool: asyncpg.Pool) -> list[QueueStat
     return await PgQueue(pool).stats()
 
 
-BUFFER_QUEUE = "buffer_queue"
-BUFFER_DLQ = "buffer_queue_dlq"
-
-
 def _pgqueue_only(settings: Settings) -> None:
     if settings.queue_backend != "postgres":
         raise ConfigError(
@@ -166,7 +162,7 @@ async def list_dlq(settings: Settings, limit: int) -> list[dict[str, Any]]:
 async def redrive_dlq(settings: Settings, ids: list[uuid.UUID] | None) -> int:
     _pgqueue_only(settings)
     async with state_pool(settings) as pool:
-        return await PgQueue(pool).redrive(BUFFER_DLQ, ids, BUFFER_QUEUE)
+        return len(await PgQueue(pool).redrive(BUFFER_DLQ, ids, BUFFER_QUEUE))
 
 
 async def purge_dlq(settings: Settings, ids: list[uuid.UUID]) -> int:

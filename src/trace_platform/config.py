@@ -289,6 +289,11 @@ class Settings:
         return f"http://{host}:{self.port}"
 
     @property
+    def resolved_query_url(self) -> str:
+        """Where the query service answers: TRACE_QUERY_URL, else this host's query port."""
+        return (self.query_url or f"http://127.0.0.1:{self.query_port}").rstrip("/")
+
+    @property
     def resolved_object_store_url(self) -> str:
         """Canonical object store root: `file:///abs/dir` or `s3://bucket/prefix`; no /."""
         if self.object_store_url:

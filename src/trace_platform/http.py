@@ -19,12 +19,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trace_platform.errors import TraceError, ValidationError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from trace_platform.ports import CAPABILITY_HEADER, WORKER_HEADER
+
+__all__ = ["CAPABILITY_HEADER", "WORKER_HEADER"]  # re-exported for the routes
 
 log = get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 1 << 20
-CAPABILITY_HEADER = "x-trace-task-capability"
-WORKER_HEADER = "x-trace-worker-token"
 
 
 def json_response(

@@ -11,6 +11,13 @@ from typing import Any, Protocol
 from trace_platform.domain.bundle import InvocationPayload
 from trace_platform.domain.capability import CapabilityClaims
 
+# The sink's queue and its dead-letter queue: one definition for every process and the CLI.
+BUFFER_QUEUE = "buffer_queue"
+BUFFER_DLQ = "buffer_queue_dlq"
+# The credentials' headers (HTTP is case-insensitive): a task attempt's token, a platform process.
+CAPABILITY_HEADER = "x-trace-task-capability"
+WORKER_HEADER = "x-trace-worker-token"
+
 
 @dataclass(frozen=True)
 class ReceivedMessage:

@@ -77,7 +77,7 @@ class Stack:
             data_database_url=urls.data,
             home=self.settings.home.resolve(),
             # UDF runners reach the query service of this stack
-            query_url=self.settings.query_url or f"http://127.0.0.1:{self.settings.query_port}",
+            query_url=self.settings.resolved_query_url,
         )
         # Settings reach the children as this stack resolved them; other TRACE_ variables
         # (webhook secrets named by alert specs) pass through unchanged.

@@ -7,7 +7,6 @@ import asyncio
 import json
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.delivery_helpers import (
     insert_events,
     wait_statuses,
 )
+from tests.helpers import run_trace
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
@@ -454,14 +454,8 @@ async def test_killing_trace_deliver_loses_nothing(
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trace_platform", *args, "--org-id", str(ORG)],
-        env=proc_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result: subprocess.CompletedProcess[str] = run_trace(settings, *args, "--org-id", str(ORG))
+    return result
 
 
 async def test_cli_shows_deliveries_and_retries_a_failed_one(
@@ -491,14 +485,7 @@ async def test_cli_shows_deliveries_and_retries_a_failed_one(
     assert again.returncode == 1 and "is delivered; nothing to retry" in again.stderr
     missing = cli(settings, "delivery", "retry", str(uuid.uuid4()))
     assert missing.returncode == 1 and "no delivery" in missing.stderr
-    other_org = subprocess.run(
-        [sys.executable, "-m", "trace_platform", "delivery", "retry", str(row["delivery_id"])],
-        env=proc_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    other_org = run_trace(settings, "delivery", "retry", str(row["delivery_id"]))
     assert other_org.returncode == 1 and "no delivery" in other_org.stderr  # not its org's
 
 

@@ -134,7 +134,7 @@ async def test_dead_letter_moves_error_and_original_atomically(
     assert dead.payload["error"] == "bad line 3" and dead.payload["source_queue"] == name
     # a second move of the same delivery does nothing
     assert await queue.dead_letter(name, m, dlq, "again") is False
-    assert await queue.redrive(dlq, [dead.message_id], name) == 1
+    assert len(await queue.redrive(dlq, [dead.message_id], name)) == 1
     (back,) = await queue.receive(name, 1, 10)
     assert back.payload == {"batch": "x"}
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
+from tests.helpers import run_trace
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
@@ -462,44 +463,30 @@ async def test_oidc_jwts_are_verified_strictly(oidc: dict[str, Any], keys: dict[
         assert (await http.get("/v1/me", headers=bearer(keys["reader"]))).status_code == 200
 
 
-def cli(settings: Settings, *args: str) -> Any:
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "trace_platform", *args],
-        env=proc_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_the_cli_and_the_api_share_users_and_task_pages(
     u_settings: Settings, api: str, keys: dict[str, str]
 ) -> None:
     import json
 
-    made = cli(u_settings, "user", "create", "from-cli", "--role", "reader", "--json")
+    made = run_trace(u_settings, "user", "create", "from-cli", "--role", "reader", "--json")
     assert made.returncode == 0, made.stderr
     key = json.loads(made.stdout)["api_key"]
-    again = cli(u_settings, "user", "create", "from-cli", "--role", "admin")
+    again = run_trace(u_settings, "user", "create", "from-cli", "--role", "admin")
     assert again.returncode == 1 and "exists" in again.stderr
-    bad = cli(u_settings, "user", "create", "x", "--role", "root")
+    bad = run_trace(u_settings, "user", "create", "x", "--role", "root")
     assert bad.returncode == 2
-    listed = cli(u_settings, "user", "list")
+    listed = run_trace(u_settings, "user", "list")
     assert "from-cli" in listed.stdout and key not in listed.stdout
     async with httpx.AsyncClient(base_url=api, timeout=10) as http:
         assert (await http.get("/v1/me", headers=bearer(key))).json()["name"] == "from-cli"
         page = (await http.get("/v1/tasks?limit=20", headers=bearer(key))).json()
-        out = cli(u_settings, "task", "list", "--limit", "20", "--json")
+        out = run_trace(u_settings, "task", "list", "--limit", "20", "--json")
         assert [t["task_id"] for t in json.loads(out.stdout)["tasks"]] == [
             t["task_id"] for t in page["tasks"]
         ]
-        assert cli(u_settings, "user", "revoke", "from-cli").returncode == 0
+        assert run_trace(u_settings, "user", "revoke", "from-cli").returncode == 0
         assert (await http.get("/v1/me", headers=bearer(key))).status_code == 401
-    assert cli(u_settings, "user", "revoke", "from-cli").returncode == 1  # already revoked
+    assert run_trace(u_settings, "user", "revoke", "from-cli").returncode == 1  # already revoked
 
 
 async def test_specs_apply_show_and_delete_through_the_api(api: str, keys: dict[str, str]) -> None:

@@ -116,17 +116,28 @@ class PgQueue:
         return row is not None
 
     @backend_errors_as_unavailable
-    async def list_messages(self, queue_name: str, limit: int = 100) -> list[dict[str, Any]]:
-        rows = await self._pool.fetch(q("queue", "list_messages"), queue_name, limit)
+    async def list_messages(
+        self, queue_name: str, limit: int = 100, org_id: uuid.UUID | None = None
+    ) -> list[dict[str, Any]]:
+        """Messages of a queue, oldest first (`org_id`: only that org's dead letters)."""
+        org = str(org_id) if org_id is not None else None
+        rows = await self._pool.fetch(q("queue", "list_messages"), queue_name, limit, org)
         return [dict(r) for r in rows]
 
     @backend_errors_as_unavailable
     async def redrive(
-        self, dlq_name: str, message_ids: Sequence[uuid.UUID] | None, default_queue: str
-    ) -> int:
+        self,
+        dlq_name: str,
+        message_ids: Sequence[uuid.UUID] | None,
+        default_queue: str,
+        org_id: uuid.UUID | None = None,
+    ) -> list[uuid.UUID]:
+        """Move dead letters (all, these, and only `org_id`'s when given) back to their
+        queue; returns the new message ids."""
         ids = list(message_ids) if message_ids is not None else None
-        rows = await self._pool.fetch(q("queue", "redrive"), dlq_name, ids, default_queue)
-        return len(rows)
+        org = str(org_id) if org_id is not None else None
+        rows = await self._pool.fetch(q("queue", "redrive"), dlq_name, ids, default_queue, org)
+        return [r["message_id"] for r in rows]
 
     @backend_errors_as_unavailable
     async def purge(self, queue_name: str, message_ids: Sequence[uuid.UUID]) -> int:

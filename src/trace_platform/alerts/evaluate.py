@@ -9,9 +9,7 @@ insert nothing twice and an event on a block that a reorg replaced is a new even
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,9 +19,9 @@ import orjson
 
 from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.config import Settings
+from trace_platform.query.client import task_query
 
 MAX_ROWS = 10_000
-BUSY_RETRIES = 6  # a 429 from the query service is retried in place (about 3 s)
 
 
 class EvaluationFatal(Exception):
@@ -39,10 +37,6 @@ def dedupe_key(alert_id: str, identity: list[Any], block_hash: str | None) -> st
     return f"alert:{alert_id}:{digest[:40]}"
 
 
-def query_url(settings: Settings) -> str:
-    return (settings.query_url or f"http://127.0.0.1:{settings.query_port}").rstrip("/")
-
-
 async def run_rule(
     settings: Settings, task_id: uuid.UUID, attempt: int, token: str, dataset_uuid: str, sql: str
 ) -> dict[str, Any]:
@@ -54,24 +48,11 @@ async def run_rule(
         "limit": MAX_ROWS,
     }
     timeout = aiohttp.ClientTimeout(total=settings.query_timeout_seconds + 10)
-    delay = 0.05
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        for attempt in range(BUSY_RETRIES + 1):
-            try:
-                async with http.post(
-                    f"{query_url(settings)}/v1/task/query",
-                    data=orjson.dumps(body),
-                    headers={"X-Trace-Task-Capability": token, "Content-Type": "application/json"},
-                ) as resp:
-                    answer = orjson.loads(await resp.read())
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-                raise EvaluationRetryable(f"query service: {type(exc).__name__}") from None
-            if status != 429 or attempt == BUSY_RETRIES:
-                break
-            # Busy executors: back-pressure, waited out here rather than by a task retry.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 1.0)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            status, answer = await task_query(http, settings.resolved_query_url, token, body)
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        raise EvaluationRetryable(f"query service: {type(exc).__name__}") from None
     if status in (429, 503) or status >= 500:
         raise EvaluationRetryable(f"query service answered {status}")
     if status != 200:

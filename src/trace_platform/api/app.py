@@ -55,8 +55,6 @@ from trace_platform.ops.users import User
 
 log = get_logger(__name__)
 
-SESSION_COOKIE = "trace_session"
-SESSION_SECONDS = 12 * 3600
 MAX_SPEC_BYTES = 1 << 20
 
 
@@ -121,7 +119,7 @@ def role(needed: str) -> Callable[[Request], Awaitable[Ctx]]:
             from trace_platform.api.console import check_csrf
 
             await check_csrf(request, state["secret"])
-        return Ctx(user, state["pool"], state["data"], state["tasks"], state["settings"], state)
+        return Ctx(user, state["pool"], state["data"], state["tasks"], state["settings"])
 
     return dep
 
@@ -135,7 +133,6 @@ class Ctx:
     data: asyncpg.Pool
     tasks: TaskService
     settings: Settings
-    app_state: dict[str, Any]
 
 
 Reader = Annotated["Ctx", Depends(role("reader"))]
@@ -283,7 +280,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/query", tags=["datasets"], summary="Sandboxed SQL over one of your datasets")
     async def query(c: Reader, body: QueryBody) -> Response:
-        url = (settings.query_url or f"http://127.0.0.1:{settings.query_port}").rstrip("/")
+        url = settings.resolved_query_url
         req = {
             "org_id": str(c.user.org_id),
             "user_id": str(c.user.user_id),

@@ -25,13 +25,11 @@ from trace_platform.metrics import (
     OUTBOX_PUBLISHED,
     TASK_TRANSITIONS,
 )
-from trace_platform.ports import Queue
+from trace_platform.ports import BUFFER_QUEUE, Queue
 
 log = get_logger(__name__)
 
 TASK_WAKEUP = "task_wakeup"
-BUFFER_QUEUE = "buffer_queue"
-BUFFER_DLQ = "buffer_queue_dlq"
 UDF_QUEUE = "udf_invoke"
 
 OUTBOX_BATCH = 500

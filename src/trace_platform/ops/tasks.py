@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 import orjson
 
+from trace_platform.adapters.pgqueue import PgQueue
 from trace_platform.db.sql import q
 from trace_platform.errors import NotFoundError, ValidationError
+from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE
 
 TASK_STATUSES = ("queued", "running", "completed", "failed", "canceled")
 MAX_PAGE = 200
-BUFFER_QUEUE = "buffer_queue"
-BUFFER_DLQ = "buffer_queue_dlq"
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
@@ -93,7 +93,7 @@ async def show_dataset(pool: asyncpg.Pool, org_id: uuid.UUID, name: str) -> dict
 
 
 async def list_dlq(pool: asyncpg.Pool, org_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
-    rows = await pool.fetch(q("console", "dlq_of_org"), BUFFER_DLQ, str(org_id), limit)
+    rows = await PgQueue(pool).list_messages(BUFFER_DLQ, limit, org_id)
     out = []
     for r in rows:
         payload = r["payload"] or {}
@@ -115,12 +115,7 @@ async def redrive_dlq(
     pool: asyncpg.Pool, org_id: uuid.UUID, ids: list[uuid.UUID] | None
 ) -> list[uuid.UUID]:
     """Move this org's DLQ messages (all, or these) back to the sink's queue."""
-    rows = await pool.fetch(
-        q("console", "redrive_of_org"), BUFFER_DLQ, str(org_id), ids, BUFFER_QUEUE
-    )
-    if rows:
-        await pool.execute("SELECT pg_notify('trace_queue', $1)", BUFFER_QUEUE)
-    return [r["message_id"] for r in rows]
+    return await PgQueue(pool).redrive(BUFFER_DLQ, ids, BUFFER_QUEUE, org_id)
 
 
 async def list_org_bundles(pool: asyncpg.Pool, org_id: uuid.UUID) -> list[dict[str, Any]]:

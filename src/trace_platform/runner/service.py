@@ -9,7 +9,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import random
 import signal
 import tempfile
 import time
@@ -30,6 +29,7 @@ from trace_platform.domain.bundle import (
     check_zip_entries,
 )
 from trace_platform.logs import get_logger
+from trace_platform.query.client import task_query
 from trace_platform.runner.sandbox import Isolation, Limits, apply_limits, sandbox_command
 
 log = get_logger(__name__)
@@ -37,7 +37,6 @@ log = get_logger(__name__)
 MAX_BATCH_BYTES = 256 << 20
 MAX_MESSAGE_BYTES = 16 << 20
 STDERR_TAIL = 4000
-QUERY_BUSY_RETRIES = 6  # a 429 from the query service is retried (about 3 s in all)
 
 
 class Fenced(Exception):
@@ -427,30 +426,14 @@ class Runner:
             "sql": msg.get("sql"),
             "limit": msg.get("limit", 1000),
         }
-        delay = 0.05
-        for attempt in range(QUERY_BUSY_RETRIES + 1):
-            try:
-                async with channel.session.post(
-                    f"{self.query_url.rstrip('/')}/v1/task/query",
-                    data=orjson.dumps(body),
-                    headers={
-                        "X-Trace-Task-Capability": channel.token,
-                        "Content-Type": "application/json",
-                    },
-                ) as resp:
-                    data = orjson.loads(await resp.read() or b"{}")
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return {"ok": False, "error": f"query service unreachable ({type(exc).__name__})"}
-            if status == 200:
-                return {"ok": True, "result": data}
-            if status != 429 or attempt == QUERY_BUSY_RETRIES:
-                error = f"{status} {data.get('error')}: {data.get('detail', '')}"
-                return {"ok": False, "error": error[:500]}
-            # Busy executors are back-pressure, not the handler's failure: wait a little.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
+        try:
+            status, data = await task_query(channel.session, self.query_url, channel.token, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return {"ok": False, "error": f"query service unreachable ({type(exc).__name__})"}
+        if status == 200:
+            return {"ok": True, "result": data}
+        error = f"{status} {data.get('error')}: {data.get('detail', '')}"
+        return {"ok": False, "error": error[:500]}
 
     async def _report(
         self, session: aiohttp.ClientSession, channel: DispatcherChannel, run: RunOutcome

@@ -29,12 +29,10 @@ from trace_platform.domain.capability import is_within_prefixes
 from trace_platform.errors import ForbiddenError, NotFoundError, ValidationError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import SINK_BATCHES, SINK_ROWS
-from trace_platform.ports import ObjectStore, Queue, ReceivedMessage
+from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE, ObjectStore, Queue, ReceivedMessage
 
 log = get_logger(__name__)
 
-BUFFER_QUEUE = "buffer_queue"
-BUFFER_DLQ = "buffer_queue_dlq"
 COPY_CHUNK = 20000  # rows per COPY + upsert round; bounds memory
 
 

@@ -43,23 +43,6 @@ WHERE dataset_uuid = $1 AND removed_seq IS NULL ORDER BY range_start LIMIT $2;
 SELECT dataset_version, created_at, jsonb_array_length(manifest->'files') AS files
 FROM state.dataset_versions WHERE dataset_uuid = $1 ORDER BY created_at DESC LIMIT 50;
 
--- name: dlq_of_org
-SELECT message_id, payload, deliveries, created_at FROM state.queue_messages
-WHERE queue_name = $1 AND payload->'original'->>'org_id' = $2::text
-ORDER BY created_at, message_id LIMIT $3;
-
--- name: redrive_of_org
-WITH moved AS (
-    DELETE FROM state.queue_messages
-    WHERE queue_name = $1 AND payload->'original'->>'org_id' = $2::text
-      AND ($3::uuid[] IS NULL OR message_id = ANY($3::uuid[]))
-    RETURNING payload
-)
-INSERT INTO state.queue_messages (message_id, queue_name, payload)
-SELECT gen_random_uuid(), coalesce(payload->>'source_queue', $4), payload->'original'
-FROM moved
-RETURNING message_id;
-
 -- name: status_estimate
 -- Tasks per status of an org. Exact below a million tasks per status would need a scan;
 -- the console shows these counts from this index-only aggregate.

@@ -56,9 +56,10 @@ FROM moved
 RETURNING message_id;
 
 -- name: list_messages
+-- $3: only the messages of this org (a DLQ message keeps its original pointer's org_id).
 SELECT message_id, payload, deliveries, created_at, available_at, invisible_until
 FROM state.queue_messages
-WHERE queue_name = $1
+WHERE queue_name = $1 AND ($3::text IS NULL OR payload->'original'->>'org_id' = $3)
 ORDER BY created_at, message_id
 LIMIT $2;
 
@@ -66,6 +67,7 @@ LIMIT $2;
 WITH moved AS (
     DELETE FROM state.queue_messages
     WHERE queue_name = $1 AND ($2::uuid[] IS NULL OR message_id = ANY($2::uuid[]))
+      AND ($4::text IS NULL OR payload->'original'->>'org_id' = $4)
     RETURNING payload
 )
 INSERT INTO state.queue_messages (message_id, queue_name, payload)
