@@ -38,8 +38,8 @@ from trace_platform.chain.devnet import Anvil, free_port
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
 from trace_platform.delivery.signing import new_secret
-from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.domain.batch import STAGING_COLUMNS
+from trace_platform.ports import LITE_ORG_ID
 
 SECRET_ENV = "TRACE_HOOK_SECRET_BENCH"
 RECEIVER = """

@@ -37,9 +37,9 @@ from trace_platform.chain.devnet import Anvil, free_port
 from trace_platform.config import Settings
 from trace_platform.db.embedded import stop_embedded
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.ops.chains import chain_status
 from trace_platform.ops.specs import apply_specs
+from trace_platform.ports import LITE_ORG_ID
 from trace_platform.stack import Stack, prepare
 
 

@@ -38,9 +38,9 @@ from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
 from trace_platform.db.embedded import stop_embedded
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.ops.tasks import encode_cursor
 from trace_platform.ops.users import create_user
+from trace_platform.ports import LITE_ORG_ID
 from trace_platform.stack import prepare
 
 

@@ -30,7 +30,8 @@ from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
 from trace_platform.db.embedded import stop_embedded
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
+from trace_platform.dispatcher.service import TaskService
+from trace_platform.ports import LITE_ORG_ID
 from trace_platform.stack import Stack, prepare
 
 QUERIES = {

@@ -23,8 +23,8 @@ from trace_platform.bundles import build_bundle, deterministic_zip, register_bun
 from trace_platform.config import Settings
 from trace_platform.db.embedded import stop_embedded
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
-from trace_platform.runner.sandbox import python_runtime
+from trace_platform.ports import LITE_ORG_ID
+from trace_platform.sandbox import python_runtime
 from trace_platform.stack import Stack, prepare
 
 ROW = (

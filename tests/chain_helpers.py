@@ -12,9 +12,9 @@ from tests.conftest import wait_until
 from trace_platform.cli_support import query_dataset
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.ops.chains import chain_status
 from trace_platform.ops.specs import apply_specs
+from trace_platform.ports import LITE_ORG_ID
 
 
 def spec_yaml(

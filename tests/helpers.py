@@ -10,7 +10,7 @@ import httpx
 
 from tests.conftest import WORKER_TOKEN
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
+from trace_platform.ports import LITE_ORG_ID
 
 
 async def create_tasks(

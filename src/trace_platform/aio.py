@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+from trace_platform.logs import get_logger
+from trace_platform.metrics import LOOP_ITERATIONS
+
+log = get_logger(__name__)
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -45,3 +50,66 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+class LoopRunner:
+    """Runs named steps forever: again at once while a step is busy, else after its interval."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    def start(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[int]],
+        interval: float,
+        busy_at: int,
+        poke: asyncio.Event | None = None,
+    ) -> None:
+        self._tasks.append(asyncio.create_task(self._run(name, step, interval, busy_at, poke)))
+
+    async def _run(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[int]],
+        interval: float,
+        busy_at: int,
+        poke: asyncio.Event | None,
+    ) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if poke is not None:
+                    poke.clear()
+                handled = await step()
+                failures = 0
+                LOOP_ITERATIONS.labels(name).inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a loop survives DB restarts and transient faults
+                failures += 1
+                handled = 0
+                log.error(
+                    "loop.step_failed", loop=name, error=type(exc).__name__, detail=str(exc)[:300]
+                )
+            if handled >= busy_at:
+                continue
+            wait = interval * min(2**failures, 30) if failures else interval
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
+            if poke is not None and not failures:
+                waiters.append(asyncio.ensure_future(poke.wait()))
+            _done, pending = await asyncio.wait(
+                waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            for fut in pending:
+                fut.cancel()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()

@@ -25,7 +25,7 @@ from trace_platform.domain.bundle import (
     check_entrypoint,
     check_zip_entries,
 )
-from trace_platform.errors import ValidationError
+from trace_platform.domain.errors import ValidationError
 from trace_platform.ports import ObjectStore
 
 _SKIP = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ruff_cache"}

@@ -19,9 +19,9 @@ from trace_platform.datasets import RegisteredDataset, list_datasets, register_d
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
-from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
-from trace_platform.errors import ConfigError, NotFoundError, ValidationError
-from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE, QueueStats
+from trace_platform.dispatcher.service import TaskService
+from trace_platform.domain.errors import ConfigError, NotFoundError, ValidationError
+from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE, LITE_ORG_ID, QueueStats
 
 CREATE_CHUNK = 5000
 
@@ -226,7 +226,7 @@ async def query_dataset(
     from trace_platform.query.app import s3_options
     from trace_platform.query.executor import ExecutorPool, QueryFailed, executor_limits
     from trace_platform.query.service import clamp_limit, gate, manifest_binding
-    from trace_platform.runner.sandbox import detect_isolation
+    from trace_platform.sandbox import detect_isolation
 
     try:
         gated = gate(sql)

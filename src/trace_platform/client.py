@@ -1,12 +1,21 @@
-"""HTTP client of the dispatcher for trusted workers (aiohttp, keep-alive, bounded pool).
+"""The one task-side HTTP client: the trusted worker, the SQL alert evaluator and the
+untrusted runner all talk to the dispatcher and the query service through it.
 
-Every /v1/task/* call is idempotent by contract, so transport failures and 5xx answers are
-retried with backoff; 4xx answers are final and surface as TraceError subclasses.
+- `/v1/task/*` calls carry the attempt's fence in the body and its capability token in the
+  header; a fresh token handed out by the dispatcher replaces the held one.
+- Every `/v1/task/*` call and completion is idempotent by contract, so transport failures
+  and 5xx answers are retried with backoff; 4xx answers are final and raise the
+  `TraceError` subclass of their status (409 `not_claimed` as `NotClaimedError`).
+- A query answered 429 (every executor busy) is waited out in place for a few seconds:
+  back-pressure, not the caller's failure.
+
+It imports nothing but the wire names and the error hierarchy, so the runner may use it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -14,15 +23,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from trace_platform.errors import (
+from trace_platform.domain.errors import (
     AuthError,
     ConflictError,
     ForbiddenError,
     NotClaimedError,
     NotFoundError,
+    OverloadedError,
     TraceError,
     ValidationError,
 )
+from trace_platform.ports import CAPABILITY_HEADER, WORKER_HEADER
 
 _BY_STATUS: dict[int, type[TraceError]] = {
     400: ValidationError,
@@ -30,17 +41,36 @@ _BY_STATUS: dict[int, type[TraceError]] = {
     403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
+    429: OverloadedError,
 }
+BUSY_RETRIES = 6  # about 3 s of waiting in all, with jitter
 
 
 class DispatcherUnavailable(TraceError):
+    """No answer (or only 5xx answers) after the retries."""
+
     status = 503
     code = "dispatcher_unavailable"
 
 
+def answer_error(status: int, data: dict[str, Any]) -> TraceError:
+    """The error of a non-200 answer, keeping the service's own code and detail."""
+    if status == 409 and data.get("error") == "not_claimed":
+        return NotClaimedError(str(data.get("reason", "unknown")))
+    if status >= 500:
+        exc: TraceError = DispatcherUnavailable(str(data.get("detail", f"HTTP {status}")))
+    else:
+        cls = _BY_STATUS.get(status, TraceError)
+        exc = cls(str(data.get("detail", f"HTTP {status}")))
+    exc.status = status
+    if isinstance(data.get("error"), str):
+        exc.code = data["error"]
+    return exc
+
+
 @dataclass
 class Lease:
-    """A claimed attempt as the worker holds it."""
+    """A claimed attempt as its holder (worker or runner) keeps it."""
 
     task_id: uuid.UUID
     attempt: int
@@ -57,49 +87,70 @@ class Lease:
         }
 
 
-class DispatcherClient:
+def new_session(total_seconds: float = 30.0, max_connections: int = 32) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30),
+        timeout=aiohttp.ClientTimeout(total=total_seconds, connect=5),
+    )
+
+
+class TaskClient:
+    """Calls of the dispatcher (`dispatcher_url`) and the query service (`query_url`).
+    `worker_token` only for the trusted worker's batch claim and completion calls."""
+
     def __init__(
-        self, base_url: str, worker_token: str, max_connections: int = 32, retries: int = 5
+        self,
+        dispatcher_url: str,
+        worker_token: str | None = None,
+        query_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int = 32,
+        retries: int = 5,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = dispatcher_url.rstrip("/")
+        self.query_url = query_url.rstrip("/") if query_url else None
         self._worker_token = worker_token
         self._retries = retries
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=30, connect=5),
-            json_serialize=lambda v: orjson.dumps(v).decode(),
-        )
+        self._own_session = session is None
+        self.session = session or new_session(max_connections=max_connections)
 
     async def close(self) -> None:
-        await self._session.close()
+        if self._own_session:
+            await self.session.close()
 
-    async def _post(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], retry: bool = True
+    async def post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str], retry: bool = True
     ) -> dict[str, Any]:
+        """One JSON call: the answer of a 200, else the error of the status (see module)."""
         delay = 0.05
         attempts = self._retries if retry else 1
+        last: TraceError = DispatcherUnavailable(f"no answer from {url.rsplit('/', 1)[-1]}")
         for i in range(attempts):
             try:
-                async with self._session.post(
-                    self.base_url + path,
+                async with self.session.post(
+                    url,
                     data=orjson.dumps(body),
                     headers={**headers, "Content-Type": "application/json"},
                 ) as resp:
                     raw = await resp.read()
-                    if resp.status < 500:
-                        data: dict[str, Any] = orjson.loads(raw) if raw else {}
-                        if resp.status == 200:
-                            return data
-                        if resp.status == 409 and data.get("error") == "not_claimed":
-                            raise NotClaimedError(str(data.get("reason", "unknown")))
-                        cls = _BY_STATUS.get(resp.status, TraceError)
-                        raise cls(str(data.get("detail", f"HTTP {resp.status}")))
+                    status = resp.status
+                data: dict[str, Any] = orjson.loads(raw) if raw else {}
+                if status == 200:
+                    return data
+                last = answer_error(status, data)
+                if status < 500:
+                    raise last
             except (aiohttp.ClientConnectionError, TimeoutError):
                 pass
             if i + 1 < attempts:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 2.0)
-        raise DispatcherUnavailable(f"dispatcher did not answer {path}")
+        raise last
+
+    def _worker_headers(self) -> dict[str, str]:
+        if self._worker_token is None:
+            raise AuthError("this client holds no worker token")
+        return {WORKER_HEADER: self._worker_token}
 
     async def claim_many(
         self, task_ids: list[uuid.UUID], worker_id: str
@@ -108,10 +159,10 @@ class DispatcherClient:
 
         Claims are not idempotent (a lost answer leaves leases with nobody): no retry; the
         wake-ups stay unacked and the reaper frees the leases."""
-        data = await self._post(
-            "/internal/task-claim-batch",
+        data = await self.post(
+            f"{self.base_url}/internal/task-claim-batch",
             {"task_ids": [str(t) for t in task_ids], "worker_id": worker_id},
-            {"X-Trace-Worker-Token": self._worker_token},
+            self._worker_headers(),
             retry=False,
         )
         leases = [_lease(c) for c in data["claimed"]]
@@ -129,17 +180,18 @@ class DispatcherClient:
                 for lease, report in items
             ]
         }
-        data = await self._post(
-            "/internal/task-complete-batch", body, {"X-Trace-Worker-Token": self._worker_token}
+        data = await self.post(
+            f"{self.base_url}/internal/task-complete-batch", body, self._worker_headers()
         )
         results: list[dict[str, Any]] = data["results"]
         return results
 
     async def task_call(self, lease: Lease, path: str, **body: Any) -> dict[str, Any]:
-        data = await self._post(
-            f"/v1/task/{path}",
+        """`POST /v1/task/{path}` for this attempt (fence + capability token)."""
+        data = await self.post(
+            f"{self.base_url}/v1/task/{path}",
             {**lease.fence(), **body},
-            {"X-Trace-Task-Capability": lease.capability_token},
+            {CAPABILITY_HEADER: lease.capability_token},
         )
         fresh = data.get("capability_token")
         if isinstance(fresh, str):
@@ -153,6 +205,41 @@ class DispatcherClient:
         await self.task_call(
             lease, "buffer-publish", batch_uri=batch_uri, record_count=record_count
         )
+
+    async def query(
+        self, lease: Lease, dataset_id: Any, sql: Any, limit: Any = 1000
+    ) -> dict[str, Any]:
+        """`POST /v1/task/query` with the attempt's token: `{columns, rows, truncated}`.
+        Raises the answer's error (a 429 only once the busy-wait is over); transport errors
+        (aiohttp.ClientError, TimeoutError) are the caller's to handle."""
+        if self.query_url is None:
+            raise DispatcherUnavailable("no query service is configured")
+        body = {
+            "task_id": str(lease.task_id),
+            "attempt": lease.attempt,
+            "dataset_id": dataset_id,
+            "sql": sql,
+            "limit": limit,
+        }
+        delay = 0.05
+        for attempt in range(BUSY_RETRIES + 1):
+            async with self.session.post(
+                f"{self.query_url}/v1/task/query",
+                data=orjson.dumps(body),
+                headers={
+                    CAPABILITY_HEADER: lease.capability_token,
+                    "Content-Type": "application/json",
+                },
+            ) as resp:
+                data: dict[str, Any] = orjson.loads(await resp.read() or b"{}")
+                status = resp.status
+            if status == 200:
+                return data
+            if status != 429 or attempt == BUSY_RETRIES:
+                raise answer_error(status, data)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
 
 
 def _lease(data: dict[str, Any]) -> Lease:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import asyncpg
 
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import DatasetGrant, StorageRef
-from trace_platform.errors import ValidationError
+from trace_platform.domain.errors import ValidationError
 from trace_platform.ports import ObjectStore
 
 _NS = uuid.UUID("4c0f3a9e-1b7d-4e51-9a2c-8d6e5f4b3a21")

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trace_platform.errors import TraceError, ValidationError
+from trace_platform.domain.errors import TraceError, ValidationError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from trace_platform.ports import CAPABILITY_HEADER, WORKER_HEADER

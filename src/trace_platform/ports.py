@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,12 +11,21 @@ from typing import Any, Protocol
 from trace_platform.domain.bundle import InvocationPayload
 from trace_platform.domain.capability import CapabilityClaims
 
-# The sink's queue and its dead-letter queue: one definition for every process and the CLI.
+# Queue names: one definition for every process and the CLI. Workers' wake-ups, the
+# dispatcher's UDF invocations, the sink's queue and its dead-letter queue.
+TASK_WAKEUP = "task_wakeup"
+UDF_QUEUE = "udf_invoke"
 BUFFER_QUEUE = "buffer_queue"
 BUFFER_DLQ = "buffer_queue_dlq"
 # The credentials' headers (HTTP is case-insensitive): a task attempt's token, a platform process.
 CAPABILITY_HEADER = "x-trace-task-capability"
 WORKER_HEADER = "x-trace-worker-token"
+# The one org of a Lite installation (and the default of CLI verbs that take --org-id).
+LITE_ORG_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+# An outbox route delivers rows of one topic: (outbox ids, payloads) -> None, raising on
+# failure. The dispatcher's drainer calls them; capability packages add their own topics.
+OutboxRoute = Callable[[list[uuid.UUID], list[dict[str, Any]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)

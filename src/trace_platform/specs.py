@@ -13,7 +13,7 @@ import yaml
 
 from trace_platform.alerts.spec import AlertSpec
 from trace_platform.chain.spec import ChainSyncSpec
-from trace_platform.errors import ValidationError
+from trace_platform.domain.errors import ValidationError
 
 MAX_SPEC_BYTES = 256 * 1024
 SPEC_KINDS: dict[str, type[pydantic.BaseModel]] = {"chain_sync": ChainSyncSpec, "alert": AlertSpec}

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 
 TOOL_PACKAGES = {"esbuild": "0.25.12", "@foundry-rs/anvil": "1.7.1"}
 ESBUILD = "node_modules/.bin/esbuild"

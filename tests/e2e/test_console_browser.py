@@ -31,8 +31,8 @@ from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
 from trace_platform.db.pool import create_pool
 from trace_platform.delivery.signing import new_secret
-from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.ops.users import create_user
+from trace_platform.ports import LITE_ORG_ID
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = os.environ.get("TRACE_SCREENSHOTS")

@@ -19,7 +19,8 @@ from trace_platform.adapters.local_keys import load_key_ring
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases, restart_embedded, stop_embedded
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
+from trace_platform.dispatcher.service import TaskService
+from trace_platform.ports import LITE_ORG_ID
 
 TASKS, ROWS = 600, 5
 

@@ -31,7 +31,7 @@ from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
 from trace_platform.delivery.signing import new_secret
-from trace_platform.dispatcher.service import LITE_ORG_ID
+from trace_platform.ports import LITE_ORG_ID
 
 BLOCKS = 200
 ORG_B = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000000b")
@@ -327,7 +327,7 @@ async def test_a_disabled_alert_evaluates_nothing_until_enabled(
 
 
 async def test_an_unknown_bundle_is_refused_at_apply(a_settings: Settings, synced: Any) -> None:
-    from trace_platform.errors import ValidationError
+    from trace_platform.domain.errors import ValidationError
 
     rule = json.dumps({"udf": {"bundle_id": str(uuid.uuid4())}})
     with pytest.raises(ValidationError, match="no bundle"):

@@ -261,7 +261,7 @@ async def test_a_udf_reads_every_committed_range_as_one_dataset(
 
     from trace_platform.bundles import deterministic_zip, register_bundle
     from trace_platform.db.pool import create_pool
-    from trace_platform.dispatcher.service import LITE_ORG_ID
+    from trace_platform.ports import LITE_ORG_ID
 
     tip = streams_of(await status(c_settings, "fixed"))["blocks"]["tip"]
     tag = "chain-udf-" + uuid.uuid4().hex[:6]

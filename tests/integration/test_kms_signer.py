@@ -22,7 +22,7 @@ from tests.integration.test_object_stores import aws_env, s3_endpoint  # noqa: F
 from trace_platform.adapters.local_keys import LocalKeyRing, generate_es256_pem
 from trace_platform.config import Settings
 from trace_platform.domain.capability import build_claims
-from trace_platform.errors import AuthError, ConfigError
+from trace_platform.domain.errors import AuthError, ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import free_port, wait_until
 from trace_platform.adapters.local_store import LocalObjectStore, ObjectUrlSigner
 from trace_platform.adapters.s3_store import S3ObjectStore
-from trace_platform.errors import ForbiddenError, NotFoundError, ValidationError
+from trace_platform.domain.errors import ForbiddenError, NotFoundError, ValidationError
 from trace_platform.ports import ObjectStore
 
 

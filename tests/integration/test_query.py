@@ -28,7 +28,7 @@ from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
+from trace_platform.ports import LITE_ORG_ID
 
 N = 1000
 

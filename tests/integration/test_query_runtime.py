@@ -42,7 +42,7 @@ from trace_platform.query.executor import (
     launch_command,
     library_dir,
 )
-from trace_platform.runner.sandbox import Isolation, detect_isolation
+from trace_platform.sandbox import Isolation, detect_isolation
 
 LIMITS = ExecutorLimits(timeout_seconds=5)
 ROUTES = [ROUTE_READER, ROUTE_ARROW]

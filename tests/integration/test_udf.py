@@ -32,8 +32,8 @@ from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.bundles import build_bundle, deterministic_zip, register_bundle
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.domain.bundle import bundle_id_for
+from trace_platform.ports import LITE_ORG_ID
 
 ROW_HELPER = """
 import uuid as _uuid
@@ -281,7 +281,7 @@ async def test_zip_slip_archive_is_rejected_at_upload_and_at_unpack(
         zf.writestr("handler.py", "def handler(e, c):\n    return []\n")
         zf.writestr("../../escaped.py", "x = 1\n")
     data = buf.getvalue()
-    from trace_platform.errors import ValidationError
+    from trace_platform.domain.errors import ValidationError
 
     with pytest.raises(ValidationError, match="unsafe path"):
         await register_bundle(

@@ -23,8 +23,8 @@ from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import LITE_ORG_ID
 from trace_platform.ops.users import create_user
+from trace_platform.ports import LITE_ORG_ID
 
 ORG_B = uuid.UUID("0b0b0b0b-0000-4000-8000-0000000000bb")
 XSS = "<script>alert('x')</script>"

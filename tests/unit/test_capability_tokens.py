@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from trace_platform.adapters.local_keys import LocalKeyRing, WorkerTokens, generate_es256_pem
 from trace_platform.domain.capability import build_claims, is_within_prefixes
-from trace_platform.errors import AuthError, ConfigError
+from trace_platform.domain.errors import AuthError, ConfigError
 
 SECRET_A = "a" * 40
 SECRET_B = "b" * 40

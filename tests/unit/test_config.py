@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from trace_platform.config import SETTINGS, Settings
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 
 
 def test_defaults_work_on_one_machine() -> None:

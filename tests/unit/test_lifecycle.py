@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 
+from trace_platform.domain.errors import ConflictError, StaleFenceError
 from trace_platform.domain.lifecycle import (
     TIMEOUT,
     Outcome,
@@ -14,7 +15,6 @@ from trace_platform.domain.lifecycle import (
     reaped_retry_delay,
     retry_delay,
 )
-from trace_platform.errors import ConflictError, StaleFenceError
 
 LEASE = uuid.uuid4()
 

@@ -2,8 +2,9 @@ import uuid
 
 import pytest
 
+import trace_platform.worker.operators  # noqa: F401  (registers the built-ins)
 from trace_platform.logs import get_logger
-from trace_platform.worker.operators import OPERATORS, FatalTaskError, OperatorContext
+from trace_platform.operators import OPERATORS, FatalTaskError, OperatorContext
 
 
 async def collect(

@@ -18,7 +18,7 @@ import trace_platform.runner.app
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.config import Settings
 from trace_platform.dispatcher.app import invoker_from_settings
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 s = Settings.load({"home": "/nonexistent/trace"}, env={})
 assert type(invoker_from_settings(s)).__name__ == "LocalRuntimeInvoker"
 assert type(queue_from_settings(s, None, "postgresql://x")).__name__ == "PgQueue"

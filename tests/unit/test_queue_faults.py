@@ -15,9 +15,9 @@ from tests.conftest import wait_until
 from trace_platform.adapters.memory_queue import InMemoryQueue
 from trace_platform.aio import watch
 from trace_platform.config import Settings
-from trace_platform.errors import LoopDied
-from trace_platform.ports import QueueUnavailable
-from trace_platform.worker.service import TASK_WAKEUP, AckBatcher, Worker
+from trace_platform.domain.errors import LoopDied
+from trace_platform.ports import TASK_WAKEUP, QueueUnavailable
+from trace_platform.worker.service import AckBatcher, Worker
 
 
 async def received(queue: InMemoryQueue, n: int) -> list[Any]:
@@ -81,7 +81,8 @@ async def test_the_worker_stops_when_its_ack_loop_dies(tmp_path: Path) -> None:
 
 
 async def test_the_udf_dispatcher_outlives_failed_receives() -> None:
-    from trace_platform.dispatcher.udf import UDF_QUEUE, UdfDispatcher
+    from trace_platform.dispatcher.udf import UdfDispatcher
+    from trace_platform.ports import UDF_QUEUE
 
     queue = InMemoryQueue()
     queue.fail("receive", times=3)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 
 RAW_MESSAGE_LIMIT = 4096  # KMS signs raw messages up to this size; larger ones as a digest
 

@@ -40,6 +40,7 @@ class LocalRuntimeInvoker:
             "TRACE_RUNNER_TIMEOUT_SECONDS": str(s.runner_timeout_seconds),
             "TRACE_RUNNER_MEMORY_MB": str(s.runner_memory_mb),
             "TRACE_RUNNER_UID": str(s.runner_uid),
+            "TRACE_RUNNER_CONCURRENCY": str(s.runner_concurrency),
             "TRACE_LOG_LEVEL": s.log_level,
             # The runner must not create or touch the platform's home.
             "TRACE_HOME": "/nonexistent/trace-runner",

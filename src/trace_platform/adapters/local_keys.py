@@ -26,7 +26,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from trace_platform.config import Settings
 from trace_platform.domain.capability import AUDIENCE, CapabilityClaims
-from trace_platform.errors import AuthError, ConfigError
+from trace_platform.domain.errors import AuthError, ConfigError
 
 ALLOWED_ALGS = ("HS256", "ES256")
 LEEWAY_SECONDS = 5

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from trace_platform.errors import ForbiddenError, NotFoundError, ValidationError
+from trace_platform.domain.errors import ForbiddenError, NotFoundError, ValidationError
 from trace_platform.ports import ObjectInfo
 
 MAX_KEY_LENGTH = 1024

@@ -6,7 +6,7 @@ import asyncpg
 
 from trace_platform.adapters.pgqueue import PgQueue
 from trace_platform.config import Settings
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 from trace_platform.ports import Queue
 
 

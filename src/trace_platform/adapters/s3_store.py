@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from trace_platform.errors import ConfigError, ForbiddenError, NotFoundError, ValidationError
+from trace_platform.domain.errors import ConfigError, ForbiddenError, NotFoundError, ValidationError
 from trace_platform.ports import ObjectInfo
 
 PART_SIZE = 8 << 20

@@ -7,7 +7,7 @@ from pathlib import Path
 from trace_platform.adapters.local_keys import load_worker_tokens
 from trace_platform.adapters.local_store import LocalObjectStore, ObjectUrlSigner, derive_url_secret
 from trace_platform.config import Settings
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 from trace_platform.ports import ObjectStore
 
 

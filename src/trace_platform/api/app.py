@@ -30,7 +30,7 @@ from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.dispatcher.service import TaskService
-from trace_platform.errors import (
+from trace_platform.domain.errors import (
     AuthError,
     ForbiddenError,
     OverloadedError,

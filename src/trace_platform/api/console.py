@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from trace_platform.errors import AuthError, ForbiddenError, NotFoundError, TraceError
+from trace_platform.domain.errors import AuthError, ForbiddenError, NotFoundError, TraceError
 from trace_platform.ops import alerts as alert_ops
 from trace_platform.ops import chains as chain_ops
 from trace_platform.ops import tasks as task_ops

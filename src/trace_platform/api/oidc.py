@@ -15,9 +15,9 @@ from typing import Any
 import jwt
 
 from trace_platform.config import Settings
-from trace_platform.dispatcher.service import LITE_ORG_ID
-from trace_platform.errors import AuthError, ForbiddenError
+from trace_platform.domain.errors import AuthError, ForbiddenError
 from trace_platform.ops.users import ROLES, User
+from trace_platform.ports import LITE_ORG_ID
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 LEEWAY_SECONDS = 30

@@ -23,19 +23,13 @@ from trace_platform.chain.extract import Extraction, ExtractionFailed, RangeExtr
 from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.chain.spec import KNOWN_CRYO_DATASETS
 from trace_platform.config import Settings
+from trace_platform.domain.lifecycle import FatalTaskError, RetryableTaskError
+from trace_platform.operators import OperatorContext, output_operator
 from trace_platform.ports import ObjectStore
 
 CHUNK = 1 << 20
 _CHAIN_IDS: dict[str, int] = {}  # a node's chain id, asked once per process
 _EXTRACTORS: dict[tuple[str, int], RangeExtractor] = {}
-
-
-class IngestFatal(Exception):
-    """Retrying cannot help (unknown dataset, missing pool, bad payload)."""
-
-
-class IngestRetryable(Exception):
-    """Try again later (past the head, RPC down, chain moved under the extractor)."""
 
 
 def extractor(settings: Settings) -> RangeExtractor:
@@ -49,7 +43,7 @@ def extractor(settings: Settings) -> RangeExtractor:
 def parse_range_payload(payload: dict[str, Any]) -> dict[str, Any]:
     spec = payload.get("chain")
     if not isinstance(spec, dict):
-        raise IngestFatal("cryo_ingest: payload has no chain range")
+        raise FatalTaskError("cryo_ingest: payload has no chain range")
     for key, kind in (
         ("dataset_uuid", str),
         ("cryo_dataset", str),
@@ -59,9 +53,9 @@ def parse_range_payload(payload: dict[str, Any]) -> dict[str, Any]:
         ("chain_id", int),
     ):
         if type(spec.get(key)) is not kind:
-            raise IngestFatal(f"cryo_ingest: chain.{key} is missing or not a {kind.__name__}")
+            raise FatalTaskError(f"cryo_ingest: chain.{key} is missing or not a {kind.__name__}")
     if not 0 <= spec["start"] < spec["end"]:
-        raise IngestFatal("cryo_ingest: chain range must satisfy 0 <= start < end")
+        raise FatalTaskError("cryo_ingest: chain range must satisfy 0 <= start < end")
     return spec
 
 
@@ -102,12 +96,20 @@ async def _hashes(rpc: RpcClient, start: int, end: int) -> tuple[str | None, str
     """(hash of block start - 1, hash of block end - 1, timestamp of block end - 1)."""
     head = await rpc.block_number()
     if end - 1 > head:
-        raise IngestRetryable(f"range end {end} is past the node's head {head}")
+        raise RetryableTaskError(f"range end {end} is past the node's head {head}")
     wanted = [end - 1] + ([start - 1] if start > 0 else [])
     headers = await rpc.block_headers(wanted)
     before = headers.get(start - 1) if start > 0 else None
     last = headers.get(end - 1)
     return (before[0] if before else None), (last[0] if last else None), (last[1] if last else 0)
+
+
+@output_operator("cryo_ingest")
+async def cryo_ingest_operator(ctx: OperatorContext) -> dict[str, Any]:
+    """The worker's `cryo_ingest`: its Parquet files go into the attempt's prefix, and the
+    dispatcher commits the range with the completion that reports them."""
+    store, settings = ctx.require()
+    return await cryo_ingest(ctx.task_id, ctx.attempt, ctx.payload, store, settings)
 
 
 async def cryo_ingest(
@@ -122,7 +124,7 @@ async def cryo_ingest(
     start, end, dataset = spec["start"], spec["end"], spec["cryo_dataset"]
     url = settings.rpc_url(spec["rpc_pool"])
     if url is None:
-        raise IngestFatal(
+        raise FatalTaskError(
             f"rpc pool {spec['rpc_pool']!r} is not configured on this worker"
             f" (set {Settings.rpc_pool_env(spec['rpc_pool'])})"
         )
@@ -133,7 +135,7 @@ async def cryo_ingest(
                 served = _CHAIN_IDS.get(url) or await rpc.chain_id()
                 _CHAIN_IDS[url] = served
                 if served != spec["chain_id"]:
-                    raise IngestFatal(
+                    raise FatalTaskError(
                         f"the node serves chain {served}, the range is of chain {spec['chain_id']}"
                     )
                 parent, last_before, block_time = await _hashes(rpc, start, end)
@@ -143,32 +145,32 @@ async def cryo_ingest(
                 )
                 parent_after, last_after, _ = await _hashes(rpc, start, end)
             except (RpcUnavailable, RpcError) as exc:
-                raise IngestRetryable(f"rpc: {exc}") from None
+                raise RetryableTaskError(f"rpc: {exc}") from None
             except TimeoutError:
-                raise IngestRetryable("cryo extraction timed out") from None
+                raise RetryableTaskError("cryo extraction timed out") from None
             except ExtractionFailed as exc:
                 if dataset not in KNOWN_CRYO_DATASETS:
-                    raise IngestFatal(f"cryo cannot extract dataset {dataset!r}") from None
-                raise IngestRetryable(f"cryo failed: {exc}") from None
+                    raise FatalTaskError(f"cryo cannot extract dataset {dataset!r}") from None
+                raise RetryableTaskError(f"cryo failed: {exc}") from None
         if extraction.errored:
-            raise IngestRetryable(f"cryo reported {extraction.errored} errored chunk(s)")
+            raise RetryableTaskError(f"cryo reported {extraction.errored} errored chunk(s)")
         if (parent_after, last_after) != (parent, last_before) or last_before is None:
-            raise IngestRetryable("the chain changed during the extraction (reorg)")
+            raise RetryableTaskError("the chain changed during the extraction (reorg)")
         files = extraction.files
         if not files:
-            raise IngestRetryable("cryo wrote no file for the range")
+            raise RetryableTaskError("cryo wrote no file for the range")
         if len(files) > MAX_FILES:
-            raise IngestFatal(f"cryo wrote {len(files)} files; at most {MAX_FILES} per range")
+            raise FatalTaskError(f"cryo wrote {len(files)} files; at most {MAX_FILES} per range")
         total = sum(f.stat().st_size for f in files)
         if total > settings.cryo_max_bytes:
-            raise IngestFatal(
+            raise FatalTaskError(
                 f"range output is {total} bytes,"
                 f" over TRACE_CRYO_MAX_BYTES ({settings.cryo_max_bytes})"
             )
         if dataset == "blocks":
             in_file = await asyncio.to_thread(_last_block_hash, files[-1])
             if in_file != last_before:
-                raise IngestRetryable("extracted blocks do not end on the node's block hash")
+                raise RetryableTaskError("extracted blocks do not end on the node's block hash")
         prefix = part_prefix(store.root, spec["dataset_uuid"], task_id, attempt)
         reported = []
         for i, path in enumerate(files):

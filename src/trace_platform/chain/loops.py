@@ -8,12 +8,12 @@ from typing import Any
 
 import asyncpg
 
+from trace_platform.aio import LoopRunner
 from trace_platform.alerts.schedule import schedule_evaluations
 from trace_platform.chain.compaction import Compactor
 from trace_platform.chain.planner import ChainPlanner, HeadObserver
 from trace_platform.config import Settings
-from trace_platform.dispatcher.loops import LoopRunner, OutboxRoute
-from trace_platform.ports import ObjectStore
+from trace_platform.ports import ObjectStore, OutboxRoute
 
 NEVER_BUSY = 1 << 30
 COMPACTION_INTERVAL = 5.0

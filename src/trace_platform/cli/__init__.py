@@ -16,7 +16,7 @@ import orjson
 
 from trace_platform.cli.common import handle_errors, run_async, settings_from
 from trace_platform.config import SETTINGS, Settings
-from trace_platform.errors import ValidationError
+from trace_platform.domain.errors import ValidationError
 
 
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -651,8 +651,8 @@ def task_list(
     """Tasks, newest first, a page at a time (the same call as GET /v1/tasks)."""
     settings = settings_from(ctx)
     from trace_platform.cli_support import state_pool
-    from trace_platform.dispatcher.service import LITE_ORG_ID
     from trace_platform.ops.tasks import list_tasks
+    from trace_platform.ports import LITE_ORG_ID
 
     async def go() -> dict[str, Any]:
         async with state_pool(settings) as pool:

@@ -11,7 +11,7 @@ import click
 import orjson
 
 from trace_platform.cli.common import handle_errors, run_async, settings_from
-from trace_platform.errors import ValidationError
+from trace_platform.domain.errors import ValidationError
 
 ORG_OPTION = click.option(
     "--org-id", type=click.UUID, default=None, help="Owning org (default: the Lite org)."
@@ -19,7 +19,7 @@ ORG_OPTION = click.option(
 
 
 def _org(org_id: uuid.UUID | None) -> uuid.UUID:
-    from trace_platform.dispatcher.service import LITE_ORG_ID
+    from trace_platform.ports import LITE_ORG_ID
 
     return org_id or LITE_ORG_ID
 

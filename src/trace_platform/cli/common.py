@@ -12,7 +12,7 @@ import asyncpg
 import click
 
 from trace_platform.config import Settings
-from trace_platform.errors import TraceError
+from trace_platform.domain.errors import TraceError
 
 T = TypeVar("T")
 

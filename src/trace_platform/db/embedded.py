@@ -11,7 +11,7 @@ from urllib.parse import quote
 import asyncpg
 
 from trace_platform.config import Settings
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
@@ -110,7 +110,7 @@ async def resolve_databases(settings: Settings, create: bool = False) -> Databas
     if settings.state_database_url and settings.data_database_url:
         return DatabaseUrls(settings.state_database_url, settings.data_database_url, False)
     if settings.state_database_url or settings.data_database_url:
-        from trace_platform.errors import ConfigError
+        from trace_platform.domain.errors import ConfigError
 
         raise ConfigError(
             "set both TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL, or neither"

@@ -9,7 +9,7 @@ from importlib import resources
 
 import asyncpg
 
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)

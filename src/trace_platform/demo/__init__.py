@@ -31,8 +31,9 @@ from trace_platform.demo.chain import (
     start_node,
     sync_and_query,
 )
-from trace_platform.dispatcher.service import LITE_ORG_ID, TaskService
-from trace_platform.errors import ConfigError
+from trace_platform.dispatcher.service import TaskService
+from trace_platform.domain.errors import ConfigError
+from trace_platform.ports import LITE_ORG_ID
 from trace_platform.stack import Stack, prepare
 
 TERMINAL = ("completed", "failed", "canceled")
@@ -239,7 +240,7 @@ async def _udf_step(
     from trace_platform.adapters.stores import object_store_from_settings
     from trace_platform.bundles import build_bundle, register_bundle
     from trace_platform.datasets import register_dataset
-    from trace_platform.errors import TraceError
+    from trace_platform.domain.errors import TraceError
 
     run = secrets.token_hex(3)
     t0 = time.monotonic()

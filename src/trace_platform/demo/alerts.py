@@ -17,10 +17,10 @@ from aiohttp import web
 
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
-from trace_platform.dispatcher.service import LITE_ORG_ID
-from trace_platform.errors import TraceError
+from trace_platform.domain.errors import TraceError
 from trace_platform.ops.chains import chain_status
 from trace_platform.ops.specs import apply_specs
+from trace_platform.ports import LITE_ORG_ID
 
 SECRET_ENV = "TRACE_HOOK_SECRET_DEMO"
 LIVE_WHALES = 3

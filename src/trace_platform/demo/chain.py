@@ -16,10 +16,10 @@ import asyncpg
 from trace_platform.chain.devnet import Anvil
 from trace_platform.cli_support import query_dataset
 from trace_platform.config import Settings
-from trace_platform.dispatcher.service import LITE_ORG_ID
-from trace_platform.errors import TraceError
+from trace_platform.domain.errors import TraceError
 from trace_platform.ops.chains import chain_status
 from trace_platform.ops.specs import apply_specs
+from trace_platform.ports import LITE_ORG_ID
 
 DEMO_POOL = "demo"
 BLOCKS = 600

@@ -16,8 +16,8 @@ from trace_platform.adapters.local_store import LocalObjectStore, ObjectUrlSigne
 from trace_platform.dispatcher import models
 from trace_platform.dispatcher.service import Claimed, CompletionReport, TaskService
 from trace_platform.domain.capability import CapabilityClaims, is_within_prefixes
+from trace_platform.domain.errors import AuthError, ForbiddenError, NotFoundError, ValidationError
 from trace_platform.domain.lifecycle import Outcome
-from trace_platform.errors import AuthError, ForbiddenError, NotFoundError, ValidationError
 from trace_platform.http import (
     CAPABILITY_HEADER,
     WORKER_HEADER,

@@ -17,7 +17,7 @@ from trace_platform.adapters.local_invoker import LocalRuntimeInvoker
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
-from trace_platform.aio import watch
+from trace_platform.aio import LoopRunner, watch
 from trace_platform.chain.loops import chain_routes, start_chain_loops
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
@@ -25,7 +25,6 @@ from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.dispatcher.api import build_router
 from trace_platform.dispatcher.loops import (
     LeaseReaper,
-    LoopRunner,
     OutboxDrainer,
     RetryScheduler,
     default_routes,
@@ -33,7 +32,7 @@ from trace_platform.dispatcher.loops import (
 )
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.dispatcher.udf import UdfDispatcher
-from trace_platform.errors import ConfigError, LoopDied
+from trace_platform.domain.errors import ConfigError, LoopDied
 from trace_platform.http import MetricsMiddleware, install_error_handlers, install_health, serve
 from trace_platform.logs import get_logger
 from trace_platform.ports import RuntimeInvoker

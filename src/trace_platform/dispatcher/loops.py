@@ -7,37 +7,30 @@ resumes after a crash from what the database still says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
 
+from trace_platform.aio import LoopRunner
 from trace_platform.config import Settings
 from trace_platform.db.sql import q
 from trace_platform.domain.lifecycle import reaped_retry_delay
 from trace_platform.logs import get_logger
 from trace_platform.metrics import (
-    LOOP_ITERATIONS,
     OUTBOX_FAILURES,
     OUTBOX_PUBLISHED,
     TASK_TRANSITIONS,
 )
-from trace_platform.ports import BUFFER_QUEUE, Queue
+from trace_platform.ports import BUFFER_QUEUE, TASK_WAKEUP, UDF_QUEUE, OutboxRoute, Queue
 
 log = get_logger(__name__)
-
-TASK_WAKEUP = "task_wakeup"
-UDF_QUEUE = "udf_invoke"
 
 OUTBOX_BATCH = 500
 OUTBOX_MAX_ATTEMPTS = 20
 SENT_RETENTION_SECONDS = 3600.0
-
-# An outbox route delivers rows of one topic: (outbox ids, payloads) -> None, raising on failure.
-OutboxRoute = Callable[[list[uuid.UUID], list[dict[str, Any]]], Awaitable[None]]
 
 
 def queue_route(queue: Queue, queue_name: str) -> OutboxRoute:
@@ -153,69 +146,6 @@ class LeaseReaper:
             )
         TASK_TRANSITIONS.labels("lease_expired").inc(len(rows))
         return len(rows)
-
-
-class LoopRunner:
-    """Runs named steps forever: again at once while a step is busy, else after its interval."""
-
-    def __init__(self) -> None:
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
-
-    def start(
-        self,
-        name: str,
-        step: Callable[[], Awaitable[int]],
-        interval: float,
-        busy_at: int,
-        poke: asyncio.Event | None = None,
-    ) -> None:
-        self._tasks.append(asyncio.create_task(self._run(name, step, interval, busy_at, poke)))
-
-    async def _run(
-        self,
-        name: str,
-        step: Callable[[], Awaitable[int]],
-        interval: float,
-        busy_at: int,
-        poke: asyncio.Event | None,
-    ) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                if poke is not None:
-                    poke.clear()
-                handled = await step()
-                failures = 0
-                LOOP_ITERATIONS.labels(name).inc()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a loop survives DB restarts and transient faults
-                failures += 1
-                handled = 0
-                log.error(
-                    "loop.step_failed", loop=name, error=type(exc).__name__, detail=str(exc)[:300]
-                )
-            if handled >= busy_at:
-                continue
-            wait = interval * min(2**failures, 30) if failures else interval
-            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
-            if poke is not None and not failures:
-                waiters.append(asyncio.ensure_future(poke.wait()))
-            _done, pending = await asyncio.wait(
-                waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-            )
-            for fut in pending:
-                fut.cancel()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
 
 
 def start_kernel_loops(

@@ -23,15 +23,7 @@ from trace_platform.config import Settings
 from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, build_claims
-from trace_platform.domain.lifecycle import (
-    Outcome,
-    TaskFence,
-    check_report_fence,
-    claim_refusal,
-    decide_completion,
-    retry_delay,
-)
-from trace_platform.errors import (
+from trace_platform.domain.errors import (
     ConflictError,
     ForbiddenError,
     NotClaimedError,
@@ -41,14 +33,21 @@ from trace_platform.errors import (
     UnavailableError,
     ValidationError,
 )
+from trace_platform.domain.lifecycle import (
+    Outcome,
+    TaskFence,
+    check_report_fence,
+    claim_refusal,
+    decide_completion,
+    retry_delay,
+)
 from trace_platform.logs import get_logger
 from trace_platform.metrics import CHAIN_RANGES, TASK_TRANSITIONS
-from trace_platform.ports import TokenSigner
+from trace_platform.ports import LITE_ORG_ID, TokenSigner
 
 log = get_logger(__name__)
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-LITE_ORG_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 _OUTBOX_NS = uuid.UUID("6f1c1f0e-3b7a-4c55-9a43-7d1f3e0c2b11")
 
 

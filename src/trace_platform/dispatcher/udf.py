@@ -11,10 +11,11 @@ from trace_platform.aio import first_of, sleep_or_stop
 from trace_platform.db.sql import q
 from trace_platform.dispatcher.service import Claimed, TaskService
 from trace_platform.domain.bundle import InvocationPayload
+from trace_platform.domain.errors import NotClaimedError, NotFoundError, TraceError
 from trace_platform.domain.lifecycle import Outcome
-from trace_platform.errors import NotClaimedError, NotFoundError, TraceError
 from trace_platform.logs import get_logger
 from trace_platform.ports import (
+    UDF_QUEUE,
     ObjectStore,
     Queue,
     QueueUnavailable,
@@ -24,7 +25,6 @@ from trace_platform.ports import (
 
 log = get_logger(__name__)
 
-UDF_QUEUE = "udf_invoke"
 BUNDLE_URL_TTL_SECONDS = 300
 
 

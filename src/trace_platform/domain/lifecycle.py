@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from trace_platform.errors import ConflictError, StaleFenceError
+from trace_platform.domain.errors import ConflictError, StaleFenceError
 
 
 class TaskStatus(StrEnum):
@@ -26,6 +26,25 @@ class Outcome(StrEnum):
     SUCCESS = "success"
     RETRYABLE_ERROR = "retryable_error"
     FATAL_ERROR = "fatal_error"
+
+
+class TaskAttemptError(Exception):
+    """An attempt's own verdict on itself, raised by operators, evaluators and ingest: the
+    attempt ends with `outcome` and the message as its `last_error`."""
+
+    outcome: Outcome = Outcome.RETRYABLE_ERROR
+
+
+class FatalTaskError(TaskAttemptError):
+    """Retrying cannot help (bad input, a rule that cannot produce events): fails for good."""
+
+    outcome = Outcome.FATAL_ERROR
+
+
+class RetryableTaskError(TaskAttemptError):
+    """Try again with the kernel's backoff (a node or service unavailable)."""
+
+    outcome = Outcome.RETRYABLE_ERROR
 
 
 # last_outcome written by the lease reaper; a late reply of that attempt may still land.

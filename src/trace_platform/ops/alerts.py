@@ -12,8 +12,8 @@ from trace_platform.alerts.schedule import schedule_evaluations
 from trace_platform.alerts.spec import AlertSpec, FromBlock, alert_id_for
 from trace_platform.db.sql import q
 from trace_platform.delivery.guard import UrlRefused, check_url
+from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
-from trace_platform.errors import ConflictError, NotFoundError, ValidationError
 
 
 def validate_alert(spec: AlertSpec, allow_private: bool = False) -> None:

@@ -16,7 +16,7 @@ from trace_platform.chain.planner import eligible_end
 from trace_platform.chain.spec import ChainSyncSpec, aligned_start, job_id_for
 from trace_platform.datasets import dataset_uuid_for
 from trace_platform.db.sql import q
-from trace_platform.errors import ConflictError, NotFoundError, ValidationError
+from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
 
 RATE_WINDOW_SECONDS = 30.0
 

@@ -10,7 +10,7 @@ import asyncpg
 from trace_platform.alerts.spec import AlertSpec
 from trace_platform.chain.spec import ChainSyncSpec
 from trace_platform.db.sql import q
-from trace_platform.errors import NotFoundError, ValidationError
+from trace_platform.domain.errors import NotFoundError, ValidationError
 from trace_platform.ops.alerts import apply_alert, validate_alert
 from trace_platform.ops.chains import apply_chain_sync
 from trace_platform.specs import parse_spec_documents

@@ -13,7 +13,7 @@ import orjson
 
 from trace_platform.adapters.pgqueue import PgQueue
 from trace_platform.db.sql import q
-from trace_platform.errors import NotFoundError, ValidationError
+from trace_platform.domain.errors import NotFoundError, ValidationError
 from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE
 
 TASK_STATUSES = ("queued", "running", "completed", "failed", "canceled")

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from trace_platform.db.sql import q
-from trace_platform.errors import ConflictError, NotFoundError, ValidationError
+from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
 
 ROLES = ("reader", "writer", "admin")
 KEY_PREFIX = "trk_"

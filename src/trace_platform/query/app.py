@@ -19,7 +19,7 @@ from trace_platform.datasets import resolve_inputs
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.domain.capability import build_claims
-from trace_platform.errors import (
+from trace_platform.domain.errors import (
     AuthError,
     ForbiddenError,
     NotFoundError,
@@ -40,7 +40,7 @@ from trace_platform.http import (
 from trace_platform.logs import get_logger
 from trace_platform.query.executor import executor_limits
 from trace_platform.query.service import QueryService
-from trace_platform.runner.sandbox import detect_isolation
+from trace_platform.sandbox import detect_isolation
 
 log = get_logger(__name__)
 

@@ -31,12 +31,12 @@ from typing import Any
 import orjson
 
 from trace_platform.config import Settings
-from trace_platform.errors import OverloadedError, TraceError
+from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERY_EXECUTOR_STARTS, QUERY_EXECUTORS
 from trace_platform.query import engine
 from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, ExecutorLimits, QueryFailed
-from trace_platform.runner.sandbox import (
+from trace_platform.sandbox import (
     Isolation,
     drop_privileges,
     namespaces,

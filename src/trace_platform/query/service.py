@@ -16,8 +16,13 @@ import asyncpg
 from trace_platform.datasets import parse_snapshot_version, snapshot_manifest
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, is_within_prefixes
+from trace_platform.domain.errors import (
+    ForbiddenError,
+    OverloadedError,
+    TraceError,
+    ValidationError,
+)
 from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, sql_hash
-from trace_platform.errors import ForbiddenError, OverloadedError, TraceError, ValidationError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERIES, QUERY_SECONDS
 from trace_platform.query.executor import (
@@ -28,7 +33,7 @@ from trace_platform.query.executor import (
     QueryFailed,
     QueryResult,
 )
-from trace_platform.runner.sandbox import Isolation
+from trace_platform.sandbox import Isolation
 
 log = get_logger(__name__)
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000

@@ -16,11 +16,11 @@ import sys
 import orjson
 
 from trace_platform import logs
-from trace_platform.config import Settings
 from trace_platform.runner.app import run_runner
+from trace_platform.runner.config import RunnerConfig, RunnerConfigError
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: RunnerConfig) -> int:
     children: dict[int, str] = {}
     sel = selectors.DefaultSelector()
     stdin = sys.stdin.buffer
@@ -62,7 +62,11 @@ def _serve(settings: Settings) -> int:
 
 
 def main() -> int:
-    settings = Settings.load()
+    try:
+        settings = RunnerConfig.from_env()
+    except RunnerConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logs.configure("runner", settings.log_level)
     if "--serve" in sys.argv[1:]:
         return _serve(settings)

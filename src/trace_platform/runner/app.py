@@ -11,10 +11,10 @@ import sys
 import uvloop
 from pydantic import ValidationError as PydanticValidationError
 
-from trace_platform.config import Settings
 from trace_platform.logs import get_logger
-from trace_platform.runner.sandbox import Limits, detect_isolation
+from trace_platform.runner.config import RunnerConfig
 from trace_platform.runner.service import Runner, read_payload
+from trace_platform.sandbox import Limits, detect_isolation
 
 log = get_logger(__name__)
 
@@ -22,7 +22,7 @@ log = get_logger(__name__)
 PROCESSES_PER_HANDLER = 32
 
 
-def run_runner(settings: Settings, raw: bytes) -> int:
+def run_runner(settings: RunnerConfig, raw: bytes) -> int:
     isolation = detect_isolation()
     if not isolation.strong and not settings.runner_allow_weak_sandbox:
         missing = [k for k, v in isolation.features.items() if not v]
@@ -47,7 +47,7 @@ def run_runner(settings: Settings, raw: bytes) -> int:
         processes=PROCESSES_PER_HANDLER * settings.runner_concurrency,
     )
     runner = Runner(
-        settings.resolved_dispatcher_url,
+        settings.dispatcher_url,
         isolation,
         limits,
         uid=settings.runner_uid,

@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 
 from trace_platform import logs
-from trace_platform.config import Settings
 from trace_platform.runner.app import run_runner
+from trace_platform.runner.config import RunnerConfig
 
 
 def handler(event: Any, context: Any) -> dict[str, int]:
-    settings = Settings.load()
+    settings = RunnerConfig.from_env()
     logs.configure("runner", settings.log_level)
     return {"code": run_runner(settings, orjson.dumps(event))}

@@ -21,16 +21,18 @@ from typing import Any
 import aiohttp
 import orjson
 
-from trace_platform.alerts.evaluate import EvaluationFatal, block_numbers, rows_to_events
+from trace_platform.client import Lease, TaskClient
+from trace_platform.domain.alert_events import alert_of, block_numbers, rows_to_events
 from trace_platform.domain.bundle import (
     MAX_BUNDLE_BYTES,
     BundleRejected,
     InvocationPayload,
     check_zip_entries,
 )
+from trace_platform.domain.errors import ConflictError, TraceError
+from trace_platform.domain.lifecycle import FatalTaskError, Outcome
 from trace_platform.logs import get_logger
-from trace_platform.query.client import task_query
-from trace_platform.runner.sandbox import Isolation, Limits, apply_limits, sandbox_command
+from trace_platform.sandbox import Isolation, Limits, apply_limits, sandbox_command
 
 log = get_logger(__name__)
 
@@ -39,13 +41,9 @@ MAX_MESSAGE_BYTES = 16 << 20
 STDERR_TAIL = 4000
 
 
-class Fenced(Exception):
-    """The dispatcher says this attempt is no longer current (409): stop, change nothing."""
-
-
 @dataclass
 class RunOutcome:
-    outcome: str  # success | retryable_error | fatal_error
+    outcome: Outcome
     error: str | None = None
     records: int = 0
     batch_path: Path | None = None
@@ -53,14 +51,6 @@ class RunOutcome:
     stderr: bytes = b""
     notes: list[str] = field(default_factory=list)
     collected: list[Any] | None = None  # alert rules: result rows, made events afterwards
-
-
-def alert_of(work: dict[str, Any]) -> dict[str, Any] | None:
-    """The alert of an alert-rule evaluation (SPEC §12), or None for an ordinary UDF task."""
-    alert = work.get("alert")
-    if work.get("kind") == "alert_eval" and isinstance(alert, dict):
-        return alert
-    return None
 
 
 class Capture:
@@ -85,48 +75,25 @@ class Capture:
 
 
 class DispatcherChannel:
-    """Task-scoped calls with the capability token (the only credential the runner has)."""
+    """One attempt's task-scoped calls (the capability token is the runner's only
+    credential) through the shared task client."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, inv: InvocationPayload) -> None:
-        self.session = session
-        self.base = base.rstrip("/")
+    def __init__(self, client: TaskClient, inv: InvocationPayload) -> None:
+        self.client = client
+        self.session = client.session
         self.inv = inv
-        self.token = inv.capability_token
-
-    def _fence(self) -> dict[str, Any]:
-        return {
-            "task_id": str(self.inv.task_id),
-            "attempt": self.inv.attempt,
-            "lease_token": str(self.inv.lease_token),
-        }
+        self.lease = Lease(
+            inv.task_id,
+            inv.attempt,
+            str(inv.lease_token),
+            inv.lease_expires_at,
+            inv.capability_token,
+            inv.work_payload,
+        )
 
     async def call(self, path: str, **body: Any) -> dict[str, Any]:
-        delay = 0.1
-        for attempt in range(5):
-            try:
-                async with self.session.post(
-                    f"{self.base}/v1/task/{path}",
-                    data=orjson.dumps({**self._fence(), **body}),
-                    headers={
-                        "X-Trace-Task-Capability": self.token,
-                        "Content-Type": "application/json",
-                    },
-                ) as resp:
-                    data: dict[str, Any] = orjson.loads(await resp.read() or b"{}")
-                    if resp.status == 200:
-                        if isinstance(data.get("capability_token"), str):
-                            self.token = data["capability_token"]
-                        return data
-                    if resp.status == 409:
-                        raise Fenced(str(data.get("detail", "conflict")))
-                    if resp.status < 500:
-                        raise RuntimeError(f"{path} answered {resp.status}: {data.get('error')}")
-            except (aiohttp.ClientConnectionError, TimeoutError):
-                if attempt == 4:
-                    raise
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise RuntimeError(f"{path} kept failing")
+        """Raises ConflictError when the attempt is no longer current (stop, change nothing)."""
+        return await self.client.task_call(self.lease, path, **body)
 
 
 async def fetch_bundle(session: aiohttp.ClientSession, url: str, dest: Path) -> str:
@@ -200,15 +167,17 @@ class Runner:
         log.info("runner.invocation", isolation=self.isolation.features, **ids)
         timeout = aiohttp.ClientTimeout(total=120, connect=5)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            channel = DispatcherChannel(session, self.dispatcher_url, inv)
+            channel = DispatcherChannel(
+                TaskClient(self.dispatcher_url, query_url=self.query_url, session=session), inv
+            )
             with tempfile.TemporaryDirectory(prefix="trace-run-") as tmp:
                 root = Path(tmp)
                 root.chmod(0o711)
                 try:
                     outcome = await self._execute(session, channel, inv, root)
                     return await self._report(session, channel, outcome)
-                except Fenced as exc:
-                    log.warning("runner.fenced", reason=str(exc), **ids)
+                except ConflictError as exc:
+                    log.warning("runner.fenced", reason=exc.detail, **ids)
                     return "fenced"
 
     async def _execute(
@@ -225,14 +194,16 @@ class Runner:
             sha = await fetch_bundle(session, inv.bundle_url, archive)
             if sha != inv.bundle_sha256:
                 return RunOutcome(
-                    "fatal_error",
+                    Outcome.FATAL_ERROR,
                     "bundle sha256 does not match the registered bundle; refusing to run it",
                 )
             await asyncio.to_thread(unpack_bundle, archive, bundle_dir)
         except BundleRejected as exc:
-            return RunOutcome("fatal_error", f"bundle rejected: {exc.reason}")
+            return RunOutcome(Outcome.FATAL_ERROR, f"bundle rejected: {exc.reason}")
         except aiohttp.ClientError as exc:
-            return RunOutcome("retryable_error", f"bundle download failed: {type(exc).__name__}")
+            return RunOutcome(
+                Outcome.RETRYABLE_ERROR, f"bundle download failed: {type(exc).__name__}"
+            )
         archive.unlink()
         work = root / "work"
         work.mkdir(mode=0o700)
@@ -242,12 +213,12 @@ class Runner:
         try:
             result = await self._sandboxed(inv, bundle_dir, work, root / "batch.jsonl", channel)
             alert = alert_of(inv.work_payload)
-            if alert is not None and result.outcome == "success":
+            if alert is not None and result.outcome == Outcome.SUCCESS:
                 result = await self._alert_events(channel, alert, result)
             return result
         finally:
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Fenced):
+            with contextlib.suppress(asyncio.CancelledError, ConflictError):
                 await heartbeat
 
     async def _alert_events(
@@ -264,11 +235,13 @@ class Runner:
                 for n, h in answer.get("headers", {}).items():
                     headers[int(n)] = (str(h[0]), int(h[1])) if h else None
             events = rows_to_events(alert, rows, headers)
-        except EvaluationFatal as exc:
-            return RunOutcome("fatal_error", str(exc), stdout=run.stdout, stderr=run.stderr)
-        except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
+        except FatalTaskError as exc:
+            return RunOutcome(Outcome.FATAL_ERROR, str(exc), stdout=run.stdout, stderr=run.stderr)
+        except ConflictError:
+            raise
+        except (TraceError, aiohttp.ClientError, TimeoutError) as exc:
             error = f"block headers unavailable: {exc}"[:500]
-            return RunOutcome("retryable_error", error, stdout=run.stdout, stderr=run.stderr)
+            return RunOutcome(Outcome.RETRYABLE_ERROR, error, stdout=run.stdout, stderr=run.stderr)
         assert run.batch_path is not None
         with run.batch_path.open("wb") as fh:
             for event in events:
@@ -283,7 +256,9 @@ class Runner:
             await asyncio.sleep(interval)
             try:
                 await channel.call("heartbeat")
-            except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
+            except ConflictError:
+                raise
+            except (TraceError, aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("runner.heartbeat_failed", error=type(exc).__name__)
 
     async def _sandboxed(
@@ -337,7 +312,7 @@ class Runner:
             "context": {"task_id": str(inv.task_id), "attempt": inv.attempt},
             "bundle_dir": str(bundle_dir) if weak else "/bundle",
         }
-        result = RunOutcome("retryable_error", batch_path=batch_path)
+        result = RunOutcome(Outcome.RETRYABLE_ERROR, batch_path=batch_path)
         if alert_of(inv.work_payload) is not None:
             result.collected = []
         try:
@@ -345,10 +320,10 @@ class Runner:
             protocol = self._protocol(reader, writer_file, batch_path, result, channel)
             await asyncio.wait_for(protocol, timeout=limits.wall_seconds)
         except TimeoutError:
-            result.outcome = "retryable_error"
+            result.outcome = Outcome.RETRYABLE_ERROR
             result.error = f"handler timed out after {limits.wall_seconds:g}s and was killed"
         except (ValueError, asyncio.LimitOverrunError):
-            result.outcome = "fatal_error"
+            result.outcome = Outcome.FATAL_ERROR
             result.error = "handler sent a malformed or oversized message"
         finally:
             with contextlib.suppress(OSError):
@@ -363,7 +338,7 @@ class Runner:
                 writer_file.close()
             await asyncio.wait(drains, timeout=5)
         result.stdout, result.stderr = bytes(out_cap.data), err_cap.text().encode()
-        if result.outcome != "success" and result.error is None:
+        if result.outcome != Outcome.SUCCESS and result.error is None:
             code = proc.returncode
             why = f"killed by signal {-code}" if code and code < 0 else f"exit code {code}"
             result.error = f"handler ended without a result ({why}; memory or CPU limit?)"
@@ -390,7 +365,10 @@ class Runner:
                         data = orjson.dumps(row) + b"\n"
                         size += len(data)
                         if size > MAX_BATCH_BYTES:
-                            result.outcome, result.error = "fatal_error", "handler output too large"
+                            result.outcome, result.error = (
+                                Outcome.FATAL_ERROR,
+                                "handler output too large",
+                            )
                             return
                         if result.collected is not None:
                             result.collected.append(row)
@@ -407,11 +385,13 @@ class Runner:
                         message=str(msg.get("message"))[:2000],
                     )
                 elif kind == "error":
-                    result.outcome = "fatal_error" if msg.get("fatal") else "retryable_error"
+                    result.outcome = (
+                        Outcome.FATAL_ERROR if msg.get("fatal") else Outcome.RETRYABLE_ERROR
+                    )
                     result.error = str(msg.get("error"))[:2000]
                     return
                 elif kind == "done":
-                    result.outcome = "success"
+                    result.outcome = Outcome.SUCCESS
                     return
                 else:
                     raise ValueError("unknown message")
@@ -419,26 +399,20 @@ class Runner:
     async def _query(self, channel: DispatcherChannel, msg: dict[str, Any]) -> dict[str, Any]:
         if not self.query_url:
             return {"ok": False, "error": "no query service is configured"}
-        body = {
-            "task_id": str(channel.inv.task_id),
-            "attempt": channel.inv.attempt,
-            "dataset_id": msg.get("dataset_id"),
-            "sql": msg.get("sql"),
-            "limit": msg.get("limit", 1000),
-        }
         try:
-            status, data = await task_query(channel.session, self.query_url, channel.token, body)
+            result = await channel.client.query(
+                channel.lease, msg.get("dataset_id"), msg.get("sql"), msg.get("limit", 1000)
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             return {"ok": False, "error": f"query service unreachable ({type(exc).__name__})"}
-        if status == 200:
-            return {"ok": True, "result": data}
-        error = f"{status} {data.get('error')}: {data.get('detail', '')}"
-        return {"ok": False, "error": error[:500]}
+        except TraceError as exc:
+            return {"ok": False, "error": f"{exc.status} {exc.code}: {exc.detail}"[:500]}
+        return {"ok": True, "result": result}
 
     async def _report(
         self, session: aiohttp.ClientSession, channel: DispatcherChannel, run: RunOutcome
-    ) -> str:
-        if run.outcome == "success" and run.records and run.batch_path is not None:
+    ) -> Outcome:
+        if run.outcome == Outcome.SUCCESS and run.records and run.batch_path is not None:
             upload = await channel.call(
                 "upload-url",
                 name="batch-0000.jsonl",
@@ -450,18 +424,20 @@ class Runner:
                     upload["url"], data=fh, headers={"Content-Type": "application/octet-stream"}
                 ) as r:
                     if r.status not in (200, 201, 204):
-                        run = RunOutcome("retryable_error", f"batch upload failed: HTTP {r.status}")
-            if run.outcome == "success":
+                        run = RunOutcome(
+                            Outcome.RETRYABLE_ERROR, f"batch upload failed: HTTP {r.status}"
+                        )
+            if run.outcome == Outcome.SUCCESS:
                 await channel.call(
                     "buffer-publish", batch_uri=upload["batch_uri"], record_count=run.records
                 )
         error = None
-        if run.outcome != "success":
+        if run.outcome != Outcome.SUCCESS:
             tail = run.stderr.decode(errors="replace")[-STDERR_TAIL:]
             error = run.error or "handler failed"
             if tail.strip():
                 error += "\n--- stderr (tail) ---\n" + tail
-        outputs = {"records": run.records} if run.outcome == "success" else None
+        outputs = {"records": run.records} if run.outcome == Outcome.SUCCESS else None
         await channel.call("complete", outcome=run.outcome, error_message=error, outputs=outputs)
         log.info(
             "runner.completed",

@@ -26,7 +26,7 @@ from trace_platform.domain.batch import (
     producer_prefix,
 )
 from trace_platform.domain.capability import is_within_prefixes
-from trace_platform.errors import ForbiddenError, NotFoundError, ValidationError
+from trace_platform.domain.errors import ForbiddenError, NotFoundError, ValidationError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import SINK_BATCHES, SINK_ROWS
 from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE, ObjectStore, Queue, ReceivedMessage

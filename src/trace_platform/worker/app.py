@@ -8,10 +8,15 @@ from trace_platform.adapters.local_keys import load_worker_tokens
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import stop_on_signals
-from trace_platform.client import DispatcherClient
+
+# The operators of the capability packages register themselves at import.
+from trace_platform.alerts import evaluate as _alert_eval  # noqa: F401
+from trace_platform.chain import ingest as _cryo_ingest  # noqa: F401
+from trace_platform.client import TaskClient
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
+from trace_platform.worker import operators as _builtin  # noqa: F401
 from trace_platform.worker.service import Worker
 
 
@@ -23,7 +28,7 @@ async def serve_worker(settings: Settings, stop: asyncio.Event | None = None) ->
         urls.state, max_size=min(settings.db_pool_size, 4), wait_seconds=STARTUP_DB_WAIT
     )
     queue = queue_from_settings(settings, pool, urls.state)
-    client = DispatcherClient(
+    client = TaskClient(
         settings.resolved_dispatcher_url,
         load_worker_tokens(settings).current,
         max_connections=max(4, settings.worker_concurrency * 2),

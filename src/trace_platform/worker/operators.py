@@ -1,4 +1,4 @@
-"""Platform operators, pluggable by name. An operator yields `alert_events` rows.
+"""The built-in row operators (`noop`, `emit_alerts`), registered in `trace_platform.operators`.
 
 `emit_alerts` derives every dedupe_key from the seed and the row index (never from the
 attempt), so a retried task produces the same keys and the sink inserts nothing twice.
@@ -9,40 +9,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from trace_platform.logs import EventLogger
+from trace_platform.operators import FatalTaskError, OperatorContext, operator
 
-
-class FatalTaskError(Exception):
-    """Raised by an operator when retrying cannot help (bad input): the task fails for good."""
-
-
-@dataclass(frozen=True)
-class OperatorContext:
-    task_id: uuid.UUID
-    attempt: int
-    payload: dict[str, Any]
-    log: EventLogger
-
-
-Operator = Callable[[OperatorContext], AsyncIterator[dict[str, Any]]]
-OPERATORS: dict[str, Operator] = {}
 MAX_EMIT = 10_000_000
 _EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def operator(name: str) -> Callable[[Operator], Operator]:
-    """Register an operator under `name` (plugins call this at import)."""
-
-    def register(fn: Operator) -> Operator:
-        OPERATORS[name] = fn
-        return fn
-
-    return register
 
 
 @operator("noop")

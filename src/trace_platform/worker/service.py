@@ -15,26 +15,35 @@ from typing import Any
 import orjson
 
 from trace_platform.aio import first_of, sleep_or_stop, watch
-from trace_platform.alerts.evaluate import EvaluationFatal, EvaluationRetryable, evaluate
-from trace_platform.chain.ingest import IngestFatal, IngestRetryable, cryo_ingest
-from trace_platform.client import DispatcherClient, DispatcherUnavailable, Lease
+from trace_platform.client import DispatcherUnavailable, Lease, TaskClient
 from trace_platform.config import Settings
 from trace_platform.domain.capability import batch_prefix
-from trace_platform.errors import (
+from trace_platform.domain.errors import (
     AuthError,
     ConflictError,
     LoopDied,
     TraceError,
     ValidationError,
 )
+from trace_platform.domain.lifecycle import Outcome, TaskAttemptError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import IN_FLIGHT, WORKER_TASKS
-from trace_platform.ports import ObjectStore, Queue, QueueUnavailable, ReceivedMessage
-from trace_platform.worker.operators import OPERATORS, FatalTaskError, OperatorContext
+from trace_platform.operators import (
+    OPERATORS,
+    OUTPUT_OPERATORS,
+    FatalTaskError,
+    OperatorContext,
+)
+from trace_platform.ports import (
+    TASK_WAKEUP,
+    ObjectStore,
+    Queue,
+    QueueUnavailable,
+    ReceivedMessage,
+)
 
 log = get_logger(__name__)
 
-TASK_WAKEUP = "task_wakeup"
 LINES_PER_CHUNK = 2000
 ACK_RETRY_SECONDS = 0.2
 COMPLETION_RETRY_SECONDS = 0.2
@@ -81,7 +90,7 @@ class CompletionBatcher:
     busy worker sends one request for many tasks and an idle one adds no delay."""
 
     def __init__(
-        self, client: DispatcherClient, max_batch: int = 128, retry_horizon: float = 20.0
+        self, client: TaskClient, max_batch: int = 128, retry_horizon: float = 20.0
     ) -> None:
         self.client = client
         self.max_batch = max_batch
@@ -144,7 +153,7 @@ class Worker:
         settings: Settings,
         queue: Queue,
         store: ObjectStore,
-        client: DispatcherClient,
+        client: TaskClient,
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -295,29 +304,26 @@ class Worker:
         ids = {"task_id": str(lease.task_id), "attempt": lease.attempt}
         payload = lease.work_payload
         name = payload.get("operator")
-        op = OPERATORS.get(name) if isinstance(name, str) else None
+        ctx = OperatorContext(
+            lease.task_id,
+            lease.attempt,
+            payload,
+            log,
+            lease.capability_token,
+            self.store,
+            self.settings,
+        )
         try:
-            if name == "cryo_ingest":
-                # Writes Parquet into the attempt's prefix; the dispatcher commits the range
-                # with the completion that reports the files.
-                outputs = await cryo_ingest(
-                    lease.task_id, lease.attempt, payload, self.store, self.settings
-                )
-            elif name == "alert_eval":
-                events = await evaluate(
-                    self.settings, lease.task_id, lease.attempt, lease.capability_token, payload
-                )
-                outputs = await self._write_and_publish(lease, _aiter(events))
-            elif op is None:
-                raise FatalTaskError(f"unknown operator {name!r}")
+            if not isinstance(name, str):
+                raise FatalTaskError("payload names no operator")
+            if name in OUTPUT_OPERATORS:
+                outputs = await OUTPUT_OPERATORS[name](ctx)
+            elif name in OPERATORS:
+                outputs = await self._write_and_publish(lease, OPERATORS[name](ctx))
             else:
-                ctx = OperatorContext(lease.task_id, lease.attempt, payload, log)
-                outputs = await self._write_and_publish(lease, op(ctx))
-        except (FatalTaskError, IngestFatal, EvaluationFatal) as exc:
-            await self._report(lease, "fatal_error", str(exc)[:2000])
-            return
-        except (IngestRetryable, EvaluationRetryable) as exc:
-            await self._report(lease, "retryable_error", str(exc)[:2000])
+                raise FatalTaskError(f"unknown operator {name!r}")
+        except TaskAttemptError as exc:
+            await self._report(lease, exc.outcome, str(exc)[:2000])
             return
         except ConflictError as exc:
             # Fenced out (stale attempt, canceled): this attempt must change nothing more.
@@ -325,18 +331,20 @@ class Worker:
             WORKER_TASKS.labels("fenced").inc()
             return
         except Exception as exc:  # an operator failure is a retryable outcome, not a crash
-            await self._report(lease, "retryable_error", f"{type(exc).__name__}: {exc}"[:2000])
+            await self._report(
+                lease, Outcome.RETRYABLE_ERROR, f"{type(exc).__name__}: {exc}"[:2000]
+            )
             return
-        await self._report(lease, "success", None, outputs)
+        await self._report(lease, Outcome.SUCCESS, None, outputs)
 
     async def _report(
         self,
         lease: Lease,
-        outcome: str,
+        outcome: Outcome,
         error: str | None,
         outputs: dict[str, Any] | None = None,
     ) -> None:
-        report: dict[str, Any] = {"outcome": outcome}
+        report: dict[str, Any] = {"outcome": outcome.value}
         if error is not None:
             report["error_message"] = error
         if outputs is not None:
@@ -403,8 +411,3 @@ class Worker:
         info = await self.store.put_stream(uri, encode())
         await self._publish(lease, uri, count)
         return {"records": count, "batch_uri": uri, "bytes": info.size}
-
-
-async def _aiter(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for item in items:
-        yield item

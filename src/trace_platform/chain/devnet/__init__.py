@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from trace_platform.errors import ConfigError
+from trace_platform.domain.errors import ConfigError
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 _TRANSFER_SELECTOR = "a9059cbb"

@@ -1,4 +1,5 @@
-"""The handler's sandbox: bubblewrap namespaces (no network, own PID space, a filesystem view
+"""The sandbox of untrusted code (UDF handlers in the runner, DuckDB executors in the query
+service): bubblewrap namespaces (no network, own PID space, a filesystem view
 holding only the system runtime read-only, the bundle read-only and a private work dir),
 an unprivileged uid, rlimits and a clean environment.
 
