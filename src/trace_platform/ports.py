@@ -28,6 +28,29 @@ LITE_ORG_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 OutboxRoute = Callable[[list[uuid.UUID], list[dict[str, Any]]], Awaitable[None]]
 
 
+class CompletionRejected(Exception):
+    """A success hook refuses a completion's outputs: the attempt becomes a retryable failure
+    with this reason, and nothing the hook wrote stays (it ran in a savepoint)."""
+
+
+class SuccessHook(Protocol):
+    """Work a capability package adds to a fenced successful completion, inside its
+    transaction, for the tasks it owns (chain sync commits a range this way). Registered
+    with the dispatcher's TaskService at wiring; the kernel names no capability."""
+
+    payload_key: str  # the top-level payload key that marks the tasks this hook owns
+
+    async def on_success(
+        self, conn: Any, task_id: uuid.UUID, attempt: int, outputs: dict[str, Any] | None
+    ) -> None:
+        """Runs in a savepoint of the completion; raises CompletionRejected."""
+        ...
+
+    def committed(self) -> None:
+        """Called after the completion's transaction committed (e.g. wake a planner)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ReceivedMessage:
     """One delivery of a message. `deliveries` fences ack/extend like a receipt handle (pgqueue);

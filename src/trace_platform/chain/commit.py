@@ -11,19 +11,47 @@ objects are never referenced.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from trace_platform.db.sql import q
 from trace_platform.logs import get_logger
 from trace_platform.metrics import CHAIN_RANGES
+from trace_platform.ports import CompletionRejected
 
 log = get_logger(__name__)
 _EVENT_NS = uuid.UUID("0f5e7a3c-2d1b-4c9e-8a7f-6b5d4c3e2f1a")
 MAX_FILES = 64
 
 
-class CommitRejected(Exception):
+class CommitRejected(CompletionRejected):
     """The completion's outputs cannot be committed; the attempt is retried."""
+
+
+class RangeCommitHook:
+    """The dispatcher's success hook of chain tasks: commit the range in the completion's
+    transaction, then wake the planner (a slot is free)."""
+
+    payload_key = "chain"  # the planner's range tasks carry payload.chain
+
+    def __init__(self, store_root: str, on_commit: Callable[[], None] = lambda: None) -> None:
+        self.store_root = store_root
+        self.on_commit = on_commit
+
+    async def on_success(
+        self, conn: Any, task_id: uuid.UUID, attempt: int, outputs: dict[str, Any] | None
+    ) -> None:
+        try:
+            await commit_range(conn, self.store_root, task_id, attempt, outputs)
+        except CommitRejected as exc:
+            CHAIN_RANGES.labels("rejected").inc()
+            log.warning(
+                "chain.commit_rejected", task_id=str(task_id), attempt=attempt, reason=str(exc)
+            )
+            raise
+
+    def committed(self) -> None:
+        self.on_commit()
 
 
 def part_prefix(

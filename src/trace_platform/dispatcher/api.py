@@ -16,7 +16,13 @@ from trace_platform.adapters.local_store import LocalObjectStore, ObjectUrlSigne
 from trace_platform.dispatcher import models
 from trace_platform.dispatcher.service import Claimed, CompletionReport, TaskService
 from trace_platform.domain.capability import CapabilityClaims, is_within_prefixes
-from trace_platform.domain.errors import AuthError, ForbiddenError, NotFoundError, ValidationError
+from trace_platform.domain.errors import (
+    AuthError,
+    ForbiddenError,
+    NotFoundError,
+    UnavailableError,
+    ValidationError,
+)
 from trace_platform.domain.lifecycle import Outcome
 from trace_platform.http import (
     CAPABILITY_HEADER,
@@ -34,6 +40,8 @@ F = TypeVar("F", bound=models.Fence)
 
 UPLOAD_URL_TTL_SECONDS = 900
 MAX_UPLOAD_BYTES = 1 << 30
+# (task_id, block numbers) -> {number: [hash, timestamp] | None}; registered at wiring.
+BlockHeaderSource = Callable[[uuid.UUID, list[int]], Awaitable[dict[str, Any]]]
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -42,6 +50,7 @@ def build_router(
     signer: TokenSigner,
     worker_tokens: WorkerTokens,
     store: ObjectStore,
+    header_source: BlockHeaderSource | None = None,
 ) -> APIRouter:
     router = APIRouter()
 
@@ -256,10 +265,10 @@ def build_router(
     )
     async def block_headers(request: Request) -> Response:
         async def run(_claims: CapabilityClaims, body: models.BlockHeadersRequest) -> Any:
-            headers = await service().alert_block_headers(
-                body.task_id, body.attempt, body.lease_token, body.numbers
-            )
-            return {"headers": headers}
+            await service().check_reporting(body.task_id, body.attempt, body.lease_token)
+            if header_source is None:
+                raise UnavailableError("this dispatcher serves no block headers")
+            return {"headers": await header_source(body.task_id, body.numbers)}
 
         return await task_call(request, models.BlockHeadersRequest, run)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,8 @@ from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import LoopRunner, watch
+from trace_platform.alerts.headers import AlertBlockHeaders
+from trace_platform.chain.commit import RangeCommitHook
 from trace_platform.chain.loops import chain_routes, start_chain_loops
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
@@ -76,8 +79,11 @@ def create_app(settings: Settings) -> FastAPI:
         poke = asyncio.Event()
         queue = queue_from_settings(settings, pool, urls.state)
         plan_now = asyncio.Event()  # a committed range frees a slot: plan at once
-        service = TaskService(pool, signer, settings, outbox_poke=poke, range_poke=plan_now)
-        state.update(pool=pool, service=service, queue=queue)
+        hooks = [RangeCommitHook(settings.resolved_object_store_url, on_commit=plan_now.set)]
+        service = TaskService(pool, signer, settings, outbox_poke=poke, hooks=hooks)
+        state.update(
+            pool=pool, service=service, queue=queue, headers=AlertBlockHeaders(pool, settings)
+        )
         runner = LoopRunner()
         drainer = OutboxDrainer(pool, default_routes(queue, chain_routes(pool)))
         start_kernel_loops(
@@ -126,7 +132,11 @@ def create_app(settings: Settings) -> FastAPI:
         svc: TaskService = state["service"]
         return svc
 
-    app.include_router(build_router(service, signer, worker_tokens, store))
+    async def block_headers(task_id: uuid.UUID, numbers: list[int]) -> dict[str, Any]:
+        source: AlertBlockHeaders = state["headers"]
+        return await source(task_id, numbers)
+
+    app.include_router(build_router(service, signer, worker_tokens, store, block_headers))
 
     async def ready() -> bool:
         pool = state.get("pool")

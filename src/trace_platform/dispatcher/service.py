@@ -17,20 +17,16 @@ from typing import Any
 import asyncpg
 import orjson
 
-from trace_platform.chain.commit import CommitRejected, commit_range
-from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.config import Settings
 from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, build_claims
 from trace_platform.domain.errors import (
     ConflictError,
-    ForbiddenError,
     NotClaimedError,
     NotFoundError,
     StaleFenceError,
     TraceError,
-    UnavailableError,
     ValidationError,
 )
 from trace_platform.domain.lifecycle import (
@@ -42,8 +38,8 @@ from trace_platform.domain.lifecycle import (
     retry_delay,
 )
 from trace_platform.logs import get_logger
-from trace_platform.metrics import CHAIN_RANGES, TASK_TRANSITIONS
-from trace_platform.ports import LITE_ORG_ID, TokenSigner
+from trace_platform.metrics import TASK_TRANSITIONS
+from trace_platform.ports import LITE_ORG_ID, CompletionRejected, SuccessHook, TokenSigner
 
 log = get_logger(__name__)
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -90,14 +86,15 @@ class TaskService:
         signer: TokenSigner,
         settings: Settings,
         outbox_poke: asyncio.Event | None = None,
-        range_poke: asyncio.Event | None = None,
+        hooks: Sequence[SuccessHook] = (),
     ) -> None:
         self.pool = pool
         self.signer = signer
         self.settings = settings
         self.store_root = settings.resolved_object_store_url
         self.outbox_poke = outbox_poke or asyncio.Event()
-        self.range_poke = range_poke or asyncio.Event()
+        self.hooks = tuple(hooks)
+        self.hook_keys = [h.payload_key for h in self.hooks]
 
     # -- creation and operator verbs -------------------------------------------------------
 
@@ -274,32 +271,6 @@ class TaskService:
             raise NotFoundError("unknown task")
         check_report_fence(_fence(row), attempt, lease_token)
 
-    async def alert_block_headers(
-        self, task_id: uuid.UUID, attempt: int, lease_token: uuid.UUID, numbers: list[int]
-    ) -> dict[str, list[Any] | None]:
-        """(hash, timestamp) of blocks of an alert evaluation's range, from the chain's RPC
-        pool: a UDF rule's runner holds no RPC access, only its capability token."""
-        await self.check_reporting(task_id, attempt, lease_token)
-        row = await self.pool.fetchrow(q("tasks", "task_alert"), task_id)
-        if row is None or not isinstance(row["alert"], dict):
-            raise ForbiddenError("block headers are granted to alert evaluations only")
-        alert = row["alert"]
-        start, end = int(alert["start"]), int(alert["end"])
-        outside = [n for n in numbers if not start <= n < end]
-        if outside:
-            raise ForbiddenError(
-                f"block {outside[0]} is outside the evaluated range [{start}, {end})"
-            )
-        url = self.settings.rpc_url(str(alert["rpc_pool"]))
-        if url is None:
-            raise UnavailableError(f"RPC pool {alert['rpc_pool']!r} is not configured")
-        try:
-            async with RpcClient(url, self.settings.chain_rpc_timeout_seconds) as rpc:
-                headers = await rpc.block_headers(numbers)
-        except (RpcUnavailable, RpcError) as exc:
-            raise UnavailableError(f"rpc: {exc}"[:300]) from None
-        return {str(n): (list(h) if h else None) for n, h in headers.items()}
-
     async def buffer_publish(
         self,
         claims: CapabilityClaims,
@@ -387,6 +358,7 @@ class TaskService:
                 [r.attempt for r in fast],
                 [r.lease_token for r in fast],
                 [r.outputs for r in fast],
+                self.hook_keys,
             )
             done = {row["task_id"] for row in rows}
             TASK_TRANSITIONS.labels("completed").inc(len(done))
@@ -431,7 +403,12 @@ class TaskService:
         if outcome == Outcome.SUCCESS and not events:
             # One round trip for the common case; falls through when the row is not running.
             status = await self.pool.fetchval(
-                q("tasks", "complete_running_success"), task_id, attempt, lease_token, outputs
+                q("tasks", "complete_running_success"),
+                task_id,
+                attempt,
+                lease_token,
+                outputs,
+                self.hook_keys,
             )
             if status is not None:
                 TASK_TRANSITIONS.labels("completed").inc()
@@ -440,7 +417,7 @@ class TaskService:
                 )
                 return _completion_answer(task_id, attempt, status, None)
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(q("tasks", "lock_task_state"), task_id)
+            row = await conn.fetchrow(q("tasks", "lock_task_state"), task_id, self.hook_keys)
             if row is None:
                 raise NotFoundError("unknown task")
             decision = decide_completion(_fence(row), attempt, lease_token, outcome)
@@ -448,20 +425,16 @@ class TaskService:
                 view = await conn.fetchrow(q("tasks", "task_view"), task_id)
                 assert view is not None
                 return _completion_answer(task_id, attempt, view["status"], view["next_retry_at"])
-            if row["chain_range"] and outcome == Outcome.SUCCESS:
-                try:
-                    async with conn.transaction():  # a savepoint: a rejection leaves no trace
-                        await commit_range(conn, self.store_root, task_id, attempt, outputs)
-                except CommitRejected as exc:
-                    CHAIN_RANGES.labels("rejected").inc()
-                    log.warning(
-                        "chain.commit_rejected",
-                        task_id=str(task_id),
-                        attempt=attempt,
-                        reason=str(exc),
-                    )
-                    outcome, error_message = Outcome.RETRYABLE_ERROR, f"commit rejected: {exc}"
-                    decision = decide_completion(_fence(row), attempt, lease_token, outcome)
+            hooks = [h for h in self.hooks if h.payload_key in row["hook_keys"]]
+            if outcome == Outcome.SUCCESS:
+                for hook in hooks:
+                    try:
+                        async with conn.transaction():  # a savepoint: a rejection leaves no trace
+                            await hook.on_success(conn, task_id, attempt, outputs)
+                    except CompletionRejected as exc:
+                        outcome, error_message = Outcome.RETRYABLE_ERROR, f"commit rejected: {exc}"
+                        decision = decide_completion(_fence(row), attempt, lease_token, outcome)
+                        break
             delay = (
                 retry_delay(
                     attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds
@@ -483,8 +456,8 @@ class TaskService:
             )
             assert updated is not None  # the row is locked and the fence was checked
             await self._insert_events(conn, task_id, attempt, events or [])
-        if row["chain_range"]:
-            self.range_poke.set()  # after the commit: the planner sees the freed slot
+        for hook in hooks:
+            hook.committed()  # after the commit: e.g. the planner sees the freed slot
         transition = (
             "completed"
             if outcome == Outcome.SUCCESS

@@ -56,3 +56,8 @@ SELECT count(*) FROM data.alert_events WHERE org_id = $1 AND alert_definition_id
 -- name: delete_alert
 -- Deliveries still pending fail with "the alert no longer exists"; events are kept.
 DELETE FROM state.alert_definitions WHERE org_id = $1 AND name = $2 RETURNING alert_id;
+
+-- name: task_alert
+-- The alert evaluation of a task (UDF rules ask for the block headers of their range).
+SELECT payload->'alert' AS alert FROM state.tasks
+WHERE task_id = $1 AND payload->>'operator' = 'alert_eval';

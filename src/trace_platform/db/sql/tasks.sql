@@ -33,14 +33,10 @@ SELECT task_id, status FROM state.tasks WHERE task_id = ANY($1::uuid[]);
 SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id
 FROM state.tasks WHERE task_id = $1;
 
--- name: task_alert
--- The alert evaluation of a task (UDF rules ask for the block headers of their range).
-SELECT payload->'alert' AS alert FROM state.tasks
-WHERE task_id = $1 AND payload->>'operator' = 'alert_eval';
-
 -- name: lock_task_state
+-- hook_keys: which of the success hooks' payload keys ($2) this task's payload has.
 SELECT task_id, status, attempt, lease_token, last_outcome, max_attempts, org_id,
-       payload ? 'chain' AS chain_range
+       ARRAY(SELECT k FROM unnest($2::text[]) AS k WHERE payload ? k) AS hook_keys
 FROM state.tasks WHERE task_id = $1 FOR UPDATE;
 
 -- name: share_task_state
@@ -74,7 +70,9 @@ UPDATE state.tasks
 SET status = 'completed', last_outcome = 'success', last_error = NULL, next_retry_at = NULL,
     outputs = coalesce($4::jsonb, outputs), lease_expires_at = NULL, updated_at = now()
 WHERE task_id = $1 AND attempt = $2 AND lease_token = $3 AND status = 'running'
-  AND NOT payload ? 'chain'  -- a chain range commits with its completion: the full path
+  -- $5: the payload keys of the success hooks (a chain range commits with its completion):
+  -- a task a hook owns takes the full path.
+  AND NOT payload ?| $5::text[]
 RETURNING status;
 
 -- name: complete_running_successes
@@ -85,7 +83,7 @@ SET status = 'completed', last_outcome = 'success', last_error = NULL, next_retr
 FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[])
      AS c(task_id, attempt, lease_token, outputs)
 WHERE t.task_id = c.task_id AND t.attempt = c.attempt AND t.lease_token = c.lease_token
-  AND t.status = 'running' AND NOT t.payload ? 'chain'
+  AND t.status = 'running' AND NOT t.payload ?| $5::text[]
 RETURNING t.task_id;
 
 -- name: insert_events

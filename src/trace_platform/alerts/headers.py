@@ -1,0 +1,44 @@
+"""Block headers for UDF alert rules (`POST /v1/task/block-headers`): a UDF rule's runner
+holds no RPC access, only its capability token, so the dispatcher reads the (hash,
+timestamp) of blocks inside the evaluated range from the chain's RPC pool for it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
+from trace_platform.config import Settings
+from trace_platform.db.sql import q
+from trace_platform.domain.errors import ForbiddenError, UnavailableError
+
+
+class AlertBlockHeaders:
+    """The dispatcher's block-header source; the route has checked the attempt's fence."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    async def __call__(self, task_id: uuid.UUID, numbers: list[int]) -> dict[str, Any]:
+        row = await self.pool.fetchrow(q("alerts", "task_alert"), task_id)
+        if row is None or not isinstance(row["alert"], dict):
+            raise ForbiddenError("block headers are granted to alert evaluations only")
+        alert = row["alert"]
+        start, end = int(alert["start"]), int(alert["end"])
+        outside = [n for n in numbers if not start <= n < end]
+        if outside:
+            raise ForbiddenError(
+                f"block {outside[0]} is outside the evaluated range [{start}, {end})"
+            )
+        url = self.settings.rpc_url(str(alert["rpc_pool"]))
+        if url is None:
+            raise UnavailableError(f"RPC pool {alert['rpc_pool']!r} is not configured")
+        try:
+            async with RpcClient(url, self.settings.chain_rpc_timeout_seconds) as rpc:
+                headers = await rpc.block_headers(numbers)
+        except (RpcUnavailable, RpcError) as exc:
+            raise UnavailableError(f"rpc: {exc}"[:300]) from None
+        return {str(n): (list(h) if h else None) for n, h in headers.items()}
