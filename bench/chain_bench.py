@@ -38,6 +38,7 @@ from trace_platform.config import Settings
 from trace_platform.db.embedded import stop_embedded
 from trace_platform.db.pool import create_pool
 from trace_platform.ops.chains import chain_status
+from trace_platform.ops.env import OpsEnv
 from trace_platform.ops.specs import apply_specs
 from trace_platform.ports import LITE_ORG_ID
 from trace_platform.stack import Stack, prepare
@@ -81,19 +82,15 @@ class BenchStack:
         shutil.rmtree(self.home, ignore_errors=True)
 
     async def apply(self, text: str) -> None:
-        await apply_specs(
-            self.pool,
-            text,
-            LITE_ORG_ID,
-            self.settings.resolved_object_store_url,
-            self.settings.delivery_allow_private,
-        )
+        await apply_specs(OpsEnv(self.settings, self.pool, self.pool), LITE_ORG_ID, text)
 
     async def wait_tip(self, name: str, tip: int, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(0.25)
-            (job,) = await chain_status(self.pool, LITE_ORG_ID, name)
+            (job,) = await chain_status(
+                OpsEnv(self.settings, self.pool, self.pool), LITE_ORG_ID, name
+            )
             if all(s["tip"] >= tip for s in job["streams"]):
                 return
         raise TimeoutError(f"{name} did not reach {tip}")

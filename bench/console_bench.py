@@ -38,6 +38,7 @@ from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
 from trace_platform.db.embedded import stop_embedded
 from trace_platform.db.pool import create_pool
+from trace_platform.ops.env import OpsEnv
 from trace_platform.ops.tasks import encode_cursor
 from trace_platform.ops.users import create_user
 from trace_platform.ports import LITE_ORG_ID
@@ -104,7 +105,9 @@ async def main(args: argparse.Namespace) -> None:
         )
         await pool.execute("ANALYZE state.tasks")
         print(f"{args.tasks:,} tasks inserted in {time.perf_counter() - t0:.1f} s")
-        _, key = await create_user(pool, LITE_ORG_ID, "bench", "admin")
+        key = (
+            await create_user(OpsEnv(settings, pool, pool), LITE_ORG_ID, "bench", "admin")
+        ).api_key
         path = home / "d.parquet"
         pq.write_table(
             pa.table({"n": list(range(200_000)), "v": [i * 0.5 for i in range(200_000)]}), path

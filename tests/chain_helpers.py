@@ -9,10 +9,10 @@ from typing import Any
 import asyncpg
 
 from tests.conftest import wait_until
-from trace_platform.cli_support import query_dataset
 from trace_platform.config import Settings
-from trace_platform.db.pool import create_pool
 from trace_platform.ops.chains import chain_status
+from trace_platform.ops.datasets import query_here
+from trace_platform.ops.env import open_env
 from trace_platform.ops.specs import apply_specs
 from trace_platform.ports import LITE_ORG_ID
 
@@ -44,26 +44,14 @@ def spec_yaml(
 async def apply(
     settings: Settings, text: str, org_id: uuid.UUID = LITE_ORG_ID
 ) -> list[dict[str, Any]]:
-    pool = await create_pool(settings.state_database_url or "", max_size=1)
-    try:
-        return await apply_specs(
-            pool,
-            text,
-            org_id,
-            settings.resolved_object_store_url,
-            settings.delivery_allow_private,
-        )
-    finally:
-        await pool.close()
+    async with open_env(settings) as env:
+        return await apply_specs(env, org_id, text)
 
 
 async def status(settings: Settings, name: str) -> dict[str, Any]:
-    pool = await create_pool(settings.state_database_url or "", max_size=1)
-    try:
-        (job,) = await chain_status(pool, LITE_ORG_ID, name)
+    async with open_env(settings) as env:
+        (job,) = await chain_status(env, LITE_ORG_ID, name)
         return job
-    finally:
-        await pool.close()
 
 
 def streams_of(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -87,8 +75,9 @@ async def wait_synced(
 async def rows(
     settings: Settings, dataset: str, sql: str, block_range: tuple[int, int] | None = None
 ) -> list[list[Any]]:
-    result = await query_dataset(settings, dataset, sql, 10_000, None, block_range)
-    return [list(r) for r in result["rows"]]
+    async with open_env(settings) as env:
+        result = await query_here(env, LITE_ORG_ID, dataset, sql, 10_000, block_range)
+    return [list(r) for r in result.rows]
 
 
 def node_blocks(url: str, start: int, end: int) -> dict[int, dict[str, Any]]:

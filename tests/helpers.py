@@ -144,3 +144,11 @@ def run_trace(settings: Any, *args: str, timeout: float = 60) -> Any:
         timeout=timeout,
         check=False,
     )
+
+
+def env_of(pool: asyncpg.Pool, data: asyncpg.Pool | None = None) -> Any:
+    """An operations environment over test pools (state; data when the call needs it)."""
+    from trace_platform.config import Settings
+    from trace_platform.ops.env import OpsEnv
+
+    return OpsEnv(Settings.load(env={}), pool, data or pool)

@@ -46,11 +46,12 @@ _BY_STATUS: dict[int, type[TraceError]] = {
 BUSY_RETRIES = 6  # about 3 s of waiting in all, with jitter
 
 
-class DispatcherUnavailable(TraceError):
-    """No answer (or only 5xx answers) after the retries."""
+class ServiceUnavailable(TraceError):
+    """No answer (or only 5xx answers) from the dispatcher or query service after the
+    retries."""
 
     status = 503
-    code = "dispatcher_unavailable"
+    code = "service_unavailable"
 
 
 def answer_error(status: int, data: dict[str, Any]) -> TraceError:
@@ -58,7 +59,7 @@ def answer_error(status: int, data: dict[str, Any]) -> TraceError:
     if status == 409 and data.get("error") == "not_claimed":
         return NotClaimedError(str(data.get("reason", "unknown")))
     if status >= 500:
-        exc: TraceError = DispatcherUnavailable(str(data.get("detail", f"HTTP {status}")))
+        exc: TraceError = ServiceUnavailable(str(data.get("detail", f"HTTP {status}")))
     else:
         cls = _BY_STATUS.get(status, TraceError)
         exc = cls(str(data.get("detail", f"HTTP {status}")))
@@ -124,7 +125,7 @@ class TaskClient:
         """One JSON call: the answer of a 200, else the error of the status (see module)."""
         delay = 0.05
         attempts = self._retries if retry else 1
-        last: TraceError = DispatcherUnavailable(f"no answer from {url.rsplit('/', 1)[-1]}")
+        last: TraceError = ServiceUnavailable(f"no answer from {url.rsplit('/', 1)[-1]}")
         for i in range(attempts):
             try:
                 async with self.session.post(
@@ -213,7 +214,7 @@ class TaskClient:
         Raises the answer's error (a 429 only once the busy-wait is over); transport errors
         (aiohttp.ClientError, TimeoutError) are the caller's to handle."""
         if self.query_url is None:
-            raise DispatcherUnavailable("no query service is configured")
+            raise ServiceUnavailable("no query service is configured")
         body = {
             "task_id": str(lease.task_id),
             "attempt": lease.attempt,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +46,16 @@ def error_response(status: int, code: str, detail: str, **extra: Any) -> Respons
     return json_response({"error": code, "detail": detail, **extra}, status)
 
 
+def error_of(exc: TraceError) -> Response:
+    """The response of an error: its status and body; a 429 says when to come back
+    (`Retry-After`, whole seconds, from the error's `retry_after` or 1)."""
+    headers = None
+    if exc.status == 429:
+        wait = float(exc.extra.get("retry_after", 1))
+        headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+    return json_response(exc.body(), exc.status, headers)
+
+
 def _one_line_reason(exc: PydanticValidationError) -> str:
     """First error as `field: message`, without echoing the input value."""
     first = exc.errors(include_input=False, include_url=False)[0]
@@ -68,7 +81,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
 def install_error_handlers(app: FastAPI) -> None:
     async def trace_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TraceError)
-        return json_response(exc.body(), exc.status)
+        return error_of(exc)
 
     async def validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -183,6 +196,17 @@ def serve(app: Any, host: str, port: int) -> None:
     server.run()
     if not server.started:
         raise SystemExit(3)
+
+
+async def pool_ready(pool: asyncpg.Pool | None) -> bool:
+    """Readiness of a process whose dependency is its database pool: a `SELECT 1` within
+    2 s (the process may still be starting: no pool yet)."""
+    if pool is None:
+        return False
+    try:
+        return bool(await asyncio.wait_for(pool.fetchval("SELECT 1"), 2) == 1)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return False
 
 
 def install_health(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:

@@ -25,6 +25,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import REPO, free_port, proc_env, wait_until
 from tests.delivery_helpers import Receiver, define_alert, insert_events
+from tests.helpers import env_of
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
@@ -127,8 +128,8 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
 ) -> None:
     from tests.chain_helpers import apply
 
-    _, admin = await create_user(pool, LITE_ORG_ID, "ops", "admin")
-    _, reader = await create_user(pool, LITE_ORG_ID, "viewer", "reader")
+    admin = (await create_user(env_of(pool), LITE_ORG_ID, "ops", "admin")).api_key
+    reader = (await create_user(env_of(pool), LITE_ORG_ID, "viewer", "reader")).api_key
     # a dataset, tasks in three states (no wake-ups: they stay as they are), a DLQ message,
     # an alert; the chain comes after the overview, whose numbers must then hold still
     path = tmp_path / "n.parquet"

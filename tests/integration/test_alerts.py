@@ -25,6 +25,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.delivery_helpers import Receiver
+from tests.helpers import env_of
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.bundles import build_bundle, deterministic_zip, register_bundle
 from trace_platform.chain.devnet import Anvil
@@ -371,7 +372,7 @@ async def wait_synced_org(settings: Settings, org: uuid.UUID) -> None:
     try:
 
         async def done() -> bool:
-            (job,) = await chain_status(pool, org, "al")
+            (job,) = await chain_status(env_of(pool), org, "al")
             return all(s["tip"] >= BLOCKS and s["in_flight"] == 0 for s in job["streams"])
 
         await wait_until(done, 120, 0.2, "org B synced")

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
-from tests.helpers import run_trace
+from tests.helpers import env_of, run_trace
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
@@ -70,7 +70,7 @@ async def keys(pool: asyncpg.Pool, api: str) -> dict[str, str]:
     out = {}
     for org, prefix in ((LITE_ORG_ID, ""), (ORG_B, "b-")):
         for role in ("reader", "writer", "admin"):
-            _, key = await create_user(pool, org, f"{prefix}{role}", role)
+            key = (await create_user(env_of(pool), org, f"{prefix}{role}", role)).api_key
             out[prefix + role] = key
     return out
 
@@ -143,7 +143,7 @@ async def test_each_role_can_do_exactly_what_it_is_allowed(
 async def test_no_key_a_bad_key_and_a_revoked_key_get_401(
     api: str, pool: asyncpg.Pool, keys: dict[str, str]
 ) -> None:
-    _, key = await create_user(pool, LITE_ORG_ID, "short-lived", "admin")
+    key = (await create_user(env_of(pool), LITE_ORG_ID, "short-lived", "admin")).api_key
     async with httpx.AsyncClient(base_url=api, timeout=10) as http:
         assert (await http.get("/v1/me")).status_code == 401
         assert (
@@ -220,7 +220,7 @@ async def test_a_query_runs_through_the_gate_and_is_audited_per_user_without_its
 async def test_a_key_past_its_rate_limit_gets_429_with_retry_after(
     api: str, pool: asyncpg.Pool
 ) -> None:
-    _, key = await create_user(pool, LITE_ORG_ID, "hasty", "reader")
+    key = (await create_user(env_of(pool), LITE_ORG_ID, "hasty", "reader")).api_key
     async with httpx.AsyncClient(base_url=api, timeout=10) as http:
         answers = await asyncio.gather(
             *(http.get("/v1/me", headers=bearer(key)) for _ in range(150))
@@ -234,7 +234,7 @@ async def test_a_key_past_its_rate_limit_gets_429_with_retry_after(
 async def test_pagination_is_stable_under_concurrent_inserts(
     api: str, pool: asyncpg.Pool, keys: dict[str, str]
 ) -> None:
-    _, key = await create_user(pool, ORG_B, "pager", "writer")
+    key = (await create_user(env_of(pool), ORG_B, "pager", "writer")).api_key
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
         r = await http.post(
             "/v1/tasks", json={"payload": {"operator": "noop"}, "count": 230}, headers=bearer(key)
@@ -330,7 +330,7 @@ async def test_fuzzing_the_user_api_with_a_valid_key_finds_no_5xx(
     from hypothesis import settings as hsettings
     from schemathesis.checks import not_a_server_error
 
-    _, key = await create_user(pool, ORG_B, "fuzzer", "admin")
+    key = (await create_user(env_of(pool), ORG_B, "fuzzer", "admin")).api_key
     schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
     calls: list[str] = []
 
@@ -560,7 +560,7 @@ async def test_a_users_query_has_its_own_time_limit(
     path = tmp_path / "big.parquet"
     pq.write_table(pa.table({"n": list(range(20_000))}), path)
     await register_dataset(pool, object_store_from_settings(u_settings), "big", [path], ORG_B)
-    _, key = await create_user(pool, ORG_B, "analyst", "reader")
+    key = (await create_user(env_of(pool), ORG_B, "analyst", "reader")).api_key
     qport = free_port()
     base = u_settings.replace(
         query_port=qport, query_url=f"http://127.0.0.1:{qport}", query_timeout_seconds=0.3

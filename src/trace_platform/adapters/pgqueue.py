@@ -140,8 +140,12 @@ class PgQueue:
         return [r["message_id"] for r in rows]
 
     @backend_errors_as_unavailable
-    async def purge(self, queue_name: str, message_ids: Sequence[uuid.UUID]) -> int:
-        rows = await self._pool.fetch(q("queue", "purge"), queue_name, list(message_ids))
+    async def purge(
+        self, queue_name: str, message_ids: Sequence[uuid.UUID], org_id: uuid.UUID | None = None
+    ) -> int:
+        """Delete these messages for good (`org_id`: only if they are that org's)."""
+        org = str(org_id) if org_id is not None else None
+        rows = await self._pool.fetch(q("queue", "purge"), queue_name, list(message_ids), org)
         return len(rows)
 
     @backend_errors_as_unavailable

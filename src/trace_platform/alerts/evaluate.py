@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
-from trace_platform.client import DispatcherUnavailable, Lease, TaskClient, new_session
+from trace_platform.client import Lease, ServiceUnavailable, TaskClient, new_session
 from trace_platform.config import Settings
 from trace_platform.domain.alert_events import MAX_ROWS, block_numbers, rows_to_events
 from trace_platform.domain.errors import OverloadedError, TraceError
@@ -33,7 +33,7 @@ async def run_rule(settings: Settings, lease: Lease, dataset_uuid: str, sql: str
             return await client.query(lease, dataset_uuid, sql, MAX_ROWS)
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
         raise RetryableTaskError(f"query service: {type(exc).__name__}") from None
-    except (OverloadedError, DispatcherUnavailable) as exc:
+    except (OverloadedError, ServiceUnavailable) as exc:
         raise RetryableTaskError(f"query service answered {exc.status}") from None
     except TraceError as exc:
         raise FatalTaskError(f"rule rejected ({exc.status}): {exc.detail}"[:500]) from None

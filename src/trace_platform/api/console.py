@@ -14,39 +14,45 @@ token. A revoked user's session ends at its next request.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from trace_platform.api.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    api_state,
+    authenticate,
+    check_csrf,
+    csrf_token,
+    session_value,
+)
+from trace_platform.api.samples import Samples, sparkline
 from trace_platform.domain.errors import AuthError, ForbiddenError, NotFoundError, TraceError
 from trace_platform.ops import alerts as alert_ops
 from trace_platform.ops import chains as chain_ops
+from trace_platform.ops import datasets as dataset_ops
+from trace_platform.ops import dlq as dlq_ops
 from trace_platform.ops import tasks as task_ops
 from trace_platform.ops import users as user_ops
+from trace_platform.ops.env import OpsEnv
 from trace_platform.ops.users import User
 
-SESSION_COOKIE = "trace_session"
-LOGIN_COOKIE = "trace_login"
-SESSION_SECONDS = 12 * 3600
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-SAMPLE_SECONDS = 2.0
-HISTORY = 300  # samples kept per org (10 minutes at one per 2 s)
+ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
 
 _env = Environment(
     loader=PackageLoader("trace_platform.api", "templates"),
@@ -56,300 +62,199 @@ _env = Environment(
 )
 _env.filters["json"] = lambda v: orjson.dumps(v, default=str, option=orjson.OPT_INDENT_2).decode()
 
-
-def _sign(secret: str, message: str) -> str:
-    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
-
-
-def session_value(secret: str, user_id: uuid.UUID, now: float | None = None) -> str:
-    expires = int((now or time.time()) + SESSION_SECONDS)
-    return f"{user_id}.{expires}.{_sign(secret, f'session:{user_id}:{expires}')}"
+router = APIRouter(include_in_schema=False)
+Loader = Callable[[User, OpsEnv], Awaitable[dict[str, Any]]]
 
 
-def csrf_token(secret: str, session: str) -> str:
-    return _sign(secret, f"csrf:{session}")
-
-
-async def session_user(request: Request, pool: asyncpg.Pool, secret: str) -> User | None:
-    value = request.cookies.get(SESSION_COOKIE)
-    if not value:
-        return None
-    try:
-        user_id, expires, sig = value.split(".")
-        uid = uuid.UUID(user_id)
-        if int(expires) < time.time():
-            return None
-    except ValueError:
-        return None
-    if not hmac.compare_digest(sig, _sign(secret, f"session:{uid}:{expires}")):
-        return None
-    return await user_ops.user_by_id(pool, uid)
-
-
-async def check_csrf(request: Request, secret: str) -> None:
+def page(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
     session = request.cookies.get(SESSION_COOKIE, "")
-    sent = request.headers.get("x-csrf-token", "")
-    if not session or not sent or not hmac.compare_digest(sent, csrf_token(secret, session)):
+    secret = api_state(request).secret
+    html = _env.get_template(template).render(
+        user=user,
+        csrf=csrf_token(secret, session) if session else "",
+        fragment=request.query_params.get("fragment") == "1",
+        path=request.url.path,
+        **ctx,
+    )
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def render(request: Request, template: str, load: Loader) -> Response:
+    """Log-in redirect, the page's data for this user, the page (or its error)."""
+    try:
+        user = await authenticate(request)
+    except AuthError:
+        return RedirectResponse("/ui/login?next=" + quote(request.url.path), status_code=303)
+    try:
+        ctx = await load(user, api_state(request).env)
+    except TraceError as exc:  # not found, a bad filter or cursor: one line, no trace
+        return page(request, "error.html", user, error=exc.detail)
+    return page(request, template, user, **ctx)
+
+
+def _login_page(request: Request, error: str | None, status: int = 200) -> Response:
+    token = secrets.token_urlsafe(24)
+    resp = page(request, "login.html", None, login_token=token, error=error)
+    resp.status_code = status
+    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", max_age=600, path="/ui")
+    return resp
+
+
+@router.get("/ui/static/{name}")
+async def static(name: str) -> Response:
+    if name not in ASSETS:
+        raise NotFoundError("no such asset")
+    data = resources.files("trace_platform.api").joinpath("static", name).read_bytes()
+    return Response(data, media_type=ASSETS[name], headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/ui/login")
+async def login_form(request: Request) -> Response:
+    return _login_page(request, None)
+
+
+@router.post("/ui/login")
+async def login(request: Request) -> Response:
+    state = api_state(request)
+    form = await request.form()
+    key, token = str(form.get("api_key", "")), str(form.get("login_token", ""))
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    if not token or not cookie or not hmac.compare_digest(token, cookie):
         raise ForbiddenError("missing or wrong CSRF token")
+    user = await user_ops.authenticate(state.env.state, key.strip())
+    if user is None:
+        return _login_page(request, "unknown or revoked API key", 401)
+    target = str(form.get("next", "/ui"))
+    if not target.startswith("/ui") or target.startswith("//"):
+        target = "/ui"
+    done = RedirectResponse(target, status_code=303)
+    done.set_cookie(
+        SESSION_COOKIE,
+        session_value(state.secret, user.user_id),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=SESSION_SECONDS,
+        path="/",
+    )
+    done.delete_cookie(LOGIN_COOKIE, path="/ui")
+    return done
 
 
-class Samples:
-    """Per org: task counts and queue depths sampled at most every SAMPLE_SECONDS, with a
-    short history for the charts (throughput = completed per second between samples). A
-    stale sample is served while a fresh one is taken in the background, so no page waits
-    for the count (an index-only scan: ~150 ms at a million tasks) after the first."""
+@router.post("/ui/logout")
+async def logout(request: Request) -> Response:
+    check_csrf(request, api_state(request).secret)
+    resp = RedirectResponse("/ui/login", status_code=303)
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
 
-    def __init__(self) -> None:
-        self.by_org: dict[uuid.UUID, list[dict[str, Any]]] = {}
-        self.refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
 
-    async def _take(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> None:
-        history = self.by_org.setdefault(org_id, [])
-        counts = await task_ops.task_counts(pool, org_id)
-        depths = await task_ops.queue_depths(pool)
-        now = time.time()
-        rate = 0.0
-        if history:
-            prev = history[-1]
-            done = counts.get("completed", 0) - prev["counts"].get("completed", 0)
-            rate = max(0, done) / max(1e-3, now - prev["at"])
-        history.append({"at": now, "counts": counts, "depths": depths, "rate": rate})
-        del history[:-HISTORY]
+def samples_of(request: Request) -> Samples:
+    found: Samples = request.app.state.samples
+    return found
 
-    async def _refresh(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> None:
-        from trace_platform.db.pool import DB_ERRORS
 
-        try:
-            await self._take(pool, org_id)
-        except DB_ERRORS:  # the last sample stays; the next page view tries again
-            return
+@router.get("/ui")
+async def overview(request: Request) -> Response:
+    samples = samples_of(request)
 
-    async def current(self, pool: asyncpg.Pool, org_id: uuid.UUID) -> dict[str, Any]:
-        history = self.by_org.get(org_id)
-        if not history:
-            await self._take(pool, org_id)
-            return self.by_org[org_id][-1]
-        if time.time() - history[-1]["at"] >= SAMPLE_SECONDS and org_id not in self.refreshing:
-            task = asyncio.create_task(self._refresh(pool, org_id))
-            self.refreshing[org_id] = task
-            task.add_done_callback(lambda _t: self.refreshing.pop(org_id, None))
-        return history[-1]
-
-    def series(self, org_id: uuid.UUID) -> dict[str, list[float]]:
-        h = self.by_org.get(org_id, [])[-60:]
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        sample = await samples.current(env, user.org_id)
+        series = samples.series(user.org_id)
         return {
-            "rate": [s["rate"] for s in h],
-            "depth": [float(sum(s["depths"].values())) for s in h],
+            "counts": sample["counts"],
+            "depths": sample["depths"],
+            "rate": sample["rate"],
+            "rate_chart": sparkline(series["rate"]),
+            "depth_chart": sparkline(series["depth"]),
+            "statuses": task_ops.TASK_STATUSES,
+            "chains": await chain_ops.chain_status(env, user.org_id, None),
         }
 
-
-def sparkline(values: list[float], width: int = 360, height: int = 60) -> str:
-    """An inline SVG polyline (rendered server-side: no chart library)."""
-    if len(values) < 2:
-        return ""
-    top = max(values) or 1.0
-    step = width / (len(values) - 1)
-    points = " ".join(
-        f"{i * step:.1f},{height - 4 - (v / top) * (height - 8):.1f}" for i, v in enumerate(values)
-    )
-    return (
-        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
-        f' role="img"><polyline fill="none" stroke="currentColor" stroke-width="2"'
-        f' points="{points}"/></svg>'
-    )
+    return await render(request, "overview.html", load)
 
 
-def install_console(
-    app: FastAPI,
-    state: dict[str, Any],
-    secret: str,
-    authenticate: Callable[[Request], Awaitable[User]],
-) -> None:
-    samples = Samples()
+@router.get("/ui/tasks")
+async def tasks(request: Request) -> Response:
+    status = request.query_params.get("status") or None
+    cursor = request.query_params.get("cursor") or None
 
-    def page(request: Request, template: str, user: User | None, **ctx: Any) -> HTMLResponse:
-        session = request.cookies.get(SESSION_COOKIE, "")
-        html = _env.get_template(template).render(
-            user=user,
-            csrf=csrf_token(secret, session) if session else "",
-            fragment=request.query_params.get("fragment") == "1",
-            path=request.url.path,
-            **ctx,
-        )
-        return HTMLResponse(
-            html,
-            headers={
-                "Content-Security-Policy": CSP,
-                "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "no-referrer",
-                "Cache-Control": "no-store",
-            },
-        )
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        result = await task_ops.list_tasks(env, user.org_id, status, cursor, 50)
+        return {
+            "result": result,
+            "status": status,
+            "cursor": cursor,
+            "statuses": task_ops.TASK_STATUSES,
+        }
 
-    async def viewer(request: Request) -> User | RedirectResponse:
-        try:
-            return await authenticate(request)
-        except AuthError:
-            return RedirectResponse("/ui/login?next=" + quote(request.url.path), status_code=303)
+    return await render(request, "tasks.html", load)
 
-    @app.get("/ui/static/{name}", include_in_schema=False)
-    async def static(name: str) -> Response:
-        kinds = {"console.js": "text/javascript", "console.css": "text/css"}
-        if name not in kinds:
-            raise NotFoundError("no such asset")
-        data = resources.files("trace_platform.api").joinpath("static", name).read_bytes()
-        return Response(data, media_type=kinds[name], headers={"Cache-Control": "max-age=300"})
 
-    @app.get("/ui/login", include_in_schema=False)
-    async def login_form(request: Request) -> Response:
-        token = secrets.token_urlsafe(24)
-        resp = page(request, "login.html", None, login_token=token, error=None)
-        resp.set_cookie(
-            LOGIN_COOKIE, token, httponly=True, samesite="strict", max_age=600, path="/ui"
-        )
-        return resp
+@router.get("/ui/tasks/{task_id}")
+async def task(request: Request, task_id: uuid.UUID) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        return {"t": await task_ops.show_task(env, user.org_id, task_id)}
 
-    @app.post("/ui/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        form = await request.form()
-        key, token = str(form.get("api_key", "")), str(form.get("login_token", ""))
-        cookie = request.cookies.get(LOGIN_COOKIE, "")
-        if not token or not cookie or not hmac.compare_digest(token, cookie):
-            raise ForbiddenError("missing or wrong CSRF token")
-        user = await user_ops.authenticate(state["pool"], key.strip())
-        if user is None:
-            fresh = secrets.token_urlsafe(24)
-            resp = page(
-                request, "login.html", None, login_token=fresh, error="unknown or revoked API key"
-            )
-            resp.status_code = 401
-            resp.set_cookie(
-                LOGIN_COOKIE, fresh, httponly=True, samesite="strict", max_age=600, path="/ui"
-            )
-            return resp
-        target = str(form.get("next", "/ui"))
-        if not target.startswith("/ui") or target.startswith("//"):
-            target = "/ui"
-        done = RedirectResponse(target, status_code=303)
-        secure = request.url.scheme == "https"
-        done.set_cookie(
-            SESSION_COOKIE,
-            session_value(secret, user.user_id),
-            httponly=True,
-            samesite="strict",
-            secure=secure,
-            max_age=SESSION_SECONDS,
-            path="/",
-        )
-        done.delete_cookie(LOGIN_COOKIE, path="/ui")
-        return done
+    return await render(request, "task.html", load)
 
-    @app.post("/ui/logout", include_in_schema=False)
-    async def logout(request: Request) -> Response:
-        await check_csrf(request, secret)
-        resp = RedirectResponse("/ui/login", status_code=303)
-        resp.delete_cookie(SESSION_COOKIE, path="/")
-        return resp
 
-    Loader = Callable[[User], Awaitable[dict[str, Any]]]
+@router.get("/ui/chains")
+async def chains(request: Request) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        return {"chains": await chain_ops.chain_status(env, user.org_id, None)}
 
-    async def render(request: Request, template: str, load: Loader) -> Response:
-        """Log-in redirect, the page's data for this user, the page (or its error)."""
-        user = await viewer(request)
-        if isinstance(user, Response):
-            return user
-        try:
-            ctx = await load(user)
-        except TraceError as exc:  # not found, a bad filter or cursor: one line, no trace
-            return page(request, "error.html", user, error=exc.detail)
-        return page(request, template, user, **ctx)
+    return await render(request, "chains.html", load)
 
-    def pool() -> asyncpg.Pool:
-        p: asyncpg.Pool = state["pool"]  # created in the app's lifespan
-        return p
 
-    @app.get("/ui", include_in_schema=False)
-    async def overview(request: Request) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            sample = await samples.current(pool(), user.org_id)
-            series = samples.series(user.org_id)
-            return {
-                "counts": sample["counts"],
-                "depths": sample["depths"],
-                "rate": sample["rate"],
-                "rate_chart": sparkline(series["rate"]),
-                "depth_chart": sparkline(series["depth"]),
-                "chains": await chain_ops.chain_status(pool(), user.org_id, None),
-            }
+@router.get("/ui/datasets")
+async def datasets(request: Request) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        return {"datasets": await dataset_ops.list_datasets(env, user.org_id)}
 
-        return await render(request, "overview.html", load)
+    return await render(request, "datasets.html", load)
 
-    @app.get("/ui/tasks", include_in_schema=False)
-    async def tasks(request: Request) -> Response:
-        status = request.query_params.get("status") or None
-        cursor = request.query_params.get("cursor") or None
 
-        async def load(user: User) -> dict[str, Any]:
-            result = await task_ops.list_tasks(pool(), user.org_id, status, cursor, 50)
-            return {
-                "result": result,
-                "status": status,
-                "cursor": cursor,
-                "statuses": task_ops.TASK_STATUSES,
-            }
+@router.get("/ui/datasets/{name}")
+async def dataset(request: Request, name: str) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        return {"ds": await dataset_ops.show_dataset(env, user.org_id, name)}
 
-        return await render(request, "tasks.html", load)
+    return await render(request, "dataset.html", load)
 
-    @app.get("/ui/tasks/{task_id}", include_in_schema=False)
-    async def task(request: Request, task_id: uuid.UUID) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            return {"t": await task_ops.show_task(pool(), user.org_id, task_id)}
 
-        return await render(request, "task.html", load)
+@router.get("/ui/alerts")
+async def alerts(request: Request) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        return {"alerts": await alert_ops.list_alerts(env, user.org_id)}
 
-    @app.get("/ui/chains", include_in_schema=False)
-    async def chains(request: Request) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            return {"chains": await chain_ops.chain_status(pool(), user.org_id, None)}
+    return await render(request, "alerts.html", load)
 
-        return await render(request, "chains.html", load)
 
-    @app.get("/ui/datasets", include_in_schema=False)
-    async def datasets(request: Request) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            return {"datasets": await task_ops.list_org_datasets(pool(), user.org_id)}
+@router.get("/ui/alerts/{name}")
+async def alert(request: Request, name: str) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        org = user.org_id
+        return {
+            "a": await alert_ops.show_alert(env, org, name),
+            "events": await alert_ops.alert_events(env, org, name, 50),
+            "deliveries": await alert_ops.alert_deliveries(env, org, name, None, 50),
+        }
 
-        return await render(request, "datasets.html", load)
+    return await render(request, "alert.html", load)
 
-    @app.get("/ui/datasets/{name}", include_in_schema=False)
-    async def dataset(request: Request, name: str) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            return {"ds": await task_ops.show_dataset(pool(), user.org_id, name)}
 
-        return await render(request, "dataset.html", load)
+@router.get("/ui/dlq")
+async def dlq(request: Request) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        return {"messages": await dlq_ops.list_dlq(env, user.org_id, 200)}
 
-    @app.get("/ui/alerts", include_in_schema=False)
-    async def alerts(request: Request) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            return {"alerts": await alert_ops.list_alerts(pool(), user.org_id)}
-
-        return await render(request, "alerts.html", load)
-
-    @app.get("/ui/alerts/{name}", include_in_schema=False)
-    async def alert(request: Request, name: str) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            org, data = user.org_id, state["data"]
-            return {
-                "a": await alert_ops.show_alert(pool(), data, org, name),
-                "events": await alert_ops.alert_events(pool(), data, org, name, 50),
-                "deliveries": await alert_ops.alert_deliveries(pool(), data, org, name, None, 50),
-            }
-
-        return await render(request, "alert.html", load)
-
-    @app.get("/ui/dlq", include_in_schema=False)
-    async def dlq(request: Request) -> Response:
-        async def load(user: User) -> dict[str, Any]:
-            return {"messages": await task_ops.list_dlq(pool(), user.org_id, 200)}
-
-        return await render(request, "dlq.html", load)
+    return await render(request, "dlq.html", load)

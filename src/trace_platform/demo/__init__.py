@@ -33,6 +33,7 @@ from trace_platform.demo.chain import (
 )
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.domain.errors import ConfigError
+from trace_platform.ops.env import OpsEnv
 from trace_platform.ports import LITE_ORG_ID
 from trace_platform.stack import Stack, prepare
 
@@ -121,9 +122,10 @@ async def run_demo(
         if node is not None:
             whales, token = make_traffic(node, BLOCKS)
             _say(f"made ERC-20 traffic on the node: {BLOCKS} blocks, {whales} whale transfers")
-            chain = await sync_and_query(settings, state, whales, timeout)
+            env = OpsEnv(settings, state, data, urls.embedded)
+            chain = await sync_and_query(env, whales, timeout)
             if chain.status == "completed":
-                alerts = await live_alerts(settings, state, node, token, hook_secret, timeout)
+                alerts = await live_alerts(env, node, token, hook_secret, timeout)
         summary.chain = chain
         summary.alerts = alerts
         return summary

@@ -11,14 +11,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import asyncpg
 import standardwebhooks
 from aiohttp import web
 
 from trace_platform.chain.devnet import Anvil
-from trace_platform.config import Settings
 from trace_platform.domain.errors import TraceError
 from trace_platform.ops.chains import chain_status
+from trace_platform.ops.env import OpsEnv
 from trace_platform.ops.specs import apply_specs
 from trace_platform.ports import LITE_ORG_ID
 
@@ -128,26 +127,24 @@ def live_specs(name: str, head: int, url: str, bundle_id: str | None) -> str:
     return "---\n".join(docs)
 
 
-async def _ts_rule(settings: Settings, state: asyncpg.Pool) -> str | None:
-    from trace_platform.adapters.stores import object_store_from_settings
-    from trace_platform.bundles import build_bundle, register_bundle
+async def _ts_rule(env: OpsEnv) -> str | None:
+    from trace_platform.bundles import build_bundle
     from trace_platform.demo import EXAMPLES
+    from trace_platform.ops.bundles import upload_bundle
 
+    settings = env.settings
     try:
         data = build_bundle(
             EXAMPLES / "alert-rule-typescript", "node", "index.handler", settings.esbuild
         )
     except TraceError:
         return None
-    reg = await register_bundle(
-        state, object_store_from_settings(settings), data, "node", "index.handler", LITE_ORG_ID
-    )
+    reg = await upload_bundle(env, LITE_ORG_ID, data, "node", "index.handler")
     return str(reg.bundle_id)
 
 
 async def live_alerts(
-    settings: Settings,
-    state: asyncpg.Pool,
+    env: OpsEnv,
     node: Anvil,
     token: str,
     secret: str,
@@ -160,19 +157,17 @@ async def live_alerts(
     result = AlertDemoResult("failed")
     try:
         name = f"live-{secrets.token_hex(2)}"
-        bundle = await _ts_rule(settings, state)
+        bundle = await _ts_rule(env)
         url = f"http://127.0.0.1:{receiver.port}/hooks/trace"
         text = live_specs(name, node.head(), url, bundle)
-        applied = await apply_specs(
-            state, text, LITE_ORG_ID, settings.resolved_object_store_url, True
-        )
+        applied = await apply_specs(env, LITE_ORG_ID, text)
         result.rules = [r["name"] for r in applied if r["kind"] == "alert"]
         print(
             f"following the node's head as {name}; alert rules {', '.join(result.rules)}"
             f" deliver to a local receiver that verifies signatures ({url})",
             flush=True,
         )
-        await _wait_following(state, name, node.head() + 1, timeout)
+        await _wait_following(env, name, node.head() + 1, timeout)
         acct = node.accounts()
         for i in range(LIVE_WHALES):
             node.transfer_token(token, acct[2 + i], (2 + i) * 10**6 * TOKENS)  # mined at once
@@ -196,10 +191,10 @@ async def live_alerts(
         await receiver.stop()
 
 
-async def _wait_following(state: asyncpg.Pool, name: str, tip: int, timeout: float) -> None:
+async def _wait_following(env: OpsEnv, name: str, tip: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (job,) = await chain_status(state, LITE_ORG_ID, name)
+        (job,) = await chain_status(env, LITE_ORG_ID, name)
         if all(s["tip"] >= tip for s in job["streams"]):
             return
         await asyncio.sleep(0.1)

@@ -11,13 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from trace_platform.chain.devnet import Anvil
-from trace_platform.cli_support import query_dataset
-from trace_platform.config import Settings
 from trace_platform.domain.errors import TraceError
 from trace_platform.ops.chains import chain_status
+from trace_platform.ops.datasets import query_here
+from trace_platform.ops.env import OpsEnv
 from trace_platform.ops.specs import apply_specs
 from trace_platform.ports import LITE_ORG_ID
 
@@ -76,20 +74,16 @@ def _bar(done: int, total: int, width: int = 28) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-async def sync_and_query(
-    settings: Settings, state: asyncpg.Pool, whales: int, timeout: float
-) -> ChainDemoResult:
+async def sync_and_query(env: OpsEnv, whales: int, timeout: float) -> ChainDemoResult:
     name = f"demo-{secrets.token_hex(3)}"
     result = ChainDemoResult("failed", name=name, whales_sent=whales, blocks=BLOCKS)
-    await apply_specs(
-        state, spec_text(name, BLOCKS), LITE_ORG_ID, settings.resolved_object_store_url
-    )
+    await apply_specs(env, LITE_ORG_ID, spec_text(name, BLOCKS))
     print(f"applied chain_sync {name}: {BLOCKS} blocks x {len(STREAMS)} streams", flush=True)
     t0 = time.monotonic()
     tty = sys.stdout.isatty()
     shown, last = 0, 0.0
     while True:
-        (job,) = await chain_status(state, LITE_ORG_ID, name)
+        (job,) = await chain_status(env, LITE_ORG_ID, name)
         lines = [
             f"  {s['stream']:<16} [{_bar(s['tip'], BLOCKS)}] {s['tip']:>4}/{BLOCKS}"
             + (f"  {s['last_error'][:60]}" if s["last_error"] else "")
@@ -115,23 +109,23 @@ async def sync_and_query(
         return result
     try:
         for s in STREAMS:
-            out = await query_dataset(
-                settings, f"{name}.{s}", "SELECT count(*) FROM dataset", None, None
+            out = await query_here(
+                env, LITE_ORG_ID, f"{name}.{s}", "SELECT count(*) FROM dataset", None
             )
-            result.rows[s] = int(out["rows"][0][0])
-        top = await query_dataset(
-            settings,
+            result.rows[s] = int(out.rows[0][0])
+        top = await query_here(
+            env,
+            LITE_ORG_ID,
             f"{name}.erc20_transfers",
             f"SELECT block_number, to_address, value_f64 / 1e18 AS tokens FROM dataset"
             f" WHERE value_f64 >= {WHALE:.0e} AND from_address <> '{ZERO_ADDRESS}'"
             " ORDER BY value_f64 DESC, block_number",
             100,
-            None,
         )
     except TraceError as exc:
         result.detail = f"query failed: {exc.detail}"
         return result
-    result.top = [list(r) for r in top["rows"]]
+    result.top = [list(r) for r in top.rows]
     result.whales_found = len(result.top)
     ok = result.rows.get("blocks") == BLOCKS and result.whales_found == whales
     result.status = "completed" if ok else "failed"

@@ -36,7 +36,13 @@ from trace_platform.dispatcher.loops import (
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.dispatcher.udf import UdfDispatcher
 from trace_platform.domain.errors import ConfigError, LoopDied
-from trace_platform.http import MetricsMiddleware, install_error_handlers, install_health, serve
+from trace_platform.http import (
+    MetricsMiddleware,
+    install_error_handlers,
+    install_health,
+    pool_ready,
+    serve,
+)
 from trace_platform.logs import get_logger
 from trace_platform.ports import RuntimeInvoker
 
@@ -139,14 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(build_router(service, signer, worker_tokens, store, block_headers))
 
     async def ready() -> bool:
-        pool = state.get("pool")
-        if pool is None or state.get("died"):
-            return False
-        try:
-            await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
-        except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
-            return False
-        return True
+        return not state.get("died") and await pool_ready(state.get("pool"))
 
     install_health(app, ready)
     return app

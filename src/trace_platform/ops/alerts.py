@@ -4,9 +4,9 @@ events. One transaction per change; no SQL in callers."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
-
-import asyncpg
 
 from trace_platform.alerts.schedule import schedule_evaluations
 from trace_platform.alerts.spec import AlertSpec, FromBlock, alert_id_for
@@ -14,6 +14,78 @@ from trace_platform.db.sql import q
 from trace_platform.delivery.guard import UrlRefused, check_url
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
+from trace_platform.ops.env import OpsEnv, from_row
+
+
+@dataclass(frozen=True)
+class AlertSummary:
+    alert_id: uuid.UUID
+    name: str
+    enabled: bool
+    start_block: int
+    spec: Any
+    dataset: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AlertDetail:
+    alert_id: str
+    name: str
+    enabled: bool
+    start_block: int
+    spec: Any
+    evaluations: dict[str, int]
+    events: int
+    deliveries: dict[str, int]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    dedupe_key: str
+    event_time: datetime
+    block_number: int | None
+    block_hash: str | None
+    tx_hash: str | None
+    payload: Any
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    outcome: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    delivery_id: uuid.UUID
+    channel: int
+    status: str
+    attempts: int
+    max_attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    dedupe_key: str
+    block_number: int | None
+    tx_hash: str | None
+    attempt_log: list[DeliveryAttempt]
+
+
+@dataclass(frozen=True)
+class DeliveryRetried:
+    delivery_id: uuid.UUID
+    status: str
+    attempts: int
+    max_attempts: int
 
 
 def validate_alert(spec: AlertSpec, allow_private: bool = False) -> None:
@@ -46,14 +118,14 @@ async def _check_bundle(conn: Any, org_id: uuid.UUID, bundle_id: str) -> None:
 
 
 async def apply_alert(
-    pool: asyncpg.Pool, spec: AlertSpec, org_id: uuid.UUID, allow_private: bool = False
+    env: OpsEnv, spec: AlertSpec, org_id: uuid.UUID, allow_private: bool = False
 ) -> dict[str, Any]:
     """Create or update the alert. `start: latest` evaluates ranges committed from now on;
     `start: {from_block: N}` also evaluates every committed range ending after N, once."""
     validate_alert(spec, allow_private)
     body = spec.model_dump(mode="json")
     alert_id = alert_id_for(org_id, spec.name)
-    async with pool.acquire() as conn, conn.transaction():
+    async with env.state.acquire() as conn, conn.transaction():
         ds = await conn.fetchrow(q("chain", "partitioned_dataset"), org_id, spec.source.dataset)
         if ds is None:
             raise ValidationError(
@@ -99,89 +171,83 @@ async def apply_alert(
     }
 
 
-async def list_alerts(pool: asyncpg.Pool, org_id: uuid.UUID) -> list[dict[str, Any]]:
-    return [dict(r) for r in await pool.fetch(q("alerts", "list_alerts"), org_id)]
+async def list_alerts(env: OpsEnv, org_id: uuid.UUID) -> list[AlertSummary]:
+    rows = await env.state.fetch(q("alerts", "list_alerts"), org_id)
+    return [from_row(AlertSummary, r) for r in rows]
 
 
-async def alert_events(
-    state: asyncpg.Pool, data: asyncpg.Pool, org_id: uuid.UUID, name: str, limit: int
-) -> list[dict[str, Any]]:
-    alert = await state.fetchrow(q("alerts", "alert_by_name"), org_id, name)
-    if alert is None:
-        raise NotFoundError(f"no alert named {name!r}")
-    rows = await data.fetch(q("alerts", "alert_events"), org_id, alert["alert_id"], limit)
-    return [dict(r) for r in rows]
-
-
-async def _alert(state: asyncpg.Pool, org_id: uuid.UUID, name: str) -> Any:
-    alert = await state.fetchrow(q("alerts", "alert_by_name"), org_id, name)
+async def _alert(env: OpsEnv, org_id: uuid.UUID, name: str) -> Any:
+    alert = await env.state.fetchrow(q("alerts", "alert_by_name"), org_id, name)
     if alert is None:
         raise NotFoundError(f"no alert named {name!r}")
     return alert
 
 
-async def show_alert(
-    state: asyncpg.Pool, data: asyncpg.Pool, org_id: uuid.UUID, name: str
-) -> dict[str, Any]:
+async def alert_events(
+    env: OpsEnv, org_id: uuid.UUID, name: str, limit: int = 100
+) -> list[AlertEvent]:
+    alert = await _alert(env, org_id, name)
+    rows = await env.data.fetch(q("alerts", "alert_events"), org_id, alert["alert_id"], limit)
+    return [from_row(AlertEvent, r) for r in rows]
+
+
+async def show_alert(env: OpsEnv, org_id: uuid.UUID, name: str) -> AlertDetail:
     """The definition (channels without secrets: only the variable names), evaluation and
     delivery counts, events so far."""
-    alert = await _alert(state, org_id, name)
+    alert = await _alert(env, org_id, name)
     evaluations = {
         r["status"]: r["n"]
-        for r in await state.fetch(q("alerts", "evaluation_counts"), str(alert["alert_id"]))
+        for r in await env.state.fetch(q("alerts", "evaluation_counts"), str(alert["alert_id"]))
     }
     deliveries = {
         r["status"]: r["n"]
-        for r in await data.fetch(q("delivery", "delivery_counts"), org_id, alert["alert_id"])
+        for r in await env.data.fetch(q("delivery", "delivery_counts"), org_id, alert["alert_id"])
     }
-    events = await data.fetchval(q("alerts", "event_count"), org_id, alert["alert_id"])
-    return {
-        "alert_id": str(alert["alert_id"]),
-        "name": alert["name"],
-        "enabled": alert["enabled"],
-        "start_block": alert["start_block"],
-        "spec": alert["spec"],
-        "evaluations": evaluations,
-        "events": events,
-        "deliveries": deliveries,
-        "updated_at": alert["updated_at"],
-    }
+    events = await env.data.fetchval(q("alerts", "event_count"), org_id, alert["alert_id"])
+    return AlertDetail(
+        alert_id=str(alert["alert_id"]),
+        name=alert["name"],
+        enabled=alert["enabled"],
+        start_block=alert["start_block"],
+        spec=alert["spec"],
+        evaluations=evaluations,
+        events=int(events),
+        deliveries=deliveries,
+        updated_at=alert["updated_at"],
+    )
 
 
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 
 async def alert_deliveries(
-    state: asyncpg.Pool,
-    data: asyncpg.Pool,
-    org_id: uuid.UUID,
-    name: str,
-    status: str | None,
-    limit: int,
-) -> list[dict[str, Any]]:
+    env: OpsEnv, org_id: uuid.UUID, name: str, status: str | None = None, limit: int = 50
+) -> list[Delivery]:
     """Deliveries of an alert, newest first, each with its attempts."""
     if status is not None and status not in DELIVERY_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(DELIVERY_STATUSES)}")
-    alert = await _alert(state, org_id, name)
-    rows = await data.fetch(
+    alert = await _alert(env, org_id, name)
+    rows = await env.data.fetch(
         q("delivery", "deliveries_of_alert"), org_id, alert["alert_id"], status, limit
     )
     out = []
     for r in rows:
-        attempts = await data.fetch(q("delivery", "attempts_of_delivery"), r["delivery_id"])
-        out.append(dict(r) | {"attempt_log": [dict(a) for a in attempts]})
+        attempts = await env.data.fetch(q("delivery", "attempts_of_delivery"), r["delivery_id"])
+        log = [from_row(DeliveryAttempt, a) for a in attempts]
+        out.append(from_row(Delivery, r, attempt_log=log))
     return out
 
 
 async def retry_delivery(
-    data: asyncpg.Pool, org_id: uuid.UUID, delivery_id: uuid.UUID, attempts: int
-) -> dict[str, Any]:
-    """Make a failed delivery due now with a fresh attempt budget (a delivered one is left
-    alone: the receiver has it)."""
-    row = await data.fetchrow(q("delivery", "retry_delivery"), delivery_id, org_id, attempts)
+    env: OpsEnv, org_id: uuid.UUID, delivery_id: uuid.UUID, attempts: int | None = None
+) -> DeliveryRetried:
+    """Make a failed delivery due now with a fresh attempt budget (default
+    TRACE_DELIVERY_MAX_ATTEMPTS; a delivered one is left alone: the receiver has it)."""
+    attempts = attempts or env.settings.delivery_max_attempts
+    row = await env.data.fetchrow(q("delivery", "retry_delivery"), delivery_id, org_id, attempts)
     if row is None:
-        current = await data.fetchrow(q("delivery", "delivery_by_id"), delivery_id, org_id)
+        current = await env.data.fetchrow(q("delivery", "delivery_by_id"), delivery_id, org_id)
         if current is None:
             raise NotFoundError(f"no delivery {delivery_id}")
         raise ConflictError(f"delivery {delivery_id} is {current['status']}; nothing to retry")
-    return dict(row)
+    return from_row(DeliveryRetried, row)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,7 @@ from trace_platform.chain.spec import ChainSyncSpec, aligned_start, job_id_for
 from trace_platform.datasets import dataset_uuid_for
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
+from trace_platform.ops.env import OpsEnv
 
 RATE_WINDOW_SECONDS = 30.0
 
@@ -25,15 +27,14 @@ def spec_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-async def apply_chain_sync(
-    pool: asyncpg.Pool, spec: ChainSyncSpec, org_id: uuid.UUID, store_root: str
-) -> dict[str, Any]:
+async def apply_chain_sync(env: OpsEnv, spec: ChainSyncSpec, org_id: uuid.UUID) -> dict[str, Any]:
     """Create or update the job, its streams and their datasets. Re-applying the same spec
     changes nothing; a changed spec changes only what is not yet scheduled (cursors stay)."""
     body = spec.model_dump(mode="json")
     digest = spec_digest(body)
     job_id = job_id_for(org_id, spec.name)
-    async with pool.acquire() as conn, conn.transaction():
+    store_root = env.settings.resolved_object_store_url
+    async with env.state.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(q("chain", "get_spec"), org_id, spec.kind, spec.name)
         result = {"kind": spec.kind, "name": spec.name, "job_id": str(job_id)}
         if current is not None and current["sha256"] == digest:
@@ -96,20 +97,34 @@ async def _job(conn: Any, org_id: uuid.UUID, name: str) -> asyncpg.Record:
     return job
 
 
-async def set_paused(
-    pool: asyncpg.Pool, org_id: uuid.UUID, name: str, paused: bool
-) -> dict[str, Any]:
-    async with pool.acquire() as conn:
+@dataclass(frozen=True)
+class Paused:
+    name: str
+    paused: bool
+
+
+@dataclass(frozen=True)
+class Restarted:
+    name: str
+    stream: str
+    cursor: int
+    replaced: int
+
+
+async def set_paused(env: OpsEnv, org_id: uuid.UUID, name: str, paused: bool) -> Paused:
+    async with env.state.acquire() as conn:
         job = await _job(conn, org_id, name)
         await conn.execute(q("chain", "set_paused"), job["job_id"], paused)
-    return {"name": name, "paused": paused}
+    return Paused(name, paused)
 
 
 async def retry_stream(
-    pool: asyncpg.Pool, org_id: uuid.UUID, name: str, stream: str, from_block: int | None
-) -> dict[str, Any]:
+    env: OpsEnv, org_id: uuid.UUID, name: str, stream: str, from_block: int | None
+) -> Restarted:
     """Re-schedule a stopped stream's failed ranges (from `from_block` on, default all)."""
-    async with pool.acquire() as conn, conn.transaction():
+    if from_block is not None and from_block < 0:
+        raise ValidationError("--from must be >= 0")
+    async with env.state.acquire() as conn, conn.transaction():
         job = await _job(conn, org_id, name)
         streams = {
             r["stream"]: r for r in await conn.fetch(q("chain", "streams_of_job"), job["job_id"])
@@ -124,16 +139,16 @@ async def retry_stream(
             q("chain", "retry_stream"), job["job_id"], stream, aligned, s["cursor"]
         )
     assert row is not None
-    return {"name": name, "stream": stream, "cursor": row["cursor"], "replaced": row["replaced"]}
+    return Restarted(name, stream, int(row["cursor"]), int(row["replaced"]))
 
 
 async def chain_status(
-    pool: asyncpg.Pool, org_id: uuid.UUID, name: str | None = None
+    env: OpsEnv, org_id: uuid.UUID, name: str | None = None
 ) -> list[dict[str, Any]]:
     """Per job: head, its age and error, reorgs; per stream: cursor, committed tip, lag in
     blocks and seconds, ranges in flight/committed/failed, blocks/s, last error."""
     out = []
-    async with pool.acquire() as conn:
+    async with env.state.acquire() as conn:
         jobs = (
             [await _job(conn, org_id, name)]
             if name
@@ -216,41 +231,6 @@ async def _job_status(conn: Any, job: asyncpg.Record, now: float) -> dict[str, A
         "last_reorg": job["last_reorg"],
         "streams": streams,
     }
-
-
-def format_chain_status(jobs: list[dict[str, Any]]) -> str:
-    if not jobs:
-        return "no chain jobs (apply a kind: chain_sync spec with `trace apply FILE`)"
-    lines = []
-    for j in jobs:
-        state = "paused" if j["paused"] else ("error" if j["error"] else "syncing")
-        head = "?" if j["head"] is None else str(j["head"])
-        age = "" if j["head_age_seconds"] is None else f" ({j['head_age_seconds']:g} s ago)"
-        lines.append(
-            f"{j['name']}  chain {j['chain_id']}  {j['mode']}  head {head}{age}  {state}"
-            f"  reorgs {j['reorgs']}"
-        )
-        if j["error"]:
-            lines.append(f"  error: {j['error']}")
-        if j["last_reorg"]:
-            r = j["last_reorg"]
-            lines.append(
-                f"  last reorg: from block {r.get('fork_block')} (depth {r.get('depth')}),"
-                f" replaced {sum(r.get('replaced_ranges', {}).values())} range(s)"
-            )
-        for s in j["streams"]:
-            lag = "" if s["lag_blocks"] is None else f"  lag {s['lag_blocks']} blocks"
-            if s["lag_seconds"] is not None and s["lag_blocks"]:
-                lag += f" / {s['lag_seconds']:g} s"
-            done = "  complete" if s["complete"] else ""
-            lines.append(
-                f"  {s['stream']:<18} {s['status']:<8} tip {s['tip']:<10} cursor {s['cursor']:<10}"
-                f" in flight {s['in_flight']:<3} committed {s['committed']:<6}"
-                f" failed {s['failed']:<3} {s['blocks_per_second']:g} blocks/s{lag}{done}"
-            )
-            if s["last_error"]:
-                lines.append(f"    last error: {s['last_error']}")
-    return "\n".join(lines)
 
 
 def check_block_range(text: str) -> tuple[int, int]:

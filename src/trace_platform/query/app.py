@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,16 +14,11 @@ from starlette.responses import Response
 from trace_platform import __version__
 from trace_platform.adapters.local_keys import VerifiedTokens, load_key_ring, load_worker_tokens
 from trace_platform.config import Settings
-from trace_platform.datasets import resolve_inputs
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
-from trace_platform.domain.capability import build_claims
 from trace_platform.domain.errors import (
     AuthError,
     ForbiddenError,
-    NotFoundError,
-    OverloadedError,
-    ValidationError,
 )
 from trace_platform.http import (
     CAPABILITY_HEADER,
@@ -32,20 +26,18 @@ from trace_platform.http import (
     MetricsMiddleware,
     install_error_handlers,
     install_health,
-    json_response,
     parse_body,
+    pool_ready,
     request_body_schema,
     serve,
 )
 from trace_platform.logs import get_logger
+from trace_platform.query.binding import QueryCaller
 from trace_platform.query.executor import executor_limits
 from trace_platform.query.service import QueryService
 from trace_platform.sandbox import detect_isolation
 
 log = get_logger(__name__)
-
-
-RESOLVE_CACHE_SECONDS = 1.0
 
 
 class UserQueryRequest(BaseModel):
@@ -94,9 +86,6 @@ def create_app(settings: Settings) -> FastAPI:
     # Same ring as the dispatcher; no call to it per request.
     signer = VerifiedTokens(load_key_ring(settings))
     worker_tokens = load_worker_tokens(settings)  # the user API's credential here
-    # A user's query reads the dataset's newest version (or snapshot) as of at most
-    # RESOLVE_CACHE_SECONDS ago; every org, grant and prefix check still runs per query.
-    resolved: dict[tuple[uuid.UUID, str], tuple[float, Any, Any]] = {}
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -158,10 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
         if body.task_id != claims.task_id or body.attempt != claims.attempt:
             raise ForbiddenError("capability token does not grant this task attempt")
         service: QueryService = state["service"]
-        try:
-            result = await service.query(claims, body.dataset_id, body.sql, body.limit)
-        except OverloadedError as exc:
-            return json_response(exc.body(), 429, headers={"Retry-After": "1"})
+        caller = QueryCaller.of_task(claims)
+        result = await service.query(caller, body.dataset_id, body.sql, body.limit)
         return Response(result.body, media_type="application/json")
 
     @app.post(
@@ -175,49 +162,15 @@ def create_app(settings: Settings) -> FastAPI:
             raise AuthError("missing or invalid worker token")
         body = await parse_body(request, UserQueryRequest)
         service: QueryService = state["service"]
-        key = (body.org_id, body.dataset)
-        hit = resolved.get(key)
-        if hit is not None and time.monotonic() - hit[0] < RESOLVE_CACHE_SECONDS:
-            grants, prefixes = hit[1], hit[2]
-        else:
-            async with state["pool"].acquire() as conn:
-                try:
-                    grants, prefixes = await resolve_inputs(
-                        conn, body.org_id, {"inputs": [{"dataset": body.dataset}]}
-                    )
-                except ValidationError:
-                    raise NotFoundError(f"no dataset named {body.dataset!r} in this org") from None
-            resolved[key] = (time.monotonic(), grants, prefixes)
-            while len(resolved) > 4096:
-                resolved.pop(next(iter(resolved)))
-        claims = build_claims(
-            issuer="trace-user-api",
-            task_id=body.user_id,
-            attempt=1,
-            org_id=body.org_id,
-            ttl_seconds=60,
-            store_root=settings.resolved_object_store_url,
-            datasets=grants,
-            read_prefixes=prefixes,
+        caller, dataset_id = await service.binder.user_caller(
+            body.org_id, body.dataset, body.user_id, "api"
         )
-        try:
-            result = await service.query(
-                claims,
-                grants[0].dataset_uuid,
-                body.sql,
-                body.limit,
-                user_id=body.user_id,
-                timeout=body.timeout_seconds,
-            )
-        except OverloadedError as exc:
-            return json_response(exc.body(), 429, headers={"Retry-After": "1"})
+        result = await service.query(
+            caller, dataset_id, body.sql, body.limit, timeout=body.timeout_seconds
+        )
         return Response(result.body, media_type="application/json")
 
-    async def ready() -> bool:
-        pool = state.get("pool")
-        return pool is not None and await pool.fetchval("SELECT 1") == 1
-
-    install_health(app, ready)
+    install_health(app, lambda: pool_ready(state.get("pool")))
     return app
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from trace_platform.aio import first_of, sleep_or_stop, watch
-from trace_platform.client import DispatcherUnavailable, Lease, TaskClient
+from trace_platform.client import Lease, ServiceUnavailable, TaskClient
 from trace_platform.config import Settings
 from trace_platform.domain.capability import batch_prefix
 from trace_platform.domain.errors import (
@@ -125,7 +125,7 @@ class CompletionBatcher:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             try:
                 results = await self.client.complete_many([(le, rep) for le, rep, _, _ in batch])
-            except DispatcherUnavailable as exc:
+            except ServiceUnavailable as exc:
                 now = time.monotonic()
                 again = [item for item in batch if now - item[3] < self.retry_horizon]
                 for _, _, fut, queued in batch:
@@ -236,7 +236,7 @@ class Worker:
             return
         try:
             leases, refused = await self.client.claim_many(list(by_task), self.worker_id)
-        except (AuthError, DispatcherUnavailable, ValidationError) as exc:
+        except (AuthError, ServiceUnavailable, ValidationError) as exc:
             log.error("worker.claim_failed", tasks=len(by_task), error=exc.code)
             # Try again soon rather than after a whole visibility timeout.
             with contextlib.suppress(QueueUnavailable):
@@ -380,7 +380,7 @@ class Worker:
             try:
                 await self.client.buffer_publish(lease, uri, count)
                 return
-            except DispatcherUnavailable:
+            except ServiceUnavailable:
                 if time.monotonic() - started + delay > self.completions.retry_horizon:
                     raise
                 await asyncio.sleep(delay)

@@ -61,3 +61,7 @@ DELETE FROM state.alert_definitions WHERE org_id = $1 AND name = $2 RETURNING al
 -- The alert evaluation of a task (UDF rules ask for the block headers of their range).
 SELECT payload->'alert' AS alert FROM state.tasks
 WHERE task_id = $1 AND payload->>'operator' = 'alert_eval';
+
+-- name: all_event_count
+-- Every org's events (`trace status` of an embedded, one-machine installation).
+SELECT count(*) FROM data.alert_events;

@@ -43,10 +43,9 @@ SELECT d.name, d.dataset_uuid, 'snap-' || d.commit_seq, d.created_at,
 FROM state.datasets d WHERE d.kind = 'partitions'
 ORDER BY 1, 4 DESC;
 
--- name: insert_user_audit
-INSERT INTO data.query_audit (org_id, user_id, dataset_id, columns_accessed, result_row_count, sql_sha256)
-VALUES ($1, $2, $3, $4, $5, $6);
-
 -- name: insert_audit
-INSERT INTO data.query_audit (org_id, task_id, dataset_id, columns_accessed, result_row_count, sql_sha256)
-VALUES ($1, $2, $3, $4, $5, $6);
+-- One row per query: a task's (task_id), a user's (user_id) or an operator's at the CLI
+-- (neither); `source` says which. The SQL's hash only, never its text.
+INSERT INTO data.query_audit
+    (org_id, task_id, user_id, source, dataset_id, columns_accessed, result_row_count, sql_sha256)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);

@@ -76,8 +76,10 @@ FROM moved
 RETURNING message_id;
 
 -- name: purge
+-- $3: only the messages of this org, as list_messages.
 DELETE FROM state.queue_messages
 WHERE queue_name = $1 AND message_id = ANY($2::uuid[])
+  AND ($3::text IS NULL OR payload->'original'->>'org_id' = $3)
 RETURNING message_id;
 
 -- name: stats

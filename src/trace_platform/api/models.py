@@ -1,0 +1,42 @@
+"""Request bodies of the user API: strict (unknown fields are a 400), bounded."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    payload: dict[str, Any]
+    count: int = Field(default=1, ge=1, le=1000)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+class QueryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(min_length=1, max_length=128)
+    sql: str = Field(min_length=1, max_length=20_000)
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class RedriveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000)
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    role: Literal["reader", "writer", "admin"]
+
+
+class BundleUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    language: Literal["python", "node"]
+    entrypoint: str = Field(min_length=3, max_length=200)
+    zip_base64: str = Field(min_length=4, max_length=70_000_000)

@@ -1,0 +1,99 @@
+"""`/v1` routes for the work itself: status, tasks, datasets, queries, bundles. Each is a
+thin caller of one `ops` function with the caller's org; no SQL or rule lives here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from trace_platform.api.auth import Admin, Reader, Writer
+from trace_platform.api.models import BundleUpload, QueryBody, TaskCreate
+from trace_platform.domain.errors import ValidationError
+from trace_platform.http import json_response
+from trace_platform.ops import bundles as bundle_ops
+from trace_platform.ops import datasets as dataset_ops
+from trace_platform.ops import tasks as task_ops
+
+router = APIRouter()
+StatusFilter = Literal["queued", "running", "completed", "failed", "canceled"]
+
+
+@router.get("/v1/me", tags=["users"], summary="Who this key is")
+async def me(c: Reader) -> Response:
+    u = c.user
+    return json_response({"user_id": u.user_id, "name": u.name, "role": u.role, "org_id": u.org_id})
+
+
+@router.get("/v1/status", tags=["tasks"], summary="Tasks per status of your org")
+async def status(c: Reader) -> Response:
+    return json_response({"tasks": await task_ops.task_counts(c.env, c.org)})
+
+
+@router.get("/v1/tasks", tags=["tasks"], summary="Tasks, newest first (keyset pagination)")
+async def tasks(
+    c: Reader,
+    status: Annotated[StatusFilter | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=task_ops.MAX_PAGE)] = 50,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Response:
+    page = await task_ops.list_tasks(c.env, c.org, status, cursor, limit, since, until)
+    return json_response(page)
+
+
+@router.get("/v1/tasks/{task_id}", tags=["tasks"], summary="One task with its events")
+async def task(c: Reader, task_id: uuid.UUID) -> Response:
+    return json_response(await task_ops.show_task(c.env, c.org, task_id))
+
+
+@router.post("/v1/tasks", tags=["tasks"], summary="Create tasks (writer)", status_code=201)
+async def create_task(c: Writer, body: TaskCreate) -> Response:
+    ids = await task_ops.create_tasks(c.env, c.org, body.payload, body.count, body.max_attempts)
+    return json_response({"task_ids": ids}, 201)
+
+
+@router.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], summary="Cancel a task (admin)")
+async def cancel_task(c: Admin, task_id: uuid.UUID) -> Response:
+    return json_response(await task_ops.cancel_task(c.env, c.org, task_id))
+
+
+@router.get("/v1/datasets", tags=["datasets"], summary="Datasets of your org")
+async def datasets(c: Reader) -> Response:
+    return json_response({"datasets": await dataset_ops.list_datasets(c.env, c.org)})
+
+
+@router.get("/v1/datasets/{name}", tags=["datasets"], summary="A dataset: ranges or versions")
+async def dataset(c: Reader, name: str) -> Response:
+    return json_response(await dataset_ops.show_dataset(c.env, c.org, name))
+
+
+@router.post("/v1/query", tags=["datasets"], summary="Sandboxed SQL over one of your datasets")
+async def query(c: Reader, body: QueryBody) -> Response:
+    answer = await dataset_ops.query_as_user(
+        c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit
+    )
+    return json_response(answer)
+
+
+@router.get("/v1/bundles", tags=["bundles"], summary="Registered UDF bundles")
+async def bundles(c: Reader) -> Response:
+    return json_response({"bundles": await bundle_ops.list_bundles(c.env, c.org, 500)})
+
+
+@router.post(
+    "/v1/bundles", tags=["bundles"], summary="Upload a bundle zip (writer)", status_code=201
+)
+async def upload(c: Writer, body: BundleUpload) -> Response:
+    try:
+        data = base64.b64decode(body.zip_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError("zip_base64 is not base64") from None
+    reg = await bundle_ops.upload_bundle(c.env, c.org, data, body.language, body.entrypoint)
+    return json_response({"bundle_id": reg.bundle_id, "sha256": reg.sha256}, 201)

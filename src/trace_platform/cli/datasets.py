@@ -1,0 +1,101 @@
+"""`trace dataset ...`: register, list, show and query datasets (the calls behind
+/v1/datasets and /v1/query)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import click
+
+from trace_platform.cli import render
+from trace_platform.cli.common import (
+    emit,
+    handle_errors,
+    json_option,
+    org_of,
+    org_option,
+    run_ops,
+)
+from trace_platform.domain.errors import ValidationError
+from trace_platform.ops import datasets as ops
+from trace_platform.ops.chains import check_block_range
+
+
+@click.group()
+def dataset() -> None:
+    """Register, list, show and query datasets (Parquet; chain datasets by their ranges)."""
+
+
+@dataset.command("register")
+@click.argument("name")
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@org_option
+@click.pass_context
+@handle_errors
+def dataset_register(
+    ctx: click.Context, name: str, paths: tuple[Path, ...], org_id: uuid.UUID | None
+) -> None:
+    """Upload Parquet files as a new version of NAME; prints `uuid version`."""
+    reg = run_ops(ctx, lambda env: ops.register_files(env, org_of(org_id), name, list(paths)))
+    note = "" if reg.created else "  (same content: existing version)"
+    click.echo(f"{reg.dataset_uuid} {reg.dataset_version}{note}")
+
+
+@dataset.command("list")
+@org_option
+@json_option
+@click.pass_context
+@handle_errors
+def dataset_list(ctx: click.Context, org_id: uuid.UUID | None, as_json: bool) -> None:
+    """The org's datasets with their current version (a chain dataset: its snapshot)."""
+    emit(run_ops(ctx, lambda env: ops.list_datasets(env, org_of(org_id))), as_json, render.datasets)
+
+
+@dataset.command("show")
+@click.argument("name")
+@org_option
+@json_option
+@click.pass_context
+@handle_errors
+def dataset_show(ctx: click.Context, name: str, org_id: uuid.UUID | None, as_json: bool) -> None:
+    """Dataset NAME: its committed ranges (chain datasets) or versions."""
+    detail = run_ops(ctx, lambda env: ops.show_dataset(env, org_of(org_id), name))
+    emit(detail, as_json, render.dataset_detail)
+
+
+@dataset.command("query")
+@click.argument("name")
+@click.argument("sql")
+@click.option("--limit", type=int, default=None, help="Rows to return (1..10000, default 1000).")
+@org_option
+@json_option
+@click.option("--range", "block_range", default=None, help="Chain datasets: only blocks START:END.")
+@click.pass_context
+@handle_errors
+def dataset_query(
+    ctx: click.Context,
+    name: str,
+    sql: str,
+    limit: int | None,
+    org_id: uuid.UUID | None,
+    as_json: bool,
+    block_range: str | None,
+) -> None:
+    """Run SQL over the newest version of NAME (relation `dataset`; a chain dataset: every
+    committed range) through the query service's binding, gate, sandboxed executor and
+    audit: try a UDF's query before shipping it."""
+    bounds = check_block_range(block_range) if block_range is not None else None
+    try:
+        result = run_ops(
+            ctx, lambda env: ops.query_here(env, org_of(org_id), name, sql, limit, bounds)
+        )
+    except ValidationError as exc:  # name the gate's or the engine's reason code
+        why = "SQL rejected" if exc.code == "sql_rejected" else "query failed"
+        reason = exc.extra.get("reason", exc.code)
+        raise ValidationError(f"{why} ({reason}): {exc.detail}") from None
+    emit(result, as_json, render.query_table)
+    if not as_json:
+        click.echo(render.query_footer(result), err=True)

@@ -1,0 +1,151 @@
+"""Datasets for people: list and show (ranges or versions) an org's datasets, register
+Parquet files as a version, and query one through the one query binding (the same grant,
+prefix checks, gate, sandbox and audit row as a task's query)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from trace_platform.datasets import RegisteredDataset, register_dataset
+from trace_platform.db.sql import q
+from trace_platform.domain.errors import ConfigError, NotFoundError
+from trace_platform.ops.env import OpsEnv, from_row
+from trace_platform.ports import WORKER_HEADER
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    name: str
+    dataset_uuid: uuid.UUID
+    kind: str
+    created_at: datetime
+    current_version: str | None
+
+
+@dataclass(frozen=True)
+class CommittedRange:
+    range_start: int
+    range_end: int
+    row_count: int | None
+    size_bytes: int | None
+    added_seq: int
+    compacted: bool
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    dataset_version: str
+    created_at: datetime
+    files: int | None
+
+
+@dataclass(frozen=True)
+class DatasetDetail:
+    dataset_uuid: uuid.UUID
+    name: str
+    kind: str
+    created_at: datetime
+    commit_seq: int | None
+    current_version: str | None
+    ranges: list[CommittedRange] | None = None
+    versions: list[DatasetVersion] | None = None
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    columns: list[dict[str, str]]
+    rows: list[list[Any]]
+    truncated: bool
+
+
+async def list_datasets(env: OpsEnv, org_id: uuid.UUID) -> list[DatasetSummary]:
+    rows = await env.state.fetch(q("console", "datasets_of_org"), org_id)
+    return [from_row(DatasetSummary, r) for r in rows]
+
+
+async def show_dataset(env: OpsEnv, org_id: uuid.UUID, name: str) -> DatasetDetail:
+    ds = await env.state.fetchrow(q("console", "dataset_of_org"), org_id, name)
+    if ds is None:
+        raise NotFoundError(f"no dataset named {name!r}")
+    if ds["kind"] == "partitions":
+        parts = await env.state.fetch(q("console", "dataset_partitions"), ds["dataset_uuid"], 1000)
+        ranges = [from_row(CommittedRange, p) for p in parts]
+        return from_row(
+            DatasetDetail, ds, current_version=f"snap-{ds['commit_seq']}", ranges=ranges
+        )
+    rows = await env.state.fetch(q("console", "dataset_versions"), ds["dataset_uuid"])
+    versions = [from_row(DatasetVersion, v) for v in rows]
+    current = versions[0].dataset_version if versions else None
+    return from_row(DatasetDetail, ds, current_version=current, versions=versions)
+
+
+async def register_files(
+    env: OpsEnv, org_id: uuid.UUID, name: str, paths: list[Path]
+) -> RegisteredDataset:
+    """Upload Parquet files as a new version of NAME (same content: the existing one)."""
+    return await register_dataset(env.state, env.store, name, paths, org_id)
+
+
+async def query_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    name: str,
+    sql: str,
+    limit: int | None,
+    block_range: tuple[int, int] | None = None,
+) -> QueryAnswer:
+    """An operator's query at this installation (`trace dataset query`): the query
+    service's own binding, gate, sandboxed executor and audit row, run in this process."""
+    from trace_platform.query.app import s3_options
+    from trace_platform.query.executor import executor_limits
+    from trace_platform.query.service import QueryService
+    from trace_platform.sandbox import detect_isolation
+
+    s = env.settings
+    service = QueryService(
+        env.state,
+        env.data,
+        1,
+        executor_limits(s),
+        detect_isolation(),
+        s3_options(s),
+        s.query_uid,
+    )
+    try:
+        caller, dataset_id = await service.binder.user_caller(
+            org_id, name, None, "cli", block_range
+        )
+        result = await service.query(caller, dataset_id, sql, limit)
+    finally:
+        await service.close()
+    return QueryAnswer(**orjson.loads(result.body))
+
+
+async def query_as_user(
+    env: OpsEnv, org_id: uuid.UUID, user_id: uuid.UUID, name: str, sql: str, limit: int
+) -> QueryAnswer:
+    """A user's query (`POST /v1/query`, the console): sent to the query service, which
+    binds it for the user's org, gates, runs and audits it per user."""
+    if env.query_client is None or env.worker_token is None:
+        raise ConfigError("this process has no client of the query service")
+    body = {
+        "org_id": str(org_id),
+        "user_id": str(user_id),
+        "dataset": name,
+        "sql": sql,
+        "limit": limit,
+        "timeout_seconds": env.settings.api_query_timeout_seconds,
+    }
+    answer = await env.query_client.post(
+        f"{env.settings.resolved_query_url}/internal/user-query",
+        body,
+        {WORKER_HEADER: env.worker_token},
+        retry=False,
+    )
+    return QueryAnswer(**answer)
