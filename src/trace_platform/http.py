@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import signal
 import time
@@ -201,12 +200,9 @@ def serve(app: Any, host: str, port: int) -> None:
 async def pool_ready(pool: asyncpg.Pool | None) -> bool:
     """Readiness of a process whose dependency is its database pool: a `SELECT 1` within
     2 s (the process may still be starting: no pool yet)."""
-    if pool is None:
-        return False
-    try:
-        return bool(await asyncio.wait_for(pool.fetchval("SELECT 1"), 2) == 1)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-        return False
+    from trace_platform.db.pool import ping
+
+    return pool is not None and await ping(pool)
 
 
 def install_health(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:

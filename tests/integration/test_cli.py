@@ -205,3 +205,56 @@ def test_help_shows_the_commands_first_and_config_lists_every_setting(tmp_path: 
     assert rows["TRACE_HOME"]["source"] == "default"
     assert "super-secret-token" not in out.stdout and "k/ey" not in out.stdout
     assert list(tmp_path.iterdir()) == []  # config reads settings only
+
+
+async def test_dataset_query_is_audited_and_refuses_files_outside_the_prefix(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`trace dataset query` takes the query service's binding: the same audit row as
+    /v1/query (source `cli`, the SQL's hash, never its text) and the same prefix checks."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "audited.parquet"
+    pq.write_table(pa.table({"n": list(range(10))}), path)
+    reg = trace(settings, "dataset", "register", "cli-audited", str(path))
+    assert reg.returncode == 0, reg.stderr
+    ds_uuid = uuid.UUID(reg.stdout.split()[0])
+    sql = "SELECT sum(n) AS total FROM dataset WHERE n > 2"
+    data = await asyncpg.connect(settings.data_database_url)
+    state = await asyncpg.connect(settings.state_database_url)
+    try:
+        out = trace(settings, "dataset", "query", "cli-audited", sql, "--json")
+        assert out.returncode == 0, out.stderr
+        assert orjson.loads(out.stdout)["rows"] == [[42]]
+        row = await data.fetchrow(
+            "SELECT * FROM data.query_audit WHERE dataset_id = $1 ORDER BY id DESC LIMIT 1",
+            ds_uuid,
+        )
+        assert row is not None and row["source"] == "cli"
+        assert row["sql_sha256"] == hashlib.sha256(sql.encode()).hexdigest()
+        assert row["result_row_count"] == 1 and row["task_id"] is None
+        assert sql not in str(dict(row))  # a hash only
+        # A manifest entry that points outside the dataset's prefix is refused, unread.
+        await state.execute(
+            "UPDATE state.dataset_versions SET manifest = jsonb_set(manifest, '{files,0,uri}',"
+            " to_jsonb('file://' || $2::text)) WHERE dataset_uuid = $1",
+            ds_uuid,
+            str(path),
+        )
+        before = await data.fetchval(
+            "SELECT count(*) FROM data.query_audit WHERE dataset_id = $1", ds_uuid
+        )
+        refused = trace(settings, "dataset", "query", "cli-audited", sql)
+        assert refused.returncode == 2, refused.stderr
+        assert "outside the granted prefix" in refused.stderr and "Traceback" not in refused.stderr
+        assert str(path) not in refused.stderr
+        after = await data.fetchval(
+            "SELECT count(*) FROM data.query_audit WHERE dataset_id = $1", ds_uuid
+        )
+        assert after == before  # nothing ran, nothing audited
+    finally:
+        await data.close()
+        await state.close()

@@ -584,3 +584,105 @@ async def test_a_users_query_has_its_own_time_limit(
     finally:
         for p in procs:
             p.stop()
+
+
+async def test_cli_json_and_the_v1_api_return_the_same_rows(
+    u_settings: Settings, api: str, keys: dict[str, str], pool: asyncpg.Pool, dataset: str
+) -> None:
+    """One operations layer: `trace ... --json` and the /v1 route of the same verb return
+    the same documents for the same org (tasks, DLQ, datasets, alert deliveries)."""
+    import json
+
+    org = ["--org-id", str(ORG_B)]
+    data = await asyncpg.connect(u_settings.data_database_url)
+    try:
+        async with httpx.AsyncClient(base_url=api, timeout=20) as http:
+            w, a = bearer(keys["b-writer"]), bearer(keys["b-admin"])
+            made = await http.post(
+                "/v1/tasks", json={"payload": {"operator": "noop"}, "count": 3}, headers=w
+            )
+            assert made.status_code == 201, made.text
+            # a dead letter of org B, as the sink leaves one
+            dead = uuid.uuid4()
+            await pool.execute(
+                "INSERT INTO state.queue_messages (message_id, queue_name, payload) VALUES ($1, 'buffer_queue_dlq', $2)",
+                dead,
+                {
+                    "error": "bad line 3",
+                    "deliveries": 5,
+                    "original": {
+                        "org_id": str(ORG_B),
+                        "record_count": 9,
+                        "batch_uri": "file:///x/b.jsonl",
+                        "producer": {"task_id": str(uuid.uuid4()), "attempt": 1},
+                    },
+                },
+            )
+            # an alert of org B with a delivery and its two attempts
+            spec = (
+                "kind: chain_sync\nname: same-rows\nchain_id: 1\nrpc_pool: nowhere\n"
+                "mode: {kind: fixed_target, to_block: 100}\n"
+                "streams:\n  logs: {cryo_dataset: logs, chunk_size: 10}\n"
+                "---\nkind: alert\nname: same-rows-alert\nsource: {dataset: same-rows.logs}\n"
+                "rule: {sql: 'SELECT block_number FROM dataset'}\nidentity: [block_number]\n"
+                "channels: [{type: webhook, url: 'https://hooks.example.com/t', secret_env: TRACE_HOOK_SECRET_X}]\n"
+            )
+            applied = await http.post("/v1/specs", content=spec, headers=w)
+            assert applied.status_code == 200, applied.text
+            alert_id = uuid.UUID(applied.json()["results"][1]["alert_id"])
+            delivery = uuid.uuid4()
+            await data.execute(
+                "INSERT INTO data.alert_events (dedupe_key, org_id, alert_definition_id, event_time, block_number, tx_hash)"
+                " VALUES ('same-rows:1', $1, $2, now(), 7, '0xabc')",
+                ORG_B,
+                alert_id,
+            )
+            await data.execute(
+                "INSERT INTO data.alert_deliveries (delivery_id, org_id, dedupe_key, alert_definition_id, channel, status, attempts, max_attempts, last_status_code)"
+                " VALUES ($1, $2, 'same-rows:1', $3, 0, 'delivered', 2, 12, 200)",
+                delivery,
+                ORG_B,
+                alert_id,
+            )
+            await data.execute(
+                "INSERT INTO data.delivery_attempts (delivery_id, attempt, started_at, duration_ms, status_code, outcome)"
+                " VALUES ($1, 1, now(), 12, 500, 'retry'), ($1, 2, now(), 9, 200, 'delivered')",
+                delivery,
+            )
+            pairs = [
+                (["task", "list", "--limit", "10"], "/v1/tasks?limit=10", None),
+                (["dlq", "list"], "/v1/dlq", "messages"),
+                (["dataset", "list"], "/v1/datasets", "datasets"),
+                (
+                    ["alert", "deliveries", "same-rows-alert"],
+                    "/v1/alerts/same-rows-alert/deliveries",
+                    "deliveries",
+                ),
+                (["bundle", "list"], "/v1/bundles", "bundles"),
+                (["alert", "list"], "/v1/alerts", "alerts"),
+            ]
+            for args, path, key in pairs:
+                out = run_trace(u_settings, *args, *org, "--json")
+                assert out.returncode == 0, (args, out.stderr)
+                r = await http.get(path, headers=a)
+                assert r.status_code == 200, r.text
+                want = r.json() if key is None else r.json()[key]
+                assert json.loads(out.stdout) == want, args
+            # the documents hold what was made, so the comparison compared something
+            tasks = json.loads(run_trace(u_settings, "task", "list", *org, "--json").stdout)[
+                "tasks"
+            ]
+            assert {t["task_id"] for t in tasks} >= set(made.json()["task_ids"])
+            (msg,) = json.loads(run_trace(u_settings, "dlq", "list", *org, "--json").stdout)
+            assert msg["message_id"] == str(dead) and msg["error"] == "bad line 3"
+            (d,) = json.loads(
+                run_trace(
+                    u_settings, "alert", "deliveries", "same-rows-alert", *org, "--json"
+                ).stdout
+            )
+            assert [x["status_code"] for x in d["attempt_log"]] == [500, 200]
+            # and the Lite org sees none of org B's rows
+            lite = json.loads(run_trace(u_settings, "dlq", "list", "--json").stdout)
+            assert str(dead) not in {m["message_id"] for m in lite}
+    finally:
+        await data.close()

@@ -88,3 +88,11 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, timeout=10)
     await _init_connection(conn)
     return conn
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> bool:
+    """Whether the pool's database answers a trivial query within `timeout` seconds."""
+    try:
+        return bool(await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout) == 1)
+    except (*DB_ERRORS, TimeoutError):
+        return False

@@ -19,6 +19,7 @@ from trace_platform.adapters.local_keys import load_key_ring
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 from trace_platform.db.pool import create_pool
+from trace_platform.db.sql import q
 from trace_platform.delivery.signing import new_secret
 from trace_platform.demo.alerts import SECRET_ENV as DEMO_SECRET_ENV
 from trace_platform.demo.alerts import AlertDemoResult, format_alerts, live_alerts
@@ -163,9 +164,7 @@ async def _workload(
     last_print = 0.0
     while True:
         counts = await _task_counts(state, ids)
-        inserted = await data.fetchval(
-            "SELECT count(*) FROM data.alert_events WHERE dedupe_key LIKE $1", f"demo-{run}-%"
-        )
+        inserted = await data.fetchval(q("demo", "events_with_prefix"), f"demo-{run}-%")
         done = sum(counts.get(s, 0) for s in TERMINAL)
         elapsed = time.monotonic() - t0
         line = (
@@ -184,14 +183,8 @@ async def _workload(
                 print()
             break
         await asyncio.sleep(0.25)
-    published = await state.fetchval(
-        "SELECT coalesce(sum((outputs->>'records')::bigint), 0) FROM state.tasks"
-        " WHERE task_id = ANY($1) AND status = 'completed'",
-        ids,
-    )
-    dlq = await state.fetchval(
-        "SELECT count(*) FROM state.queue_messages WHERE queue_name = 'buffer_queue_dlq'"
-    )
+    published = await state.fetchval(q("demo", "records_published"), ids)
+    dlq = await state.fetchval(q("demo", "dead_letters"))
     counts = await _task_counts(state, ids)
     return DemoSummary(
         tasks=tasks,
@@ -283,9 +276,7 @@ async def _udf_step(
         _say(f"running the {language} alert UDF (sandboxed; it queries the dataset) ...")
         row = None
         while time.monotonic() - started < timeout:
-            row = await state.fetchrow(
-                "SELECT status, next_retry_at, last_error FROM state.tasks WHERE task_id = $1", tid
-            )
+            row = await state.fetchrow(q("demo", "task_outcome"), tid)
             assert row is not None
             if row["status"] == "completed" or (
                 row["status"] == "failed" and not row["next_retry_at"]
@@ -294,10 +285,7 @@ async def _udf_step(
             await asyncio.sleep(0.05)
         alerts = 0
         for _ in range(100):  # the sink commits shortly after the task completes
-            alerts = await data.fetchval(
-                "SELECT count(*) FROM data.alert_events WHERE dedupe_key LIKE $1",
-                f"{prefix}0x{run}%",
-            )
+            alerts = await data.fetchval(q("demo", "events_with_prefix"), f"{prefix}0x{run}%")
             if alerts >= expected or row is None or row["status"] != "completed":
                 break
             await asyncio.sleep(0.05)
@@ -316,9 +304,7 @@ async def _udf_step(
 
 
 async def _task_counts(state: asyncpg.Pool, ids: list[uuid.UUID]) -> dict[str, int]:
-    rows = await state.fetch(
-        "SELECT status, count(*) AS n FROM state.tasks WHERE task_id = ANY($1) GROUP BY status", ids
-    )
+    rows = await state.fetch(q("demo", "task_counts"), ids)
     return {r["status"]: int(r["n"]) for r in rows}
 
 

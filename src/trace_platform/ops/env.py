@@ -71,7 +71,9 @@ async def open_env(settings: Settings, size: int = 2) -> AsyncIterator[OpsEnv]:
 
 
 def from_row(cls: type[T], row: Mapping[str, Any] | asyncpg.Record, **more: Any) -> T:
-    """A result dataclass from a database row: exactly its fields, taken by name."""
+    """A result dataclass from a database row: its fields taken by name (a field the row
+    lacks keeps its default)."""
     assert is_dataclass(cls)
-    values = {f.name: row[f.name] for f in fields(cls) if f.name not in more}
+    keys = set(row.keys())
+    values = {f.name: row[f.name] for f in fields(cls) if f.name not in more and f.name in keys}
     return cls(**values, **more)

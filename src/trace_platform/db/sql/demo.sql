@@ -1,0 +1,18 @@
+-- `trace demo`: how far its own workload got (its tasks by id, its rows by key prefix).
+
+-- name: task_counts
+SELECT status, count(*) AS n FROM state.tasks WHERE task_id = ANY($1) GROUP BY status;
+
+-- name: records_published
+SELECT coalesce(sum((outputs->>'records')::bigint), 0) FROM state.tasks
+WHERE task_id = ANY($1) AND status = 'completed';
+
+-- name: dead_letters
+SELECT count(*) FROM state.queue_messages WHERE queue_name = 'buffer_queue_dlq';
+
+-- name: events_with_prefix
+-- (data DB) the demo's events: their dedupe keys start with the run's prefix ($1 a LIKE pattern).
+SELECT count(*) FROM data.alert_events WHERE dedupe_key LIKE $1;
+
+-- name: task_outcome
+SELECT status, next_retry_at, last_error FROM state.tasks WHERE task_id = $1;
