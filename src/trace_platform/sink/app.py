@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
@@ -17,24 +18,17 @@ async def serve_sink(settings: Settings, stop: asyncio.Event | None = None) -> N
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     urls = await resolve_databases(settings)
-    state_pool = await create_pool(urls.state, max_size=3, wait_seconds=STARTUP_DB_WAIT)
-    data_pool = await create_pool(
-        urls.data, max_size=settings.sink_concurrency + 1, wait_seconds=STARTUP_DB_WAIT
-    )
-    queue = queue_from_settings(settings, state_pool, urls.state)
-    try:
-        sink = Sink(
-            queue,
-            object_store_from_settings(settings),
-            data_pool,
-            settings,
-            concurrency=settings.sink_concurrency,
+    async with contextlib.AsyncExitStack() as closing:  # closed in reverse, whatever happens
+        state_pool = await create_pool(urls.state, max_size=3, wait_seconds=STARTUP_DB_WAIT)
+        closing.push_async_callback(state_pool.close)
+        data_pool = await create_pool(
+            urls.data, max_size=settings.sink_concurrency + 1, wait_seconds=STARTUP_DB_WAIT
         )
-        await sink.run(stop)
-    finally:
-        await queue.close()
-        await data_pool.close()
-        await state_pool.close()
+        closing.push_async_callback(data_pool.close)
+        queue = queue_from_settings(settings, state_pool, urls.state)
+        closing.push_async_callback(queue.close)
+        store = object_store_from_settings(settings)
+        await Sink(queue, store, data_pool, settings, settings.sink_concurrency).run(stop)
 
 
 def run_sink(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from trace_platform.adapters.local_keys import load_worker_tokens
 from trace_platform.adapters.queues import queue_from_settings
@@ -24,21 +25,20 @@ async def serve_worker(settings: Settings, stop: asyncio.Event | None = None) ->
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     urls = await resolve_databases(settings)
-    pool = await create_pool(
-        urls.state, max_size=min(settings.db_pool_size, 4), wait_seconds=STARTUP_DB_WAIT
-    )
-    queue = queue_from_settings(settings, pool, urls.state)
-    client = TaskClient(
-        settings.resolved_dispatcher_url,
-        load_worker_tokens(settings).current,
-        max_connections=max(4, settings.worker_concurrency * 2),
-    )
-    try:
+    async with contextlib.AsyncExitStack() as closing:  # closed in reverse, whatever happens
+        pool = await create_pool(
+            urls.state, max_size=min(settings.db_pool_size, 4), wait_seconds=STARTUP_DB_WAIT
+        )
+        closing.push_async_callback(pool.close)
+        queue = queue_from_settings(settings, pool, urls.state)
+        closing.push_async_callback(queue.close)
+        client = TaskClient(
+            settings.resolved_dispatcher_url,
+            load_worker_tokens(settings).current,
+            max_connections=max(4, settings.worker_concurrency * 2),
+        )
+        closing.push_async_callback(client.close)
         await Worker(settings, queue, object_store_from_settings(settings), client).run(stop)
-    finally:
-        await client.close()
-        await queue.close()
-        await pool.close()
 
 
 def run_worker(settings: Settings) -> None:
