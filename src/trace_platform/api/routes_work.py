@@ -7,7 +7,7 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
@@ -15,13 +15,13 @@ from starlette.responses import Response
 from trace_platform.api.auth import Admin, Reader, Writer
 from trace_platform.api.models import BundleUpload, QueryBody, TaskCreate
 from trace_platform.domain.errors import ValidationError
+from trace_platform.domain.lifecycle import TaskStatus
 from trace_platform.http import json_response
 from trace_platform.ops import bundles as bundle_ops
 from trace_platform.ops import datasets as dataset_ops
 from trace_platform.ops import tasks as task_ops
 
 router = APIRouter()
-StatusFilter = Literal["queued", "running", "completed", "failed", "canceled"]
 
 
 @router.get("/v1/me", tags=["users"], summary="Who this key is")
@@ -38,13 +38,14 @@ async def status(c: Reader) -> Response:
 @router.get("/v1/tasks", tags=["tasks"], summary="Tasks, newest first (keyset pagination)")
 async def tasks(
     c: Reader,
-    status: Annotated[StatusFilter | None, Query()] = None,
+    status: Annotated[TaskStatus | None, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=task_ops.MAX_PAGE)] = 50,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Response:
-    page = await task_ops.list_tasks(c.env, c.org, status, cursor, limit, since, until)
+    wanted = status.value if status is not None else None
+    page = await task_ops.list_tasks(c.env, c.org, wanted, cursor, limit, since, until)
     return json_response(page)
 
 

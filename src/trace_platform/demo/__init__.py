@@ -35,7 +35,7 @@ from trace_platform.demo.chain import (
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.domain.errors import ConfigError
 from trace_platform.ops.env import OpsEnv
-from trace_platform.ports import LITE_ORG_ID
+from trace_platform.ports import BUFFER_DLQ, LITE_ORG_ID
 from trace_platform.stack import Stack, prepare
 
 TERMINAL = ("completed", "failed", "canceled")
@@ -184,7 +184,7 @@ async def _workload(
             break
         await asyncio.sleep(0.25)
     published = await state.fetchval(q("demo", "records_published"), ids)
-    dlq = await state.fetchval(q("demo", "dead_letters"))
+    dlq = await state.fetchval(q("demo", "dead_letters"), BUFFER_DLQ)
     counts = await _task_counts(state, ids)
     return DemoSummary(
         tasks=tasks,

@@ -8,7 +8,7 @@ SELECT coalesce(sum((outputs->>'records')::bigint), 0) FROM state.tasks
 WHERE task_id = ANY($1) AND status = 'completed';
 
 -- name: dead_letters
-SELECT count(*) FROM state.queue_messages WHERE queue_name = 'buffer_queue_dlq';
+SELECT count(*) FROM state.queue_messages WHERE queue_name = $1;
 
 -- name: events_with_prefix
 -- (data DB) the demo's events: their dedupe keys start with the run's prefix ($1 a LIKE pattern).
