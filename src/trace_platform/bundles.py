@@ -13,7 +13,6 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
@@ -167,7 +166,3 @@ async def register_bundle(
         q("bundles", "insert_bundle"), bundle_id, org_id, sha, language, entrypoint, len(data), uri
     )
     return RegisteredBundle(bundle_id, sha, len(data), uri, inserted is not None)
-
-
-async def list_bundles(pool: asyncpg.Pool, limit: int = 100) -> list[dict[str, Any]]:
-    return [dict(r) for r in await pool.fetch(q("bundles", "list_bundles"), limit)]

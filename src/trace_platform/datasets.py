@@ -218,7 +218,3 @@ async def snapshot_manifest(conn: Any, grant: DatasetGrant) -> dict[str, Any] | 
         "manifest": {"files": files},
         "block_range": block_range,
     }
-
-
-async def list_datasets(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    return [dict(r) for r in await pool.fetch(q("datasets", "list_datasets"))]

@@ -30,7 +30,6 @@ from trace_platform.sandbox import Isolation
 
 log = get_logger(__name__)
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
-VERSION_CACHE_SECONDS = 60.0
 
 
 class QueryRejected(ValidationError):

@@ -10,7 +10,3 @@ RETURNING bundle_id;
 -- name: get_bundle
 SELECT bundle_id, org_id, sha256, language, entrypoint, size_bytes, storage_uri, created_at
 FROM state.udf_bundles WHERE bundle_id = $1;
-
--- name: list_bundles
-SELECT bundle_id, org_id, sha256, language, entrypoint, size_bytes, storage_uri, created_at
-FROM state.udf_bundles ORDER BY created_at DESC LIMIT $1;

@@ -30,19 +30,6 @@ SELECT d.org_id, v.storage_prefix, v.manifest
 FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
 WHERE v.dataset_uuid = $1 AND v.dataset_version = $2;
 
--- name: list_datasets
--- Registered versions, and chain datasets at their current snapshot.
-SELECT d.name, d.dataset_uuid, v.dataset_version, v.created_at,
-       jsonb_array_length(v.manifest->'files')::bigint AS files
-FROM state.datasets d JOIN state.dataset_versions v USING (dataset_uuid)
-UNION ALL
-SELECT d.name, d.dataset_uuid, 'snap-' || d.commit_seq, d.created_at,
-       (SELECT coalesce(sum(jsonb_array_length(p.files)), 0)::bigint
-        FROM state.dataset_partitions p
-        WHERE p.dataset_uuid = d.dataset_uuid AND p.removed_seq IS NULL)
-FROM state.datasets d WHERE d.kind = 'partitions'
-ORDER BY 1, 4 DESC;
-
 -- name: insert_audit
 -- One row per query: a task's (task_id), a user's (user_id) or an operator's at the CLI
 -- (neither); `source` says which. The SQL's hash only, never its text.
