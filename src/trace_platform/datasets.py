@@ -20,6 +20,7 @@ from trace_platform.ports import ObjectStore
 
 _NS = uuid.UUID("4c0f3a9e-1b7d-4e51-9a2c-8d6e5f4b3a21")
 MAX_INPUTS = 8
+MAX_GRANTS = 32  # relations one task may be granted (a chain input counts each of its own)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,15 @@ async def resolve_inputs(
         raise ValidationError(f"inputs must be a list of at most {MAX_INPUTS} datasets")
     grants: list[DatasetGrant] = []
     prefixes: list[str] = []
+    expanded: list[Any] = []
     for item in inputs:
+        if isinstance(item, dict) and "chain" in item:
+            expanded.extend(await chain_inputs(conn, org_id, item))
+        else:
+            expanded.append(item)
+    if len(expanded) > MAX_GRANTS:
+        raise ValidationError(f"inputs grant more than {MAX_GRANTS} relations")
+    for item in expanded:
         if not isinstance(item, dict):
             raise ValidationError("each input must be an object")
         row = None
@@ -137,10 +146,24 @@ async def resolve_inputs(
                 dataset_uuid=str(row["dataset_uuid"]),
                 dataset_version=row["dataset_version"],
                 storage_ref=storage_ref(row["storage_prefix"]),
+                name=row["name"],
             )
         )
         prefixes.append(row["storage_prefix"])
     return grants, prefixes
+
+
+async def chain_inputs(conn: Any, org_id: uuid.UUID, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """`{chain: JOB[, range]}` → one `{dataset[, range]}` input per relation of the job (its
+    streams and decoded tables), each then pinned at its own current snapshot."""
+    job = item.get("chain")
+    if not isinstance(job, str) or set(item) - {"chain", "range"}:
+        raise ValidationError("a chain input is {chain: JOB} with an optional range")
+    names = [r["name"] for r in await conn.fetch(q("chain", "job_relations"), org_id, job)]
+    if not names:
+        raise ValidationError("task input names an unknown chain job")
+    extra = {"range": item["range"]} if "range" in item else {}
+    return [{"dataset": name, **extra} for name in names]
 
 
 SNAPSHOT_PREFIX = "snap-"
@@ -196,6 +219,7 @@ async def snapshot_grant(conn: Any, org_id: uuid.UUID, item: dict[str, Any]) -> 
         dataset_uuid=str(row["dataset_uuid"]),
         dataset_version=snapshot_version(row["commit_seq"], block_range),
         storage_ref=storage_ref(row["storage_prefix"]),
+        name=row["name"],
     )
 
 
@@ -217,4 +241,15 @@ async def snapshot_manifest(conn: Any, grant: DatasetGrant) -> dict[str, Any] | 
         "storage_prefix": ds["storage_prefix"],
         "manifest": {"files": files},
         "block_range": block_range,
+        "complete": block_range is None or covers(parts, lo, hi),
     }
+
+
+def covers(parts: list[Any], lo: int, hi: int) -> bool:
+    """True when the partitions (sorted by start) hold every block of [lo, hi)."""
+    at = lo
+    for p in parts:
+        if p["range_start"] > at:
+            return False
+        at = max(at, p["range_end"])
+    return at >= hi

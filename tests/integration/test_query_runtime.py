@@ -32,17 +32,24 @@ from hypothesis import strategies as st
 from tests.integration.test_query import ATTACKS
 from trace_platform.adapters.local_store import LocalObjectStore
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
-from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, Engine
+from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, BoundRelation, Engine
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
     ExecutorPool,
     ExecutorUnavailable,
     QueryFailed,
+    Relation,
     launch_command,
     library_dir,
 )
 from trace_platform.sandbox import Isolation, detect_isolation
+
+
+def one(key: str, files: tuple[str, ...]) -> Binding:
+    """A binding of one relation read as `dataset`."""
+    return Binding((Relation(("dataset",), key, files),))
+
 
 LIMITS = ExecutorLimits(timeout_seconds=5)
 ROUTES = [ROUTE_READER, ROUTE_ARROW]
@@ -63,7 +70,7 @@ HARMLESS_AT_RUNTIME = {
 # view of it (/data) and at host paths next to the granted file.
 INSIDE_THE_ALLOWED_DIRECTORY = [
     "COPY (SELECT 1) TO '/data/out.csv'",
-    "COPY dataset TO '/data/part-00001.parquet'",
+    "COPY dataset TO '/data/part-000-00001.parquet'",
     "ATTACH '/data/new.duckdb' AS n",
     "EXPORT DATABASE '/data/export'",
     "SELECT * FROM read_csv('/data/stray-secret.csv')",
@@ -126,7 +133,10 @@ def engines(canary: dict[str, Any]) -> Iterator[dict[str, Engine]]:
     cwd = os.getcwd()
     os.chdir("/")
     try:
-        engines = {route: Engine(route, [canary["data"]], LIMITS) for route in ROUTES}
+        engines = {
+            route: Engine(route, [BoundRelation(("dataset",), (canary["data"],))], LIMITS)
+            for route in ROUTES
+        }
     finally:
         os.chdir(cwd)
     yield engines
@@ -189,7 +199,11 @@ def test_engine_blocks_file_and_url_reads_even_inside_query(
 
 
 def test_engine_interrupts_a_runaway_query(canary: dict[str, Any]) -> None:
-    engine = Engine(ROUTE_READER, [canary["data"]], ExecutorLimits(timeout_seconds=0.5))
+    engine = Engine(
+        ROUTE_READER,
+        [BoundRelation(("dataset",), (canary["data"],))],
+        ExecutorLimits(timeout_seconds=0.5),
+    )
     sql = (
         "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
         " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
@@ -201,7 +215,7 @@ def test_engine_interrupts_a_runaway_query(canary: dict[str, Any]) -> None:
 
 
 def test_result_bytes_are_capped_and_marked_truncated(canary: dict[str, Any]) -> None:
-    engine = Engine(ROUTE_READER, [canary["data"]], LIMITS)
+    engine = Engine(ROUTE_READER, [BoundRelation(("dataset",), (canary["data"],))], LIMITS)
     body, rows, truncated = engine.query("SELECT repeat('x', 2000000) AS s FROM dataset", limit=10)
     assert truncated and rows == 5 and len(body) <= 10 * 1024 * 1024 + 200
     assert orjson.loads(body)["truncated"] is True
@@ -215,7 +229,7 @@ async def sandboxed(canary: dict[str, Any]) -> AsyncIterator[tuple[ExecutorPool,
     isolation = detect_isolation()
     assert isolation.strong, f"the executor sandbox needs bubblewrap here: {isolation.features}"
     pool = ExecutorPool(1, LIMITS, isolation)
-    binding = Binding("canary@v1", (str(canary["version"] / "data.parquet"),))
+    binding = one("canary@v1", (str(canary["version"] / "data.parquet"),))
     yield pool, binding
     await pool.close()
 
@@ -249,11 +263,11 @@ async def test_sandboxed_executor_lists_and_reads_only_the_granted_files(
     # glob and wildcard reads are allowed inside the allowed directory: there is nothing
     # else in it to find.
     listed = await sandboxed_query(sandboxed, "SELECT * FROM glob('/data/**')")
-    assert listed["rows"] == [["/data/part-00000.parquet"]]
+    assert listed["rows"] == [["/data/part-000-00000.parquet"]]
     wild = await sandboxed_query(sandboxed, "SELECT count(*) FROM read_parquet('/data/*')")
     assert wild["rows"] == [[10]]
     views = await sandboxed_query(sandboxed, "SELECT sql FROM duckdb_views() WHERE NOT internal")
-    assert "/data/part-00000.parquet" in repr(views) and "canary" not in repr(views)
+    assert "/data/part-000-00000.parquet" in repr(views) and "canary" not in repr(views)
 
 
 def descendants(pid: int) -> list[int]:
@@ -278,8 +292,8 @@ async def test_pool_recycles_idle_executors_and_replaces_dead_ones(
     canary: dict[str, Any],
 ) -> None:
     pool = ExecutorPool(1, LIMITS, detect_isolation())
-    a = Binding("a@1", (str(canary["version"] / "data.parquet"),))
-    b = Binding("b@1", (canary["data"],))
+    a = one("a@1", (str(canary["version"] / "data.parquet"),))
+    b = one("b@1", (canary["data"],))
     try:
         first = await pool.run(a, "SELECT count(*) FROM dataset", 5)
         assert first.rows == 1 and pool.live == 1
@@ -308,7 +322,7 @@ async def test_a_cancelled_query_never_hands_its_reply_to_the_next(
     canary: dict[str, Any],
 ) -> None:
     pool = ExecutorPool(1, ExecutorLimits(timeout_seconds=3), detect_isolation())
-    binding = Binding("a@1", (canary["data"],))
+    binding = one("a@1", (canary["data"],))
     slow_sql = (
         "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
         " dataset g, dataset h WHERE a.x + b.x >= 0"
@@ -332,7 +346,7 @@ async def test_without_bubblewrap_executors_take_the_arrow_route(
 ) -> None:
     weak = Isolation(bwrap=None, drop_uid=False, features={"filesystem_view": False})
     pool = ExecutorPool(1, LIMITS, weak)
-    binding = Binding("a@1", (canary["data"],))
+    binding = one("a@1", (canary["data"],))
     try:
         result = await pool.run(binding, "SELECT sum(x) FROM dataset WHERE x < 5", 5)
         assert orjson.loads(result.body)["rows"] == [[10]]
@@ -355,7 +369,7 @@ async def test_an_executor_retires_long_before_its_cpu_limit(canary: dict[str, A
     # half of its 4 s limit (and retires) at least a second before the kernel would kill it.
     limits = ExecutorLimits(threads=1, timeout_seconds=1.0, cpu_seconds=4)
     pool = ExecutorPool(1, limits, detect_isolation())
-    binding = Binding("a@1", (canary["data"],))
+    binding = one("a@1", (canary["data"],))
     burn = (
         "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
         " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
@@ -385,7 +399,7 @@ async def test_a_file_the_executor_cannot_read_fails_its_start_clearly(
     pool = ExecutorPool(1, LIMITS, isolation)
     try:
         with pytest.raises(ExecutorUnavailable):
-            await pool.run(Binding("p@1", (str(private),)), "SELECT * FROM dataset", 1)
+            await pool.run(one("p@1", (str(private),)), "SELECT * FROM dataset", 1)
         assert pool.live == 0
     finally:
         await pool.close()
@@ -412,7 +426,7 @@ def attempt(name, fn):
 attempt("write_data", lambda: open("/data/new", "w").write("x"))
 attempt("write_root", lambda: open("/new", "w").write("x"))
 attempt("write_tmp", lambda: open("/tmp/new", "w").write("x"))
-attempt("overwrite_granted", lambda: open("/data/part-00000.parquet", "r+b").write(b"x"))
+attempt("overwrite_granted", lambda: open("/data/part-000-00000.parquet", "r+b").write(b"x"))
 attempt("read_host_file", lambda: open(sys.argv[1]).read())
 attempt("connect", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[2])), 2))
 report["host_root_visible"] = os.path.exists(sys.argv[3])
@@ -431,7 +445,7 @@ async def test_the_sandbox_holds_for_a_duckdb_without_our_settings(
     canary: dict[str, Any], untouched: None
 ) -> None:
     isolation = detect_isolation()
-    binding = Binding("probe", (str(canary["version"] / "data.parquet"),))
+    binding = one("probe", (str(canary["version"] / "data.parquet"),))
     cmd, _, route = launch_command(
         isolation,
         binding,
@@ -454,7 +468,7 @@ async def test_the_sandbox_holds_for_a_duckdb_without_our_settings(
     report = json.loads(out.splitlines()[-1])
     assert report["uid"] != 0
     assert set(report["env"]) <= {"PWD", "LC_CTYPE"}  # set by bwrap and Python themselves
-    assert report["data"] == ["part-00000.parquet"]  # not the stray file next to it
+    assert report["data"] == ["part-000-00000.parquet"]  # not the stray file next to it
     assert "home" not in report["root"] and "tmp" not in report["root"]
     for name in (
         "write_data",
@@ -467,7 +481,7 @@ async def test_the_sandbox_holds_for_a_duckdb_without_our_settings(
         "duckdb_attach",
     ):
         assert report[name] != "allowed", name
-    assert report["duckdb_glob"] == ["/data/part-00000.parquet"]
+    assert report["duckdb_glob"] == ["/data/part-000-00000.parquet"]
     assert report["host_root_visible"] is False and report["duckdb_host"] == []
 
 

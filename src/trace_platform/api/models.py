@@ -18,8 +18,12 @@ class TaskCreate(BaseModel):
 
 
 class QueryBody(BaseModel):
+    """`dataset`: read as relation `dataset` (optional: every relation of the org is read by
+    its catalog name); `job`: the chain job whose relations answer to short names."""
+
     model_config = ConfigDict(extra="forbid")
-    dataset: str = Field(min_length=1, max_length=128)
+    dataset: str | None = Field(default=None, min_length=1, max_length=128)
+    job: str | None = Field(default=None, min_length=1, max_length=63)
     sql: str = Field(min_length=1, max_length=20_000)
     limit: int = Field(default=1000, ge=1, le=10_000)
 

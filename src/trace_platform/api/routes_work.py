@@ -75,10 +75,10 @@ async def dataset(c: Reader, name: str) -> Response:
     return json_response(await dataset_ops.show_dataset(c.env, c.org, name))
 
 
-@router.post("/v1/query", tags=["datasets"], summary="Sandboxed SQL over one of your datasets")
+@router.post("/v1/query", tags=["datasets"], summary="Sandboxed SQL over your org's relations")
 async def query(c: Reader, body: QueryBody) -> Response:
     answer = await dataset_ops.query_as_user(
-        c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit
+        c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, body.job
     )
     return json_response(answer)
 

@@ -67,30 +67,42 @@ def dataset_show(ctx: click.Context, name: str, org_id: uuid.UUID | None, as_jso
 
 
 @dataset.command("query")
-@click.argument("name")
-@click.argument("sql")
+@click.argument("args", nargs=-1, required=True, metavar="[NAME] SQL")
 @click.option("--limit", type=int, default=None, help="Rows to return (1..10000, default 1000).")
+@click.option("--job", default=None, help="The chain job whose relations answer to short names.")
 @org_option
 @json_option
-@click.option("--range", "block_range", default=None, help="Chain datasets: only blocks START:END.")
+@click.option(
+    "--range", "block_range", default=None, help="Chain relations: only blocks START:END."
+)
 @click.pass_context
 @handle_errors
 def dataset_query(
     ctx: click.Context,
-    name: str,
-    sql: str,
+    args: tuple[str, ...],
     limit: int | None,
+    job: str | None,
     org_id: uuid.UUID | None,
     as_json: bool,
     block_range: str | None,
 ) -> None:
-    """Run SQL over the newest version of NAME (relation `dataset`; a chain dataset: every
-    committed range) through the query service's binding, gate, sandboxed executor and
-    audit: try a UDF's query before shipping it."""
+    """Run SQL over your relations through the query service's binding, gate, sandboxed
+    executor and audit: try a UDF's or an alert's query before shipping it.
+
+    \b
+    Relations (see `trace dataset relations`): every dataset by its name, quoted when it
+    has dots or dashes ("local-anvil.blocks"), or by its bare alias (local_anvil_blocks);
+    a chain job's streams and decoded tables by their short names (blocks, pair_Swap) when
+    the org has one chain job or --job names it. With NAME, that dataset is also `dataset`
+    (a chain dataset: every committed range)."""
+    if len(args) > 2:
+        raise ValidationError("give [NAME] SQL: quote the SQL as one argument")
+    name, sql = (args[0], args[1]) if len(args) == 2 else (None, args[0])
     bounds = check_block_range(block_range) if block_range is not None else None
     try:
         result = run_ops(
-            ctx, lambda env: ops.query_here(env, org_of(org_id), name, sql, limit, bounds)
+            ctx,
+            lambda env: ops.query_here(env, org_of(org_id), name, sql, limit, bounds, job),
         )
     except ValidationError as exc:  # name the gate's or the engine's reason code
         why = "SQL rejected" if exc.code == "sql_rejected" else "query failed"

@@ -37,6 +37,7 @@ class DatasetGrant(BaseModel):
     dataset_uuid: str
     dataset_version: str
     storage_ref: StorageRef
+    name: str | None = None  # the relation's name in queries (SPEC §15)
 
 
 class S3Grants(BaseModel):

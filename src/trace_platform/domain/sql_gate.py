@@ -1,18 +1,23 @@
 """The SQL gate (SPEC §9): exactly one read-only SELECT over the attached relation(s).
 
 An allowlist, not a denylist: the statement must parse (DuckDB dialect) to a single SELECT /
-set operation; every relation must be a bare, unquoted name that is either an attached
-relation or a CTE of the query; every function must be on the list below. Anything else —
-table functions, file or URL readers, string relations, settings, secrets, catalogs,
-PRAGMA/SET/ATTACH/COPY/INSTALL/LOAD/DDL/DML — is rejected with a stable code. Errors never
-echo the SQL.
+set operation; every relation must be a name (bare, quoted, or dotted `job.stream`), and every
+function must be on the list below. Anything else — table functions, file or URL readers,
+string relations, settings, secrets, PRAGMA/SET/ATTACH/COPY/INSTALL/LOAD/DDL/DML — is rejected
+with a stable code. The gate is a pure function of the text: it returns the relation names
+the query reads (`GatedQuery.relations`, each written as one quoted name in the SQL it
+returns), and the query binding then refuses any name that is neither granted to the caller
+nor a CTE of the query (`check_relations`). Errors never echo the SQL; a refusal names the
+function or relation only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import sqlglot
@@ -213,6 +218,11 @@ _FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
     exp.Rollback,
 )
 _ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except)
+# sqlglot folds some function pairs into one node of its own; DuckDB runs the pair, so the
+# node is allowed when every function it stands for is.
+_FOLDED: dict[str, tuple[str, ...]] = {"LOWER_HEX": ("LOWER", "HEX")}
+PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MAX_RELATIONS = 16
 
 
 class SqlRejected(ValueError):
@@ -229,6 +239,45 @@ class GatedQuery:
     sql: str  # the normalised SQL that is executed (re-generated from the checked tree)
     columns: tuple[str, ...]
     sha256: str
+    relations: tuple[str, ...] = ()  # names read that are not CTEs of the query (lower case)
+    ctes: frozenset[str] = frozenset()
+
+
+def shown(name: str) -> str:
+    """A relation or function name as an error may show it: printable, at most 64 chars."""
+    return "".join(c for c in name if c.isprintable())[:64]
+
+
+def check_relations(gated: GatedQuery, granted: Collection[str]) -> None:
+    """Refuse a query that reads a name the caller is not granted (fail closed)."""
+    for name in gated.relations:
+        if name not in granted:
+            raise SqlRejected(
+                "sql_relation_not_allowed", f"relation {shown(name)!r} is not granted"
+            )
+
+
+def _relation_name(node: exp.Table) -> str:
+    """`a`, `"a.b"` and `a.b` (db + table) all name one relation, written `a.b`; anything
+    but identifiers (a function, a string, a file) is refused."""
+    parts = [node.args.get("catalog"), node.args.get("db"), node.this]
+    names: list[str] = []
+    for part in parts:
+        if part is None:
+            continue
+        if not isinstance(part, exp.Identifier):
+            raise SqlRejected("sql_relation_not_allowed", "only named relations may be read")
+        names.append(str(part.name))
+    name = ".".join(names).lower()
+    if not name or len(name) > 200:
+        raise SqlRejected("sql_relation_not_allowed", "only named relations may be read")
+    return name
+
+
+def _function_allowed(name: str) -> bool:
+    return name in ALLOWED_FUNCTIONS or all(
+        part in ALLOWED_FUNCTIONS for part in _FOLDED.get(name, ("",))
+    )
 
 
 def sql_hash(sql: str) -> str:
@@ -241,8 +290,9 @@ def _function_name(node: exp.Func) -> str:
     return str(node.sql_name()).upper()
 
 
-def check_sql(sql: str, relations: frozenset[str] = frozenset({"dataset"})) -> GatedQuery:
-    """Accept one read-only SELECT over `relations`, or raise SqlRejected."""
+def check_sql(sql: str, relations: Collection[str] | None = frozenset({"dataset"})) -> GatedQuery:
+    """Accept one read-only SELECT, or raise SqlRejected. Every name read must be one of
+    `relations` (or a CTE); with None, the caller checks the names it grants."""
     if not isinstance(sql, str) or not sql.strip():
         raise SqlRejected("sql_empty", "SQL is empty")
     if len(sql) > MAX_SQL_LENGTH:
@@ -258,29 +308,42 @@ def check_sql(sql: str, relations: frozenset[str] = frozenset({"dataset"})) -> G
     tree = statements[0]
     if not isinstance(tree, _ROOTS):
         raise SqlRejected("sql_not_select", "only SELECT (or WITH ... SELECT) is allowed")
-    ctes = {str(cte.alias_or_name).lower() for cte in tree.find_all(exp.CTE)}
-    allowed = {r.lower() for r in relations} | ctes
-    for node in tree.walk():
+    ctes: set[str] = set()
+    for cte in tree.find_all(exp.CTE):
+        name = str(cte.alias_or_name).lower()
+        if not PLAIN_NAME.match(name):
+            raise SqlRejected("sql_relation_not_allowed", "a CTE needs a plain name")
+        ctes.add(name)
+    read: dict[str, None] = {}
+    for node in list(tree.walk()):
         if isinstance(node, _FORBIDDEN_NODES):
             raise SqlRejected("sql_forbidden_construct", "statement kind or clause not allowed")
         if isinstance(node, exp.Table):
-            ident = node.this
-            if (
-                not isinstance(ident, exp.Identifier)
-                or ident.quoted
-                or node.args.get("db")
-                or node.args.get("catalog")
-                or str(ident.name).lower() not in allowed
-            ):
-                raise SqlRejected(
-                    "sql_relation_not_allowed", "only the granted relation(s) may be read"
-                )
+            name = _relation_name(node)
+            if name in ctes and not node.args.get("db"):
+                continue
+            read[name] = None
+            alias = node.args.get("alias")
+            last = node.this
+            node.set("catalog", None)
+            node.set("db", None)
+            node.set("this", exp.to_identifier(name, quoted=True))
+            if alias is None and isinstance(last, exp.Identifier) and last.name.lower() != name:
+                # DuckDB names an unaliased `a.b` by its last part: keep that working.
+                node.set("alias", exp.TableAlias(this=exp.to_identifier(last.name)))
         elif isinstance(node, exp.Func) and not isinstance(node, exp.Connector):  # AND/OR
             name = _function_name(node)
-            if name not in ALLOWED_FUNCTIONS:
+            if not _function_allowed(name):
                 raise SqlRejected(
-                    "sql_function_not_allowed", f"function {name[:40]} is not allowed"
+                    "sql_function_not_allowed", f"function {shown(name)} is not allowed"
                 )
+    if len(read) > MAX_RELATIONS:
+        raise SqlRejected(
+            "sql_too_many_relations", f"a query may read at most {MAX_RELATIONS} relations"
+        )
     columns = tuple(sorted({str(c.name) for c in tree.find_all(exp.Column) if c.name}))
     normalised = tree.sql(dialect="duckdb", comments=False)
-    return GatedQuery(normalised, columns, sql_hash(sql))
+    gated = GatedQuery(normalised, columns, sql_hash(sql), tuple(read), frozenset(ctes))
+    if relations is not None:
+        check_relations(gated, {r.lower() for r in relations})
+    return gated

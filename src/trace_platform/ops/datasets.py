@@ -95,10 +95,11 @@ async def register_files(
 async def query_here(
     env: OpsEnv,
     org_id: uuid.UUID,
-    name: str,
+    name: str | None,
     sql: str,
     limit: int | None,
     block_range: tuple[int, int] | None = None,
+    job: str | None = None,
 ) -> QueryAnswer:
     """An operator's query at this installation (`trace dataset query`): the query
     service's own binding, gate, sandboxed executor and audit row, run in this process."""
@@ -118,17 +119,21 @@ async def query_here(
         s.query_uid,
     )
     try:
-        caller, dataset_id = await service.binder.user_caller(
-            org_id, name, None, "cli", block_range
-        )
-        result = await service.query(caller, dataset_id, sql, limit)
+        caller = await service.binder.user_caller(org_id, name, None, "cli", block_range, job)
+        result = await service.query(caller, None, sql, limit)
     finally:
         await service.close()
     return QueryAnswer(**orjson.loads(result.body))
 
 
 async def query_as_user(
-    env: OpsEnv, org_id: uuid.UUID, user_id: uuid.UUID, name: str, sql: str, limit: int
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int,
+    job: str | None = None,
 ) -> QueryAnswer:
     """A user's query (`POST /v1/query`, the console): sent to the query service, which
     binds it for the user's org, gates, runs and audits it per user."""
@@ -138,6 +143,7 @@ async def query_as_user(
         "org_id": str(org_id),
         "user_id": str(user_id),
         "dataset": name,
+        "job": job,
         "sql": sql,
         "limit": limit,
         "timeout_seconds": env.settings.api_query_timeout_seconds,

@@ -44,7 +44,8 @@ class UserQueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     org_id: uuid.UUID
     user_id: uuid.UUID
-    dataset: str = Field(min_length=1, max_length=128)
+    dataset: str | None = Field(default=None, min_length=1, max_length=128)
+    job: str | None = Field(default=None, min_length=1, max_length=63)
     sql: str = Field(min_length=1, max_length=20_000)
     limit: int | None = Field(default=None, ge=1, le=10_000)
     timeout_seconds: float | None = Field(default=None, gt=0, le=600)
@@ -54,7 +55,7 @@ class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task_id: str = Field(max_length=64)
     attempt: int = Field(ge=1)
-    dataset_id: str = Field(max_length=64)
+    dataset_id: str | None = Field(default=None, max_length=64)
     sql: str = Field(max_length=20_000)
     limit: int | None = None
 
@@ -136,7 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/task/query",
         tags=["task"],
         openapi_extra=request_body_schema(QueryRequest),
-        summary="Sandboxed SQL over a dataset granted in the capability token",
+        summary="Sandboxed SQL over the relations granted in the capability token",
     )
     async def query(request: Request) -> Response:
         token = request.headers.get(CAPABILITY_HEADER)
@@ -155,18 +156,18 @@ def create_app(settings: Settings) -> FastAPI:
         "/internal/user-query",
         tags=["internal"],
         openapi_extra=request_body_schema(UserQueryRequest),
-        summary="A user's query (from the user API): the org's dataset, same gate and sandbox",
+        summary="A user's query (from the user API): the org's relations, same gate and sandbox",
     )
     async def user_query(request: Request) -> Response:
         if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
             raise AuthError("missing or invalid worker token")
         body = await parse_body(request, UserQueryRequest)
         service: QueryService = state["service"]
-        caller, dataset_id = await service.binder.user_caller(
-            body.org_id, body.dataset, body.user_id, "api"
+        caller = await service.binder.user_caller(
+            body.org_id, body.dataset, body.user_id, "api", job=body.job
         )
         result = await service.query(
-            caller, dataset_id, body.sql, body.limit, timeout=body.timeout_seconds
+            caller, None, body.sql, body.limit, timeout=body.timeout_seconds
         )
         return Response(result.body, media_type="application/json")
 

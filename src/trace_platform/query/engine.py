@@ -4,7 +4,8 @@ Standalone on purpose: it imports only the standard library, `duckdb` and `orjso
 `pyarrow` for the Arrow route), so the query service can run it as a script inside the
 executor sandbox, where nothing of the platform is mounted.
 
-An engine is bound to one dataset version for its whole life. DuckDB is in memory with
+An engine is bound to one set of relations for its whole life (each granted dataset version
+or snapshot under the names the query reads it by). DuckDB is in memory with
 extensions never installed or auto-loaded, no persistent secrets, no spill files, memory and
 threads bounded, configuration locked, and a per-query interrupt. Two routes to the data:
 
@@ -78,23 +79,49 @@ def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class BoundRelation:
+    """One granted relation as the engine sees it: the names a query reads it by (each a
+    view), its files, and for a range grant the blocks it is bounded to."""
+
+    names: tuple[str, ...]
+    files: tuple[str, ...]
+    block_range: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, raw: Any) -> BoundRelation:
+        if not isinstance(raw, dict):
+            raise QueryFailed("query_error", "malformed relation")
+        names = tuple(str(n) for n in raw.get("names") or ())
+        files = tuple(str(f) for f in raw.get("files") or ())
+        if not names or not files:
+            raise QueryFailed("query_error", "a relation needs names and files")
+        block_range = raw.get("block_range")
+        bounded = (int(block_range[0]), int(block_range[1])) if block_range is not None else None
+        return cls(names, files, bounded)
+
+
 class Engine:
-    """One locked in-memory database bound to one dataset version's files."""
+    """One locked in-memory database bound to a set of relations (dataset versions or
+    snapshots), each visible under the names the query uses for it."""
 
     def __init__(
         self,
         route: str,
-        files: list[str],
+        relations: list[BoundRelation],
         limits: ExecutorLimits,
         s3: dict[str, str] | None = None,
-        block_range: tuple[int, int] | None = None,
     ) -> None:
         import duckdb
 
-        if not files:
+        if not relations or not all(r.files for r in relations):
             raise QueryFailed("query_error", "no files to bind")
         self.limits = limits
-        self.dataset: Any = None
+        self.arrow: dict[str, Any] = {}  # name -> Arrow dataset (the arrow route)
         config: dict[str, Any] = {
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -106,6 +133,7 @@ class Engine:
             "memory_limit": f"{limits.memory_mb}MB",
             "threads": limits.threads,
         }
+        files = [f for r in relations for f in r.files]
         if route == ROUTE_READER:
             if s3 is not None:
                 raise QueryFailed("query_error", "the reader route is for local files only")
@@ -115,22 +143,26 @@ class Engine:
             dirs = sorted({os.path.dirname(f) + "/" for f in files})
             con.execute(f"SET allowed_directories = {_sql_list(dirs)}")
             con.execute("SET enable_external_access = false")
-            where = ""
-            if block_range is not None:  # a range grant: only rows of blocks inside it
-                lo, hi = int(block_range[0]), int(block_range[1])
-                where = f" WHERE block_number >= {lo} AND block_number < {hi}"
-            con.execute(
-                f"CREATE VIEW dataset AS SELECT * FROM read_parquet({_sql_list(files)}){where}"
-            )
+            for rel in relations:
+                where = ""
+                if rel.block_range is not None:  # a range grant: only rows of blocks inside it
+                    lo, hi = rel.block_range
+                    where = f" WHERE block_number >= {lo} AND block_number < {hi}"
+                source = f"SELECT * FROM read_parquet({_sql_list(list(rel.files))}){where}"
+                for name in rel.names:
+                    con.execute(f"CREATE VIEW {_quote(name)} AS {source}")
         elif route == ROUTE_ARROW:
             con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
-            self.dataset = _arrow_dataset(files, s3)
-            if block_range is not None:
-                import pyarrow.dataset as ds
+            for rel in relations:
+                dataset = _arrow_dataset(list(rel.files), s3)
+                if rel.block_range is not None:
+                    import pyarrow.dataset as ds
 
-                lo, hi = int(block_range[0]), int(block_range[1])
-                field = ds.field("block_number")
-                self.dataset = self.dataset.filter((field >= lo) & (field < hi))
+                    lo, hi = rel.block_range
+                    field = ds.field("block_number")
+                    dataset = dataset.filter((field >= lo) & (field < hi))
+                for name in rel.names:
+                    self.arrow[name] = dataset
         else:
             raise QueryFailed("query_error", "unknown route")
         con.execute("SET lock_configuration = true")
@@ -159,8 +191,8 @@ class Engine:
 
         con = self.con.cursor()  # a fresh connection: nothing of one query leaks into the next
         try:
-            if self.dataset is not None:
-                con.register("dataset", self.dataset)
+            for name, dataset in self.arrow.items():
+                con.register(name, dataset)
             self.watchdog.arm(con, min(MAX_TIMEOUT, timeout or self.limits.timeout_seconds))
             try:
                 result = con.execute(sql)
@@ -282,14 +314,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     limits = ExecutorLimits(**init["limits"])
     try:
         apply_limits(limits)
-        block_range = init.get("block_range")
-        engine = Engine(
-            init["route"],
-            list(init["files"]),
-            limits,
-            init.get("s3"),
-            tuple(block_range) if block_range is not None else None,
-        )
+        relations = [BoundRelation.of(r) for r in init["relations"]]
+        engine = Engine(init["route"], relations, limits, init.get("s3"))
     except QueryFailed as exc:
         write_frames(out, orjson.dumps({"ok": False, "code": exc.code, "reason": exc.reason}))
         return 1

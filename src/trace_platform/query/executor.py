@@ -1,6 +1,6 @@
 """Query executor processes, seen from the trusted service: launch, bind, talk, recycle.
 
-Each executor is a separate process running `engine.py` bound to one dataset version. With
+Each executor is a separate process running `engine.py` bound to one query's relations. With
 bubblewrap available it runs in its own sandbox: no network (local datasets), its own PID
 space, a filesystem view holding only the system runtime, the engine's libraries and the
 granted files — all read-only — an unprivileged uid with no capabilities, an empty
@@ -45,7 +45,14 @@ from trace_platform.sandbox import (
     system_binds,
 )
 
-__all__ = ["Binding", "ExecutorLimits", "ExecutorPool", "ExecutorUnavailable", "QueryFailed"]
+__all__ = [
+    "Binding",
+    "ExecutorLimits",
+    "ExecutorPool",
+    "ExecutorUnavailable",
+    "QueryFailed",
+    "Relation",
+]
 
 log = get_logger(__name__)
 _FRAME = struct.Struct(">I")
@@ -76,13 +83,31 @@ def executor_limits(settings: Settings) -> ExecutorLimits:
 
 
 @dataclass(frozen=True)
-class Binding:
-    """One dataset version: `files` are local paths, or `bucket/key` paths when `s3` is set."""
+class Relation:
+    """One granted dataset version or snapshot, under the names a query reads it by.
+    `files` are local paths, or `bucket/key` paths when the binding has S3 options."""
 
-    key: str
+    names: tuple[str, ...]
+    key: str  # dataset_uuid@version
     files: tuple[str, ...]
-    s3: tuple[tuple[str, str], ...] | None = None
     block_range: tuple[int, int] | None = None  # a range grant of a chain dataset
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What one executor holds: the relations of a query (an executor is reused for the
+    same binding only)."""
+
+    relations: tuple[Relation, ...]
+    s3: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def key(self) -> str:
+        return "+".join(r.key for r in self.relations)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for r in self.relations for f in r.files)
 
 
 @dataclass(frozen=True)
@@ -104,14 +129,14 @@ def library_dir() -> str:
 
 def launch_command(
     iso: Isolation, binding: Binding, uid: int, program: list[str] | None = None
-) -> tuple[list[str], list[str], str]:
-    """(argv, the files as the engine will see them, route). `program` replaces the engine
-    script's arguments to the interpreter (tests probe the sandbox with it)."""
+) -> tuple[list[str], list[list[str]], str]:
+    """(argv, each relation's files as the engine will see them, route). `program` replaces
+    the engine script's arguments to the interpreter (tests probe the sandbox with it)."""
     route = ROUTE_ARROW if binding.s3 is not None or iso.bwrap is None else ROUTE_READER
     if iso.bwrap is None:
         exe = sys.executable
         args = program or ["-I", "-B", str(ENGINE_SCRIPT), library_dir()]
-        return [exe, *args], list(binding.files), route
+        return [exe, *args], [list(r.files) for r in binding.relations], route
     prefix, exe = python_runtime()
     cmd = [
         iso.bwrap,
@@ -136,16 +161,19 @@ def launch_command(
     ]
     if binding.s3 is None:
         cmd += ["--perms", "0755", "--dir", SANDBOX_DATA]
-        seen: list[str] = []
-        for i, path in enumerate(binding.files):
-            inside = f"{SANDBOX_DATA}/part-{i:05d}.parquet"
-            cmd += ["--ro-bind", path, inside]
-            seen.append(inside)
+        seen: list[list[str]] = []
+        for j, relation in enumerate(binding.relations):
+            inside_files: list[str] = []
+            for i, path in enumerate(relation.files):
+                inside = f"{SANDBOX_DATA}/part-{j:03d}-{i:05d}.parquet"
+                cmd += ["--ro-bind", path, inside]
+                inside_files.append(inside)
+            seen.append(inside_files)
     else:
         # S3 needs the network, name resolution and CA certificates; still nothing writable.
         for etc in ("/etc/ssl", "/etc/ca-certificates", "/etc/resolv.conf", "/etc/hosts"):
             cmd += ["--ro-bind-try", etc, etc]
-        seen = list(binding.files)
+        seen = [list(r.files) for r in binding.relations]
     if iso.drop_uid:
         cmd += drop_privileges(uid)
     cmd += [exe, *(program or ["-I", "-B", f"{SANDBOX_LIB}/engine.py", f"{SANDBOX_LIB}/lib"])]
@@ -193,14 +221,17 @@ class Executor:
             reap.add_done_callback(_REAPING.discard)
             raise
 
-    async def _bind(self, files: list[str], limits: ExecutorLimits) -> Executor:
+    async def _bind(self, files: list[list[str]], limits: ExecutorLimits) -> Executor:
         """Send the binding; wait for the engine to say it is ready (or why not)."""
+        relations = [
+            {"names": list(r.names), "files": seen, "block_range": r.block_range}
+            for r, seen in zip(self.binding.relations, files, strict=True)
+        ]
         init = {
             "route": self.route,
-            "files": files,
+            "relations": relations,
             "limits": asdict(limits),
             "s3": dict(self.binding.s3) if self.binding.s3 is not None else None,
-            "block_range": self.binding.block_range,
         }
         try:
             self._send(orjson.dumps(init))

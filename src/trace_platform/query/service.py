@@ -1,5 +1,6 @@
-"""Query service logic: authorise the dataset against the token, resolve the pinned manifest,
-gate the SQL, execute it in a bounded executor pool, audit it. No SQL text is ever logged."""
+"""Query service logic: gate the SQL, bind the relations it reads to the caller's grants and
+their pinned manifests, execute it in a bounded executor pool, audit it. No SQL text is ever
+logged."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ class QueryRejected(ValidationError):
 @lru_cache(maxsize=4096)
 def gate(sql: str) -> GatedQuery:
     """The gate is a pure function of the SQL text: UDFs repeat their queries, so verdicts
-    that pass are remembered (rejections are not cached and re-parse every time)."""
-    return check_sql(sql)
+    that pass are remembered (rejections are not cached and re-parse every time). Which
+    names the caller may read is checked per query, by the binding."""
+    return check_sql(sql, None)
 
 
 def clamp_limit(limit: int | None) -> int:
@@ -69,17 +71,18 @@ class QueryService:
     async def query(
         self,
         caller: QueryCaller,
-        dataset_id: str,
+        dataset_id: str | None,
         sql: str,
         limit: int | None,
         timeout: float | None = None,
     ) -> QueryResult:
-        """Bind, gate, run and audit one query (a task's, a user's or an operator's)."""
+        """Gate, bind, run and audit one query (a task's, a user's or an operator's).
+        `dataset_id`: the granted dataset read as `dataset` (None: by the catalog's names)."""
         digest = sql_hash(sql)
         ids = caller.log_ids() | {"dataset_id": dataset_id, "sql_sha256": digest}
         try:
-            binding = await self.binder.bind(caller, dataset_id)
             gated = gate(sql)
+            binding, dataset_ids = await self.binder.bind(caller, gated, dataset_id)
         except SqlRejected as exc:
             QUERIES.labels(exc.code).inc()
             log.warning("query.denied", reason=exc.code, **ids)
@@ -109,11 +112,17 @@ class QueryService:
             caller.task_id,
             caller.user_id,
             caller.source,
-            uuid.UUID(dataset_id),
+            [uuid.UUID(d) for d in dataset_ids],
             list(gated.columns),
             result.rows,
             digest,
         )
         QUERIES.labels("allowed").inc()
-        log.info("query.allowed", rows=result.rows, truncated=result.truncated, **ids)
+        log.info(
+            "query.allowed",
+            rows=result.rows,
+            truncated=result.truncated,
+            relations=len(dataset_ids),
+            **ids,
+        )
         return result

@@ -262,6 +262,13 @@ SELECT d.dataset_uuid, d.org_id, d.name, d.kind, d.commit_seq, d.storage_prefix
 FROM state.datasets d
 WHERE d.org_id = $1 AND (d.name = $2 OR d.dataset_uuid::text = $2) AND d.kind = 'partitions';
 
+-- name: job_relations
+-- The relations of a chain job (its streams and decoded tables): partitioned datasets
+-- named `job.<relation>`.
+SELECT d.name FROM state.datasets d
+WHERE d.org_id = $1 AND d.kind = 'partitions' AND starts_with(d.name, $2 || '.')
+ORDER BY d.name;
+
 -- name: dataset_by_uuid
 SELECT dataset_uuid, org_id, name, kind, commit_seq, storage_prefix FROM state.datasets
 WHERE dataset_uuid = $1;

@@ -12,15 +12,25 @@ RETURNING dataset_version;
 
 -- name: resolve_latest
 -- A name (or uuid) of this org → its newest version.
-SELECT d.dataset_uuid, v.dataset_version, v.storage_prefix
+SELECT d.dataset_uuid, d.name, v.dataset_version, v.storage_prefix
 FROM state.datasets d
 JOIN state.dataset_versions v USING (dataset_uuid)
 WHERE d.org_id = $1 AND (d.name = $2 OR d.dataset_uuid::text = $2)
 ORDER BY v.created_at DESC
 LIMIT 1;
 
+-- name: org_relations
+-- Every dataset of an org that can be read (a version or a committed snapshot), by name:
+-- the catalog a person's query resolves its relation names against.
+SELECT d.name, d.kind, d.dataset_uuid
+FROM state.datasets d
+WHERE d.org_id = $1
+  AND (d.kind = 'partitions'
+       OR EXISTS (SELECT 1 FROM state.dataset_versions v WHERE v.dataset_uuid = d.dataset_uuid))
+ORDER BY d.name;
+
 -- name: resolve_pinned
-SELECT d.dataset_uuid, v.dataset_version, v.storage_prefix
+SELECT d.dataset_uuid, d.name, v.dataset_version, v.storage_prefix
 FROM state.datasets d
 JOIN state.dataset_versions v USING (dataset_uuid)
 WHERE d.org_id = $1 AND d.dataset_uuid = $2 AND v.dataset_version = $3;
@@ -32,7 +42,9 @@ WHERE v.dataset_uuid = $1 AND v.dataset_version = $2;
 
 -- name: insert_audit
 -- One row per query: a task's (task_id), a user's (user_id) or an operator's at the CLI
--- (neither); `source` says which. The SQL's hash only, never its text.
+-- (neither); `source` says which; $5 = the datasets read, the first one also as dataset_id.
+-- The SQL's hash only, never its text.
 INSERT INTO data.query_audit
-    (org_id, task_id, user_id, source, dataset_id, columns_accessed, result_row_count, sql_sha256)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+    (org_id, task_id, user_id, source, dataset_id, columns_accessed, result_row_count, sql_sha256,
+     dataset_ids)
+VALUES ($1, $2, $3, $4, ($5::uuid[])[1], $6, $7, $8, $5::uuid[]);

@@ -1,0 +1,55 @@
+"""The catalog's naming scheme (SPEC §15): which names a query may use for which relation.
+
+Pure functions: the query binding applies them to a task's grants or to a person's org.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+DATASET_ALIAS = "dataset"
+_NOT_BARE = re.compile(r"[^a-z0-9_]")
+
+
+def bare_alias(name: str) -> str:
+    """`local-anvil.blocks` → `local_anvil_blocks`: a name that needs no quotes."""
+    return _NOT_BARE.sub("_", name.lower())
+
+
+def job_of(name: str) -> str | None:
+    head, dot, _ = name.partition(".")
+    return head if dot else None
+
+
+def relation_aliases(names: Iterable[str], default_job: str | None = None) -> dict[str, str]:
+    """The catalog's naming scheme: every name a query may use (lower case) → the relation's
+    full name. In order of precedence:
+
+    1. the full name (`"local-anvil.blocks"` quoted, `"local-anvil".blocks`, or bare when it
+       is a plain word, e.g. `prices`);
+    2. with a default job, the job's relations by their short name (`blocks`, `logs`,
+       `pair_Swap`);
+    3. the bare alias of every relation (`local_anvil_blocks`).
+
+    A name two relations of the same rank would share is nobody's (refused as not granted),
+    and a name never shadows one of a higher rank."""
+    full = {n.lower(): n for n in names}
+    out: dict[str, str] = dict(full)
+    tiers: list[dict[str, set[str]]] = [{}, {}]
+    for low, name in full.items():
+        if default_job is not None and job_of(low) == default_job.lower():
+            tiers[0].setdefault(low.partition(".")[2], set()).add(name)
+        tiers[1].setdefault(bare_alias(low), set()).add(name)
+    for tier in tiers:
+        taken = set(out)
+        for alias, targets in tier.items():
+            if alias not in taken and len(targets) == 1:
+                out[alias] = next(iter(targets))
+    return out
+
+
+def default_job(names: Iterable[str], chain_names: Iterable[str]) -> str | None:
+    """The job whose relations answer to short names: the only chain job among them."""
+    jobs = {job_of(n.lower()) for n in chain_names} - {None}
+    return next(iter(jobs)) if len(jobs) == 1 else None
