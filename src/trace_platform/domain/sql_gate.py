@@ -134,7 +134,11 @@ ALLOWED_FUNCTIONS = frozenset(
         "UNHEX",
         "MD5",
         "SHA256",
+        "SHA2",  # sqlglot's name for sha256(x)
+        "EXISTS",
         "DATE_TRUNC",
+        "DATE_BIN",
+        "TIME_BUCKET",
         "TIMESTAMP_TRUNC",
         "DATETRUNC",
         "DATE_PART",

@@ -303,8 +303,6 @@ class Binder:
             grant = catalog[name]
             used.setdefault(grant.dataset_uuid, []).append(name)
             grants[grant.dataset_uuid] = grant
-        if not used:
-            raise SqlRejected("sql_no_relation", "the query reads no granted relation")
         relations = []
         for ident, names in used.items():
             grant = grants[ident]

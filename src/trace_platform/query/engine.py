@@ -118,7 +118,7 @@ class Engine:
     ) -> None:
         import duckdb
 
-        if not relations or not all(r.files for r in relations):
+        if not all(r.files for r in relations):
             raise QueryFailed("query_error", "no files to bind")
         self.limits = limits
         self.arrow: dict[str, Any] = {}  # name -> Arrow dataset (the arrow route)
@@ -214,7 +214,11 @@ class Engine:
             con.close()
         truncated = len(rows) > limit
         del rows[limit:]
-        encoded = orjson.dumps(rows, default=json_value)
+        try:
+            encoded = orjson.dumps(rows, default=json_value)
+        except TypeError:  # an integer wider than 64 bits (HUGEINT, UHUGEINT): as text
+            rows = [tuple(wide_int(v) for v in row) for row in rows]
+            encoded = orjson.dumps(rows, default=json_value)
         if len(encoded) > MAX_RESULT_BYTES:  # keep the rows that fit, in order
             size, keep = 2, 0
             for row in rows:
@@ -282,6 +286,16 @@ def json_value(value: Any) -> Any:
         if -(2**63) <= as_int < 2**63:
             return as_int
     return str(value)
+
+
+def wide_int(value: Any) -> Any:
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [wide_int(v) for v in value]
+    if isinstance(value, dict):
+        return {k: wide_int(v) for k, v in value.items()}
+    return value
 
 
 def read_frame(stream: BinaryIO) -> Any:
