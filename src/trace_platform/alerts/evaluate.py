@@ -1,7 +1,9 @@
 """`alert_eval`: evaluate one alert's SQL rule over one committed range (SPEC §12).
 
-The trusted worker holds the task's capability token, which grants that range of the source
-dataset only; the rule runs through the query service (gate, sandbox, audit). Each result
+The trusted worker holds the task's capability token, which grants that range of every
+relation of the source's chain job (the source read as `dataset`); the rule runs through the
+query service (gate, sandbox, audit). A joined relation that has not committed the range yet
+makes the attempt retry. Each result
 row becomes an `alert_events` row (`domain.alert_events`) whose dedupe key is derived from
 the alert, the identity columns and the block's hash, read from the node.
 """
@@ -18,6 +20,7 @@ from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.client import Lease, ServiceUnavailable, TaskClient, new_session
 from trace_platform.config import Settings
 from trace_platform.domain.alert_events import MAX_ROWS, block_numbers, rows_to_events
+from trace_platform.domain.catalog import RELATION_INCOMPLETE
 from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.domain.lifecycle import FatalTaskError, RetryableTaskError
 from trace_platform.operators import OperatorContext, operator
@@ -36,7 +39,11 @@ async def run_rule(settings: Settings, lease: Lease, dataset_uuid: str, sql: str
     except (OverloadedError, ServiceUnavailable) as exc:
         raise RetryableTaskError(f"query service answered {exc.status}") from None
     except TraceError as exc:
-        raise FatalTaskError(f"rule rejected ({exc.status}): {exc.detail}"[:500]) from None
+        if exc.code != RELATION_INCOMPLETE:
+            raise FatalTaskError(f"rule rejected ({exc.status}): {exc.detail}"[:500]) from None
+        # A joined relation has not committed this range yet: the next attempt's token
+        # pins a newer snapshot.
+        raise RetryableTaskError(exc.detail[:500]) from None
 
 
 async def evaluate(settings: Settings, lease: Lease) -> list[dict[str, Any]]:

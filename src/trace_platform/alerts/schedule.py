@@ -35,8 +35,9 @@ def evaluation_payload(
         "start": start,
         "end": end,
     }
-    # The task's token grants this range of the source dataset, nothing else.
-    inputs = [{"dataset": source["dataset"], "range": [start, end]}]
+    # The task's token grants this range of every relation of the source's chain job (the
+    # rule reads the source as `dataset` and may join the others), nothing else.
+    inputs = [{"chain": source["job"], "range": [start, end]}]
     udf = spec["rule"].get("udf")
     if udf is None:
         return {

@@ -231,6 +231,21 @@ async def dataset(request: Request, name: str) -> Response:
     return await render(request, "dataset.html", load)
 
 
+@router.get("/ui/sql")
+async def sql_page(request: Request) -> Response:
+    job = request.query_params.get("job") or None
+
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        relations = await dataset_ops.relations_as_user(env, user.org_id, user.user_id, job)
+        names = {n for r in relations for n in r.names}
+        facts = next((f for f in ("erc20_transfers", "logs", "transactions") if f in names), None)
+        first = relations[0].names[0] if relations else None
+        joins = facts if "blocks" in names else None
+        return {"relations": relations, "job": job, "join": joins, "first": first}
+
+    return await render(request, "sql.html", load)
+
+
 @router.get("/ui/alerts")
 async def alerts(request: Request) -> Response:
     async def load(user: User, env: OpsEnv) -> dict[str, Any]:

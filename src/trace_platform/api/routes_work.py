@@ -83,6 +83,12 @@ async def query(c: Reader, body: QueryBody) -> Response:
     return json_response(answer)
 
 
+@router.get("/v1/relations", tags=["datasets"], summary="What your queries may read, by name")
+async def relations(c: Reader, job: str | None = None) -> Response:
+    found = await dataset_ops.relations_as_user(c.env, c.org, c.user.user_id, job)
+    return json_response({"relations": found})
+
+
 @router.get("/v1/bundles", tags=["bundles"], summary="Registered UDF bundles")
 async def bundles(c: Reader) -> Response:
     return json_response({"bundles": await bundle_ops.list_bundles(c.env, c.org, 500)})

@@ -66,6 +66,20 @@ def dataset_show(ctx: click.Context, name: str, org_id: uuid.UUID | None, as_jso
     emit(detail, as_json, render.dataset_detail)
 
 
+@dataset.command("relations")
+@click.option("--job", default=None, help="The chain job whose relations answer to short names.")
+@org_option
+@json_option
+@click.pass_context
+@handle_errors
+def dataset_relations(
+    ctx: click.Context, job: str | None, org_id: uuid.UUID | None, as_json: bool
+) -> None:
+    """Every relation your queries may read: its names in SQL and its columns."""
+    found = run_ops(ctx, lambda env: ops.relations_here(env, org_of(org_id), job))
+    emit(found, as_json, render.relations)
+
+
 @dataset.command("query")
 @click.argument("args", nargs=-1, required=True, metavar="[NAME] SQL")
 @click.option("--limit", type=int, default=None, help="Rows to return (1..10000, default 1000).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trace_platform.domain.catalog import RelationInfo
 from trace_platform.ops.alerts import AlertDetail, AlertEvent, AlertSummary, Delivery
 from trace_platform.ops.bundles import BundleSummary
 from trace_platform.ops.datasets import DatasetDetail, DatasetSummary, QueryAnswer
@@ -106,6 +107,17 @@ def query_table(result: QueryAnswer) -> str:
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
     for row in cells:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def relations(found: list[RelationInfo]) -> str:
+    if not found:
+        return "no relations yet (sync a chain or `trace dataset register`)"
+    lines = []
+    for r in found:
+        lines.append(f"{r.name}  ({r.kind})  names: {', '.join(r.names)}")
+        cols = ", ".join(f"{c['name']} {c['type']}" for c in r.columns) or "(no files yet)"
+        lines.append(f"    {cols}")
     return "\n".join(lines)
 
 

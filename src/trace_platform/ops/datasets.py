@@ -14,6 +14,7 @@ import orjson
 
 from trace_platform.datasets import RegisteredDataset, register_dataset
 from trace_platform.db.sql import q
+from trace_platform.domain.catalog import RelationInfo
 from trace_platform.domain.errors import ConfigError, NotFoundError
 from trace_platform.ops.env import OpsEnv, from_row
 from trace_platform.ports import WORKER_HEADER
@@ -92,6 +93,19 @@ async def register_files(
     return await register_dataset(env.state, env.store, name, paths, org_id)
 
 
+def _local_service(env: OpsEnv) -> Any:
+    """The query service's own binding, gate, sandboxed executor and audit, in this process."""
+    from trace_platform.query.app import s3_options
+    from trace_platform.query.executor import executor_limits
+    from trace_platform.query.service import QueryService
+    from trace_platform.sandbox import detect_isolation
+
+    s = env.settings
+    return QueryService(
+        env.state, env.data, 1, executor_limits(s), detect_isolation(), s3_options(s), s.query_uid
+    )
+
+
 async def query_here(
     env: OpsEnv,
     org_id: uuid.UUID,
@@ -101,29 +115,49 @@ async def query_here(
     block_range: tuple[int, int] | None = None,
     job: str | None = None,
 ) -> QueryAnswer:
-    """An operator's query at this installation (`trace dataset query`): the query
-    service's own binding, gate, sandboxed executor and audit row, run in this process."""
-    from trace_platform.query.app import s3_options
-    from trace_platform.query.executor import executor_limits
-    from trace_platform.query.service import QueryService
-    from trace_platform.sandbox import detect_isolation
-
-    s = env.settings
-    service = QueryService(
-        env.state,
-        env.data,
-        1,
-        executor_limits(s),
-        detect_isolation(),
-        s3_options(s),
-        s.query_uid,
-    )
+    """An operator's query at this installation (`trace dataset query`): every relation of
+    the org by its catalog name (NAME also as `dataset`), run in this process."""
+    service = _local_service(env)
     try:
         caller = await service.binder.user_caller(org_id, name, None, "cli", block_range, job)
         result = await service.query(caller, None, sql, limit)
     finally:
         await service.close()
     return QueryAnswer(**orjson.loads(result.body))
+
+
+async def relations_here(
+    env: OpsEnv, org_id: uuid.UUID, job: str | None = None
+) -> list[RelationInfo]:
+    """Every relation the org's queries may read, with its names and columns."""
+    from trace_platform.query.relations import describe
+
+    service = _local_service(env)
+    try:
+        caller = await service.binder.user_caller(org_id, None, None, "cli", job=job)
+        return list(await describe(service.binder, caller))
+    finally:
+        await service.close()
+
+
+async def relations_as_user(
+    env: OpsEnv, org_id: uuid.UUID, user_id: uuid.UUID, job: str | None = None
+) -> list[RelationInfo]:
+    """The same for a user (`GET /v1/relations`, the console's SQL page), from the query
+    service."""
+    if env.query_client is None or env.worker_token is None:
+        raise ConfigError("this process has no client of the query service")
+    body = {"org_id": str(org_id), "user_id": str(user_id), "job": job}
+    answer = await env.query_client.post(
+        f"{env.settings.resolved_query_url}/internal/relations",
+        body,
+        {WORKER_HEADER: env.worker_token},
+        retry=False,
+    )
+    return [
+        RelationInfo(r["name"], r["kind"], tuple(r["names"]), tuple(r["columns"]))
+        for r in answer["relations"]
+    ]
 
 
 async def query_as_user(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -34,6 +36,7 @@ from trace_platform.http import (
 from trace_platform.logs import get_logger
 from trace_platform.query.binding import QueryCaller
 from trace_platform.query.executor import executor_limits
+from trace_platform.query.relations import describe
 from trace_platform.query.service import QueryService
 from trace_platform.sandbox import detect_isolation
 
@@ -49,6 +52,13 @@ class UserQueryRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=20_000)
     limit: int | None = Field(default=None, ge=1, le=10_000)
     timeout_seconds: float | None = Field(default=None, gt=0, le=600)
+
+
+class RelationsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    org_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+    job: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class QueryRequest(BaseModel):
@@ -170,6 +180,25 @@ def create_app(settings: Settings) -> FastAPI:
             caller, None, body.sql, body.limit, timeout=body.timeout_seconds
         )
         return Response(result.body, media_type="application/json")
+
+    @app.post(
+        "/internal/relations",
+        tags=["internal"],
+        openapi_extra=request_body_schema(RelationsRequest),
+        summary="The relations a user's query may read, with their names and columns",
+    )
+    async def relations(request: Request) -> Response:
+        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
+            raise AuthError("missing or invalid worker token")
+        body = await parse_body(request, RelationsRequest)
+        service: QueryService = state["service"]
+        caller = await service.binder.user_caller(
+            body.org_id, None, body.user_id, "api", job=body.job
+        )
+        found = await describe(service.binder, caller)
+        return Response(
+            orjson.dumps({"relations": [asdict(r) for r in found]}), media_type="application/json"
+        )
 
     install_health(app, lambda: pool_ready(state.get("pool")))
     return app

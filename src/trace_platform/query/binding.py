@@ -26,14 +26,20 @@ import asyncpg
 from trace_platform.datasets import parse_snapshot_version, resolve_inputs, snapshot_manifest
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, is_within_prefixes
+from trace_platform.domain.catalog import (
+    DATASET_ALIAS,
+    RELATION_INCOMPLETE,
+    default_job,
+    job_of,
+    relation_aliases,
+)
 from trace_platform.domain.errors import (
     ConflictError,
     ForbiddenError,
     NotFoundError,
     ValidationError,
 )
-from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_relations, shown
-from trace_platform.query.catalog import DATASET_ALIAS, default_job, job_of, relation_aliases
+from trace_platform.domain.sql_gate import GatedQuery, check_relations, shown
 from trace_platform.query.executor import Binding, Relation
 
 VERSION_CACHE_SECONDS = 60.0
@@ -44,7 +50,7 @@ Source = Literal["task", "api", "cli"]
 class RelationIncomplete(ConflictError):
     """A range-bounded relation has not committed its whole range yet (retry later)."""
 
-    code = "relation_incomplete"
+    code = RELATION_INCOMPLETE
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,7 @@ class Binder:
         `dataset` for the one named (404 when the org has no such dataset). A `block_range`
         bounds every chain relation the query reads."""
         if dataset is not None:
-            await self._resolve(org_id, dataset, block_range, chain=None)
+            await self.resolve(org_id, dataset, block_range, chain=None)
         if job is not None:
             relations = await self.org_relations(org_id)
             if not any(job_of(r["name"].lower()) == job.lower() for r in relations):
@@ -184,7 +190,7 @@ class Binder:
             self.catalogs.pop(next(iter(self.catalogs)))
         return rows
 
-    async def _resolve(
+    async def resolve(
         self,
         org_id: uuid.UUID,
         dataset: str,
@@ -207,14 +213,14 @@ class Binder:
                 if "unknown dataset" in exc.detail:
                     raise NotFoundError(f"unknown dataset {shown(dataset)!r} in this org") from None
                 if "range input needs" in exc.detail and chain is None:
-                    return await self._resolve(org_id, dataset, block_range, chain=False)
+                    return await self.resolve(org_id, dataset, block_range, chain=False)
                 raise
         self.resolved[key] = (time.monotonic(), grants[0], prefixes[0])
         while len(self.resolved) > 4096:
             self.resolved.pop(next(iter(self.resolved)))
         return grants[0], prefixes[0]
 
-    async def _version_row(self, grant: DatasetGrant) -> Mapping[str, Any] | None:
+    async def version_row(self, grant: DatasetGrant) -> Mapping[str, Any] | None:
         cached = self.versions.get((grant.dataset_uuid, grant.dataset_version))
         if cached is not None and time.monotonic() - cached[0] < VERSION_CACHE_SECONDS:
             return cached[1]
@@ -273,12 +279,12 @@ class Binder:
         prefixes: list[str] = []
         for alias, name in wanted.items():
             if alias == DATASET_ALIAS and caller.primary is not None:
-                grant, prefix = await self._resolve(
+                grant, prefix = await self.resolve(
                     caller.org_id, caller.primary, caller.block_range, chain=None
                 )
                 primary = grant
             else:
-                grant, prefix = await self._resolve(
+                grant, prefix = await self.resolve(
                     caller.org_id, name, caller.block_range, chain=kinds.get(name)
                 )
             catalog[alias] = grant
@@ -322,7 +328,7 @@ class Binder:
         names: tuple[str, ...],
         is_primary: bool,
     ) -> Relation:
-        row = await self._version_row(grant)
+        row = await self.version_row(grant)
         if row is None or row["org_id"] != caller.org_id:
             raise ForbiddenError("granted dataset version is not available")
         prefix = grant_prefix(grant)

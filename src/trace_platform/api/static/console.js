@@ -56,9 +56,10 @@ document.addEventListener("submit", async (ev) => {
   const out = document.getElementById("sql-result");
   status.textContent = "running…";
   const t0 = performance.now();
-  const res = await post("/v1/query", JSON.stringify({
-    dataset: form.dataset.dataset, sql: form.sql.value, limit: 1000,
-  }));
+  const body = { sql: form.sql.value, limit: 1000 };
+  if (form.dataset.dataset) body.dataset = form.dataset.dataset;
+  if (form.dataset.job) body.job = form.dataset.job;
+  const res = await post("/v1/query", JSON.stringify(body));
   out.replaceChildren();
   if (!res.ok) {
     status.textContent = `${res.status}: ${res.data.detail || res.data.error}`;

@@ -31,7 +31,7 @@ WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2 ORDER BY rang
 
 -- name: source_chain
 -- The chain a dataset is synced from (for block hashes and timestamps of events).
-SELECT j.chain_id, j.rpc_pool, d.name AS dataset FROM state.chain_streams s
+SELECT j.chain_id, j.rpc_pool, j.name AS job, d.name AS dataset FROM state.chain_streams s
 JOIN state.chain_jobs j USING (job_id) JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid
 WHERE s.dataset_uuid = $1;
 

@@ -35,9 +35,17 @@ function makeContext(meta) {
     logger: { info: log("info"), warning: log("warning"), error: log("error") },
     log: { info: log("info"), warning: log("warning"), error: log("error") },
     // Queries are answered in order: the shim waits for each answer before the next call.
+    // query(sql) reads the granted relations by name; query(datasetId, sql) also reads
+    // that dataset as `dataset`.
     async query(datasetId, sql, limit = 1000) {
+      if (sql === undefined || typeof sql === "number") {
+        limit = sql === undefined ? 1000 : sql;
+        sql = datasetId;
+        datasetId = null;
+      }
       nextId += 1;
-      send({ type: "query", id: nextId, dataset_id: String(datasetId), sql, limit });
+      const id = datasetId === null ? null : String(datasetId);
+      send({ type: "query", id: nextId, dataset_id: id, sql, limit });
       const answer = await nextLine();
       if (!answer.ok) throw new QueryError(answer.error || "query failed");
       return answer.result;

@@ -45,14 +45,18 @@ class Context:
         self.log = _Logger()
         self._next_id = 0
 
-    def query(self, dataset_id, sql, limit=1000):
-        """Read a granted dataset through the query service (the runner adds the token)."""
+    def query(self, dataset_id, sql=None, limit=1000):
+        """Read granted relations through the query service (the runner adds the token):
+        `query(SQL)` reads them by name (`blocks`, `logs`, ...), `query(DATASET_ID, SQL)`
+        also reads that dataset as `dataset`."""
+        if sql is None:
+            dataset_id, sql = None, dataset_id
         self._next_id += 1
         _send(
             {
                 "type": "query",
                 "id": self._next_id,
-                "dataset_id": str(dataset_id),
+                "dataset_id": None if dataset_id is None else str(dataset_id),
                 "sql": sql,
                 "limit": limit,
             }

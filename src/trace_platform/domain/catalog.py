@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 DATASET_ALIAS = "dataset"
+RELATION_INCOMPLETE = "relation_incomplete"  # the error code of a range not yet committed
 _NOT_BARE = re.compile(r"[^a-z0-9_]")
 
 
@@ -53,3 +55,14 @@ def default_job(names: Iterable[str], chain_names: Iterable[str]) -> str | None:
     """The job whose relations answer to short names: the only chain job among them."""
     jobs = {job_of(n.lower()) for n in chain_names} - {None}
     return next(iter(jobs)) if len(jobs) == 1 else None
+
+
+@dataclass(frozen=True)
+class RelationInfo:
+    """A relation a query may read: its full name, kind (chain / versions), every name the
+    catalog gives it and its columns ({name, type})."""
+
+    name: str
+    kind: str
+    names: tuple[str, ...]
+    columns: tuple[dict[str, str], ...]
