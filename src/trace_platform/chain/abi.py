@@ -31,6 +31,9 @@ EVENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _INT = re.compile(r"^(u?)int(\d*)$")
 _BYTES_N = re.compile(r"^bytes(\d+)$")
+_SIGNATURE = re.compile(
+    r"\s*(?:event\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*(anonymous)?\s*;?\s*"
+)
 DECIMAL_DIGITS = 38
 _DECIMAL_MAX = 10**DECIMAL_DIGITS
 
@@ -58,7 +61,7 @@ class Event:
 
     @property
     def topic0(self) -> str:
-        from eth_utils import keccak
+        from eth_utils.crypto import keccak
 
         return "0x" + keccak(text=self.signature).hex()
 
@@ -122,7 +125,7 @@ def is_dynamic(p: Param) -> bool:
 
 def is_wide_int(t: str) -> bool:
     m = _INT.match(t)
-    return bool(m) and int(m.group(2)) > 64
+    return m is not None and int(m.group(2) or "256") > 64
 
 
 def arrow_type(p: Param) -> pa.DataType:
@@ -224,7 +227,7 @@ def _param_name(name: str) -> str:
 
 def parse_signature(text: str) -> Event:
     """A human-readable event: `event Swap(address indexed sender, uint amount0In, ...)`."""
-    m = re.fullmatch(r"\s*(?:event\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*(anonymous)?\s*;?\s*", text)
+    m = _SIGNATURE.fullmatch(text)
     if m is None:
         raise AbiError(f"cannot read event signature {text[:80]!r}")
     if m.group(3):
@@ -279,6 +282,34 @@ def _checked(event: Event) -> Event:
     return event
 
 
+def _param_abi(p: Param) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": p.name.rstrip("_") if p.name.rstrip("_") in LOG_COLUMNS else p.name
+    }
+    if p.components:
+        close = _matching_paren(p.type)
+        entry["type"] = "tuple" + p.type[close + 1 :]
+        entry["components"] = [_param_abi(c) for c in p.components]
+    else:
+        entry["type"] = p.type
+    return entry
+
+
+def event_abi(event: Event) -> dict[str, Any]:
+    """The event as one JSON ABI entry (canonical types): what a spec stores."""
+    inputs = []
+    for p in event.params:
+        entry = _param_abi(p)
+        entry["indexed"] = p.indexed
+        inputs.append(entry)
+    return {"type": "event", "name": event.name, "inputs": inputs, "anonymous": False}
+
+
+def event_of_abi(entry: dict[str, Any]) -> Event:
+    (event,) = events_of_abi([entry])
+    return event
+
+
 # -- decoding -------------------------------------------------------------------------------
 
 
@@ -291,7 +322,9 @@ def _value(p: Param, v: Any) -> Any:
     if p.components:
         close = _matching_paren(p.type)
         dims = len(re.findall(r"\[\d*\]", p.type[close + 1 :]))
-        return _nested(v, dims, lambda t: {c.name: _value(c, x) for c, x in zip(p.components, t, strict=True)})
+        return _nested(
+            v, dims, lambda t: {c.name: _value(c, x) for c, x in zip(p.components, t, strict=True)}
+        )
     base, suffix = _split_array(p.type)
     dims = len(re.findall(r"\[\d*\]", suffix))
     return _nested(v, dims, lambda x: _scalar(base, x))
@@ -353,7 +386,7 @@ class Decoder:
             if len(self.indexed) < 3 and topics[len(self.indexed)] is not None:
                 return False  # more topics than this event has indexed parameters
             decoded = self.codec.decode(self.body_types, _bytes_of(row.get("data")))
-        except Exception:  # noqa: BLE001 - eth_abi raises many kinds for undecodable data
+        except Exception:  # eth_abi raises many kinds for undecodable data
             return False
         for p, v in zip(self.body, decoded, strict=True):
             values[p.name] = v

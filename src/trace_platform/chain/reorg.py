@@ -19,6 +19,24 @@ from trace_platform.metrics import CHAIN_RANGES, CHAIN_REORGS
 log = get_logger(__name__)
 
 
+async def replace_from(conn: Any, stream: Any, from_block: int, fork_block: int) -> int:
+    """Drop one stream's ranges ending after `fork_block` (partitions leave at a new
+    snapshot, in-flight tasks are canceled) and rewind it under a new generation; the
+    caller holds the stream's row lock. Returns the ranges replaced."""
+    name, job_id = stream["stream"], stream["job_id"]
+    rows = await conn.fetch(q("chain", "replace_ranges_from"), job_id, name, fork_block)
+    in_flight = [r["task_id"] for r in rows if r["status"] == "scheduled"]
+    if in_flight:
+        await conn.execute(q("chain", "cancel_range_tasks"), in_flight)
+    seq = await conn.fetchval(q("chain", "bump_commit_seq"), stream["dataset_uuid"])
+    await conn.execute(
+        q("chain", "remove_partitions_from"), stream["dataset_uuid"], fork_block, seq
+    )
+    start = aligned_start(from_block, stream["chunk_size"], fork_block)
+    await conn.execute(q("chain", "rewind_stream"), job_id, name, start)
+    return len(rows)
+
+
 async def repair_reorg(
     pool: asyncpg.Pool, job_id: uuid.UUID, fork_block: int, detail: dict[str, Any]
 ) -> dict[str, int]:
@@ -31,18 +49,7 @@ async def repair_reorg(
             return replaced
         from_block = int(job["mode"].get("from_block", 0))
         for stream in await conn.fetch(q("chain", "lock_streams_of_job"), job_id):
-            name = stream["stream"]
-            rows = await conn.fetch(q("chain", "replace_ranges_from"), job_id, name, fork_block)
-            in_flight = [r["task_id"] for r in rows if r["status"] == "scheduled"]
-            if in_flight:
-                await conn.execute(q("chain", "cancel_range_tasks"), in_flight)
-            seq = await conn.fetchval(q("chain", "bump_commit_seq"), stream["dataset_uuid"])
-            await conn.execute(
-                q("chain", "remove_partitions_from"), stream["dataset_uuid"], fork_block, seq
-            )
-            start = aligned_start(from_block, stream["chunk_size"], fork_block)
-            await conn.execute(q("chain", "rewind_stream"), job_id, name, start)
-            replaced[name] = len(rows)
+            replaced[stream["stream"]] = await replace_from(conn, stream, from_block, fork_block)
         detail = {**detail, "replaced_ranges": replaced}
         await conn.execute(q("chain", "insert_event"), job_id, "chain.reorg", detail)
         await conn.execute(q("chain", "record_reorg"), job_id, detail)

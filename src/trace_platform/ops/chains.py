@@ -14,7 +14,15 @@ import orjson
 
 from trace_platform.chain.commit import dataset_prefix
 from trace_platform.chain.planner import eligible_end
-from trace_platform.chain.spec import ChainSyncSpec, aligned_start, job_id_for
+from trace_platform.chain.reorg import replace_from
+from trace_platform.chain.spec import (
+    DECODE,
+    ChainSyncSpec,
+    aligned_start,
+    decoded_streams,
+    job_id_for,
+    logs_stream,
+)
 from trace_platform.datasets import dataset_uuid_for
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
@@ -79,14 +87,55 @@ async def apply_chain_sync(env: OpsEnv, spec: ChainSyncSpec, org_id: uuid.UUID) 
                 s.chunk_size,
                 s.max_inflight,
                 spec.mode.from_block,
+                None,
             )
+        decoded = await apply_decoded_streams(conn, spec, org_id, job_id, store_root)
         for row in await conn.fetch(q("chain", "streams_of_job"), job_id):
-            if row["stream"] not in spec.streams and row["status"] == "active":
+            wanted = row["stream"] in spec.streams or row["stream"] in decoded
+            if not wanted and row["status"] == "active":
                 await conn.execute(
                     q("chain", "stop_stream"), job_id, row["stream"], "removed from the spec"
                 )
         await conn.execute(q("outbox", "notify_outbox"))
     return {**result, "changed": True, "created": current is None}
+
+
+async def apply_decoded_streams(
+    conn: Any, spec: ChainSyncSpec, org_id: uuid.UUID, job_id: uuid.UUID, store_root: str
+) -> dict[str, dict[str, Any]]:
+    """One stream and dataset per decoded table. A table whose decode config changed (its
+    event, addresses or factory) is re-decoded from the start: its partitions leave at a new
+    snapshot and its ranges are decoded again from the stored logs (no RPC)."""
+    decoded = decoded_streams(spec)
+    source = spec.streams[logs_stream(spec) or ""]
+    existing = {r["stream"]: r for r in await conn.fetch(q("chain", "lock_streams_of_job"), job_id)}
+    for table, config in decoded.items():
+        name = spec.dataset_name(table)
+        ds = dataset_uuid_for(org_id, name)
+        await conn.execute(
+            q("chain", "upsert_partitioned_dataset"),
+            ds,
+            org_id,
+            name,
+            dataset_prefix(store_root, ds),
+        )
+        if await conn.fetchval(q("chain", "dataset_kind"), ds) != "partitions":
+            raise ConflictError(f"contracts: dataset {name!r} exists and is not a chain dataset")
+        old = existing.get(table)
+        if old is not None and old["decode"] is not None and old["decode"] != config:
+            await replace_from(conn, old, spec.mode.from_block, spec.mode.from_block - 1)
+        await conn.execute(
+            q("chain", "upsert_stream"),
+            job_id,
+            table,
+            ds,
+            DECODE,
+            source.chunk_size,
+            source.max_inflight,
+            spec.mode.from_block,
+            config,
+        )
+    return decoded
 
 
 async def _job(conn: Any, org_id: uuid.UUID, name: str) -> asyncpg.Record:

@@ -31,11 +31,15 @@ SET chain_id = $4, rpc_pool = $5, mode = $6, compaction = $7, updated_at = now()
 -- name: upsert_stream
 -- A new stream starts at the mode's from_block; an existing one keeps its cursor, so a
 -- changed file changes only what is not yet scheduled.
+-- A decoded table's stream also carries its decode config ($8; NULL for cryo streams).
 INSERT INTO state.chain_streams (job_id, stream, dataset_uuid, cryo_dataset, chunk_size,
-                                 max_inflight, cursor)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                 max_inflight, cursor, decode)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (job_id, stream) DO UPDATE
-SET cryo_dataset = $4, chunk_size = $5, max_inflight = $6, updated_at = now();
+SET cryo_dataset = $4, chunk_size = $5, max_inflight = $6, decode = $8,
+    status = CASE WHEN $4 = 'decode' THEN 'active' ELSE state.chain_streams.status END,
+    last_error = CASE WHEN $4 = 'decode' THEN NULL ELSE state.chain_streams.last_error END,
+    updated_at = now();
 
 -- name: upsert_partitioned_dataset
 INSERT INTO state.datasets (dataset_uuid, org_id, name, kind, storage_prefix)
@@ -187,7 +191,7 @@ WHERE job_id = $1 AND stream = $2 AND status = 'committed' AND range_end = $3
 ORDER BY committed_at DESC LIMIT 1;
 
 -- name: range_for_task
-SELECT r.*, s.dataset_uuid, s.cryo_dataset FROM state.chain_ranges r
+SELECT r.*, s.dataset_uuid, s.cryo_dataset, s.decode FROM state.chain_ranges r
 JOIN state.chain_streams s USING (job_id, stream)
 WHERE r.task_id = $1 FOR UPDATE OF r;
 
@@ -221,6 +225,31 @@ SELECT p.dataset_uuid, p.range_start, p.range_end, p.last_hash, s.stream
 FROM state.chain_streams s
 JOIN state.dataset_partitions p ON p.dataset_uuid = s.dataset_uuid AND p.removed_seq IS NULL
 WHERE s.job_id = $1 AND p.range_end > $2 AND p.last_hash IS NOT NULL;
+
+-- name: live_logs_partitions
+-- The committed raw logs a decoded stream reads next: live partitions ending after $2.
+SELECT range_start, range_end, files, first_parent_hash, last_hash
+FROM state.dataset_partitions
+WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2
+ORDER BY range_start LIMIT $3;
+
+-- name: stream_dataset
+SELECT s.dataset_uuid, s.chunk_size FROM state.chain_streams s
+WHERE s.job_id = $1 AND s.stream = $2;
+
+-- name: live_children
+-- The factory children of a contract created before block $3 (by live partitions only).
+SELECT c.address, min(c.block_number) AS block_number
+FROM state.chain_children c
+JOIN state.dataset_partitions p ON p.partition_id = c.partition_id AND p.removed_seq IS NULL
+WHERE c.job_id = $1 AND c.contract = $2 AND c.block_number < $3
+GROUP BY c.address ORDER BY 2, 1;
+
+-- name: insert_children
+INSERT INTO state.chain_children (job_id, contract, address, block_number, log_index, partition_id)
+SELECT $1, $2, a, b, i, $6
+FROM unnest($3::text[], $4::bigint[], $5::int[]) AS t(a, b, i)
+ON CONFLICT DO NOTHING;
 
 -- name: lock_streams_of_job
 SELECT * FROM state.chain_streams WHERE job_id = $1 ORDER BY stream FOR UPDATE;
