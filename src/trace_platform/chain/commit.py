@@ -10,6 +10,7 @@ objects are never referenced.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ from trace_platform.ports import CompletionRejected
 log = get_logger(__name__)
 _EVENT_NS = uuid.UUID("0f5e7a3c-2d1b-4c9e-8a7f-6b5d4c3e2f1a")
 MAX_FILES = 64
+MAX_CHILDREN = 100_000  # factory children of one contract
+_ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
 
 
 class CommitRejected(CompletionRejected):
@@ -162,6 +165,11 @@ async def commit_range(
         task_id,
         False,
     )
+    if rng["decode"] is not None and rng["decode"].get("feeds"):
+        try:
+            await record_children(conn, rng, partition_id, outputs["chain"])
+        except ValueError as exc:
+            raise CommitRejected(str(exc)) from None
     block_time = report_block_time(outputs)
     await conn.execute(q("chain", "mark_committed"), task_id, block_time)
     event = {
@@ -188,3 +196,42 @@ async def commit_range(
         rows=rows,
     )
     return event
+
+
+async def record_children(
+    conn: Any, rng: Any, partition_id: uuid.UUID, report: dict[str, Any]
+) -> None:
+    """At the commit of a factory event's range: the children it created (checked)."""
+    cfg = rng["decode"]
+    reported = report.get("children") or {}
+    if not isinstance(reported, dict):
+        raise ValueError("children are malformed")
+    for feed in cfg.get("feeds") or []:
+        items = reported.get(feed["contract"]) or []
+        if not isinstance(items, list) or len(items) > MAX_CHILDREN:
+            raise ValueError("children are malformed")
+        addrs, blocks, idx = [], [], []
+        for item in items:
+            if (
+                not isinstance(item, list)
+                or len(item) != 3
+                or not isinstance(item[0], str)
+                or not _ADDRESS.match(item[0])
+                or type(item[1]) is not int
+                or not rng["range_start"] <= item[1] < rng["range_end"]
+                or type(item[2]) is not int
+            ):
+                raise ValueError("a child is malformed or outside the range")
+            addrs.append(item[0])
+            blocks.append(item[1])
+            idx.append(item[2])
+        if addrs:
+            await conn.execute(
+                q("chain", "insert_children"),
+                rng["job_id"],
+                feed["contract"],
+                addrs,
+                blocks,
+                idx,
+                partition_id,
+            )

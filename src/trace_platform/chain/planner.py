@@ -20,9 +20,10 @@ from typing import Any
 
 import asyncpg
 
+from trace_platform.chain.decode import plan_decoded
 from trace_platform.chain.reorg import repair_reorg
 from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
-from trace_platform.chain.spec import range_task_id
+from trace_platform.chain.spec import DECODE, range_task_id
 from trace_platform.config import Settings
 from trace_platform.db.sql import q
 from trace_platform.logs import get_logger
@@ -131,6 +132,9 @@ class ChainPlanner:
                     range_end=r["range_end"],
                 )
                 return 0
+            if row["cryo_dataset"] == DECODE:
+                # Decoded from committed logs: no head, no RPC.
+                return await self.plan_decoded(conn, row, row["max_inflight"] - inflight)
             if row["head_error"] or row["head_number"] is None:
                 # Scheduling waits until the observer has seen the pool's node serve the
                 # right chain with a fresh head (its error is visible in status meanwhile).
@@ -178,6 +182,49 @@ class ChainPlanner:
             last=ranges[-1][1],
         )
         return len(ranges)
+
+    async def plan_decoded(self, conn: Any, row: Any, room: int) -> int:
+        if room <= 0:
+            return 0
+        job_id, stream = row["job_id"], row["stream"]
+        try:
+            planned = await plan_decoded(conn, row, room)
+        except ValueError as exc:
+            await conn.execute(q("chain", "stop_stream"), job_id, stream, str(exc)[:500])
+            log.error("chain.stream_stopped", job_id=str(job_id), stream=stream)
+            return 0
+        if not planned:
+            return 0
+        generation = row["generation"]
+        ids = [range_task_id(job_id, stream, s, e, generation) for s, e, _ in planned]
+        await conn.execute(q("chain", "advance_cursor"), job_id, stream, planned[-1][1])
+        await conn.execute(
+            q("chain", "insert_ranges"),
+            job_id,
+            stream,
+            generation,
+            ids,
+            [s for s, _, _ in planned],
+            [e for _, e, _ in planned],
+        )
+        await conn.execute(
+            q("chain", "insert_range_tasks"),
+            ids,
+            [p for _, _, p in planned],
+            row["org_id"],
+            self.settings.chain_max_attempts,
+        )
+        await conn.execute(q("outbox", "notify_outbox"))
+        CHAIN_RANGES.labels("scheduled").inc(len(planned))
+        log.info(
+            "chain.ranges_scheduled",
+            job_id=str(job_id),
+            stream=stream,
+            count=len(planned),
+            first=planned[0][0],
+            last=planned[-1][1],
+        )
+        return len(planned)
 
 
 class HeadObserver:

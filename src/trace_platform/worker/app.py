@@ -12,6 +12,7 @@ from trace_platform.aio import stop_on_signals
 
 # The operators of the capability packages register themselves at import.
 from trace_platform.alerts import evaluate as _alert_eval  # noqa: F401
+from trace_platform.chain import decode as _chain_decode  # noqa: F401  (registers chain_decode)
 from trace_platform.chain import ingest as _cryo_ingest  # noqa: F401
 from trace_platform.client import TaskClient
 from trace_platform.config import Settings

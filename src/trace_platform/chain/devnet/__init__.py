@@ -49,6 +49,26 @@ def token_artifact() -> dict[str, Any]:
     return artifact
 
 
+def pools_artifact() -> dict[str, Any]:
+    """ABIs of Pools.sol's Factory and Pair, and the Factory's bytecode."""
+    text = resources.files("trace_platform.chain.devnet").joinpath("pools.json").read_text()
+    artifact: dict[str, Any] = json.loads(text)
+    return artifact
+
+
+def call_data(signature: str, args: list[Any]) -> str:
+    """ABI-encoded calldata of `name(type,...)` with `args`."""
+    from eth_abi import encode
+    from eth_utils.crypto import keccak
+
+    from trace_platform.chain.abi import _split_top
+
+    inner = signature[signature.index("(") + 1 : signature.rindex(")")]
+    types = _split_top(inner) if inner else []
+    selector = keccak(text=signature)[:4]
+    return "0x" + (selector + encode(types, args)).hex()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,6 +181,17 @@ class Anvil:
         code = token_artifact()["bytecode"] + _word(supply)
         tx = self.send({"from": self.accounts()[0], "data": code, "gas": hex(3_000_000)})
         return str(self.receipt(tx)["contractAddress"])
+
+    def deploy_factory(self) -> str:
+        """Deploy Pools.sol's Factory from account 0; returns its address."""
+        code = pools_artifact()["factory"]["bytecode"]
+        tx = self.send({"from": self.accounts()[0], "data": code, "gas": hex(5_000_000)})
+        return str(self.receipt(tx)["contractAddress"])
+
+    def transact(self, to: str, signature: str, args: list[Any], sender: str | None = None) -> str:
+        """Send a contract call; returns the transaction hash (mined when automine is on)."""
+        tx = {"from": sender or self.accounts()[0], "to": to, "data": call_data(signature, args)}
+        return self.send({**tx, "gas": hex(3_000_000)})
 
     def transfer_token(self, token: str, to: str, amount: int, sender: str | None = None) -> str:
         data = "0x" + _TRANSFER_SELECTOR + _address_word(to) + _word(amount)
