@@ -166,7 +166,7 @@ def _matching_paren(t: str) -> int:
     raise AbiError(f"type {t!r} has unbalanced parentheses")
 
 
-def _split_top(text: str) -> list[str]:
+def split_top(text: str) -> list[str]:
     parts, depth, cur = [], 0, ""
     for c in text:
         if c == "," and depth == 0:
@@ -195,7 +195,7 @@ def _param_of_text(text: str, position: int, top: bool) -> Param:
         assert suffix_match is not None
         suffix, rest = suffix_match.group(1), suffix_match.group(2)
         components = tuple(
-            _param_of_text(part, i, top=False) for i, part in enumerate(_split_top(inner))
+            _param_of_text(part, i, top=False) for i, part in enumerate(split_top(inner))
         )
         canonical = "(" + ",".join(c.type for c in components) + ")" + suffix
         words = rest.split()
@@ -233,7 +233,7 @@ def parse_signature(text: str) -> Event:
     if m.group(3):
         raise AbiError(f"event {m.group(1)} is anonymous (it has no topic to find it by)")
     params = tuple(
-        _param_of_text(part, i, top=True) for i, part in enumerate(_split_top(m.group(2)))
+        _param_of_text(part, i, top=True) for i, part in enumerate(split_top(m.group(2)))
     )
     return _checked(Event(m.group(1), params))
 

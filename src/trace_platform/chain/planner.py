@@ -260,6 +260,8 @@ class HeadObserver:
         polled = 0
         now = time.monotonic()
         for job in jobs:
+            if job["extracted"] and job["head_number"] is not None:
+                continue  # a fixed target fully extracted: decoding needs no node
             every = float(job["mode"].get("head_poll_seconds", 1.0))
             if now - self._last_poll.get(job["job_id"], 0.0) < every:
                 continue

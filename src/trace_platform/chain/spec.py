@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trace_platform.chain.abi import AbiError, Event, event_abi, events_of_abi, parse_signature
 
@@ -100,6 +100,14 @@ class ContractSpec(_Strict):
         default=None, min_length=1, max_length=MAX_CONTRACT_EVENTS
     )
     start_block: int | None = Field(default=None, ge=0)
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _yaml_hex(cls, value: Any) -> Any:
+        """YAML reads an unquoted 0x… address as an integer: take it back, exactly."""
+        if isinstance(value, list):
+            return [f"0x{v:040x}" if type(v) is int and 0 <= v < 2**160 else v for v in value]
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ContractSpec:

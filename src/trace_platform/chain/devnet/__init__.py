@@ -58,13 +58,13 @@ def pools_artifact() -> dict[str, Any]:
 
 def call_data(signature: str, args: list[Any]) -> str:
     """ABI-encoded calldata of `name(type,...)` with `args`."""
-    from eth_abi import encode
+    from eth_abi.abi import encode
     from eth_utils.crypto import keccak
 
-    from trace_platform.chain.abi import _split_top
+    from trace_platform.chain.abi import split_top
 
     inner = signature[signature.index("(") + 1 : signature.rindex(")")]
-    types = _split_top(inner) if inner else []
+    types = split_top(inner) if inner else []
     selector = keccak(text=signature)[:4]
     return "0x" + (selector + encode(types, args)).hex()
 

@@ -56,7 +56,19 @@ SELECT * FROM state.chain_jobs WHERE org_id = $1 AND name = $2;
 SELECT * FROM state.chain_jobs WHERE job_id = $1 FOR UPDATE;
 
 -- name: jobs
-SELECT * FROM state.chain_jobs ORDER BY org_id, name;
+-- Every job, and whether a fixed-target job has extracted all of it (every active stream
+-- that reads the node has scheduled to its target and nothing is in flight): such a job
+-- needs its node no more.
+SELECT j.*,
+       j.mode->>'kind' = 'fixed_target' AND NOT EXISTS (
+           SELECT 1 FROM state.chain_streams s
+           WHERE s.job_id = j.job_id AND s.cryo_dataset <> 'decode' AND s.status = 'active'
+             AND s.cursor < (j.mode->>'to_block')::bigint
+       ) AND NOT EXISTS (
+           SELECT 1 FROM state.chain_ranges r JOIN state.chain_streams s USING (job_id, stream)
+           WHERE r.job_id = j.job_id AND r.status = 'scheduled' AND s.cryo_dataset <> 'decode'
+       ) AS extracted
+FROM state.chain_jobs j ORDER BY j.org_id, j.name;
 
 -- name: set_paused
 UPDATE state.chain_jobs SET paused = $2, updated_at = now() WHERE job_id = $1
