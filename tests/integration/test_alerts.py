@@ -66,14 +66,30 @@ def reorg_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def a_settings(settings: Settings, node: Anvil, reorg_node: Anvil) -> Settings:
+def pool_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+    anvil = Anvil(log=tmp_path_factory.mktemp("anvil") / "pools.log").start()
+    factory = anvil.deploy_factory()
+    acct = anvil.accounts()
+    tx = anvil.transact(factory, "createPair(address,address)", [acct[8], acct[9]])
+    (log,) = anvil.receipt(tx)["logs"]
+    anvil.extra = {"factory": factory.lower(), "pool": "0x" + log["data"][26:66]}  # type: ignore[attr-defined]
+    yield anvil
+    anvil.stop()
+
+
+@pytest.fixture(scope="module")
+def a_settings(settings: Settings, node: Anvil, reorg_node: Anvil, pool_node: Anvil) -> Settings:
     port = free_port()
     STATE_URL[:] = [settings.state_database_url or ""]
     return settings.replace(
         query_port=port,
         query_url=f"http://127.0.0.1:{port}",
         chain_interval=0.1,
-        rpc_pools=(("local", node.url), ("reorgnode", reorg_node.url)),
+        rpc_pools=(
+            ("local", node.url),
+            ("reorgnode", reorg_node.url),
+            ("poolnode", pool_node.url),
+        ),
         delivery_allow_private=True,
         delivery_retry_base_seconds=0.1,
         delivery_timeout_seconds=2.0,
@@ -455,3 +471,113 @@ async def test_after_a_reorg_only_new_events_alert_and_unchanged_ones_are_not_re
     assert len(by_tx[kept[0]]) == 1  # the unchanged event was re-evaluated, not re-delivered
     assert len(by_tx[new[0]]) == 1  # the new one alerted, once
     assert len(got) == 3
+
+
+SWAP = "swap(uint256,uint256,uint256,uint256,address)"
+BIG_SWAP_SQL = (
+    "SELECT s.block_number, s.transaction_hash, s.log_index, s.amount0In, b.timestamp"
+    " FROM dataset s JOIN blocks b USING (block_number) WHERE s.amount0In >= 1000"
+)
+
+
+def web3_swaps(node: Anvil, hi: int) -> set[tuple[str, int, int]]:
+    """web3's decoding: (tx hash, log index, amount0In) of every Swap of the pool."""
+    from web3 import Web3
+
+    from trace_platform.chain.devnet import pools_artifact
+
+    w3 = Web3(Web3.HTTPProvider(node.url))
+    swap = w3.eth.contract(abi=pools_artifact()["pair"]["abi"]).events.Swap()
+    pool = Web3.to_checksum_address(node.extra["pool"])  # type: ignore[attr-defined]
+    out = set()
+    for log in w3.eth.get_logs({"fromBlock": 0, "toBlock": hi, "address": pool}):
+        e = swap.process_log(log)
+        out.add(("0x" + bytes(e["transactionHash"]).hex(), e["logIndex"], e["args"]["amount0In"]))
+    return out
+
+
+async def test_an_alert_on_a_decoded_event_follows_a_reorg_and_delivers_the_canonical_event_once(
+    a_settings: Settings,
+    stack: dict[str, Any],
+    pool_node: Anvil,
+    receiver: Receiver,
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """Big swaps at block 52 (kept) and 57 (reorged away); the reorg puts a new big swap
+    into 55. The rule joins the decoded table with block timestamps."""
+    from trace_platform.chain.devnet import call_data, pools_artifact
+
+    node, acct = pool_node, pool_node.accounts()
+    pool = node.extra["pool"]  # type: ignore[attr-defined]
+    node.mine(51 - node.head())
+    node.transact(pool, SWAP, [4000, 0, 0, 1, acct[1]])  # block 52
+    node.transact(pool, SWAP, [7, 0, 0, 1, acct[1]])  # block 53: too small to alert
+    node.mine(3)
+    node.transact(pool, SWAP, [5000, 0, 0, 1, acct[2]])  # block 57
+    node.mine(6)  # head 63
+    assert node.head() == 63
+    art = pools_artifact()
+    mode = "{kind: follow_head, from_block: 0, tail_lag: 2, head_poll_seconds: 0.2, max_head_age_seconds: 600}"
+    factory = node.extra["factory"]  # type: ignore[attr-defined]
+    spec = (
+        spec_yaml(
+            "dp",
+            mode,
+            {
+                "blocks": {"cryo_dataset": "blocks", "chunk_size": 10, "max_inflight": 4},
+                "logs": {"cryo_dataset": "logs", "chunk_size": 10, "max_inflight": 4},
+            },
+            rpc_pool="poolnode",
+        )
+        + "contracts:\n"
+        + f"  factory: {{address: ['{factory}'], abi: {json.dumps(art['factory']['abi'])}}}\n"
+        + "  pair:\n"
+        + "    factory: {contract: factory, event: PairCreated, parameter: pair}\n"
+        + f"    abi: {json.dumps(art['pair']['abi'])}\n"
+    )
+    await apply(a_settings, spec)
+    await wait_synced(a_settings, "dp", 60)
+    text = alert_yaml("bigswap", f'{{sql: "{BIG_SWAP_SQL}"}}', "/bigswap", "dp.pair_Swap")
+    (r,) = await apply(a_settings, text.replace("{port}", str(receiver.port)))
+    alert_id = uuid.UUID(r["alert_id"])
+    before = {(t, i) for t, i, a in web3_swaps(node, 59) if a >= 1000}
+    assert len(before) == 2
+    await wait_events(pools[1], alert_id, before)
+    await wait_delivered(pools[1], alert_id, 2)
+
+    swap = {"from": acct[0], "to": pool, "data": call_data(SWAP, [6000, 0, 0, 1, acct[3]])}
+    node.rpc("anvil_reorg", [9, [[{**swap, "gas": hex(200_000)}, 0]]])  # blocks 55..63 anew
+    assert node.head() == 63
+    canonical = web3_swaps(node, 59)
+    after = {(t, i) for t, i, a in canonical if a >= 1000}
+    (new,) = after - before
+    (kept,) = after & before
+
+    async def decoded_is_canonical() -> bool:
+        rows = await chain_rows(
+            a_settings,
+            "SELECT transaction_hash, log_index, amount0In FROM pair_Swap WHERE block_number < 60",
+        )
+        return {(t, i, int(a)) for t, i, a in rows} == canonical
+
+    await wait_until(decoded_is_canonical, 60, 0.2, "the decoded table equals the canonical chain")
+    await wait_events(pools[1], alert_id, before | {new}, timeout=60)
+    await wait_delivered(pools[1], alert_id, 3)
+    by_tx: dict[str, list[Any]] = {}
+    for s in receiver.at("/bigswap"):
+        by_tx.setdefault(json.loads(s.body)["data"]["tx_hash"], []).append(s)
+    assert len(by_tx[kept[0]]) == 1  # unchanged: re-evaluated, not re-delivered
+    assert len(by_tx[new[0]]) == 1  # the canonical new event: delivered once
+    assert len(by_tx) == 3
+
+
+async def chain_rows(settings: Settings, sql: str) -> list[list[Any]]:
+    from trace_platform.ops.datasets import query_here
+    from trace_platform.ops.env import open_env
+
+    async with open_env(settings) as env:
+        try:
+            answer = await query_here(env, LITE_ORG_ID, None, sql, 10_000, None, "dp")
+        except Exception:
+            return []
+    return [list(r) for r in answer.rows]

@@ -12,8 +12,9 @@ from trace_platform.alerts.schedule import schedule_evaluations
 from trace_platform.alerts.spec import AlertSpec, FromBlock, alert_id_for
 from trace_platform.db.sql import q
 from trace_platform.delivery.guard import UrlRefused, check_url
+from trace_platform.domain.catalog import DATASET_ALIAS, job_of, relation_aliases
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
-from trace_platform.domain.sql_gate import SqlRejected, check_sql
+from trace_platform.domain.sql_gate import SqlRejected, check_relations, check_sql
 from trace_platform.ops.env import OpsEnv, from_row
 
 
@@ -93,7 +94,7 @@ def validate_alert(spec: AlertSpec, allow_private: bool = False) -> None:
     the SSRF guard's static checks (DNS is checked on every delivery)."""
     if spec.rule.sql is not None:
         try:
-            check_sql(spec.rule.sql)
+            check_sql(spec.rule.sql, None)  # the names it reads: at apply, against its job
         except SqlRejected as exc:
             raise ValidationError(f"rule.sql: rejected by the SQL gate ({exc.reason})") from None
     for i, channel in enumerate(spec.channels):
@@ -102,6 +103,19 @@ def validate_alert(spec: AlertSpec, allow_private: bool = False) -> None:
         except UrlRefused as exc:
             hint = "" if allow_private else " (Lite: TRACE_DELIVERY_ALLOW_PRIVATE=1 allows it)"
             raise ValidationError(f"channels.{i}.url: {exc}{hint}") from None
+
+
+async def _check_rule_relations(conn: Any, org_id: uuid.UUID, source: str, sql: str) -> None:
+    """A SQL rule reads its source as `dataset` and any relation of the source's chain job
+    (by full name, bare alias or short name); anything else is refused now, not at its
+    first evaluation."""
+    job = job_of(source)
+    names = [r["name"] for r in await conn.fetch(q("chain", "job_relations"), org_id, job)]
+    granted = set(relation_aliases(names, job)) | {DATASET_ALIAS}
+    try:
+        check_relations(check_sql(sql, None), granted)
+    except SqlRejected as exc:
+        raise ValidationError(f"rule.sql: rejected by the SQL gate ({exc.reason})") from None
 
 
 async def _check_bundle(conn: Any, org_id: uuid.UUID, bundle_id: str) -> None:
@@ -133,6 +147,8 @@ async def apply_alert(
             )
         if spec.rule.udf is not None:
             await _check_bundle(conn, org_id, spec.rule.udf.bundle_id)
+        if spec.rule.sql is not None:
+            await _check_rule_relations(conn, org_id, spec.source.dataset, spec.rule.sql)
         if isinstance(spec.start, FromBlock):
             start_block = spec.start.from_block
         else:
