@@ -6,6 +6,8 @@ could be secrets.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -50,6 +52,41 @@ def parse_spec_documents(text: str) -> list[pydantic.BaseModel]:
     for i, doc in enumerate(docs):
         out.append(parse_spec(doc, f"document {i + 1}: " if len(docs) > 1 else ""))
     return out
+
+
+def inline_abi_files(text: str, base: Path) -> str:
+    """`trace apply FILE`: each `contracts.NAME.abi_file` (relative to the spec's directory; a
+    JSON ABI, or an artifact holding one under `abi`) becomes `abi`, so what is stored and
+    sent is self-contained. The text is returned unchanged when nothing names a file."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError:
+        return text  # parse_spec_documents names the line
+    changed = False
+    for doc in docs:
+        contracts = doc.get("contracts") if isinstance(doc, dict) else None
+        if not isinstance(contracts, dict):
+            continue
+        for name, contract in contracts.items():
+            if not isinstance(contract, dict) or not isinstance(contract.get("abi_file"), str):
+                continue
+            where = f"contracts.{name}.abi_file"
+            path = base / contract["abi_file"]
+            try:
+                loaded = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValidationError(
+                    f"{where}: cannot read {path} ({type(exc).__name__})"
+                ) from None
+            abi = loaded.get("abi") if isinstance(loaded, dict) else loaded
+            if not isinstance(abi, list):
+                raise ValidationError(
+                    f"{where}: {path} holds no JSON ABI (a list, or {{abi: [...]}})"
+                )
+            contract["abi"] = abi
+            del contract["abi_file"]
+            changed = True
+    return yaml.safe_dump_all(docs, sort_keys=False) if changed else text
 
 
 def parse_spec(doc: Any, where: str = "") -> pydantic.BaseModel:

@@ -39,7 +39,7 @@ from tests.conftest import (
     start_query_service,
     wait_until,
 )
-from tests.helpers import Attempt, create_tasks
+from tests.helpers import Attempt, claim, create_tasks
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 
@@ -183,12 +183,15 @@ async def claim_with_inputs(
     return await Attempt.claim(http, tid)
 
 
-async def task_query(c_settings: Settings, a: Attempt, sql: str) -> httpx.Response:
+async def task_query(
+    c_settings: Settings, a: Attempt, sql: str, by_name: bool = False
+) -> httpx.Response:
+    """The task route; `by_name`: no dataset_id, the relations are read by their names."""
     claims = jwt.decode(a.token, options={"verify_signature": False})
     body = {
         "task_id": a.task_id,
         "attempt": a.attempt,
-        "dataset_id": claims["datasets"][0]["dataset_uuid"],
+        "dataset_id": None if by_name else claims["datasets"][0]["dataset_uuid"],
         "sql": sql,
     }
     async with httpx.AsyncClient(timeout=30) as c:
@@ -251,6 +254,61 @@ async def test_snapshot_grant_is_small_pinned_at_claim_and_range_grants_see_only
     )
     assert out.returncode == 0, out.stderr
     assert '"rows":[[2300,2300,0,2299]]' in out.stdout
+
+
+async def test_a_chain_input_grants_every_relation_of_the_job_by_name_and_nothing_else(
+    c_settings: Settings, fixed: dict[str, Any], stack: dict[str, Proc], node: Anvil
+) -> None:
+    job = await claim_with_inputs(stack, c_settings, [{"chain": "fixed", "range": [100, 300]}])
+    claims = jwt.decode(job.token, options={"verify_signature": False})
+    assert {g["name"] for g in claims["datasets"]} == {
+        "fixed.blocks",
+        "fixed.transactions",
+        "fixed.logs",
+    }
+    assert all(g["dataset_version"].startswith("snap-") for g in claims["datasets"])
+    assert len(job.token) < 3000  # snapshot ids, never file lists
+    joined = (
+        "SELECT b.block_number, count(t.transaction_hash), count(DISTINCT l.log_index)"
+        " FROM blocks b LEFT JOIN transactions t USING (block_number)"
+        ' LEFT JOIN "fixed.logs" l ON l.transaction_hash = t.transaction_hash'
+        " GROUP BY 1 ORDER BY 1"
+    )
+    r = await task_query(c_settings, job, joined, by_name=True)
+    assert r.status_code == 200, r.text
+    rows = r.json()["rows"]
+    assert [row[0] for row in rows] == list(range(100, 300))  # the range bounds every relation
+    node_txs = node_blocks(node.url, 100, 300)
+    assert {row[0]: row[1] for row in rows} == {n: b["txs"] for n, b in node_txs.items()}
+
+    # A task granted one relation cannot read another one, whatever name it uses, although
+    # its files exist and the same org owns them.
+    only = await claim_with_inputs(stack, c_settings, [{"dataset": "fixed.blocks"}])
+    for sql in [
+        "SELECT count(*) FROM logs",
+        'SELECT count(*) FROM "fixed.logs"',
+        'SELECT count(*) FROM "fixed".logs',
+        "SELECT count(*) FROM fixed_logs",
+        "SELECT count(*) FROM dataset JOIN transactions USING (block_number)",
+        "SELECT count(*) FROM main.dataset",
+        "SELECT count(*) FROM memory.main.dataset",
+    ]:
+        r = await task_query(c_settings, only, sql)
+        assert r.status_code == 400, (sql, r.text)
+        assert r.json()["reason"] == "sql_relation_not_allowed"
+        assert "SELECT" not in r.text
+    r = await task_query(c_settings, only, "SELECT count(*) FROM blocks", by_name=True)
+    assert r.status_code == 200, r.text
+    # A job of no org of this task's cannot be an input: the task fails at claim, no token.
+    (tid,) = await create_tasks(
+        c_settings.state_database_url or "",
+        1,
+        payload={"operator": "manual", "inputs": [{"chain": "no-such-job"}]},
+        wake=False,
+    )
+    async with httpx.AsyncClient(base_url=stack["dispatcher"].url or "", timeout=10) as http:
+        r = await claim(http, tid)
+    assert r.status_code == 409 and "capability_token" not in r.text
 
 
 async def test_a_udf_reads_every_committed_range_as_one_dataset(

@@ -368,28 +368,22 @@ class Decoder:
         self.body = [p for p in event.params if not p.indexed]
         self.body_types = [_eth_type(p) for p in self.body]
         self.columns: dict[str, list[Any]] = {name: [] for name in event.column_names()}
+        head = [(p, word_reader(p)) for p in self.indexed]
+        body = [(p, word_reader(p)) for p in self.body]
+        static = all(w is not None for _, w in head + body)
+        self.words: tuple[list[Any], list[Any]] | None = (head, body) if static else None
 
     def add(self, row: dict[str, Any]) -> bool:
         """Decode one log into the columns; False (nothing added) when it does not decode
         as this event (e.g. a same-signature event with other indexed parameters)."""
         topics = [row.get(f"topic{i}") for i in range(1, 4)]
-        values: dict[str, Any] = {}
-        try:
-            for p, topic in zip(self.indexed, topics, strict=False):
-                raw = _bytes_of(topic)
-                if len(raw) != 32:
-                    return False
-                if is_dynamic(p):
-                    values[p.name] = _hex(raw)
-                else:
-                    (values[p.name],) = self.codec.decode([_eth_type(p)], raw)
-            if len(self.indexed) < 3 and topics[len(self.indexed)] is not None:
-                return False  # more topics than this event has indexed parameters
-            decoded = self.codec.decode(self.body_types, _bytes_of(row.get("data")))
-        except Exception:  # eth_abi raises many kinds for undecodable data
-            return False
-        for p, v in zip(self.body, decoded, strict=True):
-            values[p.name] = v
+        if len(self.indexed) < 3 and topics[len(self.indexed)] is not None:
+            return False  # more topics than this event has indexed parameters
+        values = self._fast(topics, row.get("data")) if self.words is not None else None
+        if values is None:
+            values = self._slow(topics, row.get("data"))
+            if values is None:
+                return False
         for name in LOG_COLUMNS:
             self.columns[name].append(row.get(name))
         for p in self.event.params:
@@ -403,11 +397,106 @@ class Decoder:
                 self.columns[p.name].append(_value(p, v))
         return True
 
+    def _fast(self, topics: list[Any], data: Any) -> dict[str, Any] | None:
+        """Static words only, read straight from cryo's `0x…` text (eth_abi's rules: exact
+        padding, values within their type); None hands the log to eth_abi."""
+        assert self.words is not None
+        if not isinstance(data, str) or len(data) != 2 + 64 * len(self.body):
+            return None
+        values: dict[str, Any] = {}
+        try:
+            for (p, word), topic in zip(self.words[0], topics, strict=False):
+                if not isinstance(topic, str) or len(topic) != 66:
+                    return None
+                values[p.name] = word(topic[2:].lower())
+            text = data[2:].lower()
+            for i, (p, word) in enumerate(self.words[1]):
+                values[p.name] = word(text[64 * i : 64 * i + 64])
+        except ValueError:
+            return None
+        return values
+
+    def _slow(self, topics: list[Any], data: Any) -> dict[str, Any] | None:
+        values: dict[str, Any] = {}
+        try:
+            for p, topic in zip(self.indexed, topics, strict=False):
+                raw = _bytes_of(topic)
+                if len(raw) != 32:
+                    return None
+                if is_dynamic(p):
+                    values[p.name] = _hex(raw)
+                else:
+                    (values[p.name],) = self.codec.decode([_eth_type(p)], raw)
+            decoded = self.codec.decode(self.body_types, _bytes_of(data))
+        except Exception:  # eth_abi raises many kinds for undecodable data
+            return None
+        for p, v in zip(self.body, decoded, strict=True):
+            values[p.name] = v
+        return values
+
     def __len__(self) -> int:
         return len(self.columns["block_number"])
 
     def table(self) -> pa.Table:
         return pa.table(self.columns, schema=self.event.schema())
+
+
+def word_reader(p: Param) -> Any:
+    """A reader of one 32-byte word (64 hex digits) of a static scalar type, enforcing the
+    padding and range eth_abi enforces (ValueError otherwise); None for other types."""
+    t = p.type
+    m = _INT.match(t)
+    if m:
+        bits = int(m.group(2) or "256")
+        if m.group(1):
+            limit = 1 << bits
+
+            def read_uint(w: str) -> int:
+                v = int(w, 16)
+                if v >= limit:
+                    raise ValueError("padding")
+                return v
+
+            return read_uint
+        low, high = -(1 << (bits - 1)), 1 << (bits - 1)
+
+        def read_int(w: str) -> int:
+            v = int(w, 16)
+            if v >= 1 << 255:
+                v -= 1 << 256
+            if not low <= v < high:
+                raise ValueError("padding")
+            return v
+
+        return read_int
+    if t == "address":
+
+        def read_address(w: str) -> str:
+            if w[:24] != "0" * 24:
+                raise ValueError("padding")
+            return "0x" + w[24:]
+
+        return read_address
+    if t == "bool":
+
+        def read_bool(w: str) -> bool:
+            v = int(w, 16)
+            if v > 1:
+                raise ValueError("not a bool")
+            return v == 1
+
+        return read_bool
+    m = _BYTES_N.match(t)
+    if m:
+        n = 2 * int(m.group(1))
+
+        def read_bytes(w: str) -> bytes:
+            if w[n:].strip("0"):
+                raise ValueError("padding")
+            return bytes.fromhex(w[:n])
+
+        return read_bytes
+    return None
 
 
 def _eth_type(p: Param) -> str:

@@ -22,6 +22,7 @@ from trace_platform.cli.common import (
 from trace_platform.domain.errors import ValidationError
 from trace_platform.ops import chains as ops
 from trace_platform.ops.specs import apply_specs
+from trace_platform.specs import inline_abi_files
 
 
 def _applied(results: list[dict[str, Any]]) -> str:
@@ -46,6 +47,7 @@ def apply(ctx: click.Context, file: Path, org_id: uuid.UUID | None, as_json: boo
         text = sys.stdin.read() if str(file) == "-" else file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"cannot read {file}: {type(exc).__name__}") from None
+    text = inline_abi_files(text, Path.cwd() if str(file) == "-" else file.parent)
     results = run_ops(ctx, lambda env: apply_specs(env, org_of(org_id), text))
     emit(results, as_json, _applied)
 

@@ -107,6 +107,8 @@ async def apply_decoded_streams(
     event, addresses or factory) is re-decoded from the start: its partitions leave at a new
     snapshot and its ranges are decoded again from the stored logs (no RPC)."""
     decoded = decoded_streams(spec)
+    if not decoded:
+        return decoded
     source = spec.streams[logs_stream(spec) or ""]
     existing = {r["stream"]: r for r in await conn.fetch(q("chain", "lock_streams_of_job"), job_id)}
     for table, config in decoded.items():

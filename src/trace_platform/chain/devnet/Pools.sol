@@ -33,6 +33,13 @@ contract Pair {
         emit Swap(msg.sender, a0In, a1In, a0Out, a1Out, to);
     }
 
+    // Many swaps in one transaction (benchmarks): amounts vary, one is wider than 64 bits.
+    function swapMany(uint256 n, address to) external {
+        for (uint256 i = 0; i < n; i++) {
+            emit Swap(msg.sender, i, i * 2, i * 3 + 2 ** 100, i + 1, to);
+        }
+    }
+
     function route(uint256[] calldata amounts, Leg[] calldata legs, bytes calldata memo, string calldata note)
         external
     {
