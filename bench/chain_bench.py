@@ -3,6 +3,7 @@
     .venv/bin/python bench/chain_bench.py throughput [--blocks 10000] [--chunk 1000]
     .venv/bin/python bench/chain_bench.py lag [--ranges 100]
     .venv/bin/python bench/chain_bench.py query [--ranges 1000] [--runs 30]
+    .venv/bin/python bench/chain_bench.py join [--ranges 100] [--runs 20]
 
 throughput: blocks/s syncing blocks + transactions + logs of a chain with ERC-20 traffic
   (apply -> every stream committed, from the database clock), next to raw cryo extracting
@@ -15,6 +16,9 @@ query: a chain synced as N ranges of B blocks (then compacted), a 1% block_numbe
   one Parquet file, through the same service (target <= 2x). Default 1,000 ranges of 10
   blocks: anvil 1.7.1 mines ever slower as its chain grows (5,000 blocks past height 3,000
   take ~20 s here), so the 100,000 blocks of 1,000 x 100 are out of reach on one laptop.
+join: blocks JOIN transactions JOIN logs by name over N synced ranges of each stream (no
+  compaction), next to the same rows as three single Parquet files registered as datasets,
+  through the same service and route (target <= 1.5x).
 """
 
 from __future__ import annotations
@@ -223,7 +227,7 @@ async def claim_query_token(b: BenchStack, inputs: list[dict[str, Any]]) -> dict
 
 
 async def timed_queries(
-    b: BenchStack, claim: dict[str, Any], sql: str, runs: int
+    b: BenchStack, claim: dict[str, Any], sql: str, runs: int, by_name: bool = False
 ) -> tuple[float, Any]:
     import jwt
 
@@ -233,7 +237,7 @@ async def timed_queries(
     body = {
         "task_id": claim["task_id"],
         "attempt": claim["attempt"],
-        "dataset_id": grant["dataset_uuid"],
+        "dataset_id": None if by_name else grant["dataset_uuid"],
         "sql": sql,
     }
     headers = {"X-Trace-Task-Capability": claim["capability_token"]}
@@ -320,6 +324,71 @@ async def query(args: argparse.Namespace) -> None:
     print(f"ratio chain/one-file: {chain_ms / one_ms:.2f}   (target <= 2)")
 
 
+JOIN_SQL = (
+    "SELECT b.block_number, b.timestamp, count(DISTINCT t.transaction_hash) AS txs,"
+    " count(l.log_index) AS logs FROM {b} b JOIN {t} t USING (block_number)"
+    " JOIN {l} l ON l.transaction_hash = t.transaction_hash GROUP BY 1, 2 ORDER BY 1"
+)
+
+
+async def join(args: argparse.Namespace) -> None:
+    """A 3-relation join (blocks, transactions, logs) over N synced ranges (uncompacted),
+    next to the same rows as three single Parquet files, through the same service."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trace_platform.adapters.stores import object_store_from_settings
+    from trace_platform.datasets import register_dataset
+
+    blocks = args.ranges * args.range_blocks
+    node = Anvil().start()
+    make_chain(node, blocks + 10, every=2, transfers=5)
+    try:
+        async with BenchStack(node, cryo_concurrency=4) as b:
+            streams = {
+                k: {"cryo_dataset": k, "chunk_size": args.range_blocks, "max_inflight": 16}
+                for k in ("blocks", "transactions", "logs")
+            }
+            extra = "compaction: {enabled: false}\n"
+            await b.apply(spec("j", f"{{kind: fixed_target, to_block: {blocks}}}", streams, extra))
+            await b.wait_tip("j", blocks, timeout=1800)
+            store = object_store_from_settings(b.settings)
+            for stream in streams:
+                parts = await b.pool.fetch(
+                    "SELECT f->>'uri' AS uri FROM state.dataset_partitions p"
+                    " JOIN state.datasets d USING (dataset_uuid), jsonb_array_elements(p.files) f"
+                    " WHERE p.removed_seq IS NULL AND d.name = $1 ORDER BY range_start",
+                    f"j.{stream}",
+                )
+                assert len(parts) == args.ranges, (stream, len(parts))
+                tables = [pq.read_table(p["uri"][len("file://") :]) for p in parts]
+                one = b.home / f"one-{stream}.parquet"
+                pq.write_table(pa.concat_tables(tables), one)
+                await register_dataset(b.pool, store, f"one_{stream}", [one], LITE_ORG_ID)
+            chain_sql = JOIN_SQL.format(b="blocks", t="transactions", l="logs")
+            one_sql = JOIN_SQL.format(b="one_blocks", t="one_transactions", l="one_logs")
+            chain_claim = await claim_query_token(b, [{"chain": "j"}])
+            one_claim = await claim_query_token(
+                b, [{"dataset": f"one_{k}"} for k in ("blocks", "transactions", "logs")]
+            )
+            chain_ms = one_ms = 0.0
+            chain_rows = one_rows = None
+            for _ in range(3):  # interleaved rounds
+                c, chain_rows = await timed_queries(b, chain_claim, chain_sql, args.runs, True)
+                o, one_rows = await timed_queries(b, one_claim, one_sql, args.runs, True)
+                chain_ms, one_ms = chain_ms + c / 3, one_ms + o / 3
+            assert chain_rows == one_rows
+            assert chain_rows
+    finally:
+        node.stop()
+    print(
+        f"3-relation join over {blocks} blocks, {len(chain_rows)} result rows (median of {args.runs}, 3 rounds)"
+    )
+    print(f"  chain relations ({args.ranges} ranges each, by name): {chain_ms:.2f} ms")
+    print(f"  same rows as three single Parquet files:           {one_ms:.2f} ms")
+    print(f"ratio chain/one-file: {chain_ms / one_ms:.2f}   (target <= 1.5)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="bench", required=True)
@@ -335,8 +404,13 @@ def main() -> None:
     qq.add_argument("--runs", type=int, default=30)
     qq.add_argument("--range-blocks", type=int, default=10)
     qq.add_argument("--target", type=int, default=2000, help="compaction target_blocks")
+    jj = sub.add_parser("join")
+    jj.add_argument("--ranges", type=int, default=100)
+    jj.add_argument("--runs", type=int, default=20)
+    jj.add_argument("--range-blocks", type=int, default=10)
     args = ap.parse_args()
-    asyncio.run({"throughput": throughput, "lag": lag, "query": query}[args.bench](args))
+    benches = {"throughput": throughput, "lag": lag, "query": query, "join": join}
+    asyncio.run(benches[args.bench](args))
     sys.stdout.flush()
 
 
