@@ -58,7 +58,10 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         # The chain part: a real anvil node, synced into four datasets, queried back.
         assert "chain sync           completed: demo-" in text
         assert "synced rows          blocks 600," in text
-        assert "whale transfers      9 found / 9 sent" in text
+        assert re.search(r"whale transfers      (\d+) found / \1 sent", text), text
+        # Decoded swaps of a factory's pools, joined with block timestamps.
+        swaps = re.search(r"decoded swaps        (\d+) found / \1 sent", text)
+        assert swaps is not None and int(swaps.group(1)) >= 50, text
         status = subprocess.run(
             [sys.executable, "-m", "trace_platform", "status"],
             env=env,
@@ -67,15 +70,17 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
             timeout=60,
             cwd=REPO,
         )
-        # The alerts part: a followed head, two rules, each live whale delivered once per
-        # rule to the demo's receiver, which verified every signature.
+        # The alerts part: a followed head, two rules on transfers and one on decoded swaps
+        # (joined with block timestamps), each live event delivered once per rule to the
+        # demo's receiver, which verified every signature.
         assert "alerts               completed: 3 live whale transfers ->" in text
-        assert text.count("s to webhook") == 6
+        assert "big-swaps 3" in text
+        assert text.count("s to webhook") == 9
         # 40 emit_alerts tasks + 2 UDF tasks + 4 streams x 12 ranges, then the live ranges
-        # and evaluations (as many as the head moved); 360 + 2 x 1000 rows + 3 x 2 alerts
+        # and evaluations (as many as the head moved); 360 + 2 x 1000 rows + 3 x 3 alerts
         completed = re.search(r"completed\s+(\d+)", status.stdout)
-        assert completed is not None and int(completed.group(1)) >= 90 + 6, status.stdout
-        assert "alert_events rows: 2366" in status.stdout
+        assert completed is not None and int(completed.group(1)) >= 90 + 9, status.stdout
+        assert "alert_events rows: 2369" in status.stdout
     finally:
         subprocess.run(
             [sys.executable, "-m", "trace_platform", "db", "stop"],

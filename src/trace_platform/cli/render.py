@@ -146,7 +146,11 @@ def chain_status(jobs: list[dict[str, Any]]) -> str:
                 f"  last reorg: from block {r.get('fork_block')} (depth {r.get('depth')}),"
                 f" replaced {sum(r.get('replaced_ranges', {}).values())} range(s)"
             )
-        for s in j["streams"]:
+        raw = [s for s in j["streams"] if not s.get("decoded")]
+        decoded = [s for s in j["streams"] if s.get("decoded")]
+        for s in raw + decoded:
+            if decoded and s is decoded[0]:
+                lines.append("  decoded tables (from stored logs), per contract:")
             lag = "" if s["lag_blocks"] is None else f"  lag {s['lag_blocks']} blocks"
             if s["lag_seconds"] is not None and s["lag_blocks"]:
                 lag += f" / {s['lag_seconds']:g} s"
@@ -156,6 +160,9 @@ def chain_status(jobs: list[dict[str, Any]]) -> str:
                 f" in flight {s['in_flight']:<3} committed {s['committed']:<6}"
                 f" failed {s['failed']:<3} {s['blocks_per_second']:g} blocks/s{lag}{done}"
             )
+            if s.get("decoded"):
+                d = s["decoded"]
+                lines.append(f"    {d['contract']}: {d['signature']}")
             if s["last_error"]:
                 lines.append(f"    last error: {s['last_error']}")
     return "\n".join(lines)

@@ -121,12 +121,15 @@ async def run_demo(
         summary = await _workload(settings, state, data, tasks, rows_per_task, timeout)
         summary.udfs = await _udf_step(settings, state, data, timeout)
         if node is not None:
-            whales, token = make_traffic(node, BLOCKS)
-            _say(f"made ERC-20 traffic on the node: {BLOCKS} blocks, {whales} whale transfers")
+            traffic = make_traffic(node, BLOCKS)
+            _say(
+                f"made traffic on the node: {BLOCKS} blocks, {traffic.whales} whale transfers,"
+                f" {traffic.swaps} swaps on {len(traffic.pools)} pools of a factory"
+            )
             env = OpsEnv(settings, state, data, urls.embedded)
-            chain = await sync_and_query(env, whales, timeout)
+            chain = await sync_and_query(env, traffic, timeout)
             if chain.status == "completed":
-                alerts = await live_alerts(env, node, token, hook_secret, timeout)
+                alerts = await live_alerts(env, node, traffic, hook_secret, timeout)
         summary.chain = chain
         summary.alerts = alerts
         return summary

@@ -15,6 +15,7 @@ import standardwebhooks
 from aiohttp import web
 
 from trace_platform.chain.devnet import Anvil
+from trace_platform.demo.chain import BIG_SWAP, SWAP, Traffic, contracts_text
 from trace_platform.domain.errors import TraceError
 from trace_platform.ops.chains import chain_status
 from trace_platform.ops.env import OpsEnv
@@ -100,7 +101,9 @@ class DemoReceiver:
             await self.runner.cleanup()
 
 
-def live_specs(name: str, head: int, url: str, bundle_id: str | None) -> str:
+def live_specs(
+    name: str, head: int, url: str, bundle_id: str | None, traffic: Traffic | None = None
+) -> str:
     sync = (
         f"kind: chain_sync\nname: {name}\nchain_id: 31337\nrpc_pool: demo\n"
         f"mode: {{kind: follow_head, from_block: {head + 1}, tail_lag: 0,"
@@ -108,6 +111,12 @@ def live_specs(name: str, head: int, url: str, bundle_id: str | None) -> str:
         "streams:\n  erc20_transfers: {cryo_dataset: erc20_transfers, chunk_size: 1,"
         " max_inflight: 8}\n"
     )
+    if traffic is not None:  # decoded swaps too: the pools exist already, name them
+        sync += (
+            "  blocks: {cryo_dataset: blocks, chunk_size: 1, max_inflight: 8}\n"
+            "  logs: {cryo_dataset: logs, chunk_size: 1, max_inflight: 8}\n"
+            + contracts_text(traffic.factory, traffic.pools)
+        )
     channel = f"channels:\n  - {{type: webhook, url: '{url}', secret_env: {SECRET_ENV}}}\n"
     common = (
         f"source: {{dataset: {name}.erc20_transfers}}\nstart: latest\n"
@@ -119,6 +128,16 @@ def live_specs(name: str, head: int, url: str, bundle_id: str | None) -> str:
         " AND from_address <> '0x0000000000000000000000000000000000000000'"
     )
     docs = [sync, f'kind: alert\nname: {name}-whales-sql\nrule: {{sql: "{sql}"}}\n' + common]
+    if traffic is not None:
+        swap_sql = (
+            "SELECT s.block_number, s.transaction_hash, s.log_index, s.address AS pool,"
+            " s.amount0In / 1e18 AS tokens_in, b.timestamp FROM dataset s"
+            f" JOIN blocks b USING (block_number) WHERE s.amount0In >= {BIG_SWAP}"
+        )
+        docs.append(
+            f'kind: alert\nname: {name}-big-swaps\nrule: {{sql: "{swap_sql}"}}\n'
+            + common.replace(f"{name}.erc20_transfers", f"{name}.pair_Swap")
+        )
     if bundle_id is not None:
         docs.append(
             f"kind: alert\nname: {name}-whales-ts\nrule: {{udf: {{bundle_id: '{bundle_id}',"
@@ -146,7 +165,7 @@ async def _ts_rule(env: OpsEnv) -> str | None:
 async def live_alerts(
     env: OpsEnv,
     node: Anvil,
-    token: str,
+    traffic: Traffic,
     secret: str,
     timeout: float,
 ) -> AlertDemoResult:
@@ -159,7 +178,7 @@ async def live_alerts(
         name = f"live-{secrets.token_hex(2)}"
         bundle = await _ts_rule(env)
         url = f"http://127.0.0.1:{receiver.port}/hooks/trace"
-        text = live_specs(name, node.head(), url, bundle)
+        text = live_specs(name, node.head(), url, bundle, traffic)
         applied = await apply_specs(env, LITE_ORG_ID, text)
         result.rules = [r["name"] for r in applied if r["kind"] == "alert"]
         print(
@@ -170,8 +189,10 @@ async def live_alerts(
         await _wait_following(env, name, node.head() + 1, timeout)
         acct = node.accounts()
         for i in range(LIVE_WHALES):
-            node.transfer_token(token, acct[2 + i], (2 + i) * 10**6 * TOKENS)  # mined at once
-            node.transfer_token(token, acct[5], 17 * TOKENS)  # a small one, in its own block
+            node.transfer_token(traffic.token, acct[2 + i], (2 + i) * 10**6 * TOKENS)
+            node.transfer_token(traffic.token, acct[5], 17 * TOKENS)  # a small one
+            pool = traffic.pools[i % len(traffic.pools)]
+            node.transact(pool, SWAP, [BIG_SWAP * (i + 1), 0, 0, 1, acct[6]])  # a big swap
             result.sent += 1
             await asyncio.sleep(1.0)  # a whale every second or so, like a live chain
         expected = result.sent * len(result.rules)

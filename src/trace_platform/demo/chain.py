@@ -1,17 +1,20 @@
 """The chain part of `trace demo`: a local anvil node with ERC-20 traffic (a few whale
-transfers among many small ones), synced into four datasets through the running stack, with
-a progress bar per stream, then queried through the sandboxed query path."""
+transfers among many small ones) and a factory whose pools see swaps, synced into four
+datasets and two decoded tables (`factory_PairCreated`, `pair_Swap`) through the running
+stack, with a progress bar per stream, then queried through the sandboxed query path — a
+join of decoded swaps with block timestamps among them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from trace_platform.chain.devnet import Anvil
+from trace_platform.chain.devnet import Anvil, pools_artifact
 from trace_platform.domain.errors import TraceError
 from trace_platform.ops.chains import chain_status
 from trace_platform.ops.datasets import query_here
@@ -24,6 +27,8 @@ BLOCKS = 600
 WHALE = 10**24  # 1,000,000 tokens of 18 decimals
 ZERO_ADDRESS = "0x" + "0" * 40  # the mint at deployment is not a transfer between holders
 STREAMS = ("blocks", "transactions", "logs", "erc20_transfers")
+SWAP = "swap(uint256,uint256,uint256,uint256,address)"
+BIG_SWAP = 10**21  # amount0In of a swap the live alert calls big
 
 
 @dataclass
@@ -37,35 +42,77 @@ class ChainDemoResult:
     whales_sent: int = 0
     whales_found: int = 0
     top: list[list[Any]] = field(default_factory=list)
+    swaps_sent: int = 0
+    swaps_found: int = 0
+    swaps: list[list[Any]] = field(default_factory=list)
+
+
+@dataclass
+class Traffic:
+    token: str
+    factory: str
+    pools: list[str]
+    whales: int = 0
+    swaps: int = 0
 
 
 def start_node() -> Anvil:
     return Anvil().start()
 
 
-def make_traffic(node: Anvil, blocks: int) -> tuple[int, str]:
-    """Token traffic over `blocks` blocks; returns (whale transfers sent, the token)."""
-    token = node.deploy_token()
-    whales = 0
+def make_traffic(node: Anvil, blocks: int) -> Traffic:
+    """Token traffic and swaps on two pools (one created halfway) over `blocks` blocks."""
+    acct = node.accounts()
+    traffic = Traffic(node.deploy_token(), node.deploy_factory(), [])
+    traffic.pools.append(create_pool(node, traffic.factory, acct[8], acct[9]))
     i = 0
     while node.head() < blocks - 1:
+        if len(traffic.pools) == 1 and node.head() >= blocks // 2:
+            traffic.pools.append(create_pool(node, traffic.factory, acct[9], acct[8]))
         amounts = [10**18 * (1 + (i * 37) % 500) for _ in range(3)]
         if i % 7 == 3:
             amounts.append(WHALE * (2 + i % 5))
-            whales += 1
-        node.traffic_block(token, amounts)
+            traffic.whales += 1
+        pool = traffic.pools[i % len(traffic.pools)]
+        node.set_automine(False)  # the swap goes into the traffic block
+        node.transact(pool, SWAP, [10**18 * (1 + i % 40), 0, 0, 10**17 * (i + 1), acct[3]])
+        traffic.swaps += 1
+        node.traffic_block(traffic.token, amounts)
         node.mine(min(9, blocks - 1 - node.head()))
         i += 1
-    return whales, token
+    return traffic
 
 
-def spec_text(name: str, blocks: int) -> str:
+def create_pool(node: Anvil, factory: str, a: str, b: str) -> str:
+    tx = node.transact(factory, "createPair(address,address)", [a, b])
+    (log,) = node.receipt(tx)["logs"]
+    return "0x" + str(log["data"])[26:66]
+
+
+def contracts_text(factory: str, pools: list[str] | None = None) -> str:
+    """The demo's `contracts:` section: the factory by address, its pools by the factory's
+    PairCreated events (or, for a job that starts after they were created, by address)."""
+    art = pools_artifact()
+    pair = (
+        f"    address: {json.dumps(pools)}\n"
+        if pools
+        else "    factory: {contract: factory, event: PairCreated, parameter: pair}\n"
+    )
+    return (
+        "contracts:\n"
+        f"  factory:\n    address: ['{factory}']\n    abi: {json.dumps(art['factory']['abi'])}\n"
+        f"  pair:\n{pair}    abi: {json.dumps(art['pair']['abi'])}\n"
+    )
+
+
+def spec_text(name: str, blocks: int, factory: str) -> str:
     streams = "\n".join(
         f"  {s}: {{cryo_dataset: {s}, chunk_size: 50, max_inflight: 8}}" for s in STREAMS
     )
     return (
         f"kind: chain_sync\nname: {name}\nchain_id: 31337\nrpc_pool: {DEMO_POOL}\n"
         f"mode: {{kind: fixed_target, from_block: 0, to_block: {blocks}}}\nstreams:\n{streams}\n"
+        + contracts_text(factory)
     )
 
 
@@ -74,11 +121,16 @@ def _bar(done: int, total: int, width: int = 28) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-async def sync_and_query(env: OpsEnv, whales: int, timeout: float) -> ChainDemoResult:
+async def sync_and_query(env: OpsEnv, traffic: Traffic, timeout: float) -> ChainDemoResult:
     name = f"demo-{secrets.token_hex(3)}"
-    result = ChainDemoResult("failed", name=name, whales_sent=whales, blocks=BLOCKS)
-    await apply_specs(env, LITE_ORG_ID, spec_text(name, BLOCKS))
-    print(f"applied chain_sync {name}: {BLOCKS} blocks x {len(STREAMS)} streams", flush=True)
+    result = ChainDemoResult("failed", name=name, whales_sent=traffic.whales, blocks=BLOCKS)
+    result.swaps_sent = traffic.swaps
+    await apply_specs(env, LITE_ORG_ID, spec_text(name, BLOCKS, traffic.factory))
+    print(
+        f"applied chain_sync {name}: {BLOCKS} blocks x {len(STREAMS)} streams"
+        " + decoded factory_PairCreated and pair_Swap",
+        flush=True,
+    )
     t0 = time.monotonic()
     tty = sys.stdout.isatty()
     shown, last = 0, 0.0
@@ -122,12 +174,31 @@ async def sync_and_query(env: OpsEnv, whales: int, timeout: float) -> ChainDemoR
             " ORDER BY value_f64 DESC, block_number",
             100,
         )
+        # Decoded swaps joined with their blocks' timestamps, by the catalog's short names.
+        swaps = await query_here(
+            env,
+            LITE_ORG_ID,
+            None,
+            "SELECT s.block_number, strftime(to_timestamp(b.timestamp), '%H:%M:%S') AS time,"
+            " s.address AS pool, s.amount0In / 1e18 AS tokens_in, count(*) OVER () AS swaps"
+            " FROM pair_Swap s JOIN blocks b USING (block_number)"
+            " ORDER BY s.amount0In DESC, s.block_number LIMIT 5",
+            None,
+            None,
+            name,
+        )
     except TraceError as exc:
         result.detail = f"query failed: {exc.detail}"
         return result
     result.top = [list(r) for r in top.rows]
     result.whales_found = len(result.top)
-    ok = result.rows.get("blocks") == BLOCKS and result.whales_found == whales
+    result.swaps = [list(r) for r in swaps.rows]
+    result.swaps_found = int(result.swaps[0][4]) if result.swaps else 0
+    ok = (
+        result.rows.get("blocks") == BLOCKS
+        and result.whales_found == traffic.whales
+        and result.swaps_found == traffic.swaps
+    )
     result.status = "completed" if ok else "failed"
     if not ok:
         result.detail = "synced data does not match the traffic that was sent"
@@ -147,4 +218,10 @@ def format_chain(r: ChainDemoResult) -> list[str]:
         lines.append(f"  whale transfers      {r.whales_found} found / {r.whales_sent} sent")
         for row in r.top[:5]:
             lines.append(f"    block {row[0]:>4}  {row[1]}  {row[2]:,.0f} tokens")
+        lines.append(
+            f"  decoded swaps        {r.swaps_found} found / {r.swaps_sent} sent"
+            " (pair_Swap JOIN blocks: the biggest)"
+        )
+        for row in r.swaps:
+            lines.append(f"    block {row[0]:>4}  {row[1]}  pool {row[2][:12]}…  {row[3]:,.0f} in")
     return lines

@@ -247,6 +247,16 @@ async def _job_status(conn: Any, job: asyncpg.Record, now: float) -> dict[str, A
                 "stream": s["stream"],
                 "dataset": f"{job['name']}.{s['stream']}",
                 "cryo_dataset": s["cryo_dataset"],
+                # A decoded table: its contract and event (signature), from the raw logs.
+                "decoded": (
+                    {
+                        "contract": s["decode"]["contract"],
+                        "event": s["decode"]["event"]["name"],
+                        "signature": s["decode"]["signature"],
+                    }
+                    if s["decode"] is not None
+                    else None
+                ),
                 "status": s["status"],
                 "cursor": s["cursor"],
                 "tip": tip,
