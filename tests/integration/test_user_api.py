@@ -217,6 +217,51 @@ async def test_a_query_runs_through_the_gate_and_is_audited_per_user_without_its
     assert any(r["result_row_count"] == 10 for r in rows)
 
 
+async def test_relations_are_listed_with_columns_joined_by_name_and_another_orgs_refused(
+    api: str, keys: dict[str, str], dataset: str, u_settings: Settings, pool: asyncpg.Pool
+) -> None:
+    path = Path(LOGS[0]).parent / "labels.parquet"
+    pq.write_table(pa.table({"n": [7, 17, 1000], "tag": ["seven", "seventeen", "big"]}), path)
+    await register_dataset(
+        pool, object_store_from_settings(u_settings), "num-labels", [path], LITE_ORG_ID
+    )
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        listed = await http.get("/v1/relations", headers=bearer(keys["reader"]))
+        assert listed.status_code == 200, listed.text
+        by_name = {r["name"]: r for r in listed.json()["relations"]}
+        assert by_name["numbers"]["columns"] == [
+            {"name": "n", "type": "BIGINT"},
+            {"name": "label", "type": "VARCHAR"},
+        ]
+        assert "num_labels" in by_name["num-labels"]["names"]
+        sql = (
+            'SELECT n.n, l.tag FROM numbers n JOIN "num-labels" l USING (n)'
+            " JOIN num_labels l2 USING (n) ORDER BY 1"
+        )
+        r = await http.post("/v1/query", json={"sql": sql}, headers=bearer(keys["reader"]))
+        assert r.status_code == 200, r.text
+        assert r.json()["rows"] == [[7, "seven"], [17, "seventeen"]]
+        # Org B has neither relation: refused by name before anything runs, SQL never echoed.
+        r = await http.post("/v1/query", json={"sql": sql}, headers=bearer(keys["b-reader"]))
+        assert r.status_code == 400 and r.json()["reason"] == "sql_relation_not_allowed"
+        assert "JOIN" not in r.text
+        b_listed = await http.get("/v1/relations", headers=bearer(keys["b-reader"]))
+        assert "numbers" not in {r["name"] for r in b_listed.json()["relations"]}
+        # The console's SQL page lists what the user may query, with columns.
+        form = await http.get("/ui/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        r = await http.post(
+            "/ui/login",
+            data={"api_key": keys["reader"], "login_token": token},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303
+        page = await http.get("/ui/sql")
+        assert page.status_code == 200, page.text[:300]
+        assert "num_labels" in page.text and "<code>label</code>" in page.text
+        assert "Relations (" in page.text
+
+
 async def test_a_key_past_its_rate_limit_gets_429_with_retry_after(
     api: str, pool: asyncpg.Pool
 ) -> None:
