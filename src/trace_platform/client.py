@@ -66,6 +66,8 @@ def answer_error(status: int, data: dict[str, Any]) -> TraceError:
     exc.status = status
     if isinstance(data.get("error"), str):
         exc.code = data["error"]
+    if isinstance(data.get("reason"), str):  # e.g. the SQL gate's refusal code
+        exc.extra["reason"] = data["reason"][:80]
     return exc
 
 
