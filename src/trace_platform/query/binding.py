@@ -13,12 +13,12 @@ Anything else is ForbiddenError and nothing is read.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import asyncpg
@@ -122,13 +122,13 @@ def manifest_binding(
                 raise ValidationError("this query service has no S3 access configured")
             paths.append(uri[len("s3://") :])
             continue
-        path = Path(uri[len("file://") :])
+        path = uri[len("file://") :]
         try:
-            if path.stat().st_size != f.get("size"):
+            if os.stat(path).st_size != f.get("size"):
                 raise ForbiddenError("dataset file does not match its manifest")
         except FileNotFoundError:
             raise ForbiddenError("dataset file is missing") from None
-        paths.append(str(path))
+        paths.append(path)
     if not paths:
         raise ForbiddenError("dataset version has no files")
     if prefix.startswith("s3://") and s3_options is None:
@@ -147,6 +147,7 @@ class Binder:
         self.versions: OrderedDict[tuple[str, str], tuple[float, Mapping[str, Any]]] = OrderedDict()
         self.resolved: dict[tuple[uuid.UUID, str], tuple[float, Any, Any]] = {}
         self.catalogs: dict[uuid.UUID, tuple[float, list[Any]]] = {}
+        self.relations: dict[tuple[Any, ...], tuple[Relation, Mapping[str, Any]]] = {}
 
     async def user_caller(
         self,
@@ -340,8 +341,16 @@ class Binder:
                 f"relation {shown(grant.name or names[0])!r} has not committed blocks"
                 f" [{lo}, {hi}) yet; retry"
             )
+        key = f"{grant.dataset_uuid}@{grant.dataset_version}"
+        # A relation that passed every check is remembered with its version row (versions
+        # and snapshots are immutable): a snapshot of many ranges is not re-checked file by
+        # file on every query. The grant, org and prefix checks above still run each time.
+        memo = (key, prefix, tuple(read_prefixes), names)
+        hit = self.relations.get(memo)
+        if hit is not None and hit[1] is row:
+            return hit[0]
         relation = manifest_binding(
-            f"{grant.dataset_uuid}@{grant.dataset_version}",
+            key,
             prefix,
             row["manifest"],
             read_prefixes,
@@ -350,4 +359,8 @@ class Binder:
             names,
         )
         self._remember(grant, row)
+        if self.versions.get((grant.dataset_uuid, grant.dataset_version), (0, None))[1] is row:
+            self.relations[memo] = (relation, row)
+            while len(self.relations) > 1024:
+                self.relations.pop(next(iter(self.relations)))
         return relation

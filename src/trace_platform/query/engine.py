@@ -10,7 +10,8 @@ extensions never installed or auto-loaded, no persistent secrets, no spill files
 threads bounded, configuration locked, and a per-query interrupt. Two routes to the data:
 
 - `reader` (local files, sandboxed executor): DuckDB's own Parquet reader with external
-  access disabled except `allowed_directories` = the directories of the granted files. The
+  access disabled except `allowed_directories` = the directories of the granted files; a
+  small relation is loaded into memory once at bind (`MATERIALIZE_MAX_BYTES`). The
   OS layer holds on its own: the executor sees only those files, read-only, under an
   unprivileged uid, so even statements DuckDB would allow there (`COPY ... TO`, `glob`)
   can neither write nor find anything else.
@@ -36,6 +37,9 @@ from decimal import Decimal
 from typing import Any, BinaryIO
 
 MAX_RESULT_BYTES = 10 * 1024 * 1024
+# Relations whose files total at most this (and an eighth of the memory limit) are loaded
+# into memory when an executor binds them; larger ones are read from Parquet per query.
+MATERIALIZE_MAX_BYTES = 64 * 1024 * 1024
 MAX_TIMEOUT = 600.0  # seconds: no query runs longer, whatever it asks
 ROUTE_READER = "reader"
 ROUTE_ARROW = "arrow"
@@ -73,6 +77,20 @@ def apply_limits(limits: ExecutorLimits) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # writes no file, not even a log
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+def _materialize(con: Any, name: str, source: str) -> bool:
+    """Load a small relation into memory once per executor (its files are immutable): a
+    snapshot of many small ranges is then scanned like one table, not file by file. False
+    (nothing created) when it does not fit the memory limit."""
+    import duckdb
+
+    try:
+        con.execute(f"CREATE TABLE {name} AS {source}")
+    except duckdb.OutOfMemoryException:
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+        return False
+    return True
 
 
 def _sql_list(paths: list[str]) -> str:
@@ -143,14 +161,21 @@ class Engine:
             dirs = sorted({os.path.dirname(f) + "/" for f in files})
             con.execute(f"SET allowed_directories = {_sql_list(dirs)}")
             con.execute("SET enable_external_access = false")
+            budget = min(MATERIALIZE_MAX_BYTES, limits.memory_mb * 1024 * 1024 // 8)
             for rel in relations:
                 where = ""
                 if rel.block_range is not None:  # a range grant: only rows of blocks inside it
                     lo, hi = rel.block_range
                     where = f" WHERE block_number >= {lo} AND block_number < {hi}"
                 source = f"SELECT * FROM read_parquet({_sql_list(list(rel.files))}){where}"
-                for name in rel.names:
-                    con.execute(f"CREATE VIEW {_quote(name)} AS {source}")
+                first, *others = [_quote(n) for n in rel.names]
+                size = sum(os.path.getsize(f) for f in rel.files)
+                if size <= budget and _materialize(con, first, source):
+                    budget -= size
+                else:
+                    con.execute(f"CREATE VIEW {first} AS {source}")
+                for name in others:
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM {first}")
         elif route == ROUTE_ARROW:
             con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
             for rel in relations:
