@@ -90,7 +90,7 @@ def test_the_wheel_carries_everything_the_demo_needs(tmp_path: Path) -> None:
         assert "UDF typescript       completed: 1000/1000 alerts inserted" in text
         assert "chain sync           completed" in text
         assert "alerts               completed: 3 live whale transfers" in text  # + the TS rule
-        assert text.count("s to webhook") == 6
+        assert text.count("s to webhook") == 9  # 3 rules: whales (SQL, TS) and decoded big swaps
         assert "skipped" not in text
     finally:
         _run([str(bin_dir / "trace"), "db", "stop"], env=env, cwd=empty, timeout=60)

@@ -179,11 +179,11 @@ class Binder:
             block_range=block_range,
         )
 
-    async def org_relations(self, org_id: uuid.UUID) -> list[Any]:
+    async def org_relations(self, org_id: uuid.UUID, fresh: bool = False) -> list[Any]:
         """(name, kind, dataset_uuid) of every readable dataset of the org, as of at most
-        RESOLVE_CACHE_SECONDS ago."""
+        RESOLVE_CACHE_SECONDS ago (`fresh`: now)."""
         hit = self.catalogs.get(org_id)
-        if hit is not None and time.monotonic() - hit[0] < RESOLVE_CACHE_SECONDS:
+        if not fresh and hit is not None and time.monotonic() - hit[0] < RESOLVE_CACHE_SECONDS:
             return hit[1]
         rows = list(await self.state.fetch(q("datasets", "org_relations"), org_id))
         self.catalogs[org_id] = (time.monotonic(), rows)
@@ -263,14 +263,21 @@ class Binder:
             catalog[DATASET_ALIAS] = primary
         return catalog, primary
 
+    @staticmethod
+    def _aliases(caller: QueryCaller, rows: list[Any]) -> tuple[dict[str, str], dict[str, bool]]:
+        chain = [r["name"] for r in rows if r["kind"] == "partitions"]
+        kinds = {r["name"]: r["kind"] == "partitions" for r in rows}
+        return relation_aliases(kinds, caller.job or default_job(kinds, chain)), kinds
+
     async def _org_catalog(
         self, caller: QueryCaller, gated: GatedQuery
     ) -> tuple[dict[str, DatasetGrant], DatasetGrant | None, list[str]]:
         """A person's names → grants, resolved for the relations this query reads only."""
         rows = await self.org_relations(caller.org_id)
-        chain = [r["name"] for r in rows if r["kind"] == "partitions"]
-        kinds = {r["name"]: r["kind"] == "partitions" for r in rows}
-        aliases = relation_aliases(kinds, caller.job or default_job(kinds, chain))
+        aliases, kinds = self._aliases(caller, rows)
+        if any(n not in aliases and n not in gated.ctes for n in gated.relations):
+            # A relation registered a moment ago is not refused for a stale catalog.
+            aliases, kinds = self._aliases(caller, await self.org_relations(caller.org_id, True))
         wanted = {name: aliases[name] for name in gated.relations if name in aliases}
         primary: DatasetGrant | None = None
         if caller.primary is not None and DATASET_ALIAS not in gated.ctes:

@@ -79,7 +79,7 @@ async def columns_of(binder: Binder, caller: QueryCaller, name: str, chain: bool
 
 async def describe(binder: Binder, caller: QueryCaller) -> list[RelationInfo]:
     """Every relation of the caller's org, by the names its queries may use."""
-    rows = await binder.org_relations(caller.org_id)
+    rows = await binder.org_relations(caller.org_id, fresh=True)
     kinds = {r["name"]: r["kind"] == "partitions" for r in rows}
     chain = [n for n, is_chain in kinds.items() if is_chain]
     aliases = relation_aliases(kinds, caller.job or default_job(kinds, chain))
