@@ -145,6 +145,7 @@ async def test_follow_head_stays_near_the_head_flags_a_stale_head_and_resumes(
     }
 
 
+@pytest.mark.timeout(300)  # its own waits allow 3 kill rounds x 60 s + a 180 s final sync
 async def test_worker_and_dispatcher_kills_leave_the_exact_result(
     l_settings: Settings, procs: dict[str, Any], busy_node: Anvil, slow_proxy: SlowRpcProxy
 ) -> None:

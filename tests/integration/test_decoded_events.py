@@ -220,13 +220,14 @@ async def test_every_swap_of_every_pool_equals_web3s_none_missing_or_doubled(
 ) -> None:
     got = await ask(
         d_settings,
-        "SELECT block_number, log_index, transaction_hash, address, sender, amount0In_raw,"
+        "SELECT block_number, block_hash, log_index, transaction_hash, address, sender, amount0In_raw,"
         ' amount1In_raw, amount0Out_raw, amount1Out_raw, "to" FROM pair_Swap'
         " ORDER BY block_number, log_index",
     )
     expected = [
         [
             e["blockNumber"],
+            "0x" + bytes(e["blockHash"]).hex(),
             e["logIndex"],
             "0x" + bytes(e["transactionHash"]).hex(),
             e["address"].lower(),
@@ -242,14 +243,14 @@ async def test_every_swap_of_every_pool_equals_web3s_none_missing_or_doubled(
     assert len(expected) == 5 + 8 + 1 + 9
     assert got == expected
     pools = [p.lower() for p in node.extra["pools"]]  # type: ignore[attr-defined]
-    per_pool = {p: sum(1 for r in got if r[3] == p) for p in pools}
+    per_pool = {p: sum(1 for r in got if r[4] == p) for p in pools}
     assert per_pool == {pools[0]: 5 + 4 + 3, pools[1]: 4 + 3, pools[2]: 1 + 3}
     # The pool created and swapped on in one transaction: its first swap is in its own block.
     created = await ask(
         d_settings, "SELECT pair, block_number FROM factory_PairCreated ORDER BY block_number"
     )
     assert [r[0] for r in created] == pools
-    first_c = min(r[0] for r in got if r[3] == pools[2])
+    first_c = min(r[0] for r in got if r[4] == pools[2])
     assert first_c == created[2][1]
     # DECIMAL(38) where the value fits, NULL where it does not; the raw text is exact.
     wide = await ask(

@@ -13,8 +13,8 @@ Column types, chosen to be lossless:
 - an indexed parameter of a dynamic type (`string`, `bytes`, arrays, tuples) is stored as its
   32-byte topic (`0x…`): the log holds only its hash.
 
-Every table also has block_number, transaction_index, log_index, transaction_hash and
-address (the emitting contract) from the raw log.
+Every table also has block_number, block_hash, transaction_index, log_index,
+transaction_hash and address (the emitting contract) from the raw log.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ from typing import Any
 
 import pyarrow as pa
 
-LOG_COLUMNS = ("block_number", "transaction_index", "log_index", "transaction_hash", "address")
+LOG_COLUMNS = (
+    "block_number",
+    "block_hash",
+    "transaction_index",
+    "log_index",
+    "transaction_hash",
+    "address",
+)
 EVENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _INT = re.compile(r"^(u?)int(\d*)$")
@@ -71,6 +78,7 @@ class Event:
     def schema_fields(self) -> list[tuple[str, pa.DataType]]:
         fields: list[tuple[str, pa.DataType]] = [
             ("block_number", pa.uint32()),
+            ("block_hash", pa.string()),
             ("transaction_index", pa.uint32()),
             ("log_index", pa.uint32()),
             ("transaction_hash", pa.string()),

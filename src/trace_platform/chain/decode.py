@@ -33,6 +33,7 @@ from trace_platform.ports import ObjectStore
 
 _READ_COLUMNS = [
     "block_number",
+    "block_hash",
     "transaction_index",
     "log_index",
     "transaction_hash",

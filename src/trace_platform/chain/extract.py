@@ -64,6 +64,9 @@ def _freeze(datasets: list[str], start: int, end: int, rpc: str, out: Path) -> d
             overwrite=True,
             chunk_size=end - start,
             max_concurrent_requests=16,
+            # Every row names its block by hash too (logs do not by default): decoded
+            # events carry it, and joins need no blocks stream for it.
+            include_columns=["block_hash"],
         )
     except TypeError as exc:
         raise ExtractionFailed(str(exc)) from None

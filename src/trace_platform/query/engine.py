@@ -167,7 +167,10 @@ class Engine:
                 if rel.block_range is not None:  # a range grant: only rows of blocks inside it
                     lo, hi = rel.block_range
                     where = f" WHERE block_number >= {lo} AND block_number < {hi}"
-                source = f"SELECT * FROM read_parquet({_sql_list(list(rel.files))}){where}"
+                # union_by_name: a column added in a later version of a stream (e.g.
+                # block_hash) reads as NULL in older partitions instead of failing the scan.
+                listed = _sql_list(list(rel.files))
+                source = f"SELECT * FROM read_parquet({listed}, union_by_name = true){where}"
                 first, *others = [_quote(n) for n in rel.names]
                 size = sum(os.path.getsize(f) for f in rel.files)
                 if size <= budget and _materialize(con, first, source):
