@@ -311,6 +311,9 @@ async def test_a_chain_input_grants_every_relation_of_the_job_by_name_and_nothin
     assert r.status_code == 409 and "capability_token" not in r.text
 
 
+JOINED_SQL = "SELECT count(*) FROM blocks b JOIN transactions t USING (block_number)"
+
+
 async def test_a_udf_reads_every_committed_range_as_one_dataset(
     c_settings: Settings, fixed: dict[str, Any], stack: dict[str, Proc], data_conn: Any
 ) -> None:
@@ -327,9 +330,12 @@ async def test_a_udf_reads_every_committed_range_as_one_dataset(
         def handler(event, context):
             res = context.query(event["dataset"], "{COUNT_SQL}")
             n, distinct, lo, hi = res["rows"][0]
+            # By name, no dataset id: the relations of the task's chain input.
+            joined = context.query("{JOINED_SQL}")
             return [{{"alert_definition_id": "9a1f2b3c-4d5e-4f60-8a7b-1c2d3e4f5a6b",
                       "dedupe_key": "{tag}", "event_time": "2024-01-01T00:00:00Z",
-                      "payload": {{"n": n, "distinct": distinct, "lo": lo, "hi": hi}}}}]
+                      "payload": {{"n": n, "distinct": distinct, "lo": lo, "hi": hi,
+                                  "txs": joined["rows"][0][0]}}}}]
         """).encode()
     pool = await create_pool(c_settings.state_database_url or "", max_size=1)
     from trace_platform.adapters.stores import object_store_from_settings
@@ -350,7 +356,7 @@ async def test_a_udf_reads_every_committed_range_as_one_dataset(
     payload = {
         "runtime": "lambda",
         "udf": {"bundle_id": str(bundle.bundle_id)},
-        "inputs": [{"dataset": "fixed.blocks"}],
+        "inputs": [{"chain": "fixed"}],
         "work_payload": {"dataset": grant["dataset_uuid"]},
     }
     await create_tasks(c_settings.state_database_url or "", 1, payload=payload)
@@ -361,7 +367,9 @@ async def test_a_udf_reads_every_committed_range_as_one_dataset(
         )
 
     got = await wait_until(landed, 60, 0.1, "the UDF's row")
-    assert got == {"n": tip, "distinct": tip, "lo": 0, "hi": tip - 1}
+    (txs,) = await rows(c_settings, "fixed.blocks", JOINED_SQL)
+    assert txs[0] > 0
+    assert got == {"n": tip, "distinct": tip, "lo": 0, "hi": tip - 1, "txs": txs[0]}
 
 
 async def test_compaction_merges_old_partitions_and_keeps_results(
