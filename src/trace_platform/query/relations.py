@@ -5,6 +5,7 @@ files are immutable, so a footer is read once)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from trace_platform.domain.catalog import (
@@ -38,10 +39,34 @@ _SCHEMAS: dict[str, list[dict[str, str]]] = {}
 
 
 def duckdb_type(arrow_type: Any) -> str:
+    """The type DuckDB shows for an Arrow type (LIST as T[], STRUCT(name T, ...))."""
+    import pyarrow as pa
+
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return duckdb_type(arrow_type.value_type) + "[]"
+    if pa.types.is_struct(arrow_type):
+        fields = ", ".join(
+            f"{arrow_type.field(i).name} {duckdb_type(arrow_type.field(i).type)}"
+            for i in range(arrow_type.num_fields)
+        )
+        return f"STRUCT({fields})"
     text = str(arrow_type)
     if text.startswith("decimal"):
         return text.replace("decimal128", "DECIMAL").replace("decimal256", "DECIMAL")
     return _DUCKDB_TYPES.get(text, text.upper())
+
+
+def display_name(alias: str, full: str) -> str:
+    """An alias as the catalog holds it (lower case) written with the relation's own case
+    and quoted where SQL needs it: `pair_swap` of `j.pair_Swap` is `pair_Swap`, its full
+    name `"j.pair_Swap"`."""
+    shown = alias
+    for candidate in (full, full.partition(".")[2], re.sub(r"[^A-Za-z0-9_]", "_", full)):
+        if candidate and candidate.lower() == alias:
+            shown = candidate
+            break
+    # As SQL needs it written: a name that is not a plain word is quoted.
+    return shown if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", shown) else f'"{shown}"'
 
 
 def _schema(uri: str, s3: dict[str, str] | None) -> list[dict[str, str]]:
@@ -85,7 +110,7 @@ async def describe(binder: Binder, caller: QueryCaller) -> list[RelationInfo]:
     aliases = relation_aliases(kinds, caller.job or default_job(kinds, chain))
     names: dict[str, list[str]] = {}
     for alias, full in aliases.items():
-        names.setdefault(full, []).append(alias)
+        names.setdefault(full, []).append(display_name(alias, full))
     if caller.primary is not None and caller.primary in names:
         names[caller.primary].append(DATASET_ALIAS)
     out = []
