@@ -4,7 +4,7 @@
 
 1. cryo extracts the raw logs of a pool that emitted N Swap events (the "re-extract from the
    node" path, what a tool without stored raw logs pays for every ABI change);
-2. Trace's decoder (`chain.decode._decode`, exactly what `chain_decode` runs: read the stored
+2. Trace's decoder (`chain.decode.decode_range`, exactly what `chain_decode` runs: read the stored
    Parquet, select the event's logs, decode with eth_abi into typed columns, write Parquet);
 3. a bare loop of `eth_abi` decoding the same logs' topics and data (no columns, no Parquet):
    the floor any decoder built on eth_abi stands on.
@@ -19,11 +19,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from trace_platform.chain.abi import event_abi, event_of_abi
-from trace_platform.chain.decode import _decode
-from trace_platform.chain.devnet import Anvil, pools_artifact
+from trace_platform.chain.decode import decode_range
+from trace_platform.chain.devnet import Anvil, call_data, pools_artifact
 
 PER_TX = 1000
 
@@ -42,18 +41,12 @@ def prepare(anvil: Anvil, events: int) -> tuple[str, int]:
                 "from": acct[1],
                 "to": pool,
                 "gas": hex(30_000_000),
-                "data": _call("swapMany(uint256,address)", [n, acct[2]]),
+                "data": call_data("swapMany(uint256,address)", [n, acct[2]]),
             }
         )
         anvil.receipt(tx)
         left -= n
     return pool, anvil.head() + 1
-
-
-def _call(signature: str, args: list[Any]) -> str:
-    from trace_platform.chain.devnet import call_data
-
-    return call_data(signature, args)
 
 
 def cryo_logs(url: str, end: int, out: Path) -> tuple[float, list[Path]]:
@@ -126,7 +119,7 @@ def main() -> None:
         ours, bare = [], []
         for _ in range(args.runs):
             t = time.perf_counter()
-            _data, facts, _children = _decode(spec, blobs)
+            _data, facts, _children = decode_range(spec, blobs)
             ours.append(time.perf_counter() - t)
             assert facts["rows"] == args.events, facts
             t = time.perf_counter()

@@ -117,9 +117,9 @@ async def committed_files(
 
 class SlowRpcProxy:
     """A real HTTP hop in front of a node that delays every request (makes ranges take long
-    enough to stop a worker in the middle of one). Runs in its own thread."""
+    enough to stop a worker in the middle of one) and counts them. Runs in its own thread."""
 
-    def __init__(self, upstream: str, delay: float) -> None:
+    def __init__(self, upstream: str, delay: float = 0.0) -> None:
         import http.server
         import threading
         import time
@@ -130,6 +130,8 @@ class SlowRpcProxy:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with proxy.lock:
+                    proxy.requests += 1
                 time.sleep(proxy.delay)
                 req = urllib.request.Request(
                     upstream, data=body, headers={"content-type": "application/json"}
@@ -146,6 +148,8 @@ class SlowRpcProxy:
                 return None
 
         self.delay = delay
+        self.requests = 0
+        self.lock = threading.Lock()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

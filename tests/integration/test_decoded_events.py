@@ -6,16 +6,13 @@ change that makes no RPC request; a reorg that leaves no decoded row of the aban
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from tests.chain_helpers import apply, status, streams_of
+from tests.chain_helpers import SlowRpcProxy, apply, status, streams_of
 from tests.conftest import Proc, start_dispatcher, start_proc, wait_until
 from trace_platform.chain.devnet import Anvil, pools_artifact
 from trace_platform.config import Settings
@@ -27,42 +24,6 @@ BLOCKS = 160
 CHUNK = 20
 SWAP = "swap(uint256,uint256,uint256,uint256,address)"
 ROUTE = "route(uint256[],(address,uint256)[],bytes,string)"
-
-
-class CountingProxy:
-    """A real HTTP hop in front of a node that counts every JSON-RPC request."""
-
-    def __init__(self, upstream: str) -> None:
-        proxy = self
-        self.requests = 0
-        self.lock = threading.Lock()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with proxy.lock:
-                    proxy.requests += 1
-                req = urllib.request.Request(
-                    upstream, data=body, headers={"content-type": "application/json"}
-                )
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    data = resp.read()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_args: Any) -> None:
-                return None
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def mine_to(anvil: Anvil, block: int) -> None:
@@ -115,14 +76,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def proxy(node: Anvil) -> Iterator[CountingProxy]:
-    p = CountingProxy(node.url)
+def proxy(node: Anvil) -> Iterator[SlowRpcProxy]:
+    p = SlowRpcProxy(node.url)  # no delay: it counts every request
     yield p
     p.close()
 
 
 @pytest.fixture(scope="module")
-def d_settings(settings: Settings, proxy: CountingProxy) -> Settings:
+def d_settings(settings: Settings, proxy: SlowRpcProxy) -> Settings:
     return settings.replace(chain_interval=0.1, rpc_pools=(("counted", proxy.url),))
 
 
@@ -317,7 +278,7 @@ async def test_decoded_swaps_join_blocks_and_transactions_like_the_node(
 
 
 async def test_an_abi_change_re_decodes_from_stored_logs_with_no_rpc_request(
-    d_settings: Settings, synced: Any, node: Anvil, proxy: CountingProxy
+    d_settings: Settings, synced: Any, node: Anvil, proxy: SlowRpcProxy
 ) -> None:
     before = await ask(d_settings, "SELECT count(*) FROM pair_Swap")
     requests = proxy.requests

@@ -374,7 +374,7 @@ class Decoder:
         self.codec = ABICodec(registry)
         self.indexed = [p for p in event.params if p.indexed]
         self.body = [p for p in event.params if not p.indexed]
-        self.body_types = [_eth_type(p) for p in self.body]
+        self.body_types = [p.type for p in self.body]
         self.columns: dict[str, list[Any]] = {name: [] for name in event.column_names()}
         head = [(p, word_reader(p)) for p in self.indexed]
         body = [(p, word_reader(p)) for p in self.body]
@@ -434,7 +434,7 @@ class Decoder:
                 if is_dynamic(p):
                     values[p.name] = _hex(raw)
                 else:
-                    (values[p.name],) = self.codec.decode([_eth_type(p)], raw)
+                    (values[p.name],) = self.codec.decode([p.type], raw)
             decoded = self.codec.decode(self.body_types, _bytes_of(data))
         except Exception:  # eth_abi raises many kinds for undecodable data
             return None
@@ -505,7 +505,3 @@ def word_reader(p: Param) -> Any:
 
         return read_bytes
     return None
-
-
-def _eth_type(p: Param) -> str:
-    return p.type

@@ -142,7 +142,7 @@ def _select(table: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _decode(spec: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, dict[str, Any], Any]:
+def decode_range(spec: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, dict[str, Any], Any]:
     """(Parquet bytes, file facts, children by contract) of one decoded range."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -202,7 +202,7 @@ async def chain_decode(
         except FileNotFoundError:
             raise RetryableTaskError("a logs file of the range is gone (compacted?)") from None
     try:
-        data, facts, children = await asyncio.to_thread(_decode, spec, blobs)
+        data, facts, children = await asyncio.to_thread(decode_range, spec, blobs)
     except (KeyError, ValueError) as exc:
         raise FatalTaskError(f"chain_decode: {type(exc).__name__}: {exc}"[:300]) from None
     prefix = part_prefix(store.root, spec["dataset_uuid"], task_id, attempt)

@@ -134,7 +134,7 @@ class ChainPlanner:
                 return 0
             if row["cryo_dataset"] == DECODE:
                 # Decoded from committed logs: no head, no RPC.
-                return await self.plan_decoded(conn, row, row["max_inflight"] - inflight)
+                return await self._plan_decoded_stream(conn, row, row["max_inflight"] - inflight)
             if row["head_error"] or row["head_number"] is None:
                 # Scheduling waits until the observer has seen the pool's node serve the
                 # right chain with a fresh head (its error is visible in status meanwhile).
@@ -153,37 +153,40 @@ class ChainPlanner:
                 await conn.execute(q("chain", "advance_cursor"), job_id, stream, cursor)
             if not ranges:
                 return 0
-            generation = row["generation"]
-            ids = [range_task_id(job_id, stream, s, e, generation) for s, e in ranges]
-            await conn.execute(
-                q("chain", "insert_ranges"),
-                job_id,
-                stream,
-                generation,
-                ids,
-                [s for s, _ in ranges],
-                [e for _, e in ranges],
-            )
-            await conn.execute(
-                q("chain", "insert_range_tasks"),
-                ids,
-                [range_payload(row, s, e) for s, e in ranges],
-                row["org_id"],
-                self.settings.chain_max_attempts,
-            )
-            await conn.execute(q("outbox", "notify_outbox"))
-        CHAIN_RANGES.labels("scheduled").inc(len(ranges))
-        log.info(
-            "chain.ranges_scheduled",
-            job_id=str(job_id),
-            stream=stream,
-            count=len(ranges),
-            first=ranges[0][0],
-            last=ranges[-1][1],
-        )
+            await self._schedule(conn, row, ranges, [range_payload(row, s, e) for s, e in ranges])
+        _scheduled(job_id, stream, ranges)
         return len(ranges)
 
-    async def plan_decoded(self, conn: Any, row: Any, room: int) -> int:
+    async def _schedule(
+        self,
+        conn: Any,
+        row: Any,
+        ranges: list[tuple[int, int]],
+        payloads: list[dict[str, Any]],
+    ) -> None:
+        """Record the stream's new ranges and create their tasks with wake-ups (caller's
+        transaction, holding the stream's row lock)."""
+        job_id, stream, generation = row["job_id"], row["stream"], row["generation"]
+        ids = [range_task_id(job_id, stream, s, e, generation) for s, e in ranges]
+        await conn.execute(
+            q("chain", "insert_ranges"),
+            job_id,
+            stream,
+            generation,
+            ids,
+            [s for s, _ in ranges],
+            [e for _, e in ranges],
+        )
+        await conn.execute(
+            q("chain", "insert_range_tasks"),
+            ids,
+            payloads,
+            row["org_id"],
+            self.settings.chain_max_attempts,
+        )
+        await conn.execute(q("outbox", "notify_outbox"))
+
+    async def _plan_decoded_stream(self, conn: Any, row: Any, room: int) -> int:
         if room <= 0:
             return 0
         job_id, stream = row["job_id"], row["stream"]
@@ -195,36 +198,23 @@ class ChainPlanner:
             return 0
         if not planned:
             return 0
-        generation = row["generation"]
-        ids = [range_task_id(job_id, stream, s, e, generation) for s, e, _ in planned]
-        await conn.execute(q("chain", "advance_cursor"), job_id, stream, planned[-1][1])
-        await conn.execute(
-            q("chain", "insert_ranges"),
-            job_id,
-            stream,
-            generation,
-            ids,
-            [s for s, _, _ in planned],
-            [e for _, e, _ in planned],
-        )
-        await conn.execute(
-            q("chain", "insert_range_tasks"),
-            ids,
-            [p for _, _, p in planned],
-            row["org_id"],
-            self.settings.chain_max_attempts,
-        )
-        await conn.execute(q("outbox", "notify_outbox"))
-        CHAIN_RANGES.labels("scheduled").inc(len(planned))
-        log.info(
-            "chain.ranges_scheduled",
-            job_id=str(job_id),
-            stream=stream,
-            count=len(planned),
-            first=planned[0][0],
-            last=planned[-1][1],
-        )
-        return len(planned)
+        ranges = [(s, e) for s, e, _ in planned]
+        await conn.execute(q("chain", "advance_cursor"), job_id, stream, ranges[-1][1])
+        await self._schedule(conn, row, ranges, [p for _, _, p in planned])
+        _scheduled(job_id, stream, ranges)
+        return len(ranges)
+
+
+def _scheduled(job_id: uuid.UUID, stream: str, ranges: list[tuple[int, int]]) -> None:
+    CHAIN_RANGES.labels("scheduled").inc(len(ranges))
+    log.info(
+        "chain.ranges_scheduled",
+        job_id=str(job_id),
+        stream=stream,
+        count=len(ranges),
+        first=ranges[0][0],
+        last=ranges[-1][1],
+    )
 
 
 class HeadObserver:

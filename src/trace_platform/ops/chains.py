@@ -65,19 +65,7 @@ async def apply_chain_sync(env: OpsEnv, spec: ChainSyncSpec, org_id: uuid.UUID) 
             body["compaction"],
         )
         for stream, s in spec.streams.items():
-            name = spec.dataset_name(stream)
-            ds = dataset_uuid_for(org_id, name)
-            await conn.execute(
-                q("chain", "upsert_partitioned_dataset"),
-                ds,
-                org_id,
-                name,
-                dataset_prefix(store_root, ds),
-            )
-            if await conn.fetchval(q("chain", "dataset_kind"), ds) != "partitions":
-                raise ConflictError(
-                    f"streams.{stream}: dataset {name!r} exists and is not a chain dataset"
-                )
+            ds = await _chain_dataset(conn, spec, org_id, stream, store_root, "streams." + stream)
             await conn.execute(
                 q("chain", "upsert_stream"),
                 job_id,
@@ -100,6 +88,21 @@ async def apply_chain_sync(env: OpsEnv, spec: ChainSyncSpec, org_id: uuid.UUID) 
     return {**result, "changed": True, "created": current is None}
 
 
+async def _chain_dataset(
+    conn: Any, spec: ChainSyncSpec, org_id: uuid.UUID, stream: str, store_root: str, where: str
+) -> uuid.UUID:
+    """The partitioned dataset `job.stream` (created if new); ConflictError when that name
+    holds a registered (versions) dataset."""
+    name = spec.dataset_name(stream)
+    ds = dataset_uuid_for(org_id, name)
+    await conn.execute(
+        q("chain", "upsert_partitioned_dataset"), ds, org_id, name, dataset_prefix(store_root, ds)
+    )
+    if await conn.fetchval(q("chain", "dataset_kind"), ds) != "partitions":
+        raise ConflictError(f"{where}: dataset {name!r} exists and is not a chain dataset")
+    return ds
+
+
 async def apply_decoded_streams(
     conn: Any, spec: ChainSyncSpec, org_id: uuid.UUID, job_id: uuid.UUID, store_root: str
 ) -> dict[str, dict[str, Any]]:
@@ -112,17 +115,7 @@ async def apply_decoded_streams(
     source = spec.streams[logs_stream(spec) or ""]
     existing = {r["stream"]: r for r in await conn.fetch(q("chain", "lock_streams_of_job"), job_id)}
     for table, config in decoded.items():
-        name = spec.dataset_name(table)
-        ds = dataset_uuid_for(org_id, name)
-        await conn.execute(
-            q("chain", "upsert_partitioned_dataset"),
-            ds,
-            org_id,
-            name,
-            dataset_prefix(store_root, ds),
-        )
-        if await conn.fetchval(q("chain", "dataset_kind"), ds) != "partitions":
-            raise ConflictError(f"contracts: dataset {name!r} exists and is not a chain dataset")
+        ds = await _chain_dataset(conn, spec, org_id, table, store_root, "contracts")
         old = existing.get(table)
         if old is not None and old["decode"] is not None and old["decode"] != config:
             await replace_from(conn, old, spec.mode.from_block, spec.mode.from_block - 1)
