@@ -115,51 +115,6 @@ async def committed_files(
     return [(r["uri"], r["producer_task_id"]) for r in rows]
 
 
-class SlowRpcProxy:
-    """A real HTTP hop in front of a node that delays every request (makes ranges take long
-    enough to stop a worker in the middle of one) and counts them. Runs in its own thread."""
-
-    def __init__(self, upstream: str, delay: float = 0.0) -> None:
-        import http.server
-        import threading
-        import time
-        import urllib.request
-
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with proxy.lock:
-                    proxy.requests += 1
-                time.sleep(proxy.delay)
-                req = urllib.request.Request(
-                    upstream, data=body, headers={"content-type": "application/json"}
-                )
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    data = resp.read()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_args: Any) -> None:
-                return None
-
-        self.delay = delay
-        self.requests = 0
-        self.lock = threading.Lock()
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 ALERT_SQL = (
     "SELECT block_number, transaction_hash, log_index, value_f64 FROM dataset"
     " WHERE value_f64 >= 1e24 AND from_address <> '0x0000000000000000000000000000000000000000'"

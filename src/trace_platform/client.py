@@ -150,6 +150,15 @@ class TaskClient:
                 delay = min(delay * 2, 2.0)
         raise last
 
+    async def report_endpoints(self, process: str, rows: list[dict[str, Any]]) -> None:
+        """This worker's view of its RPC pools' endpoints (labels, never URLs), for status."""
+        await self.post(
+            f"{self.base_url}/internal/rpc-endpoints",
+            {"process": process, "endpoints": rows},
+            self._worker_headers(),
+            retry=False,
+        )
+
     def _worker_headers(self) -> dict[str, str]:
         if self._worker_token is None:
             raise AuthError("this client holds no worker token")

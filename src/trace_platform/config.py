@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trace_platform.domain.endpoints import Endpoint, parse_endpoints
 from trace_platform.domain.errors import ConfigError
 
 
@@ -119,8 +120,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 # RPC endpoints live only in the environment (their URLs carry API keys): one variable per
-# pool, TRACE_RPC_POOL_<NAME>_URL; a spec names the pool, never the URL.
-RPC_POOL_ENV = re.compile(r"^TRACE_RPC_POOL_([A-Z0-9_]+)_URL$")
+# pool, TRACE_RPC_POOL_<NAME>_URLS (several endpoints, domain/endpoints.py) or the single-URL
+# TRACE_RPC_POOL_<NAME>_URL; a spec names the pool, never a URL.
+RPC_POOL_ENV = re.compile(r"^TRACE_RPC_POOL_([A-Z0-9_]+)_URLS?$")
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -210,9 +212,11 @@ class Settings:
             if raw is None:
                 continue
             values[s.name] = _coerce(s, raw)
-        pools = {
-            m.group(1).lower(): v for k, v in env.items() if (m := RPC_POOL_ENV.match(k)) and v
-        }
+        pools: dict[str, str] = {}
+        for k, v in sorted(env.items()):
+            if (m := RPC_POOL_ENV.match(k)) and v:
+                name = m.group(1).lower()
+                pools[name] = f"{pools[name]},{v}" if name in pools else v
         if overrides and overrides.get("rpc_pools"):
             pools.update({str(k).lower(): str(v) for k, v in overrides["rpc_pools"].items()})
         values["rpc_pools"] = tuple(sorted(pools.items()))
@@ -280,6 +284,8 @@ class Settings:
             raise ConfigError(
                 "OIDC needs TRACE_OIDC_ISSUER, TRACE_OIDC_AUDIENCE and TRACE_OIDC_JWKS together"
             )
+        for pool, raw in self.rpc_pools:
+            parse_endpoints(pool, raw)  # a malformed pool fails at start, naming the entry
 
     @property
     def resolved_dispatcher_url(self) -> str:
@@ -303,13 +309,14 @@ class Settings:
             return url
         return "file://" + str((self.home / "objects").resolve())
 
-    def rpc_url(self, pool: str) -> str | None:
-        """The URL of an RPC pool (TRACE_RPC_POOL_<NAME>_URL), or None when it is not set."""
-        return dict(self.rpc_pools).get(pool.lower().replace("-", "_"))
+    def rpc_endpoints(self, pool: str) -> tuple[Endpoint, ...]:
+        """The endpoints of an RPC pool (TRACE_RPC_POOL_<NAME>_URLS), empty when it is not set."""
+        raw = dict(self.rpc_pools).get(pool.lower().replace("-", "_"))
+        return parse_endpoints(pool, raw) if raw else ()
 
     @staticmethod
     def rpc_pool_env(pool: str) -> str:
-        return f"TRACE_RPC_POOL_{pool.upper().replace('-', '_')}_URL"
+        return f"TRACE_RPC_POOL_{pool.upper().replace('-', '_')}_URLS"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -321,8 +328,8 @@ class Settings:
             value = getattr(self, s.name)
             if value is not None:
                 out[s.env] = str(value)
-        for pool, url in self.rpc_pools:
-            out[self.rpc_pool_env(pool)] = url
+        for pool, raw in self.rpc_pools:
+            out[self.rpc_pool_env(pool)] = raw
         return out
 
 

@@ -92,6 +92,19 @@ CHAIN_REORGS = Counter(
 CHAIN_HEAD = Gauge(
     "trace_chain_head", "Last head block seen per chain job.", ["job"], registry=REGISTRY
 )
+RPC_CALLS = Counter(
+    "trace_rpc_calls_total",
+    "RPC calls this process made per pool endpoint (by label) and outcome (ok, throttled, error).",
+    ["pool", "endpoint", "outcome"],
+    registry=REGISTRY,
+)
+RPC_ENDPOINT = Gauge(
+    "trace_rpc_endpoint",
+    "Per pool endpoint (by label), summed over processes: requests, throttled, errors, ranges,"
+    " rps (current budget; -1 unmetered), latency_p50_seconds, and state_<state> (1 or 0).",
+    ["pool", "endpoint", "field"],
+    registry=REGISTRY,
+)
 CHAIN_COMPACTIONS = Counter(
     "trace_chain_compactions_total", "Partitions merged by compaction.", registry=REGISTRY
 )

@@ -15,7 +15,6 @@ import asyncpg
 import pytest
 
 from tests.chain_helpers import (
-    SlowRpcProxy,
     apply,
     committed_files,
     node_blocks,
@@ -27,6 +26,7 @@ from tests.chain_helpers import (
     wait_synced,
 )
 from tests.conftest import Proc, start_dispatcher, start_proc, wait_until
+from tests.rpc_proxy import FaultProxy
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 
@@ -53,15 +53,15 @@ def busy_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def slow_proxy(busy_node: Anvil) -> Iterator[SlowRpcProxy]:
-    proxy = SlowRpcProxy(busy_node.url, 0.0)
+def slow_proxy(busy_node: Anvil) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(busy_node.url, 0.0)
     yield proxy
     proxy.close()
 
 
 @pytest.fixture(scope="module")
 def l_settings(
-    settings: Settings, live_node: Anvil, busy_node: Anvil, slow_proxy: SlowRpcProxy
+    settings: Settings, live_node: Anvil, busy_node: Anvil, slow_proxy: FaultProxy
 ) -> Settings:
     return settings.replace(
         chain_interval=0.1,
@@ -147,7 +147,7 @@ async def test_follow_head_stays_near_the_head_flags_a_stale_head_and_resumes(
 
 @pytest.mark.timeout(300)  # its own waits allow 3 kill rounds x 60 s + a 180 s final sync
 async def test_worker_and_dispatcher_kills_leave_the_exact_result(
-    l_settings: Settings, procs: dict[str, Any], busy_node: Anvil, slow_proxy: SlowRpcProxy
+    l_settings: Settings, procs: dict[str, Any], busy_node: Anvil, slow_proxy: FaultProxy
 ) -> None:
     slow_proxy.delay = 0.002
     streams = {
@@ -195,7 +195,7 @@ async def test_a_frozen_workers_late_files_are_never_committed(
     l_settings: Settings,
     procs: dict[str, Any],
     busy_node: Anvil,
-    slow_proxy: SlowRpcProxy,
+    slow_proxy: FaultProxy,
     state_conn: asyncpg.Connection,
 ) -> None:
     slow_proxy.delay = 0.25  # a range takes seconds: long enough to freeze a worker in one

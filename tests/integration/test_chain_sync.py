@@ -448,7 +448,7 @@ async def test_missing_rpc_pool_is_a_clear_error_and_schedules_nothing(
 ) -> None:
     job = await apply_and_wait_for_error(c_settings, "no-pool", "nowhere")
     assert job["error"].startswith("rpc_pool_missing")
-    assert "TRACE_RPC_POOL_NOWHERE_URL" in job["error"]
+    assert "TRACE_RPC_POOL_NOWHERE_URLS" in job["error"]
     assert streams_of(job)["blocks"]["in_flight"] == 0
     job_id = await state_conn.fetchval("SELECT job_id FROM state.chain_jobs WHERE name = 'no-pool'")
     assert (

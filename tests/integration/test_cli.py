@@ -198,7 +198,7 @@ def test_help_shows_the_commands_first_and_config_lists_every_setting(tmp_path: 
     )
     assert out.returncode == 0, out.stderr
     rows = {r["env"]: r for r in orjson.loads(out.stdout)}
-    assert set(rows) >= {s.env for s in SETTINGS} | {"TRACE_RPC_POOL_MAIN_URL"}
+    assert set(rows) >= {s.env for s in SETTINGS} | {"TRACE_RPC_POOL_MAIN_URLS"}
     assert rows["TRACE_LEASE_SECONDS"]["source"] == "flag"
     assert rows["TRACE_LEASE_SECONDS"]["value"] == "7.0"
     assert rows["TRACE_WORKER_TOKEN"]["source"] == "env"

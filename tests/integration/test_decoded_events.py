@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.chain_helpers import SlowRpcProxy, apply, status, streams_of
+from tests.chain_helpers import apply, status, streams_of
 from tests.conftest import Proc, start_dispatcher, start_proc, wait_until
+from tests.rpc_proxy import FaultProxy
 from trace_platform.chain.devnet import Anvil, pools_artifact
 from trace_platform.config import Settings
 from trace_platform.ops.datasets import query_here
@@ -76,14 +77,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def proxy(node: Anvil) -> Iterator[SlowRpcProxy]:
-    p = SlowRpcProxy(node.url)  # no delay: it counts every request
+def proxy(node: Anvil) -> Iterator[FaultProxy]:
+    p = FaultProxy(node.url)  # no delay: it counts every request
     yield p
     p.close()
 
 
 @pytest.fixture(scope="module")
-def d_settings(settings: Settings, proxy: SlowRpcProxy) -> Settings:
+def d_settings(settings: Settings, proxy: FaultProxy) -> Settings:
     return settings.replace(chain_interval=0.1, rpc_pools=(("counted", proxy.url),))
 
 
@@ -278,7 +279,7 @@ async def test_decoded_swaps_join_blocks_and_transactions_like_the_node(
 
 
 async def test_an_abi_change_re_decodes_from_stored_logs_with_no_rpc_request(
-    d_settings: Settings, synced: Any, node: Anvil, proxy: SlowRpcProxy
+    d_settings: Settings, synced: Any, node: Anvil, proxy: FaultProxy
 ) -> None:
     before = await ask(d_settings, "SELECT count(*) FROM pair_Swap")
     requests = proxy.requests

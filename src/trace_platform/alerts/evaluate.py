@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
+from trace_platform.chain.pool import PoolUnavailable, rpc_pool
+from trace_platform.chain.rpc import RpcError
 from trace_platform.client import Lease, ServiceUnavailable, TaskClient, new_session
 from trace_platform.config import Settings
 from trace_platform.domain.alert_events import MAX_ROWS, block_numbers, rows_to_events
@@ -63,12 +64,11 @@ async def evaluate(settings: Settings, lease: Lease) -> list[dict[str, Any]]:
         return []
     numbers = block_numbers(rows)
     headers: dict[int, tuple[str, int] | None] = {}
-    url = settings.rpc_url(a["rpc_pool"])
-    if numbers and url is not None:
+    pool = rpc_pool(settings, a["rpc_pool"])
+    if numbers and pool is not None:
         try:
-            async with RpcClient(url, settings.chain_rpc_timeout_seconds) as rpc:
-                headers = await rpc.block_headers(numbers)
-        except (RpcUnavailable, RpcError) as exc:
+            headers, _ = await pool.call(lambda rpc: rpc.block_headers(numbers), None)
+        except (PoolUnavailable, RpcError) as exc:
             raise RetryableTaskError(f"rpc: {exc}") from None
     return rows_to_events(a, rows, headers)
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
+from trace_platform.chain.pool import PoolUnavailable, rpc_pool
+from trace_platform.chain.rpc import RpcError
 from trace_platform.config import Settings
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import ForbiddenError, UnavailableError
@@ -33,12 +34,11 @@ class AlertBlockHeaders:
             raise ForbiddenError(
                 f"block {outside[0]} is outside the evaluated range [{start}, {end})"
             )
-        url = self.settings.rpc_url(str(alert["rpc_pool"]))
-        if url is None:
+        pool = rpc_pool(self.settings, str(alert["rpc_pool"]))
+        if pool is None:
             raise UnavailableError(f"RPC pool {alert['rpc_pool']!r} is not configured")
         try:
-            async with RpcClient(url, self.settings.chain_rpc_timeout_seconds) as rpc:
-                headers = await rpc.block_headers(numbers)
-        except (RpcUnavailable, RpcError) as exc:
+            headers, _ = await pool.call(lambda rpc: rpc.block_headers(numbers), None)
+        except (PoolUnavailable, RpcError) as exc:
             raise UnavailableError(f"rpc: {exc}"[:300]) from None
         return {str(n): (list(h) if h else None) for n, h in headers.items()}

@@ -1,10 +1,21 @@
-"""Range extraction with cryo, coalesced: ranges of several datasets with the same bounds
-from the same node that arrive together (the planner schedules a job's streams in step, the
-worker claims their wake-ups in one batch) run as one `cryo.freeze` of several datatypes,
-which fetches each block once for all of them. Each call gets a fresh staging directory
-(cryo skips files that exist) and its own thread (cryo blocks one while its runtime does the
-I/O); a call that fails for several datasets is retried one dataset at a time, so one bad
-dataset never fails its neighbours.
+"""Range extraction with cryo through an RPC pool, batched.
+
+Ranges that arrive together for one pool (the planner schedules a job's streams in step, the
+worker claims their wake-ups in one batch) are extracted in as few `cryo.freeze` calls as the
+pool allows: ranges of the same size and the same set of datasets go into one call
+(`blocks=[a:b, c:d, ...]`, `chunk_size` the range size, so each range is one cryo chunk and
+one file per dataset), which fetches each block once for all its datasets and pays cryo's
+start-up once. A batch is split over the pool's available endpoints (and at
+`MAX_CALL_BLOCKS`), each piece on the endpoint the pool chooses, with that endpoint's share
+of its budget (`requests_per_second`, `max_concurrent_requests`).
+
+Around each call, one batched request reads the hashes of every range's first parent and last
+block before and after (the operator refuses a range that changed under the extractor), and
+tells which ranges the endpoint has not reached yet (a lagging endpoint). A piece that fails
+on an endpoint (unreachable, throttled, cryo failing, past its head) moves to the next one;
+a call that fails for several datasets is retried one dataset at a time, so one bad dataset
+never fails its neighbours. Each call gets a fresh staging directory (cryo skips files that
+exist) and its own thread (cryo blocks one while its runtime does the I/O).
 """
 
 from __future__ import annotations
@@ -12,12 +23,25 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import shutil
+import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-COALESCE_WINDOW = 0.02  # seconds a first request waits for siblings of the same range
+from trace_platform.chain.pool import REFUSED, Health, PoolUnavailable, RpcPool
+from trace_platform.chain.rpc import RpcError, RpcThrottled, RpcUnavailable
+from trace_platform.chain.spec import KNOWN_CRYO_DATASETS
+from trace_platform.logs import get_logger
+
+log = get_logger(__name__)
+COALESCE_WINDOW = 0.05  # seconds a first request waits for siblings
+MAX_CALL_BLOCKS = 5000  # blocks of one cryo call
+Range = tuple[int, int]
+Headers = dict[int, tuple[str, int] | None]
 
 
 class ExtractionFailed(Exception):
@@ -25,52 +49,88 @@ class ExtractionFailed(Exception):
 
 
 @dataclass
-class Extraction:
-    """Files cryo wrote for one dataset; `release()` when they have been uploaded."""
-
-    files: list[Path]
-    errored: int
-    _batch: _Batch
-
-    def release(self) -> None:
-        self._batch.release()
-
-
-@dataclass
-class _Batch:
-    key: tuple[str, int, int]
-    directory: Path
-    datasets: set[str] = field(default_factory=set)
+class _Directory:
+    path: Path
     users: int = 0
-    done: asyncio.Future[dict[str, tuple[list[Path], int]]] | None = None
 
     def release(self) -> None:
         self.users -= 1
         if self.users <= 0:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _freeze(datasets: list[str], start: int, end: int, rpc: str, out: Path) -> dict[str, int]:
+@dataclass
+class Extraction:
+    """Files cryo wrote for one (dataset, range), the endpoint's headers around the call;
+    `release()` when the files have been uploaded."""
+
+    files: list[Path]
+    endpoint: str
+    before: Headers
+    after: Headers
+    _directory: _Directory
+
+    def release(self) -> None:
+        self._directory.release()
+
+
+@dataclass
+class _Batch:
+    key: tuple[int, int]
+    pool: RpcPool
+    chain_id: int
+    deadline: float
+    wants: dict[Range, set[str]] = field(default_factory=lambda: defaultdict(set))
+    done: dict[Range, asyncio.Future[dict[str, Extraction | Exception]]] = field(
+        default_factory=dict
+    )
+
+
+def _freeze(
+    datasets: list[str],
+    ranges: list[Range],
+    rpc: str,
+    out: Path,
+    budget: tuple[int | None, int],
+) -> dict[str, int]:
     import cryo  # the Rust extractor; imported only where ranges are extracted
 
+    rps, concurrency = budget
+    options: dict[str, Any] = {"requests_per_second": rps} if rps else {}
     try:
         result: dict[str, int] = cryo.freeze(
             datasets,
-            blocks=[f"{start}:{end}"],
+            blocks=[f"{s}:{e}" for s, e in ranges],
             rpc=rpc,
             output_dir=str(out),
             hex=True,
             verbose=False,
             overwrite=True,
-            chunk_size=end - start,
-            max_concurrent_requests=16,
+            # Every range has this size, so each is one chunk (cryo chunks the union of the
+            # ranges' blocks by count).
+            chunk_size=ranges[0][1] - ranges[0][0],
+            max_concurrent_requests=concurrency,
             # Every row names its block by hash too (logs do not by default): decoded
             # events carry it, and joins need no blocks stream for it.
             include_columns=["block_hash"],
+            **options,
         )
     except TypeError as exc:
         raise ExtractionFailed(str(exc)) from None
     return result
+
+
+def _files(directory: Path) -> dict[tuple[str, Range], Path]:
+    """cryo's files by (dataset, range): `<network>__<dataset>__<first>_to_<last>.parquet`."""
+    out: dict[tuple[str, Range], Path] = {}
+    for path in directory.glob("*.parquet"):
+        parts = path.name[: -len(".parquet")].split("__")
+        if len(parts) != 3 or "_to_" not in parts[2]:
+            continue
+        first, _, last = parts[2].partition("_to_")
+        with contextlib.suppress(ValueError):
+            out[(parts[1], (int(first), int(last) + 1))] = path
+    return out
 
 
 class RangeExtractor:
@@ -79,77 +139,238 @@ class RangeExtractor:
         self.window = window
         self.slots = asyncio.Semaphore(concurrency)
         self.threads = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="cryo")
-        self._open: dict[tuple[str, int, int], _Batch] = {}
+        self._open: dict[tuple[int, int], _Batch] = {}
         self._running: set[asyncio.Task[None]] = set()
 
-    async def extract(self, url: str, dataset: str, start: int, end: int) -> Extraction:
-        """The Parquet files of `dataset` for blocks [start, end) (ExtractionFailed when
-        cryo refuses this dataset)."""
-        key = (url, start, end)
+    async def extract(
+        self, pool: RpcPool, chain_id: int, dataset: str, start: int, end: int, deadline: float
+    ) -> Extraction:
+        """The Parquet files of `dataset` for blocks [start, end) (ExtractionFailed when cryo
+        refuses this dataset, PoolUnavailable when no endpoint could serve the range)."""
+        key = (id(pool), chain_id)
         batch = self._open.get(key)
         if batch is None:
-            batch = _Batch(key, self.staging / uuid.uuid4().hex)
-            batch.done = asyncio.get_running_loop().create_future()
+            batch = _Batch(key, pool, chain_id, deadline)
             self._open[key] = batch
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-        batch.datasets.add(dataset)
-        batch.users += 1
-        assert batch.done is not None
+        batch.deadline = max(batch.deadline, deadline)
+        batch.wants[(start, end)].add(dataset)
+        future = batch.done.get((start, end))
+        if future is None:
+            future = batch.done[(start, end)] = asyncio.get_running_loop().create_future()
         try:
-            results = await asyncio.shield(batch.done)
-        except BaseException:
-            batch.release()
+            results = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: _release_one(f, dataset))
             raise
-        if dataset not in results:
-            batch.release()
-            raise ExtractionFailed(f"cryo refused dataset {dataset!r}")
-        files, errored = results[dataset]
-        return Extraction(files, errored, batch)
+        got = results.get(dataset)
+        if isinstance(got, Extraction):
+            return got
+        if got is None:
+            raise ExtractionFailed(f"cryo wrote no file for dataset {dataset!r}")
+        raise got
 
     async def _run(self, batch: _Batch) -> None:
-        assert batch.done is not None
         try:
             await asyncio.sleep(self.window)
             self._open.pop(batch.key, None)  # from here on siblings start a new batch
-            results = await self._freeze_all(batch)
-        except BaseException as exc:
-            if not batch.done.done():
-                batch.done.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        batch.done.set_result(results)
-
-    async def _freeze_all(self, batch: _Batch) -> dict[str, tuple[list[Path], int]]:
-        url, start, end = batch.key
-        datasets = sorted(batch.datasets)
-        loop = asyncio.get_running_loop()
-        out: dict[str, tuple[list[Path], int]] = {}
-        async with self.slots:
-            groups = [datasets]
-            try:
-                batch.directory.mkdir(parents=True, mode=0o700)
-                result = await loop.run_in_executor(
-                    self.threads, _freeze, datasets, start, end, url, batch.directory
+            groups: dict[tuple[int, frozenset[str]], list[Range]] = defaultdict(list)
+            for r, wanted in batch.wants.items():
+                groups[(r[1] - r[0], frozenset(wanted))].append(r)
+            available = max(1, sum(1 for h in batch.pool.health if h.state != REFUSED))
+            pieces = []
+            for (size, datasets), ranges in groups.items():
+                ranges.sort()
+                n = max(
+                    math.ceil(len(ranges) * size / MAX_CALL_BLOCKS), min(available, len(ranges))
                 )
-                errored = {d: int(result.get("n_errored", 0)) for d in datasets}
-            except ExtractionFailed:
-                if len(datasets) == 1:
-                    return out
-                groups, errored = [[d] for d in datasets], {}
-            if len(groups) > 1:  # one at a time: a bad dataset fails alone
-                for (d,) in groups:
-                    with contextlib.suppress(ExtractionFailed):
-                        r = await loop.run_in_executor(
-                            self.threads, _freeze, [d], start, end, url, batch.directory
+                per = math.ceil(len(ranges) / n)
+                for i in range(0, len(ranges), per):
+                    pieces.append(self._piece(batch, sorted(datasets), ranges[i : i + per]))
+            await asyncio.gather(*pieces)
+        except BaseException as exc:
+            for future in batch.done.values():
+                if not future.done():
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else RpcUnavailable("stopped")
+                    )
+            raise
+
+    async def _piece(self, batch: _Batch, datasets: list[str], ranges: list[Range]) -> None:
+        pool, pending = batch.pool, list(ranges)
+        tried: list[str] = []
+        reason = "no endpoint tried"
+        while pending:
+            endpoints = len(pool.health)
+            exclude = frozenset(tried) if len(set(tried)) < endpoints else frozenset()
+            if len(tried) >= 2 * endpoints + 1:
+                error: Exception = PoolUnavailable(f"every endpoint failed the range: {reason}")
+                break
+            try:
+                h = await pool.acquire(batch.deadline, exclude=exclude)
+            except PoolUnavailable as exc:
+                error = exc
+                break
+            tried.append(h.label)
+            h.busy += 1
+            try:
+                async with self.slots:
+                    done, pending, reason = await self._on(batch, h, datasets, pending)
+            except (RpcUnavailable, RpcError) as exc:
+                reason = f"{h.label}: {exc}"
+                continue
+            finally:
+                h.busy -= 1
+            for r, results in done.items():
+                _resolve(batch, r, results)
+        else:
+            return
+        for r in pending:
+            future = batch.done[r]
+            if not future.done():
+                future.set_exception(error)
+
+    async def _on(
+        self, batch: _Batch, h: Health, datasets: list[str], ranges: list[Range]
+    ) -> tuple[dict[Range, dict[str, Extraction | Exception]], list[Range], str]:
+        """Extract `ranges` on endpoint `h`: (results by range, ranges left for another
+        endpoint, why they were left)."""
+        pool = batch.pool
+        await pool.verify_chain(h, batch.chain_id)
+        if h.state == REFUSED:
+            return {}, ranges, str(h.reason)
+        rpc = pool.client(h)
+        numbers = sorted({e - 1 for _, e in ranges} | {s - 1 for s, _ in ranges if s > 0})
+        before = await self._headers(pool, h, numbers)
+        serve = [r for r in ranges if before.get(r[1] - 1)]
+        behind = [r for r in ranges if not before.get(r[1] - 1)]
+        why = f"{h.label} has not reached block {behind[0][1] - 1} yet" if behind else ""
+        if not serve:
+            return {}, behind, why
+        directory = _Directory(self.staging / uuid.uuid4().hex)
+        directory.path.mkdir(parents=True, mode=0o700)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        failed: dict[str, Exception] = {}
+        try:
+            result = await loop.run_in_executor(
+                self.threads, _freeze, datasets, serve, rpc.url, directory.path, pool.budget(h)
+            )
+            errored = int(result.get("n_errored", 0))
+        except ExtractionFailed as exc:
+            errored = 0
+            if len(datasets) == 1:
+                failed[datasets[0]] = exc
+            else:  # one at a time: a bad dataset fails alone
+                for d in datasets:
+                    try:
+                        alone = await loop.run_in_executor(
+                            self.threads,
+                            _freeze,
+                            [d],
+                            serve,
+                            rpc.url,
+                            directory.path,
+                            pool.budget(h),
                         )
-                        errored[d] = int(r.get("n_errored", 0))
-        for d in datasets:
-            if d in errored:
-                out[d] = (sorted(batch.directory.glob(f"*__{d}__*.parquet")), errored[d])
-        return out
+                        errored += int(alone.get("n_errored", 0))
+                    except ExtractionFailed as one:
+                        failed[d] = one
+            if failed and all(d not in KNOWN_CRYO_DATASETS for d in failed):
+                pass  # a dataset cryo does not know fails alone, on any endpoint
+            elif len(failed) == len(datasets):
+                directory.release()
+                pool.failed(h, "cryo failed on the endpoint", self._rate(serve, datasets, started))
+                return {}, ranges, f"{h.label}: cryo failed"
+        after = await self._headers(pool, h, numbers)
+        files = _files(directory.path)
+        done: dict[Range, dict[str, Extraction | Exception]] = {}
+        incomplete: list[Range] = []
+        for r in serve:
+            got = {d: files.get((d, r)) for d in datasets if d not in failed}
+            if any(p is None for p in got.values()):
+                incomplete.append(r)  # an errored chunk: the whole range goes elsewhere
+                continue
+            mine = {n: before.get(n) for n in (r[0] - 1, r[1] - 1)}
+            theirs = {n: after.get(n) for n in (r[0] - 1, r[1] - 1)}
+            done[r] = {d: failed[d] for d in failed}
+            for d, path in got.items():
+                assert path is not None
+                directory.users += 1
+                done[r][d] = Extraction([path], h.label, mine, theirs, directory)
+        directory.users += 1
+        directory.release()  # the call's own reference
+        seconds = time.monotonic() - started
+        log.debug(
+            "chain.extract_call",
+            endpoint=h.label,
+            ranges=len(serve),
+            datasets=datasets,
+            seconds=round(seconds, 3),
+        )
+        if incomplete or errored:
+            pool.failed(
+                h,
+                f"cryo reported {errored} errored chunk(s)",
+                self._rate(serve, datasets, started),
+            )
+        else:
+            pool.ok(h, None, requests=0)
+        blocks = sum(e - s for s, e in serve)
+        pool.extracted(h, blocks, seconds)
+        if incomplete:
+            why = f"{h.label}: cryo reported errored chunks"
+        return done, behind + incomplete, why
+
+    @staticmethod
+    def _rate(ranges: list[Range], datasets: list[str], started: float) -> float:
+        """Requests per second the call sent, roughly: one per block per kind of request
+        (a block with its transactions, its logs)."""
+        kinds = int(bool({"blocks", "transactions"} & set(datasets))) + int(
+            bool(set(datasets) - {"blocks", "transactions"})
+        )
+        blocks = sum(e - s for s, e in ranges)
+        return blocks * max(kinds, 1) / max(time.monotonic() - started, 0.001)
+
+    @staticmethod
+    async def _headers(pool: RpcPool, h: Health, numbers: list[int]) -> Headers:
+        started = time.monotonic()
+        try:
+            headers = await pool.client(h).block_headers(numbers)
+        except RpcThrottled as exc:
+            pool.throttled_by(h, exc.retry_after, None)
+            raise
+        except RpcUnavailable as exc:
+            pool.failed(h, str(exc))
+            raise
+        pool.ok(h, time.monotonic() - started)
+        return headers
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _resolve(batch: _Batch, r: Range, results: dict[str, Extraction | Exception]) -> None:
+    future = batch.done[r]
+    if future.done():
+        for got in results.values():
+            if isinstance(got, Extraction):
+                got.release()
+        return
+    # Datasets nobody asked for on this range (a sibling's set) are released now.
+    wanted = batch.wants[r]
+    for d, got in list(results.items()):
+        if d not in wanted and isinstance(got, Extraction):
+            got.release()
+            del results[d]
+    future.set_result(results)
+
+
+def _release_one(future: asyncio.Future[dict[str, Extraction | Exception]], dataset: str) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    got = future.result().get(dataset)
+    if isinstance(got, Extraction):
+        got.release()

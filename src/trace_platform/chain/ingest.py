@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from trace_platform.chain.commit import MAX_FILES, part_prefix
 from trace_platform.chain.extract import Extraction, ExtractionFailed, RangeExtractor
-from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
+from trace_platform.chain.pool import PoolRefused, PoolUnavailable, rpc_pool
 from trace_platform.chain.spec import KNOWN_CRYO_DATASETS
 from trace_platform.config import Settings
 from trace_platform.domain.lifecycle import FatalTaskError, RetryableTaskError
@@ -28,7 +29,6 @@ from trace_platform.operators import OperatorContext, output_operator
 from trace_platform.ports import ObjectStore
 
 CHUNK = 1 << 20
-_CHAIN_IDS: dict[str, int] = {}  # a node's chain id, asked once per process
 _EXTRACTORS: dict[tuple[str, int], RangeExtractor] = {}
 
 
@@ -92,18 +92,6 @@ async def _file_chunks(path: Path, digest: Any) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def _hashes(rpc: RpcClient, start: int, end: int) -> tuple[str | None, str | None, int]:
-    """(hash of block start - 1, hash of block end - 1, timestamp of block end - 1)."""
-    head = await rpc.block_number()
-    if end - 1 > head:
-        raise RetryableTaskError(f"range end {end} is past the node's head {head}")
-    wanted = [end - 1] + ([start - 1] if start > 0 else [])
-    headers = await rpc.block_headers(wanted)
-    before = headers.get(start - 1) if start > 0 else None
-    last = headers.get(end - 1)
-    return (before[0] if before else None), (last[0] if last else None), (last[1] if last else 0)
-
-
 @output_operator("cryo_ingest")
 async def cryo_ingest_operator(ctx: OperatorContext) -> dict[str, Any]:
     """The worker's `cryo_ingest`: its Parquet files go into the attempt's prefix, and the
@@ -122,40 +110,38 @@ async def cryo_ingest(
     """Extract, check and upload one range; returns the completion's `outputs`."""
     spec = parse_range_payload(payload)
     start, end, dataset = spec["start"], spec["end"], spec["cryo_dataset"]
-    url = settings.rpc_url(spec["rpc_pool"])
-    if url is None:
+    pool = rpc_pool(settings, spec["rpc_pool"])
+    if pool is None:
         raise FatalTaskError(
             f"rpc pool {spec['rpc_pool']!r} is not configured on this worker"
             f" (set {Settings.rpc_pool_env(spec['rpc_pool'])})"
         )
     extraction: Extraction | None = None
+    deadline = time.monotonic() + settings.cryo_timeout_seconds
     try:
-        async with RpcClient(url, settings.chain_rpc_timeout_seconds) as rpc:
-            try:
-                served = _CHAIN_IDS.get(url) or await rpc.chain_id()
-                _CHAIN_IDS[url] = served
-                if served != spec["chain_id"]:
-                    raise FatalTaskError(
-                        f"the node serves chain {served}, the range is of chain {spec['chain_id']}"
-                    )
-                parent, last_before, block_time = await _hashes(rpc, start, end)
-                extraction = await asyncio.wait_for(
-                    extractor(settings).extract(url, dataset, start, end),
-                    settings.cryo_timeout_seconds,
-                )
-                parent_after, last_after, _ = await _hashes(rpc, start, end)
-            except (RpcUnavailable, RpcError) as exc:
-                raise RetryableTaskError(f"rpc: {exc}") from None
-            except TimeoutError:
-                raise RetryableTaskError("cryo extraction timed out") from None
-            except ExtractionFailed as exc:
-                if dataset not in KNOWN_CRYO_DATASETS:
-                    raise FatalTaskError(f"cryo cannot extract dataset {dataset!r}") from None
-                raise RetryableTaskError(f"cryo failed: {exc}") from None
-        if extraction.errored:
-            raise RetryableTaskError(f"cryo reported {extraction.errored} errored chunk(s)")
-        if (parent_after, last_after) != (parent, last_before) or last_before is None:
+        try:
+            extraction = await asyncio.wait_for(
+                extractor(settings).extract(pool, spec["chain_id"], dataset, start, end, deadline),
+                settings.cryo_timeout_seconds,
+            )
+        except PoolRefused as exc:
+            raise FatalTaskError(f"rpc: {exc}") from None
+        except PoolUnavailable as exc:
+            raise RetryableTaskError(f"rpc: {exc}") from None
+        except TimeoutError:
+            raise RetryableTaskError("cryo extraction timed out") from None
+        except ExtractionFailed as exc:
+            if dataset not in KNOWN_CRYO_DATASETS:
+                raise FatalTaskError(f"cryo cannot extract dataset {dataset!r}") from None
+            raise RetryableTaskError(f"cryo failed: {exc}") from None
+        first, last = extraction.before.get(start - 1), extraction.before.get(end - 1)
+        after = (extraction.after.get(start - 1), extraction.after.get(end - 1))
+        if last is None:
+            raise RetryableTaskError(f"range end {end} is past the node's head")
+        if after != (first, last):
             raise RetryableTaskError("the chain changed during the extraction (reorg)")
+        parent = first[0] if (start > 0 and first) else None
+        last_before, block_time = last
         files = extraction.files
         if not files:
             raise RetryableTaskError("cryo wrote no file for the range")

@@ -21,6 +21,15 @@ from typing import Any
 import asyncpg
 
 from trace_platform.chain.decode import plan_decoded
+from trace_platform.chain.pool import (
+    REFUSED,
+    RpcPool,
+    endpoint_status,
+    export_metrics,
+    head_of_pool,
+    record_endpoint_views,
+    rpc_pool,
+)
 from trace_platform.chain.reorg import repair_reorg
 from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
 from trace_platform.chain.spec import DECODE, range_task_id
@@ -30,6 +39,7 @@ from trace_platform.logs import get_logger
 from trace_platform.metrics import CHAIN_HEAD, CHAIN_RANGES
 
 log = get_logger(__name__)
+AUTO_INFLIGHT, MAX_AUTO_INFLIGHT = 16, 64
 
 
 def eligible_end(mode: dict[str, Any], head: int | None) -> int | None:
@@ -88,72 +98,92 @@ class ChainPlanner:
         self.pool = pool
         self.settings = settings
 
+    def default_inflight(self, pool_name: str) -> int:
+        """Ranges in flight per stream when its spec sets none: `AUTO_INFLIGHT` per endpoint
+        of the pool that takes ranges and is not refused (the worker batches the ranges of a
+        claim into few cryo calls, so more in flight is fewer, larger calls)."""
+        pool = rpc_pool(self.settings, pool_name)
+        usable = [h for h in pool.health if h.state != REFUSED] if pool else []
+        ranges = [h for h in usable if h.endpoint.serves_ranges()] or usable
+        return min(MAX_AUTO_INFLIGHT, AUTO_INFLIGHT * max(1, len(ranges)))
+
     async def tick(self) -> int:
         """Plan every active stream once; returns how many ranges were scheduled."""
         streams = await self.pool.fetch(q("chain", "plannable_streams"))
-        scheduled = 0
+        by_job: dict[uuid.UUID, list[str]] = {}
         for s in streams:
-            scheduled += await self.plan_stream(s["job_id"], s["stream"])
+            by_job.setdefault(s["job_id"], []).append(s["stream"])
+        scheduled = 0
+        for job_id, names in by_job.items():
+            # A job's streams in one transaction: their ranges of the same bounds wake the
+            # workers together, so one cryo call extracts them all.
+            async with self.pool.acquire() as conn, conn.transaction():
+                for stream in names:
+                    scheduled += await self._plan(conn, job_id, stream)
         return scheduled
 
     async def plan_stream(self, job_id: uuid.UUID, stream: str) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(q("chain", "lock_stream"), job_id, stream)
-            if row is None or row["status"] != "active" or row["paused"]:
-                return 0
-            inflight = 0
-            for r in await conn.fetch(q("chain", "open_ranges"), job_id, stream):
-                terminal = r["task_status"] == "canceled" or (
-                    r["task_status"] == "failed" and r["next_retry_at"] is None
-                )
-                if not terminal:
-                    inflight += 1
-                    continue
-                reason = (r["last_error"] or r["task_status"])[:500]
-                error = f"range [{r['range_start']}, {r['range_end']}) failed: {reason}"
-                await conn.execute(q("chain", "fail_range"), r["task_id"], reason)
-                await conn.execute(q("chain", "stop_stream"), job_id, stream, error)
-                await conn.execute(
-                    q("chain", "insert_event"),
-                    job_id,
-                    "chain.stream_stopped",
-                    {
-                        "stream": stream,
-                        "range": [r["range_start"], r["range_end"]],
-                        "error": reason,
-                    },
-                )
-                CHAIN_RANGES.labels("failed").inc()
-                log.error(
-                    "chain.stream_stopped",
-                    job_id=str(job_id),
-                    stream=stream,
-                    range_start=r["range_start"],
-                    range_end=r["range_end"],
-                )
-                return 0
-            if row["cryo_dataset"] == DECODE:
-                # Decoded from committed logs: no head, no RPC.
-                return await self._plan_decoded_stream(conn, row, row["max_inflight"] - inflight)
-            if row["head_error"] or row["head_number"] is None:
-                # Scheduling waits until the observer has seen the pool's node serve the
-                # right chain with a fresh head (its error is visible in status meanwhile).
-                return 0
-            mode = row["mode"]
-            end = eligible_end(mode, row["head_number"])
-            room = row["max_inflight"] - inflight
-            if end is None or room <= 0 or row["cursor"] >= end:
-                return 0
-            taken = {
-                r["range_start"]
-                for r in await conn.fetch(q("chain", "taken_starts"), job_id, stream, row["cursor"])
-            }
-            ranges, cursor = next_ranges(row["cursor"], row["chunk_size"], mode, end, room, taken)
-            if cursor != row["cursor"]:
-                await conn.execute(q("chain", "advance_cursor"), job_id, stream, cursor)
-            if not ranges:
-                return 0
-            await self._schedule(conn, row, ranges, [range_payload(row, s, e) for s, e in ranges])
+            return await self._plan(conn, job_id, stream)
+
+    async def _plan(self, conn: Any, job_id: uuid.UUID, stream: str) -> int:
+        """Plan one stream in the caller's transaction (holding the stream's row lock)."""
+        row = await conn.fetchrow(q("chain", "lock_stream"), job_id, stream)
+        if row is None or row["status"] != "active" or row["paused"]:
+            return 0
+        inflight, limit = 0, row["max_inflight"] or self.default_inflight(row["rpc_pool"])
+        for r in await conn.fetch(q("chain", "open_ranges"), job_id, stream):
+            terminal = r["task_status"] == "canceled" or (
+                r["task_status"] == "failed" and r["next_retry_at"] is None
+            )
+            if not terminal:
+                inflight += 1
+                continue
+            reason = (r["last_error"] or r["task_status"])[:500]
+            error = f"range [{r['range_start']}, {r['range_end']}) failed: {reason}"
+            await conn.execute(q("chain", "fail_range"), r["task_id"], reason)
+            await conn.execute(q("chain", "stop_stream"), job_id, stream, error)
+            await conn.execute(
+                q("chain", "insert_event"),
+                job_id,
+                "chain.stream_stopped",
+                {
+                    "stream": stream,
+                    "range": [r["range_start"], r["range_end"]],
+                    "error": reason,
+                },
+            )
+            CHAIN_RANGES.labels("failed").inc()
+            log.error(
+                "chain.stream_stopped",
+                job_id=str(job_id),
+                stream=stream,
+                range_start=r["range_start"],
+                range_end=r["range_end"],
+            )
+            return 0
+        if row["cryo_dataset"] == DECODE:
+            # Decoded from committed logs: no head, no RPC.
+            return await self._plan_decoded_stream(conn, row, limit - inflight)
+        if row["head_error"] or row["head_number"] is None:
+            # Scheduling waits until the observer has seen the pool's node serve the
+            # right chain with a fresh head (its error is visible in status meanwhile).
+            return 0
+        mode = row["mode"]
+        end = eligible_end(mode, row["head_number"])
+        room = limit - inflight
+        if end is None or room <= 0 or row["cursor"] >= end:
+            return 0
+        taken = {
+            r["range_start"]
+            for r in await conn.fetch(q("chain", "taken_starts"), job_id, stream, row["cursor"])
+        }
+        ranges, cursor = next_ranges(row["cursor"], row["chunk_size"], mode, end, room, taken)
+        if cursor != row["cursor"]:
+            await conn.execute(q("chain", "advance_cursor"), job_id, stream, cursor)
+        if not ranges:
+            return 0
+        await self._schedule(conn, row, ranges, [range_payload(row, s, e) for s, e in ranges])
         _scheduled(job_id, stream, ranges)
         return len(ranges)
 
@@ -230,20 +260,14 @@ class HeadObserver:
         self.settings = settings
         self.on_new_head = on_new_head
         self._heads: dict[uuid.UUID, int] = {}
-        self._clients: dict[str, RpcClient] = {}
+        self._pools: dict[str, RpcPool] = {}
+        self._last_reported = 0.0
         self._last_poll: dict[uuid.UUID, float] = {}
-        self._chain_ok: set[uuid.UUID] = set()
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
-
-    def _client(self, url: str) -> RpcClient:
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = RpcClient(url, self.settings.chain_rpc_timeout_seconds)
-        return client
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
 
     async def tick(self) -> int:
         jobs = await self.pool.fetch(q("chain", "jobs"))
@@ -261,38 +285,47 @@ class HeadObserver:
         return 0 if polled == 0 else 1
 
     async def observe(self, job: asyncpg.Record) -> None:
+        """Ask every head endpoint of the job's pool for its head (at once); the job's head
+        is the best of them. An endpoint serving another chain is refused; one that lags
+        the best by more than the job's tail lag counts for nothing here."""
         job_id = job["job_id"]
-        url = self.settings.rpc_url(job["rpc_pool"])
-        if url is None:
+        pool = rpc_pool(self.settings, job["rpc_pool"])
+        if pool is None:
             error = (
                 f"rpc_pool_missing: pool {job['rpc_pool']!r} is not configured"
                 f" (set {Settings.rpc_pool_env(job['rpc_pool'])})"
             )
             await self.pool.execute(q("chain", "set_head_error"), job_id, error)
             return
-        rpc = self._client(url)
-        try:
-            if job_id not in self._chain_ok:
-                served = await rpc.chain_id()
-                if served != job["chain_id"]:
-                    error = (
-                        f"chain_id_mismatch: the node serves chain {served},"
-                        f" the spec says {job['chain_id']}"
-                    )
-                    await self.pool.execute(q("chain", "set_head_error"), job_id, error)
-                    return
-                self._chain_ok.add(job_id)
-            head = await rpc.block_number()
-        except (RpcUnavailable, RpcError) as exc:
-            await self._record(job, None, f"rpc_unavailable: {exc}")
+        self._pools[pool.name] = pool
+        heads = await head_of_pool(pool, job["chain_id"])
+        await self.report()
+        if not heads:
+            refused = [h for h in pool.health if h.state == REFUSED]
+            if refused and len(refused) == len(pool.health):
+                await self.pool.execute(
+                    q("chain", "set_head_error"), job_id, str(refused[0].reason)
+                )
+                return
+            await self._record(job, None, f"rpc_unavailable: {pool.describe()}")
             return
-        CHAIN_HEAD.labels(job["name"]).set(head)
-        await self._record(job, head, None)
-        if self._heads.get(job_id) != head:
-            self._heads[job_id] = head
+        best, rpc = max(heads, key=lambda pair: pair[0])
+        CHAIN_HEAD.labels(job["name"]).set(best)
+        await self._record(job, best, None)
+        if self._heads.get(job_id) != best:
+            self._heads[job_id] = best
             if self.on_new_head is not None:
                 self.on_new_head()
-        await self.check_reorgs(job, rpc, head)
+        await self.check_reorgs(job, rpc, best)
+
+    async def report(self, every: float = 2.0) -> None:
+        """Write this process's view of its pools' endpoints (status reads it)."""
+        now = time.monotonic()
+        if now - self._last_reported < every:
+            return
+        self._last_reported = now
+        await record_endpoint_views(self.pool, "dispatcher", list(self._pools.values()))
+        export_metrics(await endpoint_status(self.pool, list(self._pools)))
 
     async def _record(self, job: asyncpg.Record, head: int | None, error: str | None) -> None:
         row = await self.pool.fetchrow(q("chain", "record_head"), job["job_id"], head, error)

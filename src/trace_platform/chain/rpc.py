@@ -19,13 +19,40 @@ class RpcUnavailable(Exception):
     """The node could not be reached or did not answer in time (retryable)."""
 
 
+class RpcThrottled(RpcUnavailable):
+    """The node answered 429 (or a rate-limit error); `retry_after` is its hint in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RpcError(Exception):
     """The node answered the call with a JSON-RPC error."""
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """A `Retry-After` header as seconds (delta-seconds or an HTTP date), capped at 10 min."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        import time
+
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), 600.0)
+
+
 class RpcClient:
     def __init__(self, url: str, timeout_seconds: float = 10.0) -> None:
-        self.url = url
+        self.url = url  # never in a message: it may carry an API key
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
@@ -51,9 +78,14 @@ class RpcClient:
             async with self._client().post(
                 self.url, data=orjson.dumps(body), headers={"content-type": "application/json"}
             ) as resp:
+                if resp.status == 429:
+                    wait = retry_after_seconds(resp.headers.get("Retry-After"))
+                    raise RpcThrottled("the node answered HTTP 429", wait)
                 if resp.status != 200:
                     raise RpcUnavailable(f"the node answered HTTP {resp.status}")
                 return orjson.loads(await resp.read())
+        except RpcUnavailable:
+            raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RpcUnavailable(f"the node is unreachable ({type(exc).__name__})") from None
         except orjson.JSONDecodeError:
@@ -66,7 +98,7 @@ class RpcClient:
         if not isinstance(answer, dict):
             raise RpcUnavailable("malformed JSON-RPC answer")
         if answer.get("error") is not None:
-            raise RpcError(str(answer["error"].get("message", "error"))[:200])
+            raise _answer_error(answer["error"])
         return answer.get("result")
 
     async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
@@ -88,7 +120,7 @@ class RpcClient:
             if item is None:
                 raise RpcUnavailable("the node dropped a call of a batch")
             if item.get("error") is not None:
-                raise RpcError(str(item["error"].get("message", "error"))[:200])
+                raise _answer_error(item["error"])
             out.append(item.get("result"))
         return out
 
@@ -115,3 +147,21 @@ class RpcClient:
         """Hash of each block number on the node's canonical chain (None past the head)."""
         headers = await self.block_headers(numbers)
         return {n: (h[0] if h else None) for n, h in headers.items()}
+
+
+def _answer_error(error: Any) -> Exception:
+    """A JSON-RPC error item as an exception: rate-limit codes and messages (-32005, 429,
+    "rate limit", "too many requests") are throttling, anything else an RpcError."""
+    if not isinstance(error, dict):
+        return RpcError("error")
+    message = str(error.get("message", "error"))[:200]
+    lowered = message.lower()
+    if error.get("code") in (-32005, 429) or "rate limit" in lowered or "too many" in lowered:
+        data = error.get("data")
+        hint = data.get("backoff_seconds") if isinstance(data, dict) else None
+        return RpcThrottled(f"the node is rate limiting: {message}", _number(hint))
+    return RpcError(message)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value >= 0 else None

@@ -58,7 +58,8 @@ class FixedTarget(_Strict):
 class StreamSpec(_Strict):
     cryo_dataset: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]
     chunk_size: int = Field(default=100, ge=1, le=100_000)
-    max_inflight: int = Field(default=4, ge=1, le=256)
+    # None: the planner's default, from the pool's endpoints (AUTO_INFLIGHT per endpoint).
+    max_inflight: int | None = Field(default=None, ge=1, le=256)
 
 
 class CompactionSpec(_Strict):

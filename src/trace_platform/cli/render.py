@@ -146,6 +146,19 @@ def chain_status(jobs: list[dict[str, Any]]) -> str:
                 f"  last reorg: from block {r.get('fork_block')} (depth {r.get('depth')}),"
                 f" replaced {sum(r.get('replaced_ranges', {}).values())} range(s)"
             )
+        if j.get("endpoints"):
+            lines.append(f"  rpc pool {j['rpc_pool']}:")
+        for e in j.get("endpoints", []):
+            rate = "unmetered" if e["rps"] is None else f"{e['rps']:g} req/s"
+            p50 = "" if e["latency_p50_ms"] is None else f"  p50 {e['latency_p50_ms']:g} ms"
+            lag = f"  lag {e['lag']}" if e.get("lag") else ""
+            lines.append(
+                f"    {e['endpoint']:<14} {e['state']:<9} {rate:<14} requests {e['requests']:<7}"
+                f" 429s {e['throttled']:<5} errors {e['errors']:<5} ranges {e['ranges']:<5}"
+                f"{p50}{lag}"
+            )
+            if e.get("reason") and e["state"] != "healthy":
+                lines.append(f"      {e['reason']}")
         raw = [s for s in j["streams"] if not s.get("decoded")]
         decoded = [s for s in j["streams"] if s.get("decoded")]
         for s in raw + decoded:

@@ -170,6 +170,18 @@ def build_router(
         body = await parse_body(request, models.CancelRequest)
         return json_response(await service().cancel(body.task_id))
 
+    @router.post(
+        "/internal/rpc-endpoints",
+        tags=["internal"],
+        openapi_extra=request_body_schema(models.EndpointReport),
+        summary="A worker's view of its RPC pool endpoints (labels only), for status",
+    )
+    async def rpc_endpoints(request: Request) -> Response:
+        require_worker(request)
+        body = await parse_body(request, models.EndpointReport)
+        await service().record_endpoints(body.process, [e.model_dump() for e in body.endpoints])
+        return json_response({"recorded": len(body.endpoints)})
+
     @router.get(
         "/internal/jwks/task", tags=["internal"], summary="Public keys of the task key ring"
     )

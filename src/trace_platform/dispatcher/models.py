@@ -71,6 +71,17 @@ class CompleteRequest(Fence):
     outputs: dict[str, Any] | None = None
 
 
+class EndpointView(_Strict):
+    pool: str = Field(min_length=1, max_length=64)
+    endpoint: str = Field(min_length=1, max_length=64)
+    view: dict[str, Any]
+
+
+class EndpointReport(_Strict):
+    process: str = Field(min_length=1, max_length=200)
+    endpoints: list[EndpointView] = Field(max_length=256)
+
+
 class ClaimResponse(BaseModel):
     task_id: uuid.UUID
     attempt: int

@@ -118,6 +118,17 @@ class TaskService:
         log.info("task.created", count=len(ids), first_task_id=str(ids[0]) if ids else None)
         return ids
 
+    async def record_endpoints(self, process: str, rows: list[dict[str, Any]]) -> None:
+        """A worker's view of its RPC pool endpoints replaces that worker's rows."""
+        if rows:
+            await self.pool.execute(
+                q("chain", "report_endpoints"),
+                [r["pool"] for r in rows],
+                [r["endpoint"] for r in rows],
+                process,
+                [r["view"] for r in rows],
+            )
+
     async def cancel(self, task_id: uuid.UUID) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             attempt = await conn.fetchval(q("tasks", "cancel_task"), task_id)

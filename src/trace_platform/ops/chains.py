@@ -14,6 +14,7 @@ import orjson
 
 from trace_platform.chain.commit import dataset_prefix
 from trace_platform.chain.planner import eligible_end
+from trace_platform.chain.pool import endpoint_status
 from trace_platform.chain.reorg import replace_from
 from trace_platform.chain.spec import (
     DECODE,
@@ -189,7 +190,8 @@ async def retry_stream(
 async def chain_status(
     env: OpsEnv, org_id: uuid.UUID, name: str | None = None
 ) -> list[dict[str, Any]]:
-    """Per job: head, its age and error, reorgs; per stream: cursor, committed tip, lag in
+    """Per job: head, its age and error, reorgs, its pool's endpoints (state, rate, requests,
+    429s, errors, latency p50, head; by label); per stream: cursor, committed tip, lag in
     blocks and seconds, ranges in flight/committed/failed, blocks/s, last error."""
     out = []
     async with env.state.acquire() as conn:
@@ -199,8 +201,11 @@ async def chain_status(
             else [j for j in await conn.fetch(q("chain", "jobs")) if j["org_id"] == org_id]
         )
         now = time.time()
+        endpoints = await endpoint_status(conn, sorted({j["rpc_pool"] for j in jobs}))
         for job in jobs:
-            out.append(await _job_status(conn, job, now))
+            status = await _job_status(conn, job, now)
+            status["endpoints"] = endpoints.get(job["rpc_pool"], [])
+            out.append(status)
     return out
 
 

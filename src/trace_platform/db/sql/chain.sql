@@ -345,3 +345,15 @@ LIMIT $2;
 
 -- name: mark_files_deleted
 UPDATE state.dataset_partitions SET files_deleted = true WHERE partition_id = ANY($1::uuid[]);
+
+-- name: report_endpoints
+INSERT INTO state.rpc_endpoints (pool, endpoint, process, view, updated_at)
+SELECT p, e, $3, v, now() FROM unnest($1::text[], $2::text[], $4::jsonb[]) AS r(p, e, v)
+ON CONFLICT (pool, endpoint, process) DO UPDATE SET view = EXCLUDED.view, updated_at = now();
+
+-- name: pool_endpoints
+-- Reports of the last 10 minutes, newest first (older ones are of processes gone).
+SELECT pool, endpoint, process, view, extract(epoch FROM now() - updated_at) AS age
+FROM state.rpc_endpoints
+WHERE pool = ANY($1::text[]) AND updated_at > now() - interval '10 minutes'
+ORDER BY pool, endpoint, updated_at DESC;

@@ -1,0 +1,451 @@
+"""RPC pools at run time (SPEC §16): each endpoint's health and budget, and the choice of an
+endpoint for a range or for the head.
+
+Each process that calls a pool (a worker extracting ranges, the dispatcher watching heads)
+holds one `RpcPool` per configured pool. Every endpoint has:
+
+- a **state**: `healthy`; `throttled` (it answered 429: nothing goes there until its
+  `Retry-After`, or a short backoff without one); `out` (it failed `OUT_AFTER` times in a row:
+  probed back in after a backoff that doubles up to `PROBE_MAX`); `refused` (it serves another
+  chain than the job's: for good, with the reason shown);
+- a **budget** passed to cryo: requests per second (unmetered until the endpoint first
+  throttles, then halved on each 429, timeout or connection error, at most once per
+  `DECREASE_EVERY`, and raised by a tenth of the rate it was throttled at on each success, up
+  to that rate or the configured `;rps=`) and concurrent requests (halved and raised by one
+  the same way);
+- measured **latency** of Trace's own calls (p50 of the last 256) and **seconds per block**
+  of its extractions (an EWMA), which the choice uses: a range goes to the available endpoint
+  with the least load per weight, weighed by its speed.
+
+cryo retries rate-limited requests itself (10 times, 500 ms apart), so its 429s are seen
+through the outcome and speed of each extraction and through the calls Trace makes around it
+(chain id, block hashes before and after), which go to the same endpoint.
+
+A URL never leaves this module's objects: states, logs, errors and metrics name the label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from trace_platform.chain.rpc import RpcClient, RpcError, RpcThrottled, RpcUnavailable
+from trace_platform.config import Settings
+from trace_platform.db.sql import q
+from trace_platform.domain.endpoints import Endpoint
+from trace_platform.logs import get_logger
+from trace_platform.metrics import RPC_CALLS, RPC_ENDPOINT
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+HEALTHY, THROTTLED, OUT, REFUSED = "healthy", "throttled", "out", "refused"
+STATES = (HEALTHY, THROTTLED, OUT, REFUSED)
+OUT_AFTER = 3  # consecutive failures that take an endpoint out
+PROBE_BASE, PROBE_MAX = 2.0, 60.0
+THROTTLE_BACKOFF = 1.0  # seconds a 429 without Retry-After keeps an endpoint aside
+DECREASE_EVERY = 1.0
+MIN_RPS = 2.0
+CONCURRENCY = 100  # cryo's concurrent requests per endpoint (its own default) until one goes wrong
+
+
+class PoolUnavailable(Exception):
+    """No endpoint of the pool can take the call now (the message names why, never a URL);
+    `wait` is how long until one may (None: not known)."""
+
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+class PoolRefused(PoolUnavailable):
+    """Every endpoint of the pool serves another chain than the job's."""
+
+
+@dataclass
+class Health:
+    endpoint: Endpoint
+    state: str = HEALTHY
+    reason: str | None = None
+    rps: float | None = None
+    ceiling: float | None = None
+    concurrency: int = CONCURRENCY
+    until: float = 0.0
+    failures: int = 0
+    requests: int = 0
+    throttled: int = 0
+    errors: int = 0
+    ranges: int = 0
+    blocks: int = 0
+    busy: int = 0
+    head: int | None = None
+    chain_id: int | None = None
+    block_seconds: float | None = None
+    last_decrease: float = 0.0
+    lag: int | None = None
+
+    def __post_init__(self) -> None:
+        self.rps = self.ceiling = self.endpoint.rps
+        self.latencies: deque[float] = deque(maxlen=256)
+
+    @property
+    def label(self) -> str:
+        return self.endpoint.label
+
+    def available(self, now: float) -> bool:
+        return self.state != REFUSED and now >= self.until
+
+    def latency_p50(self) -> float | None:
+        return statistics.median(self.latencies) if self.latencies else None
+
+    def view(self) -> dict[str, Any]:
+        """What status pages show: no URL, ever."""
+        p50 = self.latency_p50()
+        return {
+            "endpoint": self.label,
+            "role": self.endpoint.role,
+            "weight": self.endpoint.weight,
+            "state": self.state,
+            "reason": self.reason,
+            "rps": None if self.rps is None else round(self.rps, 1),
+            "ceiling": None if self.ceiling is None else round(self.ceiling, 1),
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "throttled": self.throttled,
+            "errors": self.errors,
+            "ranges": self.ranges,
+            "blocks": self.blocks,
+            "latency_p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "head": self.head,
+            "lag": self.lag,
+        }
+
+
+class RpcPool:
+    def __init__(self, name: str, endpoints: tuple[Endpoint, ...], timeout: float) -> None:
+        self.name = name
+        self.health = [Health(e) for e in endpoints]
+        self.timeout = timeout
+        self._clients: dict[str, RpcClient] = {}
+        self._checks: dict[str, asyncio.Lock] = {}
+
+    def client(self, h: Health) -> RpcClient:
+        rpc = self._clients.get(h.label)
+        if rpc is None:
+            rpc = self._clients[h.label] = RpcClient(h.endpoint.url, self.timeout)
+        return rpc
+
+    async def close(self) -> None:
+        for rpc in self._clients.values():
+            await rpc.close()
+        self._clients.clear()
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def _set_state(self, h: Health, state: str, reason: str | None) -> None:
+        if h.state == state:
+            h.reason = reason if state != HEALTHY else None
+            return
+        h.state, h.reason = state, (reason if state != HEALTHY else None)
+        event = log.warning if state != HEALTHY else log.info
+        event("rpc.endpoint_state", pool=self.name, endpoint=h.label, state=state, reason=reason)
+
+    def ok(self, h: Health, latency: float | None = None, requests: int = 1) -> None:
+        h.requests += requests
+        RPC_CALLS.labels(self.name, h.label, "ok").inc(requests)
+        if latency is not None:
+            h.latencies.append(latency)
+        h.failures = 0
+        if h.rps is not None and h.ceiling is not None:
+            h.rps = min(h.ceiling, h.rps + max(1.0, h.ceiling / 10))
+        h.concurrency = min(CONCURRENCY, h.concurrency + 1)
+        if h.state in (THROTTLED, OUT) and time.monotonic() >= h.until:
+            self._set_state(h, HEALTHY, None)
+
+    def throttled_by(self, h: Health, retry_after: float | None, sent_rate: float | None) -> None:
+        """A 429: aside until `Retry-After` (or a short backoff), budget decreased."""
+        h.requests += 1
+        h.throttled += 1
+        RPC_CALLS.labels(self.name, h.label, "throttled").inc()
+        wait = THROTTLE_BACKOFF if retry_after is None else retry_after
+        h.until = max(h.until, time.monotonic() + wait)
+        self._decrease(h, sent_rate, force=retry_after is not None)
+        self._set_state(h, THROTTLED, f"HTTP 429, retry in {wait:.1f} s")
+
+    def failed(self, h: Health, reason: str, sent_rate: float | None = None) -> None:
+        """A timeout, a dropped connection or an extraction that failed there."""
+        h.requests += 1
+        h.errors += 1
+        h.failures += 1
+        RPC_CALLS.labels(self.name, h.label, "error").inc()
+        self._decrease(h, sent_rate)
+        if h.failures >= OUT_AFTER:
+            backoff = min(PROBE_MAX, PROBE_BASE * 2 ** (h.failures - OUT_AFTER))
+            h.until = time.monotonic() + backoff
+            self._set_state(h, OUT, f"{reason}; probed again in {backoff:.0f} s")
+
+    def refuse(self, h: Health, reason: str) -> None:
+        self._set_state(h, REFUSED, reason)
+
+    def _decrease(self, h: Health, sent_rate: float | None, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - h.last_decrease < DECREASE_EVERY:
+            return
+        h.last_decrease = now
+        if h.rps is None:  # first throttle: start from what was being sent
+            h.ceiling = sent_rate if sent_rate and sent_rate > MIN_RPS else 100.0
+            h.rps = h.ceiling
+        h.rps = max(MIN_RPS, h.rps * 0.5)
+        h.concurrency = max(1, h.concurrency // 2)
+
+    def extracted(self, h: Health, blocks: int, seconds: float) -> None:
+        h.ranges += 1
+        h.blocks += blocks
+        per_block = seconds / max(blocks, 1)
+        h.block_seconds = (
+            per_block if h.block_seconds is None else 0.7 * h.block_seconds + 0.3 * per_block
+        )
+
+    # -- choice -------------------------------------------------------------------------
+
+    def choose(self, for_head: bool = False, exclude: frozenset[str] = frozenset()) -> Health:
+        """The endpoint with capacity for a range (or the head) now; PoolUnavailable (with
+        the earliest time one frees up) or PoolRefused when there is none."""
+        if all(h.state == REFUSED for h in self.health):
+            raise PoolRefused("; ".join(sorted({str(h.reason) for h in self.health})))
+        now = time.monotonic()
+        ok = [h for h in self.health if h.available(now) and h.label not in exclude]
+        preferred = [
+            h for h in ok if (h.endpoint.serves_head() if for_head else h.endpoint.serves_ranges())
+        ]
+        candidates = preferred or ok
+        if not candidates:
+            waiting = [h.until for h in self.health if h.state != REFUSED]
+            raise PoolUnavailable(self._why(exclude), min(waiting, default=now) - now)
+        speeds = [h.block_seconds for h in candidates if h.block_seconds]
+        fastest = min(speeds) if speeds else None
+
+        def cost(h: Health) -> tuple[float, float]:
+            slow = (h.block_seconds / fastest) if (fastest and h.block_seconds) else 1.0
+            return ((h.busy + 1) * slow / h.endpoint.weight, h.latency_p50() or 0.0)
+
+        return min(candidates, key=cost)
+
+    def _why(self, exclude: frozenset[str]) -> str:
+        parts = [
+            f"{h.label} {h.state}" + (f" ({h.reason})" if h.reason else "")
+            for h in self.health
+            if h.label not in exclude or h.state != HEALTHY
+        ]
+        return f"no endpoint of pool {self.name!r} can take it now: " + "; ".join(parts)
+
+    async def acquire(
+        self, deadline: float, for_head: bool = False, exclude: frozenset[str] = frozenset()
+    ) -> Health:
+        """`choose`, waiting for a throttled or out endpoint's time when none is available
+        (never past `deadline`, a monotonic time)."""
+        while True:
+            try:
+                return self.choose(for_head, exclude)
+            except PoolRefused:
+                raise
+            except PoolUnavailable as exc:
+                wait = exc.wait or 0.0
+                if time.monotonic() + wait > deadline:
+                    raise PoolUnavailable(str(exc)) from None
+                await asyncio.sleep(max(wait, 0.01))
+
+    def budget(self, h: Health) -> tuple[int | None, int]:
+        """(requests per second, concurrent requests) for one more cryo call on `h`, its
+        share of the endpoint's budget with the calls already running there."""
+        share = max(1, h.busy)
+        rps = None if h.rps is None else max(1, int(h.rps / share))
+        return rps, max(1, h.concurrency // share)
+
+    # -- calls --------------------------------------------------------------------------
+
+    async def verify_chain(self, h: Health, chain_id: int) -> None:
+        """Ask the endpoint its chain once; one serving another chain is refused for good."""
+        if h.chain_id is None:
+            lock = self._checks.setdefault(h.label, asyncio.Lock())
+            async with lock:
+                if h.chain_id is None:
+                    started = time.monotonic()
+                    h.chain_id = await self._timed(h, self.client(h).chain_id(), started)
+        if h.chain_id != chain_id and h.state != REFUSED:
+            self.refuse(
+                h,
+                f"chain_id_mismatch: endpoint {h.label} serves chain {h.chain_id},"
+                f" the job is of chain {chain_id}",
+            )
+
+    async def _timed(self, h: Health, call: Awaitable[T], started: float) -> T:
+        try:
+            result = await call
+        except RpcThrottled as exc:
+            self.throttled_by(h, exc.retry_after, None)
+            raise
+        except RpcUnavailable as exc:
+            self.failed(h, str(exc))
+            raise
+        self.ok(h, time.monotonic() - started)
+        return result
+
+    async def call(
+        self,
+        fn: Callable[[RpcClient], Awaitable[T]],
+        chain_id: int | None,
+        for_head: bool = False,
+        wait_seconds: float = 0.0,
+    ) -> tuple[T, Health]:
+        """Run `fn` on the best endpoint, failing over to the next on a throttle, a timeout
+        or a dropped connection (RpcError, a node's own answer, is not failed over)."""
+        tried: set[str] = set()
+        deadline = time.monotonic() + wait_seconds
+        last: Exception | None = None
+        while len(tried) < len(self.health):
+            try:
+                h = await self.acquire(deadline, for_head, frozenset(tried))
+            except PoolUnavailable as exc:
+                if last is not None and not isinstance(exc, PoolRefused):
+                    raise PoolUnavailable(f"{exc}; last: {last}") from None
+                raise
+            tried.add(h.label)
+            try:
+                if chain_id is not None:
+                    await self.verify_chain(h, chain_id)
+                    if h.state == REFUSED:
+                        continue
+                return await self._timed(h, fn(self.client(h)), time.monotonic()), h
+            except RpcUnavailable as exc:
+                last = exc
+        raise PoolUnavailable(self._why(frozenset()) + (f"; last: {last}" if last else ""))
+
+    def views(self) -> list[dict[str, Any]]:
+        return [h.view() for h in self.health]
+
+    def describe(self) -> str:
+        return "; ".join(
+            f"{h.label} {h.state}" + (f" ({h.reason})" if h.reason else "") for h in self.health
+        )
+
+
+async def head_of_pool(pool: RpcPool, chain_id: int) -> list[tuple[int, RpcClient]]:
+    """(head, client) of every head endpoint that answered, asked at once; each endpoint's
+    `head` and `lag` behind the best are kept for status."""
+    now = time.monotonic()
+    ask = [h for h in pool.health if h.endpoint.serves_head() and h.available(now)]
+    if not ask:
+        ask = [h for h in pool.health if h.available(now)]
+
+    async def one(h: Health) -> tuple[int, RpcClient] | None:
+        try:
+            await pool.verify_chain(h, chain_id)
+            if h.state == REFUSED:
+                return None
+            rpc = pool.client(h)
+            h.head = await pool._timed(h, rpc.block_number(), time.monotonic())
+            return h.head, rpc
+        except RpcUnavailable:
+            return None
+
+    answers = [a for a in await asyncio.gather(*(one(h) for h in ask)) if a is not None]
+    if answers:
+        best = max(head for head, _ in answers)
+        for h in pool.health:
+            h.lag = None if h.head is None else best - h.head
+    return answers
+
+
+FRESH_SECONDS = 30.0  # a report older than this tells counters, not the current state
+
+
+def aggregate_views(rows: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per pool, one view per endpoint from every process's report (`pool_endpoints` rows,
+    newest first): counters summed; state, rate and latency from the fresh reports (a
+    refusal anywhere wins, else the newest state; rates summed, since each process spends
+    its own budget; the slowest p50)."""
+    by: dict[tuple[str, str], list[Any]] = {}
+    for r in rows:
+        by.setdefault((r["pool"], r["endpoint"]), []).append(r)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (pool, _label), reports in by.items():
+        views = [r["view"] for r in reports]
+        fresh = [r["view"] for r in reports if r["age"] <= FRESH_SECONDS] or views[:1]
+        view = dict(fresh[0])
+        for key in ("requests", "throttled", "errors", "ranges", "blocks"):
+            view[key] = sum(int(v.get(key) or 0) for v in views)
+        refused = [v for v in fresh if v.get("state") == REFUSED]
+        if refused:
+            view["state"], view["reason"] = REFUSED, refused[0].get("reason")
+        rates = [float(v["rps"]) for v in fresh if v.get("rps") is not None]
+        view["rps"] = round(sum(rates), 1) if rates else None
+        p50s = [float(v["latency_p50_ms"]) for v in fresh if v.get("latency_p50_ms") is not None]
+        view["latency_p50_ms"] = max(p50s) if p50s else None
+        heads = [int(v["head"]) for v in fresh if v.get("head") is not None]
+        view["head"] = max(heads) if heads else None
+        lags = [int(v["lag"]) for v in fresh if v.get("lag") is not None]
+        view["lag"] = min(lags) if lags else None  # only the head watcher measures it
+        view["processes"] = len(reports)
+        out.setdefault(pool, []).append(view)
+    for views in out.values():
+        views.sort(key=lambda v: str(v["endpoint"]))
+    return out
+
+
+def export_metrics(aggregated: dict[str, list[dict[str, Any]]]) -> None:
+    for pool, views in aggregated.items():
+        for v in views:
+            gauge = RPC_ENDPOINT.labels
+            for key in ("requests", "throttled", "errors", "ranges"):
+                gauge(pool, v["endpoint"], key).set(v[key])
+            gauge(pool, v["endpoint"], "rps").set(-1 if v["rps"] is None else v["rps"])
+            p50 = v.get("latency_p50_ms")
+            gauge(pool, v["endpoint"], "latency_p50_seconds").set((p50 or 0) / 1000)
+            for state in STATES:
+                gauge(pool, v["endpoint"], f"state_{state}").set(int(v["state"] == state))
+
+
+async def endpoint_status(db: Any, pools: list[str]) -> dict[str, list[dict[str, Any]]]:
+    return aggregate_views(list(await db.fetch(q("chain", "pool_endpoints"), pools)))
+
+
+async def record_endpoint_views(db: Any, process: str, pools: list[RpcPool]) -> None:
+    """Replace this process's rows of `state.rpc_endpoints` with its current views."""
+    rows = [(p.name, v["endpoint"], v) for p in pools for v in p.views()]
+    if not rows:
+        return
+    await db.execute(
+        q("chain", "report_endpoints"),
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        process[:200],
+        [r[2] for r in rows],
+    )
+
+
+_POOLS: dict[tuple[str, tuple[Endpoint, ...]], RpcPool] = {}
+
+
+def rpc_pool(settings: Settings, name: str) -> RpcPool | None:
+    """This process's pool `name` (None when the pool is not configured here)."""
+    endpoints = settings.rpc_endpoints(name)
+    if not endpoints:
+        return None
+    key = (name, endpoints)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = RpcPool(name, endpoints, settings.chain_rpc_timeout_seconds)
+    return pool
+
+
+def pools_in_process() -> list[RpcPool]:
+    return list(_POOLS.values())
+
+
+__all__ = ["PoolRefused", "PoolUnavailable", "RpcError", "RpcPool", "rpc_pool"]
