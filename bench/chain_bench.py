@@ -1,13 +1,17 @@
 """Chain sync benchmarks against a real anvil node, through the real `trace up` stack.
 
-    .venv/bin/python bench/chain_bench.py throughput [--blocks 10000] [--chunk 1000]
+    .venv/bin/python bench/chain_bench.py throughput [--blocks 10000] [--endpoints 2]
+    .venv/bin/python bench/chain_bench.py throttled [--blocks 5000] [--ratio 0.2]
     .venv/bin/python bench/chain_bench.py lag [--ranges 100]
     .venv/bin/python bench/chain_bench.py query [--ranges 1000] [--runs 30]
     .venv/bin/python bench/chain_bench.py join [--ranges 100] [--runs 20]
 
 throughput: blocks/s syncing blocks + transactions + logs of a chain with ERC-20 traffic
   (apply -> every stream committed, from the database clock), next to raw cryo extracting
-  the same ranges of the same datasets from the same node in the same run (target >= 0.7x).
+  the same blocks of the same datasets from the same node at cryo's defaults, in the same run
+  (target >= 0.7x); the spec's defaults unless --chunk / --inflight say otherwise.
+throttled: the same sync (spec defaults) through the fault proxy of tests/rpc_proxy.py twice,
+  with no faults and with a fixed share of requests answered 429 (target >= 0.6x).
 lag: follow head on `anvil --block-time 1` with tail_lag 0, chunk_size 1: commit time minus
   block timestamp per range (block timestamps are whole seconds, so the figure over-states
   the lag by up to 1 s; target p50 <= 2 s).
@@ -57,7 +61,7 @@ def spec(name: str, mode: str, streams: dict[str, Any], extra: str = "") -> str:
 
 
 class BenchStack:
-    def __init__(self, node: Anvil, **overrides: Any) -> None:
+    def __init__(self, node: Anvil | str, **overrides: Any) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="trace-chain-bench-"))
         self.settings = Settings.load(
             {
@@ -65,7 +69,7 @@ class BenchStack:
                 "port": free_port(),
                 "query_port": free_port(),
                 "log_level": "warning",
-                "rpc_pools": {"bench": node.url},
+                "rpc_pools": {"bench": node if isinstance(node, str) else node.url},
                 **overrides,
             },
             env={},
@@ -127,6 +131,51 @@ def raw_cryo(node: Anvil, blocks: int) -> float:
     return elapsed
 
 
+def pool_of(url: str, endpoints: int) -> str:
+    """`endpoints` endpoints of the pool, all in front of the same node."""
+    return ",".join(f"{url};name=ep{i}" for i in range(endpoints))
+
+
+async def synced_seconds(node_url: str, blocks: int, streams: dict[str, Any], name: str) -> float:
+    """apply -> every stream committed, from the database clock, through `trace up`."""
+    async with BenchStack(node_url) as b:
+        text = spec(name, f"{{kind: fixed_target, to_block: {blocks}}}", streams)
+        start = await b.pool.fetchval("SELECT clock_timestamp()")
+        await b.apply(text)
+        await b.wait_tip(name, blocks)
+        last = await b.pool.fetchval(
+            "SELECT max(committed_at) FROM state.chain_ranges WHERE status = 'committed'"
+        )
+        return float((last - start).total_seconds())
+
+
+async def throttled(args: argparse.Namespace) -> None:
+    """The same sync through the fault proxy twice: no faults, then a fixed share of 429s."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.rpc_proxy import FaultProxy
+
+    node = Anvil().start()
+    proxy = None
+    try:
+        make_chain(node, args.blocks)
+        proxy = FaultProxy(node.url)
+        streams = {d: {"cryo_dataset": d} for d in ("blocks", "transactions", "logs")}
+        clean = await synced_seconds(proxy.url, args.blocks, streams, "clean")
+        proxy.throttle_ratio, before = args.ratio, proxy.requests
+        faulty = await synced_seconds(proxy.url, args.blocks, streams, "faulty")
+        share = proxy.throttled / max(1, proxy.requests - before)
+    finally:
+        if proxy is not None:
+            proxy.close()
+        node.stop()
+    print(f"blocks {args.blocks}, spec defaults, through the fault proxy (both runs)")
+    print(f"{'run':<44}{'seconds':>9}{'blocks/s':>11}")
+    print(f"{'no faults':<44}{clean:>9.2f}{args.blocks / clean:>11.0f}")
+    label = f"{args.ratio:.0%} of requests answered 429 ({share:.0%} seen)"
+    print(f"{label:<44}{faulty:>9.2f}{args.blocks / faulty:>11.0f}")
+    print(f"ratio throttled/clean: {clean / faulty:.2f}   (target >= 0.6)")
+
+
 async def throughput(args: argparse.Namespace) -> None:
     node = Anvil().start()
     try:
@@ -136,7 +185,7 @@ async def throughput(args: argparse.Namespace) -> None:
         streams = {d: {"cryo_dataset": d, **tuned} for d in ("blocks", "transactions", "logs")}
         raw_cryo(node, min(args.blocks, 2000))  # warm
         raw_s = raw_cryo(node, args.blocks)
-        async with BenchStack(node) as b:
+        async with BenchStack(pool_of(node.url, args.endpoints)) as b:
             text = spec("tput", f"{{kind: fixed_target, to_block: {args.blocks}}}", streams)
             start = await b.pool.fetchval("SELECT clock_timestamp()")
             await b.apply(text)
@@ -161,9 +210,8 @@ async def throughput(args: argparse.Namespace) -> None:
     raw_best = min(raw_s, raw_s2)
     print(f"blocks {args.blocks}, streams {json.dumps(tuned or 'spec defaults')}, 3 datasets (blocks, transactions, logs)")
     print(f"{'system':<44}{'seconds':>9}{'blocks/s':>11}")
-    print(
-        f"{'trace up (apply -> all streams committed)':<44}{trace_s:>9.2f}{args.blocks / trace_s:>11.0f}"
-    )
+    label = f"trace up, {args.endpoints} endpoint(s) (apply -> committed)"
+    print(f"{label:<44}{trace_s:>9.2f}{args.blocks / trace_s:>11.0f}")
     print(
         f"{'raw cryo.freeze (its defaults, best of 2)':<44}{raw_best:>9.2f}{args.blocks / raw_best:>11.0f}"
     )
@@ -396,6 +444,10 @@ def main() -> None:
     t.add_argument("--chunk", type=int, default=0, help="chunk_size (0: the spec's default)")
     t.add_argument("--inflight", type=int, default=0, help="max_inflight (0: the default)")
     t.add_argument("--verbose", action="store_true", help="Print each range's timing.")
+    t.add_argument("--endpoints", type=int, default=1, help="pool endpoints (same node)")
+    th = sub.add_parser("throttled")
+    th.add_argument("--blocks", type=int, default=5000)
+    th.add_argument("--ratio", type=float, default=0.2, help="share of requests answered 429")
     lg = sub.add_parser("lag")
     lg.add_argument("--ranges", type=int, default=100)
     qq = sub.add_parser("query")
@@ -408,7 +460,13 @@ def main() -> None:
     jj.add_argument("--runs", type=int, default=20)
     jj.add_argument("--range-blocks", type=int, default=10)
     args = ap.parse_args()
-    benches = {"throughput": throughput, "lag": lag, "query": query, "join": join}
+    benches = {
+        "throughput": throughput,
+        "throttled": throttled,
+        "lag": lag,
+        "query": query,
+        "join": join,
+    }
     asyncio.run(benches[args.bench](args))
     sys.stdout.flush()
 

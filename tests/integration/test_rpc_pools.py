@@ -5,6 +5,7 @@ and no URL (nor the API key in it) appears in status, logs or metrics."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -33,11 +34,15 @@ from tests.conftest import (
     start_dispatcher,
     start_proc,
     start_query_service,
+    wait_http_ready,
     wait_until,
 )
 from tests.rpc_proxy import FaultProxy
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
+from trace_platform.ops.env import open_env
+from trace_platform.ops.users import create_user
+from trace_platform.ports import LITE_ORG_ID
 
 BLOCKS = 2000
 KEY = "sekrit-key-4711"
@@ -91,6 +96,7 @@ def p_settings(settings: Settings, proxies: dict[str, FaultProxy], dead_url: str
     return settings.replace(
         query_port=port,
         query_url=f"http://127.0.0.1:{port}",
+        api_port=free_port(),
         chain_interval=0.1,
         rpc_pools=(
             ("mixed", f"{dead_url};name=dead,{p['throttled']};name=throttled,{p['healthy']}"),
@@ -111,7 +117,9 @@ async def stack(
         "worker": start_proc(p_settings, logs, "worker"),
         "query": await start_query_service(p_settings, logs),
         "sink": start_proc(p_settings, logs, "sink"),
+        "api": Proc(["api"], proc_env(p_settings), logs / "api.log").start(),
     }
+    await wait_http_ready(f"http://127.0.0.1:{p_settings.api_port}", procs["api"])
     yield {"procs": procs, "logs": logs}
     for p in procs.values():
         p.stop()
@@ -269,6 +277,17 @@ async def test_no_url_or_key_appears_in_status_logs_metrics_or_the_cli(
     assert cli.returncode == 0, cli.stderr
     assert "throttled" in cli.stdout and "dead" in cli.stdout
     seen += [cli.stdout, cli.stderr]
+    async with open_env(p_settings) as env:
+        key = (await create_user(env, LITE_ORG_ID, "pool-viewer", "reader")).api_key
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{p_settings.api_port}") as http:
+        api = await http.get("/v1/chains/mixed", headers={"Authorization": f"Bearer {key}"})
+        assert api.status_code == 200 and "throttled" in api.text
+        form = await http.get("/ui/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        await http.post("/ui/login", data={"api_key": key, "login_token": token})
+        page = await http.get("/ui/chains")
+        assert page.status_code == 200 and 'data-endpoint="throttled"' in page.text
+    seen += [api.text, page.text]
     seen += [p.read_text(errors="replace") for p in Path(stack["logs"]).glob("*")]
     ports = [str(p.port) for p in proxies.values()] + [dead_url.split(":")[2].split("/")[0]]
     for text in seen:

@@ -1,8 +1,8 @@
 """`cryo_ingest`: extract exactly one range `[start, end)` of one cryo dataset (SPEC §11).
 
 Runs in the trusted worker. cryo writes Parquet into a fresh staging directory (`extract`:
-ranges of a job's streams with the same bounds share one cryo call); its error counts are
-checked (a range past the head is retryable, a dataset cryo does not know is fatal); files
+the ranges claimed together share cryo calls, each on an endpoint of the RPC pool); a range
+past every endpoint's head is retryable, a dataset cryo does not know is fatal; files
 and bytes are capped; each file is streamed into the attempt's own prefix (never whole in
 memory) with its size, sha256, row count and min/max block, and the hashes of block
 `start - 1` and `end - 1` are read before and after the extraction so a range that changed

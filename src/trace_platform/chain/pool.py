@@ -88,6 +88,7 @@ class Health:
     block_seconds: float | None = None
     last_decrease: float = 0.0
     lag: int | None = None
+    last_error: str | None = None
 
     def __post_init__(self) -> None:
         self.rps = self.ceiling = self.endpoint.rps
@@ -112,6 +113,7 @@ class Health:
             "weight": self.endpoint.weight,
             "state": self.state,
             "reason": self.reason,
+            "last_error": self.last_error,
             "rps": None if self.rps is None else round(self.rps, 1),
             "ceiling": None if self.ceiling is None else round(self.ceiling, 1),
             "concurrency": self.concurrency,
@@ -171,6 +173,7 @@ class RpcPool:
         """A 429: aside until `Retry-After` (or a short backoff), budget decreased."""
         h.requests += 1
         h.throttled += 1
+        h.last_error = "HTTP 429"
         RPC_CALLS.labels(self.name, h.label, "throttled").inc()
         wait = THROTTLE_BACKOFF if retry_after is None else retry_after
         h.until = max(h.until, time.monotonic() + wait)
@@ -182,6 +185,7 @@ class RpcPool:
         h.requests += 1
         h.errors += 1
         h.failures += 1
+        h.last_error = reason
         RPC_CALLS.labels(self.name, h.label, "error").inc()
         self._decrease(h, sent_rate)
         if h.failures >= OUT_AFTER:
@@ -330,9 +334,8 @@ class RpcPool:
         return [h.view() for h in self.health]
 
     def describe(self) -> str:
-        return "; ".join(
-            f"{h.label} {h.state}" + (f" ({h.reason})" if h.reason else "") for h in self.health
-        )
+        """Each endpoint by label with why it is not serving (never a URL)."""
+        return "; ".join(f"{h.label}: {h.reason or h.last_error or h.state}" for h in self.health)
 
 
 async def head_of_pool(pool: RpcPool, chain_id: int) -> list[tuple[int, RpcClient]]:
