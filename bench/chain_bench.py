@@ -208,7 +208,9 @@ async def throughput(args: argparse.Namespace) -> None:
     finally:
         node.stop()
     raw_best = min(raw_s, raw_s2)
-    print(f"blocks {args.blocks}, streams {json.dumps(tuned or 'spec defaults')}, 3 datasets (blocks, transactions, logs)")
+    print(
+        f"blocks {args.blocks}, streams {json.dumps(tuned or 'spec defaults')}, 3 datasets (blocks, transactions, logs)"
+    )
     print(f"{'system':<44}{'seconds':>9}{'blocks/s':>11}")
     label = f"trace up, {args.endpoints} endpoint(s) (apply -> committed)"
     print(f"{label:<44}{trace_s:>9.2f}{args.blocks / trace_s:>11.0f}")

@@ -115,22 +115,44 @@ class ChainPlanner:
             by_job.setdefault(s["job_id"], []).append(s["stream"])
         scheduled = 0
         for job_id, names in by_job.items():
-            # A job's streams in one transaction: their ranges of the same bounds wake the
-            # workers together, so one cryo call extracts them all.
             async with self.pool.acquire() as conn, conn.transaction():
-                for stream in names:
-                    scheduled += await self._plan(conn, job_id, stream)
+                scheduled += await self._plan_job(conn, job_id, names)
         return scheduled
 
-    async def plan_stream(self, job_id: uuid.UUID, stream: str) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await self._plan(conn, job_id, stream)
+    async def _plan_job(self, conn: Any, job_id: uuid.UUID, names: list[str]) -> int:
+        """A job's streams in one transaction (holding their row locks). Streams at the same
+        cursor with the same chunk size move in step: each schedules the same ranges, as many
+        as the busiest of them has room for, so their wake-ups reach the workers together and
+        one cryo call extracts all their datasets. While backfilling, a stream waits until
+        half its slots are free, so ranges go out in batches, not one by one."""
+        scheduled = 0
+        ready: dict[tuple[int, int], list[tuple[Any, int, int]]] = {}
+        for stream in names:
+            settled = await self._settle(conn, job_id, stream)
+            if settled is None:
+                continue
+            row, room, limit = settled
+            if row["cryo_dataset"] == DECODE:
+                # Decoded from committed logs: no head, no RPC.
+                scheduled += await self._plan_decoded_stream(conn, row, room)
+            elif row["head_error"] is None and row["head_number"] is not None:
+                # (Otherwise scheduling waits until the observer has seen the pool serve the
+                # right chain with a fresh head; its error is visible in status meanwhile.)
+                ready.setdefault((row["cursor"], row["chunk_size"]), []).append((row, room, limit))
+        for members in ready.values():
+            room = min(r for _, r, _ in members)
+            for row, _, limit in members:
+                scheduled += await self._extend(conn, row, room, limit)
+        return scheduled
 
-    async def _plan(self, conn: Any, job_id: uuid.UUID, stream: str) -> int:
-        """Plan one stream in the caller's transaction (holding the stream's row lock)."""
+    async def _settle(
+        self, conn: Any, job_id: uuid.UUID, stream: str
+    ) -> tuple[Any, int, int] | None:
+        """Lock the stream; stop it on a range that failed for good; (row, free slots, slots)
+        of an active stream."""
         row = await conn.fetchrow(q("chain", "lock_stream"), job_id, stream)
         if row is None or row["status"] != "active" or row["paused"]:
-            return 0
+            return None
         inflight, limit = 0, row["max_inflight"] or self.default_inflight(row["rpc_pool"])
         for r in await conn.fetch(q("chain", "open_ranges"), job_id, stream):
             terminal = r["task_status"] == "canceled" or (
@@ -161,18 +183,17 @@ class ChainPlanner:
                 range_start=r["range_start"],
                 range_end=r["range_end"],
             )
-            return 0
-        if row["cryo_dataset"] == DECODE:
-            # Decoded from committed logs: no head, no RPC.
-            return await self._plan_decoded_stream(conn, row, limit - inflight)
-        if row["head_error"] or row["head_number"] is None:
-            # Scheduling waits until the observer has seen the pool's node serve the
-            # right chain with a fresh head (its error is visible in status meanwhile).
-            return 0
-        mode = row["mode"]
+            return None
+        return row, limit - inflight, limit
+
+    async def _extend(self, conn: Any, row: Any, room: int, limit: int) -> int:
+        """Schedule up to `room` new ranges of a stream from its cursor."""
+        job_id, stream, mode = row["job_id"], row["stream"], row["mode"]
         end = eligible_end(mode, row["head_number"])
-        room = limit - inflight
         if end is None or room <= 0 or row["cursor"] >= end:
+            return 0
+        backfill = row["cursor"] + limit * row["chunk_size"] <= end
+        if backfill and room < max(1, limit // 2):
             return 0
         taken = {
             r["range_start"]

@@ -47,6 +47,7 @@ log = get_logger(__name__)
 LINES_PER_CHUNK = 2000
 ACK_RETRY_SECONDS = 0.2
 COMPLETION_RETRY_SECONDS = 0.2
+RECEIVE_BATCH = 64  # wake-ups one receive takes (claimed in one call; ranges extracted together)
 
 
 class AckBatcher:
@@ -189,7 +190,7 @@ class Worker:
             if stop.is_set():
                 break
             free = 1
-            while free < min(32, self.concurrency) and not slots.locked():
+            while free < min(RECEIVE_BATCH, self.concurrency) and not slots.locked():
                 await slots.acquire()
                 free += 1
             try:
