@@ -7,12 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trace_platform.domain.jsonb import JsonObject
+
 MAX_SPEC_BYTES = 1 << 20
 
 
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    payload: dict[str, Any]
+    payload: JsonObject
     count: int = Field(default=1, ge=1, le=1000)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
 

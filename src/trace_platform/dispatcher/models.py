@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trace_platform.domain.jsonb import JsonObject, JsonText
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -61,24 +63,51 @@ class BlockHeadersRequest(Fence):
 
 
 class EventsRequest(Fence):
-    events: list[dict[str, Any]] = Field(max_length=1000)
+    events: list[JsonObject] = Field(max_length=1000)
 
 
 class CompleteRequest(Fence):
     outcome: Literal["success", "retryable_error", "fatal_error"]
     error_message: str | None = Field(default=None, max_length=65536)
-    events: list[dict[str, Any]] | None = Field(default=None, max_length=1000)
-    outputs: dict[str, Any] | None = None
+    events: list[JsonObject] | None = Field(default=None, max_length=1000)
+    outputs: JsonObject | None = None
+
+
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+_Rate = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+
+class EndpointState(_Strict):
+    """One endpoint as one process sees it (`Health.view`): labels and figures, no URL."""
+
+    endpoint: str = Field(pattern=_LABEL)
+    role: Literal["any", "archive", "head"]
+    weight: int = Field(ge=1, le=1000)
+    state: Literal["healthy", "throttled", "out", "refused"]
+    reason: JsonText | None = Field(default=None, max_length=500)
+    last_error: JsonText | None = Field(default=None, max_length=500)
+    rps: _Rate | None = None
+    ceiling: _Rate | None = None
+    concurrency: int = Field(ge=0, le=10_000)
+    requests: _Count
+    throttled: _Count
+    errors: _Count
+    ranges: _Count
+    blocks: _Count
+    latency_p50_ms: _Rate | None = None
+    head: _Count | None = None
+    lag: int | None = Field(default=None, ge=-(2**62), le=2**62)
 
 
 class EndpointView(_Strict):
-    pool: str = Field(min_length=1, max_length=64)
-    endpoint: str = Field(min_length=1, max_length=64)
-    view: dict[str, Any]
+    pool: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    endpoint: str = Field(pattern=_LABEL)
+    view: EndpointState
 
 
 class EndpointReport(_Strict):
-    process: str = Field(min_length=1, max_length=200)
+    process: JsonText = Field(min_length=1, max_length=200)
     endpoints: list[EndpointView] = Field(max_length=256)
 
 

@@ -21,6 +21,7 @@ from trace_platform.config import Settings
 from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, build_claims
+from trace_platform.domain.jsonb import storable
 from trace_platform.domain.errors import (
     ConflictError,
     NotClaimedError,
@@ -106,8 +107,10 @@ class TaskService:
     ) -> list[uuid.UUID]:
         """Insert queued tasks and their wake-ups in one transaction."""
         for payload in payloads:
-            if b"\\u0000" in orjson.dumps(payload):  # jsonb cannot store NUL
-                raise ValidationError("payload may not contain NUL characters (\\u0000)")
+            try:
+                storable(payload, "payload")
+            except ValueError as e:
+                raise ValidationError(str(e)) from None
         ids = [uuid.uuid4() for _ in payloads]
         attempts = max_attempts or self.settings.max_attempts
         async with self.pool.acquire() as conn, conn.transaction():
