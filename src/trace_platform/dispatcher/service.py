@@ -21,7 +21,6 @@ from trace_platform.config import Settings
 from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, build_claims
-from trace_platform.domain.jsonb import storable
 from trace_platform.domain.errors import (
     ConflictError,
     NotClaimedError,
@@ -30,6 +29,7 @@ from trace_platform.domain.errors import (
     TraceError,
     ValidationError,
 )
+from trace_platform.domain.jsonb import storable
 from trace_platform.domain.lifecycle import (
     Outcome,
     TaskFence,
