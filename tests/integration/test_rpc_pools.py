@@ -217,8 +217,11 @@ async def test_an_endpoint_on_another_chain_is_refused_while_the_other_carries_t
     await assert_exact(p_settings, "chains", node, 500)
 
     async def refused() -> dict[str, dict[str, Any]] | None:
+        # the dispatcher's view may say "refused" before the worker's next report (every
+        # 2 s) brings the counts of the ranges it extracted
         eps = endpoints_of(await status(p_settings, "chains"))
-        return eps if eps.get("wrong", {}).get("state") == "refused" else None
+        wrong, right = eps.get("wrong", {}), eps.get("right", {})
+        return eps if wrong.get("state") == "refused" and right.get("ranges") else None
 
     eps = await wait_until(refused, 20, 0.2, "the wrong-chain endpoint refused")
     reason = eps["wrong"]["reason"]
