@@ -133,6 +133,10 @@ async def commit_range(
     start, end, ds = rng["range_start"], rng["range_end"], rng["dataset_uuid"]
     prefix = part_prefix(store_root, ds, task_id, attempt)
     files, rows, size, parent, last = check_files(outputs, prefix, start, end, rng["cryo_dataset"])
+    # The dataset's row lock first: commits of one dataset run one at a time from here, so
+    # the neighbours read next include every commit before this one (concurrent completions
+    # of adjacent ranges cannot both miss each other). A rejection rolls the bump back.
+    seq = await conn.fetchval(q("chain", "bump_commit_seq"), ds)
     for n in await conn.fetch(q("chain", "neighbours"), ds, start, end):
         if n["range_end"] == start:
             if parent is not None and n["last_hash"] is not None and n["last_hash"] != parent:
@@ -148,7 +152,6 @@ async def commit_range(
                 )
         else:
             raise CommitRejected("range overlaps a committed partition")
-    seq = await conn.fetchval(q("chain", "bump_commit_seq"), ds)
     partition_id = uuid.uuid4()
     await conn.execute(
         q("chain", "insert_partition"),

@@ -39,7 +39,7 @@ from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
 COALESCE_WINDOW = 0.05  # seconds a first request waits for siblings
-MAX_CALL_BLOCKS = 5000  # blocks of one cryo call
+MAX_CALL_BLOCKS = 20_000  # blocks of one cryo call (one call costs less CPU than several)
 Range = tuple[int, int]
 Headers = dict[int, tuple[str, int] | None]
 
@@ -214,10 +214,14 @@ class RangeExtractor:
                 error = exc
                 break
             tried.append(h.label)
-            h.busy += 1
+            h.busy += 1  # pieces bound for h (the pool spreads the next one elsewhere)
             try:
                 async with self.slots:
-                    done, pending, reason = await self._on(batch, h, datasets, pending)
+                    h.running += 1  # calls running on h share its budget
+                    try:
+                        done, pending, reason = await self._on(batch, h, datasets, pending)
+                    finally:
+                        h.running -= 1
             except (RpcUnavailable, RpcError) as exc:
                 reason = f"{h.label}: {exc}"
                 continue

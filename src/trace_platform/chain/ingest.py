@@ -40,6 +40,14 @@ def extractor(settings: Settings) -> RangeExtractor:
     return _EXTRACTORS[key]
 
 
+def warm() -> None:
+    """Import what extraction needs (cryo, pyarrow: a few hundred ms of CPU), so a worker
+    pays it at start rather than in its first range."""
+    import cryo  # noqa: F401
+    import pyarrow.compute
+    import pyarrow.parquet  # noqa: F401
+
+
 def parse_range_payload(payload: dict[str, Any]) -> dict[str, Any]:
     spec = payload.get("chain")
     if not isinstance(spec, dict):
@@ -60,26 +68,30 @@ def parse_range_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(path: Path) -> dict[str, Any]:
-    """Row count and min/max block of one Parquet file (reads only `block_number`)."""
+    """Row count and min/max block of one Parquet file (reads only `block_number`; cryo
+    writes no min/max statistics for its unsigned columns). `ParquetFile.read`, not
+    `read_table`: no dataset machinery per file."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(path).metadata
-    info: dict[str, Any] = {"rows": meta.num_rows}
-    if meta.num_rows:
-        column = pq.read_table(path, columns=["block_number"]).column("block_number")
+    pf = pq.ParquetFile(path)
+    info: dict[str, Any] = {"rows": pf.metadata.num_rows}
+    if pf.metadata.num_rows:
+        column = pf.read(columns=["block_number"]).column("block_number")
         bounds = pc.min_max(column).as_py()
         info["min_block"], info["max_block"] = int(bounds["min"]), int(bounds["max"])
     return info
 
 
 def _last_block_hash(path: Path) -> str | None:
+    """The hash of the highest block in a blocks file (two columns read)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["block_number", "block_hash"])
-    if table.num_rows == 0:
+    pf = pq.ParquetFile(path)
+    if pf.metadata.num_rows == 0:
         return None
+    table = pf.read(columns=["block_number", "block_hash"])
     last = pc.max(table.column("block_number"))
     rows = table.filter(pc.equal(table.column("block_number"), last))
     return str(rows.column("block_hash")[0].as_py())

@@ -40,6 +40,7 @@ from trace_platform.metrics import CHAIN_HEAD, CHAIN_RANGES
 
 log = get_logger(__name__)
 AUTO_INFLIGHT, MAX_AUTO_INFLIGHT = 16, 64
+BACKFILL_BLOCKS = 1000  # default range size far behind: cryo's own chunk
 
 
 def eligible_end(mode: dict[str, Any], head: int | None) -> int | None:
@@ -51,6 +52,14 @@ def eligible_end(mode: dict[str, Any], head: int | None) -> int | None:
     return head + 1 - int(mode.get("tail_lag", 2))
 
 
+def backfill_span(chunk: int, backfill_blocks: int | None) -> int:
+    """Range size while far behind: the stream's `backfill_blocks`, else the largest
+    multiple of its chunk up to `BACKFILL_BLOCKS` (never below one chunk)."""
+    if backfill_blocks:
+        return backfill_blocks
+    return max(chunk, BACKFILL_BLOCKS // chunk * chunk)
+
+
 def next_ranges(
     cursor: int,
     chunk: int,
@@ -58,14 +67,30 @@ def next_ranges(
     end: int,
     room: int,
     taken: set[int],
+    span: int | None = None,
 ) -> tuple[list[tuple[int, int]], int]:
     """Ranges to schedule from `cursor` and the new cursor. `follow_head` takes full chunks
     only; `fixed_target` ends with a partial one at `to_block`. Starts in `taken` (already
-    scheduled or committed) are stepped over."""
+    scheduled or committed) are stepped over.
+
+    Far behind, a range is `span` blocks (k whole chunks, aligned to the span from the
+    mode's `from_block`): fewer, larger cryo calls and commits. Within `span` blocks of a
+    followed head ranges stay chunk-sized (fresh blocks may still reorg, and small ranges
+    keep the tail's lag low); a fixed target takes spans up to its end."""
     ranges: list[tuple[int, int]] = []
     fixed = mode["kind"] == "fixed_target"
+    base = int(mode.get("from_block", 0))
+    span = span if span and span > chunk and span % chunk == 0 else chunk
+    horizon = end if fixed else end - span
     while len(ranges) < room and cursor < end:
         stop = cursor + chunk
+        if (
+            span > chunk
+            and (cursor - base) % span == 0
+            and cursor + span <= horizon
+            and not any(cursor < t < cursor + span for t in taken)
+        ):
+            stop = cursor + span
         if fixed:
             stop = min(stop, end)
         elif stop > end:
@@ -126,7 +151,7 @@ class ChainPlanner:
         one cryo call extracts all their datasets. While backfilling, a stream waits until
         half its slots are free, so ranges go out in batches, not one by one."""
         scheduled = 0
-        ready: dict[tuple[int, int], list[tuple[Any, int, int]]] = {}
+        ready: dict[tuple[int, int, int | None], list[tuple[Any, int, int]]] = {}
         for stream in names:
             settled = await self._settle(conn, job_id, stream)
             if settled is None:
@@ -138,7 +163,8 @@ class ChainPlanner:
             elif row["head_error"] is None and row["head_number"] is not None:
                 # (Otherwise scheduling waits until the observer has seen the pool serve the
                 # right chain with a fresh head; its error is visible in status meanwhile.)
-                ready.setdefault((row["cursor"], row["chunk_size"]), []).append((row, room, limit))
+                key = (row["cursor"], row["chunk_size"], row["backfill_blocks"])
+                ready.setdefault(key, []).append((row, room, limit))
         for members in ready.values():
             room = min(r for _, r, _ in members)
             for row, _, limit in members:
@@ -199,7 +225,9 @@ class ChainPlanner:
             r["range_start"]
             for r in await conn.fetch(q("chain", "taken_starts"), job_id, stream, row["cursor"])
         }
-        ranges, cursor = next_ranges(row["cursor"], row["chunk_size"], mode, end, room, taken)
+        chunk = row["chunk_size"]
+        span = backfill_span(chunk, row["backfill_blocks"])
+        ranges, cursor = next_ranges(row["cursor"], chunk, mode, end, room, taken, span)
         if cursor != row["cursor"]:
             await conn.execute(q("chain", "advance_cursor"), job_id, stream, cursor)
         if not ranges:

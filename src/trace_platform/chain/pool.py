@@ -82,7 +82,8 @@ class Health:
     errors: int = 0
     ranges: int = 0
     blocks: int = 0
-    busy: int = 0
+    busy: int = 0  # cryo calls bound for the endpoint (running or waiting for a slot)
+    running: int = 0  # cryo calls running on it
     head: int | None = None
     chain_id: int | None = None
     block_seconds: float | None = None
@@ -267,7 +268,7 @@ class RpcPool:
     def budget(self, h: Health) -> tuple[int | None, int]:
         """(requests per second, concurrent requests) for one more cryo call on `h`, its
         share of the endpoint's budget with the calls already running there."""
-        share = max(1, h.busy)
+        share = max(1, h.running)
         rps = None if h.rps is None else max(1, int(h.rps / share))
         return rps, max(1, h.concurrency // share)
 

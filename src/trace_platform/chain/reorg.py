@@ -32,7 +32,11 @@ async def replace_from(conn: Any, stream: Any, from_block: int, fork_block: int)
     await conn.execute(
         q("chain", "remove_partitions_from"), stream["dataset_uuid"], fork_block, seq
     )
-    start = aligned_start(from_block, stream["chunk_size"], fork_block)
+    # From the first replaced range (a backfill range may start chunks before the fork).
+    start = min(
+        [aligned_start(from_block, stream["chunk_size"], fork_block)]
+        + [int(r["range_start"]) for r in rows]
+    )
     await conn.execute(q("chain", "rewind_stream"), job_id, name, start)
     return len(rows)
 

@@ -60,6 +60,16 @@ class StreamSpec(_Strict):
     chunk_size: int = Field(default=100, ge=1, le=100_000)
     # None: the planner's default, from the pool's endpoints (AUTO_INFLIGHT per endpoint).
     max_inflight: int | None = Field(default=None, ge=1, le=256)
+    # Range size while far behind (a multiple of chunk_size); None: the planner's default,
+    # the largest multiple of chunk_size up to BACKFILL_BLOCKS. chunk_size turns it off.
+    backfill_blocks: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _backfill_in_chunks(self) -> StreamSpec:
+        b = self.backfill_blocks
+        if b is not None and (b < self.chunk_size or b % self.chunk_size):
+            raise ValueError("backfill_blocks must be a multiple of chunk_size")
+        return self
 
 
 class CompactionSpec(_Strict):

@@ -46,6 +46,7 @@ log = get_logger(__name__)
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _OUTBOX_NS = uuid.UUID("6f1c1f0e-3b7a-4c55-9a43-7d1f3e0c2b11")
+SLOW_COMPLETIONS = 4  # completions of one batch that are not plain successes, at once
 
 
 def buffer_outbox_id(task_id: uuid.UUID, attempt: int, batch_uri: str) -> uuid.UUID:
@@ -384,25 +385,31 @@ class TaskService:
                         attempt=r.attempt,
                         outcome="success",
                     )
-        results: list[tuple[int, dict[str, Any]]] = []
-        for r in reports:
+        tried = {r.task_id for r in fast}
+        slots = asyncio.Semaphore(SLOW_COMPLETIONS)
+
+        async def one(r: CompletionReport) -> tuple[int, dict[str, Any]]:
             if r.task_id in done and r.outcome == Outcome.SUCCESS and not r.events:
-                results.append((200, _completion_answer(r.task_id, r.attempt, "completed", None)))
-                continue
-            try:
-                body = await self.complete(
-                    r.task_id,
-                    r.attempt,
-                    r.lease_token,
-                    r.outcome,
-                    r.error_message,
-                    r.events,
-                    r.outputs,
-                )
-                results.append((200, body))
-            except TraceError as exc:
-                results.append((exc.status, exc.body()))
-        return results
+                return 200, _completion_answer(r.task_id, r.attempt, "completed", None)
+            async with slots:
+                try:
+                    body = await self.complete(
+                        r.task_id,
+                        r.attempt,
+                        r.lease_token,
+                        r.outcome,
+                        r.error_message,
+                        r.events,
+                        r.outputs,
+                        fast_tried=r.task_id in tried,
+                    )
+                except TraceError as exc:
+                    return exc.status, exc.body()
+                return 200, body
+
+        # The rest (hooked commits, failures, repeats) a few at a time: each is its own
+        # transaction on its own connection; one task's report never waits for another's.
+        return list(await asyncio.gather(*(one(r) for r in reports)))
 
     async def complete(
         self,
@@ -413,8 +420,9 @@ class TaskService:
         error_message: str | None,
         events: Sequence[dict[str, Any]] | None,
         outputs: dict[str, Any] | None,
+        fast_tried: bool = False,
     ) -> dict[str, Any]:
-        if outcome == Outcome.SUCCESS and not events:
+        if outcome == Outcome.SUCCESS and not events and not fast_tried:
             # One round trip for the common case; falls through when the row is not running.
             status = await self.pool.fetchval(
                 q("tasks", "complete_running_success"),

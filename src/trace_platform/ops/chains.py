@@ -77,6 +77,7 @@ async def apply_chain_sync(env: OpsEnv, spec: ChainSyncSpec, org_id: uuid.UUID) 
                 s.max_inflight,
                 spec.mode.from_block,
                 None,
+                s.backfill_blocks,
             )
         decoded = await apply_decoded_streams(conn, spec, org_id, job_id, store_root)
         for row in await conn.fetch(q("chain", "streams_of_job"), job_id):
@@ -130,6 +131,7 @@ async def apply_decoded_streams(
             source.max_inflight,
             spec.mode.from_block,
             config,
+            None,
         )
     return decoded
 

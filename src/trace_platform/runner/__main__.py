@@ -9,8 +9,10 @@ when the child ends. It holds no secret: it starts with the runner's clean envir
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
+import signal
 import sys
 
 import orjson
@@ -23,31 +25,49 @@ from trace_platform.runner.config import RunnerConfig, RunnerConfigError
 def _serve(settings: RunnerConfig) -> int:
     children: dict[int, str] = {}
     sel = selectors.DefaultSelector()
-    stdin = sys.stdin.buffer
+    stdin = sys.stdin.fileno()
     sel.register(stdin, selectors.EVENT_READ)
+    # A child's exit wakes the loop through a pipe (SIGCHLD), so it sleeps until there is
+    # a request or an exit to answer instead of polling.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel.register(wake_r, selectors.EVENT_READ)
     out = sys.stdout.buffer
+    pending = b""  # requests read but not yet started (one per line)
     open_input = True
     while open_input or children:
-        if open_input and sel.select(timeout=0.01):
-            line = stdin.readline()
-            if not line:
+        ready = {key.fd for key, _ in sel.select(timeout=1.0)}
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+        if open_input and stdin in ready:
+            data = os.read(stdin, 1 << 16)
+            if not data:
                 open_input = False
+                sel.unregister(stdin)
+            pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            if not line.strip():
                 continue
             request = orjson.loads(line)
             payload = orjson.dumps(request["payload"])
             pid = os.fork()
             if pid == 0:  # child: one invocation, then gone
                 sel.close()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(wake_r)
+                os.close(wake_w)
                 code = 1
                 try:
                     code = run_runner(settings, payload)
                 finally:
                     os._exit(code)
             children[pid] = str(request["id"])
-        elif not open_input:
-            import time
-
-            time.sleep(0.01)
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:

@@ -13,7 +13,7 @@ from trace_platform.aio import sleep_or_stop, stop_on_signals
 # The operators of the capability packages register themselves at import.
 from trace_platform.alerts import evaluate as _alert_eval  # noqa: F401
 from trace_platform.chain import decode as _chain_decode  # noqa: F401  (registers chain_decode)
-from trace_platform.chain import ingest as _cryo_ingest  # noqa: F401
+from trace_platform.chain import ingest as _cryo_ingest
 from trace_platform.chain.pool import pools_in_process
 from trace_platform.client import TaskClient
 from trace_platform.config import Settings
@@ -47,6 +47,9 @@ async def serve_worker(settings: Settings, stop: asyncio.Event | None = None) ->
         closing.push_async_callback(client.close)
         worker = Worker(settings, queue, object_store_from_settings(settings), client)
         reporter = asyncio.create_task(report_endpoints(client, worker.worker_id, stop))
+        # The extractor's libraries load now, off the loop, not in the first range's time.
+        warming = asyncio.create_task(asyncio.to_thread(_cryo_ingest.warm))
+        warming.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
             await worker.run(stop)
         finally:

@@ -33,10 +33,10 @@ SET chain_id = $4, rpc_pool = $5, mode = $6, compaction = $7, updated_at = now()
 -- changed file changes only what is not yet scheduled.
 -- A decoded table's stream also carries its decode config ($8; NULL for cryo streams).
 INSERT INTO state.chain_streams (job_id, stream, dataset_uuid, cryo_dataset, chunk_size,
-                                 max_inflight, cursor, decode)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                 max_inflight, cursor, decode, backfill_blocks)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (job_id, stream) DO UPDATE
-SET cryo_dataset = $4, chunk_size = $5, max_inflight = $6, decode = $8,
+SET cryo_dataset = $4, chunk_size = $5, max_inflight = $6, decode = $8, backfill_blocks = $9,
     status = CASE WHEN $4 = 'decode' THEN 'active' ELSE state.chain_streams.status END,
     last_error = CASE WHEN $4 = 'decode' THEN NULL ELSE state.chain_streams.last_error END,
     updated_at = now();
@@ -153,11 +153,11 @@ UPDATE state.chain_streams SET last_error = $3, updated_at = now()
 WHERE job_id = $1 AND stream = $2 AND last_error IS DISTINCT FROM $3;
 
 -- name: retry_stream
--- Failed ranges at or after $3 are replaced; the stream restarts from the earliest of them
+-- Failed ranges ending after $3 are replaced; the stream restarts from the earliest of them
 -- under a new generation (new task ids), and the planner skips what is committed.
 WITH replaced AS (
     UPDATE state.chain_ranges SET status = 'replaced'
-    WHERE job_id = $1 AND stream = $2 AND status = 'failed' AND range_start >= $3
+    WHERE job_id = $1 AND stream = $2 AND status = 'failed' AND range_end > $3
     RETURNING range_start
 )
 UPDATE state.chain_streams s
