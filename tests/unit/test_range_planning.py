@@ -3,6 +3,8 @@ head, alignment, taken starts, and the spec's `backfill_blocks` check."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -78,7 +80,7 @@ def test_ranges_tile_the_blocks_without_gap_or_overlap(
             break
         seen += ranges
         cursor = new
-    for (_, e), (s, _) in zip(seen, seen[1:], strict=False):
+    for (_, e), (s, _) in itertools.pairwise(seen):
         assert e == s
     assert all((s - start) % chunk == 0 and e > s for s, e in seen)
     assert all(e - s <= chunk * k for s, e in seen)
