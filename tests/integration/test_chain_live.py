@@ -150,11 +150,9 @@ async def test_worker_and_dispatcher_kills_leave_the_exact_result(
     l_settings: Settings, procs: dict[str, Any], busy_node: Anvil, slow_proxy: FaultProxy
 ) -> None:
     slow_proxy.delay = 0.002
-    streams = {
-        "blocks": {"cryo_dataset": "blocks", "chunk_size": 100, "max_inflight": 4},
-        "transactions": {"cryo_dataset": "transactions", "chunk_size": 100, "max_inflight": 4},
-        "logs": {"cryo_dataset": "logs", "chunk_size": 100, "max_inflight": 4},
-    }
+    # 20 chunk-sized ranges per stream (backfill_blocks = chunk_size): kills land mid-sync
+    small = {"chunk_size": 100, "max_inflight": 4, "backfill_blocks": 100}
+    streams = {d: {"cryo_dataset": d, **small} for d in ("blocks", "transactions", "logs")}
     await apply(
         l_settings,
         spec_yaml("chaos", "{kind: fixed_target, to_block: 2000}", streams, rpc_pool="slow"),

@@ -122,7 +122,8 @@ async def test_fixed_target_holds_every_block_once_equal_to_the_node(
 ) -> None:
     job = fixed["job"]
     for s in job["streams"]:
-        assert (s["tip"], s["committed"], s["failed"], s["complete"]) == (BLOCKS, 20, 0, True)
+        # far behind a fixed target: two backfill ranges of 1,000 blocks, not 20 chunks
+        assert (s["tip"], s["committed"], s["failed"], s["complete"]) == (BLOCKS, 2, 0, True)
     expected = node_blocks(node.url, 0, BLOCKS)
     got = await rows(
         c_settings, "fixed.blocks", "SELECT block_number, block_hash FROM dataset ORDER BY 1"
@@ -378,7 +379,15 @@ async def test_compaction_merges_old_partitions_and_keeps_results(
     stack: dict[str, Proc],
     state_conn: asyncpg.Connection,
 ) -> None:
-    streams = {"blocks": {"cryo_dataset": "blocks", "chunk_size": 50, "max_inflight": 8}}
+    # chunk-sized partitions throughout (backfill_blocks = chunk_size): compaction merges them
+    streams = {
+        "blocks": {
+            "cryo_dataset": "blocks",
+            "chunk_size": 50,
+            "max_inflight": 8,
+            "backfill_blocks": 50,
+        }
+    }
     text = spec_yaml(
         "compacted",
         "{kind: fixed_target, from_block: 0, to_block: 2000}",
@@ -549,8 +558,13 @@ async def test_a_sql_alert_backfills_every_committed_range_once_with_the_nodes_e
     state_conn: asyncpg.Connection,
     data_conn: Any,
 ) -> None:
-    streams = {
-        "erc20_transfers": {"cryo_dataset": "erc20_transfers", "chunk_size": 200, "max_inflight": 8}
+    streams = {  # ranges of 200 blocks throughout (backfill_blocks = chunk_size): 10 ranges
+        "erc20_transfers": {
+            "cryo_dataset": "erc20_transfers",
+            "chunk_size": 200,
+            "max_inflight": 8,
+            "backfill_blocks": 200,
+        }
     }
     await apply(c_settings, spec_yaml("alerted", "{kind: fixed_target, to_block: 2000}", streams))
     await wait_synced(c_settings, "alerted", BLOCKS)

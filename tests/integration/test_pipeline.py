@@ -350,6 +350,12 @@ async def test_poison_batch_goes_to_dlq_without_partial_write_and_can_be_redrive
     good = await create_tasks(settings.state_database_url or "", 3, payload=emit(good_seed, 5))
     await wait_until(lambda: completed(state_conn, good), what="good tasks")
     dead = await wait_until(lambda: dlq_for(state_conn, a.task_id), what="dead-lettered")
+
+    async def good_rows() -> int | None:  # the sink applies a completed task's batch after it
+        n = await rows_for(data_conn, good_seed)
+        return n if n >= 5 else None
+
+    await wait_until(good_rows, what="the good batches' rows")
     assert await rows_for(data_conn, good_seed) == 5  # same seed x3: 5 unique rows
     assert (
         await data_conn.fetchval(

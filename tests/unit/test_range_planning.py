@@ -25,6 +25,16 @@ def test_the_default_span_is_the_largest_multiple_of_the_chunk_up_to_cryos_chunk
     assert backfill_span(100, 500) == 500  # the spec's own
 
 
+def test_the_default_span_divides_the_compaction_window() -> None:
+    window = {"enabled": True, "target_blocks": 10_000}
+    assert backfill_span(100, None, window) == 1000
+    assert backfill_span(50, None, window | {"target_blocks": 500}) == 500
+    assert backfill_span(300, None, window) == 300  # no multiple of 300 divides 10,000
+    assert backfill_span(300, None, window | {"target_blocks": 1800}) == 900
+    assert backfill_span(300, None, window | {"enabled": False}) == 900
+    assert backfill_span(100, 2000, window | {"target_blocks": 500}) == 2000  # as asked
+
+
 def test_a_fixed_target_far_behind_is_planned_in_spans_then_chunks_to_its_end() -> None:
     ranges, cursor = next_ranges(0, 100, FIXED | {"to_block": 2550}, 2550, 64, set(), 1000)
     assert ranges[:2] == [(0, 1000), (1000, 2000)]

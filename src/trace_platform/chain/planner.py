@@ -52,12 +52,19 @@ def eligible_end(mode: dict[str, Any], head: int | None) -> int | None:
     return head + 1 - int(mode.get("tail_lag", 2))
 
 
-def backfill_span(chunk: int, backfill_blocks: int | None) -> int:
+def backfill_span(chunk: int, backfill_blocks: int | None, compaction: Any = None) -> int:
     """Range size while far behind: the stream's `backfill_blocks`, else the largest
-    multiple of its chunk up to `BACKFILL_BLOCKS` (never below one chunk)."""
+    multiple of its chunk up to `BACKFILL_BLOCKS` that also divides the job's compaction
+    window (`target_blocks`), so a backfill range never straddles a window; one chunk when
+    none does."""
     if backfill_blocks:
         return backfill_blocks
-    return max(chunk, BACKFILL_BLOCKS // chunk * chunk)
+    conf = compaction if isinstance(compaction, dict) else {}
+    target = int(conf.get("target_blocks") or 0) if conf.get("enabled", True) else 0
+    k = max(1, BACKFILL_BLOCKS // chunk)
+    while k > 1 and target and target % (k * chunk):
+        k -= 1
+    return k * chunk
 
 
 def next_ranges(
@@ -226,7 +233,7 @@ class ChainPlanner:
             for r in await conn.fetch(q("chain", "taken_starts"), job_id, stream, row["cursor"])
         }
         chunk = row["chunk_size"]
-        span = backfill_span(chunk, row["backfill_blocks"])
+        span = backfill_span(chunk, row["backfill_blocks"], row["compaction"])
         ranges, cursor = next_ranges(row["cursor"], chunk, mode, end, room, taken, span)
         if cursor != row["cursor"]:
             await conn.execute(q("chain", "advance_cursor"), job_id, stream, cursor)

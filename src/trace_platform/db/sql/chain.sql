@@ -98,7 +98,8 @@ SELECT s.job_id, s.stream FROM state.chain_streams s JOIN state.chain_jobs j USI
 WHERE s.status = 'active' AND NOT j.paused;
 
 -- name: lock_stream
-SELECT s.*, j.org_id, j.chain_id, j.rpc_pool, j.mode, j.head_number, j.head_error, j.paused
+SELECT s.*, j.org_id, j.chain_id, j.rpc_pool, j.mode, j.head_number, j.head_error, j.paused,
+       j.compaction
 FROM state.chain_streams s JOIN state.chain_jobs j USING (job_id)
 WHERE s.job_id = $1 AND s.stream = $2
 FOR UPDATE OF s SKIP LOCKED;
