@@ -6,6 +6,11 @@ tests alike). Every fault is an attribute that can be changed while it runs:
 - `throttle_ratio`: the share of requests answered 429 (at random), with `Retry-After:
   <retry_after>` when `retry_after` is set;
 - `throttle_for(seconds)`: every request answered 429 for that long (a hard throttle);
+- `rate_limit`: requests per second allowed (a token bucket holding one second's worth);
+  requests over it are answered 429, as a provider's plan limit does;
+- `throttle_body`: what a 429 carries: `"text"` (a plain body, as a gateway such as nginx's
+  `limit_req` sends) or `"jsonrpc"` (a JSON-RPC error with code 429, as Alchemy or Infura
+  send; cryo 0.3.2 retries only these);
 - `drop_ratio`: the share of requests whose connection is closed without an answer;
 - `lag`: the node's head as this endpoint shows it is `lag` blocks behind (`eth_blockNumber`,
   and `eth_getBlockByNumber` of a later block answers null);
@@ -33,6 +38,9 @@ class FaultProxy:
         self.delay = delay
         self.throttle_ratio = 0.0
         self.retry_after: float | None = None
+        self.rate_limit: float | None = None
+        self.throttle_body = "text"
+        self._tokens, self._refilled = 0.0, time.monotonic()
         self.drop_ratio = 0.0
         self.lag = 0
         self.chain_id: int | None = None
@@ -69,6 +77,20 @@ class FaultProxy:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
+    def _over_limit(self) -> bool:
+        if not self.rate_limit:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(
+                self.rate_limit, self._tokens + (now - self._refilled) * self.rate_limit
+            )
+            self._refilled = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return False
+            return True
+
     def _roll(self, ratio: float) -> bool:
         with self._lock:
             return ratio > 0 and self._random.random() < ratio
@@ -84,10 +106,18 @@ class FaultProxy:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)
-        if time.monotonic() < self._hard_until or self._roll(self.throttle_ratio):
+        if (
+            time.monotonic() < self._hard_until
+            or self._roll(self.throttle_ratio)
+            or self._over_limit()
+        ):
             with self._lock:
                 self.throttled += 1
             headers = {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
+            if self.throttle_body == "jsonrpc":
+                error = {"code": 429, "message": "Your app has exceeded its capacity"}
+                body = {"jsonrpc": "2.0", "id": None, "error": error}
+                return web.json_response(body, status=429, headers=headers)
             return web.Response(status=429, text="rate limited", headers=headers)
         body = await request.read()
         calls = json.loads(body)
