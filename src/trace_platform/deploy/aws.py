@@ -45,7 +45,6 @@ from trace_platform.ports import BUFFER_QUEUE, TASK_WAKEUP
 
 PORTS = {"dispatcher": 8080, "query": 8081, "api": 8090}
 DB_NAME = "trace"
-DB_USER = "trace"
 REDRIVE_AFTER = 10  # receives before SQS moves a message to its queue's redrive DLQ
 
 
@@ -119,6 +118,15 @@ class TraceStack(cdk.Stack):
             self,
             "WorkerTokenSecretArn",
             description=f"Secret holding TRACE_WORKER_TOKEN (/{o.env}/trace/worker/token)",
+            no_echo=True,
+        )
+        db_secret_arn = cdk.CfnParameter(
+            self,
+            "DatabaseSecretArn",
+            description=(
+                "Secret (JSON: username, password) of the database's master user"
+                f" (/{o.env}/trace/database/master)"
+            ),
             no_echo=True,
         )
         rpc_secret = (
@@ -232,7 +240,7 @@ class TraceStack(cdk.Stack):
             encryption=s3.BucketEncryption.S3_MANAGED,
             enforce_ssl=True,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             removal_policy=removal,
         )
         self.bucket = s3.Bucket(
@@ -276,18 +284,19 @@ class TraceStack(cdk.Stack):
                 removal_policy=removal,
             )
 
+        db_secret = sm.Secret.from_secret_complete_arn(
+            self, "DatabaseSecret", db_secret_arn.value_as_string
+        )
         db_sg = self._sg("Database", "RDS PostgreSQL: 5432 from the Trace services only")
         self.db = rds.DatabaseInstance(
             self,
             "Database",
-            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_16),
+            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17),
             instance_type=ec2.InstanceType(o.db_instance),
             vpc=vpc,
             vpc_subnets=subnets,
             security_groups=[db_sg],
-            credentials=rds.Credentials.from_generated_secret(
-                DB_USER, secret_name=f"/{o.env}/trace/database/master"
-            ),
+            credentials=rds.Credentials.from_secret(db_secret),
             database_name=DB_NAME,
             allocated_storage=o.db_storage_gb,
             storage_encrypted=True,
@@ -299,8 +308,6 @@ class TraceStack(cdk.Stack):
             publicly_accessible=False,
             enable_performance_insights=False,
         )
-        assert self.db.secret is not None
-        db_secret = self.db.secret
 
         # -- compute ----------------------------------------------------------------------
         self.cluster = ecs.Cluster(
@@ -329,7 +336,8 @@ class TraceStack(cdk.Stack):
         dispatcher_url = f"{base}:{PORTS['dispatcher']}"
         query_url = f"{base}:{PORTS['query']}"
         db_url = (
-            f"postgresql://{DB_USER}@{self.db.db_instance_endpoint_address}:"
+            # PGUSER and PGPASSWORD come from the database secret
+            f"postgresql://{self.db.db_instance_endpoint_address}:"
             f"{self.db.db_instance_endpoint_port}/{DB_NAME}?sslmode=require"
         )
         key_ring = json.dumps(
@@ -397,6 +405,7 @@ class TraceStack(cdk.Stack):
             "AWS_REGION": self.region,
         }
         secrets = {
+            "PGUSER": ecs.Secret.from_secrets_manager(db_secret, "username"),
             "PGPASSWORD": ecs.Secret.from_secrets_manager(db_secret, "password"),
             "TRACE_WORKER_TOKEN": ecs.Secret.from_secrets_manager(
                 sm.Secret.from_secret_complete_arn(
@@ -695,6 +704,8 @@ def build(context: dict[str, Any] | None = None, outdir: str | None = None) -> c
     os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     context = dict(context or {})
     context.setdefault("aws:cdk:enable-path-metadata", False)
+    # Server access logs are delivered under a bucket policy, not the legacy ACL.
+    context.setdefault("@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy", True)
     context.setdefault("aws:cdk:disable-version-reporting", True)
     app = cdk.App(outdir=outdir, context=context, analytics_reporting=False)
     options = Options.from_context(app.node.try_get_context)

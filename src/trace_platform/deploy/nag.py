@@ -23,10 +23,6 @@ STACK_SUPPRESSIONS: dict[str, str] = {
         "The default port is not a control: the database security group admits only Trace's"
         " task security groups."
     ),
-    "AwsSolutions-SMG4": (
-        "The generated database secret is rotated by the operator's runbook (rotation needs a"
-        " Lambda from the Serverless Application Repository, a deploy-time download)."
-    ),
     "AwsSolutions-RDS3": "Multi-AZ is on with env=prod; dev and staging run one instance.",
     "AwsSolutions-RDS10": "Deletion protection is on with env=prod.",
     "AwsSolutions-RDS2": "Storage is encrypted (storage_encrypted, the data key).",
