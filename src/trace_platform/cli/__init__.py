@@ -56,7 +56,7 @@ COMMAND_GROUPS = (
             "config",
         ),
     ),
-    ("Build", ("bundle", "tools")),
+    ("Build and deploy", ("bundle", "tools", "deploy")),
 )
 
 
@@ -117,6 +117,7 @@ def _register_commands() -> None:
         bundles,
         chains,
         datasets,
+        deploy,
         dlq,
         processes,
         tasks,
@@ -146,6 +147,7 @@ def _register_commands() -> None:
         datasets.dataset,
         dlq.dlq,
         bundles.bundle,
+        deploy.deploy,
     ):
         cli.add_command(command)
 

@@ -24,6 +24,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+# jsii prints a banner for node 20 (end of life) at start; synth works on it (22+ preferred).
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
 import aws_cdk as cdk
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cw
@@ -291,7 +294,7 @@ class TraceStack(cdk.Stack):
         self.db = rds.DatabaseInstance(
             self,
             "Database",
-            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17),
+            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17_6),
             instance_type=ec2.InstanceType(o.db_instance),
             vpc=vpc,
             vpc_subnets=subnets,
@@ -501,10 +504,7 @@ class TraceStack(cdk.Stack):
             ("ApiUrl", f"{base}:{PORTS['api'] if not o.certificate_arn else 443}"),
             ("DatabaseEndpoint", self.db.db_instance_endpoint_address),
             *((f"Role{_pascal(c)}Arn", r.role_arn) for c, r in self.roles.items()),
-            *(
-                (f"Queue{_pascal(q)}Url", self.queues[q].queue_url)
-                for q in table.QUEUES
-            ),
+            *((f"Queue{_pascal(q)}Url", self.queues[q].queue_url) for q in table.QUEUES),
         ):
             cdk.CfnOutput(self, name, value=value)
         self._suppress()
@@ -701,7 +701,6 @@ def _subnet_kwargs(selection: ec2.SubnetSelection) -> dict[str, Any]:
 
 def build(context: dict[str, Any] | None = None, outdir: str | None = None) -> cdk.App:
     """The app with its one stack, synthesized into `outdir` (cdk.out by default)."""
-    os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     context = dict(context or {})
     context.setdefault("aws:cdk:enable-path-metadata", False)
     # Server access logs are delivered under a bucket policy, not the legacy ACL.
