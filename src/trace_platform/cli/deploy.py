@@ -78,13 +78,22 @@ def synth(out: Path, pairs: tuple[str, ...]) -> None:
 @click.option("--stack", required=True, help="The deployed stack's name.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("cdk.out"), show_default=True)
 @click.option("-c", "--context", "pairs", multiple=True, metavar="KEY=VALUE", help=CONTEXT_HELP)
+@click.option(
+    "--template",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Compare this synthesized template instead of synthesizing one.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def diff(stack: str, out: Path, pairs: tuple[str, ...], as_json: bool) -> None:
+def diff(
+    stack: str, out: Path, pairs: tuple[str, ...], template: Path | None, as_json: bool
+) -> None:
     """Resources a new synth adds, removes or changes against the deployed stack."""
     from trace_platform.deploy.operate import DeployError
     from trace_platform.deploy.operate import diff as run_diff
 
-    template = synthesize(_context(pairs), out)
+    if template is None:
+        template = synthesize(_context(pairs), out)
     try:
         changes = run_diff(stack, template)
     except DeployError as exc:

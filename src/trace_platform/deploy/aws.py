@@ -458,6 +458,7 @@ class TraceStack(cdk.Stack):
                 "trace",
                 image=ecs.ContainerImage.from_registry(image.value_as_string),
                 command=[table.COMMANDS[component]],
+                memory_limit_mib=o.memory_mb,  # the task's memory, as the container's limit
                 environment=env,
                 secrets=task_secrets,
                 logging=ecs.LogDrivers.aws_logs(stream_prefix=component, log_group=self.log_group),

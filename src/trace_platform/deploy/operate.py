@@ -157,8 +157,9 @@ def smoke(stack: str, api_url: str | None = None) -> list[Check]:
         checks.append(Check("bucket public access", False, str(exc)))
     kms = _client("kms")
     try:
-        meta = _call(kms.describe_key, KeyId=out["TokenKeyArn"])["KeyMetadata"]
-        checks.append(Check("token key", meta.get("KeyState") == "Enabled", meta["KeyState"]))
+        key = _call(kms.get_public_key, KeyId=out["TokenKeyArn"])
+        spec = f"{key.get('KeySpec')} {key.get('KeyUsage')}"
+        checks.append(Check("token key", spec == "ECC_NIST_P256 SIGN_VERIFY", spec))
     except DeployError as exc:
         checks.append(Check("token key", False, str(exc)))
     lam = _client("lambda")
