@@ -36,6 +36,7 @@ pytestmark = pytest.mark.timeout(300)
 ACCOUNT_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
 PARAMETERS = {
     "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/trace@sha256:" + "a" * 64,
+    "MigrateImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/trace@sha256:" + "b" * 64,
     "DatabaseSecretArn": ACCOUNT_ARN + "/test/trace/database/master-AbCdEf",
     "WorkerTokenSecretArn": ACCOUNT_ARN + "/test/trace/worker/token-AbCdEf",
 }
@@ -242,6 +243,10 @@ def test_smoke_diff_and_migrate_against_the_stack(moto: str, stack: dict[str, st
     assert len(tasks["taskArns"]) == 1
     task = ecs.describe_tasks(cluster=stack["ClusterName"], tasks=tasks["taskArns"])["tasks"][0]
     assert task["taskDefinitionArn"] == stack["MigrateTaskDefinition"]
+    definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])
+    container = definition["taskDefinition"]["containerDefinitions"][0]
+    assert container["image"] == PARAMETERS["MigrateImageUri"]  # migrations lead an upgrade
+    assert container["command"] == ["migrate"]
 
 
 def test_diff_reports_what_a_new_synth_changes(
@@ -687,8 +692,13 @@ def test_the_dockerfile_passes_hadolint_and_pins_its_bases() -> None:
     froms = [line for line in text.splitlines() if line.startswith("FROM ")]
     assert len(froms) >= 3 and all("@sha256:" in line for line in froms)  # multi-stage, pinned
     assert "USER 10001" in text and "bubblewrap=" in text and "/usr/local/bin/node" in text
-    # The stack runs the image as the same non-root user, with the runner's entry point.
-    from trace_platform.deploy import aws
+    assert "awslambdaric" in text  # the runner Lambda's entry point (deploy/aws.py)
 
-    assert "awslambdaric" in text and "trace_platform.runner.lambda_entry.handler" in text
-    assert aws.__file__
+
+def test_the_docs_iam_table_is_the_generated_one() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deploy-aws.md").read_text()
+    start = doc.index("<!-- iam-table")
+    body = doc[doc.index("\n", start) + 1 : doc.index("<!-- /iam-table -->")]
+    done = cli("deploy", "aws", "iam")
+    assert done.returncode == 0
+    assert body == done.stdout

@@ -50,7 +50,7 @@ def synthesize(context: dict[str, Any], out: Path) -> Path:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _fail(f"synth failed: {reason}")
     stack = assembly.stacks[0]
-    return out / stack.template_file
+    return out / str(stack.template_file)
 
 
 @click.group(name="deploy")

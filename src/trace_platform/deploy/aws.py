@@ -107,7 +107,7 @@ class Options:
         )
 
 
-class TraceStack(cdk.Stack):
+class TraceStack(cdk.Stack):  # type: ignore[misc]  # aws_cdk is not analysed (follow_imports skip)
     def __init__(self, scope: Construct, construct_id: str, options: Options, **kw: Any) -> None:
         super().__init__(scope, construct_id, **kw)
         self.options = o = options
@@ -115,7 +115,15 @@ class TraceStack(cdk.Stack):
         removal = cdk.RemovalPolicy.RETAIN if prod else cdk.RemovalPolicy.DESTROY
 
         image = cdk.CfnParameter(
-            self, "ImageUri", description="The Trace image (registry/repo@sha256:...)"
+            self, "ImageUri", description="The Trace image of the services and the runner"
+        )
+        migrate_image = cdk.CfnParameter(
+            self,
+            "MigrateImageUri",
+            description=(
+                "The image of the migration task: on an upgrade, set it to the new image first,"
+                " run `trace deploy aws migrate`, then move ImageUri (docs/deploy-aws.md)"
+            ),
         )
         worker_token = cdk.CfnParameter(
             self,
@@ -456,7 +464,9 @@ class TraceStack(cdk.Stack):
                     task_secrets[name] = ecs.Secret.from_secrets_manager(rpc_pools, name)
             container = task.add_container(
                 "trace",
-                image=ecs.ContainerImage.from_registry(image.value_as_string),
+                image=ecs.ContainerImage.from_registry(
+                    (migrate_image if component == "migrate" else image).value_as_string
+                ),
                 command=[table.COMMANDS[component]],
                 memory_limit_mib=o.memory_mb,  # the task's memory, as the container's limit
                 environment=env,
