@@ -63,6 +63,12 @@ def template_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def nat_template_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another deployment's choices: the NAT egress path, four workers."""
+    return synth(tmp_path_factory.mktemp("cdk-nat"), "env=test", "egress=nat", "desired_worker=4")
+
+
+@pytest.fixture(scope="module")
 def template(template_path: Path) -> dict[str, Any]:
     return dict(json.loads(template_path.read_text()))
 
@@ -250,7 +256,7 @@ def test_smoke_diff_and_migrate_against_the_stack(moto: str, stack: dict[str, st
 
 
 def test_diff_reports_what_a_new_synth_changes(
-    moto: str, stack: dict[str, str], template_path: Path, tmp_path: Path
+    moto: str, stack: dict[str, str], template_path: Path, nat_template_path: Path
 ) -> None:
     done = cli(
         "deploy", "aws", "diff", "--stack", "trace-test", "--template", str(template_path),
@@ -259,22 +265,18 @@ def test_diff_reports_what_a_new_synth_changes(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"added": [], "removed": [], "changed": []}
     done = cli(
-        "deploy",
-        "aws",
-        "diff",
-        "--stack",
-        "trace-test",
-        "--out",
-        str(tmp_path / "b"),
-        "-c",
-        "env=test",
-        "-c",
-        "desired_worker=4",
+        "deploy", "aws", "diff", "--stack", "trace-test", "--template", str(nat_template_path),
         "--json",
-    )
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
     changes = json.loads(done.stdout)
-    assert not changes["added"] and not changes["removed"]
-    assert any(c.startswith("ServiceWorker") for c in changes["changed"])
+    assert any(a.startswith("VpcpublicSubnet") for a in changes["added"])  # the NAT's subnets
+    assert not changes["removed"]
+    assert any(c.startswith("ServiceWorker") for c in changes["changed"])  # desired 2 -> 4
+    done = cli(
+        "deploy", "aws", "diff", "--stack", "trace-test", "--template", str(nat_template_path)
+    )
+    assert done.returncode == 0 and "~ ServiceWorker" in done.stdout
 
 
 # -- least privilege, by behaviour ---------------------------------------------------------
@@ -614,9 +616,9 @@ def test_egress_is_denied_but_for_written_paths(template: dict[str, Any]) -> Non
 
 
 def test_the_nat_egress_path_opens_https_for_deliver_worker_and_dispatcher_only(
-    tmp_path: Path,
+    nat_template_path: Path,
 ) -> None:
-    nat = json.loads(synth(tmp_path, "env=test", "egress=nat").read_text())
+    nat = json.loads(nat_template_path.read_text())
     resources = nat["Resources"]
     assert [r for r in resources.values() if r["Type"] == "AWS::EC2::NatGateway"]
     opened = _internet_egress(resources)
