@@ -108,6 +108,9 @@ SETTINGS: tuple[Setting, ...] = (
         "Lite only: allow http:// and private/loopback webhook addresses (the SSRF guard off).",
     ),
     Setting("api_port", int, 8090, "User API and console port (`trace api`)."),
+    Setting("api_url", str, None, "Remote CLI: a deployment's user API; verbs call its /v1."),
+    Setting("api_key", str, None, "Remote CLI: the user API key for TRACE_API_URL.", True),
+    Setting("api_timeout_seconds", float, 60.0, "Remote CLI: time limit of one API call."),
     Setting("api_rate_per_second", float, 20.0, "Requests per second per API key (429 beyond)."),
     Setting("api_rate_burst", int, 60, "Burst of requests per API key above the rate."),
     Setting("api_query_timeout_seconds", float, 60.0, "Time limit of a user's POST /v1/query."),
@@ -133,6 +136,9 @@ class Settings:
     state_database_url: str | None = None
     data_database_url: str | None = None
     task_keys: str | None = None
+    api_url: str | None = None
+    api_key: str | None = None
+    api_timeout_seconds: float = 60.0
     worker_token: str | None = None
     worker_token_next: str | None = None
     issuer: str = "trace-dispatcher"

@@ -731,3 +731,103 @@ async def test_cli_json_and_the_v1_api_return_the_same_rows(
             assert str(dead) not in {m["message_id"] for m in lite}
     finally:
         await data.close()
+
+
+def run_remote(api: str, key: str, *args: str, home: Path) -> Any:
+    """`trace ARGS` against the API only: no database this process could reach."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
+    env.update(
+        TRACE_API_URL=api,
+        TRACE_API_KEY=key,
+        TRACE_HOME=str(home),
+        TRACE_STATE_DATABASE_URL="postgresql://127.0.0.1:1/none",
+        TRACE_DATA_DATABASE_URL="postgresql://127.0.0.1:1/none",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "trace_platform", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_remote_cli_prints_what_the_local_one_does(
+    u_settings: Settings, api: str, keys: dict[str, str], dataset: str, tmp_path: Path
+) -> None:
+    made = run_trace(
+        u_settings, "task", "create", "--payload", '{"operator": "noop"}', "--count", "3"
+    )
+    assert made.returncode == 0, made.stderr
+    first, second, third = made.stdout.split()
+    verbs = [
+        ("task", "list", "--limit", "5"),
+        ("task", "list", "--limit", "5", "--json"),
+        ("task", "show", first),
+        ("dataset", "list"),
+        ("dataset", "list", "--json"),
+        ("dataset", "show", dataset),
+        ("alert", "list"),
+        ("chain", "status"),
+        ("chain", "status", "--json"),
+        ("dlq", "list"),
+        ("user", "list"),
+        ("user", "list", "--json"),
+    ]
+    for args in verbs:
+        local = run_trace(u_settings, *args)
+        remote = run_remote(api, keys["admin"], *args, home=tmp_path)
+        assert local.returncode == 0, (args, local.stderr)
+        assert (remote.returncode, remote.stdout) == (0, local.stdout), (args, remote.stderr)
+        assert keys["admin"] not in remote.stdout + remote.stderr
+    # Writes go through the API too, with the same answers.
+    local = run_trace(u_settings, "task", "cancel", second)
+    remote = run_remote(api, keys["admin"], "task", "cancel", third, home=tmp_path)
+    assert remote.returncode == 0 and local.returncode == 0
+    assert remote.stdout.replace(third, second) == local.stdout
+    created = run_remote(api, keys["writer"], "task", "create", "--payload", "{}", home=tmp_path)
+    assert created.returncode == 0, created.stderr
+    shown = run_trace(u_settings, "task", "show", created.stdout.strip())
+    assert shown.returncode == 0
+    # Errors keep their meaning and exit codes; no key is ever printed.
+    gone = run_remote(api, keys["admin"], "task", "show", str(uuid.uuid4()), home=tmp_path)
+    assert gone.returncode == 1 and gone.stderr.startswith("error: ")
+    denied = run_remote(api, keys["reader"], "task", "cancel", first, home=tmp_path)
+    assert denied.returncode == 2 and "admin" in denied.stderr
+    bad = run_remote(api, "not-a-key", "task", "list", home=tmp_path)
+    assert bad.returncode == 2 and "not-a-key" not in bad.stdout + bad.stderr
+    local_only = run_remote(api, keys["admin"], "dataset", "register", "x", __file__, home=tmp_path)
+    assert local_only.returncode == 2
+    assert "local installation only" in local_only.stderr
+    down = run_remote("http://127.0.0.1:1", keys["admin"], "task", "list", home=tmp_path)
+    assert down.returncode == 2 and "unreachable" in down.stderr
+    assert keys["admin"] not in down.stderr
+    for logs in LOGS:
+        for log in logs.glob("*.log"):
+            assert keys["admin"] not in log.read_text(errors="replace")
+
+
+def test_the_sdk_pages_tasks_and_raises_the_api_codes(
+    u_settings: Settings, api: str, keys: dict[str, str]
+) -> None:
+    from trace_platform.sdk import ApiError, Client
+
+    with Client(api, keys["writer"]) as trace:
+        ids = trace.create_tasks({"operator": "noop"}, count=7)
+        assert len(ids) == 7
+        paged = [t["task_id"] for t in trace.iter_tasks(page_size=3)]
+        assert set(ids) <= set(paged) and len(paged) == len(set(paged))
+        first = [t["task_id"] for t in trace.tasks(limit=200)["tasks"]]
+        assert paged[: len(first)] == first  # the iterator's pages are the API's order
+        with pytest.raises(ApiError) as forbidden:
+            trace.cancel_task(ids[0])  # writers may not cancel
+        assert (forbidden.value.status, forbidden.value.code) == (403, "forbidden")
+        with pytest.raises(ApiError) as missing:
+            trace.task(uuid.uuid4())
+        assert missing.value.code == "not_found"
+        assert keys["writer"] not in repr(trace) + str(missing.value)

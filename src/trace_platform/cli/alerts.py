@@ -9,6 +9,7 @@ import click
 from trace_platform.cli import render
 from trace_platform.cli.common import (
     emit,
+    from_json,
     handle_errors,
     json_option,
     org_of,
@@ -30,7 +31,11 @@ def alert() -> None:
 @handle_errors
 def alert_list(ctx: click.Context, org_id: uuid.UUID | None, as_json: bool) -> None:
     """Every alert of the org: source dataset, severity, start block, enabled."""
-    rows = run_ops(ctx, lambda env: ops.list_alerts(env, org_of(org_id)))
+    rows = run_ops(
+        ctx,
+        lambda env: ops.list_alerts(env, org_of(org_id)),
+        remote=lambda api: from_json(list[ops.AlertSummary], api.alerts()),
+    )
     emit(rows, as_json, render.alerts)
 
 
@@ -45,7 +50,11 @@ def alert_events(
     ctx: click.Context, name: str, org_id: uuid.UUID | None, limit: int, as_json: bool
 ) -> None:
     """The events of alert NAME, oldest block first."""
-    rows = run_ops(ctx, lambda env: ops.alert_events(env, org_of(org_id), name, limit))
+    rows = run_ops(
+        ctx,
+        lambda env: ops.alert_events(env, org_of(org_id), name, limit),
+        remote=lambda api: from_json(list[ops.AlertEvent], api.alert_events(name, limit)),
+    )
     if rows or as_json:
         emit(rows, as_json, render.alert_events)
     click.echo(f"({render.plural(len(rows), 'event')})", err=True)
@@ -59,7 +68,11 @@ def alert_events(
 @handle_errors
 def alert_show(ctx: click.Context, name: str, org_id: uuid.UUID | None, as_json: bool) -> None:
     """Alert NAME: its rule and channels, evaluations, events and deliveries by status."""
-    info = run_ops(ctx, lambda env: ops.show_alert(env, org_of(org_id), name))
+    info = run_ops(
+        ctx,
+        lambda env: ops.show_alert(env, org_of(org_id), name),
+        remote=lambda api: from_json(ops.AlertDetail, api.alert(name)),
+    )
     emit(info, as_json, render.alert_detail)
 
 
@@ -80,7 +93,11 @@ def alert_deliveries(
     as_json: bool,
 ) -> None:
     """Webhook deliveries of alert NAME, newest first, with every attempt."""
-    rows = run_ops(ctx, lambda env: ops.alert_deliveries(env, org_of(org_id), name, status, limit))
+    rows = run_ops(
+        ctx,
+        lambda env: ops.alert_deliveries(env, org_of(org_id), name, status, limit),
+        remote=lambda api: from_json(list[ops.Delivery], api.alert_deliveries(name, status, limit)),
+    )
     if rows or as_json:
         emit(rows, as_json, render.deliveries)
     click.echo(f"({render.plural(len(rows), 'delivery', 'deliveries')})", err=True)

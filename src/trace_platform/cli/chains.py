@@ -70,7 +70,11 @@ def chain_status(
     """Per stream: cursor, committed tip, head, lag in blocks and seconds, ranges in
     flight/committed/failed, blocks/s and the last error."""
     while True:
-        jobs = run_ops(ctx, lambda env: ops.chain_status(env, org_of(org_id), name))
+        jobs = run_ops(
+            ctx,
+            lambda env: ops.chain_status(env, org_of(org_id), name),
+            remote=lambda api: [api.chain(name)] if name else api.chains(),
+        )
         if watch and not as_json:
             click.clear()
         emit(jobs, as_json, render.chain_status)

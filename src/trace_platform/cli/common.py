@@ -4,10 +4,14 @@ command, the common options (`--org-id`, `--json`), JSON output and error handli
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import sys
+import types
+import typing
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -15,9 +19,10 @@ import click
 import orjson
 
 from trace_platform.config import Settings
-from trace_platform.domain.errors import TraceError
+from trace_platform.domain.errors import ConfigError, TraceError
 from trace_platform.ops.env import OpsEnv, open_env
 from trace_platform.ports import LITE_ORG_ID
+from trace_platform.sdk import Client
 
 T = TypeVar("T")
 
@@ -47,11 +52,67 @@ def run_async(coro: Awaitable[T]) -> T:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def run_ops(ctx: click.Context, op: Callable[[OpsEnv], Awaitable[T]]) -> T:
-    """Run one operation with this command's environment (opened, then closed). A verb
-    reports through its output and exit code: only errors are logged (stderr, JSON)."""
+def from_json(cls: Any, value: Any) -> Any:
+    """A result dataclass (or list, optional, UUID, datetime) from its /v1 JSON, so that a
+    remote verb renders what the local one does."""
+    if value is None:
+        return None
+    origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(cls) if a is not type(None)]
+        return from_json(options[0], value) if len(options) == 1 else value
+    if origin is list:
+        (item,) = typing.get_args(cls) or (Any,)
+        return [from_json(item, v) for v in value]
+    if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+        hints = typing.get_type_hints(cls)
+        return cls(
+            **{
+                f.name: from_json(hints[f.name], value.get(f.name))
+                for f in dataclasses.fields(cls)
+                if f.name in value or f.default is dataclasses.MISSING
+            }
+        )
+    if cls is uuid.UUID:
+        return uuid.UUID(str(value))
+    if cls is datetime:
+        return datetime.fromisoformat(str(value))
+    return value
+
+
+def remote_client(ctx: click.Context) -> Client | None:
+    """The user API client when TRACE_API_URL (--api-url) is set: verbs then call that
+    deployment's /v1 with TRACE_API_KEY instead of a local home."""
+    settings = settings_from(ctx)
+    if not settings.api_url:
+        return None
+    if not settings.api_key:
+        raise ConfigError("TRACE_API_URL is set but TRACE_API_KEY (--api-key) is not")
+    try:
+        return Client(settings.api_url, settings.api_key, timeout=settings.api_timeout_seconds)
+    except ValueError as exc:
+        raise ConfigError(f"TRACE_API_URL: {exc}") from None
+
+
+def run_ops(
+    ctx: click.Context,
+    op: Callable[[OpsEnv], Awaitable[T]],
+    remote: Callable[[Client], T] | None = None,
+) -> T:
+    """Run one operation with this command's environment (opened, then closed), or, with
+    TRACE_API_URL set, its `remote` call of the user API. A verb reports through its output
+    and exit code: only errors are logged (stderr, JSON)."""
     from trace_platform import logs
 
+    client = remote_client(ctx)
+    if client is not None:
+        if remote is None:
+            raise ConfigError(
+                f"`trace {ctx.command_path.partition(' ')[2]}` works on a local installation"
+                " only; unset TRACE_API_URL"
+            )
+        with client:
+            return remote(client)
     settings = settings_from(ctx)
     logs.configure("cli", "error")
 

@@ -11,6 +11,7 @@ import click
 from trace_platform.cli import render
 from trace_platform.cli.common import (
     emit,
+    from_json,
     handle_errors,
     json_option,
     org_of,
@@ -51,7 +52,12 @@ def dataset_register(
 @handle_errors
 def dataset_list(ctx: click.Context, org_id: uuid.UUID | None, as_json: bool) -> None:
     """The org's datasets with their current version (a chain dataset: its snapshot)."""
-    emit(run_ops(ctx, lambda env: ops.list_datasets(env, org_of(org_id))), as_json, render.datasets)
+    items = run_ops(
+        ctx,
+        lambda env: ops.list_datasets(env, org_of(org_id)),
+        remote=lambda api: from_json(list[ops.DatasetSummary], api.datasets()),
+    )
+    emit(items, as_json, render.datasets)
 
 
 @dataset.command("show")
@@ -62,7 +68,11 @@ def dataset_list(ctx: click.Context, org_id: uuid.UUID | None, as_json: bool) ->
 @handle_errors
 def dataset_show(ctx: click.Context, name: str, org_id: uuid.UUID | None, as_json: bool) -> None:
     """Dataset NAME: its committed ranges (chain datasets) or versions."""
-    detail = run_ops(ctx, lambda env: ops.show_dataset(env, org_of(org_id), name))
+    detail = run_ops(
+        ctx,
+        lambda env: ops.show_dataset(env, org_of(org_id), name),
+        remote=lambda api: from_json(ops.DatasetDetail, api.dataset(name)),
+    )
     emit(detail, as_json, render.dataset_detail)
 
 

@@ -9,6 +9,7 @@ import click
 from trace_platform.cli import render
 from trace_platform.cli.common import (
     emit,
+    from_json,
     handle_errors,
     json_option,
     org_of,
@@ -32,7 +33,11 @@ def dlq() -> None:
 @handle_errors
 def dlq_list(ctx: click.Context, limit: int, org_id: uuid.UUID | None, as_json: bool) -> None:
     """List the org's DLQ messages with their error and producing task."""
-    items = run_ops(ctx, lambda env: ops.list_dlq(env, org_of(org_id), limit))
+    items = run_ops(
+        ctx,
+        lambda env: ops.list_dlq(env, org_of(org_id), limit),
+        remote=lambda api: from_json(list[ops.DlqMessage], api.dlq(limit)),
+    )
     emit(items, as_json, render.dlq_messages)
 
 

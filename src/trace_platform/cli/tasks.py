@@ -13,6 +13,7 @@ from trace_platform.cli import render
 from trace_platform.cli.common import (
     dumps,
     emit,
+    from_json,
     handle_errors,
     json_option,
     org_of,
@@ -61,7 +62,11 @@ def task_create(
 ) -> None:
     """Create tasks (rows + outbox wake-ups in one transaction); prints one task_id per line."""
     body = parse_json_object(payload, "--payload")
-    ids = run_ops(ctx, lambda env: ops.create_tasks(env, org_of(org_id), body, count, max_attempts))
+    ids = run_ops(
+        ctx,
+        lambda env: ops.create_tasks(env, org_of(org_id), body, count, max_attempts),
+        remote=lambda api: [uuid.UUID(i) for i in api.create_tasks(body, count, max_attempts)],
+    )
     sys.stdout.write("".join(f"{i}\n" for i in ids))
 
 
@@ -82,7 +87,11 @@ def task_list(
     as_json: bool,
 ) -> None:
     """Tasks, newest first, a page at a time (the same call as GET /v1/tasks)."""
-    page = run_ops(ctx, lambda env: ops.list_tasks(env, org_of(org_id), status, cursor, limit))
+    page = run_ops(
+        ctx,
+        lambda env: ops.list_tasks(env, org_of(org_id), status, cursor, limit),
+        remote=lambda api: from_json(ops.TaskPage, api.tasks(status, limit, cursor)),
+    )
     emit(page, as_json, render.task_page)
 
 
@@ -93,7 +102,11 @@ def task_list(
 @handle_errors
 def task_show(ctx: click.Context, task_id: uuid.UUID, org_id: uuid.UUID | None) -> None:
     """Print one task as JSON (with its events)."""
-    view = run_ops(ctx, lambda env: ops.show_task(env, org_of(org_id), task_id))
+    view = run_ops(
+        ctx,
+        lambda env: ops.show_task(env, org_of(org_id), task_id),
+        remote=lambda api: from_json(ops.TaskDetail, api.task(task_id)),
+    )
     click.echo(orjson.dumps(view, default=str, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -107,7 +120,11 @@ def task_cancel(
     ctx: click.Context, task_id: uuid.UUID, org_id: uuid.UUID | None, as_json: bool
 ) -> None:
     """Cancel a queued, running or failed task; later calls for it get 409."""
-    done = run_ops(ctx, lambda env: ops.cancel_task(env, org_of(org_id), task_id))
+    done = run_ops(
+        ctx,
+        lambda env: ops.cancel_task(env, org_of(org_id), task_id),
+        remote=lambda api: from_json(ops.Canceled, api.cancel_task(task_id)),
+    )
     if as_json:
         click.echo(dumps(done))
         return

@@ -10,6 +10,7 @@ from trace_platform.cli import render
 from trace_platform.cli.common import (
     dumps,
     emit,
+    from_json,
     handle_errors,
     json_option,
     org_of,
@@ -58,7 +59,12 @@ def user_create(
 @handle_errors
 def user_list(ctx: click.Context, org_id: uuid.UUID | None, as_json: bool) -> None:
     """Users of the org (key prefixes only)."""
-    emit(run_ops(ctx, lambda env: ops.list_users(env, org_of(org_id))), as_json, render.users)
+    items = run_ops(
+        ctx,
+        lambda env: ops.list_users(env, org_of(org_id)),
+        remote=lambda api: from_json(list[ops.UserRow], api.users()),
+    )
+    emit(items, as_json, render.users)
 
 
 @user.command("revoke")

@@ -1,0 +1,231 @@
+"""A typed Python client of Trace's user API (`/v1`), for scripts and the remote CLI.
+
+    from trace_platform.sdk import Client, ApiError
+
+    with Client("https://trace.internal", api_key=os.environ["TRACE_API_KEY"]) as trace:
+        ids = trace.create_tasks({"operator": "noop"}, count=10)
+        for task in trace.iter_tasks(status="completed"):   # every page, lazily
+            print(task["task_id"])
+        rows = trace.query("SELECT count(*) AS n FROM blocks", job="mainnet")["rows"]
+
+Every method returns the JSON document of its route (the same documents `trace ... --json`
+prints). A non-2xx answer raises `ApiError` with the API's `status`, `code` (e.g.
+`not_found`, `forbidden`, `invalid_request`) and one-line `detail`; a network failure raises
+`ApiUnreachable`. The key goes in the `Authorization` header only: it is never part of an
+error, a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from trace_platform.domain.errors import TraceError, UnavailableError
+
+Json = dict[str, Any]
+
+
+class ApiError(TraceError):
+    """The API answered an error: `status` (HTTP), `code` and `detail` are the API's own."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+
+
+class ApiUnreachable(UnavailableError):
+    """No answer from the API (connection refused, DNS, timeout)."""
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("the API URL must start with http:// or https://")
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "trace-sdk"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        query = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        try:
+            reply = self._http.request(
+                method, path, params=query, json=json, content=content, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"{self.url} is unreachable ({type(exc).__name__})") from None
+        try:
+            body = reply.json()
+        except ValueError:
+            body = None
+        if reply.status_code >= 400:
+            code, detail = "error", f"HTTP {reply.status_code}"
+            if isinstance(body, dict):
+                code = str(body.get("error") or code)
+                detail = str(body.get("detail") or detail)
+            raise ApiError(reply.status_code, code, detail)
+        return body
+
+    def _pages(self, path: str, params: dict[str, Any], key: str) -> Iterator[Json]:
+        cursor = None
+        while True:
+            page = self.request("GET", path, {**params, "cursor": cursor})
+            yield from page[key]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    # -- who, status ----------------------------------------------------------------------
+
+    def me(self) -> Json:
+        return dict(self.request("GET", "/v1/me"))
+
+    def status(self) -> Json:
+        return dict(self.request("GET", "/v1/status"))
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def tasks(self, status: str | None = None, limit: int = 50, cursor: str | None = None) -> Json:
+        """One page: `{"tasks": [...], "next_cursor": ...}` (newest first)."""
+        params = {"status": status, "limit": limit, "cursor": cursor}
+        return dict(self.request("GET", "/v1/tasks", params))
+
+    def iter_tasks(self, status: str | None = None, page_size: int = 200) -> Iterator[Json]:
+        """Every task, newest first, a page at a time."""
+        return self._pages("/v1/tasks", {"status": status, "limit": page_size}, "tasks")
+
+    def task(self, task_id: uuid.UUID | str) -> Json:
+        return dict(self.request("GET", f"/v1/tasks/{task_id}"))
+
+    def create_tasks(
+        self, payload: Json, count: int = 1, max_attempts: int | None = None
+    ) -> list[str]:
+        body: Json = {"payload": payload, "count": count}
+        if max_attempts is not None:
+            body["max_attempts"] = max_attempts
+        return list(self.request("POST", "/v1/tasks", json=body)["task_ids"])
+
+    def cancel_task(self, task_id: uuid.UUID | str) -> Json:
+        return dict(self.request("POST", f"/v1/tasks/{task_id}/cancel"))
+
+    # -- datasets and SQL -----------------------------------------------------------------
+
+    def datasets(self) -> list[Json]:
+        return list(self.request("GET", "/v1/datasets")["datasets"])
+
+    def dataset(self, name: str) -> Json:
+        return dict(self.request("GET", f"/v1/datasets/{name}"))
+
+    def query(
+        self,
+        sql: str,
+        dataset: str | None = None,
+        limit: int | None = None,
+        job: str | None = None,
+    ) -> Json:
+        body = {"sql": sql, "dataset": dataset, "limit": limit, "job": job}
+        return dict(
+            self.request("POST", "/v1/query", json={k: v for k, v in body.items() if v is not None})
+        )
+
+    def relations(self, job: str | None = None) -> list[Json]:
+        return list(self.request("GET", "/v1/relations", {"job": job})["relations"])
+
+    # -- specs, chains --------------------------------------------------------------------
+
+    def apply(self, yaml_text: str) -> list[Json]:
+        reply = self.request(
+            "POST",
+            "/v1/specs",
+            content=yaml_text.encode(),
+            headers={"Content-Type": "application/yaml"},
+        )
+        return list(reply["results"])
+
+    def chains(self) -> list[Json]:
+        return list(self.request("GET", "/v1/chains")["chains"])
+
+    def chain(self, name: str) -> Json:
+        return dict(self.request("GET", f"/v1/chains/{name}"))
+
+    def pause_chain(self, name: str) -> Json:
+        return dict(self.request("POST", f"/v1/chains/{name}/pause"))
+
+    def resume_chain(self, name: str) -> Json:
+        return dict(self.request("POST", f"/v1/chains/{name}/resume"))
+
+    # -- alerts and deliveries ------------------------------------------------------------
+
+    def alerts(self) -> list[Json]:
+        return list(self.request("GET", "/v1/alerts")["alerts"])
+
+    def alert(self, name: str) -> Json:
+        return dict(self.request("GET", f"/v1/alerts/{name}"))
+
+    def alert_events(self, name: str, limit: int = 100) -> list[Json]:
+        return list(self.request("GET", f"/v1/alerts/{name}/events", {"limit": limit})["events"])
+
+    def alert_deliveries(self, name: str, status: str | None = None, limit: int = 50) -> list[Json]:
+        params = {"status": status, "limit": limit}
+        return list(self.request("GET", f"/v1/alerts/{name}/deliveries", params)["deliveries"])
+
+    def retry_delivery(self, delivery_id: uuid.UUID | str) -> Json:
+        return dict(self.request("POST", f"/v1/deliveries/{delivery_id}/retry"))
+
+    # -- dead letters, users --------------------------------------------------------------
+
+    def dlq(self, limit: int = 100) -> list[Json]:
+        return list(self.request("GET", "/v1/dlq", {"limit": limit})["messages"])
+
+    def redrive(self, message_ids: list[str] | None = None) -> Json:
+        return dict(self.request("POST", "/v1/dlq/redrive", json={"message_ids": message_ids}))
+
+    def users(self) -> list[Json]:
+        return list(self.request("GET", "/v1/users")["users"])
+
+    def create_user(self, name: str, role: str) -> Json:
+        return dict(self.request("POST", "/v1/users", json={"name": name, "role": role}))
+
+    def revoke_user(self, name: str) -> Json:
+        return dict(self.request("POST", f"/v1/users/{name}/revoke"))
