@@ -778,6 +778,9 @@ async def test_the_remote_cli_prints_what_the_local_one_does(
         ("dlq", "list"),
         ("user", "list"),
         ("user", "list", "--json"),
+        ("dataset", "query", dataset, "SELECT n, label FROM dataset WHERE n < 5 ORDER BY n"),
+        ("dataset", "query", dataset, "SELECT count(*) AS c FROM dataset", "--json"),
+        ("dlq", "redrive", "--all"),
     ]
     for args in verbs:
         local = run_trace(u_settings, *args)
@@ -790,6 +793,25 @@ async def test_the_remote_cli_prints_what_the_local_one_does(
     remote = run_remote(api, keys["admin"], "task", "cancel", third, home=tmp_path)
     assert remote.returncode == 0 and local.returncode == 0
     assert remote.stdout.replace(third, second) == local.stdout
+    for who, name in (("local", "cli-spec-a"), ("remote", "cli-spec-b")):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(
+            f"kind: chain_sync\nname: {name}\nchain_id: 1\nrpc_pool: nowhere\n"
+            "mode: {kind: fixed_target, to_block: 100}\n"
+            "streams:\n  blocks: {cryo_dataset: blocks, chunk_size: 10}\n"
+        )
+        if who == "local":
+            applied_local = run_trace(u_settings, "apply", str(spec))
+        else:
+            applied_remote = run_remote(api, keys["writer"], "apply", str(spec), home=tmp_path)
+    assert applied_local.returncode == 0 and applied_remote.returncode == 0, applied_remote.stderr
+    assert applied_remote.stdout.replace("cli-spec-b", "cli-spec-a") == applied_local.stdout
+    made_user = run_remote(
+        api, keys["admin"], "user", "create", "remote-made", "--role", "reader", home=tmp_path
+    )
+    assert made_user.returncode == 0 and "user remote-made (reader) created" in made_user.stdout
+    revoked = run_remote(api, keys["admin"], "user", "revoke", "remote-made", home=tmp_path)
+    assert (revoked.returncode, revoked.stdout) == (0, "user remote-made: revoked\n")
     created = run_remote(api, keys["writer"], "task", "create", "--payload", "{}", home=tmp_path)
     assert created.returncode == 0, created.stderr
     shown = run_trace(u_settings, "task", "show", created.stdout.strip())

@@ -16,7 +16,9 @@ from trace_platform.cli.common import (
     org_option,
     run_ops,
 )
+from trace_platform.domain.errors import ValidationError
 from trace_platform.ops import alerts as ops
+from trace_platform.sdk import Client
 
 
 @click.group()
@@ -128,7 +130,20 @@ def delivery_retry(
     as_json: bool,
 ) -> None:
     """Deliver DELIVERY_ID again now (a failed one; a delivered one is left alone)."""
-    row = run_ops(ctx, lambda env: ops.retry_delivery(env, org_of(org_id), delivery_id, attempts))
+
+    def remote(api: Client) -> ops.DeliveryRetried:
+        if attempts is not None:
+            raise ValidationError("--attempts works on a local installation only")
+        retried: ops.DeliveryRetried = from_json(
+            ops.DeliveryRetried, api.retry_delivery(delivery_id)
+        )
+        return retried
+
+    row = run_ops(
+        ctx,
+        lambda env: ops.retry_delivery(env, org_of(org_id), delivery_id, attempts),
+        remote=remote,
+    )
     emit(
         row,
         as_json,

@@ -48,7 +48,9 @@ def apply(ctx: click.Context, file: Path, org_id: uuid.UUID | None, as_json: boo
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"cannot read {file}: {type(exc).__name__}") from None
     text = inline_abi_files(text, Path.cwd() if str(file) == "-" else file.parent)
-    results = run_ops(ctx, lambda env: apply_specs(env, org_of(org_id), text))
+    results = run_ops(
+        ctx, lambda env: apply_specs(env, org_of(org_id), text), remote=lambda api: api.apply(text)
+    )
     emit(results, as_json, _applied)
 
 

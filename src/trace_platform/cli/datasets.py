@@ -21,6 +21,7 @@ from trace_platform.cli.common import (
 from trace_platform.domain.errors import ValidationError
 from trace_platform.ops import datasets as ops
 from trace_platform.ops.chains import check_block_range
+from trace_platform.sdk import Client
 
 
 @click.group()
@@ -90,6 +91,22 @@ def dataset_relations(
     emit(found, as_json, render.relations)
 
 
+def _remote_query(
+    api: Client,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    job: str | None,
+    bounds: tuple[int, int] | None,
+) -> ops.QueryAnswer:
+    if bounds is not None:
+        raise ValidationError("--range works on a local installation only; filter in SQL")
+    answer: ops.QueryAnswer = from_json(
+        ops.QueryAnswer, api.query(sql, dataset=name, limit=limit, job=job)
+    )
+    return answer
+
+
 @dataset.command("query")
 @click.argument("args", nargs=-1, required=True, metavar="[NAME] SQL")
 @click.option("--limit", type=int, default=None, help="Rows to return (1..10000, default 1000).")
@@ -127,6 +144,7 @@ def dataset_query(
         result = run_ops(
             ctx,
             lambda env: ops.query_here(env, org_of(org_id), name, sql, limit, bounds, job),
+            remote=lambda api: _remote_query(api, name, sql, limit, job, bounds),
         )
     except ValidationError as exc:  # name the gate's or the engine's reason code
         why = "SQL rejected" if exc.code == "sql_rejected" else "query failed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import click
 
@@ -41,6 +42,11 @@ def dlq_list(ctx: click.Context, limit: int, org_id: uuid.UUID | None, as_json: 
     emit(items, as_json, render.dlq_messages)
 
 
+def _moved(reply: dict[str, Any]) -> ops.Moved:
+    ids = [uuid.UUID(i) for i in reply["message_ids"]]
+    return ops.Moved(int(reply["redriven"]), ids)
+
+
 @dlq.command("redrive")
 @click.argument("message_ids", nargs=-1, type=click.UUID)
 @click.option("--all", "all_", is_flag=True, help="Re-drive every DLQ message of the org.")
@@ -54,7 +60,11 @@ def dlq_redrive(
     if bool(message_ids) == all_:
         raise ValidationError("give message ids or --all (not both)")
     ids = None if all_ else list(message_ids)
-    moved = run_ops(ctx, lambda env: ops.redrive_dlq(env, org_of(org_id), ids))
+    moved = run_ops(
+        ctx,
+        lambda env: ops.redrive_dlq(env, org_of(org_id), ids),
+        remote=lambda api: _moved(api.redrive(None if ids is None else [str(i) for i in ids])),
+    )
     click.echo(f"re-drove {moved.count} message(s)")
 
 

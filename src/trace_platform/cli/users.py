@@ -39,7 +39,11 @@ def user_create(
     """Create user NAME and print its API key: shown this once, stored only as a hash.
     reader: status, tasks, datasets, query, alerts; writer: + apply specs, upload bundles,
     create tasks; admin: + users, cancel, DLQ redrive."""
-    new = run_ops(ctx, lambda env: ops.create_user(env, org_of(org_id), name, role))
+    new = run_ops(
+        ctx,
+        lambda env: ops.create_user(env, org_of(org_id), name, role),
+        remote=lambda api: from_json(ops.NewUser, api.create_user(name, role)),
+    )
     if as_json:
         click.echo(dumps(new))
         return
@@ -75,5 +79,9 @@ def user_list(ctx: click.Context, org_id: uuid.UUID | None, as_json: bool) -> No
 @handle_errors
 def user_revoke(ctx: click.Context, name: str, org_id: uuid.UUID | None, as_json: bool) -> None:
     """Revoke NAME's key: every request with it (and its console sessions) is refused at once."""
-    row = run_ops(ctx, lambda env: ops.revoke_user(env, org_of(org_id), name))
+    row = run_ops(
+        ctx,
+        lambda env: ops.revoke_user(env, org_of(org_id), name),
+        remote=lambda api: from_json(ops.Revoked, api.revoke_user(name)),
+    )
     emit(row, as_json, lambda r: f"user {r.name}: revoked")
