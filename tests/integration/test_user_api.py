@@ -734,27 +734,25 @@ async def test_cli_json_and_the_v1_api_return_the_same_rows(
 
 
 def run_remote(api: str, key: str, *args: str, home: Path) -> Any:
-    """`trace ARGS` against the API only: no database this process could reach."""
-    import os
-    import subprocess
-    import sys
+    """`trace ARGS` against the API only (in this process: the remote path opens no database
+    and no event loop), with no database it could reach."""
+    from types import SimpleNamespace
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
-    env.update(
-        TRACE_API_URL=api,
-        TRACE_API_KEY=key,
-        TRACE_HOME=str(home),
-        TRACE_STATE_DATABASE_URL="postgresql://127.0.0.1:1/none",
-        TRACE_DATA_DATABASE_URL="postgresql://127.0.0.1:1/none",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "trace_platform", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    from click.testing import CliRunner
+
+    from trace_platform.cli import cli
+
+    env = {
+        "TRACE_API_URL": api,
+        "TRACE_API_KEY": key,
+        "TRACE_HOME": str(home),
+        "TRACE_STATE_DATABASE_URL": "postgresql://127.0.0.1:1/none",
+        "TRACE_DATA_DATABASE_URL": "postgresql://127.0.0.1:1/none",
+    }
+    result = CliRunner().invoke(cli, list(args), env=env, prog_name="trace")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 async def test_the_remote_cli_prints_what_the_local_one_does(
