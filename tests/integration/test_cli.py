@@ -186,7 +186,9 @@ def test_help_shows_the_commands_first_and_config_lists_every_setting(tmp_path: 
     assert top.returncode == 0
     lines = top.stdout.splitlines()
     assert len(lines) <= 50
-    assert lines.index("Run the stack:") < lines.index("Operate:") < lines.index("Build and deploy:")
+    assert (
+        lines.index("Run the stack:") < lines.index("Operate:") < lines.index("Build and deploy:")
+    )
     assert "[env TRACE_" not in top.stdout  # settings are documented once, by `config`
     env.update(TRACE_WORKER_TOKEN="super-secret-token", TRACE_RPC_POOL_MAIN_URL="http://k/ey")
     out = subprocess.run(

@@ -64,8 +64,14 @@ def template_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def nat_template_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another deployment's choices: the NAT egress path, four workers."""
-    return synth(tmp_path_factory.mktemp("cdk-nat"), "env=test", "egress=nat", "desired_worker=4")
+    """Another deployment's choices: the NAT egress path, four workers, named zones."""
+    return synth(
+        tmp_path_factory.mktemp("cdk-nat"),
+        "env=test",
+        "egress=nat",
+        "desired_worker=4",
+        "availability_zones=eu-west-1b,eu-west-1c",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -625,6 +631,12 @@ def test_the_nat_egress_path_opens_https_for_deliver_worker_and_dispatcher_only(
     for rules in opened.values():
         assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in rules] == [("tcp", 443, 443)]
     assert {g[: -len("XXXXXXXX")] for g in opened} == {"SgDeliver", "SgWorker", "SgDispatcher"}
+    zones = {
+        r["Properties"]["AvailabilityZone"]
+        for r in resources.values()
+        if r["Type"] == "AWS::EC2::Subnet"
+    }
+    assert zones == {"eu-west-1b", "eu-west-1c"}  # the zones named, offline
 
 
 def test_secrets_are_parameters_by_arn(template: dict[str, Any]) -> None:

@@ -189,8 +189,12 @@ class TraceStack(cdk.Stack):  # type: ignore[misc]  # aws_cdk is not analysed (f
                 self,
                 "Vpc",
                 ip_addresses=ec2.IpAddresses.cidr("10.40.0.0/16"),
-                max_azs=2,
-                availability_zones=list(o.availability_zones) or None,
+                # CDK takes one of the two: named zones, or the first two of the region's.
+                **(
+                    {"availability_zones": list(o.availability_zones)}
+                    if o.availability_zones
+                    else {"max_azs": 2}
+                ),
                 nat_gateways=1 if o.egress == "nat" else 0,
                 subnet_configuration=subnet_config,
                 restrict_default_security_group=False,  # that option is a custom resource
