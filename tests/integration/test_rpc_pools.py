@@ -251,7 +251,8 @@ async def test_following_the_head_takes_the_best_head_past_a_lagging_endpoint(
         # the two heads are asked at once; a round during the mining above may see them a
         # block apart, so wait for a round after it (each round reports afresh)
         eps = endpoints_of(await status(p_settings, "heads"))
-        return eps if eps["lagging"]["lag"] == 20 and eps["best"]["lag"] == 0 else None
+        lagging, best = eps.get("lagging", {}), eps.get("best", {})  # (reported every 2 s)
+        return eps if lagging.get("lag") == 20 and best.get("lag") == 0 else None
 
     await wait_until(lags, 20, 0.2, "the lagging endpoint's lag of 20 reported")
 

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trace_platform.chain.pool import REFUSED, Health, PoolUnavailable, RpcPool
+from trace_platform.chain.pool import REFUSED, CallPlan, Health, PoolUnavailable, RpcPool
 from trace_platform.chain.rpc import RpcError, RpcThrottled, RpcUnavailable
 from trace_platform.chain.spec import KNOWN_CRYO_DATASETS
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
 COALESCE_WINDOW = 0.05  # seconds a first request waits for siblings
+HEADER_RETRIES = 3  # quick retries of a throttled header read
 MAX_CALL_BLOCKS = 20_000  # blocks of one cryo call (one call costs less CPU than several)
 Range = tuple[int, int]
 Headers = dict[int, tuple[str, int] | None]
@@ -91,12 +92,13 @@ def _freeze(
     ranges: list[Range],
     rpc: str,
     out: Path,
-    budget: tuple[int | None, int],
+    plan: CallPlan,
 ) -> dict[str, int]:
     import cryo  # the Rust extractor; imported only where ranges are extracted
 
-    rps, concurrency = budget
-    options: dict[str, Any] = {"requests_per_second": rps} if rps else {}
+    options: dict[str, Any] = {"requests_per_second": plan.rps} if plan.rps else {}
+    if plan.backoff_ms is not None:
+        options["initial_backoff"] = plan.backoff_ms
     try:
         result: dict[str, int] = cryo.freeze(
             datasets,
@@ -109,7 +111,7 @@ def _freeze(
             # Every range has this size, so each is one chunk (cryo chunks the union of the
             # ranges' blocks by count).
             chunk_size=ranges[0][1] - ranges[0][0],
-            max_concurrent_requests=concurrency,
+            max_concurrent_requests=plan.concurrency,
             # Every row names its block by hash too (logs do not by default): decoded
             # events carry it, and joins need no blocks stream for it.
             include_columns=["block_hash"],
@@ -255,13 +257,10 @@ class RangeExtractor:
             return {}, behind, why
         directory = _Directory(self.staging / uuid.uuid4().hex)
         directory.path.mkdir(parents=True, mode=0o700)
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         failed: dict[str, Exception] = {}
         try:
-            result = await loop.run_in_executor(
-                self.threads, _freeze, datasets, serve, rpc.url, directory.path, pool.budget(h)
-            )
+            result = await self._calls(datasets, serve, rpc.url, directory.path, pool, h)
             errored = int(result.get("n_errored", 0))
         except ExtractionFailed as exc:
             errored = 0
@@ -270,15 +269,7 @@ class RangeExtractor:
             else:  # one at a time: a bad dataset fails alone
                 for d in datasets:
                     try:
-                        alone = await loop.run_in_executor(
-                            self.threads,
-                            _freeze,
-                            [d],
-                            serve,
-                            rpc.url,
-                            directory.path,
-                            pool.budget(h),
-                        )
+                        alone = await self._calls([d], serve, rpc.url, directory.path, pool, h)
                         errored += int(alone.get("n_errored", 0))
                     except ExtractionFailed as one:
                         failed[d] = one
@@ -323,10 +314,41 @@ class RangeExtractor:
         else:
             pool.ok(h, None, requests=0)
         blocks = sum(e - s for s, e in serve)
-        pool.extracted(h, blocks, seconds)
+        pool.extracted(h, blocks, seconds, self._rate(serve, datasets, started))
         if incomplete:
             why = f"{h.label}: cryo reported errored chunks"
         return done, behind + incomplete, why
+
+    async def _calls(
+        self,
+        datasets: list[str],
+        ranges: list[Range],
+        url: str,
+        out: Path,
+        pool: RpcPool,
+        h: Health,
+    ) -> dict[str, int]:
+        """`ranges` extracted as the endpoint's call plan says: one cryo call, or several at
+        once over slices of the ranges (each range is one chunk, so slices write distinct
+        files); their errored chunks summed, the first refusal raised."""
+        plan = pool.call_plan(h, len(ranges))
+        per = -(-len(ranges) // plan.calls)
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self.threads, _freeze, datasets, ranges[i : i + per], url, out, plan
+                )
+                for i in range(0, len(ranges), per)
+            ),
+            return_exceptions=True,
+        )
+        errored = 0
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            errored += int(r.get("n_errored", 0))
+        return {"n_errored": errored}
 
     @staticmethod
     def _rate(ranges: list[Range], datasets: list[str], started: float) -> float:
@@ -340,17 +362,27 @@ class RangeExtractor:
 
     @staticmethod
     async def _headers(pool: RpcPool, h: Health, numbers: list[int]) -> Headers:
-        started = time.monotonic()
-        try:
-            headers = await pool.client(h).block_headers(numbers)
-        except RpcThrottled as exc:
-            pool.throttled_by(h, exc.retry_after, None)
-            raise
-        except RpcUnavailable as exc:
-            pool.failed(h, str(exc))
-            raise
-        pool.ok(h, time.monotonic() - started)
-        return headers
+        """The headers around a call. A 429 without a hint, or with one of a second or less,
+        is retried here a few times at a short backoff (one request: a random 429 should
+        not cost the piece a second of waiting and a try); a longer hint is the pool's to
+        honour."""
+        for attempt in range(HEADER_RETRIES + 1):
+            started = time.monotonic()
+            try:
+                headers = await pool.client(h).block_headers(numbers)
+            except RpcThrottled as exc:
+                pool.throttled_by(h, exc.retry_after, None)
+                hint = exc.retry_after
+                if attempt == HEADER_RETRIES or (hint is not None and hint > 1.0):
+                    raise
+                await asyncio.sleep(hint if hint is not None else 0.05 * 2**attempt)
+                continue
+            except RpcUnavailable as exc:
+                pool.failed(h, str(exc))
+                raise
+            pool.ok(h, time.monotonic() - started)
+            return headers
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)

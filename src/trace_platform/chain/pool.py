@@ -8,18 +8,29 @@ holds one `RpcPool` per configured pool. Every endpoint has:
   `Retry-After`, or a short backoff without one); `out` (it failed `OUT_AFTER` times in a row:
   probed back in after a backoff that doubles up to `PROBE_MAX`); `refused` (it serves another
   chain than the job's: for good, with the reason shown);
-- a **budget** passed to cryo: requests per second (unmetered until the endpoint first
-  throttles, then halved on each 429, timeout or connection error, at most once per
-  `DECREASE_EVERY`, and raised by a tenth of the rate it was throttled at on each success, up
-  to that rate or the configured `;rps=`) and concurrent requests (halved and raised by one
-  the same way);
+- a **budget** passed to cryo: requests per second (unmetered until the endpoint throttles
+  once the rate its cryo calls send is known, then halved on each 429, timeout or connection
+  error, at most once per `DECREASE_EVERY`, and raised by a tenth of the rate it was
+  throttled at on each success, up to that rate or the configured `;rps=`) and concurrent
+  requests (halved and raised by one the same way);
 - measured **latency** of Trace's own calls (p50 of the last 256) and **seconds per block**
   of its extractions (an EWMA), which the choice uses: a range goes to the available endpoint
   with the least load per weight, weighed by its speed.
 
 cryo retries rate-limited requests itself (10 times, 500 ms apart), so its 429s are seen
 through the outcome and speed of each extraction and through the calls Trace makes around it
-(chain id, block hashes before and after), which go to the same endpoint.
+(a burst of chain-id requests when the endpoint is first used, block hashes before and after
+each call), which go to the same endpoint.
+
+How cryo retries shapes the budget (`call_plan`). cryo 0.3.2's retry client (ethers'
+`RetryClient`) adds `min(queued, ahead) / 19` seconds to the backoff of every 429 once more
+than 19 requests are in flight (a compute-unit heuristic with Alchemy's 330 CU/s), so one call
+at cryo's default 100 concurrent requests waits up to 5 s per 429: measured here, 2,000 blocks
+behind a proxy answering 20% of requests 429 took 78 s that way against 1.2 s clean. An
+endpoint that has throttled within `THROTTLE_MEMORY` therefore gets its concurrency spread
+over several calls of at most `ETHERS_QUEUE` requests each, with a short first backoff: the
+same measurement took 1.4-1.6 s (4 calls of 19, 20-50 ms). A healthy endpoint keeps one call
+(several calls cost ~10% more CPU here).
 
 A URL never leaves this module's objects: states, logs, errors and metrics name the label.
 """
@@ -52,6 +63,22 @@ THROTTLE_BACKOFF = 1.0  # seconds a 429 without Retry-After keeps an endpoint as
 DECREASE_EVERY = 1.0
 MIN_RPS = 2.0
 CONCURRENCY = 100  # cryo's concurrent requests per endpoint (its own default) until one goes wrong
+ETHERS_QUEUE = 330 // 17  # requests in flight past which cryo's retry client adds seconds per 429
+THROTTLED_BACKOFF_MS = 50  # cryo's first retry backoff on an endpoint that throttles
+THROTTLE_MEMORY = 120.0  # seconds an endpoint counts as throttling after its last 429
+MAX_CALLS = 5  # cryo calls one piece is spread over on such an endpoint
+PROBE_BURST = 16  # concurrent requests of the first check of an endpoint
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """cryo calls for one piece: how many, and each one's requests per second (None:
+    unmetered), concurrent requests and first retry backoff in ms (None: cryo's 500)."""
+
+    calls: int
+    rps: int | None
+    concurrency: int
+    backoff_ms: int | None
 
 
 class PoolUnavailable(Exception):
@@ -88,6 +115,8 @@ class Health:
     chain_id: int | None = None
     block_seconds: float | None = None
     last_decrease: float = 0.0
+    throttled_at: float | None = None  # monotonic time of its last 429
+    call_rate: float | None = None  # requests per second its cryo calls sent (an EWMA)
     lag: int | None = None
     last_error: str | None = None
 
@@ -101,6 +130,10 @@ class Health:
 
     def available(self, now: float) -> bool:
         return self.state != REFUSED and now >= self.until
+
+    def throttling(self, now: float) -> bool:
+        """Whether the endpoint answered 429 within `THROTTLE_MEMORY`."""
+        return self.throttled_at is not None and now - self.throttled_at < THROTTLE_MEMORY
 
     def latency_p50(self) -> float | None:
         return statistics.median(self.latencies) if self.latencies else None
@@ -170,12 +203,16 @@ class RpcPool:
         if h.state in (THROTTLED, OUT) and time.monotonic() >= h.until:
             self._set_state(h, HEALTHY, None)
 
-    def throttled_by(self, h: Health, retry_after: float | None, sent_rate: float | None) -> None:
-        """A 429: aside until `Retry-After` (or a short backoff), budget decreased."""
-        h.requests += 1
-        h.throttled += 1
+    def throttled_by(
+        self, h: Health, retry_after: float | None, sent_rate: float | None, count: int = 1
+    ) -> None:
+        """`count` 429s (answers to requests sent together): aside until `Retry-After` (or a
+        short backoff), budget decreased once."""
+        h.requests += count
+        h.throttled += count
         h.last_error = "HTTP 429"
-        RPC_CALLS.labels(self.name, h.label, "throttled").inc()
+        h.throttled_at = time.monotonic()
+        RPC_CALLS.labels(self.name, h.label, "throttled").inc(count)
         wait = THROTTLE_BACKOFF if retry_after is None else retry_after
         h.until = max(h.until, time.monotonic() + wait)
         self._decrease(h, sent_rate, force=retry_after is not None)
@@ -202,19 +239,27 @@ class RpcPool:
         if not force and now - h.last_decrease < DECREASE_EVERY:
             return
         h.last_decrease = now
-        if h.rps is None:  # first throttle: start from what was being sent
-            h.ceiling = sent_rate if sent_rate and sent_rate > MIN_RPS else 100.0
-            h.rps = h.ceiling
-        h.rps = max(MIN_RPS, h.rps * 0.5)
+        if h.rps is None:
+            # First metering: from what was being sent (the call's rate, else its cryo calls'
+            # measured rate, else what the window allows at the measured latency).
+            p50 = h.latency_p50()
+            sent_rate = sent_rate or h.call_rate or (p50 and h.concurrency / max(p50, 0.001))
+            h.ceiling = h.rps = sent_rate if sent_rate and sent_rate > MIN_RPS else None
+        if h.rps is not None:  # (a rate never measured stays unmetered: the window shrinks)
+            h.rps = max(MIN_RPS, h.rps * 0.5)
         h.concurrency = max(1, h.concurrency // 2)
 
-    def extracted(self, h: Health, blocks: int, seconds: float) -> None:
+    def extracted(self, h: Health, blocks: int, seconds: float, rate: float | None = None) -> None:
+        """A cryo call on `h` extracted `blocks` in `seconds`, sending about `rate`
+        requests per second (what a later throttle's decrease starts from)."""
         h.ranges += 1
         h.blocks += blocks
         per_block = seconds / max(blocks, 1)
         h.block_seconds = (
             per_block if h.block_seconds is None else 0.7 * h.block_seconds + 0.3 * per_block
         )
+        if rate is not None:
+            h.call_rate = rate if h.call_rate is None else 0.7 * h.call_rate + 0.3 * rate
 
     # -- choice -------------------------------------------------------------------------
 
@@ -272,6 +317,21 @@ class RpcPool:
         rps = None if h.rps is None else max(1, int(h.rps / share))
         return rps, max(1, h.concurrency // share)
 
+    def call_plan(self, h: Health, ranges: int) -> CallPlan:
+        """How one piece of `ranges` ranges runs on `h`: one cryo call with the piece's
+        budget, or, on an endpoint that throttles, up to `MAX_CALLS` calls of at most
+        `ETHERS_QUEUE` concurrent requests sharing it, each with a short first backoff."""
+        rps, concurrency = self.budget(h)
+        if not h.throttling(time.monotonic()):
+            return CallPlan(1, rps, concurrency, None)
+        calls = max(1, min(MAX_CALLS, ranges, -(-concurrency // ETHERS_QUEUE)))
+        return CallPlan(
+            calls,
+            None if rps is None else max(1, rps // calls),
+            max(1, min(ETHERS_QUEUE, -(-concurrency // calls))),
+            THROTTLED_BACKOFF_MS,
+        )
+
     # -- calls --------------------------------------------------------------------------
 
     async def verify_chain(self, h: Health, chain_id: int) -> None:
@@ -280,14 +340,35 @@ class RpcPool:
             lock = self._checks.setdefault(h.label, asyncio.Lock())
             async with lock:
                 if h.chain_id is None:
-                    started = time.monotonic()
-                    h.chain_id = await self._timed(h, self.client(h).chain_id(), started)
+                    h.chain_id = await self._first_check(h)
         if h.chain_id != chain_id and h.state != REFUSED:
             self.refuse(
                 h,
                 f"chain_id_mismatch: endpoint {h.label} serves chain {h.chain_id},"
                 f" the job is of chain {chain_id}",
             )
+
+    async def _first_check(self, h: Health) -> int:
+        """The endpoint's chain id, asked `PROBE_BURST` times at once: an endpoint that
+        throttles bursts shows it here (and its first cryo call is planned for it) rather
+        than inside a call of 100 concurrent requests."""
+        rpc, started = self.client(h), time.monotonic()
+        answers = await asyncio.gather(
+            *(rpc.chain_id() for _ in range(PROBE_BURST)), return_exceptions=True
+        )
+        ids = [a for a in answers if isinstance(a, int)]
+        if ids:
+            self.ok(h, time.monotonic() - started, requests=len(ids))
+        throttled = [a for a in answers if isinstance(a, RpcThrottled)]
+        if throttled:
+            hints = [a.retry_after for a in throttled if a.retry_after is not None]
+            self.throttled_by(h, max(hints, default=None), None, count=len(throttled))
+        if ids:
+            return ids[0]
+        failure = next(a for a in answers if isinstance(a, BaseException))
+        if isinstance(failure, RpcUnavailable) and not isinstance(failure, RpcThrottled):
+            self.failed(h, str(failure))
+        raise failure
 
     async def _timed(self, h: Health, call: Awaitable[T], started: float) -> T:
         try:
@@ -372,8 +453,8 @@ FRESH_SECONDS = 30.0  # a report older than this tells counters, not the current
 def aggregate_views(rows: list[Any]) -> dict[str, list[dict[str, Any]]]:
     """Per pool, one view per endpoint from every process's report (`pool_endpoints` rows,
     newest first): counters summed; state, rate and latency from the fresh reports (a
-    refusal anywhere wins, else the newest state; rates summed, since each process spends
-    its own budget; the slowest p50)."""
+    refusal anywhere wins, else the newest state; rates and their ceilings summed, since each
+    process spends its own budget; the slowest p50)."""
     by: dict[tuple[str, str], list[Any]] = {}
     for r in rows:
         by.setdefault((r["pool"], r["endpoint"]), []).append(r)
@@ -387,8 +468,10 @@ def aggregate_views(rows: list[Any]) -> dict[str, list[dict[str, Any]]]:
         refused = [v for v in fresh if v.get("state") == REFUSED]
         if refused:
             view["state"], view["reason"] = REFUSED, refused[0].get("reason")
-        rates = [float(v["rps"]) for v in fresh if v.get("rps") is not None]
-        view["rps"] = round(sum(rates), 1) if rates else None
+        metered = [v for v in fresh if v.get("rps") is not None]
+        view["rps"] = round(sum(float(v["rps"]) for v in metered), 1) if metered else None
+        ceilings = [float(v["ceiling"]) for v in metered if v.get("ceiling") is not None]
+        view["ceiling"] = round(sum(ceilings), 1) if ceilings else None
         p50s = [float(v["latency_p50_ms"]) for v in fresh if v.get("latency_p50_ms") is not None]
         view["latency_p50_ms"] = max(p50s) if p50s else None
         heads = [int(v["head"]) for v in fresh if v.get("head") is not None]
