@@ -7,6 +7,7 @@ import time
 import pytest
 
 from trace_platform.chain.pool import (
+    ETHERS_QUEUE,
     OUT,
     REFUSED,
     THROTTLED,
@@ -151,3 +152,32 @@ def test_status_sums_counters_over_processes_and_a_refusal_anywhere_wins() -> No
     assert view["state"] == "throttled"  # the stale refusal is history, not state
     rows[2]["age"] = 1.0
     assert aggregate_views(rows)["main"][0]["state"] == REFUSED
+
+
+def test_a_throttling_endpoint_spreads_its_calls_under_cryos_retry_penalty() -> None:
+    p = pool("http://a.example;name=a")
+    (a,) = p.health
+    healthy = p.call_plan(a, ranges=10)
+    assert (healthy.calls, healthy.rps, healthy.concurrency, healthy.backoff_ms) == (
+        1,
+        None,
+        100,
+        None,
+    )
+    p.extracted(a, 1000, 1.0, rate=3000.0)
+    p.throttled_by(a, None, None, count=16)  # a burst's 429s: counted, one decrease
+    assert (a.throttled, a.requests) == (16, 16)
+    assert a.concurrency == 50 and a.rps == 1500.0 and a.ceiling == 3000.0
+    plan = p.call_plan(a, ranges=10)
+    assert plan.calls == 3 and plan.concurrency <= ETHERS_QUEUE and plan.backoff_ms == 50
+    assert plan.rps == 500  # the rate is shared by the calls
+    assert p.call_plan(a, ranges=1).calls == 1  # never more calls than ranges
+    a.throttled_at = time.monotonic() - 1000  # long ago: one call again
+    assert p.call_plan(a, ranges=10).calls == 1
+
+
+def test_a_throttle_with_no_measured_rate_shrinks_the_window_only() -> None:
+    p = pool("http://a.example;name=a")
+    (a,) = p.health
+    p.throttled_by(a, None, None)
+    assert a.rps is None and a.concurrency == 50
