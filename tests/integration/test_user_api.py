@@ -808,6 +808,7 @@ async def test_the_remote_cli_prints_what_the_local_one_does(
         api, keys["admin"], "user", "create", "remote-made", "--role", "reader", home=tmp_path
     )
     assert made_user.returncode == 0 and "user remote-made (reader) created" in made_user.stdout
+    assert f"console at {api.rstrip('/')}/ui" in made_user.stderr  # the deployment's, not local
     revoked = run_remote(api, keys["admin"], "user", "revoke", "remote-made", home=tmp_path)
     assert (revoked.returncode, revoked.stdout) == (0, "user remote-made: revoked\n")
     created = run_remote(api, keys["writer"], "task", "create", "--payload", "{}", home=tmp_path)

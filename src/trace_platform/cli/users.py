@@ -49,9 +49,10 @@ def user_create(
         return
     click.echo(f"user {new.name} ({new.role}) created; its API key (shown once):")
     click.echo(new.api_key)
+    settings = settings_from(ctx)
+    api = (settings.api_url or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
     click.echo(
-        f"use it as `Authorization: Bearer <key>` on /v1/*, or log in to the console at"
-        f" http://127.0.0.1:{settings_from(ctx).api_port}/ui",
+        f"use it as `Authorization: Bearer <key>` on /v1/*, or log in to the console at {api}/ui",
         err=True,
     )
 
