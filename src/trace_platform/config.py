@@ -64,7 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
         "object_store_url", str, None, "file:///dir or s3://bucket/prefix; unset = HOME/objects."
     ),
     Setting("s3_endpoint_url", str, None, "S3-compatible endpoint URL (for non-AWS S3)."),
-    Setting("worker_concurrency", int, 64, "Tasks a worker runs at once."),
+    Setting("worker_concurrency", int, 256, "Tasks a worker runs at once."),
     Setting("visibility_seconds", float, 30.0, "Queue visibility timeout for received messages."),
     Setting("queue_backend", str, "postgres", "Queues: postgres (pgqueue) or sqs (extra [aws])."),
     Setting("sqs_queue_prefix", str, "trace-", "SQS queue names are this prefix + queue name."),
@@ -156,7 +156,7 @@ class Settings:
     db_pool_size: int = 8
     object_store_url: str | None = None
     s3_endpoint_url: str | None = None
-    worker_concurrency: int = 64
+    worker_concurrency: int = 256
     visibility_seconds: float = 30.0
     queue_backend: str = "postgres"
     sqs_queue_prefix: str = "trace-"

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from trace_platform import __version__
 from trace_platform.adapters.local_invoker import LocalRuntimeInvoker
-from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
+from trace_platform.adapters.local_keys import VerifiedTokens, load_key_ring, load_worker_tokens
 from trace_platform.adapters.queues import queue_from_settings
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import LoopRunner, watch
@@ -47,6 +47,7 @@ from trace_platform.logs import get_logger
 from trace_platform.ports import RuntimeInvoker
 
 log = get_logger(__name__)
+MINTED_TOKENS = 16384  # tokens remembered (~2 KB each): the attempts of a busy minute
 
 
 def invoker_from_settings(settings: Settings) -> RuntimeInvoker:
@@ -65,7 +66,9 @@ def invoker_from_settings(settings: Settings) -> RuntimeInvoker:
 
 def create_app(settings: Settings) -> FastAPI:
     """The dispatcher ASGI app. Resources are created in the lifespan, not at import."""
-    signer = load_key_ring(settings)
+    # Tokens this dispatcher minted come back with every heartbeat and completion: it knows
+    # them without a second signature check.
+    signer = VerifiedTokens(load_key_ring(settings), size=MINTED_TOKENS)
     worker_tokens = load_worker_tokens(settings)
     store = object_store_from_settings(settings)
     state: dict[str, Any] = {}
