@@ -5,6 +5,7 @@ Global settings come first: `trace --lease-seconds 5 dispatcher`. Each has a TRA
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,48 @@ COMMAND_GROUPS = (
 )
 
 
+# name -> (module of trace_platform.cli, attribute): each command is imported when it runs
+# (or when help lists it), so `trace task create` loads the task verbs, not the whole
+# platform (half a second of imports otherwise).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "migrate": ("processes", "migrate"),
+    "db": ("processes", "db"),
+    "dispatcher": ("processes", "dispatcher"),
+    "worker": ("processes", "worker"),
+    "sink": ("processes", "sink"),
+    "deliver": ("processes", "deliver"),
+    "api": ("processes", "api"),
+    "query-service": ("processes", "query_service"),
+    "up": ("processes", "up"),
+    "demo": ("processes", "demo"),
+    "status": ("admin", "status"),
+    "config": ("admin", "config_command"),
+    "tools": ("admin", "tools"),
+    "apply": ("chains", "apply"),
+    "chain": ("chains", "chain"),
+    "alert": ("alerts", "alert"),
+    "delivery": ("alerts", "delivery"),
+    "user": ("users", "user"),
+    "task": ("tasks", "task"),
+    "dataset": ("datasets", "dataset"),
+    "dlq": ("dlq", "dlq"),
+    "bundle": ("bundles", "bundle"),
+    "deploy": ("deploy", "deploy"),
+}
+
+
 class TraceGroup(click.Group):
     """Commands first, in groups; settings are documented once, by `trace config`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attr = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"trace_platform.cli.{module}"), attr)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         listed: set[str] = set()
@@ -108,51 +149,6 @@ def cli(ctx: click.Context, /, **overrides: Any) -> None:
     then `trace up` to keep the stack running and `trace status` to look at it.
     """
     ctx.obj = overrides
-
-
-def _register_commands() -> None:
-    from trace_platform.cli import (
-        admin,
-        alerts,
-        bundles,
-        chains,
-        datasets,
-        deploy,
-        dlq,
-        processes,
-        tasks,
-        users,
-    )
-
-    for command in (
-        processes.migrate,
-        processes.db,
-        processes.dispatcher,
-        processes.worker,
-        processes.sink,
-        processes.deliver,
-        processes.api,
-        processes.query_service,
-        processes.up,
-        processes.demo,
-        admin.status,
-        admin.config_command,
-        admin.tools,
-        chains.apply,
-        chains.chain,
-        alerts.alert,
-        alerts.delivery,
-        users.user,
-        tasks.task,
-        datasets.dataset,
-        dlq.dlq,
-        bundles.bundle,
-        deploy.deploy,
-    ):
-        cli.add_command(command)
-
-
-_register_commands()
 
 
 def main() -> None:

@@ -3,16 +3,19 @@ results themselves). One function per result type; nothing here reads or decides
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trace_platform.domain.catalog import RelationInfo
-from trace_platform.ops.alerts import AlertDetail, AlertEvent, AlertSummary, Delivery
-from trace_platform.ops.bundles import BundleSummary
-from trace_platform.ops.datasets import DatasetDetail, DatasetSummary, QueryAnswer
-from trace_platform.ops.dlq import DlqMessage
-from trace_platform.ops.status import StatusReport
-from trace_platform.ops.tasks import TASK_STATUSES, TaskPage
-from trace_platform.ops.users import UserRow
+from trace_platform.ops.tasks import TASK_STATUSES
+
+if TYPE_CHECKING:  # (types only: a verb imports the operations it runs, not every area's)
+    from trace_platform.domain.catalog import RelationInfo
+    from trace_platform.ops.alerts import AlertDetail, AlertEvent, AlertSummary, Delivery
+    from trace_platform.ops.bundles import BundleSummary
+    from trace_platform.ops.datasets import DatasetDetail, DatasetSummary, QueryAnswer
+    from trace_platform.ops.dlq import DlqMessage
+    from trace_platform.ops.status import StatusReport
+    from trace_platform.ops.tasks import TaskPage
+    from trace_platform.ops.users import UserRow
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:

@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, is_dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from trace_platform.client import TaskClient
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import create_pool
-from trace_platform.dispatcher.service import TaskService
-from trace_platform.ports import ObjectStore
+
+if TYPE_CHECKING:  # (imported where used: a CLI verb loads only what it runs)
+    from trace_platform.client import TaskClient
+    from trace_platform.dispatcher.service import TaskService
+    from trace_platform.ports import ObjectStore
 
 T = TypeVar("T")
 
@@ -45,6 +47,7 @@ class OpsEnv:
     @cached_property
     def tasks(self) -> TaskService:
         from trace_platform.adapters.local_keys import load_key_ring
+        from trace_platform.dispatcher.service import TaskService
 
         return TaskService(self.state, load_key_ring(self.settings), self.settings)
 
