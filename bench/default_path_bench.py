@@ -1,9 +1,13 @@
 """The path a user takes, next to the kernel benchmark in the same run: `trace up` with
 default settings, then `trace task create --count N` from the command line (CLI start-up
 included), until every task is completed — versus bench/kernel_bench.py's measurement
-(tasks created in-process on a stack tuned for the benchmark). Target: within 15%.
+(tasks created in-process on the same defaults). Target: within 15%.
 
-    .venv/bin/python bench/default_path_bench.py [--tasks 10000]
+    .venv/bin/python bench/default_path_bench.py [--tasks 10000] [--database-url URL]
+
+--database-url: an external PostgreSQL server (postgresql://user:password@host:port/db, a
+role that may create databases): each path gets fresh state and data databases there
+(TRACE_STATE_DATABASE_URL / TRACE_DATA_DATABASE_URL) instead of the embedded server.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import asyncpg
+
 from kernel_bench import free_port, trace_run
 from trace_platform.config import Settings
-from trace_platform.db.embedded import stop_embedded
+from trace_platform.db.embedded import ensure_database, stop_embedded
 from trace_platform.db.pool import create_pool
 from trace_platform.stack import Stack, prepare
 
@@ -37,10 +43,34 @@ async def stack_run(settings: Settings, fn: object) -> float:
         shutil.rmtree(settings.home, ignore_errors=True)
 
 
-async def user_path(n: int) -> float:
+async def external(url: str | None, tag: str) -> dict[str, str]:
+    """Fresh state and data databases for one path on an external server (none: embedded)."""
+    if not url:
+        return {}
+    base, _, _db = url.rpartition("/")
+    admin = await asyncpg.connect(url)
+    try:
+        for kind in ("state", "data"):
+            await admin.execute(f'DROP DATABASE IF EXISTS "bench_{tag}_{kind}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    urls = {}
+    for kind in ("state", "data"):
+        await ensure_database(url, f"bench_{tag}_{kind}")
+        urls[f"{kind}_database_url"] = f"{base}/bench_{tag}_{kind}"
+    return urls
+
+
+async def user_path(n: int, database_url: str | None) -> float:
     home = Path(tempfile.mkdtemp(prefix="trace-default-"))
     settings = Settings.load(
-        {"home": home, "port": free_port(), "query_port": free_port(), "log_level": "warning"},
+        {
+            "home": home,
+            "port": free_port(),
+            "query_port": free_port(),
+            "log_level": "warning",
+            **await external(database_url, "user"),
+        },
         env={},
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
@@ -79,7 +109,7 @@ async def user_path(n: int) -> float:
     return await stack_run(settings, go)
 
 
-async def kernel_path(n: int) -> float:
+async def kernel_path(n: int, database_url: str | None) -> float:
     home = Path(tempfile.mkdtemp(prefix="trace-kernel-"))
     settings = Settings.load(
         {
@@ -87,6 +117,7 @@ async def kernel_path(n: int) -> float:
             "port": free_port(),
             "query_port": free_port(),
             "log_level": "warning",
+            **await external(database_url, "kernel"),
         },
         env={},
     )
@@ -105,10 +136,12 @@ async def kernel_path(n: int) -> float:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--database-url", help="an external PostgreSQL server for both paths")
     args = ap.parse_args()
-    user = await user_path(args.tasks)
-    kernel = await kernel_path(args.tasks)
-    print(f"no-op tasks: {args.tasks}")
+    user = await user_path(args.tasks, args.database_url)
+    kernel = await kernel_path(args.tasks, args.database_url)
+    where = "an external server" if args.database_url else "embedded Postgres"
+    print(f"no-op tasks: {args.tasks}, {where}")
     print(f"{'path':<58}{'seconds':>9}{'tasks/s':>10}")
     print(
         f"{'trace up (defaults) + `trace task create --count N` (CLI)':<58}{user:>9.2f}{args.tasks / user:>10.0f}"
