@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
@@ -95,6 +96,10 @@ def _parse_key(spec: Any, base_dir: Path | None, role: str) -> RingKey:
 DEFAULT_ISSUER = "trace-dispatcher"
 
 
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 class LocalKeyRing:
     """TokenSigner over a key ring: local HS256/ES256 keys, or ES256 keys held in KMS (only the
     signature is computed there). Keys are parsed once; verification is always local."""
@@ -103,6 +108,7 @@ class LocalKeyRing:
         self.issuer = issuer
         self.current = current
         self._keys: dict[str, RingKey] = {}
+        self._signers: dict[str, tuple[Any, Any, bytes]] = {}
         for key in [current, *accepted]:
             if key.kid in self._keys:
                 raise ConfigError(f"task key ring: duplicate kid {key.kid!r}")
@@ -140,12 +146,25 @@ class LocalKeyRing:
             header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
             token: str = key.signing_key.sign_jws(header, claims.model_dump(mode="json"))
             return token
-        return jwt.encode(
-            claims.model_dump(mode="json"),
-            key.signing_key,
-            algorithm=key.alg,
-            headers={"kid": key.kid, "typ": "JWT"},
+        # PyJWT's algorithm signs; the key is prepared and the header encoded once per key
+        # (jwt.encode redoes both per token: half a claim's cost in the dispatcher). The
+        # token is an ordinary compact JWS that jwt.decode verifies.
+        algorithm, prepared, encoded_header = self._local_signer(key)
+        signing_input = (
+            encoded_header + b"." + _b64url(orjson.dumps(claims.model_dump(mode="json")))
         )
+        signature: bytes = algorithm.sign(signing_input, prepared)
+        return (signing_input + b"." + _b64url(signature)).decode()
+
+    def _local_signer(self, key: RingKey) -> tuple[Any, Any, bytes]:
+        """(PyJWT algorithm, prepared key, encoded header) of a local key, made once."""
+        found = self._signers.get(key.kid)
+        if found is None:
+            algorithm = jwt.get_algorithm_by_name(key.alg)
+            header = orjson.dumps({"alg": key.alg, "kid": key.kid, "typ": "JWT"})
+            found = (algorithm, algorithm.prepare_key(key.signing_key), _b64url(header))
+            self._signers[key.kid] = found
+        return found
 
     async def sign_async(self, claims: CapabilityClaims) -> str:
         """Local keys sign inline (microseconds); KMS signs off the event loop."""
