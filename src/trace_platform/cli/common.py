@@ -12,7 +12,7 @@ import typing
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import click
@@ -22,7 +22,9 @@ from trace_platform.config import Settings
 from trace_platform.domain.errors import ConfigError, TraceError
 from trace_platform.ops.env import OpsEnv, open_env
 from trace_platform.ports import LITE_ORG_ID
-from trace_platform.sdk import Client
+
+if TYPE_CHECKING:  # (the SDK and its HTTP client load only for a remote verb)
+    from trace_platform.sdk import Client
 
 T = TypeVar("T")
 
@@ -89,6 +91,8 @@ def remote_client(ctx: click.Context) -> Client | None:
     if not settings.api_key:
         raise ConfigError("TRACE_API_URL is set but TRACE_API_KEY (--api-key) is not")
     try:
+        from trace_platform.sdk import Client
+
         return Client(settings.api_url, settings.api_key, timeout=settings.api_timeout_seconds)
     except ValueError as exc:
         raise ConfigError(f"TRACE_API_URL: {exc}") from None
