@@ -231,3 +231,25 @@ def test_worker_tokens_accept_current_and_next_only() -> None:
 )
 def test_write_prefix_containment(uri: str, ok: bool) -> None:
     assert is_within_prefixes(uri, [f"{ROOT}/buffers/t/1/"]) is ok
+
+
+def test_remembered_tokens_are_exact_strings_and_expire() -> None:
+    from trace_platform.adapters.local_keys import VerifiedTokens
+
+    memo = VerifiedTokens(ring(HS_A), size=8)
+    c = claims()
+    token = memo.sign(c)
+    assert memo.verify(token) == c  # minted here: known without a second check
+    head, body, sig = token.split(".")
+    flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
+    with pytest.raises(AuthError):
+        memo.verify(f"{head}.{body}.{flipped}")  # one character off: the full check, refused
+    with pytest.raises(AuthError):
+        memo.verify(memo.sign(claims(iss="someone-else")))  # minting remembers, never widens
+    old = claims(iat=int(time.time()) - 120, exp=int(time.time()) - 60)
+    stale = memo.sign(old)
+    with pytest.raises(AuthError, match="expired"):
+        memo.verify(stale)  # remembered, yet expired
+    for _ in range(20):  # past its size it forgets the oldest and still answers
+        memo.sign(claims())
+    assert memo.verify(token) == c

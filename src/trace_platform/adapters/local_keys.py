@@ -241,13 +241,24 @@ class VerifiedTokens:
 
     def sign(self, claims: CapabilityClaims) -> str:
         token = self.ring.sign(claims)
-        self._remember(token, claims)
+        self._remember_minted(token, claims)
         return token
 
     async def sign_async(self, claims: CapabilityClaims) -> str:
         token = await self.ring.sign_async(claims)
-        self._remember(token, claims)
+        self._remember_minted(token, claims)
         return token
+
+    def _remember_minted(self, token: str, claims: CapabilityClaims) -> None:
+        """Only claims the ring's own check would pass (its issuer and audience, issued
+        by now; expiry is checked on every use): minting never widens what verification
+        accepts."""
+        if (
+            claims.iss == self.ring.issuer
+            and claims.aud == AUDIENCE
+            and claims.iat <= time.time() + LEEWAY_SECONDS
+        ):
+            self._remember(token, claims)
 
     def verify(self, token: str) -> CapabilityClaims:
         claims = self._claims.get(token)
