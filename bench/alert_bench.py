@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/alert_bench.py latency [--alerts 100]
     .venv/bin/python bench/alert_bench.py throughput [--deliveries 5000]
+    .venv/bin/python bench/alert_bench.py fanout [--rules 1000] [--minutes 5]
 
 latency: `anvil --block-time 1`, a chain followed at its head (tail_lag 0, chunk_size 1), a
   SQL rule on its ERC-20 transfers and a webhook channel to a receiver in this process that
@@ -13,6 +14,13 @@ throughput: N events with one webhook channel each, inserted with the sink's own
   guard's resolver in the path, its answer cached); deliveries/s from insert to the last
   `delivered`, next to raw aiohttp POSTs of the same bodies at the same concurrency to the
   same receiver in the same run. Target >= 500 deliveries/s.
+fanout: N SQL rules on one chain job following `anvil --block-time 1` (tail_lag 0, chunk_size
+  1, so every block is one committed range and N evaluation tasks); one rule fires on the
+  whale transfer sent every block and has a webhook channel, the others never match. Every
+  10 s: evaluations completed per second and the backlog of evaluations not yet done (it
+  must not grow); at the end, block -> webhook p50/p99 of the firing rule and the CPU
+  seconds (stack processes + Postgres, from /proc) per evaluation. Targets: keep up with 1
+  block/s (no growing backlog), p99 <= 6 s.
 """
 
 from __future__ import annotations
@@ -256,6 +264,138 @@ async def _alert(state: Any, alert_id: uuid.UUID, url: str) -> None:
     )
 
 
+def cpu_seconds(markers: tuple[str, ...] = ("trace_platform", "postgres")) -> float:
+    """User + system CPU of this machine's processes whose command line names a marker."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if any(m.encode() in cmd for m in markers):
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / hz
+    return total
+
+
+EVALS = """SELECT count(*) FILTER (WHERE status = 'completed') AS done,
+       count(*) FILTER (WHERE status IN ('queued', 'running')
+                        OR (status = 'failed' AND next_retry_at IS NOT NULL)) AS backlog,
+       count(*) FILTER (WHERE status = 'failed' AND next_retry_at IS NULL) AS failed
+FROM state.tasks WHERE payload->>'operator' = 'alert_eval'"""
+
+
+async def fanout(args: argparse.Namespace) -> None:
+    secret = new_secret()
+    os.environ[SECRET_ENV] = secret
+    webhook = standardwebhooks.Webhook(secret)
+    latencies: list[float] = []
+    seen: set[str] = set()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        arrived = time.time()
+        event = webhook.verify(body, dict(request.headers))
+        if request.headers["webhook-id"] not in seen:
+            seen.add(request.headers["webhook-id"])
+            when = datetime.fromisoformat(event["data"]["event_time"]).timestamp()
+            latencies.append(arrived - when)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    node = Anvil(block_time=1).start()
+    samples: list[tuple[float, int, int]] = []
+    try:
+        async with BenchStack(node, delivery_allow_private=True) as b:
+            token = await asyncio.to_thread(node.deploy_token)
+            mode = (
+                f"{{kind: follow_head, from_block: {node.head() + 1}, tail_lag: 0,"
+                " head_poll_seconds: 0.1, max_head_age_seconds: 30}"
+            )
+            streams = {
+                "erc20_transfers": {
+                    "cryo_dataset": "erc20_transfers",
+                    "chunk_size": 1,
+                    "max_inflight": 8,
+                }
+            }
+            docs = [spec("fan", mode, streams)]
+            for i in range(args.rules):
+                fires = i == 0
+                threshold = "1e24" if fires else f"1e{40 + i % 200}"
+                channels = (
+                    f"channels:\n  - {{type: webhook, url: 'http://127.0.0.1:{port}/hook',"
+                    f" secret_env: {SECRET_ENV}}}\n"
+                    if fires
+                    else ""
+                )
+                docs.append(
+                    f"kind: alert\nname: rule-{i}\nsource: {{dataset: fan.erc20_transfers}}\n"
+                    "start: latest\nrule: {sql: 'SELECT block_number, transaction_hash,"
+                    f" log_index FROM dataset WHERE value_f64 >= {threshold}'}}\n"
+                    f"identity: [transaction_hash, log_index]\n{channels}"
+                )
+            await b.apply("---\n".join(docs))
+            acct = node.accounts()
+            cpu0, t0 = cpu_seconds(), time.monotonic()
+            done0 = (await b.pool.fetchrow(EVALS))["done"]
+            last_sample = t0
+            i = 0
+            while time.monotonic() - t0 < args.minutes * 60:
+                block = node.head()
+                await asyncio.to_thread(node.transfer_token, token, acct[2], 2 * 10**24 + i)
+                i += 1
+                while node.head() == block:  # one whale per block
+                    await asyncio.sleep(0.05)
+                if time.monotonic() - last_sample >= 10:
+                    last_sample = time.monotonic()
+                    row = await b.pool.fetchrow(EVALS)
+                    samples.append((last_sample - t0, row["done"] - done0, row["backlog"]))
+                    rate = samples[-1][1] / samples[-1][0]
+                    print(
+                        f"{samples[-1][0]:5.0f} s: {samples[-1][1]} evaluations"
+                        f" ({rate:.0f}/s), backlog {row['backlog']}, failed {row['failed']},"
+                        f" {len(latencies)} alerts",
+                        flush=True,
+                    )
+            elapsed = time.monotonic() - t0
+            row = await b.pool.fetchrow(EVALS)
+            cpu = cpu_seconds() - cpu0
+            evaluations = row["done"] - done0
+    finally:
+        node.stop()
+        await runner.cleanup()
+    print(
+        f"{args.rules} SQL rules on one chain job, anvil --block-time 1, {elapsed:.0f} s,"
+        f" {i} blocks with a whale transfer"
+    )
+    print(
+        f"  evaluations completed: {evaluations} ({evaluations / elapsed:.0f}/s; needed to keep"
+        f" up: {args.rules}/s); backlog at the end {row['backlog']}, failed {row['failed']}"
+    )
+    if evaluations:
+        print(f"  CPU per evaluation: {cpu / evaluations * 1000:.1f} ms (stack + Postgres)")
+    if latencies:
+        print(
+            f"  block -> webhook of the firing rule over {len(latencies)} alerts:"
+            f" p50 {pct(latencies, 0.5):.2f} s, p99 {pct(latencies, 0.99):.2f} s"
+            "   (target p99 <= 6 s; block timestamps are whole seconds)"
+        )
+    else:
+        print("  no alert of the firing rule arrived")
+    growing = len(samples) >= 3 and samples[-1][2] > samples[len(samples) // 2][2] > 0
+    print(f"  keeps up with 1 block/s: {'no (backlog grows)' if growing else 'yes'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -265,9 +405,13 @@ def main() -> None:
     lat.add_argument("--alerts", type=int, default=100)
     thr = sub.add_parser("throughput")
     thr.add_argument("--deliveries", type=int, default=5000)
+    fan = sub.add_parser("fanout")
+    fan.add_argument("--rules", type=int, default=1000)
+    fan.add_argument("--minutes", type=float, default=5.0)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    asyncio.run(latency(args) if args.what == "latency" else throughput(args))
+    run = {"latency": latency, "throughput": throughput, "fanout": fanout}[args.what]
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

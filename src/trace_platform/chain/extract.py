@@ -367,21 +367,13 @@ class RangeExtractor:
         not cost the piece a second of waiting and a try); a longer hint is the pool's to
         honour."""
         for attempt in range(HEADER_RETRIES + 1):
-            started = time.monotonic()
             try:
-                headers = await pool.client(h).block_headers(numbers)
+                return await pool.timed(h, pool.client(h).block_headers(numbers), time.monotonic())
             except RpcThrottled as exc:
-                pool.throttled_by(h, exc.retry_after, None)
                 hint = exc.retry_after
                 if attempt == HEADER_RETRIES or (hint is not None and hint > 1.0):
                     raise
                 await asyncio.sleep(hint if hint is not None else 0.05 * 2**attempt)
-                continue
-            except RpcUnavailable as exc:
-                pool.failed(h, str(exc))
-                raise
-            pool.ok(h, time.monotonic() - started)
-            return headers
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -370,7 +370,8 @@ class RpcPool:
             self.failed(h, str(failure))
         raise failure
 
-    async def _timed(self, h: Health, call: Awaitable[T], started: float) -> T:
+    async def timed(self, h: Health, call: Awaitable[T], started: float) -> T:
+        """Await one of Trace's own calls on `h`, its outcome and latency counted there."""
         try:
             result = await call
         except RpcThrottled as exc:
@@ -407,7 +408,7 @@ class RpcPool:
                     await self.verify_chain(h, chain_id)
                     if h.state == REFUSED:
                         continue
-                return await self._timed(h, fn(self.client(h)), time.monotonic()), h
+                return await self.timed(h, fn(self.client(h)), time.monotonic()), h
             except RpcUnavailable as exc:
                 last = exc
         raise PoolUnavailable(self._why(frozenset()) + (f"; last: {last}" if last else ""))
@@ -434,7 +435,7 @@ async def head_of_pool(pool: RpcPool, chain_id: int) -> list[tuple[int, RpcClien
             if h.state == REFUSED:
                 return None
             rpc = pool.client(h)
-            h.head = await pool._timed(h, rpc.block_number(), time.monotonic())
+            h.head = await pool.timed(h, rpc.block_number(), time.monotonic())
             return h.head, rpc
         except RpcUnavailable:
             return None
