@@ -10,7 +10,8 @@ where DuckDB itself touches no file and no network.
 
 The pool holds at most `size` executors. A query goes to an idle executor bound to its
 dataset version; else a new one is started (recycling the least recently used idle one when
-the pool is full); when every executor is busy the caller gets OverloadedError (HTTP 429).
+the pool is full); when every executor is busy the query waits up to `QUEUE_SECONDS` for one
+to be released, then the caller gets OverloadedError (HTTP 429).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ log = get_logger(__name__)
 _FRAME = struct.Struct(">I")
 ENGINE_SCRIPT = Path(engine.__file__).resolve()
 SANDBOX_DATA = "/data"
+QUEUE_SECONDS = 0.5  # how long a query waits for a busy pool before it is answered 429
 SANDBOX_LIB = "/opt/trace"
 START_TIMEOUT = 30.0
 _REAPING: set[asyncio.Future[None]] = set()  # closes of executors abandoned mid-start
@@ -334,6 +336,7 @@ class ExecutorPool:
         self.max_queries = max_queries  # recycled after this many queries
         self._live = 0
         self.idle: OrderedDict[int, Executor] = OrderedDict()  # id → executor, LRU first
+        self._freed = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -388,7 +391,7 @@ class ExecutorPool:
     ) -> QueryResult:
         taken = self._take(binding, reuse=not fresh)
         if taken is None:
-            raise OverloadedError("all query executors are busy; retry shortly")
+            taken = await self._wait_for_executor(binding, fresh)
         ex: Executor | None = None
         try:
             if isinstance(taken, Executor):
@@ -417,6 +420,21 @@ class ExecutorPool:
                 self.live -= 1
                 if ex is not None:
                     self._close_later(ex)
+            self._freed.set()  # a waiting query may take it (or its slot)
+
+    async def _wait_for_executor(self, binding: Binding, fresh: bool) -> Executor | bool:
+        """Every executor is busy: wait up to `QUEUE_SECONDS` for one to be released (a
+        burst of short queries — an alert's rules over one new range — queues briefly
+        instead of bouncing back as retries), then OverloadedError (HTTP 429)."""
+        deadline = time.monotonic() + QUEUE_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), left)
+            taken = self._take(binding, reuse=not fresh)
+            if taken is not None:
+                return taken
+        raise OverloadedError("all query executors are busy; retry shortly")
 
     async def close(self) -> None:
         executors = list(self.idle.values())
