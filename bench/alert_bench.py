@@ -392,7 +392,10 @@ async def fanout(args: argparse.Namespace) -> None:
         )
     else:
         print("  no alert of the firing rule arrived")
-    growing = len(samples) >= 3 and samples[-1][2] > samples[len(samples) // 2][2] > 0
+    # Keeping up: at the end no more than about one range's evaluations wait, and the
+    # backlog is not above where the first sample found it.
+    first = samples[0][2] if samples else 0
+    growing = row["backlog"] > 2 * args.rules and row["backlog"] >= first
     print(f"  keeps up with 1 block/s: {'no (backlog grows)' if growing else 'yes'}")
 
 
