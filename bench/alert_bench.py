@@ -264,28 +264,40 @@ async def _alert(state: Any, alert_id: uuid.UUID, url: str) -> None:
     )
 
 
-def cpu_seconds(markers: tuple[str, ...] = ("trace_platform", "postgres")) -> float:
-    """User + system CPU of this machine's processes whose command line names a marker."""
+MARKERS = ("postgres", "engine.py", "trace_platform")
+
+
+def cpu_by_process() -> dict[str, float]:
+    """User + system CPU seconds of the stack's processes, by kind (Postgres, the query
+    executors, each `trace_platform` process), summed over the live processes."""
     hz = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    out: dict[str, float] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if any(m.encode() in cmd for m in markers):
-            fields = stat.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / hz
-    return total
+        marker = next((m for m in MARKERS if m in cmd), None)
+        if marker is None:
+            continue
+        kind = cmd.split(marker, 1)[1].split()[0] if marker == "trace_platform" else marker
+        fields = stat.rsplit(")", 1)[1].split()
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+    return out
+
+
+def cpu_seconds() -> float:
+    return sum(cpu_by_process().values())
 
 
 EVALS = """SELECT count(*) FILTER (WHERE status = 'completed') AS done,
        count(*) FILTER (WHERE status IN ('queued', 'running')
                         OR (status = 'failed' AND next_retry_at IS NOT NULL)) AS backlog,
-       count(*) FILTER (WHERE status = 'failed' AND next_retry_at IS NULL) AS failed
+       count(*) FILTER (WHERE status = 'failed' AND next_retry_at IS NULL) AS failed,
+       count(*) FILTER (WHERE attempt > 1) AS retried
 FROM state.tasks WHERE payload->>'operator' = 'alert_eval'"""
 
 
@@ -346,7 +358,7 @@ async def fanout(args: argparse.Namespace) -> None:
                 )
             await b.apply("---\n".join(docs))
             acct = node.accounts()
-            cpu0, t0 = cpu_seconds(), time.monotonic()
+            before, t0 = cpu_by_process(), time.monotonic()
             done0 = (await b.pool.fetchrow(EVALS))["done"]
             last_sample = t0
             i = 0
@@ -363,13 +375,21 @@ async def fanout(args: argparse.Namespace) -> None:
                     rate = samples[-1][1] / samples[-1][0]
                     print(
                         f"{samples[-1][0]:5.0f} s: {samples[-1][1]} evaluations"
-                        f" ({rate:.0f}/s), backlog {row['backlog']}, failed {row['failed']},"
+                        f" ({rate:.0f}/s), backlog {row['backlog']}, retried {row['retried']},"
+                        f" failed {row['failed']},"
                         f" {len(latencies)} alerts",
                         flush=True,
                     )
             elapsed = time.monotonic() - t0
             row = await b.pool.fetchrow(EVALS)
-            cpu = cpu_seconds() - cpu0
+            reasons = await b.pool.fetch(
+                "SELECT left(last_error, 80) AS why, count(*) AS n FROM state.tasks"
+                " WHERE payload->>'operator' = 'alert_eval' AND last_error IS NOT NULL"
+                " GROUP BY 1 ORDER BY 2 DESC LIMIT 3"
+            )
+            after = cpu_by_process()
+            spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
+            cpu = sum(spent.values())
             evaluations = row["done"] - done0
     finally:
         node.stop()
@@ -384,6 +404,8 @@ async def fanout(args: argparse.Namespace) -> None:
     )
     if evaluations:
         print(f"  CPU per evaluation: {cpu / evaluations * 1000:.1f} ms (stack + Postgres)")
+        top = sorted(spent.items(), key=lambda kv: -kv[1])[:6]
+        print("  CPU seconds by process: " + ", ".join(f"{k} {v:.1f}" for k, v in top))
     if latencies:
         print(
             f"  block -> webhook of the firing rule over {len(latencies)} alerts:"
@@ -395,6 +417,8 @@ async def fanout(args: argparse.Namespace) -> None:
     # Keeping up: at the end no more than about one range's evaluations wait, and the
     # backlog is not above where the first sample found it.
     first = samples[0][2] if samples else 0
+    for r in reasons:
+        print(f"  retried because: {r['why']} ({r['n']})")
     growing = row["backlog"] > 2 * args.rules and row["backlog"] >= first
     print(f"  keeps up with 1 block/s: {'no (backlog grows)' if growing else 'yes'}")
 

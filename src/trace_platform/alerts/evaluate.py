@@ -10,6 +10,7 @@ the alert, the identity columns and the block's hash, read from the node.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,8 +27,29 @@ from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.domain.lifecycle import FatalTaskError, RetryableTaskError
 from trace_platform.operators import OperatorContext, operator
 
+_SLOTS: dict[int, asyncio.Semaphore] = {}
+
+
+def query_slots(settings: Settings) -> asyncio.Semaphore:
+    """Rule queries this worker has at the query service at once: two per executor. The
+    others wait here, first come first served, inside their attempts — a burst of rules over
+    one new range queues in order instead of coming back as 429s and retries, whose
+    backoff scatters the ranges and makes the executors rebind for every query."""
+    loop = id(asyncio.get_running_loop())
+    slots = _SLOTS.get(loop)
+    if slots is None:
+        slots = _SLOTS[loop] = asyncio.Semaphore(max(2, settings.query_executors * 2))
+    return slots
+
 
 async def run_rule(settings: Settings, lease: Lease, dataset_uuid: str, sql: str) -> dict[str, Any]:
+    async with query_slots(settings):
+        return await _run_rule(settings, lease, dataset_uuid, sql)
+
+
+async def _run_rule(
+    settings: Settings, lease: Lease, dataset_uuid: str, sql: str
+) -> dict[str, Any]:
     session = new_session(settings.query_timeout_seconds + 10)
     client = TaskClient(
         settings.resolved_dispatcher_url, query_url=settings.resolved_query_url, session=session
