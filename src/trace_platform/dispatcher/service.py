@@ -49,6 +49,9 @@ _OUTBOX_NS = uuid.UUID("6f1c1f0e-3b7a-4c55-9a43-7d1f3e0c2b11")
 SLOW_COMPLETIONS = 4  # completions of one batch that are not plain successes, at once
 
 
+ResolvedInputs = tuple[list[DatasetGrant], list[str]]  # a task's grants and read prefixes
+
+
 def buffer_outbox_id(task_id: uuid.UUID, attempt: int, batch_uri: str) -> uuid.UUID:
     """Deterministic: a retried buffer-publish adds no second outbox row."""
     return uuid.uuid5(_OUTBOX_NS, f"buffer:{task_id}:{attempt}:{batch_uri}")
@@ -189,11 +192,14 @@ class TaskService:
                     (t, claim_refusal(states[t]) if t in states else "not_found") for t in missing
                 ]
         claimed = []
+        # Tasks of one batch with the same inputs (an alert's rules over one new range)
+        # share one resolution of their snapshots: one set of lookups, the same pins.
+        resolved: dict[tuple[uuid.UUID, bytes], ResolvedInputs | ValidationError] = {}
         for row in rows:
             try:
                 if _has_inputs(row):
                     async with self.pool.acquire() as conn:
-                        token = await self._token_for(conn, row)
+                        token = await self._token_for(conn, row, resolved)
                 else:  # the hot path: no grants to resolve, no round trip
                     token = await self.mint_token(row["task_id"], row["attempt"], row["org_id"])
             except NotClaimedError:
@@ -209,15 +215,32 @@ class TaskService:
         TASK_TRANSITIONS.labels("claimed").inc(len(claimed))
         return claimed, refused
 
-    async def _token_for(self, conn: Conn, row: asyncpg.Record) -> str:
-        """Mint the attempt's token with its input grants resolved to pinned versions. An
-        unknown input fails the task at once: never a token with rights it should not have."""
+    async def _token_for(
+        self,
+        conn: Conn,
+        row: asyncpg.Record,
+        resolved: dict[tuple[uuid.UUID, bytes], ResolvedInputs | ValidationError] | None = None,
+    ) -> str:
+        """Mint the attempt's token with its input grants resolved to pinned versions
+        (`resolved`: resolutions already made for this claim, by org and inputs). An unknown
+        input fails the task at once: never a token with rights it should not have."""
         payload = row["payload"]
         grants: list[DatasetGrant] = []
         prefixes: list[str] = []
         if _has_inputs(row):
+            key = (row["org_id"], orjson.dumps(payload.get("inputs"), option=orjson.OPT_SORT_KEYS))
             try:
-                grants, prefixes = await resolve_inputs(conn, row["org_id"], payload)
+                found = None if resolved is None else resolved.get(key)
+                if found is None:
+                    try:
+                        found = await resolve_inputs(conn, row["org_id"], payload)
+                    except ValidationError as exc:
+                        found = exc
+                    if resolved is not None:
+                        resolved[key] = found
+                if isinstance(found, ValidationError):
+                    raise found
+                grants, prefixes = found
             except ValidationError as exc:
                 await self.complete(
                     row["task_id"],
