@@ -68,9 +68,12 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def latency(args: argparse.Namespace) -> None:
+async def verifying_receiver() -> tuple[web.AppRunner, int, list[float]]:
+    """A webhook receiver in this process on `/hook` that verifies each delivery with
+    `standardwebhooks` (the secret is put where the stack's `trace deliver` signs with it)
+    and records, once per delivery id, arrival minus the event's block time."""
     secret = new_secret()
-    os.environ[SECRET_ENV] = secret  # the stack's `trace deliver` signs with it
+    os.environ[SECRET_ENV] = secret
     webhook = standardwebhooks.Webhook(secret)
     latencies: list[float] = []
     seen: set[str] = set()
@@ -91,21 +94,29 @@ async def latency(args: argparse.Namespace) -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port, latencies
+
+
+def live_transfers(node: Anvil) -> tuple[str, dict[str, Any]]:
+    """The mode and streams of a job following the node's head block by block (tail_lag 0,
+    chunk_size 1): its ERC-20 transfers."""
+    mode = (
+        f"{{kind: follow_head, from_block: {node.head() + 1}, tail_lag: 0,"
+        " head_poll_seconds: 0.1, max_head_age_seconds: 30}"
+    )
+    streams = {
+        "erc20_transfers": {"cryo_dataset": "erc20_transfers", "chunk_size": 1, "max_inflight": 8}
+    }
+    return mode, streams
+
+
+async def latency(args: argparse.Namespace) -> None:
+    runner, port, latencies = await verifying_receiver()
     node = Anvil(block_time=1).start()
     try:
         async with BenchStack(node, delivery_allow_private=True) as b:
             token = await asyncio.to_thread(node.deploy_token)
-            mode = (
-                f"{{kind: follow_head, from_block: {node.head() + 1}, tail_lag: 0,"
-                " head_poll_seconds: 0.1, max_head_age_seconds: 30}"
-            )
-            streams = {
-                "erc20_transfers": {
-                    "cryo_dataset": "erc20_transfers",
-                    "chunk_size": 1,
-                    "max_inflight": 8,
-                }
-            }
+            mode, streams = live_transfers(node)
             alert = (
                 "kind: alert\nname: bench-whales\nsource: {dataset: live.erc20_transfers}\n"
                 "start: latest\nrule: {sql: 'SELECT block_number, transaction_hash, log_index"
@@ -302,44 +313,13 @@ FROM state.tasks WHERE payload->>'operator' = 'alert_eval'"""
 
 
 async def fanout(args: argparse.Namespace) -> None:
-    secret = new_secret()
-    os.environ[SECRET_ENV] = secret
-    webhook = standardwebhooks.Webhook(secret)
-    latencies: list[float] = []
-    seen: set[str] = set()
-
-    async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        arrived = time.time()
-        event = webhook.verify(body, dict(request.headers))
-        if request.headers["webhook-id"] not in seen:
-            seen.add(request.headers["webhook-id"])
-            when = datetime.fromisoformat(event["data"]["event_time"]).timestamp()
-            latencies.append(arrived - when)
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port, latencies = await verifying_receiver()
     node = Anvil(block_time=1).start()
     samples: list[tuple[float, int, int]] = []
     try:
         async with BenchStack(node, delivery_allow_private=True) as b:
             token = await asyncio.to_thread(node.deploy_token)
-            mode = (
-                f"{{kind: follow_head, from_block: {node.head() + 1}, tail_lag: 0,"
-                " head_poll_seconds: 0.1, max_head_age_seconds: 30}"
-            )
-            streams = {
-                "erc20_transfers": {
-                    "cryo_dataset": "erc20_transfers",
-                    "chunk_size": 1,
-                    "max_inflight": 8,
-                }
-            }
+            mode, streams = live_transfers(node)
             docs = [spec("fan", mode, streams)]
             for i in range(args.rules):
                 fires = i == 0
