@@ -253,6 +253,44 @@ class TaskClient:
             delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")
 
+    async def query_batch(
+        self, queries: list[tuple[Lease, Any, Any, Any]]
+    ) -> list[dict[str, Any] | TraceError]:
+        """`POST /v1/task/query-batch`: (lease, dataset_id, sql, limit) each, answered in
+        order with the result or the error that query alone would have raised. A whole-call
+        failure raises (transport errors, as `query`, are the caller's to handle)."""
+        if self.query_url is None:
+            raise ServiceUnavailable("no query service is configured")
+        body = {
+            "queries": [
+                {
+                    "capability": lease.capability_token,
+                    "task_id": str(lease.task_id),
+                    "attempt": lease.attempt,
+                    "dataset_id": dataset_id,
+                    "sql": sql,
+                    "limit": limit,
+                }
+                for lease, dataset_id, sql, limit in queries
+            ]
+        }
+        async with self.session.post(
+            f"{self.query_url}/v1/task/query-batch",
+            data=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+        ) as resp:
+            data: dict[str, Any] = orjson.loads(await resp.read() or b"{}")
+            status = resp.status
+        if status != 200:
+            raise answer_error(status, data)
+        results = data.get("results")
+        if not isinstance(results, list) or len(results) != len(queries):
+            raise ServiceUnavailable("query service answered a batch it was not asked")
+        return [
+            r["result"] if r.get("status") == 200 else answer_error(int(r["status"]), r)
+            for r in results
+        ]
+
 
 def _lease(data: dict[str, Any]) -> Lease:
     return Lease(

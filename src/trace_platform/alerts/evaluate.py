@@ -27,46 +27,99 @@ from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.domain.lifecycle import FatalTaskError, RetryableTaskError
 from trace_platform.operators import OperatorContext, operator
 
-_SLOTS: dict[int, asyncio.Semaphore] = {}
+MAX_BATCH = 64  # rule queries in one call to the query service
+_BATCHERS: dict[int, RuleBatcher] = {}
 
 
-def query_slots(settings: Settings) -> asyncio.Semaphore:
-    """Rule queries this worker has at the query service at once: two per executor. The
-    others wait here, first come first served, inside their attempts — a burst of rules over
-    one new range queues in order instead of coming back as 429s and retries, whose
-    backoff scatters the ranges and makes the executors rebind for every query."""
-    loop = id(asyncio.get_running_loop())
-    slots = _SLOTS.get(loop)
-    if slots is None:
-        slots = _SLOTS[loop] = asyncio.Semaphore(max(2, settings.query_executors * 2))
-    return slots
+class RuleBatcher:
+    """The rule queries of this worker's evaluations go to the query service in batches
+    (`/v1/task/query-batch`): each keeps its own token, fencing, audit row and answer, but a
+    new range's rules share one call, one binding and one executor session. At most two
+    calls per executor are out at once; while they are, the next rules gather here, first
+    come first served, and leave together (those of the oldest waiting range first) — a
+    burst of rules over a new range queues in order instead of coming back as 429s."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.slots = asyncio.Semaphore(max(2, settings.query_executors * 2))
+        self.pending: list[tuple[Any, Lease, str, str, asyncio.Future[dict[str, Any]]]] = []
+        self.waiting = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def of_loop(cls, settings: Settings) -> RuleBatcher:
+        loop = id(asyncio.get_running_loop())
+        batcher = _BATCHERS.get(loop)
+        if batcher is None:
+            batcher = _BATCHERS[loop] = cls(settings)
+        return batcher
+
+    async def run(self, key: Any, lease: Lease, dataset_uuid: str, sql: str) -> dict[str, Any]:
+        """The query's result, or the attempt's outcome as a TaskAttemptError."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending.append((key, lease, dataset_uuid, sql, future))
+        self._kick()
+        return await future
+
+    def _kick(self) -> None:
+        if self.waiting or not self.pending:
+            return
+        self.waiting = True
+        task = asyncio.create_task(self._send_next())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send_next(self) -> None:
+        async with self.slots:
+            self.waiting = False
+            key = self.pending[0][0]
+            batch = [p for p in self.pending if p[0] == key][:MAX_BATCH]
+            taken = {id(p) for p in batch}
+            self.pending = [p for p in self.pending if id(p) not in taken]
+            self._kick()
+            batch = [p for p in batch if not p[4].done()]  # its attempt was abandoned
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch: list[tuple[Any, Lease, str, str, asyncio.Future[Any]]]) -> None:
+        settings = self.settings
+        session = new_session(settings.query_timeout_seconds * 2 + 10)
+        client = TaskClient(
+            settings.resolved_dispatcher_url, query_url=settings.resolved_query_url, session=session
+        )
+        answers: list[dict[str, Any] | Exception]
+        try:
+            async with session:
+                answers = list(
+                    await client.query_batch([(p[1], p[2], p[3], MAX_ROWS) for p in batch])
+                )
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            answers = [RetryableTaskError(f"query service: {type(exc).__name__}")] * len(batch)
+        except TraceError as exc:
+            answers = [exc] * len(batch)
+        for p, answer in zip(batch, answers, strict=True):
+            future = p[4]
+            if future.done():
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(attempt_error(answer))
+            else:
+                future.set_result(answer)
 
 
-async def run_rule(settings: Settings, lease: Lease, dataset_uuid: str, sql: str) -> dict[str, Any]:
-    async with query_slots(settings):
-        return await _run_rule(settings, lease, dataset_uuid, sql)
-
-
-async def _run_rule(
-    settings: Settings, lease: Lease, dataset_uuid: str, sql: str
-) -> dict[str, Any]:
-    session = new_session(settings.query_timeout_seconds + 10)
-    client = TaskClient(
-        settings.resolved_dispatcher_url, query_url=settings.resolved_query_url, session=session
-    )
-    try:
-        async with session:
-            return await client.query(lease, dataset_uuid, sql, MAX_ROWS)
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-        raise RetryableTaskError(f"query service: {type(exc).__name__}") from None
-    except (OverloadedError, ServiceUnavailable) as exc:
-        raise RetryableTaskError(f"query service answered {exc.status}") from None
-    except TraceError as exc:
+def attempt_error(exc: Exception) -> Exception:
+    """What the query service's answer means for the attempt (a fresh exception each)."""
+    if isinstance(exc, RetryableTaskError):
+        return RetryableTaskError(str(exc))
+    if isinstance(exc, OverloadedError | ServiceUnavailable):
+        return RetryableTaskError(f"query service answered {exc.status}")
+    if isinstance(exc, TraceError):
         if exc.code != RELATION_INCOMPLETE:
-            raise FatalTaskError(f"rule rejected ({exc.status}): {exc.detail}"[:500]) from None
+            return FatalTaskError(f"rule rejected ({exc.status}): {exc.detail}"[:500])
         # A joined relation has not committed this range yet: the next attempt's token
         # pins a newer snapshot.
-        raise RetryableTaskError(exc.detail[:500]) from None
+        return RetryableTaskError(exc.detail[:500])
+    return RetryableTaskError(f"query service: {type(exc).__name__}")
 
 
 async def evaluate(settings: Settings, lease: Lease) -> list[dict[str, Any]]:
@@ -74,7 +127,8 @@ async def evaluate(settings: Settings, lease: Lease) -> list[dict[str, Any]]:
     a = lease.work_payload.get("alert")
     if not isinstance(a, dict):
         raise FatalTaskError("alert_eval: payload has no alert")
-    result = await run_rule(settings, lease, a["dataset_uuid"], a["sql"])
+    key = (a["dataset_uuid"], a.get("start"), a.get("end"))
+    result = await RuleBatcher.of_loop(settings).run(key, lease, a["dataset_uuid"], a["sql"])
     if result.get("truncated"):
         raise FatalTaskError(f"the rule returned more than {MAX_ROWS} rows for one range")
     names = [c["name"] for c in result["columns"]]

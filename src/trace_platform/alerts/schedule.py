@@ -83,15 +83,20 @@ async def schedule_evaluations(
     source = await conn.fetchrow(q("alerts", "source_chain"), dataset_uuid)
     if source is None:
         return 0
-    created = 0
+    # One statement per org (the dataset's, in practice) for every alert and partition.
+    by_org: dict[Any, tuple[list[uuid.UUID], list[dict[str, Any]]]] = {}
     for alert in alerts:
-        chosen = [(p, s, e) for p, s, e in partitions if e > alert["start_block"]]
-        if not chosen:
+        ids, payloads = by_org.setdefault(alert["org_id"], ([], []))
+        for p, s, e in partitions:
+            if e > alert["start_block"]:
+                ids.append(evaluation_task_id(alert["alert_id"], p))
+                payloads.append(evaluation_payload(alert, source, str(p), s, e))
+    created = 0
+    for org_id, (ids, payloads) in by_org.items():
+        if not ids:
             continue
-        ids = [evaluation_task_id(alert["alert_id"], p) for p, _, _ in chosen]
-        payloads = [evaluation_payload(alert, source, str(p), s, e) for p, s, e in chosen]
         status = await conn.execute(
-            q("chain", "insert_range_tasks"), ids, payloads, alert["org_id"], EVAL_ATTEMPTS
+            q("chain", "insert_range_tasks"), ids, payloads, org_id, EVAL_ATTEMPTS
         )
         created += int(status.split()[-1])  # wake-ups written = tasks that did not exist
     if created:

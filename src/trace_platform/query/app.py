@@ -1,4 +1,4 @@
-"""Query service process: `POST /v1/task/query` plus health and metrics."""
+"""Query service process: `POST /v1/task/query` (and its batch form) plus health and metrics."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.domain.errors import (
     AuthError,
     ForbiddenError,
+    TraceError,
 )
 from trace_platform.http import (
     CAPABILITY_HEADER,
@@ -35,12 +36,33 @@ from trace_platform.http import (
 )
 from trace_platform.logs import get_logger
 from trace_platform.query.binding import QueryCaller
-from trace_platform.query.executor import executor_limits
+from trace_platform.query.executor import QueryResult, executor_limits
 from trace_platform.query.relations import describe
-from trace_platform.query.service import QueryService
+from trace_platform.query.service import BatchItem, QueryService
 from trace_platform.sandbox import detect_isolation
 
 log = get_logger(__name__)
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str = Field(max_length=64)
+    attempt: int = Field(ge=1)
+    dataset_id: str | None = Field(default=None, max_length=64)
+    sql: str = Field(max_length=20_000)
+    limit: int | None = None
+
+
+MAX_BATCH = 256
+
+
+class BatchQuery(QueryRequest):
+    capability: str = Field(min_length=1, max_length=16_384)  # this task's token
+
+
+class QueryBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[BatchQuery] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class UserQueryRequest(BaseModel):
@@ -59,15 +81,6 @@ class RelationsRequest(BaseModel):
     org_id: uuid.UUID
     user_id: uuid.UUID | None = None
     job: str | None = Field(default=None, min_length=1, max_length=63)
-
-
-class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task_id: str = Field(max_length=64)
-    attempt: int = Field(ge=1)
-    dataset_id: str | None = Field(default=None, max_length=64)
-    sql: str = Field(max_length=20_000)
-    limit: int | None = None
 
 
 def s3_options(settings: Settings) -> dict[str, str] | None:
@@ -161,6 +174,45 @@ def create_app(settings: Settings) -> FastAPI:
         caller = QueryCaller.of_task(claims)
         result = await service.query(caller, body.dataset_id, body.sql, body.limit)
         return Response(result.body, media_type="application/json")
+
+    @app.post(
+        "/v1/task/query-batch",
+        tags=["task"],
+        openapi_extra=request_body_schema(QueryBatchRequest),
+        summary="Many tasks' queries in one call, each with its own token; answered one by one",
+    )
+    async def query_batch(request: Request) -> Response:
+        """`{queries: [{capability, task_id, attempt, dataset_id, sql, limit?}]}` →
+        `{results: [{status: 200, result: {columns, rows, truncated}} | {status, error,
+        detail}]}` in the same order. Each query is checked exactly as `/v1/task/query`
+        checks it (its token verified, its body matched to it), so a bad one fails alone."""
+        body = await parse_body(request, QueryBatchRequest)
+        service: QueryService = state["service"]
+        answers: list[bytes | TraceError | None] = [None] * len(body.queries)
+        items: list[BatchItem] = []
+        at: list[int] = []
+        for i, item in enumerate(body.queries):
+            try:
+                claims = signer.verify(item.capability)
+                if item.task_id != claims.task_id or item.attempt != claims.attempt:
+                    raise ForbiddenError("capability token does not grant this task attempt")
+            except TraceError as exc:
+                answers[i] = exc
+                continue
+            items.append(
+                BatchItem(QueryCaller.of_task(claims), item.dataset_id, item.sql, item.limit)
+            )
+            at.append(i)
+        for i, result in zip(at, await service.query_batch(items), strict=True):
+            answers[i] = result.body if isinstance(result, QueryResult) else result
+        parts = [
+            b'{"status":200,"result":' + a + b"}"
+            if isinstance(a, bytes)
+            else orjson.dumps({"status": a.status, **a.body()})
+            for a in answers
+            if a is not None
+        ]
+        return Response(b'{"results":[' + b",".join(parts) + b"]}", media_type="application/json")
 
     @app.post(
         "/internal/user-query",

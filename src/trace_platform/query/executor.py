@@ -376,22 +376,34 @@ class ExecutorPool:
         task.add_done_callback(self.tasks.discard)
 
     async def run(
-        self, binding: Binding, sql: str, limit: int, timeout: float | None = None
+        self,
+        binding: Binding,
+        sql: str,
+        limit: int,
+        timeout: float | None = None,
+        queue_seconds: float = QUEUE_SECONDS,
     ) -> QueryResult:
-        """`timeout`: this query's limit in seconds (default: the executors' own)."""
+        """`timeout`: this query's limit in seconds (default: the executors' own);
+        `queue_seconds`: how long it may wait for a busy pool before OverloadedError."""
         try:
-            return await self._run(binding, sql, limit, fresh=False, timeout=timeout)
+            return await self._run(binding, sql, limit, False, timeout, queue_seconds)
         except _StaleExecutor:
             # An idle executor had died unseen (OOM killer, operator): queries only read, so
             # one more try on a fresh executor is safe; a query that kills that one fails.
-            return await self._run(binding, sql, limit, fresh=True, timeout=timeout)
+            return await self._run(binding, sql, limit, True, timeout, queue_seconds)
 
     async def _run(
-        self, binding: Binding, sql: str, limit: int, fresh: bool, timeout: float | None = None
+        self,
+        binding: Binding,
+        sql: str,
+        limit: int,
+        fresh: bool,
+        timeout: float | None,
+        queue_seconds: float,
     ) -> QueryResult:
         taken = self._take(binding, reuse=not fresh)
         if taken is None:
-            taken = await self._wait_for_executor(binding, fresh)
+            taken = await self._wait_for_executor(binding, fresh, queue_seconds)
         ex: Executor | None = None
         try:
             if isinstance(taken, Executor):
@@ -422,11 +434,13 @@ class ExecutorPool:
                     self._close_later(ex)
             self._freed.set()  # a waiting query may take it (or its slot)
 
-    async def _wait_for_executor(self, binding: Binding, fresh: bool) -> Executor | bool:
-        """Every executor is busy: wait up to `QUEUE_SECONDS` for one to be released (a
-        burst of short queries — an alert's rules over one new range — queues briefly
-        instead of bouncing back as retries), then OverloadedError (HTTP 429)."""
-        deadline = time.monotonic() + QUEUE_SECONDS
+    async def _wait_for_executor(
+        self, binding: Binding, fresh: bool, queue_seconds: float
+    ) -> Executor | bool:
+        """Every executor is busy: wait up to `queue_seconds` for one to be released (a
+        burst of short queries queues briefly instead of bouncing back as retries), then
+        OverloadedError (HTTP 429)."""
+        deadline = time.monotonic() + queue_seconds
         while (left := deadline - time.monotonic()) > 0:
             self._freed.clear()
             with contextlib.suppress(TimeoutError):

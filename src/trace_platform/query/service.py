@@ -4,11 +4,15 @@ logged."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import asyncpg
+import orjson
 
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import (
@@ -21,6 +25,8 @@ from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERIES, QUERY_SECONDS
 from trace_platform.query.binding import Binder, QueryCaller
 from trace_platform.query.executor import (
+    QUEUE_SECONDS,
+    Binding,
     ExecutorLimits,
     ExecutorPool,
     ExecutorUnavailable,
@@ -35,6 +41,16 @@ DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
 
 class QueryRejected(ValidationError):
     code = "sql_rejected"
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One query of a batch: who asks, the dataset read as `dataset`, the SQL, the limit."""
+
+    caller: QueryCaller
+    dataset_id: str | None
+    sql: str
+    limit: int | None
 
 
 @lru_cache(maxsize=4096)
@@ -78,36 +94,141 @@ class QueryService:
     ) -> QueryResult:
         """Gate, bind, run and audit one query (a task's, a user's or an operator's).
         `dataset_id`: the granted dataset read as `dataset` (None: by the catalog's names)."""
-        digest = sql_hash(sql)
-        ids = caller.log_ids() | {"dataset_id": dataset_id, "sql_sha256": digest}
+        item = BatchItem(caller, dataset_id, sql, limit)
+        gated, binding, dataset_ids = await self._bind(item, None)
+        result = await self._execute(item, gated, binding, timeout)
+        await self.data.execute(
+            q("datasets", "insert_audit"), *self._audit(item, gated, dataset_ids, result)
+        )
+        self._allowed(item, result, dataset_ids)
+        return result
+
+    async def query_batch(self, items: list[BatchItem]) -> list[QueryResult | TraceError]:
+        """Many tasks' queries in one call (an alert's rules over one committed range): each
+        is gated, bound to its own caller's grants and audited as if it came alone; queries
+        with the same binding run one after another on one executor (bound once), the
+        bindings side by side; every audit row is written by one statement. A query that
+        has not started within the executors' time limit is answered 429 (retry)."""
+        out: list[QueryResult | TraceError | None] = [None] * len(items)
+        memo: dict[Any, tuple[Binding, list[str]]] = {}
+        groups: dict[Binding, list[tuple[int, GatedQuery, list[str]]]] = {}
+        for i, item in enumerate(items):
+            try:
+                gated, binding, dataset_ids = await self._bind(item, memo)
+            except TraceError as exc:
+                out[i] = exc
+                continue
+            groups.setdefault(binding, []).append((i, gated, dataset_ids))
+        deadline = time.monotonic() + self.limits.timeout_seconds
+
+        async def run_group(
+            binding: Binding, members: list[tuple[int, GatedQuery, list[str]]]
+        ) -> None:
+            for i, gated, _ in members:
+                if time.monotonic() > deadline:
+                    QUERIES.labels("overloaded").inc()
+                    out[i] = OverloadedError("the batch ran out of time before this query; retry")
+                    continue
+                try:
+                    wait = max(0.0, deadline - time.monotonic())
+                    out[i] = await self._execute(items[i], gated, binding, None, wait)
+                except TraceError as exc:
+                    out[i] = exc
+
+        await asyncio.gather(*(run_group(b, m) for b, m in groups.items()))
+        audits = [
+            self._audit(items[i], gated, dataset_ids, result)
+            for members in groups.values()
+            for i, gated, dataset_ids in members
+            if isinstance(result := out[i], QueryResult)
+        ]
+        if audits:
+            columns = list(zip(*audits, strict=True))
+            await self.data.execute(
+                q("datasets", "insert_audits"),
+                *(list(c) for c in columns[:4]),
+                ["{" + ",".join(map(str, d)) + "}" for d in columns[4]],
+                [orjson.dumps(c).decode() for c in columns[5]],
+                *(list(c) for c in columns[6:]),
+            )
+        for members in groups.values():
+            for i, _, dataset_ids in members:
+                if isinstance(result := out[i], QueryResult):
+                    self._allowed(items[i], result, dataset_ids)
+        return [r if r is not None else TraceError("query was not run") for r in out]
+
+    async def _bind(
+        self, item: BatchItem, memo: dict[Any, tuple[Binding, list[str]]] | None
+    ) -> tuple[GatedQuery, Binding, list[str]]:
+        """Gate and bind one query. `memo`: bindings already made in this batch, by caller
+        grants and relations read (the same grants at the same moment bind the same)."""
+        caller = item.caller
         try:
-            gated = gate(sql)
-            binding, dataset_ids = await self.binder.bind(caller, gated, dataset_id)
+            gated = gate(item.sql)
+            key = (
+                caller.org_id,
+                caller.grants,
+                caller.read_prefixes,
+                caller.org_wide,
+                item.dataset_id,
+                gated.relations,
+            )
+            found = memo.get(key) if memo is not None and not caller.org_wide else None
+            if found is None:
+                found = await self.binder.bind(caller, gated, item.dataset_id)
+                if memo is not None:
+                    memo[key] = found
         except SqlRejected as exc:
             QUERIES.labels(exc.code).inc()
-            log.warning("query.denied", reason=exc.code, **ids)
+            log.warning("query.denied", reason=exc.code, **self._ids(item))
             raise QueryRejected(exc.reason, reason=exc.code) from None
         except TraceError as exc:
             QUERIES.labels(exc.code).inc()
-            log.warning("query.denied", reason=exc.code, **ids)
+            log.warning("query.denied", reason=exc.code, **self._ids(item))
             raise
+        return gated, found[0], found[1]
+
+    async def _execute(
+        self,
+        item: BatchItem,
+        gated: GatedQuery,
+        binding: Binding,
+        timeout: float | None,
+        queue_seconds: float = QUEUE_SECONDS,
+    ) -> QueryResult:
         started = time.perf_counter()
         try:
-            result = await self.pool.run(binding, gated.sql, clamp_limit(limit), timeout)
+            result = await self.pool.run(
+                binding, gated.sql, clamp_limit(item.limit), timeout, queue_seconds
+            )
         except QueryFailed as exc:
             QUERIES.labels(exc.code).inc()
-            log.warning("query.failed", reason=exc.code, **ids)
+            log.warning("query.failed", reason=exc.code, **self._ids(item))
             raise ValidationError(exc.reason, reason=exc.code) from None
         except ExecutorUnavailable:
             QUERIES.labels("executor_unavailable").inc()
-            log.error("query.executor_lost", **ids)
+            log.error("query.executor_lost", **self._ids(item))
             raise
         except OverloadedError:
             QUERIES.labels("overloaded").inc()
             raise
         QUERY_SECONDS.observe(time.perf_counter() - started)
-        await self.data.execute(
-            q("datasets", "insert_audit"),
+        return result
+
+    @staticmethod
+    def _ids(item: BatchItem) -> dict[str, Any]:
+        return item.caller.log_ids() | {
+            "dataset_id": item.dataset_id,
+            "sql_sha256": sql_hash(item.sql),
+        }
+
+    @staticmethod
+    def _audit(
+        item: BatchItem, gated: GatedQuery, dataset_ids: list[str], result: QueryResult
+    ) -> tuple[Any, ...]:
+        """One `data.query_audit` row: the SQL's hash, never its text."""
+        caller = item.caller
+        return (
             caller.org_id,
             caller.task_id,
             caller.user_id,
@@ -115,14 +236,15 @@ class QueryService:
             [uuid.UUID(d) for d in dataset_ids],
             list(gated.columns),
             result.rows,
-            digest,
+            gated.sha256,
         )
+
+    def _allowed(self, item: BatchItem, result: QueryResult, dataset_ids: list[str]) -> None:
         QUERIES.labels("allowed").inc()
         log.info(
             "query.allowed",
             rows=result.rows,
             truncated=result.truncated,
             relations=len(dataset_ids),
-            **ids,
+            **self._ids(item),
         )
-        return result

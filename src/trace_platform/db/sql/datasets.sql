@@ -48,3 +48,15 @@ INSERT INTO data.query_audit
     (org_id, task_id, user_id, source, dataset_id, columns_accessed, result_row_count, sql_sha256,
      dataset_ids)
 VALUES ($1, $2, $3, $4, ($5::uuid[])[1], $6, $7, $8, $5::uuid[]);
+
+-- name: insert_audits
+-- The rows of a batch of queries, as insert_audit one by one; $5: each row's datasets as an
+-- array literal ('{uuid,uuid}'), $6: each row's columns as JSON text.
+INSERT INTO data.query_audit
+    (org_id, task_id, user_id, source, dataset_id, columns_accessed, result_row_count, sql_sha256,
+     dataset_ids)
+SELECT a.org_id, a.task_id, a.user_id, a.source, (a.datasets::uuid[])[1], a.columns::jsonb,
+       a.row_count, a.sha256, a.datasets::uuid[]
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+            $7::bigint[], $8::text[])
+    AS a(org_id, task_id, user_id, source, datasets, columns, row_count, sha256);
