@@ -19,8 +19,9 @@ threads bounded, configuration locked, and a per-query interrupt. Two routes to 
   `pyarrow.dataset` and hands DuckDB an Arrow relation; DuckDB touches no file or network.
 
 Wire protocol on stdin/stdout: frames of a 4-byte big-endian length and an orjson document.
-First frame in: the binding. Then one frame in per query; out: a header frame and, on
-success, a second frame holding the response body.
+First frame in: the binding. Then one frame in per query (`{sql, limit, timeout?}`) or per
+batch of queries (`{batch: [...]}`); out, per query in order: a header frame and, on success,
+a second frame holding the response body.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ ROUTE_READER = "reader"
 ROUTE_ARROW = "arrow"
 _FRAME = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
+SMALL_BYTES = 4 * 1024 * 1024  # in-memory relations this small are queried on one thread
+FLUSH_BYTES = 1024 * 1024  # a batch's replies are held back up to this much
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class Engine:
             con.execute(f"SET allowed_directories = {_sql_list(dirs)}")
             con.execute("SET enable_external_access = false")
             budget = min(MATERIALIZE_MAX_BYTES, limits.memory_mb * 1024 * 1024 // 8)
+            in_memory = True
             for rel in relations:
                 where = ""
                 if rel.block_range is not None:  # a range grant: only rows of blocks inside it
@@ -176,9 +180,14 @@ class Engine:
                 if size <= budget and _materialize(con, first, source):
                     budget -= size
                 else:
+                    in_memory = False
                     con.execute(f"CREATE VIEW {first} AS {source}")
                 for name in others:
                     con.execute(f"CREATE VIEW {name} AS SELECT * FROM {first}")
+            if in_memory and sum(os.path.getsize(f) for f in files) <= SMALL_BYTES:
+                # A few blocks' rows (an alert's range): a second thread only costs a
+                # hand-over per query.
+                con.execute("SET threads = 1")
         elif route == ROUTE_ARROW:
             con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
             for rel in relations:
@@ -368,34 +377,47 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # from here on nothing (no SQL) can reach the service's log
     while (request := read_frame(inp)) is not None:
-        try:
-            wanted = request.get("timeout")
-            body, count, truncated = engine.query(
-                str(request["sql"]),
-                int(request["limit"]),
-                float(wanted) if isinstance(wanted, (int, float)) else None,
-            )
-            reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
-        except QueryFailed as exc:
-            reply, body = {"ok": False, "code": exc.code, "reason": exc.reason}, b""
-        except MemoryError:
-            reply = {"ok": False, "code": "query_out_of_memory", "reason": "out of memory"}
-            write_frames(out, orjson.dumps({**reply, "retire": True}))
-            return 1
-        except Exception as exc:
-            reply = {"ok": False, "code": "query_error", "reason": type(exc).__name__}
-            write_frames(out, orjson.dumps({**reply, "retire": True}))
-            return 1
-        # RLIMIT_CPU is cumulative: retire (answer, then exit) well before it could strike
-        # in the middle of a later query.
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        retire = usage.ru_utime + usage.ru_stime > limits.cpu_seconds / 2
-        if retire:
-            reply["retire"] = True
-        header = orjson.dumps(reply)
-        write_frames(out, *((header, body) if reply["ok"] else (header,)))
-        if retire:
-            return 0
+        # One query, or a batch of queries on this binding (their replies go out together,
+        # in order; one whose result is large flushes what is pending first).
+        batch = request.get("batch") if isinstance(request, dict) else None
+        items = batch if isinstance(batch, list) else [request]
+        pending: list[bytes] = []
+        for item in items:
+            try:
+                wanted = item.get("timeout")
+                body, count, truncated = engine.query(
+                    str(item["sql"]),
+                    int(item["limit"]),
+                    float(wanted) if isinstance(wanted, (int, float)) else None,
+                )
+                reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
+            except QueryFailed as exc:
+                reply, body = {"ok": False, "code": exc.code, "reason": exc.reason}, b""
+            except MemoryError:
+                reply = {"ok": False, "code": "query_out_of_memory", "reason": "out of memory"}
+                write_frames(out, *pending, orjson.dumps({**reply, "retire": True}))
+                return 1
+            except Exception as exc:
+                reply = {"ok": False, "code": "query_error", "reason": type(exc).__name__}
+                write_frames(out, *pending, orjson.dumps({**reply, "retire": True}))
+                return 1
+            # RLIMIT_CPU is cumulative: retire (answer, then exit) well before it could
+            # strike in the middle of a later query; the rest of a batch is not run.
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            retire = usage.ru_utime + usage.ru_stime > limits.cpu_seconds / 2
+            if retire:
+                reply["retire"] = True
+            pending.append(orjson.dumps(reply))
+            if reply["ok"]:
+                pending.append(body)
+            if retire:
+                write_frames(out, *pending)
+                return 0
+            if sum(len(p) for p in pending) > FLUSH_BYTES:
+                write_frames(out, *pending)
+                pending = []
+        if pending:
+            write_frames(out, *pending)
     return 0
 
 

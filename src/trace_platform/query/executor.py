@@ -298,6 +298,42 @@ class Executor:
             self.kill()
         raise QueryFailed(str(header.get("code")), str(header.get("reason")))
 
+    async def query_many(
+        self, queries: list[tuple[str, int]], timeout: float
+    ) -> list[QueryResult | QueryFailed]:
+        """Queries on this binding in one frame each way: the answers in order, fewer than
+        asked when the executor retired part-way (the rest were not run). Raises as
+        `query` when the process is lost or stuck (`timeout`: per query)."""
+        self.queries += len(queries)
+        self.in_flight = True
+        out: list[QueryResult | QueryFailed] = []
+        try:
+            async with asyncio.timeout(timeout * len(queries) + 5):
+                batch = [{"sql": sql, "limit": limit} for sql, limit in queries]
+                self._send(orjson.dumps({"batch": batch}))
+                for _ in queries:
+                    header = await self._read()
+                    if header.get("ok"):
+                        body = await self._read_bytes()
+                        out.append(
+                            QueryResult(body, int(header["rows"]), bool(header["truncated"]))
+                        )
+                    else:
+                        out.append(QueryFailed(str(header.get("code")), str(header.get("reason"))))
+                    if header.get("retire"):
+                        self.retiring = True
+                        if not header.get("ok"):
+                            self.kill()
+                        break
+        except TimeoutError:
+            self.kill()
+            raise ExecutorUnavailable("query executor did not answer in time") from None
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.kill()
+            raise ExecutorLost("query executor failed; retry") from None
+        self.in_flight = False
+        return out
+
     @property
     def alive(self) -> bool:
         return self.proc.returncode is None
@@ -433,6 +469,59 @@ class ExecutorPool:
                 if ex is not None:
                     self._close_later(ex)
             self._freed.set()  # a waiting query may take it (or its slot)
+
+    async def run_many(
+        self, binding: Binding, queries: list[tuple[str, int]], queue_seconds: float
+    ) -> list[QueryResult | TraceError | QueryFailed]:
+        """Queries on one binding, sent to one executor together (bound once, one frame
+        each way), answered in order. Each answer is what `run` would have given for that
+        query alone: a result, QueryFailed, or the executor error. A batch that crashes a
+        fresh executor is run again one query at a time, so only the culprit fails."""
+        out: list[QueryResult | TraceError | QueryFailed] = []
+        fresh = False
+        while len(out) < len(queries):
+            rest = queries[len(out) :]
+            taken = self._take(binding, reuse=not fresh)
+            if taken is None:
+                try:
+                    taken = await self._wait_for_executor(binding, fresh, queue_seconds)
+                except OverloadedError as exc:
+                    return out + [exc] * len(rest)
+            ex: Executor | None = None
+            try:
+                if isinstance(taken, Executor):
+                    ex = taken
+                else:
+                    ex = await Executor.start(self.isolation, binding, self.limits, self.uid)
+                out += await ex.query_many(rest, self.limits.timeout_seconds + 5)
+            except ExecutorLost:
+                if isinstance(taken, Executor) and not fresh:  # died while idle
+                    fresh = True
+                    continue
+                return out + await self._one_by_one(binding, rest)
+            except ExecutorUnavailable as exc:
+                return out + [exc] * len(rest)
+            finally:
+                reusable = ex is not None and ex.alive and not (ex.in_flight or ex.retiring)
+                if ex is not None and reusable and ex.queries < self.max_queries:
+                    self.idle[id(ex)] = ex
+                else:
+                    self.live -= 1
+                    if ex is not None:
+                        self._close_later(ex)
+                self._freed.set()
+        return out
+
+    async def _one_by_one(
+        self, binding: Binding, queries: list[tuple[str, int]]
+    ) -> list[QueryResult | TraceError | QueryFailed]:
+        out: list[QueryResult | TraceError | QueryFailed] = []
+        for sql, limit in queries:
+            try:
+                out.append(await self.run(binding, sql, limit))
+            except (QueryFailed, TraceError) as exc:
+                out.append(exc)
+        return out
 
     async def _wait_for_executor(
         self, binding: Binding, fresh: bool, queue_seconds: float
