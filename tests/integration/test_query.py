@@ -466,3 +466,67 @@ async def test_udf_reads_its_granted_dataset_through_context_query(
         "SELECT sum(attempt) FROM state.tasks WHERE task_id = ANY($1)", ids
     )
     assert len(audit) <= attempts
+
+
+async def test_a_batch_answers_each_query_as_if_it_came_alone(
+    q_settings: Settings,
+    services: dict[str, Proc],
+    attempt: Attempt,
+    datasets: dict[str, Any],
+    data_conn: asyncpg.Connection,
+) -> None:
+    """`/v1/task/query-batch`: each query carries its own token and is checked, run and
+    audited on its own; a bad one fails alone, in its place, and the SQL never shows."""
+    (tid,) = await create_tasks(
+        q_settings.state_database_url or "",
+        1,
+        payload={"operator": "manual", "inputs": [{"dataset": "chain"}]},
+        wake=False,
+    )
+    async with httpx.AsyncClient(base_url=services["dispatcher"].url or "", timeout=10) as http:
+        other = await Attempt.claim(http, tid)
+    ds = datasets["chain"]
+    t = fixture_table().to_pylist()
+
+    def item(a: Attempt, sql: str, **extra: Any) -> dict[str, Any]:
+        body = {"capability": a.token, "task_id": a.task_id, "attempt": a.attempt}
+        return body | {"dataset_id": ds, "sql": sql} | extra
+
+    rejected = "SELECT * FROM read_csv('/etc/passwd')"
+    queries = [
+        item(attempt, "SELECT block FROM dataset WHERE value > 995 ORDER BY block"),
+        item(other, "SELECT count(*) AS n FROM dataset"),
+        item(attempt, "SELECT 1", task_id=other.task_id),  # A's token for B's task
+        item(attempt, "SELECT 1", capability="x.y.z"),
+        item(other, rejected),
+        item(other, "SELECT 1 FROM dataset", dataset_id=datasets["other"]),
+        item(attempt, "SELECT block FROM dataset ORDER BY block", limit=3),
+    ]
+    before = await data_conn.fetchval("SELECT count(*) FROM data.query_audit")
+    async with httpx.AsyncClient(timeout=30) as c:
+        url = f"{q_settings.query_url}/v1/task/query-batch"
+        r = await c.post(url, json={"queries": queries})
+        empty = await c.post(url, json={"queries": []})
+        too_many = await c.post(url, json={"queries": [queries[0]] * 257})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [200, 200, 403, 401, 400, 403, 200]
+    assert results[0]["result"]["rows"] == [[x["block"]] for x in t if x["value"] > 995]
+    assert results[1]["result"]["rows"] == [[N]]
+    assert results[4]["error"] == "sql_rejected" and rejected not in r.text
+    assert results[6]["result"]["rows"] == [[0], [1], [2]] and results[6]["result"]["truncated"]
+    assert attempt.token not in r.text and other.token not in r.text
+    rows = await data_conn.fetch(
+        "SELECT task_id, dataset_id, result_row_count, columns_accessed FROM data.query_audit"
+        " ORDER BY id DESC LIMIT 3"
+    )
+    assert await data_conn.fetchval("SELECT count(*) FROM data.query_audit") == before + 3
+    assert sorted((str(x["task_id"]), x["result_row_count"]) for x in rows) == sorted(
+        [
+            (attempt.task_id, len(results[0]["result"]["rows"])),
+            (other.task_id, 1),
+            (attempt.task_id, 3),
+        ]
+    )
+    assert all(str(x["dataset_id"]) == ds for x in rows)
+    assert empty.status_code == 400 and too_many.status_code == 400

@@ -39,6 +39,7 @@ from trace_platform.query.executor import (
     ExecutorPool,
     ExecutorUnavailable,
     QueryFailed,
+    QueryResult,
     Relation,
     launch_command,
     library_dir,
@@ -388,6 +389,44 @@ async def test_an_executor_retires_long_before_its_cpu_limit(canary: dict[str, A
         assert not pool.idle and pool.live == 0  # retired, not kept
         fresh = await pool.run(binding, "SELECT count(*) FROM dataset", 1)
         assert orjson.loads(fresh.body)["rows"] == [[10]]
+    finally:
+        await pool.close()
+
+
+async def test_a_batch_is_answered_in_order_even_across_a_retiring_executor(
+    canary: dict[str, Any],
+) -> None:
+    # One frame each way per batch; each query answered as if alone. Past half of its CPU
+    # limit the engine answers and exits part-way: the rest of the batch runs, in order, on
+    # a fresh executor, none lost and none run twice.
+    from trace_platform.metrics import QUERY_EXECUTOR_STARTS
+
+    limits = ExecutorLimits(threads=1, timeout_seconds=1.0, cpu_seconds=4)
+    pool = ExecutorPool(1, limits, detect_isolation())
+    binding = one("a@1", (canary["data"],))
+    burn = (
+        "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
+        " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
+    )
+    queries = [
+        ("SELECT count(*) FROM dataset", 5),
+        ("SELECT CAST('not a number' AS INTEGER) FROM dataset", 5),
+        *[(burn, 1)] * 5,
+        ("SELECT x FROM dataset ORDER BY x", 3),
+    ]
+    started = sum(QUERY_EXECUTOR_STARTS.labels(r, "ok")._value.get() for r in ROUTES)
+    try:
+        answers = await pool.run_many(binding, queries, 5.0)
+        assert len(answers) == len(queries)
+        first, failed, *burns, last = answers
+        assert isinstance(first, QueryResult) and orjson.loads(first.body)["rows"] == [[10]]
+        assert isinstance(failed, QueryFailed) and failed.code == "query_error"
+        assert all(isinstance(b, QueryFailed) and b.code == "query_timeout" for b in burns)
+        assert isinstance(last, QueryResult) and orjson.loads(last.body)["rows"] == [[0], [1], [2]]
+        assert last.truncated
+        now = sum(QUERY_EXECUTOR_STARTS.labels(r, "ok")._value.get() for r in ROUTES)
+        assert now - started >= 2  # it retired part-way and a fresh one took the rest
+        assert pool.live <= 1
     finally:
         await pool.close()
 
