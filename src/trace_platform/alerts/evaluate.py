@@ -28,7 +28,10 @@ from trace_platform.domain.lifecycle import FatalTaskError, RetryableTaskError
 from trace_platform.operators import OperatorContext, operator
 
 MAX_BATCH = 64  # rule queries in one call to the query service
+MAX_BATCH_BYTES = 512 * 1024  # and their tokens and SQL, well under the service's body limit
 _BATCHERS: dict[int, RuleBatcher] = {}
+# (range key, lease, dataset read as `dataset`, SQL, where the answer goes)
+Pending = tuple[Any, Lease, str, str, "asyncio.Future[dict[str, Any]]"]
 
 
 class RuleBatcher:
@@ -42,7 +45,7 @@ class RuleBatcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.slots = asyncio.Semaphore(max(2, settings.query_executors * 2))
-        self.pending: list[tuple[Any, Lease, str, str, asyncio.Future[dict[str, Any]]]] = []
+        self.pending: list[Pending] = []
         self.waiting = False
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -72,8 +75,18 @@ class RuleBatcher:
     async def _send_next(self) -> None:
         async with self.slots:
             self.waiting = False
+            if not self.pending:
+                return
             key = self.pending[0][0]
-            batch = [p for p in self.pending if p[0] == key][:MAX_BATCH]
+            batch: list[Pending] = []
+            size = 0
+            for p in self.pending:
+                if p[0] != key:
+                    continue
+                size += len(p[1].capability_token) + len(p[3]) + 256
+                if batch and (len(batch) == MAX_BATCH or size > MAX_BATCH_BYTES):
+                    break
+                batch.append(p)
             taken = {id(p) for p in batch}
             self.pending = [p for p in self.pending if id(p) not in taken]
             self._kick()
@@ -81,7 +94,7 @@ class RuleBatcher:
             if batch:
                 await self._send(batch)
 
-    async def _send(self, batch: list[tuple[Any, Lease, str, str, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[Pending]) -> None:
         settings = self.settings
         session = new_session(settings.query_timeout_seconds * 2 + 10)
         client = TaskClient(
@@ -96,7 +109,9 @@ class RuleBatcher:
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
             answers = [RetryableTaskError(f"query service: {type(exc).__name__}")] * len(batch)
         except TraceError as exc:
-            answers = [exc] * len(batch)
+            # The call as a whole was refused (e.g. the service restarting): not any one
+            # rule's fault, so every attempt of the batch is retried.
+            answers = [RetryableTaskError(f"query service answered {exc.status}")] * len(batch)
         for p, answer in zip(batch, answers, strict=True):
             future = p[4]
             if future.done():
