@@ -53,6 +53,11 @@ def one(key: str, files: tuple[str, ...]) -> Binding:
 
 
 LIMITS = ExecutorLimits(timeout_seconds=5)
+# A query that runs until its time limit interrupts it, burning CPU all along.
+BURN = (
+    "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
+    " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
+)
 ROUTES = [ROUTE_READER, ROUTE_ARROW]
 # Read-only introspection of the in-memory engine itself: DuckDB evaluates these (the gate
 # rejects them), and they can only show the engine's own settings and the granted relation.
@@ -375,14 +380,10 @@ async def test_an_executor_retires_long_before_its_cpu_limit(canary: dict[str, A
     limits = ExecutorLimits(threads=1, timeout_seconds=1.0, cpu_seconds=4)
     pool = ExecutorPool(1, limits, detect_isolation())
     binding = one("a@1", (canary["data"],))
-    burn = (
-        "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
-        " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
-    )
     try:
         for _ in range(12):  # under load a burn may get less CPU than its wall time
             with pytest.raises(QueryFailed) as err:  # never a killed executor
-                await pool.run(binding, burn, 1)
+                await pool.run(binding, BURN, 1)
             assert err.value.code == "query_timeout"
             if not pool.idle:
                 break
@@ -404,14 +405,10 @@ async def test_a_batch_is_answered_in_order_even_across_a_retiring_executor(
     limits = ExecutorLimits(threads=1, timeout_seconds=1.0, cpu_seconds=4)
     pool = ExecutorPool(1, limits, detect_isolation())
     binding = one("a@1", (canary["data"],))
-    burn = (
-        "SELECT count(*) FROM dataset a, dataset b, dataset c, dataset d, dataset e, dataset f,"
-        " dataset g, dataset h, dataset i, dataset j WHERE a.x + b.x + c.x >= 0"
-    )
     queries = [
         ("SELECT count(*) FROM dataset", 5),
         ("SELECT CAST('not a number' AS INTEGER) FROM dataset", 5),
-        *[(burn, 1)] * 5,
+        *[(BURN, 1)] * 5,
         ("SELECT x FROM dataset ORDER BY x", 3),
     ]
     started = sum(QUERY_EXECUTOR_STARTS.labels(r, "ok")._value.get() for r in ROUTES)

@@ -18,6 +18,7 @@ from trace_platform.adapters.local_keys import VerifiedTokens, load_key_ring, lo
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
+from trace_platform.domain.capability import CapabilityClaims
 from trace_platform.domain.errors import (
     AuthError,
     ForbiddenError,
@@ -156,6 +157,12 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)
 
+    def task_caller(claims: CapabilityClaims, body: QueryRequest) -> QueryCaller:
+        """The caller of a verified token, if it grants the task attempt the body names."""
+        if body.task_id != claims.task_id or body.attempt != claims.attempt:
+            raise ForbiddenError("capability token does not grant this task attempt")
+        return QueryCaller.of_task(claims)
+
     @app.post(
         "/v1/task/query",
         tags=["task"],
@@ -166,12 +173,10 @@ def create_app(settings: Settings) -> FastAPI:
         token = request.headers.get(CAPABILITY_HEADER)
         if not token:
             raise AuthError("missing capability token")
-        claims = signer.verify(token)
+        claims = signer.verify(token)  # a bad token is refused before the body is read
         body = await parse_body(request, QueryRequest)
-        if body.task_id != claims.task_id or body.attempt != claims.attempt:
-            raise ForbiddenError("capability token does not grant this task attempt")
         service: QueryService = state["service"]
-        caller = QueryCaller.of_task(claims)
+        caller = task_caller(claims, body)
         result = await service.query(caller, body.dataset_id, body.sql, body.limit)
         return Response(result.body, media_type="application/json")
 
@@ -193,15 +198,11 @@ def create_app(settings: Settings) -> FastAPI:
         at: list[int] = []
         for i, item in enumerate(body.queries):
             try:
-                claims = signer.verify(item.capability)
-                if item.task_id != claims.task_id or item.attempt != claims.attempt:
-                    raise ForbiddenError("capability token does not grant this task attempt")
+                caller = task_caller(signer.verify(item.capability), item)
             except TraceError as exc:
                 answers[i] = exc
                 continue
-            items.append(
-                BatchItem(QueryCaller.of_task(claims), item.dataset_id, item.sql, item.limit)
-            )
+            items.append(BatchItem(caller, item.dataset_id, item.sql, item.limit))
             at.append(i)
         for i, result in zip(at, await service.query_batch(items), strict=True):
             answers[i] = result.body if isinstance(result, QueryResult) else result

@@ -461,14 +461,7 @@ class ExecutorPool:
                     raise _StaleExecutor from None
                 raise
         finally:
-            reusable = ex is not None and ex.alive and not (ex.in_flight or ex.retiring)
-            if ex is not None and reusable and ex.queries < self.max_queries:
-                self.idle[id(ex)] = ex
-            else:
-                self.live -= 1
-                if ex is not None:
-                    self._close_later(ex)
-            self._freed.set()  # a waiting query may take it (or its slot)
+            self._release(ex)
 
     async def run_many(
         self, binding: Binding, queries: list[tuple[str, int]], queue_seconds: float
@@ -502,15 +495,20 @@ class ExecutorPool:
             except ExecutorUnavailable as exc:
                 return out + [exc] * len(rest)
             finally:
-                reusable = ex is not None and ex.alive and not (ex.in_flight or ex.retiring)
-                if ex is not None and reusable and ex.queries < self.max_queries:
-                    self.idle[id(ex)] = ex
-                else:
-                    self.live -= 1
-                    if ex is not None:
-                        self._close_later(ex)
-                self._freed.set()
+                self._release(ex)
         return out
+
+    def _release(self, ex: Executor | None) -> None:
+        """Back to the idle set if it can serve again, else its slot is freed (`None`: it
+        never started)."""
+        reusable = ex is not None and ex.alive and not (ex.in_flight or ex.retiring)
+        if ex is not None and reusable and ex.queries < self.max_queries:
+            self.idle[id(ex)] = ex
+        else:
+            self.live -= 1
+            if ex is not None:
+                self._close_later(ex)
+        self._freed.set()  # a waiting query may take it (or its slot)
 
     async def _one_by_one(
         self, binding: Binding, queries: list[tuple[str, int]]

@@ -25,7 +25,6 @@ from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERIES, QUERY_SECONDS
 from trace_platform.query.binding import Binder, QueryCaller
 from trace_platform.query.executor import (
-    QUEUE_SECONDS,
     Binding,
     ExecutorLimits,
     ExecutorPool,
@@ -107,8 +106,9 @@ class QueryService:
         """Many tasks' queries in one call (an alert's rules over one committed range): each
         is gated, bound to its own caller's grants and audited as if it came alone; queries
         with the same binding run one after another on one executor (bound once), the
-        bindings side by side; every audit row is written by one statement. A query that
-        has not started within the executors' time limit is answered 429 (retry)."""
+        bindings side by side; every audit row is written by one statement. The queries of a
+        binding that finds no executor free within the executors' time limit are answered
+        429 (retry)."""
         out: list[QueryResult | TraceError | None] = [None] * len(items)
         memo: dict[Any, tuple[Binding, list[str]]] = {}
         groups: dict[Binding, list[tuple[int, GatedQuery, list[str]]]] = {}
@@ -186,36 +186,24 @@ class QueryService:
         return gated, found[0], found[1]
 
     async def _execute(
-        self,
-        item: BatchItem,
-        gated: GatedQuery,
-        binding: Binding,
-        timeout: float | None,
-        queue_seconds: float = QUEUE_SECONDS,
+        self, item: BatchItem, gated: GatedQuery, binding: Binding, timeout: float | None
     ) -> QueryResult:
         started = time.perf_counter()
+        answer: QueryResult | TraceError | QueryFailed
         try:
-            result = await self.pool.run(
-                binding, gated.sql, clamp_limit(item.limit), timeout, queue_seconds
-            )
-        except QueryFailed as exc:
-            QUERIES.labels(exc.code).inc()
-            log.warning("query.failed", reason=exc.code, **self._ids(item))
-            raise ValidationError(exc.reason, reason=exc.code) from None
-        except ExecutorUnavailable:
-            QUERIES.labels("executor_unavailable").inc()
-            log.error("query.executor_lost", **self._ids(item))
-            raise
-        except OverloadedError:
-            QUERIES.labels("overloaded").inc()
-            raise
-        QUERY_SECONDS.observe(time.perf_counter() - started)
-        return result
+            answer = await self.pool.run(binding, gated.sql, clamp_limit(item.limit), timeout)
+        except (QueryFailed, ExecutorUnavailable, OverloadedError) as exc:
+            answer = exc
+        outcome = self._outcome(item, answer, time.perf_counter() - started)
+        if isinstance(outcome, TraceError):
+            raise outcome from None
+        return outcome
 
     def _outcome(
         self, item: BatchItem, answer: QueryResult | TraceError | QueryFailed, seconds: float
     ) -> QueryResult | TraceError:
-        """One answer of a batch as `_execute` would have raised or returned it."""
+        """A query's answer from the pool, counted and logged: the result, or the error the
+        caller gets (QueryFailed becomes a 400 with the engine's code)."""
         if isinstance(answer, QueryResult):
             QUERY_SECONDS.observe(seconds)
             return answer
