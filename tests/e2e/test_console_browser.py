@@ -21,7 +21,7 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from tests.conftest import REPO, free_port, proc_env, wait_until
 from tests.delivery_helpers import Receiver, define_alert, insert_events
@@ -37,6 +37,7 @@ from trace_platform.ports import LITE_ORG_ID
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = os.environ.get("TRACE_SCREENSHOTS")
+STILL_HEAD = 19  # the still node's head: blocks 0..19
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,26 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def b_settings(settings: Settings, node: Anvil) -> Settings:
+def still(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+    """A node that mines only when asked: a token deployed and used in its first blocks,
+    then mined to head STILL_HEAD, where it stays."""
+    anvil = Anvil(log=tmp_path_factory.mktemp("still") / "anvil.log").start()
+    token = anvil.deploy_token()
+    for i in range(3):
+        anvil.receipt(anvil.transfer_token(token, anvil.accounts()[i + 1], 10**18 * (i + 1)))
+    anvil.mine(STILL_HEAD - anvil.head())
+    anvil.extra = {"token": token.lower()}  # type: ignore[attr-defined]
+    yield anvil
+    anvil.stop()
+
+
+@pytest.fixture(scope="module")
+def b_settings(settings: Settings, node: Anvil, still: Anvil) -> Settings:
     return settings.replace(
         port=free_port(),
         query_port=free_port(),
         api_port=free_port(),
-        rpc_pools=(("local", node.url),),
+        rpc_pools=(("local", node.url), ("still", still.url)),
         delivery_allow_private=True,
         delivery_retry_base_seconds=0.2,
     )
@@ -94,16 +109,78 @@ async def pool(b_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
+# Reports every Content-Security-Policy violation of a page (blocked inline styles, scripts,
+# connections...) to the test; added to every document before the page's own script runs.
+_CSP_WATCH = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__traceProblem(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"}`
+    + ` (${e.sourceFile || location.pathname}:${e.lineNumber}) ${(e.sample || "").slice(0, 80)}`);
+}, true);
+"""
+
+
+class WatchedBrowser:
+    """The only way the tests get a page: each one reports console errors, uncaught page
+    errors and CSP violations into `problems`, and every test fails if any was seen."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.problems: list[str] = []
+        self.pages: list[Page] = []
+
+    async def new_page(self) -> Page:
+        context = await self.browser.new_context(viewport={"width": 1280, "height": 860})
+        await context.expose_binding("__traceProblem", self._reported)
+        await context.add_init_script(_CSP_WATCH)
+        page = await context.new_page()
+        page.on("console", lambda m: self._console(page, m))
+        page.on("pageerror", lambda e: self.problems.append(f"{page.url}: page error: {e}"))
+        self.pages.append(page)
+        return page
+
+    def _reported(self, source: dict[str, Any], text: str) -> None:
+        self.problems.append(f"{source['page'].url}: {text}")
+
+    def _console(self, page: Page, msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            self.problems.append(f"{page.url}: console error: {msg.text} ({msg.location})")
+
+    async def settle(self) -> list[str]:
+        """Every problem reported so far (a round trip to each open page first, so a report
+        still in flight arrives), then forget them."""
+        for page in self.pages:
+            if not page.is_closed():
+                await page.evaluate("0")
+        seen, self.problems = self.problems, []
+        return seen
+
+    async def close_pages(self) -> None:
+        for page in self.pages:
+            await page.context.close()
+        self.pages.clear()
+
+
 @pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
+async def chromium() -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
         await b.close()
 
 
-async def logged_in(browser: Browser, api: str, key: str) -> Page:
-    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+@pytest.fixture
+async def browser(chromium: Browser) -> AsyncIterator[WatchedBrowser]:
+    """A watched browser per test: the test fails on any CSP violation or console error
+    seen on any of its pages, on every page it visited."""
+    watched = WatchedBrowser(chromium)
+    yield watched
+    problems = await watched.settle()
+    await watched.close_pages()
+    assert not problems, "the browser reported problems:\n" + "\n".join(problems)
+
+
+async def logged_in(browser: WatchedBrowser, api: str, key: str) -> Page:
+    page = await browser.new_page()
     await page.goto(f"{api}/ui")
     assert "/ui/login" in page.url
     await page.fill("input[name=api_key]", key)
@@ -120,7 +197,7 @@ async def shot(page: Page, name: str) -> None:
 
 async def test_an_operator_works_the_console_and_a_reader_cannot_act(
     stack: str,
-    browser: Browser,
+    browser: WatchedBrowser,
     pool: asyncpg.Pool,
     b_settings: Settings,
     node: Anvil,
@@ -248,12 +325,13 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
         await rpage.goto(f"{stack}/ui/dlq")
         await rpage.wait_for_selector(f"[data-message='{dead}']")
         assert await rpage.locator("button", has_text="Redrive").count() == 0
-        status = await rpage.evaluate(
-            """async (id) => (await fetch(`/v1/tasks/${id}/cancel`, {method: "POST",
-                 headers: {"X-CSRF-Token": document.querySelector('meta[name=csrf-token]').content}})).status""",
-            str(slow),
+        # (with the session's cookie and CSRF token, from outside the page: a refused call
+        # the page itself made would be a console error)
+        token = await rpage.get_attribute("meta[name=csrf-token]", "content") or ""
+        refused = await rpage.request.post(
+            f"{stack}/v1/tasks/{slow}/cancel", headers={"X-CSRF-Token": token}
         )
-        assert status == 403
+        assert refused.status == 403
         assert (
             await pool.fetchval("SELECT status FROM state.tasks WHERE task_id = $1", slow)
             == "queued"
@@ -279,8 +357,131 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
         text = await page.text_content("table.deliveries") or ""
         assert "delivered" in text and "attempt 1" in text and "attempt 2" in text
         await shot(page, "alert")
+
+        # every page of the console, each through one live refresh where it has one (the
+        # browser fixture fails the test on any CSP violation or console error seen)
+        pages = {
+            "/ui": "/ui",
+            "/ui/login": "/ui/login",
+            "/ui/chains": "/ui/chains",
+            "/ui/tasks": "/ui/tasks?status=failed",
+            "/ui/tasks/{task_id}": f"/ui/tasks/{slow}",
+            "/ui/datasets": "/ui/datasets",
+            "/ui/datasets/{name}": "/ui/datasets/words",
+            "/ui/sql": "/ui/sql",
+            "/ui/alerts": "/ui/alerts",
+            "/ui/alerts/{name}": "/ui/alerts/flaky-hook",
+            "/ui/dlq": "/ui/dlq",
+        }
+        assert set(pages) == console_pages()
+        for url in pages.values():
+            await visit(page, stack + url)
+        await visit(page, f"{stack}/ui/sql")  # and the SQL page's own query
+        await page.click("form#sql button[type=submit]")
+        await page.wait_for_selector("table.results")
+        await visit(page, f"{stack}/ui/datasets/no-such-dataset")  # the error page
+        assert "no-such-dataset" in (await page.text_content("p.error") or "")
+        await visit(rpage, f"{stack}/ui")
     finally:
         await receiver.stop()
+
+
+def console_pages() -> set[str]:
+    """The console's pages: every GET route under /ui but its static assets."""
+    from fastapi.routing import APIRoute
+
+    from trace_platform.api.console import router
+
+    return {
+        r.path
+        for r in router.routes
+        if isinstance(r, APIRoute) and "GET" in r.methods and not r.path.startswith("/ui/static")
+    }
+
+
+async def visit(page: Page, url: str) -> None:
+    """Open a page and, if its live part refreshes, wait until it has been redrawn once
+    (the server's fragment swapped in by console.js)."""
+    await page.goto(url)
+    if await page.locator("#live[data-refresh]").count():
+        await redrawn(page)
+
+
+async def redrawn(page: Page) -> None:
+    await page.evaluate(
+        "() => document.querySelectorAll('#live > *').forEach((e) => e.dataset.seen = '1')"
+    )
+    await page.wait_for_function(
+        "() => document.querySelector('#live > *') && !document.querySelector('#live > [data-seen]')",
+        timeout=15_000,
+    )
+
+
+async def bar(page: Page, stream: str) -> dict[str, Any]:
+    """The drawn progress bar of a stream: its fill's rendered width over the bar's, and the
+    values it announces."""
+    found: dict[str, Any] = await page.evaluate(
+        """(stream) => {
+            const svg = document.querySelector(`[data-stream='${stream}'] svg.bar`);
+            const fill = svg.querySelector("rect.fill").getBoundingClientRect().width;
+            return {fill, width: svg.getBoundingClientRect().width,
+                    now: Number(svg.getAttribute("aria-valuenow")),
+                    max: Number(svg.getAttribute("aria-valuemax"))};
+        }""",
+        stream,
+    )
+    return found
+
+
+async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
+    stack: str, browser: WatchedBrowser, pool: asyncpg.Pool, b_settings: Settings
+) -> None:
+    from tests.chain_helpers import apply, status, streams_of
+
+    admin = (await create_user(env_of(pool), LITE_ORG_ID, "bars", "admin")).api_key
+    # `half` follows the still node 10 blocks behind its head: blocks 0..9 of 0..19.
+    half = STILL_HEAD + 1
+    mode = (
+        "{kind: follow_head, from_block: 0, tail_lag: 10, head_poll_seconds: 0.2,"
+        " max_head_age_seconds: 86400}"
+    )
+    await apply(
+        b_settings,
+        f"kind: chain_sync\nname: half\nchain_id: 31337\nrpc_pool: still\nmode: {mode}\n"
+        "streams:\n  blocks: {cryo_dataset: blocks, chunk_size: 5, max_inflight: 2}\n",
+    )
+    # `stuck` names a pool no process has: it stays at 0 of 1000, in error.
+    await apply(
+        b_settings,
+        "kind: chain_sync\nname: stuck\nchain_id: 31337\nrpc_pool: nowhere\n"
+        "mode: {kind: fixed_target, from_block: 0, to_block: 1000}\n"
+        "streams:\n  blocks: {cryo_dataset: blocks, chunk_size: 500, max_inflight: 1}\n",
+    )
+
+    async def settled() -> bool:
+        h, s = await status(b_settings, "half"), await status(b_settings, "stuck")
+        return (
+            streams_of(h)["blocks"]["tip"] == half // 2
+            and h["head"] == STILL_HEAD
+            and bool(s["error"])
+        )
+
+    await wait_until(settled, 60, 0.2, "half at 10 of 20 and stuck in error")
+
+    page = await logged_in(browser, stack, admin)
+    await page.goto(f"{stack}/ui/chains")
+    for drawn in ("served", "redrawn live"):
+        empty, halfway = await bar(page, "stuck.blocks"), await bar(page, "half.blocks")
+        assert (empty["now"], empty["max"]) == (0, 1000), drawn
+        assert empty["width"] > 100 and empty["fill"] == 0, (drawn, empty)
+        assert (halfway["now"], halfway["max"]) == (half // 2, half), drawn
+        assert abs(halfway["fill"] / halfway["width"] - 0.5) < 0.01, (drawn, halfway)
+        stuck = page.locator(".chain[data-job='stuck']")
+        assert await stuck.locator(".state").inner_text() == "error"
+        error = await stuck.locator(".job-error").inner_text()
+        assert error.startswith("rpc_pool_missing") and "'nowhere'" in error, error
+        await redrawn(page)
+    await shot(page, "chains-bars")
 
 
 async def _more(tip: Any, at_least: int) -> bool:

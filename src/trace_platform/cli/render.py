@@ -134,7 +134,7 @@ def chain_status(jobs: list[dict[str, Any]]) -> str:
         return "no chain jobs (apply a kind: chain_sync spec with `trace apply FILE`)"
     lines = []
     for j in jobs:
-        state = "paused" if j["paused"] else ("error" if j["error"] else "syncing")
+        state = j["state"]
         head = "?" if j["head"] is None else str(j["head"])
         age = "" if j["head_age_seconds"] is None else f" ({j['head_age_seconds']:g} s ago)"
         lines.append(

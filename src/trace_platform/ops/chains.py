@@ -24,6 +24,7 @@ from trace_platform.chain.spec import (
     job_id_for,
     logs_stream,
 )
+from trace_platform.dag import cascade as _cascade  # noqa: F401  (follows replaced ranges)
 from trace_platform.datasets import dataset_uuid_for
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
@@ -284,6 +285,8 @@ async def _job_status(conn: Any, job: asyncpg.Record, now: float) -> dict[str, A
         "chain_id": job["chain_id"],
         "rpc_pool": job["rpc_pool"],
         "mode": mode["kind"],
+        "state": job_state(job["paused"], job["head_error"], streams),
+        "from_block": base,
         "paused": job["paused"],
         "head": head,
         "head_age_seconds": head_age,
@@ -292,6 +295,20 @@ async def _job_status(conn: Any, job: asyncpg.Record, now: float) -> dict[str, A
         "last_reorg": job["last_reorg"],
         "streams": streams,
     }
+
+
+def job_state(paused: bool, error: str | None, streams: list[dict[str, Any]]) -> str:
+    """One word for a job, as every face shows it: `paused`, `error` (its head observer
+    reports one, e.g. `rpc_pool_missing`), `complete` (a fixed target reached by every
+    active stream) or `syncing`. A stream's own status and error stay on the stream."""
+    if paused:
+        return "paused"
+    if error:
+        return "error"
+    active = [s for s in streams if s["status"] == "active"]
+    if active and all(s["complete"] for s in active):
+        return "complete"
+    return "syncing"
 
 
 def check_block_range(text: str) -> tuple[int, int]:
