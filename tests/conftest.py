@@ -160,6 +160,7 @@ def settings(dbs: Dbs, trace_home: Path) -> Settings:
             "sink_retry_base_seconds": 0.05,
             "port": free_port(),
             "query_port": free_port(),
+            "api_port": free_port(),  # a `trace up` here must not need 8090
             "log_level": "info",
         },
         env={},

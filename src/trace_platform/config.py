@@ -130,6 +130,25 @@ RPC_POOL_ENV = re.compile(r"^TRACE_RPC_POOL_([A-Z0-9_]+)_URLS?$")
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def rpc_pools_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Pool name (lower case) -> its endpoints, from TRACE_RPC_POOL_<NAME>_URLS or _URL. One
+    pool given by both variables is a ConfigError naming the two: which one is meant?"""
+    pools: dict[str, str] = {}
+    given: dict[str, str] = {}
+    for key, value in sorted(env.items()):
+        if not value or (match := RPC_POOL_ENV.match(key)) is None:
+            continue
+        name = match.group(1).lower()
+        if name in given:
+            single, several = sorted((given[name], key))
+            raise ConfigError(
+                f"RPC pool {name!r} is set by both {single} and {several}: keep one"
+                f" ({single} takes one URL, {several} a comma-separated list)"
+            )
+        given[name], pools[name] = key, value
+    return pools
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path = Path(".trace")
@@ -218,11 +237,7 @@ class Settings:
             if raw is None:
                 continue
             values[s.name] = _coerce(s, raw)
-        pools: dict[str, str] = {}
-        for k, v in sorted(env.items()):
-            if (m := RPC_POOL_ENV.match(k)) and v:
-                name = m.group(1).lower()
-                pools[name] = f"{pools[name]},{v}" if name in pools else v
+        pools = rpc_pools_from_env(env)
         if overrides and overrides.get("rpc_pools"):
             pools.update({str(k).lower(): str(v) for k, v in overrides["rpc_pools"].items()})
         values["rpc_pools"] = tuple(sorted(pools.items()))

@@ -20,7 +20,7 @@ from typing import IO
 import aiohttp
 
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
-from trace_platform.config import SETTINGS, Settings
+from trace_platform.config import RPC_POOL_ENV, SETTINGS, Settings
 from trace_platform.db.embedded import DatabaseUrls, resolve_databases
 from trace_platform.db.migrate import migrate_databases
 from trace_platform.logs import get_logger
@@ -79,10 +79,13 @@ class Stack:
             # UDF runners reach the query service of this stack
             query_url=self.settings.resolved_query_url,
         )
-        # Settings reach the children as this stack resolved them; other TRACE_ variables
-        # (webhook secrets named by alert specs) pass through unchanged.
+        # Settings reach the children as this stack resolved them (RPC pools included, each
+        # as its one TRACE_RPC_POOL_<NAME>_URLS); other TRACE_ variables (webhook secrets
+        # named by alert specs) pass through unchanged.
         known = {setting.env for setting in SETTINGS}
-        self.env = {k: v for k, v in os.environ.items() if k not in known}
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in known and not RPC_POOL_ENV.match(k)
+        }
         self.env.update(child_settings.child_env())
         for child in self.children:
             await self._spawn(child)

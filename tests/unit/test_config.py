@@ -60,3 +60,25 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     documented = set(re.findall(r"TRACE_[A-Z0-9_]+", first_cells))
     missing = [s.env for s in SETTINGS if s.env not in documented]
     assert not missing, f"README configuration table lacks {missing}"
+
+
+def test_the_single_url_form_names_a_pool_and_reaches_children_once() -> None:
+    s = Settings.load({}, env={"TRACE_RPC_POOL_MAIN_URL": "http://127.0.0.1:8545"})
+    (endpoint,) = s.rpc_endpoints("main")
+    assert endpoint.url == "http://127.0.0.1:8545"
+    env = s.child_env()
+    assert [k for k in env if k.startswith("TRACE_RPC_POOL_")] == ["TRACE_RPC_POOL_MAIN_URLS"]
+    assert Settings.load({}, env=env).rpc_endpoints("main") == (endpoint,)
+
+
+def test_both_url_forms_of_one_pool_are_one_error_naming_both() -> None:
+    env = {
+        "TRACE_RPC_POOL_MAIN_URL": "http://127.0.0.1:1/secret-key",
+        "TRACE_RPC_POOL_MAIN_URLS": "http://127.0.0.1:2",
+        "TRACE_RPC_POOL_OTHER_URL": "http://127.0.0.1:3",
+    }
+    with pytest.raises(ConfigError) as err:
+        Settings.load({}, env=env)
+    detail = err.value.detail
+    assert "TRACE_RPC_POOL_MAIN_URL " in detail and "TRACE_RPC_POOL_MAIN_URLS" in detail
+    assert "secret-key" not in detail and "127.0.0.1" not in detail
