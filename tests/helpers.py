@@ -152,3 +152,10 @@ def env_of(pool: asyncpg.Pool, data: asyncpg.Pool | None = None) -> Any:
     from trace_platform.ops.env import OpsEnv
 
     return OpsEnv(Settings.load(env={}), pool, data or pool)
+
+
+def echoed_sql(sql: str, text: str, named: tuple[str, ...] = (), width: int = 8) -> list[str]:
+    """Every `width`-character piece of `sql` that `text` holds, except pieces of a name the
+    answer legitimately shows (a column, a relation): an error must echo none of the SQL."""
+    pieces = {sql[i : i + width] for i in range(len(sql) - width + 1)}
+    return sorted(p for p in pieces if p in text and not any(p.lower() in n.lower() for n in named))

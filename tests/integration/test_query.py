@@ -23,7 +23,7 @@ from tests.conftest import (
     start_query_service,
     wait_until,
 )
-from tests.helpers import Attempt, create_tasks
+from tests.helpers import Attempt, create_tasks, echoed_sql
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
@@ -304,6 +304,84 @@ async def test_allowed_queries_return_correct_results(
         ds,
     )
     assert win.json()["rows"] == [[0, 1, None], [1, 1, 0], [2, 1, 37]]
+
+
+ENGINE_ERRORS = [
+    # (SQL, a literal of it that DuckDB's own message quotes)
+    ("SELECT * FROM dataset WHERE block = 'xyzzy-k9q-secret'", "k9q-secret"),
+    ("SELECT CAST('hunter2-k9q' AS INTEGER) AS n FROM dataset", "hunter2-k9q"),
+    ("SELECT 987654321987654321987::INTEGER AS n FROM dataset", "987654321987654321987"),
+    ("SELECT CAST('x'' leakyword ''' AS INTEGER) AS n FROM dataset", "leakyword"),
+]
+
+
+async def test_an_engine_error_names_the_column_and_never_echoes_the_sql(
+    q_settings: Settings, attempt: Attempt, datasets: dict[str, Any]
+) -> None:
+    """A bad column answers DuckDB's own words: the column, its candidates, where it stands
+    in the SQL; no line of the query, no literal of it, no value of the data."""
+    sql = "SELECT addr,\n       blck\nFROM dataset WHERE addr = 'k9q-literal-secret'"
+    r = await query(q_settings, attempt, sql, datasets["chain"])
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert (body["error"], body["reason"]) == ("invalid_request", "query_error")
+    assert 'column "blck" not found' in body["detail"]
+    assert 'Candidate bindings: "block"' in body["detail"]
+    assert body["detail"].endswith("(line 2, column 8)")
+    assert "LINE" not in r.text and "k9q" not in r.text
+    assert echoed_sql(sql, r.text, ("blck", "block", "addr")) == []
+    for bad, literal in ENGINE_ERRORS:
+        r = await query(q_settings, attempt, bad, datasets["chain"])
+        assert r.status_code == 400 and r.json()["reason"] == "query_error", (bad, r.text)
+        assert literal not in r.text and "LINE" not in r.text, r.text
+        assert r.json()["detail"].startswith("Conversion Error"), r.text
+        assert echoed_sql(bad, r.text, ("block",)) == [], r.text
+    # A value of the data is not shown either; the column it came from is.
+    sql = "SELECT CAST(addr AS DATE) FROM dataset"
+    r = await query(q_settings, attempt, sql, datasets["chain"])
+    assert "0x0000" not in r.text and "column addr" in r.json()["detail"], r.text
+
+
+async def test_a_short_name_two_granted_chain_jobs_hold_is_refused_naming_both(
+    q_settings: Settings, attempt: Attempt, services: dict[str, Proc]
+) -> None:
+    """A task granted the same decoded table of two chain jobs: the short name is nobody's,
+    and the refusal says which jobs hold it and what to write instead."""
+    from tests.conftest import TEST_KEYS
+    from trace_platform.adapters.local_keys import LocalKeyRing
+    from trace_platform.domain.capability import DatasetGrant, StorageRef, build_claims
+
+    ring = LocalKeyRing.from_document({"issuer": "trace-test", "current": TEST_KEYS["current"]})
+    ref = StorageRef(scheme="file", prefix="/nonexistent/", glob="*.parquet")
+    grants = [
+        DatasetGrant(
+            dataset_uuid=str(uuid.uuid4()),
+            dataset_version="snap-1",
+            storage_ref=ref,
+            name=f"{job}.erc20_transfers",
+        )
+        for job in ("beta", "alpha")
+    ]
+    token = ring.sign(
+        build_claims(
+            issuer="trace-test",
+            task_id=uuid.UUID(attempt.task_id),
+            attempt=attempt.attempt,
+            org_id=LITE_ORG_ID,
+            ttl_seconds=60,
+            store_root=q_settings.resolved_object_store_url,
+            datasets=grants,
+        )
+    )
+    sql = "SELECT t.block_number FROM erc20_transfers t WHERE t.value_f64 > 12345.5"
+    r = await query(q_settings, attempt, sql, token=token)
+    assert r.status_code == 400, r.text
+    assert r.json()["reason"] == "sql_relation_not_allowed"
+    assert r.json()["detail"] == (
+        "relation 'erc20_transfers' is ambiguous: held by chain jobs 'alpha' and 'beta';"
+        ' write "alpha.erc20_transfers" (or name a default job)'
+    )
+    assert echoed_sql(sql, r.text, ("alpha.erc20_transfers",)) == []
 
 
 async def test_limit_is_clamped_and_truncation_reported(

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
-from tests.helpers import env_of, run_trace
+from tests.helpers import echoed_sql, env_of, run_trace
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
@@ -260,6 +260,51 @@ async def test_relations_are_listed_with_columns_joined_by_name_and_another_orgs
         assert page.status_code == 200, page.text[:300]
         assert "num_labels" in page.text and "<code>label</code>" in page.text
         assert "Relations (" in page.text
+
+
+ORG_C = uuid.UUID("0c0c0c0c-0000-4000-8000-0000000000cc")
+
+
+async def test_a_users_query_error_names_the_column_or_the_jobs_and_never_echoes_the_sql(
+    api: str, pool: asyncpg.Pool, keys: dict[str, str], dataset: str
+) -> None:
+    """`POST /v1/query`: a bad column answers the engine's message (column, candidates,
+    position); the README's short-name join over two chain jobs holding the same tables
+    answers which jobs hold the name and what to write; neither echoes the SQL."""
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        sql = "SELECT nn FROM dataset WHERE label = 'k9q-literal-secret'"
+        r = await http.post(
+            "/v1/query", json={"dataset": "numbers", "sql": sql}, headers=bearer(keys["reader"])
+        )
+        assert r.status_code == 400, r.text
+        detail = r.json()["detail"]
+        assert r.json()["reason"] == "query_error"
+        assert 'column "nn" not found' in detail and 'Candidate bindings: "n"' in detail
+        assert detail.endswith("(line 1, column 8)")
+        assert "LINE" not in r.text and "k9q" not in r.text
+        assert echoed_sql(sql, r.text, ("nn", "label")) == []
+        key = (await create_user(env_of(pool), ORG_C, "c-writer", "writer")).api_key
+        for job in ("jobs-b", "jobs-a"):
+            spec = (
+                f"kind: chain_sync\nname: {job}\nchain_id: 1\nrpc_pool: nowhere\n"
+                "mode: {kind: fixed_target, to_block: 100}\nstreams:\n"
+                "  blocks: {cryo_dataset: blocks, chunk_size: 10}\n"
+                "  erc20_transfers: {cryo_dataset: erc20_transfers, chunk_size: 10}\n"
+            )
+            applied = await http.post("/v1/specs", content=spec, headers=bearer(key))
+            assert applied.status_code == 200, applied.text
+        sql = (
+            "SELECT t.block_number, b.timestamp FROM erc20_transfers t"
+            " JOIN blocks b USING (block_number) WHERE t.value_f64 > 12345.5"
+        )
+        r = await http.post("/v1/query", json={"sql": sql}, headers=bearer(key))
+        assert r.status_code == 400, r.text
+        assert r.json()["reason"] == "sql_relation_not_allowed"
+        assert r.json()["detail"] == (
+            "relation 'erc20_transfers' is ambiguous: held by chain jobs 'jobs-a' and"
+            " 'jobs-b'; write \"jobs-a.erc20_transfers\" (or name a default job)"
+        )
+        assert echoed_sql(sql, r.text, ("jobs-a.erc20_transfers",)) == []
 
 
 async def test_a_key_past_its_rate_limit_gets_429_with_retry_after(

@@ -51,6 +51,36 @@ def relation_aliases(names: Iterable[str], default_job: str | None = None) -> di
     return out
 
 
+def _listed(items: list[str]) -> str:
+    quoted = [f"'{i}'" for i in items]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def unresolved_reason(name: str, names: Iterable[str], shown: str) -> str:
+    """Why the name `name` (lower case, as the gate read it) reads nothing among the relations
+    `names` (full names) the caller holds, as the refusal says it: `shown` is the name as an
+    error may show it. A short name that several chain jobs hold, or a bare alias two
+    relations share, is ambiguous (the jobs or relations are named, with the full name to
+    write); a job's short name without a default job points at its full name."""
+    full = sorted(set(names), key=str.lower)
+    holders = [n for n in full if job_of(n) is not None and n.partition(".")[2].lower() == name]
+    jobs = sorted({job_of(n) or "" for n in holders}, key=str.lower)
+    if len(jobs) > 1:
+        return (
+            f"relation '{shown}' is ambiguous: held by chain jobs {_listed(jobs)};"
+            f' write "{holders[0]}" (or name a default job)'
+        )
+    if holders:
+        return f"relation '{shown}' is not granted by that name; write \"{holders[0]}\""
+    sharing = [n for n in full if bare_alias(n) == name]
+    if len(sharing) > 1:
+        return (
+            f"relation '{shown}' is ambiguous: it is the bare alias of {_listed(sharing)};"
+            " write the full name, quoted"
+        )
+    return f"relation '{shown}' is not granted"
+
+
 def default_job(names: Iterable[str], chain_names: Iterable[str]) -> str | None:
     """The job whose relations answer to short names: the only chain job among them."""
     jobs = {job_of(n.lower()) for n in chain_names} - {None}

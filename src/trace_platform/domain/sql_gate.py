@@ -24,6 +24,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from trace_platform.domain.catalog import unresolved_reason
+
 MAX_SQL_LENGTH = 20_000
 logging.getLogger("sqlglot").setLevel(logging.ERROR)  # it warns with the SQL text
 
@@ -252,12 +254,16 @@ def shown(name: str) -> str:
     return "".join(c for c in name if c.isprintable())[:64]
 
 
-def check_relations(gated: GatedQuery, granted: Collection[str]) -> None:
-    """Refuse a query that reads a name the caller is not granted (fail closed)."""
+def check_relations(
+    gated: GatedQuery, granted: Collection[str], held: Collection[str] = ()
+) -> None:
+    """Refuse a query that reads a name the caller is not granted (fail closed). `held`: the
+    full names of the relations the caller holds, so that the refusal of a name several of
+    them answer to names them (`catalog.unresolved_reason`)."""
     for name in gated.relations:
         if name not in granted:
             raise SqlRejected(
-                "sql_relation_not_allowed", f"relation {shown(name)!r} is not granted"
+                "sql_relation_not_allowed", unresolved_reason(name, held, shown(name))
             )
 
 

@@ -282,7 +282,7 @@ class Binder:
         primary: DatasetGrant | None = None
         if caller.primary is not None and DATASET_ALIAS not in gated.ctes:
             wanted.setdefault(DATASET_ALIAS, "")
-        check_relations(gated, set(wanted))
+        check_relations(gated, set(wanted), kinds)
         catalog: dict[str, DatasetGrant] = {}
         prefixes: list[str] = []
         for alias, name in wanted.items():
@@ -310,7 +310,8 @@ class Binder:
             read_prefixes += prefixes
         else:
             catalog, primary = await self._task_catalog(caller, dataset_id)
-            check_relations(gated, set(catalog))
+            held = [g.name for g in caller.grants if g.name]
+            check_relations(gated, set(catalog), held)
         used: dict[str, list[str]] = {}
         grants: dict[str, DatasetGrant] = {}
         for name in gated.relations:

@@ -59,14 +59,19 @@ class ExecutorLimits:
 
 
 class QueryFailed(Exception):
-    def __init__(self, code: str, reason: str) -> None:
+    """A refused or failed query. For `query_error` the reason is DuckDB's own message,
+    which may quote the query: the trusted service makes it safe to show (see
+    `domain.query_errors`), given `names`, the relations' names and columns."""
+
+    def __init__(self, code: str, reason: str, names: tuple[str, ...] = ()) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.names = names
 
-    def __reduce__(self) -> tuple[type[QueryFailed], tuple[str, str]]:
-        # It may cross a process boundary: pickle both arguments.
-        return (QueryFailed, (self.code, self.reason))
+    def __reduce__(self) -> tuple[type[QueryFailed], tuple[str, str, tuple[str, ...]]]:
+        # It may cross a process boundary: pickle every argument.
+        return (QueryFailed, (self.code, self.reason, self.names))
 
 
 def apply_limits(limits: ExecutorLimits) -> None:
@@ -204,8 +209,32 @@ class Engine:
             raise QueryFailed("query_error", "unknown route")
         con.execute("SET lock_configuration = true")
         self.con = con
+        self.relations = relations
         self.watchdog = Watchdog()
         self._checked: set[str] = set()
+        self._names: tuple[str, ...] | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """Every name of the bound relations and every column they have (asked once, when
+        a query first fails: an error may name them)."""
+        if self._names is None:
+            found = [n for r in self.relations for n in r.names]
+            for rel in self.relations:
+                if rel.names[0] in self.arrow:
+                    found += self.arrow[rel.names[0]].schema.names
+                    continue
+                import duckdb
+
+                con = self.con.cursor()
+                try:
+                    described = con.execute(f"SELECT * FROM {_quote(rel.names[0])} LIMIT 0")
+                    found += [d[0] for d in described.description or []]
+                except duckdb.Error:
+                    pass  # its columns go unnamed: an error naming one shows it elided
+                finally:
+                    con.close()
+            self._names = tuple(dict.fromkeys(found))
+        return self._names
 
     def query(self, sql: str, limit: int, timeout: float | None = None) -> tuple[bytes, int, bool]:
         """Run one query; (response body, row count, truncated) or QueryFailed. `timeout`:
@@ -226,6 +255,7 @@ class Engine:
             self._checked.add(sql)
         import orjson
 
+        failed: QueryFailed | None = None
         con = self.con.cursor()  # a fresh connection: nothing of one query leaks into the next
         try:
             for name, dataset in self.arrow.items():
@@ -246,9 +276,14 @@ class Engine:
         except duckdb.IOException:
             raise QueryFailed("query_denied", "query touched a file it may not") from None
         except duckdb.Error as exc:
-            raise QueryFailed("query_error", type(exc).__name__) from None
+            # DuckDB's message says what is wrong (and may quote the query): the service
+            # shows what of it is safe.
+            failed = QueryFailed("query_error", str(exc) or type(exc).__name__)
         finally:
             con.close()
+        if failed is not None:
+            failed.names = self.names()
+            raise failed
         truncated = len(rows) > limit
         del rows[limit:]
         try:
@@ -392,7 +427,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 )
                 reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
             except QueryFailed as exc:
-                reply, body = {"ok": False, "code": exc.code, "reason": exc.reason}, b""
+                reply = {"ok": False, "code": exc.code, "reason": exc.reason}
+                if exc.names:
+                    reply["names"] = list(exc.names)
+                body = b""
             except MemoryError:
                 reply = {"ok": False, "code": "query_out_of_memory", "reason": "out of memory"}
                 write_frames(out, *pending, orjson.dumps({**reply, "retire": True}))

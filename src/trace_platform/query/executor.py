@@ -296,7 +296,7 @@ class Executor:
         if header.get("retire"):
             self.retiring = True
             self.kill()
-        raise QueryFailed(str(header.get("code")), str(header.get("reason")))
+        raise _failure(header)
 
     async def query_many(
         self, queries: list[tuple[str, int]], timeout: float
@@ -319,7 +319,7 @@ class Executor:
                             QueryResult(body, int(header["rows"]), bool(header["truncated"]))
                         )
                     else:
-                        out.append(QueryFailed(str(header.get("code")), str(header.get("reason"))))
+                        out.append(_failure(header))
                     if header.get("retire"):
                         self.retiring = True
                         if not header.get("ok"):
@@ -352,6 +352,13 @@ class Executor:
         with contextlib.suppress(Exception):
             # Reap it and drain its pipes to EOF, so the transport closes here and now.
             await asyncio.wait_for(self.proc.communicate(), 5)
+
+
+def _failure(header: dict[str, Any]) -> QueryFailed:
+    """The QueryFailed of an engine's refusal header (with the names its error may show)."""
+    names = header.get("names")
+    shown = tuple(str(n) for n in names) if isinstance(names, list) else ()
+    return QueryFailed(str(header.get("code")), str(header.get("reason")), shown)
 
 
 class ExecutorPool:

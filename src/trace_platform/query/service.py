@@ -20,6 +20,7 @@ from trace_platform.domain.errors import (
     TraceError,
     ValidationError,
 )
+from trace_platform.domain.query_errors import public_reason
 from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, sql_hash
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERIES, QUERY_SECONDS
@@ -210,13 +211,23 @@ class QueryService:
         if isinstance(answer, QueryFailed):
             QUERIES.labels(answer.code).inc()
             log.warning("query.failed", reason=answer.code, **self._ids(item))
-            return ValidationError(answer.reason, reason=answer.code)
+            return ValidationError(self._shown_reason(item, answer), reason=answer.code)
         if isinstance(answer, OverloadedError):
             QUERIES.labels("overloaded").inc()
         else:
             QUERIES.labels("executor_unavailable").inc()
             log.error("query.executor_lost", **self._ids(item))
         return answer
+
+    @staticmethod
+    def _shown_reason(item: BatchItem, failed: QueryFailed) -> str:
+        """The engine's message as the caller may read it: what is wrong, never the SQL
+        (`domain.query_errors`)."""
+        if failed.code != "query_error":
+            return failed.reason  # the engine's own words, no query text in them
+        return public_reason(
+            failed.reason, item.sql, gate(item.sql).sql, failed.names, "query failed in the engine"
+        )
 
     @staticmethod
     def _ids(item: BatchItem) -> dict[str, Any]:
