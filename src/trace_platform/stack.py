@@ -3,18 +3,27 @@
 Starts (or reuses) the embedded PostgreSQL, migrates, then runs dispatcher, worker(s) and sink
 as children with one combined, prefixed log. A child that crashes is restarted with backoff;
 SIGINT/SIGTERM stops everything cleanly.
+
+Before anything starts, a stack refuses what would only fail later, in a loop of restarts: a
+second stack in the same TRACE_HOME (an exclusive lock on `HOME/stack.lock`, which the kernel
+drops when its holder dies, so a killed stack's file blocks nothing) and a port one of its
+children would listen on that is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import aiohttp
@@ -23,12 +32,86 @@ from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
 from trace_platform.config import RPC_POOL_ENV, SETTINGS, Settings
 from trace_platform.db.embedded import DatabaseUrls, resolve_databases
 from trace_platform.db.migrate import migrate_databases
+from trace_platform.domain.errors import ConfigError, ConflictError, UnavailableError
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
 
 RESTART_MAX_DELAY = 30.0
 STABLE_AFTER = 30.0
+LOCK_FILE = "stack.lock"
+# The ports the stack's children listen on (all on TRACE_HOST): the setting and who listens.
+LISTENERS = (
+    ("port", "the dispatcher"),
+    ("query_port", "the query service"),
+    ("api_port", "the user API and console"),
+)
+
+
+class StackLock:
+    """One stack per TRACE_HOME: an exclusive `flock` on HOME/stack.lock, held while the stack
+    runs, the holder's pid written inside for the refusal to name."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """ConflictError naming the running stack when another process holds the lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConflictError(
+                f"a Trace stack is already running in TRACE_HOME={self.path.parent}"
+                f" (pid {holder}): use it, stop it first, or start this one with another"
+                " TRACE_HOME"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the lock goes with the descriptor
+            self._fd = None
+
+
+def check_ports(settings: Settings) -> None:
+    """ConfigError naming the port and its setting when a child of the stack could not listen
+    there: the port is taken (or two settings name the same one)."""
+    chosen: dict[int, str] = {}
+    for name, who in LISTENERS:
+        setting = next(s for s in SETTINGS if s.name == name)
+        port = int(getattr(settings, name))
+        where = f"{setting.env} / {setting.flag}"
+        if port in chosen:
+            raise ConfigError(
+                f"port {port} is chosen twice ({chosen[port]} and {where}): give {who}"
+                " a port of its own"
+            )
+        chosen[port] = where
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                settings.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as probe:
+                # as the servers bind: a port left in TIME_WAIT is free, a listener is not
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            why = (
+                "is already in use"
+                if exc.errno == errno.EADDRINUSE
+                else f"cannot be listened on ({exc.strerror or type(exc).__name__})"
+            )
+            raise ConfigError(
+                f"port {port} on {settings.host} {why}: `trace up` runs {who} there"
+                f" ({where}); stop what holds it or choose another port"
+            ) from None
 
 
 @dataclass
@@ -69,8 +152,20 @@ class Stack:
         self._stopping = False
         self._supervisors: list[asyncio.Task[None]] = []
         self.env: dict[str, str] = {}
+        self.lock = StackLock(settings.home.resolve())
 
     async def start(self) -> None:
+        """Refuse a second stack in this home or a taken port (before anything starts), then
+        databases, then the children."""
+        self.lock.acquire()
+        try:
+            check_ports(self.settings)
+            await self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start(self) -> None:
         urls = await prepare(self.settings)
         child_settings = self.settings.replace(
             state_database_url=urls.state,
@@ -141,7 +236,9 @@ class Stack:
                         if resp.status == 200:
                             return
                 await asyncio.sleep(0.1)
-        raise TimeoutError("dispatcher did not become ready")
+        raise UnavailableError(
+            f"the dispatcher did not become ready within {timeout:.0f} s; its log says why"
+        )
 
     async def stop(self, grace: float = 15.0) -> None:
         self._stopping = True
@@ -166,6 +263,7 @@ class Stack:
         for sup in self._supervisors:
             with contextlib.suppress(asyncio.CancelledError):
                 await sup
+        self.lock.release()
 
 
 async def run_stack(
