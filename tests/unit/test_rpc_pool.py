@@ -20,6 +20,7 @@ from trace_platform.chain.rpc import RpcThrottled, _answer_error, retry_after_se
 from trace_platform.config import Settings
 from trace_platform.domain.endpoints import endpoint_label, parse_endpoints
 from trace_platform.domain.errors import ConfigError
+from trace_platform.domain.range_assignment import EndpointCapacity, assign_ranges
 
 SECRET = "https://eth.example/v2/SECRETKEY"
 
@@ -181,3 +182,65 @@ def test_a_throttle_with_no_measured_rate_shrinks_the_window_only() -> None:
     (a,) = p.health
     p.throttled_by(a, None, None)
     assert a.rps is None and a.concurrency == 50
+
+
+def test_ranges_go_to_the_endpoint_that_would_finish_them_first() -> None:
+    big = [(0, 1000), (1000, 2000)]
+    # Nothing measured yet: alike endpoints share the ranges alike.
+    alike = assign_ranges(big * 2, [EndpointCapacity("a"), EndpointCapacity("b")])
+    assert sorted(len(v) for v in alike.values()) == [2, 2]
+    # Measured: a range goes where it finishes first, so a slow endpoint gets the share it
+    # can finish while the fast one finishes the rest...
+    hundreds = [(i, i + 100) for i in range(0, 1100, 100)]
+    fast, slow = EndpointCapacity("fast", speed=1000.0), EndpointCapacity("slow", speed=100.0)
+    shares = assign_ranges(hundreds, [fast, slow])
+    assert len(shares["slow"]) == 1 and len(shares["fast"]) == 10
+    # ... and nothing when one range would make it the straggler.
+    assert assign_ranges(big, [fast, EndpointCapacity("slow", speed=10.0)]) == {"fast": big}
+    # What an endpoint already has counts; so does its weight while nothing is measured.
+    busy = EndpointCapacity("a", queued=3000)
+    assert assign_ranges(big, [busy, EndpointCapacity("b")]) == {"b": big}
+    heavy = EndpointCapacity("a", weight=3)
+    assert len(assign_ranges(hundreds[:4], [heavy, EndpointCapacity("b")])["a"]) == 3
+
+
+def test_a_throttling_endpoint_gets_only_what_it_has_proven_while_another_can_serve() -> None:
+    big, tail = [(0, 1000), (1000, 2000)], [(2000, 2001)]
+    healthy = EndpointCapacity("healthy", speed=2000.0)
+    # Idle and (never measured) assumed fast, it still takes no range past its allowance.
+    throttling = EndpointCapacity("throttling", allowance=100)
+    assert assign_ranges(big, [throttling, healthy]) == {"healthy": big}
+    # A range within its allowance may go there (here: it finishes first).
+    assert assign_ranges(big + tail, [throttling, healthy]) == {
+        "healthy": big,
+        "throttling": tail,
+    }
+    # Proven more, it is sent more (within the allowance, by speed).
+    proven = EndpointCapacity("throttling", speed=2000.0, allowance=2000)
+    assert assign_ranges(big, [proven, healthy]) == {"throttling": [big[0]], "healthy": [big[1]]}
+    # When every endpoint throttles, the caps cannot hold and speed alone decides.
+    capped = [EndpointCapacity("a", allowance=10), EndpointCapacity("b", allowance=10)]
+    assert sorted(len(v) for v in assign_ranges(big, capped).values()) == [1, 1]
+
+
+async def test_a_pool_assigns_around_aside_unasked_and_throttling_endpoints() -> None:
+    p = pool(
+        "http://dead.example;name=dead,http://thr.example;name=throttled,"
+        "http://ok.example;name=healthy"
+    )
+    _dead, throttled, healthy = p.health
+    healthy.chain_id = throttled.chain_id = 31337  # dead never answered its chain
+    p.throttled_by(throttled, None, None, count=8)
+    throttled.until = 0.0  # back from its backoff, still throttling
+    big = [(0, 1000), (1000, 2000)]
+    shares = await p.assign(big, 31337, time.monotonic() + 1, frozenset())
+    assert [(h.label, rs) for h, rs in shares] == [("healthy", big)]
+    assert healthy.queued == 2000 and throttled.queued == 0
+    # A clean call while throttling proves what it served: twice that is allowed next.
+    p.extracted(throttled, 600, 0.5)
+    assert throttled.proven == 600 and throttled.allowance(time.monotonic()) == 1200
+    # A range the healthy endpoint failed goes to the best of the others.
+    shares = await p.assign(big[:1], 31337, time.monotonic() + 1, frozenset({"healthy"}))
+    assert [(h.label, rs) for h, rs in shares] == [("throttled", big[:1])]
+    p.throttled_by(throttled, None, None)  # the same episode: what it proved still holds
+    assert throttled.proven == 600

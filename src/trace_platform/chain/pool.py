@@ -13,9 +13,17 @@ holds one `RpcPool` per configured pool. Every endpoint has:
   error, at most once per `DECREASE_EVERY`, and raised by a tenth of the rate it was
   throttled at on each success, up to that rate or the configured `;rps=`) and concurrent
   requests (halved and raised by one the same way);
-- measured **latency** of Trace's own calls (p50 of the last 256) and **seconds per block**
-  of its extractions (an EWMA), which the choice uses: a range goes to the available endpoint
-  with the least load per weight, weighed by its speed.
+- measured **latency** of Trace's own calls (p50 of the last 256) and **speed**: the blocks
+  per second its cryo calls extracted successfully (an EWMA; a failed call counts its seconds
+  and no blocks).
+
+Which endpoint extracts which range is `domain.range_assignment`'s decision (`assign`): each
+range to the available endpoint that would finish it first at its measured speed, so work
+shifts to where it succeeds. An endpoint that throttles (a 429 within `THROTTLE_MEMORY`) is
+sent only what it has proven to serve since it began throttling: twice its largest clean call
+of that time, at least `PROBE_BLOCKS`, while another endpoint can take the rest. Endpoints
+not asked their chain yet are asked together before a batch is assigned, so a dead or
+wrong-chain endpoint costs one round trip, not a range's tries.
 
 cryo retries rate-limited requests itself (10 times, 500 ms apart), so its 429s are seen
 through the outcome and speed of each extraction and through the calls Trace makes around it
@@ -38,6 +46,7 @@ A URL never leaves this module's objects: states, logs, errors and metrics name 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections import deque
@@ -49,6 +58,7 @@ from trace_platform.chain.rpc import RpcClient, RpcError, RpcThrottled, RpcUnava
 from trace_platform.config import Settings
 from trace_platform.db.sql import q
 from trace_platform.domain.endpoints import Endpoint
+from trace_platform.domain.range_assignment import EndpointCapacity, Range, assign_ranges
 from trace_platform.logs import get_logger
 from trace_platform.metrics import RPC_CALLS, RPC_ENDPOINT
 
@@ -68,6 +78,7 @@ THROTTLED_BACKOFF_MS = 50  # cryo's first retry backoff on an endpoint that thro
 THROTTLE_MEMORY = 120.0  # seconds an endpoint counts as throttling after its last 429
 MAX_CALLS = 5  # cryo calls one piece is spread over on such an endpoint
 PROBE_BURST = 16  # concurrent requests of the first check of an endpoint
+PROBE_BLOCKS = 100  # blocks a throttling endpoint may take before it has proven more
 
 
 @dataclass(frozen=True)
@@ -110,10 +121,12 @@ class Health:
     ranges: int = 0
     blocks: int = 0
     busy: int = 0  # cryo calls bound for the endpoint (running or waiting for a slot)
+    queued: int = 0  # blocks of the ranges assigned to it and not finished
     running: int = 0  # cryo calls running on it
     head: int | None = None
     chain_id: int | None = None
-    block_seconds: float | None = None
+    speed: float | None = None  # blocks/s its cryo calls extracted successfully (an EWMA)
+    proven: int = 0  # blocks of its largest clean call since it began throttling
     last_decrease: float = 0.0
     throttled_at: float | None = None  # monotonic time of its last 429
     call_rate: float | None = None  # requests per second its cryo calls sent (an EWMA)
@@ -134,6 +147,11 @@ class Health:
     def throttling(self, now: float) -> bool:
         """Whether the endpoint answered 429 within `THROTTLE_MEMORY`."""
         return self.throttled_at is not None and now - self.throttled_at < THROTTLE_MEMORY
+
+    def allowance(self, now: float) -> int | None:
+        """Most blocks one assignment may give it: what it has proven while throttling (None:
+        no cap, it does not throttle)."""
+        return max(PROBE_BLOCKS, 2 * self.proven) if self.throttling(now) else None
 
     def latency_p50(self) -> float | None:
         return statistics.median(self.latencies) if self.latencies else None
@@ -211,6 +229,8 @@ class RpcPool:
         h.requests += count
         h.throttled += count
         h.last_error = "HTTP 429"
+        if not h.throttling(time.monotonic()):
+            h.proven = 0  # a new episode: it proves itself again
         h.throttled_at = time.monotonic()
         RPC_CALLS.labels(self.name, h.label, "throttled").inc(count)
         wait = THROTTLE_BACKOFF if retry_after is None else retry_after
@@ -249,15 +269,23 @@ class RpcPool:
             h.rps = max(MIN_RPS, h.rps * 0.5)
         h.concurrency = max(1, h.concurrency // 2)
 
-    def extracted(self, h: Health, blocks: int, seconds: float, rate: float | None = None) -> None:
-        """A cryo call on `h` extracted `blocks` in `seconds`, sending about `rate`
-        requests per second (what a later throttle's decrease starts from)."""
+    def extracted(
+        self,
+        h: Health,
+        blocks: int,
+        seconds: float,
+        rate: float | None = None,
+        clean: bool = True,
+    ) -> None:
+        """A cryo call on `h` extracted `blocks` successfully in `seconds` (0 when it failed;
+        `clean`: nothing of it failed), sending about `rate` requests per second (what a
+        later throttle's decrease starts from)."""
         h.ranges += 1
         h.blocks += blocks
-        per_block = seconds / max(blocks, 1)
-        h.block_seconds = (
-            per_block if h.block_seconds is None else 0.7 * h.block_seconds + 0.3 * per_block
-        )
+        speed = blocks / max(seconds, 0.001)
+        h.speed = speed if h.speed is None else 0.7 * h.speed + 0.3 * speed
+        if clean and blocks and h.throttling(time.monotonic()):
+            h.proven = max(h.proven, blocks)
         if rate is not None:
             h.call_rate = rate if h.call_rate is None else 0.7 * h.call_rate + 0.3 * rate
 
@@ -266,6 +294,19 @@ class RpcPool:
     def choose(self, for_head: bool = False, exclude: frozenset[str] = frozenset()) -> Health:
         """The endpoint with capacity for a range (or the head) now; PoolUnavailable (with
         the earliest time one frees up) or PoolRefused when there is none."""
+        candidates = self._candidates(for_head, exclude)
+        speeds = [h.speed for h in candidates if h.speed]
+        fastest = max(speeds) if speeds else None
+
+        def cost(h: Health) -> tuple[float, float]:
+            slow = (fastest / h.speed) if (fastest and h.speed) else 1.0
+            return ((h.busy + 1) * slow / h.endpoint.weight, h.latency_p50() or 0.0)
+
+        return min(candidates, key=cost)
+
+    def _candidates(self, for_head: bool, exclude: frozenset[str]) -> list[Health]:
+        """The available endpoints (of the role asked for, if any), else PoolUnavailable with
+        the earliest time one frees up, or PoolRefused when every one is refused."""
         if all(h.state == REFUSED for h in self.health):
             raise PoolRefused("; ".join(sorted({str(h.reason) for h in self.health})))
         now = time.monotonic()
@@ -277,14 +318,7 @@ class RpcPool:
         if not candidates:
             waiting = [h.until for h in self.health if h.state != REFUSED]
             raise PoolUnavailable(self._why(exclude), min(waiting, default=now) - now)
-        speeds = [h.block_seconds for h in candidates if h.block_seconds]
-        fastest = min(speeds) if speeds else None
-
-        def cost(h: Health) -> tuple[float, float]:
-            slow = (h.block_seconds / fastest) if (fastest and h.block_seconds) else 1.0
-            return ((h.busy + 1) * slow / h.endpoint.weight, h.latency_p50() or 0.0)
-
-        return min(candidates, key=cost)
+        return candidates
 
     def _why(self, exclude: frozenset[str]) -> str:
         parts = [
@@ -305,10 +339,46 @@ class RpcPool:
             except PoolRefused:
                 raise
             except PoolUnavailable as exc:
-                wait = exc.wait or 0.0
-                if time.monotonic() + wait > deadline:
-                    raise PoolUnavailable(str(exc)) from None
-                await asyncio.sleep(max(wait, 0.01))
+                await self._wait(exc, deadline)
+
+    @staticmethod
+    async def _wait(exc: PoolUnavailable, deadline: float) -> None:
+        wait = exc.wait or 0.0
+        if time.monotonic() + wait > deadline:
+            raise PoolUnavailable(str(exc)) from None
+        await asyncio.sleep(max(wait, 0.01))
+
+    async def assign(
+        self, ranges: list[Range], chain_id: int, deadline: float, exclude: frozenset[str]
+    ) -> list[tuple[Health, list[Range]]]:
+        """`ranges` over the available endpoints as `assign_ranges` decides (endpoints whose
+        chain was verified first), each one's `queued` blocks raised by its share (the
+        caller lowers them as its calls end); waits as `acquire` does when none is
+        available."""
+        while True:
+            try:
+                candidates = self._candidates(False, exclude)
+                break
+            except PoolRefused:
+                raise
+            except PoolUnavailable as exc:
+                await self._wait(exc, deadline)
+        verified = [h for h in candidates if h.chain_id == chain_id]
+        candidates = verified or candidates
+        now = time.monotonic()
+        shares = assign_ranges(
+            ranges,
+            [
+                EndpointCapacity(h.label, h.endpoint.weight, h.speed, h.queued, h.allowance(now))
+                for h in candidates
+            ],
+        )
+        out = []
+        for h in candidates:
+            if h.label in shares:
+                h.queued += sum(e - s for s, e in shares[h.label])
+                out.append((h, shares[h.label]))
+        return out
 
     def budget(self, h: Health) -> tuple[int | None, int]:
         """(requests per second, concurrent requests) for one more cryo call on `h`, its
@@ -347,6 +417,18 @@ class RpcPool:
                 f"chain_id_mismatch: endpoint {h.label} serves chain {h.chain_id},"
                 f" the job is of chain {chain_id}",
             )
+
+    async def check_chains(self, chain_id: int) -> None:
+        """Ask every available endpoint not asked yet its chain, all at once (their failures
+        are counted on each; a range is not assigned to them until one answers)."""
+        now = time.monotonic()
+        unasked = [h for h in self.health if h.chain_id is None and h.available(now)]
+
+        async def one(h: Health) -> None:
+            with contextlib.suppress(RpcUnavailable, RpcError):
+                await self.verify_chain(h, chain_id)
+
+        await asyncio.gather(*(one(h) for h in unasked))
 
     async def _first_check(self, h: Health) -> int:
         """The endpoint's chain id, asked `PROBE_BURST` times at once: an endpoint that
