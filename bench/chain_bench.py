@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chain_bench.py throughput [--blocks 10000] [--endpoints 2]
     .venv/bin/python bench/chain_bench.py throttled [--blocks 5000] [--limit N | --ratio 0.2]
+    .venv/bin/python bench/chain_bench.py mixed-pool [--blocks 2001] [--runs 2]
     .venv/bin/python bench/chain_bench.py lag [--ranges 100]
     .venv/bin/python bench/chain_bench.py query [--ranges 1000] [--runs 30]
     .venv/bin/python bench/chain_bench.py join [--ranges 100] [--runs 20]
@@ -15,6 +16,12 @@ throttled: the same sync (spec defaults) through the fault proxy of tests/rpc_pr
   JSON-RPC error bodies as Alchemy and Infura send (target: >= 0.6x of the blocks/s the limit
   allows). --ratio answers a fixed share of requests 429 instead; --body text sends plain
   429s, which cryo 0.3.2 does not retry.
+mixed-pool: one healthy endpoint among faulty ones: a pool of a dead endpoint (nothing
+  listens), one answering 50% of requests 429 (JSON-RPC bodies), a healthy one and one serving
+  another chain, the last three through the fault proxy in front of the same anvil; the same
+  sync (spec defaults) through that pool, then through the healthy endpoint alone, in turns
+  (--runs each); both times, the ratio (target >= 0.5) and each endpoint's requests and 429s
+  as the proxies counted them, next to what Trace reported (ranges, blocks, errors).
 lag: follow head on `anvil --block-time 1` with tail_lag 0, chunk_size 1: commit time minus
   block timestamp per range (block timestamps are whole seconds, so the figure over-states
   the lag by up to 1 s; target p50 <= 2 s).
@@ -147,7 +154,15 @@ def pool_of(url: str, endpoints: int) -> str:
 
 async def synced_seconds(node_url: str, blocks: int, streams: dict[str, Any], name: str) -> float:
     """apply -> every stream committed, from the database clock, through `trace up`."""
-    async with BenchStack(node_url) as b:
+    return (await synced(node_url, blocks, streams, name))[0]
+
+
+async def synced(
+    pool_urls: str, blocks: int, streams: dict[str, Any], name: str
+) -> tuple[float, list[dict[str, Any]]]:
+    """`synced_seconds`, and the pool's endpoints as Trace reported them once the worker's
+    report covers every extracted block (it reports every 2 s)."""
+    async with BenchStack(pool_urls) as b:
         text = spec(name, f"{{kind: fixed_target, to_block: {blocks}}}", streams)
         start = await b.pool.fetchval("SELECT clock_timestamp()")
         await b.apply(text)
@@ -155,7 +170,15 @@ async def synced_seconds(node_url: str, blocks: int, streams: dict[str, Any], na
         last = await b.pool.fetchval(
             "SELECT max(committed_at) FROM state.chain_ranges WHERE status = 'committed'"
         )
-        return float((last - start).total_seconds())
+        env = OpsEnv(b.settings, b.pool, b.pool)
+        views: list[dict[str, Any]] = []
+        for _ in range(40):
+            (job,) = await chain_status(env, LITE_ORG_ID, name)
+            views = list(job.get("endpoints") or [])
+            if sum(int(v.get("blocks") or 0) for v in views) >= blocks:
+                break
+            await asyncio.sleep(0.25)
+        return float((last - start).total_seconds()), views
 
 
 async def throttled(args: argparse.Namespace) -> None:
@@ -202,6 +225,75 @@ async def throttled(args: argparse.Namespace) -> None:
     allowed = limit / per_block
     print(f"blocks/s the limit allows: {allowed:.0f}")
     print(f"ratio achieved/allowed: {args.blocks / faulty / allowed:.2f}   (target >= 0.6)")
+
+
+async def mixed_pool(args: argparse.Namespace) -> None:
+    """The same sync through a pool of a dead, a throttling (50% 429s), a healthy and a
+    wrong-chain endpoint, and through the healthy endpoint alone, in turns."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.rpc_proxy import FaultProxy
+
+    node = Anvil().start()
+    proxies: dict[str, FaultProxy] = {}
+    pooled: list[float] = []
+    alone: list[float] = []
+    counts: list[dict[str, tuple[int, int]]] = []
+    reported: list[list[dict[str, Any]]] = []
+    try:
+        make_chain(node, args.blocks)
+        proxies = {k: FaultProxy(node.url) for k in ("throttled", "healthy", "wrong")}
+        proxies["throttled"].throttle_ratio = args.ratio
+        proxies["throttled"].throttle_body = "jsonrpc"
+        proxies["wrong"].chain_id = 1
+        dead = f"http://127.0.0.1:{free_port()}"
+        pool = ",".join(
+            [
+                f"{dead};name=dead",
+                f"{proxies['throttled'].url};name=throttled",
+                f"{proxies['healthy'].url};name=healthy",
+                f"{proxies['wrong'].url};name=wrong",
+            ]
+        )
+        streams = {d: {"cryo_dataset": d} for d in ("blocks", "transactions", "logs")}
+        for i in range(args.runs):
+            before = {k: (p.requests, p.throttled) for k, p in proxies.items()}
+            seconds, views = await synced(pool, args.blocks, streams, f"mixed{i}")
+            pooled.append(seconds)
+            reported.append(views)
+            counts.append(
+                {
+                    k: (p.requests - before[k][0], p.throttled - before[k][1])
+                    for k, p in proxies.items()
+                }
+            )
+            alone.append(
+                await synced_seconds(proxies["healthy"].url, args.blocks, streams, f"a{i}")
+            )
+    finally:
+        for p in proxies.values():
+            p.close()
+        node.stop()
+    print(
+        f"blocks {args.blocks}, spec defaults, 3 datasets; pool: dead (nothing listens),"
+        f" throttled ({args.ratio:.0%} of requests 429, JSON-RPC bodies), healthy, wrong"
+        " (chain 1); the last three through the fault proxy in front of one anvil"
+    )
+    print(f"{'run':>4}{'pool s':>9}{'alone s':>9}{'ratio':>7}   requests (429s) per endpoint")
+    for i, (p, a) in enumerate(zip(pooled, alone, strict=True)):
+        c = counts[i]
+        eps = "  ".join(f"{k} {n} ({t})" for k, (n, t) in c.items())
+        print(f"{i + 1:>4}{p:>9.2f}{a:>9.2f}{a / p:>7.2f}   {eps}")
+        for v in reported[i]:
+            print(
+                f"{'':>33}trace's view of {v['endpoint']}: state {v['state']},"
+                f" ranges {v['ranges']}, blocks {v['blocks']}, requests {v['requests']},"
+                f" 429s {v['throttled']}, errors {v['errors']}"
+            )
+    ratios = [a / p for p, a in zip(pooled, alone, strict=True)]
+    print(
+        f"ratio alone/pool: median {statistics.median(ratios):.2f}, worst {min(ratios):.2f}"
+        "   (target >= 0.5)"
+    )
 
 
 async def trace_sync(node: Anvil, args: argparse.Namespace, streams: dict[str, Any]) -> float:
@@ -497,6 +589,10 @@ def main() -> None:
         "--ratio", type=float, default=0.0, help="answer this share of requests 429 instead"
     )
     th.add_argument("--body", choices=("jsonrpc", "text"), default="jsonrpc", help="429 bodies")
+    mp = sub.add_parser("mixed-pool")
+    mp.add_argument("--blocks", type=int, default=2001)
+    mp.add_argument("--runs", type=int, default=2, help="pool and healthy-alone runs, in turns")
+    mp.add_argument("--ratio", type=float, default=0.5, help="share of 429s of the throttler")
     lg = sub.add_parser("lag")
     lg.add_argument("--ranges", type=int, default=100)
     qq = sub.add_parser("query")
@@ -512,6 +608,7 @@ def main() -> None:
     benches = {
         "throughput": throughput,
         "throttled": throttled,
+        "mixed-pool": mixed_pool,
         "lag": lag,
         "query": query,
         "join": join,
