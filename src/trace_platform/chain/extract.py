@@ -5,14 +5,17 @@ worker claims their wake-ups in one batch) are extracted in as few `cryo.freeze`
 pool allows: ranges of the same size and the same set of datasets go into one call
 (`blocks=[a:b, c:d, ...]`, `chunk_size` the range size, so each range is one cryo chunk and
 one file per dataset), which fetches each block once for all its datasets and pays cryo's
-start-up once. A batch is split over the pool's available endpoints (and at
-`MAX_CALL_BLOCKS`), each piece on the endpoint the pool chooses, with that endpoint's share
-of its budget (`requests_per_second`, `max_concurrent_requests`).
+start-up once. A batch's ranges are assigned over the pool's available endpoints by what each
+has measured (`RpcPool.assign`: the one that would finish a range first takes it; a throttling
+endpoint only what it has proven to serve), each endpoint's share split at `MAX_CALL_BLOCKS`
+and run with its share of that endpoint's budget (`requests_per_second`,
+`max_concurrent_requests`).
 
 Around each call, one batched request reads the hashes of every range's first parent and last
 block before and after (the operator refuses a range that changed under the extractor), and
-tells which ranges the endpoint has not reached yet (a lagging endpoint). A piece that fails
-on an endpoint (unreachable, throttled, cryo failing, past its head) moves to the next one;
+tells which ranges the endpoint has not reached yet (a lagging endpoint). The ranges a piece
+could not extract on an endpoint (unreachable, throttled, cryo failing, past its head) are
+assigned again among the endpoints it has not tried, so they go to the best one left;
 a call that fails for several datasets is retried one dataset at a time, so one bad dataset
 never fails its neighbours. Each call gets a fresh staging directory (cryo skips files that
 exist) and its own thread (cryo blocks one while its runtime does the I/O).
@@ -23,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import math
 import shutil
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,16 +184,13 @@ class RangeExtractor:
             groups: dict[tuple[int, frozenset[str]], list[Range]] = defaultdict(list)
             for r, wanted in batch.wants.items():
                 groups[(r[1] - r[0], frozenset(wanted))].append(r)
-            available = max(1, sum(1 for h in batch.pool.health if h.state != REFUSED))
+            await batch.pool.check_chains(batch.chain_id)
+            # Assigned one group after the other (each sees what the ones before got), then
+            # run together.
             pieces = []
-            for (size, datasets), ranges in groups.items():
+            for (_size, datasets), ranges in groups.items():
                 ranges.sort()
-                n = max(
-                    math.ceil(len(ranges) * size / MAX_CALL_BLOCKS), min(available, len(ranges))
-                )
-                per = math.ceil(len(ranges) / n)
-                for i in range(0, len(ranges), per):
-                    pieces.append(self._piece(batch, sorted(datasets), ranges[i : i + per]))
+                pieces += await self._assign(batch, sorted(datasets), ranges, [])
             await asyncio.gather(*pieces)
         except BaseException as exc:
             for future in batch.done.values():
@@ -200,43 +200,61 @@ class RangeExtractor:
                     )
             raise
 
-    async def _piece(self, batch: _Batch, datasets: list[str], ranges: list[Range]) -> None:
-        pool, pending = batch.pool, list(ranges)
-        tried: list[str] = []
-        reason = "no endpoint tried"
-        while pending:
-            endpoints = len(pool.health)
-            exclude = frozenset(tried) if len(set(tried)) < endpoints else frozenset()
+    async def _assign(
+        self,
+        batch: _Batch,
+        datasets: list[str],
+        ranges: list[Range],
+        tried: list[str],
+        reason: str = "no endpoint tried",
+    ) -> list[Coroutine[Any, Any, None]]:
+        """The pieces that extract `ranges` (one group: same size, same datasets) on the
+        endpoints the pool assigns them to, among those `tried` has not had yet (all of
+        them again once each has had them); the ranges fail after `2 * endpoints + 1`
+        tries."""
+        pool = batch.pool
+        endpoints = len(pool.health)
+        exclude = frozenset(tried) if len(set(tried)) < endpoints else frozenset()
+        try:
             if len(tried) >= 2 * endpoints + 1:
-                error: Exception = PoolUnavailable(f"every endpoint failed the range: {reason}")
-                break
-            try:
-                h = await pool.acquire(batch.deadline, exclude=exclude)
-            except PoolUnavailable as exc:
-                error = exc
-                break
-            tried.append(h.label)
-            h.busy += 1  # pieces bound for h (the pool spreads the next one elsewhere)
-            try:
-                async with self.slots:
-                    h.running += 1  # calls running on h share its budget
-                    try:
-                        done, pending, reason = await self._on(batch, h, datasets, pending)
-                    finally:
-                        h.running -= 1
-            except (RpcUnavailable, RpcError) as exc:
-                reason = f"{h.label}: {exc}"
-                continue
-            finally:
-                h.busy -= 1
-            for r, results in done.items():
-                _resolve(batch, r, results)
-        else:
-            return
-        for r in pending:
-            future = batch.done[r]
-            if not future.done():
-                future.set_exception(error)
+                raise PoolUnavailable(f"every endpoint failed the range: {reason}")
+            shares = await pool.assign(ranges, batch.chain_id, batch.deadline, exclude)
+        except PoolUnavailable as exc:
+            for r in ranges:
+                future = batch.done[r]
+                if not future.done():
+                    future.set_exception(exc)
+            return []
+        pieces = []
+        for h, share in shares:
+            per = max(1, MAX_CALL_BLOCKS // max(1, share[0][1] - share[0][0]))
+            calls = [share[i : i + per] for i in range(0, len(share), per)]
+            h.busy += len(calls)  # pieces bound for h (head calls go elsewhere meanwhile)
+            pieces += [self._piece(batch, h, datasets, c, tried) for c in calls]
+        return pieces
+
+    async def _piece(
+        self, batch: _Batch, h: Health, datasets: list[str], ranges: list[Range], tried: list[str]
+    ) -> None:
+        """Extract `ranges` on `h`, which they were assigned to; what it leaves is assigned
+        again among the endpoints not tried yet."""
+        try:
+            async with self.slots:
+                h.running += 1  # calls running on h share its budget
+                try:
+                    done, pending, reason = await self._on(batch, h, datasets, ranges)
+                finally:
+                    h.running -= 1
+        except (RpcUnavailable, RpcError) as exc:
+            done, pending, reason = {}, ranges, f"{h.label}: {exc}"
+        finally:
+            h.busy -= 1
+            h.queued -= sum(e - s for s, e in ranges)
+        for r, results in done.items():
+            _resolve(batch, r, results)
+        if pending:
+            again = await self._assign(batch, datasets, pending, [*tried, h.label], reason)
+            await asyncio.gather(*again)
 
     async def _on(
         self, batch: _Batch, h: Health, datasets: list[str], ranges: list[Range]
@@ -278,6 +296,7 @@ class RangeExtractor:
             elif len(failed) == len(datasets):
                 directory.release()
                 pool.failed(h, "cryo failed on the endpoint", self._rate(serve, datasets, started))
+                pool.extracted(h, 0, time.monotonic() - started, clean=False)
                 return {}, ranges, f"{h.label}: cryo failed"
         after = await self._headers(pool, h, numbers)
         files = _files(directory.path)
@@ -313,8 +332,9 @@ class RangeExtractor:
             )
         else:
             pool.ok(h, None, requests=0)
-        blocks = sum(e - s for s, e in serve)
-        pool.extracted(h, blocks, seconds, self._rate(serve, datasets, started))
+        blocks = sum(e - s for s, e in done)
+        clean = not (incomplete or errored or behind)
+        pool.extracted(h, blocks, seconds, self._rate(serve, datasets, started), clean)
         if incomplete:
             why = f"{h.label}: cryo reported errored chunks"
         return done, behind + incomplete, why
