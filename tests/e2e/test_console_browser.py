@@ -434,13 +434,18 @@ async def bar(page: Page, stream: str) -> dict[str, Any]:
 
 
 async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
-    stack: str, browser: WatchedBrowser, pool: asyncpg.Pool, b_settings: Settings
+    stack: str, browser: WatchedBrowser, pool: asyncpg.Pool, b_settings: Settings, still: Anvil
 ) -> None:
     from tests.chain_helpers import apply, status, streams_of
 
     admin = (await create_user(env_of(pool), LITE_ORG_ID, "bars", "admin")).api_key
-    # `half` follows the still node 10 blocks behind its head: blocks 0..9 of 0..19.
+    # `half` follows the still node 10 blocks behind its head: blocks 0..9 of 0..19, and
+    # decodes its token's Transfer logs with the wrong layout (nothing indexed): none decodes.
     half = STILL_HEAD + 1
+    token = still.extra["token"]  # type: ignore[attr-defined]
+    window = {"fromBlock": "0x0", "toBlock": hex(half // 2 - 1), "address": token}
+    transfers = len(still.rpc("eth_getLogs", [window]))
+    assert transfers == 4  # the mint and three transfers
     mode = (
         "{kind: follow_head, from_block: 0, tail_lag: 10, head_poll_seconds: 0.2,"
         " max_head_age_seconds: 86400}"
@@ -448,7 +453,10 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
     await apply(
         b_settings,
         f"kind: chain_sync\nname: half\nchain_id: 31337\nrpc_pool: still\nmode: {mode}\n"
-        "streams:\n  blocks: {cryo_dataset: blocks, chunk_size: 5, max_inflight: 2}\n",
+        "streams:\n  blocks: {cryo_dataset: blocks, chunk_size: 5, max_inflight: 2}\n"
+        "  logs: {cryo_dataset: logs, chunk_size: 5, max_inflight: 2}\n"
+        f"contracts:\n  token:\n    address: [{token}]\n"
+        "    events: ['event Transfer(address from, address to, uint256 value)']\n",
     )
     # `stuck` names a pool no process has: it stays at 0 of 1000, in error.
     await apply(
@@ -460,9 +468,11 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
 
     async def settled() -> bool:
         h, s = await status(b_settings, "half"), await status(b_settings, "stuck")
+        streams = streams_of(h)
         return (
-            streams_of(h)["blocks"]["tip"] == half // 2
-            and h["head"] == STILL_HEAD
+            h["head"] == STILL_HEAD
+            and all(x["tip"] == half // 2 for x in streams.values())
+            and streams.get("token_Transfer", {}).get("undecodable_logs") == transfers
             and bool(s["error"])
         )
 
@@ -480,6 +490,8 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
         assert await stuck.locator(".state").inner_text() == "error"
         error = await stuck.locator(".job-error").inner_text()
         assert error.startswith("rpc_pool_missing") and "'nowhere'" in error, error
+        undecodable = page.locator("[data-stream='half.token_Transfer'] .undecodable")
+        assert await undecodable.inner_text() == f"· {transfers} undecodable"
         await redrawn(page)
     await shot(page, "chains-bars")
 

@@ -2,23 +2,35 @@
 Postgres: a factory creating pools at different blocks (one created and used in one block),
 swaps and routes with arrays, tuples, bytes and strings, each decoded table compared with
 web3's own event decoding; joins with blocks and transactions; a re-decode after an ABI
-change that makes no RPC request; a reorg that leaves no decoded row of the abandoned fork."""
+change that makes no RPC request; a reorg that leaves no decoded row of the abandoned fork;
+an ABI that cannot decode its event's logs counted as undecodable (status, CLI, API, log)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.chain_helpers import apply, status, streams_of
-from tests.conftest import Proc, start_dispatcher, start_proc, wait_until
+from tests.conftest import (
+    Proc,
+    free_port,
+    proc_env,
+    start_dispatcher,
+    start_proc,
+    wait_http_ready,
+    wait_until,
+)
+from tests.helpers import run_trace
 from tests.rpc_proxy import FaultProxy
 from trace_platform.chain.devnet import Anvil, pools_artifact
 from trace_platform.config import Settings
 from trace_platform.ops.datasets import query_here
 from trace_platform.ops.env import open_env
+from trace_platform.ops.users import create_user
 from trace_platform.ports import LITE_ORG_ID
 
 BLOCKS = 160
@@ -127,10 +139,13 @@ async def wait_decoded(settings: Settings, tables: list[str], timeout: float = 1
 
 
 @pytest.fixture(scope="module")
-async def synced(
-    d_settings: Settings, node: Anvil, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Any]:
-    logs = tmp_path_factory.mktemp("logs")
+def proc_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+async def synced(d_settings: Settings, node: Anvil, proc_logs: Path) -> AsyncIterator[Any]:
+    logs = proc_logs
     procs: list[Proc] = [
         await start_dispatcher(d_settings, logs),
         start_proc(d_settings, logs, "worker"),
@@ -310,3 +325,61 @@ async def test_an_abi_change_re_decodes_from_stored_logs_with_no_rpc_request(
     assert proxy.requests == requests  # decoded from stored logs: the node was never asked
     job = await status(d_settings, "pools")
     assert streams_of(job)["pair_Route"]["status"] == "stopped"  # no longer in the spec
+
+
+async def test_logs_an_abi_cannot_decode_are_counted_and_shown_by_the_cli_and_the_api(
+    d_settings: Settings, synced: Any, node: Anvil, proc_logs: Path, tmp_path: Path
+) -> None:
+    job = await status(d_settings, "pools")
+    decoded = [s for s in job["streams"] if s["decoded"]]
+    assert decoded and all(s["undecodable_logs"] == 0 for s in decoded)  # the ABIs fit
+    assert all(s["undecodable_logs"] is None for s in job["streams"] if not s["decoded"])
+    # Swap's signature, so its topic0, but with no parameter indexed: every swap log carries
+    # a topic this event does not have, so none decodes.
+    wrong = "event Swap(address sender, uint256 a, uint256 b, uint256 c, uint256 d, address to)"
+    await apply(d_settings, spec_text(node, wrong))
+    swaps = len(web3_events(node, "Swap"))
+
+    async def counted() -> Any:
+        job = await status(d_settings, "pools")
+        s = streams_of(job)["pair_Swap"]
+        done = s["tip"] >= BLOCKS and s["in_flight"] == 0 and s["undecodable_logs"] == swaps
+        return job if done else None
+
+    job = await wait_until(counted, 60, 0.2, "every swap counted undecodable")
+    assert await ask(d_settings, "SELECT count(*) FROM pair_Swap") == [[0]]
+    assert streams_of(job)["factory_PairCreated"]["undecodable_logs"] == 0
+
+    # one structured event per range that had any, with ids only
+    events = [
+        json.loads(line)
+        for f in proc_logs.glob("dispatcher-*.log")
+        for line in f.read_text().splitlines()
+        if '"chain.logs_undecodable"' in line
+    ]
+    assert sum(e["undecodable"] for e in events) == swaps
+    assert len({(e["range_start"], e["task_id"]) for e in events}) == len(events)
+    assert all(e["stream"] == "pair_Swap" and "data" not in e for e in events)
+    first = min(events, key=lambda e: e["range_start"])
+    assert first["first_transaction_hash"].startswith("0x") and first["first_log_index"] >= 0
+
+    # `trace chain status` and `GET /v1/chains` say so
+    shown = run_trace(d_settings, "chain", "status", "pools")
+    assert shown.returncode == 0, shown.stderr
+    assert f"({swaps} undecodable log(s): does the ABI match?)" in shown.stdout
+    api_settings = d_settings.replace(api_port=free_port())
+    api = Proc(["api"], proc_env(api_settings), tmp_path / "api.log").start()
+    try:
+        url = f"http://127.0.0.1:{api_settings.api_port}"
+        await wait_http_ready(url, api)
+        async with open_env(d_settings) as env:
+            key = (await create_user(env, LITE_ORG_ID, "decode-reader", "reader")).api_key
+        import httpx
+
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.get(url + "/v1/chains", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        (pools,) = [j for j in r.json()["chains"] if j["name"] == "pools"]
+        assert streams_of(pools)["pair_Swap"]["undecodable_logs"] == swaps
+    finally:
+        api.stop()

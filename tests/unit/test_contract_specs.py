@@ -91,10 +91,18 @@ def test_decoding_is_lossless_for_wide_integers_and_nested_values() -> None:
     assert out["legs"] == [{"a": str(2**70), "b": True}]
     assert out["memo"] == "0x" + "22" * 32  # an indexed string: its topic
     assert out["data"] == "0x0102" and out["small"] == 7
-    # A log that does not decode as the event (truncated data, a topic too many) is skipped.
-    assert not decoder.add({**row, "data": "0x" + body.hex()[:40]})
+    # A log that does not decode as the event (truncated data, a topic too many) is skipped,
+    # and counted with the first one's ids (never its data).
+    assert decoder.undecodable == 0 and decoder.first_undecodable is None
+    assert not decoder.add({**row, "data": "0x" + body.hex()[:40], "log_index": 4})
     assert not decoder.add({**row, "topic3": "0x" + "33" * 32})
     assert len(decoder) == 1
+    assert decoder.undecodable == 2
+    assert decoder.first_undecodable == {
+        "block_number": 5,
+        "log_index": 4,
+        "transaction_hash": "0xab",
+    }
 
 
 def test_contracts_need_a_logs_stream_and_a_known_factory_parameter() -> None:

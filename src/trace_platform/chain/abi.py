@@ -363,8 +363,13 @@ def _bytes_of(text: Any) -> bytes:
     return bytes.fromhex(s[2:] if s.startswith("0x") else s)
 
 
+UNDECODABLE_IDS = ("block_number", "log_index", "transaction_hash")
+
+
 class Decoder:
-    """Decodes one event's logs (rows with topic1..3 and data as `0x…` text or bytes)."""
+    """Decodes one event's logs (rows with topic1..3 and data as `0x…` text or bytes). A log
+    it cannot decode is counted in `undecodable` (the first one's ids kept), never dropped
+    silently: a wrong ABI must show, not yield an empty table."""
 
     def __init__(self, event: Event) -> None:
         from eth_abi.codec import ABICodec
@@ -380,10 +385,21 @@ class Decoder:
         body = [(p, word_reader(p)) for p in self.body]
         static = all(w is not None for _, w in head + body)
         self.words: tuple[list[Any], list[Any]] | None = (head, body) if static else None
+        self.undecodable = 0
+        self.first_undecodable: dict[str, Any] | None = None
 
     def add(self, row: dict[str, Any]) -> bool:
-        """Decode one log into the columns; False (nothing added) when it does not decode
-        as this event (e.g. a same-signature event with other indexed parameters)."""
+        """Decode one log into the columns; False (nothing added; counted in `undecodable`)
+        when it does not decode as this event (e.g. a same-signature event with other
+        indexed parameters)."""
+        if self._add(row):
+            return True
+        self.undecodable += 1
+        if self.first_undecodable is None:
+            self.first_undecodable = {k: row.get(k) for k in UNDECODABLE_IDS}
+        return False
+
+    def _add(self, row: dict[str, Any]) -> bool:
         topics = [row.get(f"topic{i}") for i in range(1, 4)]
         if len(self.indexed) < 3 and topics[len(self.indexed)] is not None:
             return False  # more topics than this event has indexed parameters

@@ -25,6 +25,7 @@ _EVENT_NS = uuid.UUID("0f5e7a3c-2d1b-4c9e-8a7f-6b5d4c3e2f1a")
 MAX_FILES = 64
 MAX_CHILDREN = 100_000  # factory children of one contract
 _ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
+_TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 
 class CommitRejected(CompletionRejected):
@@ -173,6 +174,8 @@ async def commit_range(
             await record_children(conn, rng, partition_id, outputs["chain"])
         except ValueError as exc:
             raise CommitRejected(str(exc)) from None
+    if rng["decode"] is not None:
+        await record_undecodable(conn, rng, task_id, outputs["chain"])
     block_time = report_block_time(outputs)
     await conn.execute(q("chain", "mark_committed"), task_id, block_time)
     event = {
@@ -199,6 +202,50 @@ async def commit_range(
         rows=rows,
     )
     return event
+
+
+async def record_undecodable(
+    conn: Any, rng: Any, task_id: uuid.UUID, report: dict[str, Any]
+) -> None:
+    """At the commit of a decoded range: the logs of its event (topic0, contract) that its
+    ABI could not decode, as one `chain.logs_undecodable` event of the job (status sums
+    them over the table's ranges still committed) and one log line; ids only, never the
+    log's data."""
+    n = report.get("undecodable", 0)
+    if type(n) is not int or n < 0:
+        raise CommitRejected("the completion's undecodable count is malformed")
+    if n == 0:
+        return
+    first = report.get("first_undecodable")
+    first = first if isinstance(first, dict) else {}
+    ids = {
+        "block_number": first.get("block_number"),
+        "log_index": first.get("log_index"),
+        "transaction_hash": first.get("transaction_hash"),
+    }
+    if not all(type(ids[k]) is int for k in ("block_number", "log_index")) or not (
+        isinstance(ids["transaction_hash"], str) and _TX_HASH.match(ids["transaction_hash"])
+    ):
+        ids = {}
+    detail = {
+        "task_id": str(task_id),
+        "stream": rng["stream"],
+        "range_start": rng["range_start"],
+        "range_end": rng["range_end"],
+        "undecodable": n,
+        "first": ids,
+    }
+    await conn.execute(q("chain", "insert_event"), rng["job_id"], "chain.logs_undecodable", detail)
+    log.warning(
+        "chain.logs_undecodable",
+        job_id=str(rng["job_id"]),
+        stream=rng["stream"],
+        task_id=str(task_id),
+        range_start=rng["range_start"],
+        range_end=rng["range_end"],
+        undecodable=n,
+        **{f"first_{k}": v for k, v in ids.items()},
+    )
 
 
 async def record_children(

@@ -143,7 +143,9 @@ def _select(table: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def decode_range(spec: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, dict[str, Any], Any]:
-    """(Parquet bytes, file facts, children by contract) of one decoded range."""
+    """(Parquet bytes, facts, children by contract) of one decoded range. The facts are the
+    file's (rows, min/max block) and the range's logs of the event its ABI could not decode
+    (`undecodable`, with the first one's ids in `first_undecodable`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -173,7 +175,9 @@ def decode_range(spec: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, dict[
         ]
     sink = io.BytesIO()
     pq.write_table(out, sink, compression="zstd")
-    facts: dict[str, Any] = {"rows": out.num_rows}
+    facts: dict[str, Any] = {"rows": out.num_rows, "undecodable": decoder.undecodable}
+    if decoder.first_undecodable is not None:
+        facts["first_undecodable"] = decoder.first_undecodable
     if out.num_rows:
         facts["min_block"] = int(min(out.column("block_number").to_pylist()))
         facts["max_block"] = int(max(out.column("block_number").to_pylist()))
@@ -205,6 +209,8 @@ async def chain_decode(
         data, facts, children = await asyncio.to_thread(decode_range, spec, blobs)
     except (KeyError, ValueError) as exc:
         raise FatalTaskError(f"chain_decode: {type(exc).__name__}: {exc}"[:300]) from None
+    undecodable = facts.pop("undecodable")
+    first_undecodable = facts.pop("first_undecodable", None)
     prefix = part_prefix(store.root, spec["dataset_uuid"], task_id, attempt)
     uri = f"{prefix}part-000.parquet"
     stored = await store.put_bytes(uri, data)
@@ -219,5 +225,8 @@ async def chain_decode(
             "first_parent_hash": spec.get("first_parent_hash"),
             "last_hash": spec.get("last_hash"),
             "children": children,
+            # counted, committed with the range and summed in `trace chain status`
+            "undecodable": undecodable,
+            "first_undecodable": first_undecodable,
         }
     }

@@ -178,7 +178,9 @@ def chain_status(jobs: list[dict[str, Any]]) -> str:
             )
             if s.get("decoded"):
                 d = s["decoded"]
-                lines.append(f"    {d['contract']}: {d['signature']}")
+                bad = s["undecodable_logs"]
+                note = f"  ({bad} undecodable log(s): does the ABI match?)" if bad else ""
+                lines.append(f"    {d['contract']}: {d['signature']}{note}")
             if s["last_error"]:
                 lines.append(f"    last error: {s['last_error']}")
     return "\n".join(lines)

@@ -194,7 +194,8 @@ async def chain_status(
 ) -> list[dict[str, Any]]:
     """Per job: head, its age and error, reorgs, its pool's endpoints (state, rate, requests,
     429s, errors, latency p50, head; by label); per stream: cursor, committed tip, lag in
-    blocks and seconds, ranges in flight/committed/failed, blocks/s, last error."""
+    blocks and seconds, ranges in flight/committed/failed, blocks/s, last error, and of a
+    decoded table the logs its ABI could not decode."""
     out = []
     async with env.state.acquire() as conn:
         jobs = (
@@ -219,6 +220,10 @@ async def _job_status(conn: Any, job: asyncpg.Record, now: float) -> dict[str, A
         counts.setdefault(r["stream"], {})[r["status"]] = r["n"]
     base = int(mode.get("from_block", 0))
     target = eligible_end(mode, head)
+    undecodable = {
+        r["stream"]: int(r["n"])
+        for r in await conn.fetch(q("chain", "undecodable_logs"), job["job_id"])
+    }
     streams = []
     for s in await conn.fetch(q("chain", "streams_of_job"), job["job_id"]):
         tip = await conn.fetchval(q("chain", "contiguous_tip"), job["job_id"], s["stream"], base)
@@ -256,6 +261,11 @@ async def _job_status(conn: Any, job: asyncpg.Record, now: float) -> dict[str, A
                     }
                     if s["decode"] is not None
                     else None
+                ),
+                # Of a decoded table: logs of its event its ABI could not decode (a wrong
+                # ABI shows here instead of as an empty table); None for a raw stream.
+                "undecodable_logs": (
+                    undecodable.get(s["stream"], 0) if s["decode"] is not None else None
                 ),
                 "status": s["status"],
                 "cursor": s["cursor"],

@@ -175,6 +175,15 @@ INSERT INTO state.chain_events (job_id, kind, detail) VALUES ($1, $2, $3);
 SELECT kind, detail, created_at FROM state.chain_events WHERE job_id = $1
 ORDER BY id DESC LIMIT $2;
 
+-- name: undecodable_logs
+-- Per decoded table of a job: the logs of its event that its ABI could not decode, summed
+-- over its ranges still committed (a replaced or re-decoded range's count leaves with it).
+SELECT r.stream, sum((e.detail->>'undecodable')::bigint) AS n
+FROM state.chain_events e
+JOIN state.chain_ranges r ON r.task_id = (e.detail->>'task_id')::uuid
+WHERE e.job_id = $1 AND e.kind = 'chain.logs_undecodable' AND r.status = 'committed'
+GROUP BY r.stream;
+
 -- name: range_counts
 SELECT stream, status, count(*) AS n, coalesce(sum(range_end - range_start), 0) AS blocks,
        max(range_end) FILTER (WHERE status = 'committed') AS max_end
