@@ -144,6 +144,8 @@ def create_app(settings: Settings) -> FastAPI:
             isolation,
             s3_options(settings),
             settings.query_uid,
+            # The default object store is under home too: its files link into the slots.
+            executor_slots=settings.home / "query-slots",
         )
         state.update(service=service, pool=state_pool)
         try:

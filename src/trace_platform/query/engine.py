@@ -4,8 +4,10 @@ Standalone on purpose: it imports only the standard library, `duckdb` and `orjso
 `pyarrow` for the Arrow route), so the query service can run it as a script inside the
 executor sandbox, where nothing of the platform is mounted.
 
-An engine is bound to one set of relations for its whole life (each granted dataset version
-or snapshot under the names the query reads it by). DuckDB is in memory with
+An engine is bound to one set of relations at a time (each granted dataset version or
+snapshot under the names the query reads it by); the service may rebind an idle executor to
+other versions of the same datasets (a followed chain's next range), which replaces the
+whole in-memory database: nothing of one binding is left for the next. DuckDB is in memory with
 extensions never installed or auto-loaded, no persistent secrets, no spill files, memory and
 threads bounded, configuration locked, and a per-query interrupt. Two routes to the data:
 
@@ -21,7 +23,8 @@ threads bounded, configuration locked, and a per-query interrupt. Two routes to 
 Wire protocol on stdin/stdout: frames of a 4-byte big-endian length and an orjson document.
 First frame in: the binding. Then one frame in per query (`{sql, limit, timeout?}`) or per
 batch of queries (`{batch: [...]}`); out, per query in order: a header frame and, on success,
-a second frame holding the response body.
+a second frame holding the response body. A `{rebind: [relations]}` frame binds the
+executor anew (same route, limits and S3 options) and is answered like the first binding.
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ class Engine:
         relations: list[BoundRelation],
         limits: ExecutorLimits,
         s3: dict[str, str] | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         import duckdb
 
@@ -210,7 +214,7 @@ class Engine:
         con.execute("SET lock_configuration = true")
         self.con = con
         self.relations = relations
-        self.watchdog = Watchdog()
+        self.watchdog = watchdog or Watchdog()  # a rebound engine keeps its thread
         self._checked: set[str] = set()
         self._names: tuple[str, ...] | None = None
 
@@ -390,6 +394,25 @@ def write_frames(stream: BinaryIO, *payloads: bytes) -> None:
     stream.flush()
 
 
+READY = {"ok": True, "ready": True}
+
+
+def _bind(
+    init: dict[str, Any], raw: Any, limits: ExecutorLimits, watchdog: Watchdog | None
+) -> Engine | dict[str, Any]:
+    """An engine bound to the relations `raw` (the first binding also applies the process's
+    limits), or the refusal to answer with."""
+    try:
+        if watchdog is None:
+            apply_limits(limits)
+        relations = [BoundRelation.of(r) for r in raw]
+        return Engine(init["route"], relations, limits, init.get("s3"), watchdog)
+    except QueryFailed as exc:
+        return {"ok": False, "code": exc.code, "reason": exc.reason}
+    except Exception as exc:
+        return {"ok": False, "code": "bind", "reason": type(exc).__name__}
+
+
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
     """The executor's loop: bind, say ready, answer queries until stdin closes."""
     import orjson
@@ -398,20 +421,21 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     if not isinstance(init, dict):
         return 2
     limits = ExecutorLimits(**init["limits"])
-    try:
-        apply_limits(limits)
-        relations = [BoundRelation.of(r) for r in init["relations"]]
-        engine = Engine(init["route"], relations, limits, init.get("s3"))
-    except QueryFailed as exc:
-        write_frames(out, orjson.dumps({"ok": False, "code": exc.code, "reason": exc.reason}))
+    engine = _bind(init, init["relations"], limits, None)
+    write_frames(out, orjson.dumps(engine if isinstance(engine, dict) else READY))
+    if isinstance(engine, dict):
         return 1
-    except Exception as exc:
-        write_frames(out, orjson.dumps({"ok": False, "code": "bind", "reason": type(exc).__name__}))
-        return 1
-    write_frames(out, orjson.dumps({"ok": True, "ready": True}))
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # from here on nothing (no SQL) can reach the service's log
     while (request := read_frame(inp)) is not None:
+        if isinstance(request, dict) and "rebind" in request:
+            engine.con.close()  # the old binding's database goes before the new one is built
+            rebound = _bind(init, request["rebind"], limits, engine.watchdog)
+            write_frames(out, orjson.dumps(rebound if isinstance(rebound, dict) else READY))
+            if isinstance(rebound, dict):
+                return 1
+            engine = rebound
+            continue
         # One query, or a batch of queries on this binding (their replies go out together,
         # in order; one whose result is large flushes what is pending first).
         batch = request.get("batch") if isinstance(request, dict) else None

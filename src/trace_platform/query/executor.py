@@ -9,9 +9,16 @@ bubblewrap, or for S3 datasets (which need the network), the engine takes the `a
 where DuckDB itself touches no file and no network.
 
 The pool holds at most `size` executors. A query goes to an idle executor bound to its
-dataset version; else a new one is started (recycling the least recently used idle one when
-the pool is full); when every executor is busy the query waits up to `QUEUE_SECONDS` for one
-to be released, then the caller gets OverloadedError (HTTP 429).
+dataset version; else to an idle one bound to another version of the same datasets, which is
+rebound (a followed chain's next range: a new in-memory database in the same process, ~ms,
+instead of a new sandbox, ~0.1 s of CPU); else a new one is started (recycling the least
+recently used idle one when the pool is full); when every executor is busy the query waits
+up to `QUEUE_SECONDS` for one to be released, then the caller gets OverloadedError (HTTP 429).
+
+A sandboxed executor sees its files in a directory of its own (its *slot*), bound read-only
+at `/data`: the service hard-links the granted files into it, and on a rebind replaces them
+with the new binding's (under new names) before the engine is told. Where a file cannot be
+linked (another filesystem), each file is bound alone and the executor is never rebound.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import contextlib
 import functools
 import importlib.util
 import os
+import shutil
 import struct
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -129,11 +138,34 @@ def library_dir() -> str:
     return str(Path(spec.origin).resolve().parent.parent)
 
 
+def link_files(slot: Path, binding: Binding, generation: int) -> list[list[str]]:
+    """Empty `slot`, then hard-link the binding's files into it (names carry `generation`, so
+    no path is ever reused for other content); each relation's files as seen at /data.
+    OSError when a file cannot be linked (another filesystem, say)."""
+    for old in slot.iterdir():
+        old.unlink()
+    seen: list[list[str]] = []
+    for j, relation in enumerate(binding.relations):
+        inside_files: list[str] = []
+        for i, path in enumerate(relation.files):
+            name = f"part-{generation:06d}-{j:03d}-{i:05d}.parquet"
+            os.link(path, slot / name)
+            inside_files.append(f"{SANDBOX_DATA}/{name}")
+        seen.append(inside_files)
+    return seen
+
+
 def launch_command(
-    iso: Isolation, binding: Binding, uid: int, program: list[str] | None = None
+    iso: Isolation,
+    binding: Binding,
+    uid: int,
+    program: list[str] | None = None,
+    linked: tuple[Path, list[list[str]]] | None = None,
 ) -> tuple[list[str], list[list[str]], str]:
     """(argv, each relation's files as the engine will see them, route). `program` replaces
-    the engine script's arguments to the interpreter (tests probe the sandbox with it)."""
+    the engine script's arguments to the interpreter (tests probe the sandbox with it);
+    `linked`: the executor's slot and the files `link_files` put there, bound at /data
+    instead of each file alone."""
     route = ROUTE_ARROW if binding.s3 is not None or iso.bwrap is None else ROUTE_READER
     if iso.bwrap is None:
         exe = sys.executable
@@ -161,9 +193,12 @@ def launch_command(
         "/",
         "--clearenv",
     ]
-    if binding.s3 is None:
+    if binding.s3 is None and linked is not None:
+        slot, seen = linked
+        cmd += ["--ro-bind", str(slot), SANDBOX_DATA]
+    elif binding.s3 is None:
         cmd += ["--perms", "0755", "--dir", SANDBOX_DATA]
-        seen: list[list[str]] = []
+        seen = []
         for j, relation in enumerate(binding.relations):
             inside_files: list[str] = []
             for i, path in enumerate(relation.files):
@@ -183,19 +218,43 @@ def launch_command(
 
 
 class Executor:
-    def __init__(self, binding: Binding, proc: asyncio.subprocess.Process, route: str) -> None:
+    def __init__(
+        self,
+        binding: Binding,
+        proc: asyncio.subprocess.Process,
+        route: str,
+        slot: Path | None = None,
+    ) -> None:
         self.binding = binding
         self.proc = proc
         self.route = route
+        self.slot = slot  # its /data directory (sandboxed, files linked); removed at close
+        self.generation = 0  # bindings it has held, numbering its linked files
         self.queries = 0
         self.in_flight = False
         self.retiring = False
 
     @classmethod
     async def start(
-        cls, iso: Isolation, binding: Binding, limits: ExecutorLimits, uid: int
+        cls,
+        iso: Isolation,
+        binding: Binding,
+        limits: ExecutorLimits,
+        uid: int,
+        slots: Path | None = None,
     ) -> Executor:
-        cmd, files, route = launch_command(iso, binding, uid)
+        """A new executor bound to `binding`; sandboxed with a slot of its own under `slots`
+        when its files can be linked there (it can then be rebound)."""
+        slot = linked = None
+        if slots is not None and iso.bwrap is not None and binding.s3 is None:
+            slot = Path(tempfile.mkdtemp(prefix="executor-", dir=slots))
+            slot.chmod(0o755)  # the sandbox's unprivileged uid lists it (read-only bound)
+            try:
+                linked = (slot, link_files(slot, binding, 0))
+            except OSError:
+                shutil.rmtree(slot, ignore_errors=True)
+                slot = None
+        cmd, files, route = launch_command(iso, binding, uid, linked=linked)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
@@ -209,8 +268,10 @@ class Executor:
         except OSError as exc:
             QUERY_EXECUTOR_STARTS.labels(route, "failed").inc()
             log.error("query.executor_start_failed", code="spawn", detail=type(exc).__name__)
+            if slot is not None:
+                shutil.rmtree(slot, ignore_errors=True)
             raise ExecutorUnavailable("query executor could not start") from None
-        ex = cls(binding, proc, route)
+        ex = cls(binding, proc, route, slot)
         try:
             return await ex._bind(files, limits)
         except ExecutorUnavailable:
@@ -223,15 +284,60 @@ class Executor:
             reap.add_done_callback(_REAPING.discard)
             raise
 
-    async def _bind(self, files: list[list[str]], limits: ExecutorLimits) -> Executor:
-        """Send the binding; wait for the engine to say it is ready (or why not)."""
-        relations = [
+    def can_rebind(self, binding: Binding) -> bool:
+        """Whether this executor may take `binding` in place of its own: other versions of
+        the same datasets, in the same order, through the same route (a sandbox needs its
+        slot). Never another dataset, so never another org's."""
+
+        def datasets(b: Binding) -> list[str]:
+            return [r.key.partition("@")[0] for r in b.relations]
+
+        return (
+            (self.slot is not None or self.route == ROUTE_ARROW)
+            and binding.s3 == self.binding.s3
+            and datasets(binding) == datasets(self.binding)
+        )
+
+    async def rebind(self, binding: Binding) -> None:
+        """Bind this idle executor to `binding` (see `can_rebind`): its slot's files are
+        replaced first, then the engine builds a new database. ExecutorUnavailable when it
+        cannot (the caller closes it and starts another)."""
+        if self.route == ROUTE_READER:
+            if self.slot is None:
+                raise ExecutorUnavailable("this executor cannot be rebound")
+            self.generation += 1
+            try:
+                files = link_files(self.slot, binding, self.generation)
+            except OSError:
+                raise ExecutorUnavailable("the binding's files cannot be linked") from None
+        else:
+            files = [list(r.files) for r in binding.relations]
+        self.binding = binding
+        self.in_flight = True  # until the engine says it is ready
+        try:
+            self._send(orjson.dumps({"rebind": self._relations(files)}))
+            reply = await asyncio.wait_for(self._read(), START_TIMEOUT)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            reply = None
+        if not isinstance(reply, dict) or not reply.get("ready"):
+            self.kill()
+            code = reply.get("code") if isinstance(reply, dict) else "no_reply"
+            log.error("query.executor_rebind_failed", code=code)
+            raise ExecutorUnavailable("query executor could not be rebound")
+        self.in_flight = False
+        QUERY_EXECUTOR_STARTS.labels(self.route, "rebound").inc()
+
+    def _relations(self, files: list[list[str]]) -> list[dict[str, Any]]:
+        return [
             {"names": list(r.names), "files": seen, "block_range": r.block_range}
             for r, seen in zip(self.binding.relations, files, strict=True)
         ]
+
+    async def _bind(self, files: list[list[str]], limits: ExecutorLimits) -> Executor:
+        """Send the binding; wait for the engine to say it is ready (or why not)."""
         init = {
             "route": self.route,
-            "relations": relations,
+            "relations": self._relations(files),
             "limits": asdict(limits),
             "s3": dict(self.binding.s3) if self.binding.s3 is not None else None,
         }
@@ -352,6 +458,8 @@ class Executor:
         with contextlib.suppress(Exception):
             # Reap it and drain its pipes to EOF, so the transport closes here and now.
             await asyncio.wait_for(self.proc.communicate(), 5)
+        if self.slot is not None:
+            shutil.rmtree(self.slot, ignore_errors=True)
 
 
 def _failure(header: dict[str, Any]) -> QueryFailed:
@@ -371,12 +479,17 @@ class ExecutorPool:
         isolation: Isolation,
         uid: int = 65533,
         max_queries: int = 10_000,
+        slots: Path | None = None,
     ) -> None:
+        """`slots`: where sandboxed executors get their slot directories (on the datasets'
+        filesystem, so files link; a directory of this process's own is made there). None:
+        sandboxed executors bind each file alone and are never rebound."""
         self.size = size
         self.limits = limits
         self.isolation = isolation
         self.uid = uid
         self.max_queries = max_queries  # recycled after this many queries
+        self.slots = _own_slots(slots) if slots is not None else None
         self._live = 0
         self.idle: OrderedDict[int, Executor] = OrderedDict()  # id → executor, LRU first
         self._freed = asyncio.Event()
@@ -404,6 +517,10 @@ class ExecutorPool:
             if reuse and ex.binding == binding and ex.alive:
                 del self.idle[ident]
                 return ex
+        for ident, ex in self.idle.items():  # least recently used first
+            if reuse and ex.alive and ex.can_rebind(binding):
+                del self.idle[ident]
+                return ex  # the caller rebinds it (`_ready`)
         if self.live < self.size:
             self.live += 1
             return True
@@ -412,6 +529,29 @@ class ExecutorPool:
             self._close_later(victim)
             return True
         return None
+
+    async def _ready(self, taken: Executor | bool, binding: Binding) -> Executor:
+        """The executor to run `binding` on: `taken` as it is, or rebound; a new one when
+        `taken` is True or cannot be rebound (it is closed; the new one takes its place)."""
+        if isinstance(taken, Executor):
+            if taken.binding == binding:
+                return taken
+            try:
+                await taken.rebind(binding)
+                return taken
+            except BaseException as exc:  # cancelled mid-rebind too: never left behind
+                self._close_later(taken)
+                if not isinstance(exc, ExecutorUnavailable):
+                    raise
+        started = time.perf_counter()
+        ex = await Executor.start(self.isolation, binding, self.limits, self.uid, self.slots)
+        log.info(
+            "query.executor_started",
+            route=ex.route,
+            dataset=binding.key,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return ex
 
     def _close_later(self, ex: Executor) -> None:
         task = asyncio.get_running_loop().create_task(ex.close())
@@ -449,17 +589,7 @@ class ExecutorPool:
             taken = await self._wait_for_executor(binding, fresh, queue_seconds)
         ex: Executor | None = None
         try:
-            if isinstance(taken, Executor):
-                ex = taken
-            else:
-                started = time.perf_counter()
-                ex = await Executor.start(self.isolation, binding, self.limits, self.uid)
-                log.info(
-                    "query.executor_started",
-                    route=ex.route,
-                    dataset=binding.key,
-                    ms=round((time.perf_counter() - started) * 1000, 1),
-                )
+            ex = await self._ready(taken, binding)
             try:
                 limit_s = timeout or self.limits.timeout_seconds
                 return await ex.query(sql, limit, limit_s + 5, timeout)
@@ -489,10 +619,7 @@ class ExecutorPool:
                     return out + [exc] * len(rest)
             ex: Executor | None = None
             try:
-                if isinstance(taken, Executor):
-                    ex = taken
-                else:
-                    ex = await Executor.start(self.isolation, binding, self.limits, self.uid)
+                ex = await self._ready(taken, binding)
                 out += await ex.query_many(rest, self.limits.timeout_seconds + 5)
             except ExecutorLost:
                 if isinstance(taken, Executor) and not fresh:  # died while idle
@@ -548,3 +675,28 @@ class ExecutorPool:
         executors = list(self.idle.values())
         self.idle.clear()
         await asyncio.gather(*(ex.close() for ex in executors), *self.tasks)
+        if self.slots is not None:
+            shutil.rmtree(self.slots, ignore_errors=True)
+
+
+def _own_slots(base: Path) -> Path:
+    """`base/slots-<pid>` for this process, after removing what processes that are gone
+    left there (their links would keep deleted files' space)."""
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.glob("slots-*"):
+        pid = old.name.removeprefix("slots-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    own = base / f"slots-{os.getpid()}"
+    own.mkdir(exist_ok=True)
+    return own
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

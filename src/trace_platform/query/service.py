@@ -9,6 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -75,11 +76,13 @@ class QueryService:
         isolation: Isolation,
         s3_options: dict[str, str] | None = None,
         executor_uid: int = 65533,
+        executor_slots: Path | None = None,
     ) -> None:
+        """`executor_slots`: where sandboxed executors link their files (`ExecutorPool`)."""
         self.binder = Binder(state, s3_options)
         self.data = data
         self.limits = limits
-        self.pool = ExecutorPool(workers, limits, isolation, executor_uid)
+        self.pool = ExecutorPool(workers, limits, isolation, executor_uid, slots=executor_slots)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -1,0 +1,147 @@
+"""An idle query executor takes the next version of its dataset in place (a followed chain's
+next range), through the real sandbox: the new files replace the old ones in its slot, the
+old ones are out of its sight, and another dataset never takes an executor in place."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from trace_platform.query.executor import (
+    Binding,
+    ExecutorLimits,
+    ExecutorPool,
+    QueryFailed,
+    Relation,
+)
+from trace_platform.sandbox import Isolation, detect_isolation
+
+LIMITS = ExecutorLimits(timeout_seconds=5)
+
+
+def one(key: str, path: Path) -> Binding:
+    return Binding((Relation(("dataset",), key, (str(path),)),))
+
+
+def version(root: Path, name: str, first: int) -> Path:
+    """A dataset version: one Parquet file of ten rows x = first .. first + 9."""
+    path = root / name / "part-000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"x": list(range(first, first + 10))}), path)
+    return path
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[ExecutorPool]:
+    isolation = detect_isolation()
+    assert isolation.strong, f"the executor sandbox needs bubblewrap here: {isolation.features}"
+    pool = ExecutorPool(1, LIMITS, isolation, slots=tmp_path / "slots")
+    yield pool
+    await pool.close()
+
+
+async def rows(pool: ExecutorPool, binding: Binding, sql: str) -> list[list[object]]:
+    result = await pool.run(binding, sql, 50)
+    found: list[list[object]] = orjson.loads(result.body)["rows"]
+    return found
+
+
+async def test_an_idle_executor_takes_the_next_version_of_its_dataset_in_place(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    v1, v2 = version(tmp_path, "v1", 0), version(tmp_path, "v2", 100)
+    first, second = one("ds@1", v1), one("ds@2", v2)
+    assert await rows(pool, first, "SELECT sum(x) FROM dataset") == [[45]]
+    (executor,) = pool.idle.values()
+    pid = executor.proc.pid
+    assert await rows(pool, second, "SELECT sum(x) FROM dataset") == [[1045]]
+    # The same process, bound anew: its slot holds the new version's file alone, under a
+    # name never used before, and the old file is out of its sight.
+    (rebound,) = pool.idle.values()
+    assert rebound is executor and rebound.proc.pid == pid and pool.live == 1
+    assert rebound.binding == second
+    listed = await rows(pool, second, "SELECT file FROM glob('/data/**')")
+    assert listed == [["/data/part-000001-000-00000.parquet"]]
+    with pytest.raises(QueryFailed):
+        await rows(
+            pool, second, "SELECT * FROM read_parquet('/data/part-000000-000-00000.parquet')"
+        )
+    # Nothing of the first binding's database is left: one table, the new one.
+    assert await rows(pool, second, "SELECT table_name FROM duckdb_tables()") == [["dataset"]]
+    assert executor.slot is not None and sorted(p.name for p in executor.slot.iterdir()) == [
+        "part-000001-000-00000.parquet"
+    ]
+    # And back: a version it held before is linked again, under a new name.
+    assert await rows(pool, first, "SELECT max(x) FROM dataset") == [[9]]
+    assert next(iter(pool.idle.values())).proc.pid == pid
+
+
+async def test_another_dataset_never_takes_an_executor_in_place(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    v1 = version(tmp_path, "v1", 0)
+    assert await rows(pool, one("ds@1", v1), "SELECT count(*) FROM dataset") == [[10]]
+    (executor,) = pool.idle.values()
+    slot = executor.slot
+    assert slot is not None and slot.exists()
+    assert await rows(pool, one("other@1", v1), "SELECT count(*) FROM dataset") == [[10]]
+    (fresh,) = pool.idle.values()
+    assert fresh is not executor and fresh.proc.pid != executor.proc.pid
+    await asyncio.gather(*pool.tasks)  # the recycled one's close, started in the background
+    assert not slot.exists()  # its slot went with it
+
+
+async def test_files_that_cannot_be_linked_are_bound_one_by_one(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and shm.stat().st_dev != tmp_path.stat().st_dev, (
+        "this test needs /dev/shm on another filesystem than the temporary directory"
+    )
+    elsewhere = shm / f"trace-rebind-{os.getpid()}"
+    try:
+        v1, v2 = version(tmp_path, "v1", 0), version(elsewhere, "v2", 100)
+        assert await rows(pool, one("ds@1", v1), "SELECT min(x) FROM dataset") == [[0]]
+        (executor,) = pool.idle.values()
+        # The next version cannot be linked into the slot: a fresh executor answers.
+        assert await rows(pool, one("ds@2", v2), "SELECT min(x) FROM dataset") == [[100]]
+        (fresh,) = pool.idle.values()
+        assert fresh is not executor and fresh.slot is None and pool.live == 1
+        # Bound file by file, it is never rebound: the next version starts another.
+        assert not fresh.can_rebind(one("ds@3", v1))
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+async def test_without_bubblewrap_an_executor_is_rebound_to_the_new_paths(
+    tmp_path: Path,
+) -> None:
+    weak = Isolation(bwrap=None, drop_uid=False, features={"filesystem_view": False})
+    pool = ExecutorPool(1, LIMITS, weak, slots=tmp_path / "slots")
+    try:
+        v1, v2 = version(tmp_path, "v1", 0), version(tmp_path, "v2", 100)
+        assert await rows(pool, one("ds@1", v1), "SELECT sum(x) FROM dataset") == [[45]]
+        (executor,) = pool.idle.values()
+        assert await rows(pool, one("ds@2", v2), "SELECT sum(x) FROM dataset") == [[1045]]
+        assert next(iter(pool.idle.values())) is executor and executor.slot is None
+    finally:
+        await pool.close()
+
+
+def test_slots_left_by_a_process_that_is_gone_are_removed(tmp_path: Path) -> None:
+    base = tmp_path / "slots"
+    gone = base / "slots-999999999"  # above any pid_max: no such process
+    (gone / "executor-x").mkdir(parents=True)
+    alive = base / f"slots-{os.getppid()}"
+    alive.mkdir()
+    pool = ExecutorPool(1, LIMITS, detect_isolation(), slots=base)
+    assert pool.slots == base / f"slots-{os.getpid()}" and pool.slots.is_dir()
+    assert not gone.exists() and alive.exists()
