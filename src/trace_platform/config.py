@@ -35,6 +35,12 @@ class Setting:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Its global flags: a boolean setting is an on/off pair (`--x` / `--no-x`) that takes
+        no value, so `trace --delivery-allow-private up` runs `up`."""
+        return (self.flag, "--no-" + self.flag[2:]) if self.kind is bool else (self.flag,)
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -354,12 +360,21 @@ class Settings:
         return out
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _coerce(setting: Setting, raw: Any) -> Any:
     try:
         if setting.kind is Path:
             return Path(raw)
         if setting.kind is bool:
-            return str(raw).lower() in ("1", "true", "yes", "on")
+            text = str(raw).strip().lower()
+            if text not in _TRUE + _FALSE:
+                raise ValueError(text)
+            return text in _TRUE
         return setting.kind(raw)
     except (TypeError, ValueError):
+        if setting.kind is bool:
+            raise ConfigError(f"{setting.env} must be 1, 0, true or false") from None
         raise ConfigError(f"{setting.env} must be a {setting.kind.__name__}") from None

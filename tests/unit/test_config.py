@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -82,3 +83,63 @@ def test_both_url_forms_of_one_pool_are_one_error_naming_both() -> None:
     detail = err.value.detail
     assert "TRACE_RPC_POOL_MAIN_URL " in detail and "TRACE_RPC_POOL_MAIN_URLS" in detail
     assert "secret-key" not in detail and "127.0.0.1" not in detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("0", False), ("true", True), ("FALSE", False), ("yes", True), ("off", False)],
+)
+def test_boolean_settings_read_on_and_off_words_from_the_environment(
+    raw: str, expected: bool
+) -> None:
+    s = Settings.load({}, env={"TRACE_DELIVERY_ALLOW_PRIVATE": raw})
+    assert s.delivery_allow_private is expected
+    assert Settings.load({}, env=s.child_env()).delivery_allow_private is expected
+
+
+def test_a_boolean_setting_refuses_a_word_it_does_not_know() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load({}, env={"TRACE_RUNNER_ALLOW_WEAK_SANDBOX": "maybe"})
+    assert err.value.detail == "TRACE_RUNNER_ALLOW_WEAK_SANDBOX must be 1, 0, true or false"
+
+
+def _config_rows(args: list[str], env: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    from click.testing import CliRunner
+
+    from trace_platform.cli import cli
+
+    result = CliRunner().invoke(cli, [*args, "config", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    return {row["env"]: row for row in json.loads(result.output)}
+
+
+def test_boolean_flags_are_on_off_pairs_that_take_no_value() -> None:
+    """`trace --delivery-allow-private up`: the flag takes no value, so `up` stays the command."""
+    from click.testing import CliRunner
+
+    from trace_platform.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["--delivery-allow-private", "up", "--help"], prog_name="trace"
+    )
+    assert result.exit_code == 0 and result.output.startswith("Usage: trace up"), result.output
+    on = _config_rows(["--delivery-allow-private"], {"TRACE_DELIVERY_ALLOW_PRIVATE": "0"})
+    assert on["TRACE_DELIVERY_ALLOW_PRIVATE"]["value"] == "True"
+    assert on["TRACE_DELIVERY_ALLOW_PRIVATE"]["source"] == "flag"
+    off = _config_rows(["--no-runner-allow-weak-sandbox"], {"TRACE_RUNNER_ALLOW_WEAK_SANDBOX": "1"})
+    assert off["TRACE_RUNNER_ALLOW_WEAK_SANDBOX"]["value"] == "False"
+    from_env = _config_rows([], {"TRACE_RUNNER_ALLOW_WEAK_SANDBOX": "true"})
+    assert from_env["TRACE_RUNNER_ALLOW_WEAK_SANDBOX"]["value"] == "True"
+    assert from_env["TRACE_RUNNER_ALLOW_WEAK_SANDBOX"]["source"] == "env"
+
+
+def test_every_boolean_setting_is_documented_as_an_on_off_pair() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line
+        for line in readme.splitlines()
+        if line.startswith("| `TRACE_")
+    }
+    for s in SETTINGS:
+        if s.kind is bool:
+            assert f"`{s.flag}` / `{s.flags[1]}`" in rows[s.env], s.env

@@ -17,12 +17,17 @@ from trace_platform.config import SETTINGS
 
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Every setting as a global flag. They work before any sub-command but stay out of the
-    first screen: `trace config` lists them with their sources and effective values."""
+    first screen: `trace config` lists them with their sources and effective values. A boolean
+    setting is an on/off pair taking no value; unset (None), the environment decides."""
     for s in reversed(SETTINGS):
+        help_text = f"{s.help} [env {s.env}]"
+        if s.kind is bool:
+            fn = click.option("/".join(s.flags), s.name, default=None, hidden=True, help=help_text)(
+                fn
+            )
+            continue
         kind: Any = click.Path(path_type=Path) if s.kind is Path else s.kind
-        fn = click.option(
-            s.flag, s.name, type=kind, default=None, hidden=True, help=f"{s.help} [env {s.env}]"
-        )(fn)
+        fn = click.option(s.flag, s.name, type=kind, default=None, hidden=True, help=help_text)(fn)
     return fn
 
 

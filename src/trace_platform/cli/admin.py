@@ -43,7 +43,13 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
         )
         shown = "—" if value is None else ("****" if s.secret else str(value))
         rows.append(
-            {"env": s.env, "flag": s.flag, "source": source, "value": shown, "help": s.help}
+            {
+                "env": s.env,
+                "flag": " / ".join(s.flags),
+                "source": source,
+                "value": shown,
+                "help": s.help,
+            }
         )
     for pool, _url in settings.rpc_pools:
         rows.append(
