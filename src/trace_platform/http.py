@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from trace_platform.db.faults import DbFault, condition, database_fault
 from trace_platform.domain.errors import TraceError, ValidationError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -77,6 +78,32 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise ValidationError(_one_line_reason(exc)) from None
 
 
+def database_error(exc: Exception, fault: DbFault) -> Response:
+    """The answer to a database error, by what it says (`db.faults`): only a database that
+    is away (or too contended to serve now) answers 503; a statement refused because of what
+    the request held answers 400 (409 when it conflicts with stored data), naming the
+    condition and never a value; anything else is a fault of ours (500)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if fault == "internal":
+        log.error("http.unhandled_error", error=type(exc).__name__, sqlstate=sqlstate)
+        return error_response(500, "internal", "internal error")
+    log.warning("http.database_error", fault=fault, error=type(exc).__name__, sqlstate=sqlstate)
+    if fault == "unavailable":
+        return error_response(503, "database_unavailable", "the database is unavailable")
+    if fault == "busy":
+        detail = f"the database refused the call under contention ({condition(exc)}); retry"
+        return json_response(
+            {"error": "database_busy", "detail": detail}, 503, {"Retry-After": "1"}
+        )
+    if fault == "conflict":
+        return error_response(
+            409, "conflict", f"the request conflicts with stored data ({condition(exc)})"
+        )
+    return error_response(
+        400, "invalid_request", f"the database refused the request ({condition(exc)})"
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def trace_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TraceError)
@@ -94,11 +121,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail))
 
     async def unexpected(_request: Request, exc: Exception) -> Response:
-        from trace_platform.db.pool import DB_ERRORS
-
-        if isinstance(exc, DB_ERRORS):  # the database is away: retry later, not a bug
-            log.warning("http.database_unavailable", error=type(exc).__name__)
-            return error_response(503, "database_unavailable", "the database is unavailable")
+        fault = database_fault(exc)
+        if fault is not None:
+            return database_error(exc, fault)
         log.error("http.unhandled_error", error=type(exc).__name__)
         return error_response(500, "internal", "internal error")
 

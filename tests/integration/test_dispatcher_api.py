@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 import httpx
 import jwt
+import pytest
 
 from tests.conftest import TEST_KEYS, Proc, wait_until
 from tests.helpers import (
@@ -506,3 +507,87 @@ async def test_complete_batch_fences_every_item_on_its_own(
     # the same batch again: completions are idempotent, the rejects stay rejected
     r2 = await http.post("/internal/task-complete-batch", json=body, headers=worker_headers())
     assert [res["code"] for res in r2.json()["results"]] == codes
+
+
+# -- database errors: what the request caused is not an outage ----------------------------
+
+
+def endpoint_view(pool: str, endpoint: str) -> dict[str, object]:
+    view = {"endpoint": endpoint, "role": "any", "weight": 1, "state": "healthy"}
+    counts = dict.fromkeys(
+        ("concurrency", "requests", "throttled", "errors", "ranges", "blocks"), 0
+    )
+    return {"pool": pool, "endpoint": endpoint, "view": {**view, **counts}}
+
+
+async def reported(conn: asyncpg.Connection, process: str) -> list[tuple[str, str]]:
+    rows = await conn.fetch(
+        "SELECT pool, endpoint FROM state.rpc_endpoints WHERE process = $1 ORDER BY 1, 2", process
+    )
+    return [(r["pool"], r["endpoint"]) for r in rows]
+
+
+async def test_a_report_repeating_an_endpoint_is_refused_with_a_reason_and_records_nothing(
+    http: httpx.AsyncClient, state_conn: asyncpg.Connection
+) -> None:
+    """schemathesis's case: one (pool, endpoint) twice in a body reached the database as a
+    cardinality violation and was answered 503 `database_unavailable`."""
+    twice = [endpoint_view("main", "a"), endpoint_view("main", "b"), endpoint_view("main", "a")]
+    body = {"process": "fuzzed", "endpoints": twice}
+    r = await http.post("/internal/rpc-endpoints", json=body, headers=worker_headers())
+    assert r.status_code == 400, r.text
+    assert r.json() == {
+        "error": "invalid_request",
+        "detail": "endpoints: entry 2 repeats pool 'main' endpoint 'a' of entry 0",
+    }
+    assert await reported(state_conn, "fuzzed") == []
+    body["endpoints"] = twice[:2]
+    r = await http.post("/internal/rpc-endpoints", json=body, headers=worker_headers())
+    assert (r.status_code, r.json()) == (200, {"recorded": 2})
+    assert await reported(state_conn, "fuzzed") == [("main", "a"), ("main", "b")]
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "status", "code"),
+    [
+        ("21000", 400, "invalid_request"),  # cardinality violation
+        ("22003", 400, "invalid_request"),  # numeric value out of range
+        ("23514", 400, "invalid_request"),  # check violation
+        ("23505", 409, "conflict"),  # unique violation
+        ("42P01", 500, "internal"),  # undefined table: a fault of ours
+        ("XX000", 500, "internal"),
+        ("40P01", 503, "database_busy"),  # deadlock: retry
+        ("57P01", 503, "database_unavailable"),  # admin shutdown
+        ("53300", 503, "database_unavailable"),  # too many connections
+    ],
+)
+async def test_a_database_error_is_answered_by_what_it_says(
+    http: httpx.AsyncClient, state_conn: asyncpg.Connection, sqlstate: str, status: int, code: str
+) -> None:
+    """A real PostgreSQL error (raised by a trigger under the real endpoint's statement)
+    answers by its SQLSTATE: only an unavailable or contended database is a 503; a refused
+    statement is 400/409 naming the condition, never the database's message."""
+    await state_conn.execute(
+        "CREATE FUNCTION state.test_forced_error() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN RAISE EXCEPTION 'forced-k9q %', NEW.endpoint USING ERRCODE = '{sqlstate}';"
+        " END $$;"
+        "CREATE TRIGGER test_forced_error BEFORE INSERT ON state.rpc_endpoints"
+        " FOR EACH ROW EXECUTE FUNCTION state.test_forced_error()"
+    )
+    try:
+        body = {"process": f"forced-{sqlstate}", "endpoints": [endpoint_view("main", "zq7")]}
+        r = await http.post("/internal/rpc-endpoints", json=body, headers=worker_headers())
+    finally:
+        await state_conn.execute(
+            "DROP TRIGGER test_forced_error ON state.rpc_endpoints;"
+            "DROP FUNCTION state.test_forced_error()"
+        )
+    assert (r.status_code, r.json()["error"]) == (status, code), r.text
+    assert "k9q" not in r.text and "zq7" not in r.text
+    assert await reported(state_conn, f"forced-{sqlstate}") == []
+    if status == 503:
+        assert int(r.headers.get("Retry-After", "1")) >= 1
+    # the dispatcher still serves
+    body = {"process": f"after-{sqlstate}", "endpoints": [endpoint_view("main", "a")]}
+    r = await http.post("/internal/rpc-endpoints", json=body, headers=worker_headers())
+    assert r.status_code == 200, r.text

@@ -6,7 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from trace_platform.domain.jsonb import JsonObject, JsonText
 
@@ -109,6 +110,22 @@ class EndpointView(_Strict):
 class EndpointReport(_Strict):
     process: JsonText = Field(min_length=1, max_length=200)
     endpoints: list[EndpointView] = Field(max_length=256)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _one_view_per_endpoint(cls, endpoints: list[EndpointView]) -> list[EndpointView]:
+        """A process reports each (pool, endpoint) once: a second view of one is refused
+        here, before the database sees two rows for one key."""
+        seen: dict[tuple[str, str], int] = {}
+        for i, e in enumerate(endpoints):
+            first = seen.setdefault((e.pool, e.endpoint), i)
+            if first != i:
+                raise PydanticCustomError(
+                    "duplicate_endpoint",
+                    "entry {i} repeats pool '{pool}' endpoint '{endpoint}' of entry {first}",
+                    {"i": i, "pool": e.pool, "endpoint": e.endpoint, "first": first},
+                )
+        return endpoints
 
 
 class ClaimResponse(BaseModel):
