@@ -224,15 +224,20 @@ class TaskClient:
         """`POST /v1/task/query` with the attempt's token: `{columns, rows, truncated}`.
         Raises the answer's error (a 429 only once the busy-wait is over); transport errors
         (aiohttp.ClientError, TimeoutError) are the caller's to handle."""
+        body = {"dataset_id": dataset_id, "sql": sql, "limit": limit}
+        raw, _truncated = await self._task_query(lease, body)
+        data: dict[str, Any] = orjson.loads(raw)
+        return data
+
+    async def query_arrow(self, lease: Lease, sql: str) -> tuple[bytes, bool]:
+        """`POST /v1/task/query` answered as an Arrow IPC stream: (the stream, truncated);
+        raises as `query`."""
+        return await self._task_query(lease, {"sql": sql, "format": "arrow"})
+
+    async def _task_query(self, lease: Lease, fields: dict[str, Any]) -> tuple[bytes, bool]:
         if self.query_url is None:
             raise ServiceUnavailable("no query service is configured")
-        body = {
-            "task_id": str(lease.task_id),
-            "attempt": lease.attempt,
-            "dataset_id": dataset_id,
-            "sql": sql,
-            "limit": limit,
-        }
+        body = {"task_id": str(lease.task_id), "attempt": lease.attempt, **fields}
         delay = 0.05
         for attempt in range(BUSY_RETRIES + 1):
             async with self.session.post(
@@ -243,12 +248,13 @@ class TaskClient:
                     "Content-Type": "application/json",
                 },
             ) as resp:
-                data: dict[str, Any] = orjson.loads(await resp.read() or b"{}")
+                raw = await resp.read()
                 status = resp.status
+                truncated = resp.headers.get("X-Trace-Truncated") == "true"
             if status == 200:
-                return data
+                return raw, truncated
             if status != 429 or attempt == BUSY_RETRIES:
-                raise answer_error(status, data)
+                raise answer_error(status, orjson.loads(raw or b"{}"))
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")

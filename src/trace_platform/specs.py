@@ -7,6 +7,7 @@ could be secrets.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,16 @@ import yaml
 
 from trace_platform.alerts.spec import AlertSpec
 from trace_platform.chain.spec import ChainSyncSpec
+from trace_platform.dag.spec import DagSpec
 from trace_platform.domain.errors import ValidationError
 
 MAX_SPEC_BYTES = 256 * 1024
-SPEC_KINDS: dict[str, type[pydantic.BaseModel]] = {"chain_sync": ChainSyncSpec, "alert": AlertSpec}
+_INPUT_TAGS = ("chain", "dataset", "job")
+SPEC_KINDS: dict[str, type[pydantic.BaseModel]] = {
+    "chain_sync": ChainSyncSpec,
+    "alert": AlertSpec,
+    "dag": DagSpec,
+}
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -33,7 +40,15 @@ def describe(exc: pydantic.ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
     kind = err.get("type", "")
     msg = "unknown field" if kind == "extra_forbidden" else str(err.get("msg", "invalid"))
-    return f"{_path(tuple(err.get('loc', ())))}: {msg}"
+    msg = msg.removeprefix("Value error, ")
+    raw = tuple(err.get("loc", ()))
+    # A tagged union's branch (`inputs.0.chain.where`) is not part of the user's path.
+    loc = tuple(
+        p for i, p in enumerate(raw) if not (p in _INPUT_TAGS and i and type(raw[i - 1]) is int)
+    )
+    if not loc and re.match(r"^[a-z_]+(\.[A-Za-z0-9_-]+)*: ", msg):
+        return msg  # a whole-document check that names its own path
+    return f"{_path(loc)}: {msg}"
 
 
 def parse_spec_documents(text: str) -> list[pydantic.BaseModel]:

@@ -1,19 +1,18 @@
-"""Chain sync's dispatcher loops (planner, head observer, compaction) and outbox routes."""
+"""Chain sync's dispatcher loops (planner, head observer, compaction). What follows a
+committed range is not chain sync's business: it announces `dataset.range_committed`
+(`dag.dependents` listens)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import Any
 
 import asyncpg
 
 from trace_platform.aio import LoopRunner
-from trace_platform.alerts.schedule import schedule_evaluations
 from trace_platform.chain.compaction import Compactor
 from trace_platform.chain.planner import ChainPlanner, HeadObserver
 from trace_platform.config import Settings
-from trace_platform.ports import ObjectStore, OutboxRoute
+from trace_platform.ports import ObjectStore
 
 NEVER_BUSY = 1 << 30
 COMPACTION_INTERVAL = 5.0
@@ -38,19 +37,3 @@ def start_chain_loops(
     runner.start("chain_head", observer.tick, min(0.1, settings.chain_interval), NEVER_BUSY)
     runner.start("chain_compaction", compactor.tick, COMPACTION_INTERVAL, NEVER_BUSY)
     return observer
-
-
-def chain_routes(pool: asyncpg.Pool) -> dict[str, OutboxRoute]:
-    """`dataset.range_committed` schedules the evaluations of the dataset's alerts for that
-    range (deterministic task ids: a re-delivered event schedules nothing twice)."""
-
-    async def committed(_ids: list[uuid.UUID], payloads: list[dict[str, Any]]) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            for p in payloads:
-                await schedule_evaluations(
-                    conn,
-                    uuid.UUID(p["dataset_uuid"]),
-                    [(p["partition_id"], int(p["start"]), int(p["end"]))],
-                )
-
-    return {"dataset.range_committed": committed}

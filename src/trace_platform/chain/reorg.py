@@ -7,6 +7,7 @@ One transaction; a `chain.reorg` event records depth and blocks."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,17 @@ from trace_platform.logs import get_logger
 from trace_platform.metrics import CHAIN_RANGES, CHAIN_REORGS
 
 log = get_logger(__name__)
+
+# Called in the replacing transaction with (conn, dataset_uuid, first block lost) whenever a
+# stream loses committed ranges; chain sync announces, it never imports who listens.
+ReplacementListener = Callable[[Any, uuid.UUID, int], Awaitable[int]]
+_LISTENERS: list[ReplacementListener] = []
+
+
+def on_replaced(listener: ReplacementListener) -> None:
+    """Register what must follow a replaced range (once per listener)."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
 
 
 async def replace_from(conn: Any, stream: Any, from_block: int, fork_block: int) -> int:
@@ -38,6 +50,8 @@ async def replace_from(conn: Any, stream: Any, from_block: int, fork_block: int)
         + [int(r["range_start"]) for r in rows]
     )
     await conn.execute(q("chain", "rewind_stream"), job_id, name, start)
+    for listener in _LISTENERS:  # what derives from this dataset follows, in this transaction
+        await listener(conn, stream["dataset_uuid"], start)
     return len(rows)
 
 

@@ -21,8 +21,11 @@ from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import LoopRunner, watch
 from trace_platform.alerts.headers import AlertBlockHeaders
 from trace_platform.chain.commit import RangeCommitHook
-from trace_platform.chain.loops import chain_routes, start_chain_loops
+from trace_platform.chain.loops import start_chain_loops
 from trace_platform.config import Settings
+from trace_platform.dag.commit import JobRangeCommitHook
+from trace_platform.dag.dependents import dependents_routes
+from trace_platform.dag.planner import start_dag_loops
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.dispatcher.api import build_router
@@ -44,7 +47,7 @@ from trace_platform.http import (
     serve,
 )
 from trace_platform.logs import get_logger
-from trace_platform.ports import RuntimeInvoker
+from trace_platform.ports import RuntimeInvoker, SuccessHook
 
 log = get_logger(__name__)
 MINTED_TOKENS = 16384  # tokens remembered (~2 KB each): the attempts of a busy minute
@@ -88,17 +91,28 @@ def create_app(settings: Settings) -> FastAPI:
         poke = asyncio.Event()
         queue = queue_from_settings(settings, pool, urls.state)
         plan_now = asyncio.Event()  # a committed range frees a slot: plan at once
-        hooks = [RangeCommitHook(settings.resolved_object_store_url, on_commit=plan_now.set)]
+        derive_now = asyncio.Event()  # ... and may let a DAG job go on
+
+        def committed() -> None:
+            plan_now.set()
+            derive_now.set()
+
+        root = settings.resolved_object_store_url
+        hooks: list[SuccessHook] = [
+            RangeCommitHook(root, on_commit=committed),
+            JobRangeCommitHook(root, on_commit=derive_now.set),
+        ]
         service = TaskService(pool, signer, settings, outbox_poke=poke, hooks=hooks)
         state.update(
             pool=pool, service=service, queue=queue, headers=AlertBlockHeaders(pool, settings)
         )
         runner = LoopRunner()
-        drainer = OutboxDrainer(pool, default_routes(queue, chain_routes(pool)))
+        drainer = OutboxDrainer(pool, default_routes(queue, dependents_routes(pool, derive_now)))
         start_kernel_loops(
             runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
         )
         observer = start_chain_loops(runner, settings, pool, store, plan_now)
+        start_dag_loops(runner, pool, settings.chain_interval, derive_now)
         listener = await _listen_outbox(urls.state, poke)
         udf_stop = asyncio.Event()
         invoker = invoker_from_settings(settings)

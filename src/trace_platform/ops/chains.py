@@ -24,6 +24,7 @@ from trace_platform.chain.spec import (
     job_id_for,
     logs_stream,
 )
+from trace_platform.dag import cascade as _cascade  # noqa: F401  (follows replaced ranges)
 from trace_platform.datasets import dataset_uuid_for
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError

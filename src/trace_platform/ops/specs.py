@@ -7,10 +7,12 @@ from typing import Any
 
 from trace_platform.alerts.spec import AlertSpec
 from trace_platform.chain.spec import ChainSyncSpec
+from trace_platform.dag.spec import DagSpec
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import NotFoundError, ValidationError
 from trace_platform.ops.alerts import apply_alert, validate_alert
 from trace_platform.ops.chains import apply_chain_sync, set_paused
+from trace_platform.ops.dags import apply_dag, delete_dag
 from trace_platform.ops.env import OpsEnv
 from trace_platform.specs import parse_spec_documents
 
@@ -26,6 +28,8 @@ async def apply_specs(env: OpsEnv, org_id: uuid.UUID, text: str) -> list[dict[st
     for doc in docs:
         if isinstance(doc, AlertSpec):
             results.append(await apply_alert(env, doc, org_id, allow_private))
+        elif isinstance(doc, DagSpec):
+            results.append(await apply_dag(env, doc, org_id))
         else:
             assert isinstance(doc, ChainSyncSpec)
             results.append(await apply_chain_sync(env, doc, org_id))
@@ -55,8 +59,10 @@ async def delete_spec(env: OpsEnv, org_id: uuid.UUID, kind: str, name: str) -> d
         if await env.state.fetchval(q("alerts", "delete_alert"), org_id, name) is None:
             raise NotFoundError(f"no alert named {name!r}")
         return {"kind": kind, "name": name, "deleted": True}
+    if kind == "dag":
+        return await delete_dag(env, org_id, name)
     if kind != "chain_sync":
-        raise ValidationError("kind must be chain_sync or alert")
+        raise ValidationError("kind must be chain_sync, alert or dag")
     await set_paused(env, org_id, name, True)
     await env.state.fetchval(q("chain", "delete_spec"), org_id, kind, name)
     return {"kind": kind, "name": name, "deleted": True, "paused": True}

@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -37,6 +37,7 @@ from trace_platform.http import (
 )
 from trace_platform.logs import get_logger
 from trace_platform.query.binding import QueryCaller
+from trace_platform.query.engine import FORMAT_ARROW
 from trace_platform.query.executor import QueryResult, executor_limits
 from trace_platform.query.relations import describe
 from trace_platform.query.service import BatchItem, QueryService
@@ -52,9 +53,13 @@ class QueryRequest(BaseModel):
     dataset_id: str | None = Field(default=None, max_length=64)
     sql: str = Field(max_length=20_000)
     limit: int | None = None
+    # json: {columns, rows, truncated}; arrow: an Arrow IPC stream (header
+    # X-Trace-Truncated says whether rows were left out)
+    format: Literal["json", "arrow"] = "json"
 
 
 MAX_BATCH = 256
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 class BatchQuery(QueryRequest):
@@ -179,7 +184,13 @@ def create_app(settings: Settings) -> FastAPI:
         body = await parse_body(request, QueryRequest)
         service: QueryService = state["service"]
         caller = task_caller(claims, body)
-        result = await service.query(caller, body.dataset_id, body.sql, body.limit)
+        result = await service.query(caller, body.dataset_id, body.sql, body.limit, fmt=body.format)
+        if body.format == FORMAT_ARROW:
+            return Response(
+                result.body,
+                media_type=ARROW_STREAM,
+                headers={"X-Trace-Truncated": "true" if result.truncated else "false"},
+            )
         return Response(result.body, media_type="application/json")
 
     @app.post(

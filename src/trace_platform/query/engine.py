@@ -49,6 +49,9 @@ ROUTE_READER = "reader"
 ROUTE_ARROW = "arrow"
 _FRAME = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
+FORMAT_JSON, FORMAT_ARROW = "json", "arrow"
+ARROW_BATCH_ROWS = 64 * 1024
+MAX_ARROW_BYTES = MAX_FRAME - 1024 * 1024  # one reply frame, with room for its header
 SMALL_BYTES = 4 * 1024 * 1024  # in-memory relations this small are queried on one thread
 FLUSH_BYTES = 1024 * 1024  # a batch's replies are held back up to this much
 
@@ -102,6 +105,13 @@ def _materialize(con: Any, name: str, source: str) -> bool:
         con.execute(f"DROP TABLE IF EXISTS {name}")
         return False
     return True
+
+
+def _has_block_number(con: Any, source: str) -> bool:
+    described = con.execute(f"SELECT * FROM ({source}) LIMIT 0")
+    names = [d[0] for d in described.description or []]
+    described.fetchall()  # finish the result: the connection takes the next statement
+    return "block_number" in names
 
 
 def _sql_list(paths: list[str]) -> str:
@@ -176,14 +186,15 @@ class Engine:
             budget = min(MATERIALIZE_MAX_BYTES, limits.memory_mb * 1024 * 1024 // 8)
             in_memory = True
             for rel in relations:
-                where = ""
-                if rel.block_range is not None:  # a range grant: only rows of blocks inside it
-                    lo, hi = rel.block_range
-                    where = f" WHERE block_number >= {lo} AND block_number < {hi}"
                 # union_by_name: a column added in a later version of a stream (e.g.
                 # block_hash) reads as NULL in older partitions instead of failing the scan.
                 listed = _sql_list(list(rel.files))
-                source = f"SELECT * FROM read_parquet({listed}, union_by_name = true){where}"
+                source = f"SELECT * FROM read_parquet({listed}, union_by_name = true)"
+                if rel.block_range is not None and _has_block_number(con, source):
+                    # A range grant: only rows of blocks inside it. (A derived relation
+                    # without block numbers is granted whole partitions of the range.)
+                    lo, hi = rel.block_range
+                    source += f" WHERE block_number >= {lo} AND block_number < {hi}"
                 first, *others = [_quote(n) for n in rel.names]
                 size = sum(os.path.getsize(f) for f in rel.files)
                 if size <= budget and _materialize(con, first, source):
@@ -201,7 +212,7 @@ class Engine:
             con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
             for rel in relations:
                 dataset = _arrow_dataset(list(rel.files), s3)
-                if rel.block_range is not None:
+                if rel.block_range is not None and "block_number" in dataset.schema.names:
                     import pyarrow.dataset as ds
 
                     lo, hi = rel.block_range
@@ -240,9 +251,13 @@ class Engine:
             self._names = tuple(dict.fromkeys(found))
         return self._names
 
-    def query(self, sql: str, limit: int, timeout: float | None = None) -> tuple[bytes, int, bool]:
+    def query(
+        self, sql: str, limit: int, timeout: float | None = None, fmt: str = FORMAT_JSON
+    ) -> tuple[bytes, int, bool]:
         """Run one query; (response body, row count, truncated) or QueryFailed. `timeout`:
-        this query's time limit (a user's query has its own), else the executor's."""
+        this query's time limit (a user's query has its own), else the executor's. `fmt`:
+        the body as JSON `{columns, rows, truncated}` or as an Arrow IPC stream (types kept
+        exactly: wide integers, decimals, timestamps with zone, lists, structs)."""
         import duckdb
 
         # Independent of the gate: DuckDB's own parser must see exactly one SELECT. (A pure
@@ -266,6 +281,8 @@ class Engine:
                 con.register(name, dataset)
             self.watchdog.arm(con, min(MAX_TIMEOUT, timeout or self.limits.timeout_seconds))
             try:
+                if fmt == FORMAT_ARROW:  # a relation streams its batches without a copy
+                    return arrow_stream(con.sql(sql), limit)
                 result = con.execute(sql)
                 columns = [{"name": d[0], "type": str(d[1])} for d in result.description or []]
                 rows = result.fetchmany(limit + 1)
@@ -308,6 +325,29 @@ class Engine:
         head = orjson.dumps({"columns": columns, "truncated": truncated})
         body = head[:-1] + b',"rows":' + encoded + b"}"
         return body, len(rows), truncated
+
+
+def arrow_stream(relation: Any, limit: int) -> tuple[bytes, int, bool]:
+    """At most `limit` rows of a query's relation as one Arrow IPC stream (and at most
+    MAX_ARROW_BYTES of it): (body, rows, truncated)."""
+    import pyarrow as pa
+
+    reader = relation.to_arrow_reader(ARROW_BATCH_ROWS)
+    sink = pa.BufferOutputStream()
+    rows, truncated = 0, False
+    with pa.ipc.new_stream(sink, reader.schema) as writer:
+        for batch in reader:
+            if rows + batch.num_rows > limit:
+                batch = batch.slice(0, limit - rows)
+                truncated = True
+            if sink.tell() + batch.nbytes > MAX_ARROW_BYTES:
+                truncated = True
+                break
+            writer.write_batch(batch)
+            rows += batch.num_rows
+            if truncated:
+                break
+    return sink.getvalue().to_pybytes(), rows, truncated
 
 
 class Watchdog:
@@ -448,6 +488,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                     str(item["sql"]),
                     int(item["limit"]),
                     float(wanted) if isinstance(wanted, (int, float)) else None,
+                    FORMAT_ARROW if item.get("format") == FORMAT_ARROW else FORMAT_JSON,
                 )
                 reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
             except QueryFailed as exc:

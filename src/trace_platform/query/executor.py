@@ -45,7 +45,13 @@ from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERY_EXECUTOR_STARTS, QUERY_EXECUTORS
 from trace_platform.query import engine
-from trace_platform.query.engine import ROUTE_ARROW, ROUTE_READER, ExecutorLimits, QueryFailed
+from trace_platform.query.engine import (
+    FORMAT_JSON,
+    ROUTE_ARROW,
+    ROUTE_READER,
+    ExecutorLimits,
+    QueryFailed,
+)
 from trace_platform.sandbox import (
     Isolation,
     drop_privileges,
@@ -123,7 +129,7 @@ class Binding:
 
 @dataclass(frozen=True)
 class QueryResult:
-    body: bytes  # the JSON response body, as the engine wrote it
+    body: bytes  # the response body as the engine wrote it (JSON, or an Arrow IPC stream)
     rows: int
     truncated: bool
 
@@ -374,7 +380,12 @@ class Executor:
         return orjson.loads(await self._read_bytes())
 
     async def query(
-        self, sql: str, limit: int, timeout: float, engine_timeout: float | None = None
+        self,
+        sql: str,
+        limit: int,
+        timeout: float,
+        engine_timeout: float | None = None,
+        fmt: str = FORMAT_JSON,
     ) -> QueryResult:
         """QueryFailed for a refused or failed query (the executor stays usable unless it
         says otherwise); ExecutorUnavailable when the process is lost or stuck (killed)."""
@@ -385,6 +396,8 @@ class Executor:
                 request: dict[str, Any] = {"sql": sql, "limit": limit}
                 if engine_timeout is not None:
                     request["timeout"] = engine_timeout
+                if fmt != FORMAT_JSON:
+                    request["format"] = fmt
                 self._send(orjson.dumps(request))
                 header = await self._read()
                 if header.get("ok"):
@@ -565,15 +578,17 @@ class ExecutorPool:
         limit: int,
         timeout: float | None = None,
         queue_seconds: float = QUEUE_SECONDS,
+        fmt: str = FORMAT_JSON,
     ) -> QueryResult:
         """`timeout`: this query's limit in seconds (default: the executors' own);
-        `queue_seconds`: how long it may wait for a busy pool before OverloadedError."""
+        `queue_seconds`: how long it may wait for a busy pool before OverloadedError;
+        `fmt`: the answer's format (JSON, or an Arrow IPC stream)."""
         try:
-            return await self._run(binding, sql, limit, False, timeout, queue_seconds)
+            return await self._run(binding, sql, limit, False, timeout, queue_seconds, fmt)
         except _StaleExecutor:
             # An idle executor had died unseen (OOM killer, operator): queries only read, so
             # one more try on a fresh executor is safe; a query that kills that one fails.
-            return await self._run(binding, sql, limit, True, timeout, queue_seconds)
+            return await self._run(binding, sql, limit, True, timeout, queue_seconds, fmt)
 
     async def _run(
         self,
@@ -583,6 +598,7 @@ class ExecutorPool:
         fresh: bool,
         timeout: float | None,
         queue_seconds: float,
+        fmt: str = FORMAT_JSON,
     ) -> QueryResult:
         taken = self._take(binding, reuse=not fresh)
         if taken is None:
@@ -592,7 +608,7 @@ class ExecutorPool:
             ex = await self._ready(taken, binding)
             try:
                 limit_s = timeout or self.limits.timeout_seconds
-                return await ex.query(sql, limit, limit_s + 5, timeout)
+                return await ex.query(sql, limit, limit_s + 5, timeout, fmt)
             except ExecutorLost:
                 if isinstance(taken, Executor):  # it had served before: died while idle
                     raise _StaleExecutor from None

@@ -26,6 +26,7 @@ from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, s
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERIES, QUERY_SECONDS
 from trace_platform.query.binding import Binder, QueryCaller
+from trace_platform.query.engine import FORMAT_ARROW, FORMAT_JSON
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
@@ -38,6 +39,7 @@ from trace_platform.sandbox import Isolation
 
 log = get_logger(__name__)
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
+MAX_EXPORT_ROWS = 10_000_000
 
 
 class QueryRejected(ValidationError):
@@ -52,6 +54,7 @@ class BatchItem:
     dataset_id: str | None
     sql: str
     limit: int | None
+    fmt: str = FORMAT_JSON
 
 
 @lru_cache(maxsize=4096)
@@ -62,7 +65,11 @@ def gate(sql: str) -> GatedQuery:
     return check_sql(sql, None)
 
 
-def clamp_limit(limit: int | None) -> int:
+def clamp_limit(limit: int | None, fmt: str = FORMAT_JSON) -> int:
+    """JSON answers hold at most MAX_LIMIT rows; an Arrow stream up to MAX_EXPORT_ROWS
+    (by default all of them, within the engine's byte cap)."""
+    if fmt == FORMAT_ARROW:
+        return MAX_EXPORT_ROWS if limit is None else max(1, min(MAX_EXPORT_ROWS, limit))
     return DEFAULT_LIMIT if limit is None else max(1, min(MAX_LIMIT, limit))
 
 
@@ -94,10 +101,12 @@ class QueryService:
         sql: str,
         limit: int | None,
         timeout: float | None = None,
+        fmt: str = FORMAT_JSON,
     ) -> QueryResult:
         """Gate, bind, run and audit one query (a task's, a user's or an operator's).
-        `dataset_id`: the granted dataset read as `dataset` (None: by the catalog's names)."""
-        item = BatchItem(caller, dataset_id, sql, limit)
+        `dataset_id`: the granted dataset read as `dataset` (None: by the catalog's names);
+        `fmt`: JSON, or an Arrow IPC stream."""
+        item = BatchItem(caller, dataset_id, sql, limit, fmt)
         gated, binding, dataset_ids = await self._bind(item, None)
         result = await self._execute(item, gated, binding, timeout)
         await self.data.execute(
@@ -195,7 +204,9 @@ class QueryService:
         started = time.perf_counter()
         answer: QueryResult | TraceError | QueryFailed
         try:
-            answer = await self.pool.run(binding, gated.sql, clamp_limit(item.limit), timeout)
+            answer = await self.pool.run(
+                binding, gated.sql, clamp_limit(item.limit, item.fmt), timeout, fmt=item.fmt
+            )
         except (QueryFailed, ExecutorUnavailable, OverloadedError) as exc:
             answer = exc
         outcome = self._outcome(item, answer, time.perf_counter() - started)

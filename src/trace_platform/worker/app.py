@@ -17,6 +17,7 @@ from trace_platform.chain import ingest as _cryo_ingest
 from trace_platform.chain.pool import pools_in_process
 from trace_platform.client import TaskClient
 from trace_platform.config import Settings
+from trace_platform.dag import run as _dag_sql  # noqa: F401  (registers dag_sql)
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.domain.errors import TraceError

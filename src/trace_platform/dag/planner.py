@@ -1,0 +1,161 @@
+"""The DAG scheduler (a dispatcher loop, SPEC §19): each tick, per active per-range job, in
+one transaction holding the job's row lock —
+
+1. a registered dataset the job reads whole has a new version: the job recomputes from its
+   start (the cascade carries it to its readers);
+2. a range whose task failed for good stops the job with the range and reason visible (it
+   never silently holds a slot);
+3. the job's inputs' committed prefixes (`contiguous_tip` of each range input from the
+   cursor) give how far it may go; `next_ranges` cuts that into ranges of at most
+   `backfill_blocks` (following the partitions of inputs whose rows carry no block number),
+   at most `max_concurrency` in flight; each becomes a task with a deterministic id (job,
+   generation, epoch, range) and its wake-up, and the cursor moves past it.
+
+Woken early when a range commits anywhere (a chain range, a job's range).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+
+from trace_platform.aio import LoopRunner
+from trace_platform.dag.cascade import invalidate_job
+from trace_platform.dag.spec import dag_range_task_id
+from trace_platform.db.sql import q
+from trace_platform.domain.dag import Partition, contiguous_tip, next_ranges
+from trace_platform.logs import get_logger
+
+log = get_logger(__name__)
+PARTITIONS_PER_TICK = 20_000  # of one input, from the cursor on
+
+
+def range_payload(job: Any, reads: list[Any], start: int, end: int) -> dict[str, Any]:
+    """A range task: the job's SQL over its inputs, each range input granted for [start,
+    end) only, each whole input at the snapshot pinned at claim."""
+    definition = job["definition"]
+    inputs: list[dict[str, Any]] = []
+    for item in job["inputs"]:
+        if item["kind"] == "chain":
+            inputs.append({"chain": item["name"], "range": [start, end]})
+        elif item["kind"] == "job":
+            inputs.append({"dataset": item["dataset"], "range": [start, end]})
+        else:
+            inputs.append({"dataset": item["dataset"]})
+    return {
+        "operator": "dag_sql",
+        "dag": {
+            "dag": job["dag_name"],
+            "job": job["name"],
+            "job_uuid": str(job["job_uuid"]),
+            "dataset_uuid": str(job["dataset_uuid"]),
+            "generation": job["generation"],
+            "epoch": job["epoch"],
+            "start": start,
+            "end": end,
+            "sql": definition["run_sql"],
+            "unique_key": definition.get("unique_key"),
+        },
+        "inputs": inputs,
+    }
+
+
+class DagPlanner:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def tick(self) -> int:
+        """Plan every active per-range job; returns tasks created."""
+        created = 0
+        async with self.pool.acquire() as conn:
+            jobs = [r["job_uuid"] for r in await conn.fetch(q("dags", "plannable_jobs"))]
+            for job_uuid in jobs:
+                async with conn.transaction():
+                    created += await self.plan_job(conn, job_uuid)
+            if created:
+                await conn.execute(q("outbox", "notify_outbox"))
+        return created
+
+    async def plan_job(self, conn: Any, job_uuid: uuid.UUID) -> int:
+        job = await conn.fetchrow(q("dags", "lock_job"), job_uuid)
+        if job is None or job["status"] != "active":
+            return 0
+        reads = list(await conn.fetch(q("dags", "reads_of_job"), job_uuid))
+        for read in reads:
+            if read["bounded"]:
+                continue
+            latest = await conn.fetchval(q("dags", "latest_version"), read["dataset_uuid"])
+            if latest != read["version"]:
+                await invalidate_job(conn, job_uuid, job["from_block"])
+                await conn.execute(
+                    q("dags", "set_read_version"), job_uuid, read["dataset_uuid"], latest
+                )
+                log.info("dag.input_version_changed", job_uuid=str(job_uuid))
+                return 0
+        in_flight = 0
+        for r in await conn.fetch(q("dags", "open_ranges"), job_uuid):
+            terminal = r["task_status"] == "canceled" or (
+                r["task_status"] == "failed" and r["next_retry_at"] is None
+            )
+            if not terminal:
+                in_flight += 1
+                continue
+            reason = (r["last_error"] or r["task_status"])[:500]
+            error = f"range [{r['range_start']}, {r['range_end']}) failed: {reason}"
+            await conn.execute(q("dags", "fail_range"), r["task_id"], reason)
+            await conn.execute(q("dags", "stop_job"), job_uuid, error)
+            log.error("dag.job_stopped", job_uuid=str(job_uuid), range_start=r["range_start"])
+            return 0
+        room = job["max_concurrency"] - in_flight
+        if room <= 0:
+            return 0
+        cursor = job["cursor"]
+        tips: list[int] = []
+        boundaries: list[list[int]] = []
+        for read in reads:
+            if not read["bounded"]:
+                continue
+            parts = [
+                Partition(p["range_start"], p["range_end"])
+                for p in await conn.fetch(
+                    q("dags", "partitions_from"), read["dataset_uuid"], cursor, PARTITIONS_PER_TICK
+                )
+            ]
+            tips.append(contiguous_tip(parts, cursor))
+            if await conn.fetchval(q("dags", "job_of_dataset"), read["dataset_uuid"]):
+                boundaries.append([p.end for p in parts])
+        if not tips:
+            return 0
+        span = job["definition"].get("backfill_blocks") or 10_000
+        ranges = next_ranges(cursor, min(tips), span, room, boundaries)
+        if not ranges:
+            return 0
+        generation, epoch = job["generation"], job["epoch"]
+        ids = [dag_range_task_id(job_uuid, generation, epoch, s, e) for s, e in ranges]
+        await conn.execute(
+            q("dags", "insert_ranges"),
+            job_uuid,
+            generation,
+            epoch,
+            ids,
+            [s for s, _ in ranges],
+            [e for _, e in ranges],
+        )
+        payloads = [range_payload(job, reads, s, e) for s, e in ranges]
+        await conn.execute(
+            q("chain", "insert_range_tasks"), ids, payloads, job["org_id"], job["max_attempts"]
+        )
+        await conn.execute(q("dags", "advance_cursor"), job_uuid, ranges[-1][1])
+        await conn.execute(q("dags", "set_job_error"), job_uuid, None)
+        return len(ranges)
+
+
+def start_dag_loops(
+    runner: LoopRunner, pool: asyncpg.Pool, interval: float, wake: asyncio.Event
+) -> None:
+    """The scheduler loop, woken early by `wake` (a range committed somewhere)."""
+    planner = DagPlanner(pool)
+    runner.start("dag_planner", planner.tick, interval, 1 << 30, wake)

@@ -1,0 +1,227 @@
+-- DAGs (SPEC §19-20): DAGs and their jobs, the range ledger of each job, lineage, reads.
+
+-- name: lock_dag
+SELECT * FROM state.dags WHERE dag_id = $1 FOR UPDATE;
+
+-- name: upsert_dag
+-- Applying a DAG (again) resumes it.
+INSERT INTO state.dags (dag_id, org_id, name) VALUES ($1, $2, $3)
+ON CONFLICT (dag_id) DO UPDATE SET paused = false, updated_at = now();
+
+-- name: dag_by_name
+SELECT * FROM state.dags WHERE org_id = $1 AND name = $2;
+
+-- name: list_dags
+SELECT d.dag_id, d.name, d.paused, d.created_at, d.updated_at,
+       count(j.*) FILTER (WHERE j.status <> 'removed') AS jobs,
+       count(j.*) FILTER (WHERE j.status = 'stopped') AS stopped_jobs
+FROM state.dags d LEFT JOIN state.dag_jobs j USING (dag_id)
+WHERE d.org_id = $1
+GROUP BY d.dag_id ORDER BY d.name;
+
+-- name: jobs_of_dag
+SELECT * FROM state.dag_jobs WHERE dag_id = $1 ORDER BY position, name;
+
+-- name: lock_jobs_of_dag
+SELECT * FROM state.dag_jobs WHERE dag_id = $1 ORDER BY name FOR UPDATE;
+
+-- name: upsert_job
+-- A new job starts at its from_block. A job whose generation changed starts over (its
+-- ranges are replaced by the caller first); an unchanged one keeps its cursor and epoch.
+INSERT INTO state.dag_jobs (job_uuid, dag_id, org_id, name, dataset_uuid, window_kind,
+    generation, definition, inputs, position, from_block, cursor, max_concurrency,
+    max_attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)
+ON CONFLICT (job_uuid) DO UPDATE
+SET generation = $7, definition = $8, inputs = $9, position = $10, from_block = $11,
+    cursor = CASE WHEN state.dag_jobs.generation = $7 AND state.dag_jobs.status <> 'removed'
+                  THEN state.dag_jobs.cursor ELSE $11 END,
+    epoch = CASE WHEN state.dag_jobs.generation = $7 THEN state.dag_jobs.epoch
+                 ELSE state.dag_jobs.epoch + 1 END,
+    max_concurrency = $12, max_attempts = $13, status = 'active', last_error = NULL,
+    updated_at = now();
+
+-- name: set_reads
+-- What a job reads, by dataset (replaced whole at apply).
+WITH gone AS (DELETE FROM state.dag_reads WHERE job_uuid = $1)
+INSERT INTO state.dag_reads (job_uuid, dataset_uuid, bounded, version)
+SELECT $1, t.ds, t.bounded, t.version
+FROM unnest($2::uuid[], $3::boolean[], $4::text[]) AS t(ds, bounded, version);
+
+-- name: remove_job
+UPDATE state.dag_jobs SET status = 'removed', updated_at = now() WHERE job_uuid = $1;
+
+-- name: plannable_jobs
+-- Per-range jobs that may schedule: active, of an unpaused DAG.
+SELECT j.job_uuid FROM state.dag_jobs j JOIN state.dags d USING (dag_id)
+WHERE j.status = 'active' AND NOT d.paused AND j.window_kind = 'range'
+ORDER BY j.position, j.job_uuid;
+
+-- name: lock_job
+SELECT j.*, d.name AS dag_name FROM state.dag_jobs j JOIN state.dags d USING (dag_id)
+WHERE j.job_uuid = $1 FOR UPDATE OF j;
+
+-- name: reads_of_job
+SELECT r.dataset_uuid, r.bounded, r.version, ds.name
+FROM state.dag_reads r JOIN state.datasets ds USING (dataset_uuid)
+WHERE r.job_uuid = $1 ORDER BY ds.name;
+
+-- name: partitions_from
+-- Live partitions of a dataset that end after $2, in order (the planner's view of an input).
+SELECT range_start, range_end FROM state.dataset_partitions
+WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2
+ORDER BY range_start LIMIT $3;
+
+-- name: in_flight
+SELECT count(*) FROM state.dag_ranges WHERE job_uuid = $1 AND status = 'scheduled';
+
+-- name: insert_ranges
+INSERT INTO state.dag_ranges (task_id, job_uuid, generation, epoch, range_start, range_end)
+SELECT t.task_id, $1, $2, $3, t.s, t.e
+FROM unnest($4::uuid[], $5::bigint[], $6::bigint[]) AS t(task_id, s, e)
+ON CONFLICT (task_id) DO NOTHING;
+
+-- name: advance_cursor
+UPDATE state.dag_jobs SET cursor = $2, updated_at = now() WHERE job_uuid = $1;
+
+-- name: set_job_error
+UPDATE state.dag_jobs SET last_error = $2, updated_at = now()
+WHERE job_uuid = $1 AND last_error IS DISTINCT FROM $2;
+
+-- name: stop_job
+UPDATE state.dag_jobs SET status = 'stopped', last_error = $2, updated_at = now()
+WHERE job_uuid = $1;
+
+-- name: latest_version
+SELECT dataset_version FROM state.dataset_versions WHERE dataset_uuid = $1
+ORDER BY created_at DESC LIMIT 1;
+
+-- name: range_for_task
+SELECT r.*, j.dataset_uuid, j.dag_id FROM state.dag_ranges r
+JOIN state.dag_jobs j USING (job_uuid)
+WHERE r.task_id = $1 FOR UPDATE OF r;
+
+-- name: overlapping
+-- Live partitions of a dataset overlapping [$2, $3).
+SELECT partition_id, range_start, range_end FROM state.dataset_partitions
+WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_start < $3 AND range_end > $2
+ORDER BY range_start;
+
+-- name: insert_lineage
+INSERT INTO state.dag_lineage (partition_id, input_dataset_uuid, input_partition_id,
+    range_start, range_end)
+SELECT $1, t.ds, t.p, t.s, t.e
+FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::bigint[]) AS t(ds, p, s, e)
+ON CONFLICT DO NOTHING;
+
+-- name: mark_committed
+UPDATE state.dag_ranges SET status = 'committed', committed_at = now(), partition_id = $2
+WHERE task_id = $1;
+
+-- name: fail_range
+UPDATE state.dag_ranges SET status = 'failed', error = $2 WHERE task_id = $1
+AND status = 'scheduled'
+RETURNING job_uuid, range_start, range_end;
+
+-- name: readers_of
+-- Jobs that read a dataset within their ranges (the dependents of a replaced range).
+SELECT r.job_uuid FROM state.dag_reads r JOIN state.dag_jobs j USING (job_uuid)
+WHERE r.dataset_uuid = $1 AND r.bounded AND j.status <> 'removed'
+ORDER BY j.position, r.job_uuid;
+
+-- name: ranges_reaching
+-- A job's live ranges (scheduled or committed) that end after a block.
+SELECT task_id, range_start, range_end, status FROM state.dag_ranges
+WHERE job_uuid = $1 AND status IN ('scheduled', 'committed') AND range_end > $2;
+
+-- name: replace_ranges_from
+UPDATE state.dag_ranges SET status = 'replaced'
+WHERE job_uuid = $1 AND status IN ('scheduled', 'committed', 'failed') AND range_end > $2
+RETURNING task_id, status;
+
+-- name: cancel_tasks
+UPDATE state.tasks SET status = 'canceled', next_retry_at = NULL, lease_expires_at = NULL,
+    last_error = $2, updated_at = now()
+WHERE task_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'failed');
+
+-- name: remove_partitions_from
+UPDATE state.dataset_partitions SET removed_seq = $3, removed_at = now()
+WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2
+RETURNING partition_id;
+
+-- name: rewind_job
+UPDATE state.dag_jobs
+SET cursor = least(cursor, $2), epoch = epoch + 1, status = CASE WHEN status = 'stopped'
+    THEN 'active' ELSE status END, last_error = NULL, updated_at = now()
+WHERE job_uuid = $1;
+
+-- name: job_progress
+-- Per job of a DAG: ranges by status, rows and blocks committed, the committed prefix.
+SELECT j.job_uuid,
+       count(*) FILTER (WHERE r.status = 'committed') AS committed,
+       count(*) FILTER (WHERE r.status = 'scheduled') AS in_flight,
+       count(*) FILTER (WHERE r.status = 'failed') AS failed,
+       coalesce(sum(p.row_count) FILTER (WHERE r.status = 'committed'), 0) AS rows,
+       max(r.range_end) FILTER (WHERE r.status = 'committed') AS committed_end
+FROM state.dag_jobs j
+LEFT JOIN state.dag_ranges r ON r.job_uuid = j.job_uuid AND r.generation = j.generation
+     AND r.epoch = j.epoch
+LEFT JOIN state.dataset_partitions p ON p.partition_id = r.partition_id
+WHERE j.dag_id = $1
+GROUP BY j.job_uuid;
+
+-- name: last_range_error
+SELECT error FROM state.dag_ranges WHERE job_uuid = $1 AND status = 'failed'
+ORDER BY created_at DESC LIMIT 1;
+
+-- name: delete_dag
+DELETE FROM state.dags WHERE dag_id = $1 RETURNING name;
+
+-- name: open_tasks_of_dag
+SELECT r.task_id FROM state.dag_ranges r JOIN state.dag_jobs j USING (job_uuid)
+WHERE j.dag_id = $1 AND r.status = 'scheduled';
+
+-- name: set_dag_paused
+UPDATE state.dags SET paused = $2, updated_at = now() WHERE dag_id = $1 RETURNING name;
+
+-- name: open_ranges
+-- A job's scheduled ranges with the state of their task.
+SELECT r.task_id, r.range_start, r.range_end, t.status AS task_status, t.next_retry_at,
+       t.last_error
+FROM state.dag_ranges r JOIN state.tasks t USING (task_id)
+WHERE r.job_uuid = $1 AND r.status = 'scheduled';
+
+-- name: job_of_dataset
+-- The DAG job whose output a dataset is (its readers' ranges follow its partitions).
+SELECT job_uuid FROM state.dag_jobs WHERE dataset_uuid = $1;
+
+-- name: set_read_version
+UPDATE state.dag_reads SET version = $3 WHERE job_uuid = $1 AND dataset_uuid = $2;
+
+-- name: chain_relations
+-- The relations of a chain job (its streams and decoded tables) with their datasets.
+SELECT d.name, d.dataset_uuid FROM state.chain_streams s
+JOIN state.chain_jobs j USING (job_id)
+JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid
+WHERE j.org_id = $1 AND j.name = $2
+ORDER BY d.name;
+
+-- name: dataset_of_org
+SELECT dataset_uuid, name, kind FROM state.datasets WHERE org_id = $1 AND name = $2;
+
+-- name: input_tip
+-- End of a dataset's committed prefix from block $2: the first block from which a gap starts.
+SELECT coalesce(max(range_end), $2) AS tip FROM (
+    SELECT range_end,
+           sum(CASE WHEN range_start <= coalesce(prev_end, $2) THEN 0 ELSE 1 END)
+               OVER (ORDER BY range_start) AS gaps
+    FROM (SELECT range_start, range_end, lag(range_end) OVER (ORDER BY range_start) AS prev_end
+          FROM state.dataset_partitions
+          WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2) ordered
+) marked WHERE gaps = 0;
+
+-- name: replace_open_ranges
+-- A stopped job's scheduled ranges: replaced (their tasks are canceled by the caller).
+UPDATE state.dag_ranges SET status = 'replaced'
+WHERE job_uuid = $1 AND status = 'scheduled'
+RETURNING task_id, range_start;

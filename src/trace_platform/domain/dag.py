@@ -1,0 +1,182 @@
+"""DAG decisions (SPEC §19-20), pure: the job graph, a job's definition hash, which input
+ranges a per-range job computes next, and what a replaced input range invalidates.
+
+The scheduler (`dag/planner.py`) applies these as compare-and-swaps under the job's row lock;
+nothing here does I/O.
+
+Vocabulary (borrowed from Dagster, sized for Trace): a job's *range mapping* is the
+identity on block ranges — output partition [a, b) reads every range input bounded to
+[a, b); its *span* (the backfill policy) is how many blocks one task may cover while the job
+is behind; its *generation* is named by the definition hash, so a changed job is a new
+generation and its partitions get new task ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+# Reserved by the original design for backpressure; refused, never ignored.
+RESERVED_JOB_FIELDS = ("max_queue_depth", "max_queue_age", "backpressure_mode")
+
+
+class GraphError(ValueError):
+    """The job graph is not a DAG (or names a job it does not hold); the message names it."""
+
+
+def job_order(edges: Mapping[str, Iterable[str]]) -> list[str]:
+    """The jobs in dependency order (inputs first; ties by name), or GraphError naming a
+    cycle. `edges`: job → the jobs of the same DAG it reads."""
+    deps = {job: sorted(set(ups)) for job, ups in edges.items()}
+    for job, ups in deps.items():
+        for up in ups:
+            if up not in deps:
+                raise GraphError(f"jobs.{job}.inputs: no job {up!r} in this DAG")
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(job: str, path: list[str]) -> None:
+        mark = state.get(job)
+        if mark == 2:
+            return
+        if mark == 1:
+            cycle = [*path[path.index(job) :], job]
+            raise GraphError(f"jobs.{cycle[0]}.inputs: cycle {' -> '.join(cycle)}")
+        state[job] = 1
+        for up in deps[job]:
+            visit(up, [*path, job])
+        state[job] = 2
+        order.append(job)
+
+    for job in sorted(deps):
+        visit(job, [])
+    return order
+
+
+def descendants(edges: Mapping[str, Iterable[str]], roots: Iterable[str]) -> set[str]:
+    """`roots` and every job that reads one of them, at any depth."""
+    readers: dict[str, set[str]] = {}
+    for job, ups in edges.items():
+        for up in ups:
+            readers.setdefault(up, set()).add(job)
+    out: set[str] = set()
+    todo = list(roots)
+    while todo:
+        job = todo.pop()
+        if job in out:
+            continue
+        out.add(job)
+        todo.extend(readers.get(job, ()))
+    return out
+
+
+def definition_hash(definition: Mapping[str, object], upstream: Mapping[str, str]) -> str:
+    """A job's generation name: its own definition (SQL or bundle sha256, schema, inputs,
+    `where`, config, window) and the hashes of the DAG jobs it reads, so a change upstream
+    makes a new generation of every descendant."""
+    body = orjson.dumps(
+        {"job": definition, "upstream": dict(sorted(upstream.items()))},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A live partition of an input: [start, end)."""
+
+    start: int
+    end: int
+
+
+def contiguous_tip(parts: Sequence[Partition], start: int) -> int:
+    """End of the committed prefix from `start`: every block of [start, tip) lies in one of
+    `parts` (sorted by start; partitions wholly below `start` are ignored)."""
+    at = start
+    for p in parts:
+        if p.end <= at:
+            continue
+        if p.start > at:
+            break
+        at = p.end
+    return at
+
+
+def ready_tip(tips: Iterable[int]) -> int | None:
+    """How far every range input has committed: the least of their tips (None: no input)."""
+    values = list(tips)
+    return min(values) if values else None
+
+
+def next_ranges(
+    cursor: int,
+    tip: int,
+    span: int,
+    room: int,
+    boundaries: Sequence[Sequence[int]] = (),
+) -> list[tuple[int, int]]:
+    """The next ranges of a per-range job: from `cursor` up to `tip`, each at most `span`
+    blocks, at most `room` of them. Each end is a boundary of every input in `boundaries`
+    (the partition ends of inputs whose rows carry no block number, which are read whole:
+    a range must hold their partitions whole). Empty when nothing new is ready."""
+    if span < 1:
+        raise ValueError("span must be positive")
+    ends: list[int] | None = None
+    for ends_of_input in boundaries:
+        mine = {e for e in ends_of_input if cursor < e <= tip}
+        ends = sorted(mine if ends is None else set(ends) & mine)
+    out: list[tuple[int, int]] = []
+    at = cursor
+    while len(out) < room and at < tip:
+        limit = min(tip, at + span)
+        if ends is None:
+            end = limit
+        else:
+            fitting = [e for e in ends if at < e <= limit]
+            if fitting:
+                end = fitting[-1]
+            else:
+                # A whole partition longer than the span: take it alone.
+                later = [e for e in ends if e > at]
+                if not later:
+                    break
+                end = later[0]
+        out.append((at, end))
+        at = end
+    return out
+
+
+def invalidated_from(ranges: Iterable[tuple[int, int]], from_block: int) -> int | None:
+    """The block a job must recompute from when its inputs lost every block from
+    `from_block` on (a reorg repair, an upstream recompute): the start of its first
+    committed or scheduled range that reaches `from_block`, or None when none does."""
+    starts = [start for start, end in ranges if end > from_block]
+    return min(starts) if starts else None
+
+
+def qualify_relations(sql: str, names: Mapping[str, str], ctes: Iterable[str] = ()) -> str:
+    """`sql` (already through the gate) with every relation it reads written as its full
+    name (`names`: the name as read, lower case → the relation's full name), each keeping
+    the name it was visible under as its alias. A job's SQL so reads the same relations
+    whatever else its task is granted. A name not in `names` is left as it is (the gate
+    refuses it when the job runs)."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    local = {c.lower() for c in ctes}
+    for node in list(tree.find_all(exp.Table)):
+        ident = node.this
+        if not isinstance(ident, exp.Identifier) or node.args.get("db"):
+            continue
+        read = str(ident.name).lower()
+        if read in local or read not in names:
+            continue
+        if node.args.get("alias") is None:
+            shown = read.rpartition(".")[2]
+            node.set("alias", exp.TableAlias(this=exp.to_identifier(shown, quoted=True)))
+        node.set("this", exp.to_identifier(names[read].lower(), quoted=True))
+    return str(tree.sql(dialect="duckdb", comments=False))

@@ -1,0 +1,312 @@
+"""DAG operations for people (CLI, `/v1/dags`): apply a `kind: dag` spec, list, status,
+pause, resume, delete. Each state change is one transaction; no SQL lives in callers.
+
+Apply checks the whole file before anything changes: every input exists in the org, and each
+job's SQL passes the gate reading only its inputs' relations (a name two inputs share is
+refused, naming both). The SQL that runs is the user's with each relation written by its
+full name (`qualify_relations`), so it reads the same relations whatever its task is granted.
+A job whose definition changed — or whose upstream did — is a new generation: it recomputes
+from its start (readers see its output shrink to what the new generation has committed;
+building generations side by side with an atomic cut-over is the next step).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from trace_platform.chain.commit import dataset_prefix
+from trace_platform.dag.cascade import invalidate_job
+from trace_platform.dag.spec import (
+    ChainInput,
+    DagSpec,
+    DatasetInput,
+    JobInput,
+    JobSpec,
+    dag_id_for,
+    job_uuid_for,
+)
+from trace_platform.datasets import dataset_uuid_for
+from trace_platform.db.sql import q
+from trace_platform.domain.catalog import bare_alias, relation_aliases
+from trace_platform.domain.dag import definition_hash, qualify_relations
+from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
+from trace_platform.domain.sql_gate import SqlRejected, check_sql, shown
+from trace_platform.ops.chains import spec_digest
+from trace_platform.ops.env import OpsEnv
+
+KIND = "dag"
+
+
+@dataclass
+class JobPlan:
+    """One job as apply will write it."""
+
+    name: str
+    definition: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    reads: dict[uuid.UUID, tuple[bool, str | None]]  # dataset → (bounded, whole version)
+    from_block: int
+    generation: str = ""
+    upstream: list[str] = field(default_factory=list)
+
+
+def _add(catalog: dict[str, set[str]], aliases: dict[str, str]) -> None:
+    for alias, full in aliases.items():
+        catalog.setdefault(alias, set()).add(full)
+
+
+async def plan_job(
+    conn: Any, org_id: uuid.UUID, spec: DagSpec, name: str, job: JobSpec, done: dict[str, JobPlan]
+) -> JobPlan:
+    """Resolve a job's inputs and gate its SQL against them; ValidationError with the path."""
+    where = f"jobs.{name}"
+    catalog: dict[str, set[str]] = {}
+    uuids: dict[str, uuid.UUID] = {}
+    inputs: list[dict[str, Any]] = []
+    reads: dict[uuid.UUID, tuple[bool, str | None]] = {}
+    starts: list[int] = []
+    for i, item in enumerate(job.inputs):
+        at = f"{where}.inputs.{i}"
+        if item.where is not None:
+            raise ValidationError(f"{at}.where: not supported yet (next release)")
+        if isinstance(item, ChainInput):
+            chain = await conn.fetchrow(q("chain", "job_by_name"), org_id, item.chain)
+            rels = await conn.fetch(q("dags", "chain_relations"), org_id, item.chain)
+            if chain is None or not rels:
+                raise ValidationError(f"{at}.chain: no chain job {item.chain!r} in this org")
+            names = {r["name"]: r["dataset_uuid"] for r in rels}
+            uuids.update(names)
+            _add(catalog, relation_aliases(names, item.chain))
+            starts.append(int(chain["mode"].get("from_block", 0)))
+            inputs.append({"kind": "chain", "name": item.chain})
+        elif isinstance(item, JobInput):
+            up = done[item.job]
+            full = spec.output_name(item.job)
+            ds = dataset_uuid_for(org_id, full)
+            uuids[full] = ds
+            _add(catalog, {item.job: full, full.lower(): full, bare_alias(full): full})
+            starts.append(up.from_block)
+            inputs.append({"kind": "job", "name": item.job, "dataset": full})
+        else:
+            assert isinstance(item, DatasetInput)
+            row = await conn.fetchrow(q("dags", "dataset_of_org"), org_id, item.dataset)
+            if row is None:
+                raise ValidationError(f"{at}.dataset: no dataset {item.dataset!r} in this org")
+            if row["kind"] != "versions":
+                raise ValidationError(
+                    f"{at}.dataset: {item.dataset!r} is synced from a chain or derived by a"
+                    " job; read it with {chain: JOB} or {job: NAME}"
+                )
+            version = await conn.fetchval(q("dags", "latest_version"), row["dataset_uuid"])
+            uuids[row["name"]] = row["dataset_uuid"]
+            reads[row["dataset_uuid"]] = (False, version)
+            _add(catalog, {row["name"].lower(): row["name"], bare_alias(row["name"]): row["name"]})
+            inputs.append({"kind": "dataset", "name": row["name"], "dataset": row["name"]})
+    if not starts:
+        raise ValidationError(
+            f"{where}.inputs: a per-range job needs a chain or job input (its ranges follow it)"
+        )
+    assert job.sql is not None
+    try:
+        gated = check_sql(job.sql, None)
+    except SqlRejected as exc:
+        raise ValidationError(f"{where}.sql: {exc.reason}") from None
+    resolved: dict[str, str] = {}
+    for read in gated.relations:
+        targets = catalog.get(read, set())
+        if len(targets) > 1:
+            held = " and ".join(repr(t) for t in sorted(targets))
+            raise ValidationError(
+                f"{where}.sql: relation {shown(read)!r} is ambiguous: {held} both answer to it;"
+                " write the full name"
+            )
+        if not targets:
+            raise ValidationError(
+                f"{where}.sql: relation {shown(read)!r} is not among the job's inputs"
+            )
+        resolved[read] = next(iter(targets))
+    for full in resolved.values():
+        ds = uuids[full]
+        if ds not in reads:
+            reads[ds] = (True, None)
+    if not any(bounded for bounded, _ in reads.values()):
+        raise ValidationError(
+            f"{where}.sql: a per-range job must read a relation of a chain or job input"
+        )
+    definition = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    definition["run_sql"] = qualify_relations(gated.sql, resolved, gated.ctes)
+    plan = JobPlan(name, definition, inputs, reads, min(starts), upstream=job.job_inputs())
+    plan.generation = definition_hash(
+        {k: v for k, v in definition.items() if k not in ("max_concurrency", "max_attempts")},
+        {up: done[up].generation for up in plan.upstream},
+    )
+    return plan
+
+
+async def apply_dag(env: OpsEnv, spec: DagSpec, org_id: uuid.UUID) -> dict[str, Any]:
+    """Create or update the DAG, its jobs and their output datasets. Re-applying the same
+    spec changes nothing; a changed job (or one downstream of it) recomputes from its start;
+    a job removed from the spec stops (its output stays readable)."""
+    body = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    digest = spec_digest(body)
+    dag_id = dag_id_for(org_id, spec.name)
+    store_root = env.settings.resolved_object_store_url
+    result: dict[str, Any] = {"kind": KIND, "name": spec.name, "dag_id": str(dag_id)}
+    async with env.state.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(q("chain", "get_spec"), org_id, KIND, spec.name)
+        if current is not None and current["sha256"] == digest:
+            return {**result, "changed": False}
+        if await conn.fetchrow(q("chain", "job_by_name"), org_id, spec.name) is not None:
+            raise ConflictError(
+                f"name: a chain job is named {spec.name!r}; a DAG's relations would share its"
+                " names (choose another name)"
+            )
+        plans: dict[str, JobPlan] = {}
+        for name in spec.order():
+            plans[name] = await plan_job(conn, org_id, spec, name, spec.jobs[name], plans)
+        await conn.execute(q("chain", "upsert_spec"), org_id, KIND, spec.name, body, digest)
+        await conn.execute(q("dags", "upsert_dag"), dag_id, org_id, spec.name)
+        existing = {r["name"]: r for r in await conn.fetch(q("dags", "lock_jobs_of_dag"), dag_id)}
+        changed: list[str] = []
+        for position, name in enumerate(spec.order()):
+            plan, job = plans[name], spec.jobs[name]
+            full = spec.output_name(name)
+            ds = dataset_uuid_for(org_id, full)
+            await conn.execute(
+                q("chain", "upsert_partitioned_dataset"),
+                ds,
+                org_id,
+                full,
+                dataset_prefix(store_root, ds),
+            )
+            if await conn.fetchval(q("chain", "dataset_kind"), ds) != "partitions":
+                raise ConflictError(f"jobs.{name}: dataset {full!r} exists and is not derived")
+            job_uuid = job_uuid_for(dag_id, name)
+            old = existing.get(name)
+            if old is not None and (
+                old["generation"] != plan.generation or old["status"] == "removed"
+            ):
+                await invalidate_job(conn, job_uuid, old["from_block"])
+            if old is None or old["generation"] != plan.generation:
+                changed.append(name)
+            await conn.execute(
+                q("dags", "upsert_job"),
+                job_uuid,
+                dag_id,
+                org_id,
+                name,
+                ds,
+                job.window,
+                plan.generation,
+                plan.definition,
+                plan.inputs,
+                position,
+                plan.from_block,
+                job.max_concurrency or spec.defaults.max_concurrency,
+                job.max_attempts or spec.defaults.max_attempts,
+            )
+            await conn.execute(
+                q("dags", "set_reads"),
+                job_uuid,
+                list(plan.reads),
+                [b for b, _ in plan.reads.values()],
+                [v for _, v in plan.reads.values()],
+            )
+        for name, old in existing.items():
+            if name not in spec.jobs and old["status"] != "removed":
+                await _stop_tasks(conn, old["job_uuid"])
+                await conn.execute(q("dags", "remove_job"), old["job_uuid"])
+        await conn.execute(q("outbox", "notify_outbox"))
+    return {**result, "changed": True, "created": current is None, "jobs_changed": changed}
+
+
+async def _stop_tasks(conn: Any, job_uuid: uuid.UUID) -> None:
+    """Cancel a job's in-flight ranges; they are scheduled again (new tasks) if it resumes."""
+    rows = await conn.fetch(q("dags", "replace_open_ranges"), job_uuid)
+    if rows:
+        await conn.execute(
+            q("dags", "cancel_tasks"), [r["task_id"] for r in rows], "its DAG was stopped"
+        )
+        await conn.execute(q("dags", "rewind_job"), job_uuid, min(r["range_start"] for r in rows))
+
+
+async def _dag(env: OpsEnv, org_id: uuid.UUID, name: str) -> Any:
+    row = await env.state.fetchrow(q("dags", "dag_by_name"), org_id, name)
+    if row is None:
+        raise NotFoundError(f"no DAG named {shown(name)!r}")
+    return row
+
+
+async def list_dags(env: OpsEnv, org_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [dict(r) for r in await env.state.fetch(q("dags", "list_dags"), org_id)]
+
+
+async def dag_status(env: OpsEnv, org_id: uuid.UUID, name: str) -> dict[str, Any]:
+    """Per job: its inputs, generation, ranges committed / in flight / failed, rows, how far
+    it has committed and its lag behind its inputs in blocks, and its last error."""
+    dag = await _dag(env, org_id, name)
+    async with env.state.acquire() as conn:
+        jobs = await conn.fetch(q("dags", "jobs_of_dag"), dag["dag_id"])
+        progress = {
+            r["job_uuid"]: r for r in await conn.fetch(q("dags", "job_progress"), dag["dag_id"])
+        }
+        out = []
+        for job in jobs:
+            if job["status"] == "removed":
+                continue
+            p = progress.get(job["job_uuid"])
+            tips = []
+            for read in await conn.fetch(q("dags", "reads_of_job"), job["job_uuid"]):
+                if read["bounded"]:
+                    tips.append(
+                        await conn.fetchval(
+                            q("dags", "input_tip"), read["dataset_uuid"], job["from_block"]
+                        )
+                    )
+            done = await conn.fetchval(
+                q("dags", "input_tip"), job["dataset_uuid"], job["from_block"]
+            )
+            input_tip = min(tips) if tips else None
+            error = job["last_error"]
+            if error is None and p is not None and p["failed"]:
+                error = await conn.fetchval(q("dags", "last_range_error"), job["job_uuid"])
+            out.append(
+                {
+                    "job": job["name"],
+                    "relation": f"{name}.{job['name']}",
+                    "window": job["window_kind"],
+                    "status": job["status"],
+                    "generation": job["generation"],
+                    "inputs": job["inputs"],
+                    "from_block": job["from_block"],
+                    "committed": int(p["committed"]) if p else 0,
+                    "in_flight": int(p["in_flight"]) if p else 0,
+                    "failed": int(p["failed"]) if p else 0,
+                    "rows": int(p["rows"]) if p else 0,
+                    "committed_to": done,
+                    "input_tip": input_tip,
+                    "lag_blocks": max(0, input_tip - done) if input_tip is not None else None,
+                    "last_error": error,
+                }
+            )
+    return {"name": name, "paused": dag["paused"], "jobs": out}
+
+
+async def set_dag_paused(env: OpsEnv, org_id: uuid.UUID, name: str, paused: bool) -> dict[str, Any]:
+    dag = await _dag(env, org_id, name)
+    await env.state.execute(q("dags", "set_dag_paused"), dag["dag_id"], paused)
+    return {"name": name, "paused": paused}
+
+
+async def delete_dag(env: OpsEnv, org_id: uuid.UUID, name: str) -> dict[str, Any]:
+    """The DAG stops: its in-flight tasks are canceled and its spec forgotten. Its output
+    datasets stay, readable and queryable; applying it again resumes where it was."""
+    dag = await _dag(env, org_id, name)
+    async with env.state.acquire() as conn, conn.transaction():
+        await conn.execute(q("dags", "set_dag_paused"), dag["dag_id"], True)
+        for job in await conn.fetch(q("dags", "lock_jobs_of_dag"), dag["dag_id"]):
+            await _stop_tasks(conn, job["job_uuid"])
+        await conn.execute(q("chain", "delete_spec"), org_id, KIND, name)
+    return {"kind": KIND, "name": name, "deleted": True, "paused": True}

@@ -1,0 +1,364 @@
+"""DAGs of per-range SQL jobs (SPEC §19-20, invariants 19-20) against a real anvil, cryo,
+Postgres, query service and sandboxed executor: a 3-level DAG over decoded swaps equals, row
+for row, the same SQL run by DuckDB over the union of its inputs' files; refused specs name
+their field; a reorg carries down every level."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from tests.chain_helpers import apply
+from tests.conftest import Proc, start_dispatcher, start_proc, start_query_service, wait_until
+from trace_platform.chain.devnet import Anvil, call_data, pools_artifact
+from trace_platform.config import Settings
+from trace_platform.domain.errors import TraceError
+from trace_platform.ops.dags import dag_status
+from trace_platform.ops.datasets import query_here
+from trace_platform.ops.env import open_env
+from trace_platform.ports import LITE_ORG_ID
+
+BLOCKS = 60
+CHUNK = 10
+SWAP = "swap(uint256,uint256,uint256,uint256,address)"
+
+LEVEL1 = (
+    "SELECT s.block_number, s.log_index, s.transaction_hash, s.address, s.amount0In_raw,"
+    " b.timestamp AS block_time FROM pair_Swap s JOIN blocks b USING (block_number)"
+)
+LEVEL2 = (
+    "SELECT address AS pool, count(*) AS swaps, min(block_time) AS first_time FROM swaps GROUP BY 1"
+)
+LEVEL3 = "SELECT pool, sum(swaps) AS swaps FROM pool_volume GROUP BY 1"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+    """Two pools and swaps spread over the blocks (several per range, some ranges none)."""
+    anvil = Anvil(log=tmp_path_factory.mktemp("anvil") / "anvil.log").start()
+    acct = anvil.accounts()
+    factory = anvil.deploy_factory()
+
+    def created(tx: str) -> str:
+        receipt = anvil.receipt(tx)
+        (log,) = [lg for lg in receipt["logs"] if lg["address"].lower() == factory.lower()]
+        return "0x" + log["data"][2 + 24 : 2 + 64]
+
+    pools = [
+        created(anvil.transact(factory, "createPair(address,address)", [acct[8], acct[9]])),
+        created(anvil.transact(factory, "createPair(address,address)", [acct[9], acct[8]])),
+    ]
+    for i in range(12):
+        anvil.transact(pools[i % 2], SWAP, [10**18 * (i + 1), 0, 0, i, acct[1]], acct[2])
+        if i % 3 == 2:
+            anvil.mine(3)
+    anvil.mine(BLOCKS - 1 - anvil.head())
+    anvil.extra = {"factory": factory.lower()}  # type: ignore[attr-defined]
+    yield anvil
+    anvil.stop()
+
+
+@pytest.fixture(scope="module")
+def fork_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+    """One pool, followed at its head; the reorg test rewrites its last blocks."""
+    anvil = Anvil(log=tmp_path_factory.mktemp("anvil") / "fork.log").start()
+    factory = anvil.deploy_factory()
+    acct = anvil.accounts()
+    tx = anvil.transact(factory, "createPair(address,address)", [acct[8], acct[9]])
+    (log,) = anvil.receipt(tx)["logs"]
+    anvil.extra = {"factory": factory.lower(), "pool": "0x" + log["data"][26:66]}  # type: ignore[attr-defined]
+    yield anvil
+    anvil.stop()
+
+
+@pytest.fixture(scope="module")
+def d_settings(settings: Settings, node: Anvil, fork_node: Anvil) -> Settings:
+    return settings.replace(
+        chain_interval=0.1, rpc_pools=(("local", node.url), ("forknode", fork_node.url))
+    )
+
+
+FIXED = f"{{kind: fixed_target, from_block: 0, to_block: {BLOCKS}}}"
+FOLLOW = "{kind: follow_head, from_block: 0, tail_lag: 2, head_poll_seconds: 0.2, max_head_age_seconds: 600}"
+
+
+def chain_spec(node: Anvil, name: str = "pools", mode: str = FIXED, pool: str = "local") -> str:
+    art = pools_artifact()
+    factory = node.extra["factory"]  # type: ignore[attr-defined]
+    return (
+        "kind: chain_sync\n"
+        f"name: {name}\n"
+        "chain_id: 31337\n"
+        f"rpc_pool: {pool}\n"
+        f"mode: {mode}\n"
+        "streams:\n"
+        f"  blocks: {{cryo_dataset: blocks, chunk_size: {CHUNK}, max_inflight: 4}}\n"
+        f"  logs: {{cryo_dataset: logs, chunk_size: {CHUNK}, max_inflight: 4}}\n"
+        "contracts:\n"
+        "  factory:\n"
+        f"    address: [{factory}]\n"
+        f"    abi: {json.dumps(art['factory']['abi'])}\n"
+        "  pair:\n"
+        "    factory: {contract: factory, event: PairCreated, parameter: pair}\n"
+        f"    abi: {json.dumps(art['pair']['abi'])}\n"
+    )
+
+
+def dag_spec(
+    backfill_blocks: int = 20, level2: str = LEVEL2, name: str = "dex", chain: str = "pools"
+) -> str:
+    return (
+        "kind: dag\n"
+        f"name: {name}\n"
+        "defaults: {max_concurrency: 3}\n"
+        "jobs:\n"
+        "  swaps:\n"
+        f"    inputs: [{{chain: {chain}}}]\n"
+        f"    sql: {json.dumps(LEVEL1)}\n"
+        "    unique_key: [transaction_hash, log_index]\n"
+        f"    backfill_blocks: {backfill_blocks}\n"
+        "  pool_volume:\n"
+        "    inputs: [{job: swaps}]\n"
+        f"    sql: {json.dumps(level2)}\n"
+        "    backfill_blocks: 10\n"
+        "  busiest:\n"
+        "    inputs: [{job: pool_volume}]\n"
+        f"    sql: {json.dumps(LEVEL3)}\n"
+        "    backfill_blocks: 25\n"
+    )
+
+
+async def status(settings: Settings, dag: str = "dex") -> dict[str, Any]:
+    async with open_env(settings) as env:
+        return await dag_status(env, LITE_ORG_ID, dag)
+
+
+async def wait_built(
+    settings: Settings, tip: int, timeout: float = 90, dag: str = "dex"
+) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+
+    async def done() -> Any:
+        st = await status(settings, dag)
+        last.update(st)
+        jobs = st["jobs"]
+        ok = all(j["committed_to"] >= tip and j["in_flight"] == 0 for j in jobs)
+        return st if ok else None
+
+    try:
+        built: dict[str, Any] = await wait_until(done, timeout, 0.2, f"dex built to {tip}")
+    except AssertionError:
+        raise AssertionError(f"dex not built to {tip}: {last}") from None
+    return built
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    d_settings: Settings, node: Anvil, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, Proc]]:
+    logs = tmp_path_factory.mktemp("logs")
+    procs = {
+        "dispatcher": await start_dispatcher(d_settings, logs),
+        "query": await start_query_service(d_settings, logs),
+        "worker": start_proc(d_settings, logs, "worker"),
+    }
+    try:
+        await apply(d_settings, chain_spec(node))
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+async def live_files(settings: Settings, name: str) -> list[tuple[int, int, list[str]]]:
+    async with open_env(settings) as env:
+        rows = await env.state.fetch(
+            "SELECT p.range_start, p.range_end, p.files FROM state.dataset_partitions p"
+            " JOIN state.datasets d USING (dataset_uuid)"
+            " WHERE d.name = $1 AND p.removed_seq IS NULL ORDER BY p.range_start",
+            name,
+        )
+    return [
+        (r["range_start"], r["range_end"], [f["uri"].removeprefix("file://") for f in r["files"]])
+        for r in rows
+    ]
+
+
+def duck(relations: dict[str, list[str]]) -> Any:
+    """DuckDB itself over the relations' files: the reference the DAG must equal."""
+    import duckdb
+
+    con = duckdb.connect()
+    for name, files in relations.items():
+        listed = ", ".join(f"'{f}'" for f in files)
+        con.execute(
+            f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{listed}], union_by_name=true)'
+        )
+    return con
+
+
+def rows_of(con: Any, sql: str) -> list[tuple[Any, ...]]:
+    return sorted(con.execute(sql).fetchall(), key=repr)
+
+
+async def read(settings: Settings, relation: str) -> list[tuple[Any, ...]]:
+    async with open_env(settings) as env:
+        result = await query_here(
+            env, LITE_ORG_ID, None, f'SELECT * FROM "{relation}"', 10_000, None
+        )
+    return sorted((tuple(r) for r in result.rows), key=repr)
+
+
+async def expected_levels(
+    settings: Settings, chain: str = "pools", dag: str = "dex"
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Each level recomputed by DuckDB from the chain's files, range by range as the job's
+    committed partitions cut them."""
+    swaps = await live_files(settings, f"{chain}.pair_Swap")
+    blocks = await live_files(settings, f"{chain}.blocks")
+    con = duck(
+        {
+            "pair_Swap": [f for *_, fs in swaps for f in fs],
+            "blocks": [f for *_, fs in blocks for f in fs],
+        }
+    )
+    con.execute(f"CREATE TABLE swaps AS {LEVEL1}")
+    l2: list[tuple[Any, ...]] = []
+    per_range2 = {}
+    for a, b, _ in await live_files(settings, f"{dag}.pool_volume"):
+        bounded = f"FROM swaps WHERE block_number >= {a} AND block_number < {b}"
+        per_range2[(a, b)] = rows_of(con, LEVEL2.replace("FROM swaps", bounded))
+        l2 += per_range2[(a, b)]
+    l3: list[tuple[Any, ...]] = []
+    for a, b, _ in await live_files(settings, f"{dag}.busiest"):
+        inside = [r for (s, e), rows in per_range2.items() if a <= s and e <= b for r in rows]
+        totals: dict[Any, int] = {}
+        for pool, n, _first in inside:
+            totals[pool] = totals.get(pool, 0) + n
+        l3 += list(totals.items())
+    return {
+        f"{dag}.swaps": rows_of(con, "SELECT * FROM swaps"),
+        f"{dag}.pool_volume": sorted(l2, key=repr),
+        f"{dag}.busiest": sorted(l3, key=repr),
+    }
+
+
+async def test_a_three_level_dag_equals_duckdb_over_its_inputs_files(
+    d_settings: Settings, stack: dict[str, Proc]
+) -> None:
+    await apply(d_settings, dag_spec())
+    st = await wait_built(d_settings, BLOCKS)
+    jobs = {j["job"]: j for j in st["jobs"]}
+    assert [j["job"] for j in st["jobs"]] == ["swaps", "pool_volume", "busiest"]
+    assert all(j["status"] == "active" and j["failed"] == 0 for j in jobs.values())
+    assert jobs["swaps"]["rows"] == 12
+    # Ranges cover [0, BLOCKS) with no gap or overlap; level 1's at most its
+    # backfill_blocks; a job reading a job holds that job's partitions whole.
+    cuts = {}
+    for relation in ("dex.swaps", "dex.pool_volume", "dex.busiest"):
+        cuts[relation] = [(a, b) for a, b, _ in await live_files(d_settings, relation)]
+        ends = [0] + [b for _, b in cuts[relation]]
+        assert [a for a, _ in cuts[relation]] == ends[:-1] and ends[-1] == BLOCKS
+    assert all(b - a <= 20 for a, b in cuts["dex.swaps"])
+    for up, down in (("dex.swaps", "dex.pool_volume"), ("dex.pool_volume", "dex.busiest")):
+        assert {b for _, b in cuts[down]} <= {b for _, b in cuts[up]}
+    expected = await expected_levels(d_settings)
+    for relation, rows in expected.items():
+        assert await read(d_settings, relation) == rows, relation
+    assert sum(n for _pool, n in expected["dex.busiest"]) == 12
+
+
+async def test_refused_dag_specs_name_the_field_and_change_nothing(
+    d_settings: Settings, stack: dict[str, Proc]
+) -> None:
+    def job(sql: str, inputs: str = "[{chain: pools}]", extra: str = "") -> str:
+        return (
+            "kind: dag\nname: refused\njobs:\n"
+            f"  a: {{inputs: {inputs}, sql: {json.dumps(sql)}{extra}}}\n"
+        )
+
+    cases = {
+        job("SELECT 1 FROM blocks", "[{job: b}]"): "jobs.a.inputs: no job 'b'",
+        job("SELECT * FROM secret_table"): "jobs.a.sql: relation 'secret_table' is not among",
+        job("SELECT * FROM blocks", "[{chain: nope}]"): "jobs.a.inputs.0.chain: no chain job",
+        job("SELECT 1 FROM blocks", extra=", max_queue_depth: 5"): "jobs.a.max_queue_depth",
+        job("SELECT 1 FROM blocks", extra=", window: all"): "jobs.a.window: window: all is not",
+        job("SELECT 1 FROM blocks", extra=", bogus: 1"): "jobs.a.bogus: unknown field",
+        job("DROP TABLE blocks"): "jobs.a.sql:",
+        (
+            "kind: dag\nname: refused\njobs:\n"
+            "  a: {inputs: [{job: b}], sql: SELECT 1 FROM b}\n"
+            "  b: {inputs: [{job: a}], sql: SELECT 1 FROM a}\n"
+        ): "jobs.a.inputs: cycle a -> b -> a",
+    }
+    for text, expected in cases.items():
+        with pytest.raises(TraceError) as err:
+            await apply(d_settings, text)
+        assert expected in err.value.detail, (expected, err.value.detail)
+        assert "secret" not in err.value.detail or "secret_table" in expected
+    async with open_env(d_settings) as env:
+        assert (
+            await env.state.fetchval("SELECT count(*) FROM state.dags WHERE name = 'refused'") == 0
+        )
+        assert (
+            await env.state.fetchval("SELECT count(*) FROM state.specs WHERE name = 'refused'") == 0
+        )
+
+
+def web3_swaps(node: Anvil) -> set[tuple[str, int]]:
+    """(tx hash, log index) of every Swap of the node's pool on its canonical chain."""
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(node.url))
+    swap = w3.eth.contract(abi=pools_artifact()["pair"]["abi"]).events.Swap()
+    pool = Web3.to_checksum_address(node.extra["pool"])  # type: ignore[attr-defined]
+    return {
+        ("0x" + bytes(e["transactionHash"]).hex(), e["logIndex"])
+        for e in (swap.process_log(lg) for lg in w3.eth.get_logs({"fromBlock": 0, "address": pool}))
+    }
+
+
+async def test_a_reorg_carries_down_every_level_and_no_reader_sees_the_abandoned_fork(
+    d_settings: Settings, stack: dict[str, Proc], fork_node: Anvil
+) -> None:
+    node, acct = fork_node, fork_node.accounts()
+    pool = node.extra["pool"]  # type: ignore[attr-defined]
+    for i in range(8):  # swaps in blocks ~2..~58
+        node.transact(pool, SWAP, [100 + i, 0, 0, 1, acct[1]])
+        node.mine(6)
+    node.mine(63 - node.head())
+    await apply(d_settings, chain_spec(node, "forked", FOLLOW, "forknode"))
+    await apply(d_settings, dag_spec(name="fx", chain="forked"))
+    await wait_built(d_settings, 60, dag="fx")
+    before = web3_swaps(node)
+    assert len(before) == 8
+
+    swap = {"from": acct[0], "to": pool, "data": call_data(SWAP, [999, 0, 0, 1, acct[3]])}
+    node.rpc("anvil_reorg", [12, [[{**swap, "gas": hex(200_000)}, 0]]])  # blocks 52..63 anew
+    after = web3_swaps(node)
+    abandoned = {tx for tx, _ in before - after}
+    assert abandoned and after - before  # a swap left with the old fork, a new one came
+
+    seen: list[set[str]] = []  # what readers saw once the repair had begun
+
+    async def repaired() -> bool:
+        async with open_env(d_settings) as env:
+            detected = await env.state.fetchval(
+                "SELECT reorgs FROM state.chain_jobs WHERE name = 'forked'"
+            )
+        rows = await read(d_settings, "fx.swaps")
+        if detected:
+            seen.append({r[2] for r in rows})
+        st = await status(d_settings, "fx")
+        built = all(j["committed_to"] >= 60 and j["in_flight"] == 0 for j in st["jobs"])
+        return built and {(r[2], r[1]) for r in rows} == {p for p in after}
+
+    await wait_until(repaired, 90, 0.1, "fx repaired to the canonical chain")
+    assert seen and all(not (txs & abandoned) for txs in seen)  # nor saw the abandoned fork
+    expected = await expected_levels(d_settings, "forked", "fx")
+    for relation, rows in expected.items():
+        assert await read(d_settings, relation) == rows, relation
+    assert sum(n for _pool, n in expected["fx.busiest"]) == len(after)
