@@ -126,6 +126,28 @@ async def test_500_then_200_is_delivered_on_attempt_2_with_the_same_key(
     ]
 
 
+async def test_a_new_delivery_is_posted_at_once_not_at_the_next_poll(
+    settings: Settings, pools: tuple[asyncpg.Pool, asyncpg.Pool], receiver: Receiver
+) -> None:
+    state, data = pools
+    # Polling alone would find the row after 30 s: the sink's notification brings it now.
+    d = Deliverer(
+        data, state, lite(settings, delivery_interval=30.0), ENV, settings.data_database_url
+    )
+    running = Running(d)
+    try:
+        assert d.listener is not None
+        await wait_until(
+            lambda: d.listener is not None and d.listener.listening, 10, 0.02, "listener"
+        )
+        alert = await one_delivery(pools, "at-once", receiver.url("/at-once"))
+        (row,) = await wait_statuses(data, ORG, alert, all_settled, timeout=5.0)
+        assert row["status"] == "delivered" and len(receiver.at("/at-once")) == 1
+    finally:
+        await running.close()
+    assert not d.listener.listening  # its connection closed with the process's loop
+
+
 @pytest.mark.parametrize(("status", "why"), [(400, "HTTP 400"), (410, "410 Gone")])
 async def test_a_4xx_fails_at_once(
     pools: tuple[asyncpg.Pool, asyncpg.Pool],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -88,6 +89,44 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, timeout=10)
     await _init_connection(conn)
     return conn
+
+
+class Listener:
+    """A connection of its own that LISTENs on one channel and sets `wake` on each
+    notification. Best effort: when it cannot connect or its connection drops, `ensure`
+    tries again on the next call and the caller's polling still finds the work."""
+
+    def __init__(self, dsn: str, channel: str, wake: asyncio.Event) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self.wake = wake
+        self._conn: asyncpg.Connection | None = None
+        self._next_try = 0.0
+
+    async def ensure(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        if time.monotonic() < self._next_try:
+            return
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=10)
+            await conn.add_listener(self.channel, lambda *_: self.wake.set())
+        except DB_ERRORS as exc:
+            self._next_try = time.monotonic() + 5.0
+            log.warning("db.listen_failed", channel=self.channel, error=type(exc).__name__)
+            return
+        self._conn = conn
+        self.wake.set()  # what was notified while no one listened is looked for now
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                await self._conn.close()
+            self._conn = None
 
 
 async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> bool:

@@ -18,7 +18,7 @@ async def serve_deliver(settings: Settings, stop: asyncio.Event | None = None) -
     state_pool = await create_pool(urls.state, max_size=2, wait_seconds=STARTUP_DB_WAIT)
     data_pool = await create_pool(urls.data, max_size=3, wait_seconds=STARTUP_DB_WAIT)
     try:
-        await Deliverer(data_pool, state_pool, settings).run(stop)
+        await Deliverer(data_pool, state_pool, settings, listen_dsn=urls.data).run(stop)
     finally:
         await data_pool.close()
         await state_pool.close()

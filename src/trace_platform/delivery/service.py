@@ -30,7 +30,7 @@ import orjson
 from trace_platform import __version__
 from trace_platform.aio import sleep_or_stop, watch
 from trace_platform.config import Settings
-from trace_platform.db.pool import DB_ERRORS
+from trace_platform.db.pool import DB_ERRORS, Listener
 from trace_platform.db.sql import q
 from trace_platform.delivery.guard import GuardedResolver, UrlRefused, check_url
 from trace_platform.delivery.signing import SecretError, secrets_from_env, signature_header
@@ -47,6 +47,7 @@ MAX_RETRY_SECONDS = 16 * 3600.0
 MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 CHANNEL_CACHE_SECONDS = 5.0
 FLUSH_SECONDS = 0.02
+DELIVERY_CHANNEL = "trace_delivery"  # the sink notifies it when it inserts deliveries
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,10 @@ class Deliverer:
         state_pool: asyncpg.Pool,
         settings: Settings,
         environ: dict[str, str] | None = None,
+        listen_dsn: str | None = None,
     ) -> None:
+        """`listen_dsn`: the data database, where the sink notifies new deliveries (without
+        it, new rows are found by polling every `delivery_interval`)."""
         self.pool = data_pool
         self.settings = settings
         self.channels = ChannelCache(state_pool)
@@ -217,6 +221,7 @@ class Deliverer:
         self.lease = 2 * settings.delivery_timeout_seconds + LEASE_MARGIN_SECONDS
         self.allow_private = settings.delivery_allow_private
         self.wake = asyncio.Event()
+        self.listener = Listener(listen_dsn, DELIVERY_CHANNEL, self.wake) if listen_dsn else None
 
     def session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -251,12 +256,19 @@ class Deliverer:
             stop.set()
 
         writer = watch(asyncio.create_task(self.results.run(stop)), "results", writer_died)
+
+        async def wake_on_stop() -> None:  # the wait for work below ends at a stop too
+            await stop.wait()
+            self.wake.set()
+
+        stopping = asyncio.create_task(wake_on_stop())
         async with self.session() as http:
             while not stop.is_set():
                 free = self.concurrency - len(running)
                 if free <= 0:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                self.wake.clear()  # a notification from here on wakes the wait below
                 try:
                     rows = await self.pool.fetch(
                         q("delivery", "claim_due"), min(free, CLAIM_BATCH), self.lease
@@ -270,11 +282,15 @@ class Deliverer:
                     running.add(task)
                     task.add_done_callback(running.discard)
                 if not rows:
+                    if self.listener is not None:
+                        await self.listener.ensure()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), self.settings.delivery_interval)
-                    self.wake.clear()
             if running:
                 await asyncio.wait(running, timeout=self.settings.delivery_timeout_seconds + 1)
+        stopping.cancel()
+        if self.listener is not None:
+            await self.listener.close()
         with contextlib.suppress(Exception):  # a dead writer was logged when it died
             await writer
         log.info("deliver.stopped")

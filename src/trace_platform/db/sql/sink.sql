@@ -43,8 +43,12 @@ WITH inserted AS (
     JOIN alert_staging s ON s.dedupe_key = i.dedupe_key AND s.channels IS NOT NULL
     CROSS JOIN LATERAL unnest(s.channels) AS c(channel)
     ON CONFLICT DO NOTHING
+    RETURNING 1
 )
-SELECT count(*) FROM inserted;
+-- `trace deliver` listens on trace_delivery: a new delivery is posted at once, not at its
+-- next poll (the notification leaves with the commit).
+SELECT (SELECT count(*) FROM inserted),
+       (SELECT pg_notify('trace_delivery', '') WHERE EXISTS (SELECT 1 FROM deliveries));
 
 -- name: clear_staging
 TRUNCATE alert_staging;
