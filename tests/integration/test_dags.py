@@ -12,9 +12,18 @@ from typing import Any
 import pytest
 
 from tests.chain_helpers import apply
-from tests.conftest import Proc, start_dispatcher, start_proc, start_query_service, wait_until
+from tests.conftest import (
+    Proc,
+    proc_env,
+    start_dispatcher,
+    start_proc,
+    start_query_service,
+    wait_until,
+)
+from tests.delivery_helpers import Receiver
 from trace_platform.chain.devnet import Anvil, call_data, pools_artifact
 from trace_platform.config import Settings
+from trace_platform.delivery.signing import new_secret
 from trace_platform.domain.errors import TraceError
 from trace_platform.ops.dags import dag_status
 from trace_platform.ops.datasets import query_here
@@ -22,6 +31,7 @@ from trace_platform.ops.env import open_env
 from trace_platform.ports import LITE_ORG_ID
 
 BLOCKS = 60
+SECRET = new_secret()
 CHUNK = 10
 SWAP = "swap(uint256,uint256,uint256,uint256,address)"
 
@@ -77,8 +87,18 @@ def fork_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 @pytest.fixture(scope="module")
 def d_settings(settings: Settings, node: Anvil, fork_node: Anvil) -> Settings:
     return settings.replace(
-        chain_interval=0.1, rpc_pools=(("local", node.url), ("forknode", fork_node.url))
+        chain_interval=0.1,
+        rpc_pools=(("local", node.url), ("forknode", fork_node.url)),
+        delivery_allow_private=True,
+        delivery_retry_base_seconds=0.1,
     )
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
 
 
 FIXED = f"{{kind: fixed_target, from_block: 0, to_block: {BLOCKS}}}"
@@ -164,6 +184,10 @@ async def stack(
         "dispatcher": await start_dispatcher(d_settings, logs),
         "query": await start_query_service(d_settings, logs),
         "worker": start_proc(d_settings, logs, "worker"),
+        "sink": start_proc(d_settings, logs, "sink"),
+        "deliver": Proc(
+            ["deliver"], proc_env(d_settings, TRACE_HOOK_SECRET_DAG=SECRET), logs / "deliver.log"
+        ).start(),
     }
     try:
         await apply(d_settings, chain_spec(node))
@@ -322,8 +346,9 @@ def web3_swaps(node: Anvil) -> set[tuple[str, int]]:
 
 
 async def test_a_reorg_carries_down_every_level_and_no_reader_sees_the_abandoned_fork(
-    d_settings: Settings, stack: dict[str, Proc], fork_node: Anvil
+    d_settings: Settings, stack: dict[str, Proc], fork_node: Anvil, receiver: Receiver
 ) -> None:
+    """...and an alert on the enriched output delivers the canonical new event once."""
     node, acct = fork_node, fork_node.accounts()
     pool = node.extra["pool"]  # type: ignore[attr-defined]
     for i in range(8):  # swaps in blocks ~2..~58
@@ -335,6 +360,23 @@ async def test_a_reorg_carries_down_every_level_and_no_reader_sees_the_abandoned
     await wait_built(d_settings, 60, dag="fx")
     before = web3_swaps(node)
     assert len(before) == 8
+    alert = (
+        "kind: alert\nname: fx-swaps\nsource: {dataset: fx.swaps}\nstart: {from_block: 0}\n"
+        'rule: {sql: "SELECT block_number, transaction_hash, log_index, block_time FROM dataset"}\n'
+        "identity: [transaction_hash, log_index]\n"
+        f"channels: [{{type: webhook, url: '{receiver.url('/fx')}',"
+        " secret_env: TRACE_HOOK_SECRET_DAG}]\n"
+    )
+    await apply(d_settings, alert)
+
+    def delivered() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for seen in receiver.at("/fx"):
+            tx = json.loads(seen.body)["data"]["tx_hash"]
+            out[tx] = out.get(tx, 0) + 1
+        return out
+
+    await wait_until(lambda: len(delivered()) == 8, 60, 0.1, "8 swaps alerted")
 
     swap = {"from": acct[0], "to": pool, "data": call_data(SWAP, [999, 0, 0, 1, acct[3]])}
     node.rpc("anvil_reorg", [12, [[{**swap, "gas": hex(200_000)}, 0]]])  # blocks 52..63 anew
@@ -362,3 +404,8 @@ async def test_a_reorg_carries_down_every_level_and_no_reader_sees_the_abandoned
     for relation, rows in expected.items():
         assert await read(d_settings, relation) == rows, relation
     assert sum(n for _pool, n in expected["fx.busiest"]) == len(after)
+    (new_tx,) = {tx for tx, _ in after - before}
+    await wait_until(lambda: new_tx in delivered(), 60, 0.1, "the new swap alerted")
+    counts = delivered()
+    assert counts[new_tx] == 1  # the canonical new event, once
+    assert all(n == 1 for n in counts.values())  # nothing re-delivered

@@ -30,10 +30,33 @@ SELECT partition_id, range_start, range_end FROM state.dataset_partitions
 WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2 ORDER BY range_start;
 
 -- name: source_chain
--- The chain a dataset is synced from (for block hashes and timestamps of events).
+-- The chain a dataset is synced from (for block hashes and timestamps of events), and the
+-- job whose relations an evaluation is granted: a chain job's, or for a DAG's output the
+-- DAG's (its outputs are `dag.job`), with the chain its jobs read, upstream at any depth.
 SELECT j.chain_id, j.rpc_pool, j.name AS job, d.name AS dataset FROM state.chain_streams s
 JOIN state.chain_jobs j USING (job_id) JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid
-WHERE s.dataset_uuid = $1;
+WHERE s.dataset_uuid = $1
+UNION ALL
+(WITH RECURSIVE up (job_uuid, depth) AS (
+    SELECT job_uuid, 0 FROM state.dag_jobs WHERE dataset_uuid = $1
+    UNION
+    SELECT u.job_uuid, up.depth + 1
+    FROM up
+    JOIN state.dag_jobs me ON me.job_uuid = up.job_uuid
+    CROSS JOIN LATERAL jsonb_array_elements(me.inputs) AS i (item)
+    JOIN state.dag_jobs u ON u.dag_id = me.dag_id AND u.name = i.item ->> 'name'
+    WHERE i.item ->> 'kind' = 'job' AND up.depth < 64
+)
+SELECT c.chain_id, c.rpc_pool, g.name AS job, d.name AS dataset
+FROM up
+JOIN state.dag_jobs me ON me.job_uuid = up.job_uuid
+JOIN state.dags g ON g.dag_id = me.dag_id
+CROSS JOIN LATERAL jsonb_array_elements(me.inputs) AS i (item)
+JOIN state.chain_jobs c ON c.org_id = me.org_id AND c.name = i.item ->> 'name'
+JOIN state.datasets d ON d.dataset_uuid = $1
+WHERE i.item ->> 'kind' = 'chain'
+ORDER BY up.depth, c.name
+LIMIT 1)
 
 -- name: evaluation_counts
 SELECT t.status, count(*) AS n FROM state.tasks t
