@@ -5,8 +5,11 @@ their field; a reorg carries down every level."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,7 +156,7 @@ def dag_spec(
 
 async def status(settings: Settings, dag: str = "dex") -> dict[str, Any]:
     async with open_env(settings) as env:
-        return await dag_status(env, LITE_ORG_ID, dag)
+        return dataclasses.asdict(await dag_status(env, LITE_ORG_ID, dag))
 
 
 async def wait_built(
@@ -171,7 +174,7 @@ async def wait_built(
     try:
         built: dict[str, Any] = await wait_until(done, timeout, 0.2, f"dex built to {tip}")
     except AssertionError:
-        raise AssertionError(f"dex not built to {tip}: {last}") from None
+        raise AssertionError(f"{dag} not built to {tip}: {last}") from None
     return built
 
 
@@ -409,3 +412,96 @@ async def test_a_reorg_carries_down_every_level_and_no_reader_sees_the_abandoned
     counts = delivered()
     assert counts[new_tx] == 1  # the canonical new event, once
     assert all(n == 1 for n in counts.values())  # nothing re-delivered
+
+
+class InFlight:
+    """Samples the most ranges each job of a DAG had in flight at once."""
+
+    def __init__(self, settings: Settings, dag: str) -> None:
+        self.settings, self.dag, self.most = settings, dag, 0
+        self.samples = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        async with open_env(self.settings) as env:
+            while True:
+                n = await env.state.fetchval(
+                    "SELECT coalesce(max(c), 0) FROM (SELECT count(*) AS c FROM state.dag_ranges r"
+                    " JOIN state.dag_jobs j USING (job_uuid) JOIN state.dags d USING (dag_id)"
+                    " WHERE d.name = $1 AND r.status = 'scheduled' GROUP BY r.job_uuid) per_job",
+                    self.dag,
+                )
+                self.most = max(self.most, int(n))
+                self.samples += 1
+                await asyncio.sleep(0.02)
+
+    def __enter__(self) -> InFlight:
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
+
+async def committed_ranges(settings: Settings, relation: str) -> int:
+    return len(await live_files(settings, relation))
+
+
+async def restart(procs: dict[str, Proc], settings: Settings, which: str, logs: Path) -> None:
+    """SIGKILL one process and start a new one in its place."""
+    procs[which].kill()
+    if which == "dispatcher":
+        procs[which] = await start_dispatcher(settings, logs)
+    else:
+        procs[which] = start_proc(settings, logs, which)
+
+
+async def test_kills_during_backfill_and_at_the_head_lose_or_double_nothing(
+    d_settings: Settings, stack: dict[str, Proc], fork_node: Anvil, tmp_path: Path
+) -> None:
+    # Backfill: level 1 in 5-block ranges, two in flight; a worker and a dispatcher die.
+    await apply(
+        d_settings,
+        dag_spec(backfill_blocks=5, name="kx").replace("max_concurrency: 3", "max_concurrency: 2"),
+    )
+    with InFlight(d_settings, "kx") as sampled:
+        await wait_until(
+            lambda: committed_ranges(d_settings, "kx.swaps"), 60, 0.02, "a level-1 range"
+        )
+        await restart(stack, d_settings, "worker", tmp_path)
+        await wait_until(
+            lambda: committed_ranges(d_settings, "kx.pool_volume"), 60, 0.02, "a level-2 range"
+        )
+        await restart(stack, d_settings, "dispatcher", tmp_path)
+        await wait_built(d_settings, BLOCKS, dag="kx")
+    assert sampled.samples > 10 and 1 <= sampled.most <= 2  # max_concurrency held
+    expected = await expected_levels(d_settings, "pools", "kx")
+    for relation, rows in expected.items():
+        assert await read(d_settings, relation) == rows, relation
+        cuts = [(a, b) for a, b, _ in await live_files(d_settings, relation)]
+        ends = [0] + [b for _, b in cuts]
+        assert [a for a, _ in cuts] == ends[:-1] and ends[-1] == BLOCKS  # none torn or doubled
+
+    # The head: swaps keep coming while a worker and a dispatcher die.
+    node, acct = fork_node, fork_node.accounts()
+    pool = node.extra["pool"]  # type: ignore[attr-defined]
+    await apply(d_settings, chain_spec(node, "headed", FOLLOW, "forknode"))
+    await apply(d_settings, dag_spec(name="hx", chain="headed"))
+
+    def eligible() -> int:  # the end of the last whole chunk the sync may commit (tail_lag 2)
+        return (node.head() + 1 - 2) // CHUNK * CHUNK
+
+    await wait_built(d_settings, eligible(), dag="hx")
+    for i in range(6):
+        node.transact(pool, SWAP, [500 + i, 0, 0, 1, acct[1]])
+        node.mine(2)
+        if i == 2:
+            await restart(stack, d_settings, "worker", tmp_path)
+        if i == 4:
+            await restart(stack, d_settings, "dispatcher", tmp_path)
+    await wait_built(d_settings, eligible(), dag="hx")
+    expected = await expected_levels(d_settings, "headed", "hx")
+    assert len(expected["hx.swaps"]) == len(web3_swaps(node))
+    for relation, rows in expected.items():
+        assert await read(d_settings, relation) == rows, relation
