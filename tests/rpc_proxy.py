@@ -14,9 +14,13 @@ tests alike). Every fault is an attribute that can be changed while it runs:
 - `drop_ratio`: the share of requests whose connection is closed without an answer;
 - `lag`: the node's head as this endpoint shows it is `lag` blocks behind (`eth_blockNumber`,
   and `eth_getBlockByNumber` of a later block answers null);
-- `chain_id`: `eth_chainId` answers this chain instead.
+- `chain_id`: `eth_chainId` answers this chain instead;
+- `hold(from_block)`: requests naming a block at or above `from_block` wait (unanswered,
+  not forwarded) until `release()`; `held` counts those waiting.
 
-It counts `requests`, `throttled` and `dropped`.
+It counts `requests`, `throttled` and `dropped`, and keeps `calls`: each request's arrival
+(wall clock), methods and the block spans it names (block-number parameters, `eth_getLogs`
+ranges), so a test can tell which blocks were asked for when.
 """
 
 from __future__ import annotations
@@ -26,10 +30,56 @@ import json
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Call:
+    at: float  # time.time() at arrival
+    methods: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...]  # inclusive block spans the request names
+
+    def names_blocks(self, lo: int, hi: int) -> bool:
+        """Whether the request names a block in [lo, hi)."""
+        return any(a < hi and b >= lo for a, b in self.spans)
+
+
+BY_NUMBER = {  # methods whose first parameter is a block number
+    "eth_getBlockByNumber",
+    "eth_getBlockReceipts",
+    "eth_getBlockTransactionCountByNumber",
+    "eth_getTransactionByBlockNumberAndIndex",
+    "trace_block",
+    "trace_replayBlockTransactions",
+    "debug_traceBlockByNumber",
+}
+BY_FILTER = {"eth_getLogs", "trace_filter"}  # a filter with fromBlock / toBlock
+
+
+def _block(value: Any) -> int | None:
+    if isinstance(value, str) and value.startswith("0x") and len(value) <= 18:
+        return int(value, 16)
+    return value if type(value) is int else None
+
+
+def _spans(items: list[Any]) -> tuple[tuple[int, int], ...]:
+    """The block spans a batch of JSON-RPC calls names (tags such as "latest" name none)."""
+    spans: list[tuple[int, int]] = []
+    for item in items:
+        params = item.get("params") if isinstance(item, dict) else None
+        if not isinstance(params, list) or not params:
+            continue
+        method, first = item.get("method"), params[0]
+        if method in BY_NUMBER and (n := _block(first)) is not None:
+            spans.append((n, n))
+        elif method in BY_FILTER and isinstance(first, dict) and "blockHash" not in first:
+            lo, hi = _block(first.get("fromBlock")), _block(first.get("toBlock"))
+            spans.append((0 if lo is None else lo, 2**62 if hi is None else hi))  # tags: open
+    return tuple(spans)
 
 
 class FaultProxy:
@@ -44,7 +94,9 @@ class FaultProxy:
         self.drop_ratio = 0.0
         self.lag = 0
         self.chain_id: int | None = None
-        self.requests = self.throttled = self.dropped = 0
+        self.requests = self.throttled = self.dropped = self.held = 0
+        self.calls: list[Call] = []
+        self.hold_from: int | None = None
         self._hard_until = 0.0
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -58,6 +110,19 @@ class FaultProxy:
     def throttle_for(self, seconds: float) -> None:
         self._hard_until = time.monotonic() + seconds
 
+    def hold(self, from_block: int) -> None:
+        """Hold every request naming a block >= `from_block` until `release()`."""
+        self._loop.call_soon_threadsafe(self._released.clear)
+        self.hold_from = from_block
+
+    def release(self) -> None:
+        self.hold_from = None
+        self._loop.call_soon_threadsafe(self._released.set)
+
+    def calls_since(self, at: float) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.at >= at]
+
     # -- server -----------------------------------------------------------------------------
 
     def _serve(self) -> None:
@@ -67,6 +132,8 @@ class FaultProxy:
         self._loop.run_forever()
 
     async def _start(self) -> None:
+        self._released = asyncio.Event()
+        self._released.set()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/", self._handle)
@@ -123,6 +190,19 @@ class FaultProxy:
         calls = json.loads(body)
         single = isinstance(calls, dict)
         items = [calls] if single else list(calls)
+        spans = _spans(items)
+        with self._lock:
+            methods = tuple(str(i.get("method")) for i in items if isinstance(i, dict))
+            self.calls.append(Call(time.time(), methods, spans))
+        hold = self.hold_from
+        if hold is not None and any(b >= hold for _, b in spans):
+            with self._lock:
+                self.held += 1
+            try:
+                await self._released.wait()
+            finally:
+                with self._lock:
+                    self.held -= 1
         answers: dict[Any, Any] = {}
         forward = []
         head = await self._head() if self.lag else None

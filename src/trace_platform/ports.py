@@ -30,7 +30,10 @@ OutboxRoute = Callable[[list[uuid.UUID], list[dict[str, Any]]], Awaitable[None]]
 
 class CompletionRejected(Exception):
     """A success hook refuses a completion's outputs: the attempt becomes a retryable failure
-    with this reason, and nothing the hook wrote stays (it ran in a savepoint)."""
+    with this reason (a fatal one when `final`: no attempt could be accepted any more), and
+    nothing the hook wrote stays (it ran in a savepoint)."""
+
+    final = False
 
 
 class SuccessHook(Protocol):

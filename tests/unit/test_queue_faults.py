@@ -15,7 +15,7 @@ from tests.conftest import wait_until
 from trace_platform.adapters.memory_queue import InMemoryQueue
 from trace_platform.aio import watch
 from trace_platform.config import Settings
-from trace_platform.domain.errors import LoopDied
+from trace_platform.domain.errors import ConflictError, LoopDied, StaleFenceError
 from trace_platform.ports import TASK_WAKEUP, QueueUnavailable
 from trace_platform.worker.service import AckBatcher, Worker
 
@@ -40,12 +40,20 @@ async def test_ack_batcher_keeps_acking_after_the_queue_fails() -> None:
 
 
 class FakeClient:
-    def __init__(self) -> None:
+    def __init__(self, refusal: ConflictError | None = None) -> None:
         self.heartbeats = 0
+        self.refusal = refusal
 
     async def heartbeat(self, _lease: Any) -> dict[str, Any]:
         self.heartbeats += 1
+        if self.refusal is not None:
+            raise self.refusal
         return {}
+
+
+class FakeLease:
+    task_id = uuid.uuid4()
+    attempt = 1
 
 
 async def test_a_failing_visibility_extension_does_not_end_the_keepalive(tmp_path: Path) -> None:
@@ -55,13 +63,42 @@ async def test_a_failing_visibility_extension_does_not_end_the_keepalive(tmp_pat
     worker = Worker(settings, queue, store=None, client=client)  # type: ignore[arg-type]
     messages = await received(queue, 1)
     queue.fail("extend_visibility", times=3)
-    keepalive = asyncio.create_task(worker._keep_alive(object(), messages))  # type: ignore[arg-type]
+    attempt = asyncio.create_task(asyncio.Event().wait())
+    keepalive = asyncio.create_task(worker._keep_alive(FakeLease(), messages, attempt))  # type: ignore[arg-type]
     await wait_until(lambda: client.heartbeats >= 5, 10, what="heartbeats go on")
-    assert not keepalive.done()
+    assert not keepalive.done() and not attempt.done()
     assert queue.calls["extend_visibility"] >= 4  # failed three times, then extended again
     keepalive.cancel()
     with pytest.raises(asyncio.CancelledError):
         await keepalive
+    attempt.cancel()
+
+
+@pytest.mark.parametrize(
+    ("refusal", "stops"),
+    [
+        # 409 conflict: the task accepts no report any more (canceled, e.g. its range was
+        # replaced by a reorg): the attempt's work can change nothing, so it stops.
+        (ConflictError("task is canceled and accepts no further reports"), True),
+        # 409 stale_fence: reaped or superseded; a late report of this attempt may still land.
+        (StaleFenceError("task is failed; the lease cannot be extended"), False),
+    ],
+)
+async def test_a_heartbeat_refused_because_the_task_was_canceled_stops_the_attempt(
+    tmp_path: Path, refusal: ConflictError, stops: bool
+) -> None:
+    settings = Settings.load({"home": tmp_path, "lease_seconds": 0.6}, env={})
+    queue = InMemoryQueue()
+    client = FakeClient(refusal)
+    worker = Worker(settings, queue, store=None, client=client)  # type: ignore[arg-type]
+    attempt = asyncio.create_task(asyncio.Event().wait())
+    keepalive = asyncio.create_task(
+        worker._keep_alive(FakeLease(), await received(queue, 1), attempt)  # type: ignore[arg-type]
+    )
+    await asyncio.wait_for(keepalive, 5)  # the heartbeat stops at the first refusal
+    assert client.heartbeats == 1
+    assert bool(attempt.cancelling()) is stops
+    attempt.cancel()
 
 
 async def test_the_worker_stops_when_its_ack_loop_dies(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ successful completion of its task, inside that completion's transaction.
 The files must lie inside the attempt's own prefix and cover exactly the range; the range
 must line up with its committed neighbours (the hash of the block before it equals the
 predecessor's last hash, and likewise for the successor) and overlap no live partition.
-Otherwise the completion is turned into a retryable failure: a stale or torn attempt's
-objects are never referenced.
+Otherwise the completion is turned into a retryable failure (a fatal one when the range is
+no longer scheduled: replaced, nothing could commit it): a stale or torn attempt's objects
+are never referenced.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 class CommitRejected(CompletionRejected):
     """The completion's outputs cannot be committed; the attempt is retried."""
+
+
+class RangeReplaced(CommitRejected):
+    """The task's range is no longer scheduled (a reorg or a re-decode replaced it): no
+    attempt of this task can commit any more, so it fails for good instead of retrying."""
+
+    final = True
 
 
 class RangeCommitHook:
@@ -130,7 +138,7 @@ async def commit_range(
     raises CommitRejected."""
     rng = await conn.fetchrow(q("chain", "range_for_task"), task_id)
     if rng is None or rng["status"] != "scheduled":
-        raise CommitRejected("the range of this task is no longer scheduled (replaced)")
+        raise RangeReplaced("the range of this task is no longer scheduled (replaced)")
     start, end, ds = rng["range_start"], rng["range_end"], rng["dataset_uuid"]
     prefix = part_prefix(store_root, ds, task_id, attempt)
     files, rows, size, parent, last = check_files(outputs, prefix, start, end, rng["cryo_dataset"])

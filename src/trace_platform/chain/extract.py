@@ -18,7 +18,9 @@ could not extract on an endpoint (unreachable, throttled, cryo failing, past its
 assigned again among the endpoints it has not tried, so they go to the best one left;
 a call that fails for several datasets is retried one dataset at a time, so one bad dataset
 never fails its neighbours. Each call gets a fresh staging directory (cryo skips files that
-exist) and its own thread (cryo blocks one while its runtime does the I/O).
+exist) and its own thread (cryo blocks one while its runtime does the I/O). A range whose
+every waiting attempt was stopped (its task was canceled, e.g. a reorg replaced the range) is
+dropped before the next request: a canceled range costs the node nothing more.
 """
 
 from __future__ import annotations
@@ -85,9 +87,21 @@ class _Batch:
     chain_id: int
     deadline: float
     wants: dict[Range, set[str]] = field(default_factory=lambda: defaultdict(set))
+    waiting: dict[Range, int] = field(default_factory=lambda: defaultdict(int))  # attempts
     done: dict[Range, asyncio.Future[dict[str, Extraction | Exception]]] = field(
         default_factory=dict
     )
+
+    def wanted(self, ranges: list[Range]) -> list[Range]:
+        """The ranges some attempt still waits for; the others (every attempt of theirs was
+        stopped: their tasks were canceled) are dropped before another request is sent."""
+        dropped = [r for r in ranges if self.waiting[r] <= 0]
+        if not dropped:
+            return ranges
+        for r in dropped:
+            self.done[r].cancel()
+        log.info("chain.extract_dropped", ranges=len(dropped), first=dropped[0][0])
+        return [r for r in ranges if self.waiting[r] > 0]
 
 
 def _freeze(
@@ -165,9 +179,11 @@ class RangeExtractor:
         future = batch.done.get((start, end))
         if future is None:
             future = batch.done[(start, end)] = asyncio.get_running_loop().create_future()
+        batch.waiting[(start, end)] += 1
         try:
             results = await asyncio.shield(future)
         except asyncio.CancelledError:
+            batch.waiting[(start, end)] -= 1
             future.add_done_callback(lambda f: _release_one(f, dataset))
             raise
         got = results.get(dataset)
@@ -212,7 +228,9 @@ class RangeExtractor:
         endpoints the pool assigns them to, among those `tried` has not had yet (all of
         them again once each has had them); the ranges fail after `2 * endpoints + 1`
         tries."""
-        pool = batch.pool
+        pool, ranges = batch.pool, batch.wanted(ranges)
+        if not ranges:
+            return []
         endpoints = len(pool.health)
         exclude = frozenset(tried) if len(set(tried)) < endpoints else frozenset()
         try:
@@ -266,8 +284,9 @@ class RangeExtractor:
         if h.state == REFUSED:
             return {}, ranges, str(h.reason)
         rpc = pool.client(h)
-        numbers = sorted({e - 1 for _, e in ranges} | {s - 1 for s, _ in ranges if s > 0})
-        before = await self._headers(pool, h, numbers)
+        before = await self._headers(pool, h, _edges(ranges))
+        ranges = batch.wanted(ranges)  # (the header read may have waited a while)
+        numbers = _edges(ranges)
         serve = [r for r in ranges if before.get(r[1] - 1)]
         behind = [r for r in ranges if not before.get(r[1] - 1)]
         why = f"{h.label} has not reached block {behind[0][1] - 1} yet" if behind else ""
@@ -398,6 +417,11 @@ class RangeExtractor:
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _edges(ranges: list[Range]) -> list[int]:
+    """The blocks whose hashes are read around a call: each range's first parent and last."""
+    return sorted({e - 1 for _, e in ranges} | {s - 1 for s, _ in ranges if s > 0})
 
 
 def _resolve(batch: _Batch, r: Range, results: dict[str, Extraction | Exception]) -> None:

@@ -15,7 +15,7 @@ import asyncpg
 from trace_platform.chain.spec import aligned_start
 from trace_platform.db.sql import q
 from trace_platform.logs import get_logger
-from trace_platform.metrics import CHAIN_RANGES, CHAIN_REORGS
+from trace_platform.metrics import CHAIN_RANGES, CHAIN_REORGS, TASK_TRANSITIONS
 
 log = get_logger(__name__)
 
@@ -31,15 +31,27 @@ def on_replaced(listener: ReplacementListener) -> None:
         _LISTENERS.append(listener)
 
 
+REPLACED = "canceled: its range was replaced (chain reorganisation or re-decode)"
+
+
 async def replace_from(conn: Any, stream: Any, from_block: int, fork_block: int) -> int:
     """Drop one stream's ranges ending after `fork_block` (partitions leave at a new
     snapshot, in-flight tasks are canceled) and rewind it under a new generation; the
     caller holds the stream's row lock. Returns the ranges replaced."""
     name, job_id = stream["stream"], stream["job_id"]
-    rows = await conn.fetch(q("chain", "replace_ranges_from"), job_id, name, fork_block)
-    in_flight = [r["task_id"] for r in rows if r["status"] == "scheduled"]
+    # The in-flight ranges' tasks end through the kernel's cancel, before their ranges are
+    # touched: a completion locks its task, then its range, and so does this (the other way
+    # round the two could deadlock). A wake-up still queued is refused at claim; a running
+    # attempt's heartbeat and report are refused, and its worker stops it.
+    in_flight = await conn.fetch(q("chain", "scheduled_range_tasks_from"), job_id, name, fork_block)
     if in_flight:
-        await conn.execute(q("chain", "cancel_range_tasks"), in_flight)
+        canceled = await conn.fetch(
+            q("tasks", "cancel_tasks"), [r["task_id"] for r in in_flight], REPLACED
+        )
+        TASK_TRANSITIONS.labels("canceled").inc(len(canceled))
+        for task in canceled:
+            log.info("task.canceled", task_id=str(task["task_id"]), attempt=task["attempt"])
+    rows = await conn.fetch(q("chain", "replace_ranges_from"), job_id, name, fork_block)
     seq = await conn.fetchval(q("chain", "bump_commit_seq"), stream["dataset_uuid"])
     await conn.execute(
         q("chain", "remove_partitions_from"), stream["dataset_uuid"], fork_block, seq

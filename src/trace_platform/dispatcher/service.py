@@ -138,12 +138,13 @@ class TaskService:
 
     async def cancel(self, task_id: uuid.UUID) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            attempt = await conn.fetchval(q("tasks", "cancel_task"), task_id)
-            if attempt is None:
+            canceled = await conn.fetchrow(q("tasks", "cancel_tasks"), [task_id], None)
+            if canceled is None:
                 row = await conn.fetchrow(q("tasks", "task_state"), task_id)
                 if row is None:
                     raise NotFoundError("unknown task")
                 raise ConflictError(f"task is {row['status']} and cannot be canceled")
+            attempt = canceled["attempt"]
         TASK_TRANSITIONS.labels("canceled").inc()
         log.info("task.canceled", task_id=str(task_id), attempt=attempt)
         return {"task_id": str(task_id), "status": "canceled", "attempt": attempt}
@@ -477,7 +478,8 @@ class TaskService:
                         async with conn.transaction():  # a savepoint: a rejection leaves no trace
                             await hook.on_success(conn, task_id, attempt, outputs)
                     except CompletionRejected as exc:
-                        outcome, error_message = Outcome.RETRYABLE_ERROR, f"commit rejected: {exc}"
+                        outcome = Outcome.FATAL_ERROR if exc.final else Outcome.RETRYABLE_ERROR
+                        error_message = f"commit rejected: {exc}"
                         decision = decide_completion(_fence(row), attempt, lease_token, outcome)
                         break
             delay = (

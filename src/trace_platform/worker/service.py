@@ -22,6 +22,7 @@ from trace_platform.domain.errors import (
     AuthError,
     ConflictError,
     LoopDied,
+    StaleFenceError,
     TraceError,
     ValidationError,
 )
@@ -267,16 +268,20 @@ class Worker:
         self, lease: Lease, messages: list[ReceivedMessage], slots: asyncio.Semaphore
     ) -> None:
         IN_FLIGHT.inc()
-        keepalive = asyncio.create_task(self._keep_alive(lease, messages))
+        run = asyncio.create_task(self._run_attempt(lease))
+        keepalive = asyncio.create_task(self._keep_alive(lease, messages, run))
         try:
-            await self._run_attempt(lease)
+            await run
         except asyncio.CancelledError:
-            log.warning(
-                "worker.attempt_abandoned", task_id=str(lease.task_id), attempt=lease.attempt
-            )
-            for _ in messages:
-                slots.release()
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # the worker is stopping
+                log.warning(
+                    "worker.attempt_abandoned", task_id=str(lease.task_id), attempt=lease.attempt
+                )
+                for _ in messages:
+                    slots.release()
+                raise
+            # Otherwise its keep-alive stopped it: the task was canceled under the attempt.
         finally:
             IN_FLIGHT.dec()
             keepalive.cancel()
@@ -285,16 +290,27 @@ class Worker:
         for message in messages:
             self._finish(message, slots)
 
-    async def _keep_alive(self, lease: Lease, messages: list[ReceivedMessage]) -> None:
-        """Heartbeat the lease and keep the wake-up invisible while the operator runs."""
+    async def _keep_alive(
+        self, lease: Lease, messages: list[ReceivedMessage], run: asyncio.Task[None]
+    ) -> None:
+        """Heartbeat the lease and keep the wake-up invisible while the operator runs; stop
+        the attempt (`run`) when its task accepts no report any more (canceled: a chain
+        reorg replaced its range, an operator canceled it), so its work ends there."""
         interval = max(0.2, self.settings.lease_seconds / 3)
         visibility = self.settings.visibility_seconds
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.client.heartbeat(lease)
-            except ConflictError:
-                log.warning("worker.lease_lost", task_id=str(lease.task_id), attempt=lease.attempt)
+            except ConflictError as exc:
+                ids = {"task_id": str(lease.task_id), "attempt": lease.attempt}
+                if exc.code == StaleFenceError.code:
+                    # Reaped or superseded: a late report of this attempt may still land.
+                    log.warning("worker.lease_lost", **ids)
+                    return
+                log.warning("worker.attempt_stopped", reason=exc.detail, **ids)
+                WORKER_TASKS.labels("stopped").inc()
+                run.cancel()
                 return
             except TraceError as exc:
                 log.warning("worker.heartbeat_failed", task_id=str(lease.task_id), error=exc.code)

@@ -276,16 +276,17 @@ ON CONFLICT DO NOTHING;
 -- name: lock_streams_of_job
 SELECT * FROM state.chain_streams WHERE job_id = $1 ORDER BY stream FOR UPDATE;
 
+-- name: scheduled_range_tasks_from
+-- The tasks of a stream's ranges in flight (scheduled) that end after the fork block.
+SELECT task_id FROM state.chain_ranges
+WHERE job_id = $1 AND stream = $2 AND range_end > $3 AND status = 'scheduled'
+ORDER BY task_id;
+
 -- name: replace_ranges_from
 -- Ranges (scheduled or committed) that end after the fork block are replaced.
 UPDATE state.chain_ranges SET status = 'replaced'
 WHERE job_id = $1 AND stream = $2 AND range_end > $3 AND status IN ('scheduled', 'committed')
-RETURNING task_id, range_start, status;
-
--- name: cancel_range_tasks
-UPDATE state.tasks SET status = 'canceled', next_retry_at = NULL, lease_expires_at = NULL,
-    last_error = 'replaced after a chain reorganisation', updated_at = now()
-WHERE task_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'failed');
+RETURNING task_id, range_start;
 
 -- name: remove_partitions_from
 UPDATE state.dataset_partitions SET removed_seq = $3, removed_at = now()

@@ -91,11 +91,16 @@ INSERT INTO state.task_events (event_key, task_id, attempt, event)
 SELECT e.key, $1, $2, e.event FROM unnest($3::text[], $4::jsonb[]) AS e(key, event)
 ON CONFLICT (event_key) DO NOTHING;
 
--- name: cancel_task
+-- name: cancel_tasks
+-- The kernel's cancel (an operator's `task cancel`, a chain reorg replacing ranges): queued,
+-- running or failed tasks end as canceled. A wake-up still queued is then refused at claim;
+-- a running attempt's heartbeat and completion are refused (409), so the worker stops it.
+-- $2: the reason kept as last_error (NULL keeps the last one).
 UPDATE state.tasks
-SET status = 'canceled', next_retry_at = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE task_id = $1 AND status IN ('queued', 'running', 'failed')
-RETURNING attempt;
+SET status = 'canceled', next_retry_at = NULL, lease_expires_at = NULL,
+    last_error = coalesce($2::text, last_error), updated_at = now()
+WHERE task_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'failed')
+RETURNING task_id, attempt;
 
 -- name: expired_leases
 SELECT task_id, attempt, lease_token, max_attempts
