@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -159,3 +160,28 @@ def echoed_sql(sql: str, text: str, named: tuple[str, ...] = (), width: int = 8)
     answer legitimately shows (a column, a relation): an error must echo none of the SQL."""
     pieces = {sql[i : i + width] for i in range(len(sql) - width + 1)}
     return sorted(p for p in pieces if p in text and not any(p.lower() in n.lower() for n in named))
+
+
+async def everything(settings: Any) -> dict[str, str]:
+    """A digest of every table of both databases, and the object store's files."""
+    out: dict[str, str] = {}
+    for url in (settings.state_database_url, settings.data_database_url):
+        conn = await asyncpg.connect(url)
+        try:
+            tables = await conn.fetch(
+                "SELECT table_schema, table_name FROM information_schema.tables"
+                " WHERE table_schema IN ('state', 'data') AND table_type = 'BASE TABLE'"
+            )
+            digests = " UNION ALL ".join(
+                f"SELECT '{t['table_schema']}.{t['table_name']}',"
+                " md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), ''))"
+                f' FROM "{t["table_schema"]}"."{t["table_name"]}" r'
+                for t in tables
+            )
+            out.update({name: digest for name, digest in await conn.fetch(digests)})
+        finally:
+            await conn.close()
+    root = Path(settings.resolved_object_store_url.removeprefix("file://"))
+    for f in sorted(root.rglob("*")) if root.exists() else []:
+        out[f"store:{f.relative_to(root)}"] = str(f.stat().st_size)
+    return out

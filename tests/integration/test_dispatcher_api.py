@@ -31,6 +31,26 @@ async def new_task(settings: Settings, **kw: object) -> uuid.UUID:
     return tid
 
 
+async def footprint(conn: asyncpg.Connection, task_id: uuid.UUID | str) -> dict[str, object]:
+    """All a call on a task can change: its row, its events, the outbox rows naming it."""
+    tid = uuid.UUID(str(task_id))
+    return {
+        "row": dict(await task_row(conn, tid)),
+        "events": await conn.fetchval(
+            "SELECT count(*) FROM state.task_events WHERE task_id=$1", tid
+        ),
+        "outbox": await conn.fetchval(
+            "SELECT count(*) FROM state.outbox WHERE payload::text LIKE '%' || $1 || '%'", str(tid)
+        ),
+    }
+
+
+def refused(r: httpx.Response, status: int, code: str) -> None:
+    """A refusal with its status and error code (and one line of reason)."""
+    assert (r.status_code, r.json()["error"]) == (status, code), r.text
+    assert r.json()["detail"] and "\n" not in r.json()["detail"]
+
+
 # -- health, docs, metrics -------------------------------------------------------------------
 
 
@@ -54,7 +74,8 @@ async def test_health_ready_metrics_and_openapi(http: httpx.AsyncClient) -> None
 
 
 async def test_jwks_is_empty_for_hs256_ring(http: httpx.AsyncClient) -> None:
-    assert (await http.get("/internal/jwks/task")).json() == {"keys": []}
+    r = await http.get("/internal/jwks/task", headers=worker_headers())
+    assert (r.status_code, r.json()) == (200, {"keys": []})
 
 
 # -- claim -------------------------------------------------------------------------------------
@@ -215,36 +236,48 @@ async def test_events_are_recorded_idempotently(
 # -- token rules (SPEC §10.6) ------------------------------------------------------------------
 
 
-async def test_missing_or_invalid_token_is_401(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_missing_or_invalid_token_is_401(
+    http: httpx.AsyncClient, settings: Settings, state_conn: asyncpg.Connection
+) -> None:
     tid = await new_task(settings)
     a = await Attempt.claim(http, tid)
-    for path in ("heartbeat", "complete", "events", "buffer-publish"):
-        assert (await a.call(path, token=None)).status_code == 401
-        assert (await a.call(path, token="garbage")).status_code == 401
+    before = await footprint(state_conn, tid)
+    for path in ("heartbeat", "complete", "events", "buffer-publish", "upload-url"):
+        refused(await a.call(path, token=None), 401, "unauthorized")
+        refused(await a.call(path, token="garbage"), 401, "unauthorized")
     # 401 wins over a malformed body: nothing about the schema leaks to the unauthenticated
     r = await http.post("/v1/task/complete", content=b"not json")
-    assert r.status_code == 401
+    refused(r, 401, "unauthorized")
+    assert "json" not in r.text.lower()
+    assert await footprint(state_conn, tid) == before
 
 
 async def test_token_for_task_a_used_on_task_b_is_403(
-    http: httpx.AsyncClient, settings: Settings
+    http: httpx.AsyncClient, settings: Settings, state_conn: asyncpg.Connection
 ) -> None:
     a = await Attempt.claim(http, await new_task(settings))
     b = await Attempt.claim(http, await new_task(settings))
+    before = [await footprint(state_conn, x.task_id) for x in (a, b)]
     b.token = a.token
     for path in ("heartbeat", "events"):
-        r = await b.call(path, events=[]) if path == "events" else await b.call(path)
-        assert r.status_code == 403
-    assert (await b.complete()).status_code == 403
-    assert (await b.publish()).status_code == 403
+        r = await b.call(path, events=[{"x": 1}]) if path == "events" else await b.call(path)
+        refused(r, 403, "forbidden")
+    refused(await b.complete(), 403, "forbidden")
+    refused(await b.publish(), 403, "forbidden")
+    assert [await footprint(state_conn, x.task_id) for x in (a, b)] == before
 
 
-async def test_right_token_wrong_lease_is_409(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_right_token_wrong_lease_is_409(
+    http: httpx.AsyncClient, settings: Settings, state_conn: asyncpg.Connection
+) -> None:
     a = await Attempt.claim(http, await new_task(settings))
+    before = await footprint(state_conn, a.task_id)
     a.lease_token = str(uuid.uuid4())
-    assert (await a.heartbeat()).status_code == 409
-    assert (await a.complete()).status_code == 409
-    assert (await a.events([{"x": 1}])).status_code == 409
+    refused(await a.heartbeat(), 409, "stale_fence")
+    refused(await a.complete(), 409, "stale_fence")
+    refused(await a.events([{"x": 1}]), 409, "stale_fence")
+    refused(await a.publish(), 409, "stale_fence")
+    assert await footprint(state_conn, a.task_id) == before
 
 
 async def test_token_signed_with_next_key_is_accepted(
@@ -387,22 +420,17 @@ async def test_expired_lease_is_reaped_into_a_retry_and_stale_attempt_is_fenced(
     await wait_until(lambda: _attempt_is(state_conn, tid, 2), timeout=20, what="reap + retry")
     new = await Attempt.claim(http, tid)
     assert new.attempt == 2
-    before = dict(await task_row(state_conn, tid))
-    outbox_before = await state_conn.fetchval("SELECT count(*) FROM state.outbox")
+    before = await footprint(state_conn, tid)
     # every call of attempt 1 is rejected and changes nothing
-    assert (await old.heartbeat()).status_code == 409
-    assert (await old.publish()).status_code == 409
-    assert (await old.events([{"x": 1}])).status_code == 409
-    assert (await old.complete()).status_code == 409
+    refused(await old.heartbeat(), 409, "stale_fence")
+    refused(await old.publish(), 409, "stale_fence")
+    refused(await old.events([{"x": 1}]), 409, "stale_fence")
+    refused(await old.complete(), 409, "stale_fence")
     # attempt 1's token with attempt 2's fence is a binding error
     old.attempt, old.lease_token = new.attempt, new.lease_token
-    assert (await old.complete()).status_code == 403
-    assert dict(await task_row(state_conn, tid)) == before
-    assert await state_conn.fetchval("SELECT count(*) FROM state.outbox") == outbox_before
-    assert (
-        await state_conn.fetchval("SELECT count(*) FROM state.task_events WHERE task_id=$1", tid)
-        == 0
-    )
+    refused(await old.complete(), 403, "forbidden")
+    assert await footprint(state_conn, tid) == before
+    assert before["events"] == 0
     assert (await new.complete()).status_code == 200
 
 
@@ -432,19 +460,25 @@ async def test_late_reply_is_accepted_while_no_newer_attempt_started(
     assert row["status"] == "completed" and row["next_retry_at"] is None
 
 
-async def test_cancel_rules(http: httpx.AsyncClient, settings: Settings) -> None:
+async def test_cancel_rules(
+    http: httpx.AsyncClient, settings: Settings, state_conn: asyncpg.Connection
+) -> None:
     tid = await new_task(settings)
     a = await Attempt.claim(http, tid)
     r = await http.post(
         "/internal/task-cancel", json={"task_id": str(tid)}, headers=worker_headers()
     )
     assert r.status_code == 200
-    for resp in (await a.heartbeat(), await a.complete(), await a.publish()):
-        assert resp.status_code == 409
+    before = await footprint(state_conn, tid)
+    assert before["row"]["status"] == "canceled"  # type: ignore[index]
+    refused(await a.heartbeat(), 409, "conflict")
+    refused(await a.complete(), 409, "conflict")
+    refused(await a.publish(), 409, "conflict")
     again = await http.post(
         "/internal/task-cancel", json={"task_id": str(tid)}, headers=worker_headers()
     )
-    assert again.status_code == 409
+    refused(again, 409, "conflict")
+    assert await footprint(state_conn, tid) == before
 
 
 async def test_unexpected_paths_and_methods(http: httpx.AsyncClient, dispatcher: Proc) -> None:

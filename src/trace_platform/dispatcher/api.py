@@ -185,7 +185,8 @@ def build_router(
     @router.get(
         "/internal/jwks/task", tags=["internal"], summary="Public keys of the task key ring"
     )
-    async def jwks() -> Response:
+    async def jwks(request: Request) -> Response:
+        require_worker(request)  # as every /internal route (SPEC §4)
         return json_response(signer.jwks())
 
     # -- attempt-scoped endpoints (capability token) --------------------------------------
