@@ -57,10 +57,11 @@ def test_malformed_pools_are_refused_without_echoing_the_url(raw: str) -> None:
     assert "SECRETKEY" not in str(err.value) and "eth.example" not in str(err.value)
 
 
-def test_settings_merge_the_url_and_urls_forms_and_fail_at_load() -> None:
+def test_settings_take_one_form_per_pool_and_fail_at_load() -> None:
     env = {"TRACE_RPC_POOL_MAIN_URL": "http://a.example", "TRACE_RPC_POOL_MAIN_URLS": SECRET}
-    labels = [e.label for e in Settings.load({}, env=env).rpc_endpoints("main")]
-    assert len(labels) == 2
+    with pytest.raises(ConfigError) as both:  # which one is meant? (never the URLs)
+        Settings.load({}, env=env)
+    assert "TRACE_RPC_POOL_MAIN_URLS" in both.value.detail and SECRET not in both.value.detail
     with pytest.raises(ConfigError):
         Settings.load({}, env={"TRACE_RPC_POOL_MAIN_URLS": "not a url"})
     assert Settings.rpc_pool_env("my-pool") == "TRACE_RPC_POOL_MY_POOL_URLS"
