@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from typing import Any
 
+from aiohttp import web
+
 from trace_platform.alerts.evaluate import MAX_BATCH, MAX_BATCH_BYTES, Pending, RuleBatcher
 from trace_platform.client import Lease
 from trace_platform.config import Settings
@@ -75,3 +77,30 @@ async def test_an_abandoned_attempt_is_not_sent(monkeypatch: Any) -> None:
     gone.cancel()  # cancelled before its call left
     kept = await batcher.run("r", lease(), "d", "SELECT 2")
     assert kept == {} and [[p[3] for p in b] for b in sent] == [["SELECT 2"]]
+
+
+async def test_lone_rules_leave_at_once_over_one_kept_alive_connection() -> None:
+    peers: list[tuple[str, int]] = []
+
+    async def query_batch(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        body = await request.json()
+        results = [{"status": 200, "result": {"sql": q["sql"]}} for q in body["queries"]]
+        return web.json_response({"results": results})
+
+    app = web.Application()
+    app.router.add_post("/v1/task/query-batch", query_batch)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    batcher = RuleBatcher(Settings.load({"query_url": f"http://127.0.0.1:{port}"}, env={}))
+    try:
+        for i in range(3):  # one at a time: each is alone, nothing else is waiting
+            answer = await asyncio.wait_for(batcher.run(f"r{i}", lease(), "d", f"SELECT {i}"), 5)
+            assert answer == {"sql": f"SELECT {i}"}
+        assert len(peers) == 3 and len(set(peers)) == 1  # three calls, one connection
+    finally:
+        await batcher.close()
+        await runner.cleanup()

@@ -48,6 +48,26 @@ class RuleBatcher:
         self.pending: list[Pending] = []
         self.waiting = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self._client: TaskClient | None = None
+
+    @property
+    def client(self) -> TaskClient:
+        """One session for the batcher's calls, opened at the first: its connections to the
+        query service are kept alive between batches (a session per batch cost a TCP
+        connect, and the CPU of a session, each)."""
+        if self._client is None:
+            settings = self.settings
+            self._client = TaskClient(
+                settings.resolved_dispatcher_url,
+                query_url=settings.resolved_query_url,
+                session=new_session(settings.query_timeout_seconds * 2 + 10),
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.session.close()
+            self._client = None
 
     @classmethod
     def of_loop(cls, settings: Settings) -> RuleBatcher:
@@ -95,17 +115,11 @@ class RuleBatcher:
                 await self._send(batch)
 
     async def _send(self, batch: list[Pending]) -> None:
-        settings = self.settings
-        session = new_session(settings.query_timeout_seconds * 2 + 10)
-        client = TaskClient(
-            settings.resolved_dispatcher_url, query_url=settings.resolved_query_url, session=session
-        )
         answers: list[dict[str, Any] | Exception]
         try:
-            async with session:
-                answers = list(
-                    await client.query_batch([(p[1], p[2], p[3], MAX_ROWS) for p in batch])
-                )
+            answers = list(
+                await self.client.query_batch([(p[1], p[2], p[3], MAX_ROWS) for p in batch])
+            )
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
             answers = [RetryableTaskError(f"query service: {type(exc).__name__}")] * len(batch)
         except TraceError as exc:
@@ -120,6 +134,13 @@ class RuleBatcher:
                 future.set_exception(attempt_error(answer))
             else:
                 future.set_result(answer)
+
+
+async def close_rule_batchers() -> None:
+    """Close the sessions of this process's rule batchers (at the worker's exit)."""
+    for batcher in list(_BATCHERS.values()):
+        await batcher.close()
+    _BATCHERS.clear()
 
 
 def attempt_error(exc: Exception) -> Exception:

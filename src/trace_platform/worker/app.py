@@ -11,7 +11,7 @@ from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.aio import sleep_or_stop, stop_on_signals
 
 # The operators of the capability packages register themselves at import.
-from trace_platform.alerts import evaluate as _alert_eval  # noqa: F401
+from trace_platform.alerts import evaluate as _alert_eval
 from trace_platform.chain import decode as _chain_decode  # noqa: F401  (registers chain_decode)
 from trace_platform.chain import ingest as _cryo_ingest
 from trace_platform.chain.pool import pools_in_process
@@ -46,6 +46,7 @@ async def serve_worker(settings: Settings, stop: asyncio.Event | None = None) ->
             max_connections=max(4, settings.worker_concurrency * 2),
         )
         closing.push_async_callback(client.close)
+        closing.push_async_callback(_alert_eval.close_rule_batchers)
         worker = Worker(settings, queue, object_store_from_settings(settings), client)
         reporter = asyncio.create_task(report_endpoints(client, worker.worker_id, stop))
         # The extractor's libraries load now, off the loop, not in the first range's time.
