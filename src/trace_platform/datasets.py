@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from trace_platform.db.sql import q
-from trace_platform.domain.capability import DatasetGrant, StorageRef
+from trace_platform.domain.capability import DatasetGrant, StorageRef, parse_where
 from trace_platform.domain.errors import ValidationError
 from trace_platform.ports import ObjectStore
 
@@ -119,9 +119,14 @@ async def resolve_inputs(
         if not isinstance(item, dict):
             raise ValidationError("each input must be an object")
         row = None
+        try:
+            where = parse_where(item.get("where"))
+        except ValueError as exc:
+            raise ValidationError(f"input where: {exc}") from None
         if isinstance(item.get("dataset"), str):
             snap = await snapshot_grant(conn, org_id, item)
             if snap is not None:
+                snap = snap.model_copy(update={"where": where}) if where else snap
                 grants.append(snap)
                 prefixes.append(snapshot_prefix(snap))
                 continue
@@ -147,6 +152,7 @@ async def resolve_inputs(
                 dataset_version=row["dataset_version"],
                 storage_ref=storage_ref(row["storage_prefix"]),
                 name=row["name"],
+                where=where,
             )
         )
         prefixes.append(row["storage_prefix"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from trace_platform.domain.errors import TraceError
 from trace_platform.ops.dags import dag_status
 from trace_platform.ops.datasets import query_here
 from trace_platform.ops.env import open_env
+from trace_platform.ops.specs import apply_specs
 from trace_platform.ports import LITE_ORG_ID
 
 BLOCKS = 60
@@ -505,3 +507,82 @@ async def test_kills_during_backfill_and_at_the_head_lose_or_double_nothing(
     assert len(expected["hx.swaps"]) == len(web3_swaps(node))
     for relation, rows in expected.items():
         assert await read(d_settings, relation) == rows, relation
+
+
+ORG_B = uuid.UUID("0b0b0b0b-0000-4000-8000-0000000000b2")
+
+
+async def test_where_is_a_typed_filter_a_value_cannot_change_the_statement(
+    d_settings: Settings, stack: dict[str, Proc], node: Anvil
+) -> None:
+    await wait_built(d_settings, BLOCKS)  # dex, from the first test
+    pools = sorted({r[3] for r in await read(d_settings, "dex.swaps")})
+    assert len(pools) == 2
+
+    def spec(value: str) -> str:
+        return (
+            "kind: dag\nname: one-pool\njobs:\n"
+            "  picked:\n"
+            f"    inputs: [{{job: swaps, where: {{address: {json.dumps(value)}}}}}]\n"
+            "    sql: SELECT block_number, log_index, address FROM swaps\n"
+            "  swaps:\n"
+            "    inputs: [{chain: pools}]\n"
+            f"    sql: {json.dumps(LEVEL1)}\n"
+        )
+
+    await apply(d_settings, spec(pools[0]))
+    await wait_built(d_settings, BLOCKS, dag="one-pool")
+    picked = await read(d_settings, "one-pool.picked")
+    every = await read(d_settings, "dex.swaps")
+    assert picked == sorted(((r[0], r[1], r[3]) for r in every if r[3] == pools[0]), key=repr)
+    assert 0 < len(picked) < len(every)
+    # An injection attempt is a value like any other: it matches no row, reads nothing more.
+    await apply(d_settings, spec(f"{pools[0]}' OR '1'='1"))
+    await wait_built(d_settings, BLOCKS, dag="one-pool")
+    assert await read(d_settings, "one-pool.picked") == []
+    for bad, reason in (
+        ('{job: swaps, where: {"address; DROP TABLE x": 1}}', "where"),
+        ("{chain: pools, where: {address: x}}", "a chain input holds many relations"),
+    ):
+        text = spec(pools[0]).replace(
+            f"{{job: swaps, where: {{address: {json.dumps(pools[0])}}}}}", bad
+        )
+        with pytest.raises(TraceError) as err:
+            await apply(d_settings, text)
+        assert reason in err.value.detail
+
+
+async def test_a_job_of_one_org_cannot_name_another_orgs_relations_by_any_name(
+    d_settings: Settings, stack: dict[str, Proc]
+) -> None:
+    async with open_env(d_settings) as env:
+        blocks_uuid = await env.state.fetchval(
+            "SELECT dataset_uuid FROM state.datasets WHERE name = 'pools.blocks'"
+        )
+        refusals = {
+            "[{chain: pools}]": "no chain job 'pools' in this org",
+            "[{dataset: pools.blocks}]": "no dataset 'pools.blocks' in this org",
+        }
+        for inputs, reason in refusals.items():
+            with pytest.raises(TraceError) as err:
+                await apply_specs(
+                    env,
+                    ORG_B,
+                    f"kind: dag\nname: steal\njobs:\n  a: {{inputs: {inputs}, sql: SELECT * FROM blocks}}\n",
+                )
+            assert reason in err.value.detail
+        # Org A's own job may read only its inputs, whatever form names the other relation.
+        for name in ('"pools.blocks"', "pools_blocks", f'"{blocks_uuid}"', '"pools".blocks'):
+            with pytest.raises(TraceError) as err:
+                await apply_specs(
+                    env,
+                    LITE_ORG_ID,
+                    "kind: dag\nname: sneaky\njobs:\n"
+                    "  s: {inputs: [{chain: pools}], sql: SELECT 1 AS one FROM blocks}\n"
+                    f"  t: {{inputs: [{{job: s}}], sql: {json.dumps('SELECT * FROM ' + name)}}}\n",
+                )
+            assert "is not among the job's inputs" in err.value.detail, name
+        assert (
+            await env.state.fetchval("SELECT count(*) FROM state.dags WHERE org_id = $1", ORG_B)
+            == 0
+        )

@@ -41,10 +41,14 @@ def range_payload(job: Any, reads: list[Any], start: int, end: int) -> dict[str,
     for item in job["inputs"]:
         if item["kind"] == "chain":
             inputs.append({"chain": item["name"], "range": [start, end]})
-        elif item["kind"] == "job":
-            inputs.append({"dataset": item["dataset"], "range": [start, end]})
         else:
-            inputs.append({"dataset": item["dataset"]})
+            # A job's output within the range; a registered dataset whole, at its snapshot.
+            read: dict[str, Any] = {"dataset": item["dataset"]}
+            if item["kind"] == "job":
+                read["range"] = [start, end]
+            if item.get("where"):
+                read["where"] = item["where"]  # a typed predicate on the grant, not SQL
+            inputs.append(read)
     return {
         "operator": "dag_sql",
         "dag": {

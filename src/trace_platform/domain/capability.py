@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Literal
@@ -32,12 +33,58 @@ class StorageRef(BaseModel):
     glob: str
 
 
+WhereValue = str | int | float | bool
+# column -> the values it may hold (a DAG input's `where`), applied by the engine as a typed
+# predicate on the relation; never part of any SQL text.
+Where = tuple[tuple[str, tuple[WhereValue, ...]], ...]
+
+
+MAX_WHERE_BYTES = 4096
+_WHERE_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def parse_where(raw: object) -> Where | None:
+    """An input's `where` ({column: value or [values]}) as a grant holds it, in column order;
+    ValueError names what is wrong. Columns are plain names, values scalars, the whole small
+    (it travels in the token)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw or len(raw) > 16:
+        raise ValueError("where must map 1 to 16 columns to values")
+    out: list[tuple[str, tuple[WhereValue, ...]]] = []
+    for column in sorted(raw):
+        if not isinstance(column, str) or not _WHERE_COLUMN.match(column):
+            raise ValueError("a where column must be a plain column name")
+        value = raw[column]
+        values = tuple(value) if isinstance(value, list | tuple) else (value,)
+        if not values or not all(type(v) in (str, int, float, bool) for v in values):
+            raise ValueError(f"where {column}: values must be strings, numbers or booleans")
+        out.append((column, values))
+    if len(repr(out)) > MAX_WHERE_BYTES:
+        raise ValueError(f"where is larger than {MAX_WHERE_BYTES} bytes")
+    return tuple(out)
+
+
 class DatasetGrant(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     dataset_uuid: str
     dataset_version: str
     storage_ref: StorageRef
     name: str | None = None  # the relation's name in queries (SPEC §15)
+    where: Where | None = None
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _tuples(cls, value: object) -> object:
+        """A token holds JSON arrays; the grant holds tuples (hashable, so comparable)."""
+        if isinstance(value, list):
+            return tuple(
+                (c[0], tuple(c[1]))
+                if isinstance(c, list) and len(c) == 2 and isinstance(c[1], list)
+                else c
+                for c in value
+            )
+        return value
 
 
 class S3Grants(BaseModel):

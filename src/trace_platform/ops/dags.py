@@ -29,6 +29,7 @@ from trace_platform.dag.spec import (
 )
 from trace_platform.datasets import dataset_uuid_for
 from trace_platform.db.sql import q
+from trace_platform.domain.capability import parse_where
 from trace_platform.domain.catalog import bare_alias, relation_aliases
 from trace_platform.domain.dag import definition_hash, qualify_relations
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
@@ -70,7 +71,15 @@ async def plan_job(
     for i, item in enumerate(job.inputs):
         at = f"{where}.inputs.{i}"
         if item.where is not None:
-            raise ValidationError(f"{at}.where: not supported yet (next release)")
+            if isinstance(item, ChainInput):
+                raise ValidationError(
+                    f"{at}.where: a chain input holds many relations; filter one in the SQL,"
+                    " or read a job's output with {job: NAME, where: ...}"
+                )
+            try:
+                parse_where(item.where)  # as the grant will hold it
+            except ValueError as exc:
+                raise ValidationError(f"{at}.where: {exc}") from None
         if isinstance(item, ChainInput):
             chain = await conn.fetchrow(q("chain", "job_by_name"), org_id, item.chain)
             rels = await conn.fetch(q("dags", "chain_relations"), org_id, item.chain)
@@ -88,7 +97,7 @@ async def plan_job(
             uuids[full] = ds
             _add(catalog, {item.job: full, full.lower(): full, bare_alias(full): full})
             starts.append(up.from_block)
-            inputs.append({"kind": "job", "name": item.job, "dataset": full})
+            inputs.append({"kind": "job", "name": item.job, "dataset": full, "where": item.where})
         else:
             assert isinstance(item, DatasetInput)
             row = await conn.fetchrow(q("dags", "dataset_of_org"), org_id, item.dataset)
@@ -103,7 +112,14 @@ async def plan_job(
             uuids[row["name"]] = row["dataset_uuid"]
             reads[row["dataset_uuid"]] = (False, version)
             _add(catalog, {row["name"].lower(): row["name"], bare_alias(row["name"]): row["name"]})
-            inputs.append({"kind": "dataset", "name": row["name"], "dataset": row["name"]})
+            inputs.append(
+                {
+                    "kind": "dataset",
+                    "name": row["name"],
+                    "dataset": row["name"],
+                    "where": item.where,
+                }
+            )
     if not starts:
         raise ValidationError(
             f"{where}.inputs: a per-range job needs a chain or job input (its ranges follow it)"
@@ -207,6 +223,7 @@ async def apply_dag(env: OpsEnv, spec: DagSpec, org_id: uuid.UUID) -> dict[str, 
                 job.max_concurrency or spec.defaults.max_concurrency,
                 job.max_attempts or spec.defaults.max_attempts,
             )
+            await conn.execute(q("dags", "clear_reads"), job_uuid)
             await conn.execute(
                 q("dags", "set_reads"),
                 job_uuid,

@@ -25,7 +25,12 @@ import asyncpg
 
 from trace_platform.datasets import parse_snapshot_version, resolve_inputs, snapshot_manifest
 from trace_platform.db.sql import q
-from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, is_within_prefixes
+from trace_platform.domain.capability import (
+    CapabilityClaims,
+    DatasetGrant,
+    Where,
+    is_within_prefixes,
+)
 from trace_platform.domain.catalog import (
     DATASET_ALIAS,
     RELATION_INCOMPLETE,
@@ -103,6 +108,7 @@ def manifest_binding(
     s3_options: dict[str, str] | None,
     block_range: tuple[int, int] | None = None,
     names: tuple[str, ...] = (DATASET_ALIAS,),
+    where: Where | None = None,
 ) -> Relation:
     """Exactly a version's files (local paths, or `bucket/key` with S3 options), each inside
     the version's prefix and the caller's read prefixes, local sizes as recorded; else
@@ -133,7 +139,7 @@ def manifest_binding(
         raise ForbiddenError("dataset version has no files")
     if prefix.startswith("s3://") and s3_options is None:
         raise ValidationError("this query service has no S3 access configured")
-    return Relation(names, key, tuple(paths), block_range)
+    return Relation(names, key, tuple(paths), block_range, where)
 
 
 class Binder:
@@ -353,7 +359,7 @@ class Binder:
         # A relation that passed every check is remembered with its version row (versions
         # and snapshots are immutable): a snapshot of many ranges is not re-checked file by
         # file on every query. The grant, org and prefix checks above still run each time.
-        memo = (key, prefix, tuple(read_prefixes), names)
+        memo = (key, prefix, tuple(read_prefixes), names, grant.where)
         hit = self.relations.get(memo)
         if hit is not None and hit[1] is row:
             return hit[0]
@@ -365,6 +371,7 @@ class Binder:
             self.s3_options,
             row.get("block_range"),
             names,
+            grant.where,
         )
         self._remember(grant, row)
         if self.versions.get((grant.dataset_uuid, grant.dataset_version), (0, None))[1] is row:

@@ -114,6 +114,32 @@ def _has_block_number(con: Any, source: str) -> bool:
     return "block_number" in names
 
 
+def _filtered(dataset: Any, rel: BoundRelation) -> Any:
+    """A relation's Arrow dataset with its grant's bounds as typed expressions: the blocks
+    of a range grant (when its rows carry block numbers) and an input's `where` (each value
+    cast to its column's type; a column the relation lacks, or a value its type cannot hold,
+    is an error naming the column)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    names = dataset.schema.names
+    if rel.block_range is not None and "block_number" in names:
+        lo, hi = rel.block_range
+        field = ds.field("block_number")
+        dataset = dataset.filter((field >= lo) & (field < hi))
+    for column, values in rel.where or ():
+        if column not in names:
+            raise QueryFailed("query_error", f"where: the input has no column {column!r}")
+        try:
+            typed = pa.array(list(values)).cast(dataset.schema.field(column).type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise QueryFailed(
+                "query_error", f"where: a value does not fit column {column!r}'s type"
+            ) from None
+        dataset = dataset.filter(ds.field(column).isin(typed))
+    return dataset
+
+
 def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
@@ -130,6 +156,7 @@ class BoundRelation:
     names: tuple[str, ...]
     files: tuple[str, ...]
     block_range: tuple[int, int] | None = None
+    where: tuple[tuple[str, tuple[Any, ...]], ...] | None = None  # typed row filter
 
     @classmethod
     def of(cls, raw: Any) -> BoundRelation:
@@ -141,7 +168,9 @@ class BoundRelation:
             raise QueryFailed("query_error", "a relation needs names and files")
         block_range = raw.get("block_range")
         bounded = (int(block_range[0]), int(block_range[1])) if block_range is not None else None
-        return cls(names, files, bounded)
+        where = raw.get("where")
+        filters = tuple((str(c), tuple(v)) for c, v in where) if where else None
+        return cls(names, files, bounded, filters)
 
 
 class Engine:
@@ -186,6 +215,10 @@ class Engine:
             budget = min(MATERIALIZE_MAX_BYTES, limits.memory_mb * 1024 * 1024 // 8)
             in_memory = True
             for rel in relations:
+                if rel.where:  # a filtered input: a typed predicate, never SQL text
+                    for name in rel.names:
+                        self.arrow[name] = _filtered(_arrow_dataset(list(rel.files), None), rel)
+                    continue
                 # union_by_name: a column added in a later version of a stream (e.g.
                 # block_hash) reads as NULL in older partitions instead of failing the scan.
                 listed = _sql_list(list(rel.files))
@@ -211,13 +244,7 @@ class Engine:
         elif route == ROUTE_ARROW:
             con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
             for rel in relations:
-                dataset = _arrow_dataset(list(rel.files), s3)
-                if rel.block_range is not None and "block_number" in dataset.schema.names:
-                    import pyarrow.dataset as ds
-
-                    lo, hi = rel.block_range
-                    field = ds.field("block_number")
-                    dataset = dataset.filter((field >= lo) & (field < hi))
+                dataset = _filtered(_arrow_dataset(list(rel.files), s3), rel)
                 for name in rel.names:
                     self.arrow[name] = dataset
         else:

@@ -40,7 +40,9 @@ from typing import Any
 
 import orjson
 
+from trace_platform.aio import signal_child
 from trace_platform.config import Settings
+from trace_platform.domain.capability import Where
 from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERY_EXECUTOR_STARTS, QUERY_EXECUTORS
@@ -108,6 +110,7 @@ class Relation:
     key: str  # dataset_uuid@version
     files: tuple[str, ...]
     block_range: tuple[int, int] | None = None  # a range grant of a chain dataset
+    where: Where | None = None  # only rows whose columns hold these values (typed, not SQL)
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,7 @@ class Executor:
 
     def _relations(self, files: list[list[str]]) -> list[dict[str, Any]]:
         return [
-            {"names": list(r.names), "files": seen, "block_range": r.block_range}
+            {"names": list(r.names), "files": seen, "block_range": r.block_range, "where": r.where}
             for r, seen in zip(self.binding.relations, files, strict=True)
         ]
 

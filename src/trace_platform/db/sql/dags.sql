@@ -41,9 +41,11 @@ SET generation = $7, definition = $8, inputs = $9, position = $10, from_block = 
     max_concurrency = $12, max_attempts = $13, status = 'active', last_error = NULL,
     updated_at = now();
 
+-- name: clear_reads
+DELETE FROM state.dag_reads WHERE job_uuid = $1;
+
 -- name: set_reads
--- What a job reads, by dataset (replaced whole at apply).
-WITH gone AS (DELETE FROM state.dag_reads WHERE job_uuid = $1)
+-- What a job reads, by dataset (replaced whole at apply, after clear_reads).
 INSERT INTO state.dag_reads (job_uuid, dataset_uuid, bounded, version)
 SELECT $1, t.ds, t.bounded, t.version
 FROM unnest($2::uuid[], $3::boolean[], $4::text[]) AS t(ds, bounded, version);
