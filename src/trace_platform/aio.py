@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -43,6 +44,19 @@ def watch(
 
     task.add_done_callback(done)
     return task
+
+
+def signal_child(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """Send `sig` to a child started with asyncio unless it is known to have exited.
+
+    Not through `Process.send_signal`/`kill`: subprocess polls (waitpid) before it signals,
+    so a child that has just exited can be reaped there before asyncio's child watcher gets
+    to it; the watcher then logs `Unknown child process pid …, will report returncode 255` and
+    reports 255 instead of the real exit code. Only the watcher reaps our children, so until
+    it has, the pid is still this child's (a zombie at worst)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import orjson
 
@@ -19,6 +20,7 @@ _REDACTED_KEYS = frozenset(
 )
 _process_name = "trace"
 _threshold = logging.WARNING  # until a process calls configure(): CLI verbs stay quiet
+_fd = 2  # where our own events go: stderr, or the file configure() was given
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,12 +41,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(event, default=str).decode()
 
 
-def configure(process_name: str, level: str = "info") -> None:
-    """Route all logging to stderr as JSON lines."""
-    global _process_name, _threshold
+def configure(process_name: str, level: str = "info", path: Path | None = None) -> None:
+    """Route all logging to stderr as JSON lines, or to the end of the file at `path` (a
+    process whose terminal shows something else: `trace demo` logs beside its stack)."""
+    global _process_name, _threshold, _fd
     _process_name = process_name
     _threshold = logging.getLevelName(level.upper())
-    handler = logging.StreamHandler(sys.stderr)
+    stream: IO[str] = sys.stderr
+    _fd = 2
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stream = path.open("a", buffering=1)  # one line, one write, as os.write below
+        _fd = stream.fileno()
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -65,7 +74,7 @@ def _write_line(data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
-            n = os.write(2, view)
+            n = os.write(_fd, view)
         except BlockingIOError:
             continue
         except OSError:

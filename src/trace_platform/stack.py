@@ -29,6 +29,7 @@ from typing import IO
 import aiohttp
 
 from trace_platform.adapters.local_keys import load_key_ring, load_worker_tokens
+from trace_platform.aio import signal_child
 from trace_platform.config import RPC_POOL_ENV, SETTINGS, Settings
 from trace_platform.db.embedded import DatabaseUrls, resolve_databases
 from trace_platform.db.migrate import migrate_databases
@@ -150,6 +151,8 @@ class Stack:
         self.children += [Child("deliver", ["deliver"]), Child("api", ["api"])]
         self.children += extra or []
         self._stopping = False
+        # held while a child is being started: stop() takes it, so no child starts after it
+        self._spawning = asyncio.Lock()
         self._supervisors: list[asyncio.Task[None]] = []
         self.env: dict[str, str] = {}
         self.lock = StackLock(settings.home.resolve())
@@ -187,16 +190,19 @@ class Stack:
             self._supervisors.append(asyncio.create_task(self._supervise(child)))
 
     async def _spawn(self, child: Child) -> None:
-        child.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "trace_platform",
-            *child.args,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us; we stop children in order
-        )
+        async with self._spawning:
+            if self._stopping:
+                return
+            child.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "trace_platform",
+                *child.args,
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us; we stop children in order
+            )
         child.started_at = time.monotonic()
         assert child.proc.stdout is not None
         child.pumps = [asyncio.create_task(self._pump(child.name, child.proc.stdout))]
@@ -242,21 +248,23 @@ class Stack:
 
     async def stop(self, grace: float = 15.0) -> None:
         self._stopping = True
+        async with self._spawning:  # a restart under way finishes; none starts after it
+            pass
         # Producers first, dispatcher last, so in-flight reports still land.
         for group in (
             [c for c in self.children if c.name != "dispatcher"],
             [c for c in self.children if c.name == "dispatcher"],
         ):
             for child in group:
-                if child.proc is not None and child.proc.returncode is None:
-                    child.proc.send_signal(signal.SIGTERM)
+                if child.proc is not None:
+                    signal_child(child.proc, signal.SIGTERM)
             for child in group:
                 if child.proc is None:
                     continue
                 try:
                     await asyncio.wait_for(child.proc.wait(), grace)
                 except TimeoutError:
-                    child.proc.kill()
+                    signal_child(child.proc, signal.SIGKILL)
                     await child.proc.wait()
         for sup in self._supervisors:
             sup.cancel()

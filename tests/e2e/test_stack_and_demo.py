@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -24,7 +25,16 @@ from trace_platform.config import Settings
 def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_")}
-    env.update(TRACE_HOME=str(home), TRACE_PORT=str(free_port()), TRACE_QUERY_PORT=str(free_port()))
+    env.update(
+        TRACE_HOME=str(home),
+        TRACE_PORT=str(free_port()),
+        TRACE_QUERY_PORT=str(free_port()),
+        TRACE_API_PORT=str(free_port()),
+    )
+    # As after `make install` in a fresh clone: the venv is not activated, `trace` is not on
+    # PATH, and the demo's next steps must name the script that is there.
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     try:
         out = subprocess.run(
             [
@@ -45,6 +55,16 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stdout + out.stderr
         text = out.stdout
+        # Nothing but the demo's own lines: no warning, no JSON log line (its stack's and its
+        # own log events go to the log file it names).
+        assert out.stderr == "", out.stderr
+        assert not [line for line in text.splitlines() if line.lstrip().startswith("{")], text
+        assert "Unknown child process" not in text and "arning" not in text, text
+        # Next steps name the script a fresh clone has; the Postgres left running, and how to
+        # stop it.
+        assert ".venv/bin/trace status " in text and "`trace status`" not in text, text
+        assert re.search(r"\.venv/bin/trace db stop +the embedded Postgres is still running", text)
+        assert re.search(r"paused +demo-\w+, live-\w+ \(their node stopped with the demo\)", text)
         assert "tasks completed      40/40" in text
         assert "rows published       400" in text
         assert "rows inserted        360" in text  # every tenth task repeats a seed
@@ -81,6 +101,19 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         completed = re.search(r"completed\s+(\d+)", status.stdout)
         assert completed is not None and int(completed.group(1)) >= 90 + 9, status.stdout
         assert "alert_events rows: 2369" in status.stdout
+        # No chain job is left in an error state: the demo paused those on its node.
+        chains = subprocess.run(
+            [sys.executable, "-m", "trace_platform", "chain", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        jobs = json.loads(chains.stdout)
+        assert len(jobs) == 2 and {j["state"] for j in jobs} == {"paused"}, chains.stdout
+        assert not [j for j in jobs if j["error"]], chains.stdout
+        assert not [s for j in jobs for s in j["streams"] if s["last_error"]], chains.stdout
     finally:
         subprocess.run(
             [sys.executable, "-m", "trace_platform", "db", "stop"],

@@ -4,11 +4,12 @@ environment (no database URL, worker token, key ring or TRACE_HOME) and the payl
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import signal
 import sys
 
 import orjson
 
+from trace_platform.aio import signal_child
 from trace_platform.config import Settings
 from trace_platform.domain.bundle import InvocationPayload
 from trace_platform.logs import get_logger
@@ -112,8 +113,7 @@ class LocalRuntimeInvoker:
 
     async def close(self) -> None:
         if self._server is not None and self._server.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._server.kill()
+            signal_child(self._server, signal.SIGKILL)  # not kill(): it can reap before asyncio
             await self._server.wait()
         if self._reader is not None:
             self._reader.cancel()

@@ -330,6 +330,8 @@ class HeadObserver:
         polled = 0
         now = time.monotonic()
         for job in jobs:
+            if job["paused"]:
+                continue  # asks its node nothing (which may be gone, as the demo's is)
             if job["extracted"] and job["head_number"] is not None:
                 continue  # a fixed target fully extracted: decoding needs no node
             every = float(job["mode"].get("head_poll_seconds", 1.0))

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import os
+import shutil
 import sys
 import types
 import typing
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -42,6 +45,24 @@ json_option = click.option(
 
 def org_of(org_id: uuid.UUID | None) -> uuid.UUID:
     return org_id or LITE_ORG_ID
+
+
+def trace_command() -> str:
+    """How this user runs the CLI, for the commands a message suggests: `trace` when that is
+    what PATH finds, else this installation's script as a path that works from here
+    (`.venv/bin/trace` in a checkout whose venv is not activated). From `sys.argv[0]`, or
+    beside the interpreter under `python -m trace_platform`."""
+    invoked = Path(sys.argv[0])
+    script = invoked if invoked.name == "trace" else Path(sys.executable).parent / "trace"
+    if not script.is_file():
+        return "trace"
+    found = shutil.which("trace")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "trace"
+    relative = os.path.relpath(script.absolute())
+    return (
+        relative if not relative.startswith("..") and os.sep in relative else str(script.absolute())
+    )
 
 
 def settings_from(ctx: click.Context, **local: Any) -> Settings:

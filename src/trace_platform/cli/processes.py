@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from trace_platform.cli.common import handle_errors, run_async, settings_from
+from trace_platform.cli.common import handle_errors, run_async, settings_from, trace_command
 from trace_platform.config import Settings
 
 
@@ -174,15 +174,17 @@ def up(ctx: click.Context, workers: int) -> None:
 
     def ready() -> None:
         base = settings.resolved_dispatcher_url
+        trace = trace_command()
         click.echo(
             f"\ntrace is up — TRACE_HOME={settings.home.resolve()}\n"
             f"  dispatcher  {base}   (API docs {base}/docs, metrics {base}/metrics)\n"
             f"  console     http://127.0.0.1:{settings.api_port}/ui   (user API"
             f" http://127.0.0.1:{settings.api_port}/v1, docs /docs; log in with a key from"
-            " `trace user create NAME --role admin`)\n"
+            f" `{trace} user create NAME --role admin`)\n"
             f"  objects     {settings.resolved_object_store_url}\n"
-            '  try: trace task create --payload \'{"operator": "emit_alerts", "count": 5}\''
-            "  then: trace status\n",
+            f"  try: {trace} task create --payload"
+            ' \'{"operator": "emit_alerts", "count": 5}\''
+            f"  then: {trace} status\n",
             err=True,
         )
 
@@ -214,7 +216,7 @@ def demo(ctx: click.Context, tasks: int, rows_per_task: int, timeout: float) -> 
     from trace_platform.demo import format_summary, run_demo
 
     summary = run_async(run_demo(settings, tasks, rows_per_task, timeout))
-    click.echo(format_summary(summary))
+    click.echo(format_summary(summary, trace_command()))
     ok = (
         summary.completed == summary.tasks
         and summary.rows_inserted > 0

@@ -15,9 +15,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from trace_platform import logs
 from trace_platform.adapters.local_keys import load_key_ring
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
+from trace_platform.db.embedded import DatabaseUrls
 from trace_platform.db.pool import create_pool
 from trace_platform.db.sql import q
 from trace_platform.delivery.signing import new_secret
@@ -34,11 +36,13 @@ from trace_platform.demo.chain import (
 )
 from trace_platform.dispatcher.service import TaskService
 from trace_platform.domain.errors import ConfigError
+from trace_platform.ops.chains import set_paused
 from trace_platform.ops.env import OpsEnv
 from trace_platform.ports import BUFFER_DLQ, LITE_ORG_ID
 from trace_platform.stack import Stack, prepare
 
 TERMINAL = ("completed", "failed", "canceled")
+PAUSE_TIMEOUT = 30.0  # how long the paused demo jobs' ranges in flight may take to finish
 
 
 @dataclass
@@ -62,6 +66,9 @@ class DemoSummary:
     udfs: list[UdfResult] = field(default_factory=list)
     chain: ChainDemoResult = field(default_factory=lambda: ChainDemoResult("skipped"))
     alerts: AlertDemoResult = field(default_factory=lambda: AlertDemoResult("skipped"))
+    paused_jobs: list[str] = field(default_factory=list)  # chain jobs on the demo's node
+    postgres: Path | None = None  # the embedded Postgres left running after the demo's stack
+    api_port: int = 8090
 
     @property
     def duplicates_absorbed(self) -> int:
@@ -90,12 +97,10 @@ async def run_demo(
     started_stack: Stack | None = None
     node: Anvil | None = None
     chain = ChainDemoResult("skipped")
-    alerts = AlertDemoResult("skipped", "needs the demo's chain")
     hook_secret = new_secret()
     if await dispatcher_is_up(settings):
         _say(f"using the running stack at {settings.resolved_dispatcher_url}")
         chain.detail = "a running stack has no demo node: run the demo with no stack up"
-        urls = await prepare(settings)
     else:
         try:
             node = start_node()
@@ -108,39 +113,85 @@ async def run_demo(
         settings = settings.replace(delivery_allow_private=True)
         os.environ[DEMO_SECRET_ENV] = hook_secret
         log_path = settings.home.resolve() / "logs" / "demo-stack.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         _say(f"starting a local stack (logs: {log_path}) ...")
+        # The demo's own log events (its stack's supervisor: a child that exited) go to that
+        # file too, beside its children's: the terminal shows the demo's progress only.
+        logs.configure("demo", "info", log_path)
         started_stack = Stack(settings, workers=1, out=log_path.open("a"))
-        await started_stack.start()
-        await started_stack.wait_ready()
+    try:
+        if started_stack is not None:
+            await started_stack.start()
+            await started_stack.wait_ready()
+            _say(f"stack ready: dispatcher {settings.resolved_dispatcher_url}")
         urls = await prepare(settings)
-        _say(f"stack ready: dispatcher {settings.resolved_dispatcher_url}")
+        summary = await _run_parts(
+            settings, urls, node, chain, hook_secret, tasks, rows_per_task, timeout
+        )
+        summary.api_port = settings.api_port
+        if started_stack is not None and urls.embedded:
+            summary.postgres = settings.home / "postgres"
+        return summary
+    finally:
+        if started_stack is not None:
+            _say("stopping the local stack ...")
+            await started_stack.stop()
+        if node is not None:
+            node.stop()
+
+
+async def _run_parts(
+    settings: Settings,
+    urls: DatabaseUrls,
+    node: Anvil | None,
+    chain: ChainDemoResult,
+    hook_secret: str,
+    tasks: int,
+    rows_per_task: int,
+    timeout: float,
+) -> DemoSummary:
+    """The workload, the UDFs, then (with the demo's node) the chain and its live alerts.
+    Whatever happened, the chain jobs on the node are paused before it goes."""
     state = await create_pool(urls.state, max_size=2)
     data = await create_pool(urls.data, max_size=2)
+    env = OpsEnv(settings, state, data, urls.embedded)
     try:
         summary = await _workload(settings, state, data, tasks, rows_per_task, timeout)
         summary.udfs = await _udf_step(settings, state, data, timeout)
+        summary.chain = chain
+        summary.alerts = AlertDemoResult("skipped", "needs the demo's chain")
         if node is not None:
             traffic = make_traffic(node, BLOCKS)
             _say(
                 f"made traffic on the node: {BLOCKS} blocks, {traffic.whales} whale transfers,"
                 f" {traffic.swaps} swaps on {len(traffic.pools)} pools of a factory"
             )
-            env = OpsEnv(settings, state, data, urls.embedded)
-            chain = await sync_and_query(env, traffic, timeout)
-            if chain.status == "completed":
-                alerts = await live_alerts(env, node, traffic, hook_secret, timeout)
-        summary.chain = chain
-        summary.alerts = alerts
-        return summary
+            summary.chain = await sync_and_query(env, traffic, timeout)
+            if summary.chain.status == "completed":
+                summary.alerts = await live_alerts(env, node, traffic, hook_secret, timeout)
     finally:
+        paused = await pause_demo_jobs(env, PAUSE_TIMEOUT) if node is not None else []
         await state.close()
         await data.close()
-        if started_stack is not None:
-            _say("stopping the local stack ...")
-            await started_stack.stop()
-        if node is not None:
-            node.stop()
+    summary.paused_jobs = paused
+    return summary
+
+
+async def pause_demo_jobs(env: OpsEnv, timeout: float) -> list[str]:
+    """Pause every chain job on the demo's pool: its node stops with the demo, and a job left
+    active would show `rpc_pool_missing` at the next `trace up`. The ranges they have in
+    flight finish first (for up to `timeout` s), so no task is left to fail for want of it."""
+    rows = await env.state.fetch(q("demo", "active_jobs_on_pool"), LITE_ORG_ID, DEMO_POOL)
+    names = [str(r["name"]) for r in rows]
+    for name in names:
+        await set_paused(env, LITE_ORG_ID, name, True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and await env.state.fetchval(
+        q("demo", "ranges_in_flight_on_pool"), LITE_ORG_ID, DEMO_POOL
+    ):
+        await asyncio.sleep(0.1)
+    if names:
+        _say(f"paused the chain jobs on the demo's node: {', '.join(names)}")
+    return names
 
 
 async def _workload(
@@ -311,7 +362,9 @@ async def _task_counts(state: asyncpg.Pool, ids: list[uuid.UUID]) -> dict[str, i
     return {r["status"]: int(r["n"]) for r in rows}
 
 
-def format_summary(s: DemoSummary) -> str:
+def format_summary(s: DemoSummary, trace: str = "trace") -> str:
+    """The summary, then what to run next, each command as this user runs `trace` (`trace`
+    on PATH, else e.g. `.venv/bin/trace`)."""
     rate = s.tasks / s.elapsed if s.elapsed else 0.0
     lines: list[Any] = [
         "",
@@ -329,12 +382,24 @@ def format_summary(s: DemoSummary) -> str:
         lines.append(line + (f"  ({u.detail})" if u.detail else ""))
     lines += format_chain(s.chain)
     lines += format_alerts(s.alerts)
-    lines += [
-        "",
-        "next: `trace status` for the whole system, `trace up` to keep the stack running,",
-        "      `trace apply SPEC` to sync a chain and `trace chain status` to follow it,",
-        "      `trace alert list` and `trace alert deliveries NAME` for the alerts;",
-        "      the console: `trace user create me --role admin`, `trace up`, then",
-        "      http://127.0.0.1:8090/ui (log in with the key)",
+    if s.paused_jobs:
+        lines.append(
+            f"  paused               {', '.join(s.paused_jobs)} (their node stopped with the demo)"
+        )
+    steps = [
+        (f"{trace} status", "the whole system: tasks, queues, the DLQ"),
+        (f"{trace} chain status", f"the synced chains (`{trace} apply SPEC` syncs one of yours)"),
+        (f"{trace} alert list", "the alert rules (`alert deliveries NAME`: their webhooks)"),
+        (f"{trace} up", f"keep the stack running; its console: http://127.0.0.1:{s.api_port}/ui"),
+        (f"{trace} user create me --role admin", "an API key to log in to the console with"),
     ]
+    if s.postgres is not None:
+        steps.append(
+            (
+                f"{trace} db stop",
+                f"the embedded Postgres is still running ({s.postgres}): this stops it",
+            )
+        )
+    width = max(len(command) for command, _ in steps)
+    lines += ["", "next:"] + [f"  {command:<{width}}  {what}" for command, what in steps]
     return "\n".join(str(x) for x in lines)

@@ -16,3 +16,12 @@ SELECT count(*) FROM data.alert_events WHERE dedupe_key LIKE $1;
 
 -- name: task_outcome
 SELECT status, next_retry_at, last_error FROM state.tasks WHERE task_id = $1;
+
+-- name: active_jobs_on_pool
+-- The chain jobs that read the demo's node (they name its pool) and are not paused yet.
+SELECT name FROM state.chain_jobs WHERE org_id = $1 AND rpc_pool = $2 AND NOT paused
+ORDER BY name;
+
+-- name: ranges_in_flight_on_pool
+SELECT count(*) FROM state.chain_ranges r JOIN state.chain_jobs j USING (job_id)
+WHERE j.org_id = $1 AND j.rpc_pool = $2 AND r.status = 'scheduled';
