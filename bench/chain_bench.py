@@ -81,6 +81,7 @@ class BenchStack:
                 "home": self.home,
                 "port": free_port(),
                 "query_port": free_port(),
+                "api_port": free_port(),  # `trace up` refuses a taken port (8090: another stack)
                 "log_level": "warning",
                 "rpc_pools": {"bench": node if isinstance(node, str) else node.url},
                 **overrides,
