@@ -208,14 +208,13 @@ def test_ranges_go_to_the_endpoint_that_would_finish_them_first() -> None:
 def test_a_throttling_endpoint_gets_only_what_it_has_proven_while_another_can_serve() -> None:
     big, tail = [(0, 1000), (1000, 2000)], [(2000, 2001)]
     healthy = EndpointCapacity("healthy", speed=2000.0)
-    # Idle and (never measured) assumed fast, it still takes no range past its allowance.
-    throttling = EndpointCapacity("throttling", allowance=100)
-    assert assign_ranges(big, [throttling, healthy]) == {"healthy": big}
+    # Idle and (never measured) assumed fast, it takes no range past its allowance: having
+    # proven nothing, not even a block.
+    throttling = EndpointCapacity("throttling", allowance=0)
+    assert assign_ranges(big + tail, [throttling, healthy]) == {"healthy": big + tail}
     # A range within its allowance may go there (here: it finishes first).
-    assert assign_ranges(big + tail, [throttling, healthy]) == {
-        "healthy": big,
-        "throttling": tail,
-    }
+    small = EndpointCapacity("throttling", allowance=100)
+    assert assign_ranges(big + tail, [small, healthy]) == {"healthy": big, "throttling": tail}
     # Proven more, it is sent more (within the allowance, by speed).
     proven = EndpointCapacity("throttling", speed=2000.0, allowance=2000)
     assert assign_ranges(big, [proven, healthy]) == {"throttling": [big[0]], "healthy": [big[1]]}

@@ -20,10 +20,11 @@ holds one `RpcPool` per configured pool. Every endpoint has:
 Which endpoint extracts which range is `domain.range_assignment`'s decision (`assign`): each
 range to the available endpoint that would finish it first at its measured speed, so work
 shifts to where it succeeds. An endpoint that throttles (a 429 within `THROTTLE_MEMORY`) is
-sent only what it has proven to serve since it began throttling: twice its largest clean call
-of that time, at least `PROBE_BLOCKS`, while another endpoint can take the rest. Endpoints
-not asked their chain yet are asked together before a batch is assigned, so a dead or
-wrong-chain endpoint costs one round trip, not a range's tries.
+sent only what it has proven to serve since it began throttling (twice its largest clean call
+of that time: nothing before one) while another endpoint can take the rest; the calls it was
+running when it began throttling are its proof, and once its 429s are `THROTTLE_MEMORY` old
+it is measured afresh. Endpoints not asked their chain yet are asked together before a batch
+is assigned, so a dead or wrong-chain endpoint costs one round trip, not a range's tries.
 
 cryo retries rate-limited requests itself (10 times, 500 ms apart), so its 429s are seen
 through the outcome and speed of each extraction and through the calls Trace makes around it
@@ -78,7 +79,6 @@ THROTTLED_BACKOFF_MS = 50  # cryo's first retry backoff on an endpoint that thro
 THROTTLE_MEMORY = 120.0  # seconds an endpoint counts as throttling after its last 429
 MAX_CALLS = 5  # cryo calls one piece is spread over on such an endpoint
 PROBE_BURST = 16  # concurrent requests of the first check of an endpoint
-PROBE_BLOCKS = 100  # blocks a throttling endpoint may take before it has proven more
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Health:
     def allowance(self, now: float) -> int | None:
         """Most blocks one assignment may give it: what it has proven while throttling (None:
         no cap, it does not throttle)."""
-        return max(PROBE_BLOCKS, 2 * self.proven) if self.throttling(now) else None
+        return 2 * self.proven if self.throttling(now) else None
 
     def latency_p50(self) -> float | None:
         return statistics.median(self.latencies) if self.latencies else None
@@ -222,10 +222,15 @@ class RpcPool:
             self._set_state(h, HEALTHY, None)
 
     def throttled_by(
-        self, h: Health, retry_after: float | None, sent_rate: float | None, count: int = 1
+        self,
+        h: Health,
+        retry_after: float | None,
+        sent_rate: float | None,
+        count: int = 1,
+        aside: bool = True,
     ) -> None:
-        """`count` 429s (answers to requests sent together): aside until `Retry-After` (or a
-        short backoff), budget decreased once."""
+        """`count` 429s (answers to requests sent together): aside until `Retry-After` (or,
+        when `aside`, a short backoff), budget decreased once."""
         h.requests += count
         h.throttled += count
         h.last_error = "HTTP 429"
@@ -234,7 +239,8 @@ class RpcPool:
         h.throttled_at = time.monotonic()
         RPC_CALLS.labels(self.name, h.label, "throttled").inc(count)
         wait = THROTTLE_BACKOFF if retry_after is None else retry_after
-        h.until = max(h.until, time.monotonic() + wait)
+        if aside or retry_after is not None:
+            h.until = max(h.until, time.monotonic() + wait)
         self._decrease(h, sent_rate, force=retry_after is not None)
         self._set_state(h, THROTTLED, f"HTTP 429, retry in {wait:.1f} s")
 
@@ -443,8 +449,11 @@ class RpcPool:
             self.ok(h, time.monotonic() - started, requests=len(ids))
         throttled = [a for a in answers if isinstance(a, RpcThrottled)]
         if throttled:
+            # A burst partly served shows a limit (the budget is cut, calls are planned for
+            # it), not an endpoint to wait for, unless it says how long.
             hints = [a.retry_after for a in throttled if a.retry_after is not None]
-            self.throttled_by(h, max(hints, default=None), None, count=len(throttled))
+            retry_after = max(hints, default=None)
+            self.throttled_by(h, retry_after, None, count=len(throttled), aside=not ids)
         if ids:
             return ids[0]
         failure = next(a for a in answers if isinstance(a, BaseException))
