@@ -464,8 +464,7 @@ class Executor:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, 9)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+            signal_child(self.proc, 9)  # not proc.kill(): it can reap before asyncio does
 
     async def close(self) -> None:
         self.kill()
