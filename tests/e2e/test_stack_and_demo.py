@@ -82,6 +82,11 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         # Decoded swaps of a factory's pools, joined with block timestamps.
         swaps = re.search(r"decoded swaps        (\d+) found / \1 sent", text)
         assert swaps is not None and int(swaps.group(1)) >= 50, text
+        # A DAG over the synced chain: enriched swaps -> per-range pool volume, every swap.
+        dag = re.search(
+            r"dag demo-\w+-dex +swaps -> pool_volume built in [\d.]+s: (\d+) swaps", text
+        )
+        assert dag is not None and dag.group(1) == swaps.group(1), text
         status = subprocess.run(
             [sys.executable, "-m", "trace_platform", "status"],
             env=env,
@@ -95,12 +100,13 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
         # demo's receiver, which verified every signature.
         assert "alerts               completed: 3 live whale transfers ->" in text
         assert "big-swaps 3" in text
-        assert text.count("s to webhook") == 9
+        assert "dex-swaps 3" in text  # an alert on the live DAG's enriched output
+        assert text.count("s to webhook") == 12
         # 40 emit_alerts tasks + 2 UDF tasks + 4 streams x 12 ranges, then the live ranges
-        # and evaluations (as many as the head moved); 360 + 2 x 1000 rows + 3 x 3 alerts
+        # and evaluations (as many as the head moved); 360 + 2 x 1000 rows + 4 x 3 alerts
         completed = re.search(r"completed\s+(\d+)", status.stdout)
-        assert completed is not None and int(completed.group(1)) >= 90 + 9, status.stdout
-        assert "alert_events rows: 2369" in status.stdout
+        assert completed is not None and int(completed.group(1)) >= 90 + 12, status.stdout
+        assert "alert_events rows: 2372" in status.stdout
         # No chain job is left in an error state: the demo paused those on its node.
         chains = subprocess.run(
             [sys.executable, "-m", "trace_platform", "chain", "status", "--json"],

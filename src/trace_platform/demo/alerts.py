@@ -15,7 +15,7 @@ import standardwebhooks
 from aiohttp import web
 
 from trace_platform.chain.devnet import Anvil
-from trace_platform.demo.chain import BIG_SWAP, SWAP, Traffic, contracts_text
+from trace_platform.demo.chain import BIG_SWAP, SWAP, Traffic, contracts_text, dag_text
 from trace_platform.domain.errors import TraceError
 from trace_platform.ops.chains import chain_status
 from trace_platform.ops.env import OpsEnv
@@ -137,6 +137,16 @@ def live_specs(
         docs.append(
             f'kind: alert\nname: {name}-big-swaps\nrule: {{sql: "{swap_sql}"}}\n'
             + common.replace(f"{name}.erc20_transfers", f"{name}.pair_Swap")
+        )
+        # A DAG follows the head too: swaps enriched with block times, and an alert on them.
+        docs.append(dag_text(f"{name}-dex", name))
+        enriched_sql = (
+            "SELECT block_number, transaction_hash, log_index, pool, tokens_in, block_time"
+            f" FROM dataset WHERE tokens_in >= {BIG_SWAP // 10**18}"
+        )
+        docs.append(
+            f'kind: alert\nname: {name}-dex-swaps\nrule: {{sql: "{enriched_sql}"}}\n'
+            + common.replace(f"{name}.erc20_transfers", f"{name}-dex.swaps")
         )
     if bundle_id is not None:
         docs.append(

@@ -45,6 +45,10 @@ class ChainDemoResult:
     swaps_sent: int = 0
     swaps_found: int = 0
     swaps: list[list[Any]] = field(default_factory=list)
+    dag: str = ""  # the DAG derived from the synced chain, and what its output holds
+    dag_seconds: float = 0.0
+    dag_swaps: int = 0
+    volumes: list[list[Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -194,15 +198,76 @@ async def sync_and_query(env: OpsEnv, traffic: Traffic, timeout: float) -> Chain
     result.whales_found = len(result.top)
     result.swaps = [list(r) for r in swaps.rows]
     result.swaps_found = int(result.swaps[0][4]) if result.swaps else 0
+    try:
+        await derive(env, result, timeout)
+    except TraceError as exc:
+        result.detail = f"DAG failed: {exc.detail}"
+        return result
     ok = (
         result.rows.get("blocks") == BLOCKS
         and result.whales_found == traffic.whales
         and result.swaps_found == traffic.swaps
+        and result.dag_swaps == traffic.swaps
     )
     result.status = "completed" if ok else "failed"
     if not ok:
         result.detail = "synced data does not match the traffic that was sent"
     return result
+
+
+def dag_text(dag: str, chain: str) -> str:
+    """Two jobs over the chain: decoded swaps enriched with their blocks' timestamps, and
+    per range of blocks, each pool's volume."""
+    enriched = (
+        "SELECT s.block_number, s.log_index, s.transaction_hash, s.address AS pool,"
+        " s.amount0In / 1e18 AS tokens_in, b.timestamp AS block_time"
+        " FROM pair_Swap s JOIN blocks b USING (block_number)"
+    )
+    volume = (
+        "SELECT pool, count(*) AS swaps, sum(tokens_in) AS tokens_in,"
+        " min(block_time) AS first_time FROM swaps GROUP BY pool"
+    )
+    return (
+        f"kind: dag\nname: {dag}\njobs:\n"
+        f"  swaps:\n    inputs: [{{chain: {chain}}}]\n    sql: {json.dumps(enriched)}\n"
+        "    unique_key: [transaction_hash, log_index]\n"
+        f"  pool_volume:\n    inputs: [{{job: swaps}}]\n    sql: {json.dumps(volume)}\n"
+    )
+
+
+async def derive(env: OpsEnv, result: ChainDemoResult, timeout: float) -> None:
+    """Apply the demo's DAG over the synced chain, show its progress, read its output."""
+    from trace_platform.ops.dags import dag_status
+
+    dag = result.dag = f"{result.name}-dex"
+    await apply_specs(env, LITE_ORG_ID, dag_text(dag, result.name))
+    print(f"applied dag {dag}: swaps (pair_Swap JOIN blocks) -> pool_volume", flush=True)
+    t0 = time.monotonic()
+    while True:
+        status = await dag_status(env, LITE_ORG_ID, dag)
+        jobs = status["jobs"] if isinstance(status, dict) else status.jobs  # type: ignore[attr-defined]
+        done = all(_get(j, "committed_to") >= BLOCKS and not _get(j, "in_flight") for j in jobs)
+        failed = [j for j in jobs if _get(j, "status") == "stopped"]
+        if done or failed or time.monotonic() - t0 > timeout:
+            break
+        await asyncio.sleep(0.2)
+    result.dag_seconds = time.monotonic() - t0
+    if failed:
+        raise TraceError(f"job {_get(failed[0], 'job')}: {_get(failed[0], 'last_error')}")
+    volumes = await query_here(
+        env,
+        LITE_ORG_ID,
+        None,
+        f'SELECT pool, sum(swaps) AS swaps, sum(tokens_in) AS tokens_in FROM "{dag}.pool_volume"'
+        " GROUP BY pool ORDER BY swaps DESC",
+        None,
+    )
+    result.volumes = [list(r) for r in volumes.rows]
+    result.dag_swaps = int(sum(r[1] for r in result.volumes))
+
+
+def _get(job: Any, key: str) -> Any:
+    return job[key] if isinstance(job, dict) else getattr(job, key)
 
 
 def format_chain(r: ChainDemoResult) -> list[str]:
@@ -224,4 +289,11 @@ def format_chain(r: ChainDemoResult) -> list[str]:
         )
         for row in r.swaps:
             lines.append(f"    block {row[0]:>4}  {row[1]}  pool {row[2][:12]}…  {row[3]:,.0f} in")
+    if r.volumes:
+        lines.append(
+            f"  dag {r.dag:<16} swaps -> pool_volume built in {r.dag_seconds:.1f}s:"
+            f" {r.dag_swaps} swaps over {len(r.volumes)} pools"
+        )
+        for row in r.volumes:
+            lines.append(f"    pool {row[0][:12]}…  {row[1]:>3} swaps  {row[2]:,.0f} in")
     return lines
