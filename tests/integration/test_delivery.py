@@ -148,6 +148,35 @@ async def test_a_new_delivery_is_posted_at_once_not_at_the_next_poll(
     assert not d.listener.listening  # its connection closed with the process's loop
 
 
+async def test_retries_are_sent_when_due_and_a_hand_retry_at_once_not_at_the_next_poll(
+    settings: Settings, pools: tuple[asyncpg.Pool, asyncpg.Pool], receiver: Receiver
+) -> None:
+    state, data = pools
+    receiver.script["/due"] = [500, 200]
+    receiver.script["/by-hand"] = [400, 200]
+    d = Deliverer(
+        data, state, lite(settings, delivery_interval=30.0), ENV, settings.data_database_url
+    )
+    running = Running(d)
+    try:
+        await wait_until(lambda: d.listener is not None and d.listener.listening, 10)
+        # A 500 is retried 0.05 s later (the retry base): then, not at a 30 s poll.
+        due = await one_delivery(pools, "due", receiver.url("/due"))
+        (row,) = await wait_statuses(data, ORG, due, all_settled, timeout=5.0)
+        assert row["status"] == "delivered" and row["attempts"] == 2
+        # A 400 fails for good; `trace delivery retry` makes it due now and says so.
+        by_hand = await one_delivery(pools, "by-hand", receiver.url("/by-hand"))
+        (row,) = await wait_statuses(data, ORG, by_hand, all_settled, timeout=5.0)
+        assert row["status"] == "failed"
+        assert await data.fetchrow(q("delivery", "retry_delivery"), row["delivery_id"], ORG, 3)
+        (row,) = await wait_statuses(
+            data, ORG, by_hand, lambda rows: rows[0]["status"] == "delivered", timeout=5.0
+        )
+        assert row["attempts"] == 2 and len(receiver.at("/by-hand")) == 2
+    finally:
+        await running.close()
+
+
 @pytest.mark.parametrize(("status", "why"), [(400, "HTTP 400"), (410, "410 Gone")])
 async def test_a_4xx_fails_at_once(
     pools: tuple[asyncpg.Pool, asyncpg.Pool],

@@ -18,6 +18,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -48,6 +49,7 @@ MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 CHANNEL_CACHE_SECONDS = 5.0
 FLUSH_SECONDS = 0.02
 DELIVERY_CHANNEL = "trace_delivery"  # the sink notifies it when it inserts deliveries
+IDLE_WAIT_SECONDS = 5.0  # listening, nothing due: look again after this all the same
 
 
 @dataclass(frozen=True)
@@ -153,16 +155,19 @@ class ChannelCache:
 
 
 class ResultWriter:
-    """Writes attempt results back in batches; keeps them across a database outage."""
+    """Writes attempt results back in batches; keeps them across a database outage. Idle, it
+    waits for a first result (no timer ticks); then gives others `FLUSH_SECONDS` to join.
+    `on_retry` runs after a batch holding retries is written (they may come due soon)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, on_retry: Callable[[], None] = lambda: None) -> None:
         self.pool = pool
         self.pending: list[Result] = []
         self.wake = asyncio.Event()
+        self.on_retry = on_retry
 
     def add(self, result: Result) -> None:
         self.pending.append(result)
-        if len(self.pending) >= CLAIM_BATCH:
+        if len(self.pending) == 1 or len(self.pending) >= CLAIM_BATCH:
             self.wake.set()
 
     async def flush(self) -> bool:
@@ -185,19 +190,35 @@ class ResultWriter:
             log.error("deliver.record_failed", error=type(exc).__name__, results=len(batch))
             self.pending = batch + self.pending
             return False
+        if any(r.outcome == "retry" for r in batch):
+            self.on_retry()
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), FLUSH_SECONDS)
-            self.wake.clear()
-            if not await self.flush():
-                await sleep_or_stop(stop, 0.5)
+        stopping = asyncio.create_task(set_on(stop, self.wake))
+        try:
+            while not stop.is_set():
+                await self.wake.wait()  # a first result, a full batch, or the stop
+                self.wake.clear()
+                if 0 < len(self.pending) < CLAIM_BATCH and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):  # the next results may join
+                        await asyncio.wait_for(self.wake.wait(), FLUSH_SECONDS)
+                    self.wake.clear()
+                if not await self.flush():
+                    await sleep_or_stop(stop, 0.5)
+                    self.wake.set()  # try again
+        finally:
+            stopping.cancel()
         for _ in range(10):  # the last results, while the database lets us
             if await self.flush():
                 return
             await asyncio.sleep(0.5)
+
+
+async def set_on(event: asyncio.Event, wake: asyncio.Event) -> None:
+    """Set `wake` once `event` is set (a wait on `wake` then also ends at a stop)."""
+    await event.wait()
+    wake.set()
 
 
 class Deliverer:
@@ -214,13 +235,13 @@ class Deliverer:
         self.pool = data_pool
         self.settings = settings
         self.channels = ChannelCache(state_pool)
-        self.results = ResultWriter(data_pool)
+        self.wake = asyncio.Event()
+        self.results = ResultWriter(data_pool, on_retry=self.wake.set)
         self.environ = environ
         self.concurrency = settings.delivery_concurrency
         # A claimed row is due again after this: a request's time twice over, and a margin.
         self.lease = 2 * settings.delivery_timeout_seconds + LEASE_MARGIN_SECONDS
         self.allow_private = settings.delivery_allow_private
-        self.wake = asyncio.Event()
         self.listener = Listener(listen_dsn, DELIVERY_CHANNEL, self.wake) if listen_dsn else None
 
     def session(self) -> aiohttp.ClientSession:
@@ -256,12 +277,7 @@ class Deliverer:
             stop.set()
 
         writer = watch(asyncio.create_task(self.results.run(stop)), "results", writer_died)
-
-        async def wake_on_stop() -> None:  # the wait for work below ends at a stop too
-            await stop.wait()
-            self.wake.set()
-
-        stopping = asyncio.create_task(wake_on_stop())
+        stopping = asyncio.create_task(set_on(stop, self.wake))
         async with self.session() as http:
             while not stop.is_set():
                 free = self.concurrency - len(running)
@@ -282,10 +298,8 @@ class Deliverer:
                     running.add(task)
                     task.add_done_callback(running.discard)
                 if not rows:
-                    if self.listener is not None:
-                        await self.listener.ensure()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), self.settings.delivery_interval)
+                        await asyncio.wait_for(self.wake.wait(), await self._idle_wait())
             if running:
                 await asyncio.wait(running, timeout=self.settings.delivery_timeout_seconds + 1)
         stopping.cancel()
@@ -294,6 +308,25 @@ class Deliverer:
         with contextlib.suppress(Exception):  # a dead writer was logged when it died
             await writer
         log.info("deliver.stopped")
+
+    async def _idle_wait(self) -> float:
+        """How long to wait for work when none is due. Listening, until the next pending
+        delivery comes due (a retry, an expiring lease; at most `IDLE_WAIT_SECONDS`): new
+        and hand-retried ones arrive with a notification, and a written retry wakes the
+        loop to look again. Not listening, `delivery_interval` (polling)."""
+        interval = self.settings.delivery_interval
+        if self.listener is None:
+            return interval
+        await self.listener.ensure()
+        if not self.listener.listening:
+            return interval
+        try:
+            due_in = await self.pool.fetchval(q("delivery", "next_due_in"))
+        except DB_ERRORS:
+            return interval
+        if due_in is None:
+            return IDLE_WAIT_SECONDS
+        return max(0.005, min(float(due_in), IDLE_WAIT_SECONDS))
 
     async def _one(self, http: aiohttp.ClientSession, row: Any) -> None:
         started = datetime.now(UTC)

@@ -47,13 +47,23 @@ INSERT INTO data.delivery_attempts (delivery_id, attempt, started_at, duration_m
 SELECT delivery_id, attempt, started_at, duration_ms, status_code, outcome, error FROM r
 ON CONFLICT (delivery_id, attempt) DO NOTHING;
 
+-- name: next_due_in
+-- Seconds until the earliest pending delivery comes due (negative: due now; NULL: none).
+SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+FROM data.alert_deliveries WHERE status = 'pending';
+
 -- name: retry_delivery
--- `trace delivery retry ID`: a failed (or pending) delivery is due now, with a fresh budget.
-UPDATE data.alert_deliveries
-SET status = 'pending', next_attempt_at = now(), max_attempts = attempts + $3,
-    last_error = NULL, updated_at = now()
-WHERE delivery_id = $1 AND org_id = $2 AND status IN ('failed', 'pending')
-RETURNING delivery_id, status, attempts, max_attempts;
+-- `trace delivery retry ID`: a failed (or pending) delivery is due now, with a fresh budget
+-- (`trace deliver` is told: it listens on trace_delivery).
+WITH retried AS (
+    UPDATE data.alert_deliveries
+    SET status = 'pending', next_attempt_at = now(), max_attempts = attempts + $3,
+        last_error = NULL, updated_at = now()
+    WHERE delivery_id = $1 AND org_id = $2 AND status IN ('failed', 'pending')
+    RETURNING delivery_id, status, attempts, max_attempts
+)
+SELECT delivery_id, status, attempts, max_attempts
+FROM retried, LATERAL (SELECT pg_notify('trace_delivery', '')) AS told;
 
 -- name: delivery_by_id
 SELECT d.*, e.block_number, e.tx_hash FROM data.alert_deliveries d
