@@ -271,7 +271,9 @@ class Binder:
 
     @staticmethod
     def _aliases(caller: QueryCaller, rows: list[Any]) -> tuple[dict[str, str], dict[str, bool]]:
-        chain = [r["name"] for r in rows if r["kind"] == "partitions"]
+        # Short names answer for the only chain job; a DAG's outputs (`dag.job`) never take
+        # that role from it.
+        chain = [r["name"] for r in rows if r["kind"] == "partitions" and not r["derived"]]
         kinds = {r["name"]: r["kind"] == "partitions" for r in rows}
         return relation_aliases(kinds, caller.job or default_job(kinds, chain)), kinds
 

@@ -106,7 +106,8 @@ async def describe(binder: Binder, caller: QueryCaller) -> list[RelationInfo]:
     """Every relation of the caller's org, by the names its queries may use."""
     rows = await binder.org_relations(caller.org_id, fresh=True)
     kinds = {r["name"]: r["kind"] == "partitions" for r in rows}
-    chain = [n for n, is_chain in kinds.items() if is_chain]
+    derived = {r["name"] for r in rows if r["derived"]}
+    chain = [n for n, is_chain in kinds.items() if is_chain and n not in derived]
     aliases = relation_aliases(kinds, caller.job or default_job(kinds, chain))
     names: dict[str, list[str]] = {}
     for alias, full in aliases.items():
@@ -119,7 +120,7 @@ async def describe(binder: Binder, caller: QueryCaller) -> list[RelationInfo]:
         out.append(
             RelationInfo(
                 name,
-                "chain" if is_chain else "versions",
+                "derived" if name in derived else "chain" if is_chain else "versions",
                 tuple(sorted(names.get(name, []), key=lambda a: (len(a), a))),
                 tuple(columns),
             )

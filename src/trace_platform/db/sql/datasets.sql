@@ -21,8 +21,10 @@ LIMIT 1;
 
 -- name: org_relations
 -- Every dataset of an org that can be read (a version or a committed snapshot), by name:
--- the catalog a person's query resolves its relation names against.
-SELECT d.name, d.kind, d.dataset_uuid
+-- the catalog a person's query resolves its relation names against. `derived`: a DAG job's
+-- output (partitioned like a chain's relations, but not a chain job's for short names).
+SELECT d.name, d.kind, d.dataset_uuid,
+       EXISTS (SELECT 1 FROM state.dag_jobs j WHERE j.dataset_uuid = d.dataset_uuid) AS derived
 FROM state.datasets d
 WHERE d.org_id = $1
   AND (d.kind = 'partitions'
