@@ -195,6 +195,26 @@ class Client:
     def resume_chain(self, name: str) -> Json:
         return dict(self.request("POST", f"/v1/chains/{name}/resume"))
 
+    # -- DAGs ------------------------------------------------------------------------------
+
+    def dags(self) -> list[Json]:
+        """Every DAG of the org: `name`, `state` (running, paused, deleted), jobs and ranges."""
+        return list(self.request("GET", "/v1/dags")["dags"])
+
+    def dag(self, name: str) -> Json:
+        """A DAG's status: per job, ranges committed / in flight / failed, rows, lag, error."""
+        return dict(self.request("GET", f"/v1/dags/{name}"))
+
+    def pause_dag(self, name: str) -> Json:
+        return dict(self.request("POST", f"/v1/dags/{name}/pause"))
+
+    def resume_dag(self, name: str) -> Json:
+        return dict(self.request("POST", f"/v1/dags/{name}/resume"))
+
+    def delete_dag(self, name: str) -> Json:
+        """Stop the DAG and forget its spec; its output datasets stay readable."""
+        return dict(self.request("DELETE", f"/v1/dags/{name}"))
+
     # -- alerts and deliveries ------------------------------------------------------------
 
     def alerts(self) -> list[Json]:

@@ -15,12 +15,13 @@ from trace_platform.domain.errors import ValidationError
 from trace_platform.http import json_response
 from trace_platform.ops import alerts as alert_ops
 from trace_platform.ops import chains as chain_ops
+from trace_platform.ops import dags as dag_ops
 from trace_platform.ops import dlq as dlq_ops
 from trace_platform.ops import specs as spec_ops
 from trace_platform.ops import users as user_ops
 
 router = APIRouter()
-SpecKind = Literal["chain_sync", "alert"]
+SpecKind = Literal["chain_sync", "alert", "dag"]
 
 
 @router.post(
@@ -78,6 +79,34 @@ async def chain(c: Reader, name: str) -> Response:
 @router.post("/v1/chains/{name}/{action}", tags=["chains"], summary="Pause or resume (writer)")
 async def chain_action(c: Writer, name: str, action: Literal["pause", "resume"]) -> Response:
     return json_response(await chain_ops.set_paused(c.env, c.org, name, action == "pause"))
+
+
+@router.get("/v1/dags", tags=["dags"], summary="DAGs of your org with their ranges by status")
+async def dags(c: Reader) -> Response:
+    return json_response({"dags": await dag_ops.list_dags(c.env, c.org)})
+
+
+@router.get(
+    "/v1/dags/{name}",
+    tags=["dags"],
+    summary="A DAG's status: per job, ranges committed / in flight / failed, rows, lag, error",
+)
+async def dag(c: Reader, name: str) -> Response:
+    return json_response(await dag_ops.dag_status(c.env, c.org, name))
+
+
+@router.post("/v1/dags/{name}/{action}", tags=["dags"], summary="Pause or resume a DAG (writer)")
+async def dag_action(c: Writer, name: str, action: Literal["pause", "resume"]) -> Response:
+    return json_response(await dag_ops.set_dag_paused(c.env, c.org, name, action == "pause"))
+
+
+@router.delete(
+    "/v1/dags/{name}",
+    tags=["dags"],
+    summary="Delete a DAG (writer): it stops, its spec is forgotten, its datasets stay",
+)
+async def delete_dag(c: Writer, name: str) -> Response:
+    return json_response(await dag_ops.delete_dag(c.env, c.org, name))
 
 
 @router.get("/v1/alerts", tags=["alerts"], summary="Alerts of your org")

@@ -40,7 +40,7 @@ def _applied(results: list[dict[str, Any]]) -> str:
 @click.pass_context
 @handle_errors
 def apply(ctx: click.Context, file: Path, org_id: uuid.UUID | None, as_json: bool) -> None:
-    """Apply a spec file (`kind: chain_sync` or `kind: alert`; several documents allowed,
+    """Apply a spec file (`kind: chain_sync`, `alert` or `dag`; several documents allowed,
     `-` reads stdin). Every document is validated before anything is applied; re-applying
     changes nothing."""
     try:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # (types only: a verb imports the operations it runs, not eve
     from trace_platform.domain.catalog import RelationInfo
     from trace_platform.ops.alerts import AlertDetail, AlertEvent, AlertSummary, Delivery
     from trace_platform.ops.bundles import BundleSummary
+    from trace_platform.ops.dags import DagStatus, DagSummary
     from trace_platform.ops.datasets import DatasetDetail, DatasetSummary, QueryAnswer
     from trace_platform.ops.dlq import DlqMessage
     from trace_platform.ops.status import StatusReport
@@ -248,3 +249,86 @@ def users(items: list[UserRow]) -> str:
         + (f"revoked {u.revoked_at:%F %T}" if u.revoked_at else "active")
         for u in items
     )
+
+
+def _columns(header: list[str], rows: list[list[str]], indent: str = "") -> list[str]:
+    """Left-aligned columns, two spaces apart, no trailing blanks."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    return [
+        indent + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def progress_bar(done: int, total: int | None, width: int = 10) -> str:
+    """`[#####.....] 50%` of `total`; `[----------] -` when there is nothing to do yet."""
+    if not total or total <= 0:
+        return f"[{'-' * width}] -"
+    share = min(max(done, 0) / total, 1.0)
+    filled = int(share * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {int(share * 100)}%"
+
+
+def dags(items: list[DagSummary]) -> str:
+    if not items:
+        return "no DAGs (apply a kind: dag spec with `trace apply FILE`)"
+    header = ["name", "state", "jobs", "committed", "in flight", "failed", "updated"]
+    rows = [
+        [
+            d.name,
+            d.state,
+            str(d.jobs) + (f" ({d.stopped_jobs} stopped)" if d.stopped_jobs else ""),
+            str(d.committed),
+            str(d.in_flight),
+            str(d.failed),
+            f"{d.updated_at:%F %T}",
+        ]
+        for d in items
+    ]
+    return "\n".join(_columns(header, rows))
+
+
+def dag_status(status: DagStatus) -> str:
+    """One row per job (progress from its first block to its inputs' committed tip), then
+    each job's inputs and last error."""
+    lines = [f"dag {status.name}  {status.state}  {plural(len(status.jobs), 'job')}"]
+    header = [
+        "job",
+        "status",
+        "progress",
+        "committed",
+        "in flight",
+        "failed",
+        "rows",
+        "committed to",
+        "input tip",
+        "lag",
+        "generation",
+    ]
+    rows = []
+    for j in status.jobs:
+        total = None if j.input_tip is None else j.input_tip - j.from_block
+        rows.append(
+            [
+                j.job,
+                j.status,
+                progress_bar(j.committed_to - j.from_block, total),
+                str(j.committed),
+                str(j.in_flight),
+                str(j.failed),
+                str(j.rows),
+                str(j.committed_to),
+                "-" if j.input_tip is None else str(j.input_tip),
+                "-" if j.lag_blocks is None else f"{j.lag_blocks} blocks",
+                j.generation[:12],
+            ]
+        )
+    lines += _columns(header, rows, "  ")
+    for j in status.jobs:
+        inputs = ", ".join(
+            f"{i.kind} {i.name}" + (f" where {i.where}" if i.where else "") for i in j.inputs
+        )
+        lines.append(f"  {j.job} ({j.relation}) reads {inputs}")
+        if j.last_error:
+            lines.append(f"    last error: {j.last_error}")
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from trace_platform.chain.commit import dataset_prefix
@@ -249,6 +250,78 @@ async def _stop_tasks(conn: Any, job_uuid: uuid.UUID) -> None:
         await conn.execute(q("dags", "rewind_job"), job_uuid, min(r["range_start"] for r in rows))
 
 
+@dataclass(frozen=True)
+class DagSummary:
+    """A DAG as `trace dag list` and `GET /v1/dags` show it. `state`: running; error (a job
+    stopped on a range that failed for good: its status says which and why); paused; or
+    deleted (its spec was deleted: nothing runs, its outputs stay readable, applying it
+    again resumes it)."""
+
+    name: str
+    state: str
+    jobs: int
+    stopped_jobs: int
+    committed: int
+    in_flight: int
+    failed: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DagInput:
+    """One input of a job: `chain` (a chain job's relations), `job` (a job of the same
+    DAG) or `dataset` (a registered dataset, read whole), with its `where` filter."""
+
+    kind: str
+    name: str
+    where: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DagJobStatus:
+    """One job of a DAG: its ranges (of its current generation) committed, in flight and
+    failed, the rows its output holds, how far its output is committed without a gap
+    (`committed_to`, an exclusive block) and how far its inputs are (`input_tip`: the least
+    of its range inputs' committed prefixes), the lag between them, and its last error."""
+
+    job: str
+    relation: str
+    window: str
+    status: str
+    generation: str
+    inputs: list[DagInput]
+    from_block: int
+    committed: int
+    in_flight: int
+    failed: int
+    rows: int
+    committed_to: int
+    input_tip: int | None
+    lag_blocks: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class DagStatus:
+    name: str
+    state: str
+    paused: bool
+    jobs: list[DagJobStatus]
+
+
+@dataclass(frozen=True)
+class DagPaused:
+    name: str
+    paused: bool
+
+
+def _state(paused: bool, applied: bool, stopped_jobs: int) -> str:
+    if not applied:
+        return "deleted"
+    return "paused" if paused else ("error" if stopped_jobs else "running")
+
+
 async def _dag(env: OpsEnv, org_id: uuid.UUID, name: str) -> Any:
     row = await env.state.fetchrow(q("dags", "dag_by_name"), org_id, name)
     if row is None:
@@ -256,65 +329,108 @@ async def _dag(env: OpsEnv, org_id: uuid.UUID, name: str) -> Any:
     return row
 
 
-async def list_dags(env: OpsEnv, org_id: uuid.UUID) -> list[dict[str, Any]]:
-    return [dict(r) for r in await env.state.fetch(q("dags", "list_dags"), org_id)]
+async def list_dags(env: OpsEnv, org_id: uuid.UUID) -> list[DagSummary]:
+    """Every DAG of the org, by name, with its ranges by status."""
+    return [
+        DagSummary(
+            name=r["name"],
+            state=_state(r["paused"], r["applied"], r["stopped_jobs"]),
+            jobs=int(r["jobs"]),
+            stopped_jobs=int(r["stopped_jobs"]),
+            committed=int(r["committed"]),
+            in_flight=int(r["in_flight"]),
+            failed=int(r["failed"]),
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+        )
+        for r in await env.state.fetch(q("dags", "dag_summaries"), org_id)
+    ]
 
 
-async def dag_status(env: OpsEnv, org_id: uuid.UUID, name: str) -> dict[str, Any]:
+async def dag_status(env: OpsEnv, org_id: uuid.UUID, name: str) -> DagStatus:
     """Per job: its inputs, generation, ranges committed / in flight / failed, rows, how far
-    it has committed and its lag behind its inputs in blocks, and its last error."""
+    it has committed and its lag behind its inputs in blocks, and its last error. A fixed
+    number of statements whatever the DAG's size (each job's error aside)."""
     dag = await _dag(env, org_id, name)
     async with env.state.acquire() as conn:
-        jobs = await conn.fetch(q("dags", "jobs_of_dag"), dag["dag_id"])
-        progress = {
-            r["job_uuid"]: r for r in await conn.fetch(q("dags", "job_progress"), dag["dag_id"])
+        applied = await conn.fetchrow(q("chain", "show_spec"), org_id, KIND, name) is not None
+        jobs = [
+            j
+            for j in await conn.fetch(q("dags", "jobs_of_dag"), dag["dag_id"])
+            if j["status"] != "removed"
+        ]
+        counts = {
+            r["job_uuid"]: r
+            for r in await conn.fetch(q("dags", "dag_ranges_by_status"), dag["dag_id"])
+        }
+        reads: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for r in await conn.fetch(q("dags", "bounded_reads_of_dag"), dag["dag_id"]):
+            reads.setdefault(r["job_uuid"], []).append(r["dataset_uuid"])
+        # Each (dataset, from block) pair once: a job's output is its reader's input.
+        pairs = {(j["dataset_uuid"], j["from_block"]) for j in jobs} | {
+            (ds, j["from_block"]) for j in jobs for ds in reads.get(j["job_uuid"], [])
+        }
+        tips = {
+            (r["dataset_uuid"], r["from_block"]): int(r["tip"])
+            for r in await conn.fetch(
+                q("dags", "input_tips"), [p[0] for p in pairs], [p[1] for p in pairs]
+            )
+        }
+        live = {
+            r["dataset_uuid"]: int(r["rows"])
+            for r in await conn.fetch(q("dags", "live_rows"), [j["dataset_uuid"] for j in jobs])
         }
         out = []
         for job in jobs:
-            if job["status"] == "removed":
-                continue
-            p = progress.get(job["job_uuid"])
-            tips = []
-            for read in await conn.fetch(q("dags", "reads_of_job"), job["job_uuid"]):
-                if read["bounded"]:
-                    tips.append(
-                        await conn.fetchval(
-                            q("dags", "input_tip"), read["dataset_uuid"], job["from_block"]
-                        )
-                    )
-            done = await conn.fetchval(
-                q("dags", "input_tip"), job["dataset_uuid"], job["from_block"]
+            c = counts.get(job["job_uuid"])
+            committed, in_flight, failed = (
+                (int(c["committed"]), int(c["in_flight"]), int(c["failed"])) if c else (0, 0, 0)
             )
-            input_tip = min(tips) if tips else None
+            start = job["from_block"]
+            done = tips[(job["dataset_uuid"], start)]
+            ups = [tips[(ds, start)] for ds in reads.get(job["job_uuid"], [])]
+            input_tip = min(ups) if ups else None
             error = job["last_error"]
-            if error is None and p is not None and p["failed"]:
+            if error is None and failed:
                 error = await conn.fetchval(q("dags", "last_range_error"), job["job_uuid"])
+            if error is None and in_flight:
+                error = await conn.fetchval(q("dags", "open_range_error"), job["job_uuid"])
             out.append(
-                {
-                    "job": job["name"],
-                    "relation": f"{name}.{job['name']}",
-                    "window": job["window_kind"],
-                    "status": job["status"],
-                    "generation": job["generation"],
-                    "inputs": job["inputs"],
-                    "from_block": job["from_block"],
-                    "committed": int(p["committed"]) if p else 0,
-                    "in_flight": int(p["in_flight"]) if p else 0,
-                    "failed": int(p["failed"]) if p else 0,
-                    "rows": int(p["rows"]) if p else 0,
-                    "committed_to": done,
-                    "input_tip": input_tip,
-                    "lag_blocks": max(0, input_tip - done) if input_tip is not None else None,
-                    "last_error": error,
-                }
+                DagJobStatus(
+                    job=job["name"],
+                    relation=f"{name}.{job['name']}",
+                    window=job["window_kind"],
+                    status=job["status"],
+                    generation=job["generation"],
+                    inputs=[DagInput(i["kind"], i["name"], i.get("where")) for i in job["inputs"]],
+                    from_block=start,
+                    committed=committed,
+                    in_flight=in_flight,
+                    failed=failed,
+                    rows=live.get(job["dataset_uuid"], 0),
+                    committed_to=done,
+                    input_tip=input_tip,
+                    lag_blocks=max(0, input_tip - done) if input_tip is not None else None,
+                    last_error=error,
+                )
             )
-    return {"name": name, "paused": dag["paused"], "jobs": out}
+    stopped = sum(1 for j in out if j.status == "stopped")
+    return DagStatus(name, _state(dag["paused"], applied, stopped), dag["paused"], out)
 
 
-async def set_dag_paused(env: OpsEnv, org_id: uuid.UUID, name: str, paused: bool) -> dict[str, Any]:
+async def all_dag_status(env: OpsEnv, org_id: uuid.UUID) -> list[DagStatus]:
+    """The status of every DAG of the org (the console's DAG page)."""
+    return [await dag_status(env, org_id, d.name) for d in await list_dags(env, org_id)]
+
+
+async def set_dag_paused(env: OpsEnv, org_id: uuid.UUID, name: str, paused: bool) -> DagPaused:
+    """A paused DAG schedules no new range (ranges in flight finish); resuming schedules
+    again from where each job was. A deleted DAG resumes by being applied again."""
     dag = await _dag(env, org_id, name)
+    if not paused and await env.state.fetchrow(q("chain", "show_spec"), org_id, KIND, name) is None:
+        raise ConflictError(f"DAG {name!r} was deleted: apply its spec again to resume it")
     await env.state.execute(q("dags", "set_dag_paused"), dag["dag_id"], paused)
-    return {"name": name, "paused": paused}
+    return DagPaused(name, paused)
 
 
 async def delete_dag(env: OpsEnv, org_id: uuid.UUID, name: str) -> dict[str, Any]:

@@ -227,3 +227,88 @@ SELECT coalesce(max(range_end), $2) AS tip FROM (
 UPDATE state.dag_ranges SET status = 'replaced'
 WHERE job_uuid = $1 AND status = 'scheduled'
 RETURNING task_id, range_start;
+
+-- name: dag_summaries
+-- Each DAG of an org: whether its spec is applied, its jobs, and the ranges of their
+-- current generations by status.
+SELECT d.dag_id, d.name, d.paused, d.created_at, d.updated_at,
+       EXISTS (SELECT 1 FROM state.specs s
+               WHERE s.org_id = d.org_id AND s.kind = 'dag' AND s.name = d.name) AS applied,
+       coalesce(j.jobs, 0) AS jobs, coalesce(j.stopped_jobs, 0) AS stopped_jobs,
+       coalesce(r.committed, 0) AS committed, coalesce(r.in_flight, 0) AS in_flight,
+       coalesce(r.failed, 0) AS failed
+FROM state.dags d
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE status <> 'removed') AS jobs,
+           count(*) FILTER (WHERE status = 'stopped') AS stopped_jobs
+    FROM state.dag_jobs WHERE dag_id = d.dag_id
+) j ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE rr.status = 'committed') AS committed,
+           count(*) FILTER (WHERE rr.status = 'scheduled' AND t.ended IS NOT TRUE) AS in_flight,
+           count(*) FILTER (WHERE rr.status = 'failed' OR t.ended) AS failed
+    FROM state.dag_jobs jj
+    JOIN state.dag_ranges rr ON rr.job_uuid = jj.job_uuid AND rr.generation = jj.generation
+    LEFT JOIN LATERAL (
+        SELECT tt.status = 'canceled' OR (tt.status = 'failed' AND tt.next_retry_at IS NULL)
+               AS ended
+        FROM state.tasks tt WHERE tt.task_id = rr.task_id AND rr.status = 'scheduled'
+    ) t ON true
+    WHERE jj.dag_id = d.dag_id AND jj.status <> 'removed'
+) r ON true
+WHERE d.org_id = $1
+ORDER BY d.name;
+
+-- name: dag_ranges_by_status
+-- Per job of a DAG: its current generation's ranges by status (of every epoch: a reorg's
+-- rewind leaves the ranges before the fork committed under the epoch they were made in).
+-- A scheduled range whose task ended for good (failed, canceled) counts as failed, as the
+-- planner will record it (a stopped job's other ranges stay so: nothing plans it).
+SELECT j.job_uuid,
+       count(*) FILTER (WHERE r.status = 'committed') AS committed,
+       count(*) FILTER (WHERE r.status = 'scheduled' AND t.ended IS NOT TRUE) AS in_flight,
+       count(*) FILTER (WHERE r.status = 'failed' OR t.ended) AS failed
+FROM state.dag_jobs j
+JOIN state.dag_ranges r ON r.job_uuid = j.job_uuid AND r.generation = j.generation
+LEFT JOIN LATERAL (
+    SELECT tt.status = 'canceled' OR (tt.status = 'failed' AND tt.next_retry_at IS NULL) AS ended
+    FROM state.tasks tt WHERE tt.task_id = r.task_id AND r.status = 'scheduled'
+) t ON true
+WHERE j.dag_id = $1
+GROUP BY j.job_uuid;
+
+-- name: live_rows
+-- Live partitions and rows of each dataset (what readers' snapshots hold).
+SELECT dataset_uuid, count(*) AS partitions, coalesce(sum(row_count), 0) AS rows
+FROM state.dataset_partitions
+WHERE dataset_uuid = ANY($1::uuid[]) AND removed_seq IS NULL
+GROUP BY dataset_uuid;
+
+-- name: input_tips
+-- `input_tip` of several (dataset, from block) pairs at once.
+SELECT t.ds AS dataset_uuid, t.from_block, tip.tip
+FROM unnest($1::uuid[], $2::bigint[]) AS t(ds, from_block)
+CROSS JOIN LATERAL (
+    SELECT coalesce(max(range_end), t.from_block) AS tip FROM (
+        SELECT range_end,
+               sum(CASE WHEN range_start <= coalesce(prev_end, t.from_block) THEN 0 ELSE 1 END)
+                   OVER (ORDER BY range_start) AS gaps
+        FROM (SELECT range_start, range_end,
+                     lag(range_end) OVER (ORDER BY range_start) AS prev_end
+              FROM state.dataset_partitions
+              WHERE dataset_uuid = t.ds AND removed_seq IS NULL AND range_end > t.from_block
+             ) ordered
+    ) marked WHERE gaps = 0
+) tip;
+
+-- name: open_range_error
+-- The latest error of a job's ranges still in flight (an attempt failed, a retry is due).
+SELECT t.last_error FROM state.dag_ranges r JOIN state.tasks t USING (task_id)
+WHERE r.job_uuid = $1 AND r.status = 'scheduled' AND t.last_error IS NOT NULL
+ORDER BY t.updated_at DESC LIMIT 1;
+
+-- name: bounded_reads_of_dag
+-- The datasets each job of a DAG reads within its ranges.
+SELECT r.job_uuid, r.dataset_uuid FROM state.dag_reads r
+JOIN state.dag_jobs j USING (job_uuid)
+WHERE j.dag_id = $1 AND r.bounded;
