@@ -42,6 +42,10 @@ CHAIN_SPEC = (
     "mode: {{kind: fixed_target, to_block: 100}}\n"
     "streams:\n  blocks: {{cryo_dataset: blocks, chunk_size: 10}}\n"
 )
+DAG_SPEC = (
+    "kind: dag\nname: {name}\njobs:\n"
+    "  heights: {{inputs: [{{chain: {chain}}}], sql: SELECT block_number FROM blocks}}\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +108,12 @@ class Scene:
     async def spec(self) -> str:
         name = self.fresh("role-chain")
         await self.setup("POST", "/v1/specs", content=CHAIN_SPEC.format(name=name))
+        return name
+
+    async def dag(self) -> str:
+        """A DAG over a fresh chain job (applied only: nothing runs it here)."""
+        chain, name = await self.spec(), self.fresh("role-dag")
+        await self.setup("POST", "/v1/specs", content=DAG_SPEC.format(name=name, chain=chain))
         return name
 
     async def user(self) -> str:
@@ -198,6 +208,10 @@ async def _chain(s: Scene, suffix: str = "") -> Request:
     return f"/v1/chains/{await s.spec()}{suffix}", None
 
 
+async def _dag(s: Scene, suffix: str = "") -> Request:
+    return f"/v1/dags/{await s.dag()}{suffix}", None
+
+
 async def _alert(s: Scene, suffix: str = "") -> Request:
     await define_alert(s.pool, LITE_ORG_ID, "role-alert", [])
     return f"/v1/alerts/role-alert{suffix}", None
@@ -248,6 +262,10 @@ TABLE = [
     Row("GET", "/v1/chains", "reader", 200, at("/v1/chains")),
     Row("GET", "/v1/chains/{name}", "reader", 200, _chain),
     Row("POST", "/v1/chains/{name}/{action}", "writer", 200, lambda s: _chain(s, "/pause")),
+    Row("GET", "/v1/dags", "reader", 200, at("/v1/dags")),
+    Row("GET", "/v1/dags/{name}", "reader", 200, _dag),
+    Row("POST", "/v1/dags/{name}/{action}", "writer", 200, lambda s: _dag(s, "/pause")),
+    Row("DELETE", "/v1/dags/{name}", "writer", 200, _dag),
     Row("GET", "/v1/alerts", "reader", 200, at("/v1/alerts")),
     Row("GET", "/v1/alerts/{name}", "reader", 200, _alert),
     Row("GET", "/v1/alerts/{name}/events", "reader", 200, lambda s: _alert(s, "/events")),
