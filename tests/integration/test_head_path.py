@@ -1,10 +1,13 @@
 """The head path (SPEC §11-§12) moves on notifications, not polls: a block of a followed
 chain goes through planning, extraction, commit, its rule's evaluation, the sink and a
 webhook delivery with the outbox and delivery polls set to 30 s, and every range's rule runs
-on the same query executor, rebound in place."""
+on the same query executor, rebound in place. Idle, following costs little: at an unchanged
+head the node is asked for its head at each poll, but for the committed ranges' hashes (the
+reorg check) only about once a second."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +26,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.delivery_helpers import Receiver
+from tests.rpc_proxy import FaultProxy
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 from trace_platform.delivery.signing import new_secret
@@ -41,12 +45,20 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def h_settings(settings: Settings, node: Anvil) -> Settings:
+def proxy(node: Anvil) -> Iterator[FaultProxy]:
+    """The pool's endpoint: the node, its requests counted."""
+    p = FaultProxy(node.url)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def h_settings(settings: Settings, proxy: FaultProxy) -> Settings:
     port = free_port()
     return settings.replace(
         query_port=port,
         query_url=f"http://127.0.0.1:{port}",
-        rpc_pools=(("local", node.url),),
+        rpc_pools=(("local", proxy.url),),
         outbox_interval=POLL,
         delivery_interval=POLL,
         delivery_allow_private=True,
@@ -123,3 +135,17 @@ async def test_a_followed_block_alerts_without_waiting_for_any_poll(
     # Every range's rule ran on one executor, rebound in place for each new range.
     started = stack["query"].log_text().count('"query.executor_started"')
     assert started == 1, f"{started} executors started for {len(took)} ranges"
+
+
+async def test_at_an_unchanged_head_ranges_are_rechecked_about_once_a_second(
+    stack: dict[str, Proc], proxy: FaultProxy
+) -> None:
+    # After the test above: the job follows the head with ranges committed, and no block
+    # comes. Its head is polled every 0.1 s; the reorg check reads hashes about once a second.
+    since = time.time()
+    await asyncio.sleep(3.0)  # a window to count requests in: nothing to wait for here
+    calls = proxy.calls_since(since)
+    heads = sum(1 for c in calls if "eth_blockNumber" in c.methods)
+    hashes = sum(1 for c in calls if "eth_getBlockByNumber" in c.methods)
+    assert heads >= 15, calls
+    assert 1 <= hashes <= 5, f"{hashes} hash reads in 3 s at an unchanged head"

@@ -40,6 +40,8 @@ from trace_platform.metrics import CHAIN_HEAD, CHAIN_RANGES
 
 log = get_logger(__name__)
 AUTO_INFLIGHT, MAX_AUTO_INFLIGHT = 16, 64
+JOBS_REFRESH_SECONDS = 1.0  # the observer reads the jobs' rows this often, not every tick
+REORG_RECHECK_SECONDS = 1.0  # at an unchanged head, committed ranges are re-checked this often
 BACKFILL_BLOCKS = 1000  # default range size far behind: cryo's own chunk
 
 
@@ -319,6 +321,9 @@ class HeadObserver:
         self._pools: dict[str, RpcPool] = {}
         self._last_reported = 0.0
         self._last_poll: dict[uuid.UUID, float] = {}
+        self._last_check: dict[uuid.UUID, float] = {}
+        self._jobs: list[asyncpg.Record] = []
+        self._jobs_read = float("-inf")
 
     async def close(self) -> None:
         for pool in self._pools.values():
@@ -326,10 +331,15 @@ class HeadObserver:
         self._pools.clear()
 
     async def tick(self) -> int:
-        jobs = await self.pool.fetch(q("chain", "jobs"))
-        polled = 0
+        """Poll each job's node when its `head_poll_seconds` have passed. The jobs' rows are
+        read once a `JOBS_REFRESH_SECONDS` (a new or changed job is seen within it), not on
+        every tick: polling many times a second, an idle deployment's reads add up."""
         now = time.monotonic()
-        for job in jobs:
+        if now - self._jobs_read >= JOBS_REFRESH_SECONDS:
+            self._jobs = list(await self.pool.fetch(q("chain", "jobs")))
+            self._jobs_read = now
+        polled = 0
+        for job in self._jobs:
             if job["paused"]:
                 continue  # asks its node nothing (which may be gone, as the demo's is)
             if job["extracted"] and job["head_number"] is not None:
@@ -370,11 +380,17 @@ class HeadObserver:
         best, rpc = max(heads, key=lambda pair: pair[0])
         CHAIN_HEAD.labels(job["name"]).set(best)
         await self._record(job, best, None)
-        if self._heads.get(job_id) != best:
+        moved = self._heads.get(job_id) != best
+        if moved:
             self._heads[job_id] = best
             if self.on_new_head is not None:
                 self.on_new_head()
-        await self.check_reorgs(job, rpc, best)
+        # A new head may sit on a new fork: check at once. At the same height a fork is
+        # rare (a competing block); it is found within REORG_RECHECK_SECONDS.
+        now = time.monotonic()
+        if moved or now - self._last_check.get(job_id, float("-inf")) >= REORG_RECHECK_SECONDS:
+            self._last_check[job_id] = now
+            await self.check_reorgs(job, rpc, best)
 
     async def report(self, every: float = 2.0) -> None:
         """Write this process's view of its pools' endpoints (status reads it)."""
@@ -398,6 +414,7 @@ class HeadObserver:
             await self.pool.execute(q("chain", "set_head_error"), job["job_id"], stale)
             if job["head_error"] is None or not job["head_error"].startswith("stale_head"):
                 log.warning("chain.stale_head", job_id=str(job["job_id"]), age=row["head_age"])
+                self._jobs_read = float("-inf")  # the next tick reads the row that says so
 
     async def check_reorgs(self, job: asyncpg.Record, rpc: RpcClient, head: int) -> None:
         """Committed ranges ending within the watch depth must still end on the node's
