@@ -1,6 +1,7 @@
 """Alert benchmarks through the real `trace up` stack (SPEC §12).
 
     .venv/bin/python bench/alert_bench.py latency [--alerts 60] [--interval 1] [--head-poll 0.2]
+        [--database-url URL]
     .venv/bin/python bench/alert_bench.py throughput [--deliveries 5000]
     .venv/bin/python bench/alert_bench.py fanout [--rules 1000] [--minutes 5] [--database-url URL]
 
@@ -48,6 +49,8 @@ import orjson
 import standardwebhooks
 from aiohttp import web
 
+import chain_bench
+import smoke
 from chain_bench import BenchStack, spec
 from default_path_bench import external
 from trace_platform.chain.devnet import Anvil, free_port
@@ -58,6 +61,11 @@ from trace_platform.domain.batch import STAGING_COLUMNS
 from trace_platform.ports import LITE_ORG_ID
 
 SECRET_ENV = "TRACE_HOOK_SECRET_BENCH"
+SMOKE = {  # `--smoke MODE`: each mode's smallest run (bench/smoke.py)
+    "latency": {"alerts": 2, "interval": 0.2, "idle": 0.5},
+    "throughput": {"deliveries": 50},
+    "fanout": {"rules": 2, "minutes": 0.05},
+}
 WARMUP_BLOCKS = 3
 RECEIVER = """
 import sys, uvloop
@@ -131,7 +139,7 @@ async def latency(args: argparse.Namespace) -> None:
     node = Anvil().start()  # automine: each transfer is mined at once, in its own block
     group = CpuGroup()  # the stack and its Postgres start inside; anvil and the bench not
     try:
-        databases = await external(getattr(args, "database_url", None), "lat")
+        databases = await external(args.database_url, "lat")
         async with BenchStack(node, delivery_allow_private=True, **databases) as b:
             group.leave()
             token = await asyncio.to_thread(node.deploy_token)
@@ -610,12 +618,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    smoke.add_flag(parser)
     sub = parser.add_subparsers(dest="what", required=True)
     lat = sub.add_parser("latency")
     lat.add_argument("--alerts", type=int, default=60, help="blocks, one whale transfer each")
     lat.add_argument("--interval", type=float, default=1.0, help="seconds between blocks")
     lat.add_argument("--head-poll", type=float, default=0.2, help="the job's head_poll_seconds")
     lat.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured")
+    lat.add_argument("--database-url", help="an external PostgreSQL server")
     thr = sub.add_parser("throughput")
     thr.add_argument("--deliveries", type=int, default=5000)
     fan = sub.add_parser("fanout")
@@ -623,6 +633,8 @@ def main() -> None:
     fan.add_argument("--minutes", type=float, default=5.0)
     fan.add_argument("--database-url", help="an external PostgreSQL server")
     args = parser.parse_args()
+    if smoke.apply(args, SMOKE[args.what]):
+        chain_bench.SETTLE_SECONDS = 0.0
     sys.path.insert(0, str(Path(__file__).parent))
     run = {"latency": latency, "throughput": throughput, "fanout": fanout}[args.what]
     asyncio.run(run(args))

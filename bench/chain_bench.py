@@ -3,7 +3,7 @@
     .venv/bin/python bench/chain_bench.py throughput [--blocks 10000] [--endpoints 2]
     .venv/bin/python bench/chain_bench.py throttled [--blocks 5000] [--limit N | --ratio 0.2]
     .venv/bin/python bench/chain_bench.py mixed-pool [--blocks 2001] [--runs 2]
-    .venv/bin/python bench/chain_bench.py lag [--ranges 100]
+    .venv/bin/python bench/chain_bench.py lag [--ranges 100] [--block-time 1]
     .venv/bin/python bench/chain_bench.py query [--ranges 1000] [--runs 30]
     .venv/bin/python bench/chain_bench.py join [--ranges 100] [--runs 20]
 
@@ -51,6 +51,7 @@ from typing import Any
 
 import httpx
 
+import smoke
 from trace_platform.chain.devnet import Anvil, free_port
 from trace_platform.config import Settings
 from trace_platform.db.embedded import stop_embedded
@@ -71,6 +72,14 @@ def spec(name: str, mode: str, streams: dict[str, Any], extra: str = "") -> str:
 
 
 SETTLE_SECONDS = 2.0
+SMOKE = {  # `--smoke MODE`: each mode's smallest run (bench/smoke.py)
+    "throughput": {"blocks": 100, "runs": 1},
+    "throttled": {"blocks": 30},
+    "mixed-pool": {"blocks": 30, "runs": 1},
+    "lag": {"ranges": 1, "block_time": 0.5},
+    "query": {"ranges": 2, "runs": 2, "target": 20},
+    "join": {"ranges": 2, "runs": 2},
+}
 
 
 class BenchStack:
@@ -155,14 +164,14 @@ def pool_of(url: str, endpoints: int) -> str:
 
 async def synced_seconds(node_url: str, blocks: int, streams: dict[str, Any], name: str) -> float:
     """apply -> every stream committed, from the database clock, through `trace up`."""
-    return (await synced(node_url, blocks, streams, name))[0]
+    return (await synced(node_url, blocks, streams, name, views=False))[0]
 
 
 async def synced(
-    pool_urls: str, blocks: int, streams: dict[str, Any], name: str
+    pool_urls: str, blocks: int, streams: dict[str, Any], name: str, views: bool = True
 ) -> tuple[float, list[dict[str, Any]]]:
-    """`synced_seconds`, and the pool's endpoints as Trace reported them once the worker's
-    report covers every extracted block (it reports every 2 s)."""
+    """`synced_seconds`, and (`views`) the pool's endpoints as Trace reported them once the
+    worker's report covers every extracted block (it reports every 2 s)."""
     async with BenchStack(pool_urls) as b:
         text = spec(name, f"{{kind: fixed_target, to_block: {blocks}}}", streams)
         start = await b.pool.fetchval("SELECT clock_timestamp()")
@@ -172,14 +181,14 @@ async def synced(
             "SELECT max(committed_at) FROM state.chain_ranges WHERE status = 'committed'"
         )
         env = OpsEnv(b.settings, b.pool, b.pool)
-        views: list[dict[str, Any]] = []
-        for _ in range(40):
+        reported: list[dict[str, Any]] = []
+        for _ in range(40 if views else 0):
             (job,) = await chain_status(env, LITE_ORG_ID, name)
-            views = list(job.get("endpoints") or [])
-            if sum(int(v.get("blocks") or 0) for v in views) >= blocks:
+            reported = list(job.get("endpoints") or [])
+            if sum(int(v.get("blocks") or 0) for v in reported) >= blocks:
                 break
             await asyncio.sleep(0.25)
-        return float((last - start).total_seconds()), views
+        return float((last - start).total_seconds()), reported
 
 
 async def throttled(args: argparse.Namespace) -> None:
@@ -354,7 +363,7 @@ async def throughput(args: argparse.Namespace) -> None:
 
 
 async def lag(args: argparse.Namespace) -> None:
-    node = Anvil(block_time=1).start()
+    node = Anvil(block_time=args.block_time).start()
     try:
         async with BenchStack(node) as b:
             streams = {"blocks": {"cryo_dataset": "blocks", "chunk_size": 1, "max_inflight": 8}}
@@ -376,7 +385,10 @@ async def lag(args: argparse.Namespace) -> None:
         node.stop()
     lags.sort()
     p = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]  # noqa: E731
-    print(f"follow head, anvil --block-time 1, tail_lag 0, chunk_size 1: {len(lags)} ranges")
+    print(
+        f"follow head, anvil --block-time {args.block_time:g}, tail_lag 0, chunk_size 1:"
+        f" {len(lags)} ranges"
+    )
     print(
         f"commit - block timestamp: p50 {p(0.5):.2f} s, p90 {p(0.9):.2f} s, p99 {p(0.99):.2f} s, max {lags[-1]:.2f} s"
     )
@@ -573,6 +585,7 @@ async def join(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    smoke.add_flag(ap)
     sub = ap.add_subparsers(dest="bench", required=True)
     t = sub.add_parser("throughput")
     t.add_argument("--blocks", type=int, default=10_000)
@@ -596,6 +609,7 @@ def main() -> None:
     mp.add_argument("--ratio", type=float, default=0.5, help="share of 429s of the throttler")
     lg = sub.add_parser("lag")
     lg.add_argument("--ranges", type=int, default=100)
+    lg.add_argument("--block-time", type=float, default=1.0, help="anvil's, in seconds")
     qq = sub.add_parser("query")
     qq.add_argument("--ranges", type=int, default=1000)
     qq.add_argument("--runs", type=int, default=30)
@@ -606,6 +620,9 @@ def main() -> None:
     jj.add_argument("--runs", type=int, default=20)
     jj.add_argument("--range-blocks", type=int, default=10)
     args = ap.parse_args()
+    if smoke.apply(args, SMOKE[args.bench]):
+        global SETTLE_SECONDS
+        SETTLE_SECONDS = 0.0
     benches = {
         "throughput": throughput,
         "throttled": throttled,

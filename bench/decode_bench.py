@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import smoke
 from trace_platform.chain.abi import event_abi, event_of_abi
 from trace_platform.chain.decode import decode_range
 from trace_platform.chain.devnet import Anvil, call_data, pools_artifact
@@ -92,7 +93,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=40_000)
     ap.add_argument("--runs", type=int, default=3)
+    smoke.add_flag(ap)
     args = ap.parse_args()
+    smoke.apply(args, {"events": 200, "runs": 1})
     work = Path(tempfile.mkdtemp(prefix="trace-decode-bench-"))
     anvil = Anvil(log=work / "anvil.log").start()
     try:

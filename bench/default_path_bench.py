@@ -24,6 +24,7 @@ from pathlib import Path
 
 import asyncpg
 
+import smoke
 from kernel_bench import free_port, trace_run
 from trace_platform.config import Settings
 from trace_platform.db.embedded import ensure_database, stop_embedded
@@ -61,13 +62,14 @@ async def external(url: str | None, tag: str) -> dict[str, str]:
     return urls
 
 
-async def user_path(n: int, database_url: str | None) -> float:
+async def user_path(n: int, database_url: str | None, warmup: int) -> float:
     home = Path(tempfile.mkdtemp(prefix="trace-default-"))
     settings = Settings.load(
         {
             "home": home,
             "port": free_port(),
             "query_port": free_port(),
+            "api_port": free_port(),  # `trace up` refuses a taken port (8090: another stack)
             "log_level": "warning",
             **await external(database_url, "user"),
         },
@@ -88,9 +90,8 @@ async def user_path(n: int, database_url: str | None) -> float:
             "--payload",
             '{"operator": "noop"}',
         ]
-        subprocess.run(
-            [*cli, "--count", "1000"], env=env, check=True, capture_output=True
-        )  # warm-up
+        if warmup:
+            subprocess.run([*cli, "--count", str(warmup)], env=env, check=True, capture_output=True)
         while await pool.fetchval("SELECT count(*) FROM state.tasks WHERE status <> 'completed'"):
             await asyncio.sleep(0.25)
         before = await pool.fetchval("SELECT count(*) FROM state.tasks")
@@ -109,13 +110,14 @@ async def user_path(n: int, database_url: str | None) -> float:
     return await stack_run(settings, go)
 
 
-async def kernel_path(n: int, database_url: str | None) -> float:
+async def kernel_path(n: int, database_url: str | None, warmup: int) -> float:
     home = Path(tempfile.mkdtemp(prefix="trace-kernel-"))
     settings = Settings.load(
         {
             "home": home,
             "port": free_port(),
             "query_port": free_port(),
+            "api_port": free_port(),  # `trace up` refuses a taken port (8090: another stack)
             "log_level": "warning",
             **await external(database_url, "kernel"),
         },
@@ -125,7 +127,8 @@ async def kernel_path(n: int, database_url: str | None) -> float:
     async def go() -> float:
         urls = await prepare(settings)
         pool = await create_pool(urls.state, max_size=2)
-        await trace_run(settings, pool, 1000)
+        if warmup:
+            await trace_run(settings, pool, warmup)
         elapsed = await trace_run(settings, pool, n)
         await pool.close()
         return elapsed
@@ -137,9 +140,12 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", type=int, default=10_000)
     ap.add_argument("--database-url", help="an external PostgreSQL server for both paths")
+    ap.add_argument("--warmup", type=int, default=1000, help="tasks run first, not counted")
+    smoke.add_flag(ap)
     args = ap.parse_args()
-    user = await user_path(args.tasks, args.database_url)
-    kernel = await kernel_path(args.tasks, args.database_url)
+    smoke.apply(args, {"tasks": 50, "warmup": 0})
+    user = await user_path(args.tasks, args.database_url, args.warmup)
+    kernel = await kernel_path(args.tasks, args.database_url, args.warmup)
     where = "an external server" if args.database_url else "embedded Postgres"
     print(f"no-op tasks: {args.tasks}, {where}")
     print(f"{'path':<58}{'seconds':>9}{'tasks/s':>10}")

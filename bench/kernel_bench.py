@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
+import smoke
 from trace_platform.adapters.local_keys import load_key_ring
 from trace_platform.config import Settings
 from trace_platform.db.embedded import ensure_database, stop_embedded
@@ -87,12 +88,16 @@ async def main() -> None:
         "--concurrency", type=int, default=None, help="worker concurrency (default: the setting's)"
     )
     ap.add_argument("--pgqueuer-batch", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=1000, help="tasks run first, not counted")
+    smoke.add_flag(ap)
     args = ap.parse_args()
+    smoke.apply(args, {"tasks": 50, "warmup": 10})
     home = Path(tempfile.mkdtemp(prefix="trace-bench-"))
     settings = Settings.load(
         {
             "home": home,
             "port": free_port(),
+            "api_port": free_port(),  # `trace up` refuses a taken port (8090: another stack)
             **({"worker_concurrency": args.concurrency} if args.concurrency else {}),
             "log_level": "warning",
         },
@@ -106,7 +111,7 @@ async def main() -> None:
             await stack.wait_ready()
             urls = await prepare(settings)
             pool = await create_pool(urls.state, max_size=2)
-            await trace_run(settings, pool, 1000)  # warm-up: connections, prepared statements
+            await trace_run(settings, pool, args.warmup)  # connections, prepared statements
             trace_s = await trace_run(settings, pool, args.tasks)
             await pool.close()
         finally:
@@ -114,7 +119,7 @@ async def main() -> None:
         admin = urls.state.replace("/trace_state", "/postgres")
         await ensure_database(admin, "pgq_bench")
         pgq_dsn = urls.state.replace("/trace_state", "/pgq_bench")
-        await pgqueuer_run(pgq_dsn, 1000, args.pgqueuer_batch)
+        await pgqueuer_run(pgq_dsn, args.warmup, args.pgqueuer_batch)
         pgq_s = await pgqueuer_run(pgq_dsn, args.tasks, args.pgqueuer_batch)
     finally:
         stop_embedded(home / "postgres")

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+import smoke
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
@@ -66,7 +67,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--runs", type=int, default=50)
+    smoke.add_flag(ap)
     args = ap.parse_args()
+    smoke.apply(args, {"rows": 10_000, "runs": 3})
     home = Path(tempfile.mkdtemp(prefix="trace-query-bench-"))
     n = args.rows
     table = pa.table(
@@ -80,7 +83,14 @@ async def main() -> None:
     pq.write_table(table, path, row_group_size=100_000)
     qport = free_port()
     settings = Settings.load(
-        {"home": home, "port": free_port(), "query_port": qport, "log_level": "warning"}, env={}
+        {
+            "home": home,
+            "port": free_port(),
+            "query_port": qport,
+            "api_port": free_port(),  # `trace up` refuses a taken port (8090: another stack)
+            "log_level": "warning",
+        },
+        env={},
     )
     stack = Stack(settings, workers=0, out=(home / "stack.log").open("w"))
     rows: list[tuple[str, float, float, float, float]] = []

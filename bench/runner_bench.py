@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import smoke
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.bundles import build_bundle, deterministic_zip, register_bundle
 from trace_platform.config import Settings
@@ -76,9 +77,20 @@ async def latencies(pool, settings: Settings, bundle_id, runs: int) -> list[floa
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=30)
+    smoke.add_flag(ap)
     args = ap.parse_args()
+    smoke.apply(args, {"runs": 2})
     home = Path(tempfile.mkdtemp(prefix="trace-runner-bench-"))
-    settings = Settings.load({"home": home, "port": free_port(), "log_level": "warning"}, env={})
+    settings = Settings.load(
+        {
+            "home": home,
+            "port": free_port(),
+            "query_port": free_port(),
+            "api_port": free_port(),  # `trace up` refuses a taken port (8090: another stack)
+            "log_level": "warning",
+        },
+        env={},
+    )
     stack = Stack(settings, workers=0, out=(home / "stack.log").open("w"))
     results: dict[str, list[float]] = {}
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+import smoke
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases, stop_embedded
 from trace_platform.db.migrate import migrate
@@ -113,7 +114,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--child", nargs=3, metavar=("HOME", "URI", "ROWS"), help=argparse.SUPPRESS)
+    smoke.add_flag(ap)
     args = ap.parse_args()
+    smoke.apply(args, {"rows": 100})
     if args.child:
         await ingest_child(Path(args.child[0]), args.child[1], int(args.child[2]))
         return
