@@ -53,7 +53,7 @@ async def invalidate_job(
             return 0
     in_flight = [r["task_id"] for r in reaching if r["status"] == "scheduled"]
     if in_flight:
-        await conn.execute(q("dags", "cancel_tasks"), in_flight, REPLACED)
+        await conn.execute(q("tasks", "cancel_tasks"), in_flight, REPLACED)
     rows = await conn.fetch(q("dags", "replace_ranges_from"), job_uuid, from_block)
     seq = await conn.fetchval(q("chain", "bump_commit_seq"), job["dataset_uuid"])
     await conn.execute(q("dags", "remove_partitions_from"), job["dataset_uuid"], from_block, seq)

@@ -244,16 +244,15 @@ async def derive(env: OpsEnv, result: ChainDemoResult, timeout: float) -> None:
     print(f"applied dag {dag}: swaps (pair_Swap JOIN blocks) -> pool_volume", flush=True)
     t0 = time.monotonic()
     while True:
-        status = await dag_status(env, LITE_ORG_ID, dag)
-        jobs = status["jobs"] if isinstance(status, dict) else status.jobs  # type: ignore[attr-defined]
-        done = all(_get(j, "committed_to") >= BLOCKS and not _get(j, "in_flight") for j in jobs)
-        failed = [j for j in jobs if _get(j, "status") == "stopped"]
+        jobs = (await dag_status(env, LITE_ORG_ID, dag)).jobs
+        done = all(j.committed_to >= BLOCKS and not j.in_flight for j in jobs)
+        failed = [j for j in jobs if j.status == "stopped"]
         if done or failed or time.monotonic() - t0 > timeout:
             break
         await asyncio.sleep(0.2)
     result.dag_seconds = time.monotonic() - t0
     if failed:
-        raise TraceError(f"job {_get(failed[0], 'job')}: {_get(failed[0], 'last_error')}")
+        raise TraceError(f"job {failed[0].job}: {failed[0].last_error}")
     volumes = await query_here(
         env,
         LITE_ORG_ID,
@@ -264,10 +263,6 @@ async def derive(env: OpsEnv, result: ChainDemoResult, timeout: float) -> None:
     )
     result.volumes = [list(r) for r in volumes.rows]
     result.dag_swaps = int(sum(r[1] for r in result.volumes))
-
-
-def _get(job: Any, key: str) -> Any:
-    return job[key] if isinstance(job, dict) else getattr(job, key)
 
 
 def format_chain(r: ChainDemoResult) -> list[str]:

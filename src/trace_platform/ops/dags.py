@@ -245,7 +245,7 @@ async def _stop_tasks(conn: Any, job_uuid: uuid.UUID) -> None:
     rows = await conn.fetch(q("dags", "replace_open_ranges"), job_uuid)
     if rows:
         await conn.execute(
-            q("dags", "cancel_tasks"), [r["task_id"] for r in rows], "its DAG was stopped"
+            q("tasks", "cancel_tasks"), [r["task_id"] for r in rows], "its DAG was stopped"
         )
         await conn.execute(q("dags", "rewind_job"), job_uuid, min(r["range_start"] for r in rows))
 

@@ -141,11 +141,6 @@ UPDATE state.dag_ranges SET status = 'replaced'
 WHERE job_uuid = $1 AND status IN ('scheduled', 'committed', 'failed') AND range_end > $2
 RETURNING task_id, status;
 
--- name: cancel_tasks
-UPDATE state.tasks SET status = 'canceled', next_retry_at = NULL, lease_expires_at = NULL,
-    last_error = $2, updated_at = now()
-WHERE task_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'failed');
-
 -- name: remove_partitions_from
 UPDATE state.dataset_partitions SET removed_seq = $3, removed_at = now()
 WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2
