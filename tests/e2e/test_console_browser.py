@@ -32,6 +32,8 @@ from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
 from trace_platform.db.pool import create_pool
 from trace_platform.delivery.signing import new_secret
+from trace_platform.ops.dags import DagStatus, dag_status
+from trace_platform.ops.env import open_env
 from trace_platform.ops.users import create_user
 from trace_platform.ports import LITE_ORG_ID
 
@@ -364,6 +366,7 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
             "/ui": "/ui",
             "/ui/login": "/ui/login",
             "/ui/chains": "/ui/chains",
+            "/ui/dags": "/ui/dags",  # (with DAGs in it: the next test)
             "/ui/tasks": "/ui/tasks?status=failed",
             "/ui/tasks/{task_id}": f"/ui/tasks/{slow}",
             "/ui/datasets": "/ui/datasets",
@@ -417,18 +420,18 @@ async def redrawn(page: Page) -> None:
     )
 
 
-async def bar(page: Page, stream: str) -> dict[str, Any]:
-    """The drawn progress bar of a stream: its fill's rendered width over the bar's, and the
-    values it announces."""
+async def bar(page: Page, stream: str, row: str = "data-stream") -> dict[str, Any]:
+    """The drawn progress bar of a stream (or of the row whose `row` attribute is `stream`):
+    its fill's rendered width over the bar's, and the values it announces."""
     found: dict[str, Any] = await page.evaluate(
-        """(stream) => {
-            const svg = document.querySelector(`[data-stream='${stream}'] svg.bar`);
+        """([stream, row]) => {
+            const svg = document.querySelector(`[${row}='${stream}'] svg.bar`);
             const fill = svg.querySelector("rect.fill").getBoundingClientRect().width;
             return {fill, width: svg.getBoundingClientRect().width,
                     now: Number(svg.getAttribute("aria-valuenow")),
                     max: Number(svg.getAttribute("aria-valuemax"))};
         }""",
-        stream,
+        [stream, row],
     )
     return found
 
@@ -466,17 +469,29 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
         "streams:\n  blocks: {cryo_dataset: blocks, chunk_size: 500, max_inflight: 1}\n",
     )
 
+    # A DAG over `half`: `stamped` follows it (10 of 10 blocks), `dup` stops on its first
+    # range (its unique_key repeats) and shows why.
+    await apply(
+        b_settings,
+        "kind: dag\nname: halfway\njobs:\n"
+        "  stamped: {inputs: [{chain: half}], sql: 'SELECT block_number, timestamp FROM blocks'}\n"
+        "  dup: {inputs: [{chain: half}], sql: 'SELECT 1 AS k FROM blocks', unique_key: [k]}\n",
+    )
+
     async def settled() -> bool:
         h, s = await status(b_settings, "half"), await status(b_settings, "stuck")
         streams = streams_of(h)
+        dag = {j.job: j for j in (await dag_status_of(b_settings, "halfway")).jobs}
         return (
             h["head"] == STILL_HEAD
             and all(x["tip"] == half // 2 for x in streams.values())
             and streams.get("token_Transfer", {}).get("undecodable_logs") == transfers
             and bool(s["error"])
+            and dag["stamped"].committed_to == half // 2
+            and dag["dup"].status == "stopped"
         )
 
-    await wait_until(settled, 60, 0.2, "half at 10 of 20 and stuck in error")
+    await wait_until(settled, 60, 0.2, "half at 10 of 20, stuck in error, halfway built")
 
     page = await logged_in(browser, stack, admin)
     await page.goto(f"{stack}/ui/chains")
@@ -494,6 +509,31 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
         assert await undecodable.inner_text() == f"· {transfers} undecodable"
         await redrawn(page)
     await shot(page, "chains-bars")
+
+    await page.click("nav a[href='/ui/dags']")
+    await page.wait_for_selector("[data-job='halfway.stamped']")
+    for drawn in ("served", "redrawn live"):
+        built, stopped = (
+            await bar(page, "halfway.stamped", "data-job"),
+            await bar(page, "halfway.dup", "data-job"),
+        )
+        assert (built["now"], built["max"]) == (half // 2, half // 2), drawn
+        assert built["width"] > 100 and built["fill"] == built["width"], (drawn, built)
+        assert (stopped["now"], stopped["max"], stopped["fill"]) == (0, half // 2, 0), drawn
+        dag = page.locator(".dag[data-dag='halfway']")
+        assert await dag.locator("h3 .state").inner_text() == "error"
+        assert "chain half" in await dag.locator("[data-job='halfway.dup'] .inputs").inner_text()
+        error = await dag.locator("[data-job-error='halfway.dup']").inner_text()
+        assert "unique_key ['k'] is not unique" in error, error
+        assert await dag.locator("[data-job='halfway.stamped'] .lag").inner_text() == "0 blocks"
+        assert await dag.locator("[data-job-error='halfway.stamped']").count() == 0
+        await redrawn(page)
+    await shot(page, "dags")
+
+
+async def dag_status_of(settings: Settings, name: str) -> DagStatus:
+    async with open_env(settings) as env:
+        return await dag_status(env, LITE_ORG_ID, name)
 
 
 async def _more(tip: Any, at_least: int) -> bool:

@@ -41,6 +41,7 @@ from trace_platform.api.samples import Samples, sparkline
 from trace_platform.domain.errors import AuthError, ForbiddenError, NotFoundError, TraceError
 from trace_platform.ops import alerts as alert_ops
 from trace_platform.ops import chains as chain_ops
+from trace_platform.ops import dags as dag_ops
 from trace_platform.ops import datasets as dataset_ops
 from trace_platform.ops import dlq as dlq_ops
 from trace_platform.ops import tasks as task_ops
@@ -213,6 +214,14 @@ async def chains(request: Request) -> Response:
         return {"chains": await chain_ops.chain_status(env, user.org_id, None)}
 
     return await render(request, "chains.html", load)
+
+
+@router.get("/ui/dags")
+async def dags(request: Request) -> Response:
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        return {"dags": await dag_ops.all_dag_status(env, user.org_id)}
+
+    return await render(request, "dags.html", load)
 
 
 @router.get("/ui/datasets")
