@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from typing import Any
 
@@ -109,6 +110,7 @@ async def run_range(
     client = TaskClient(
         settings.resolved_dispatcher_url, query_url=settings.resolved_query_url, session=session
     )
+    started = time.time()
     try:
         async with session:
             stream, truncated = await client.query_arrow(lease, spec["sql"])
@@ -121,6 +123,7 @@ async def run_range(
             "the job's result for one range is larger than one partition may hold; use a"
             " smaller backfill_blocks"
         )
+    queried = time.time()
     data, facts = await asyncio.to_thread(to_parquet, stream, spec.get("unique_key"))
     prefix = output_prefix(store.root, spec["dataset_uuid"], lease.task_id, lease.attempt)
     uri = f"{prefix}part-000.parquet"
@@ -133,6 +136,9 @@ async def run_range(
             "files": [report],
             "rows": facts["rows"],
             "bytes": stored.size,
+            # Where the attempt's time went (wall clock, seconds since the epoch): the
+            # operator began, the query service answered, the partition was stored.
+            "timing": {"started": started, "queried": queried, "written": time.time()},
         }
     }
 
