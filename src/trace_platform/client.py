@@ -150,6 +150,30 @@ class TaskClient:
                 delay = min(delay * 2, 2.0)
         raise last
 
+    async def post_bytes(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[bytes, dict[str, str]]:
+        """One call answered with bytes (an Arrow, CSV or Parquet body): (body, the answer's
+        headers); not retried; a non-200 raises the error of its status as `post` does."""
+        try:
+            async with self.session.post(
+                url,
+                data=orjson.dumps(body),
+                headers={**headers, "Content-Type": "application/json"},
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                got = {k.lower(): v for k, v in resp.headers.items()}
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            raise ServiceUnavailable(f"no answer from {url.rsplit('/', 1)[-1]}") from None
+        if status != 200:
+            try:
+                data = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                data = {}
+            raise answer_error(status, data if isinstance(data, dict) else {})
+        return raw, got
+
     async def report_endpoints(self, process: str, rows: list[dict[str, Any]]) -> None:
         """This worker's view of its RPC pools' endpoints (labels, never URLs), for status."""
         await self.post(

@@ -120,6 +120,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_rate_per_second", float, 20.0, "Requests per second per API key (429 beyond)."),
     Setting("api_rate_burst", int, 60, "Burst of requests per API key above the rate."),
     Setting("api_query_timeout_seconds", float, 60.0, "Time limit of a user's POST /v1/query."),
+    Setting(
+        "query_max_export_rows",
+        int,
+        10_000_000,
+        "Most rows of a query answered as Arrow, CSV or Parquet.",
+    ),
     Setting("oidc_issuer", str, None, "OIDC: accept bearer JWTs of this issuer (iss) too."),
     Setting("oidc_audience", str, None, "OIDC: the audience (aud) those JWTs must carry."),
     Setting("oidc_jwks", str, None, "OIDC: JWKS of the issuer: an https URL or a file path."),
@@ -219,6 +225,7 @@ class Settings:
     api_rate_per_second: float = 20.0
     api_rate_burst: int = 60
     api_query_timeout_seconds: float = 60.0
+    query_max_export_rows: int = 10_000_000
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks: str | None = None
@@ -289,6 +296,7 @@ class Settings:
             "delivery_concurrency",
             "delivery_max_attempts",
             "api_rate_burst",
+            "query_max_export_rows",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_BY_NAME[name].env} must be >= 1")

@@ -6,7 +6,8 @@
         ids = trace.create_tasks({"operator": "noop"}, count=10)
         for task in trace.iter_tasks(status="completed"):   # every page, lazily
             print(task["task_id"])
-        rows = trace.query("SELECT count(*) AS n FROM blocks", job="mainnet")["rows"]
+        rows = trace.query("SELECT count(*) AS n FROM blocks", job="mainnet").rows
+        df = trace.query("SELECT * FROM transfers", format="arrow").to_pandas()  # [pandas]
 
 Every method returns the JSON document of its route (the same documents `trace ... --json`
 prints). A non-2xx answer raises `ApiError` with the API's `status`, `code` (e.g.
@@ -40,6 +41,128 @@ class ApiError(TraceError):
 
 class ApiUnreachable(UnavailableError):
     """No answer from the API (connection refused, DNS, timeout)."""
+
+
+def _api_error(reply: httpx.Response) -> ApiError:
+    code, detail = "error", f"HTTP {reply.status_code}"
+    try:
+        body = reply.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = str(body.get("error") or code)
+        detail = str(body.get("detail") or detail)
+    return ApiError(reply.status_code, code, detail)
+
+
+def _optional(module: str, extra: str) -> Any:
+    """An optional dependency, imported when first used; missing, an error naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(
+            f"{module} is not installed: pip install 'trace-platform[{extra}]'"
+        ) from None
+
+
+def _json_column(pa: Any, values: list[Any]) -> Any:
+    """An Arrow array of a JSON column's values; a column mixing numbers and text (integers
+    beyond 64 bits come as text) as text."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+class QueryResult:
+    """A query's answer: `.columns` (`[{name, type}]`), `.rows` (lists of values),
+    `.truncated`. It reads like the JSON document it replaces (`result["rows"]`,
+    `result.get("truncated")`).
+
+    A JSON answer holds JSON values (an integer wider than 64 bits as its decimal text, a
+    timestamp as text); an Arrow answer (`Client.query(..., format="arrow")`) holds the
+    exact Arrow table, and its `.rows` are Python values (Decimal, datetime with zone)."""
+
+    def __init__(self, document: Json, table: Any = None) -> None:
+        self._document = document
+        self._table = table
+
+    @classmethod
+    def of_arrow(cls, stream: bytes, truncated: bool) -> QueryResult:
+        import pyarrow as pa
+
+        table = pa.ipc.open_stream(stream).read_all()
+        columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+        rows = [list(r.values()) for r in table.to_pylist()]
+        return cls({"columns": columns, "rows": rows, "truncated": truncated}, table)
+
+    @property
+    def columns(self) -> list[Json]:
+        return list(self._document["columns"])
+
+    @property
+    def rows(self) -> list[list[Any]]:
+        return list(self._document["rows"])
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self._document.get("truncated"))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._document[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._document
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._document.get(key, default)
+
+    def keys(self) -> Any:
+        return self._document.keys()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, QueryResult):
+            return self._document == other._document
+        return isinstance(other, dict) and self._document == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"QueryResult(columns={len(self.columns)}, rows={len(self.rows)})"
+
+    def to_arrow(self) -> Any:
+        """A `pyarrow.Table`: the exact one of an Arrow answer; of a JSON answer, one built
+        from its values (types inferred)."""
+        if self._table is not None:
+            return self._table
+        import pyarrow as pa
+
+        names = [c["name"] for c in self.columns]
+        by_column = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(names)
+        return pa.Table.from_arrays([_json_column(pa, list(v)) for v in by_column], names=names)
+
+    def to_pandas(self) -> Any:
+        """A `pandas.DataFrame` (the `pandas` extra)."""
+        _optional("pandas", "pandas")
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> Any:
+        """A `polars.DataFrame` (the `polars` extra)."""
+        polars = _optional("polars", "polars")
+        import pyarrow as pa
+
+        table = self.to_arrow()
+        for i, field in enumerate(table.schema):
+            if pa.types.is_decimal256(field.type):  # polars holds decimals to 38 digits
+                narrow = pa.decimal128(38, field.type.scale)
+                try:
+                    column = table.column(i).cast(narrow)
+                except pa.ArrowInvalid:  # a value of 39 digits: exact as text
+                    column = table.column(i).cast(pa.string())
+                table = table.set_column(i, field.name, column)
+        return polars.from_arrow(table)
 
 
 class Client:
@@ -100,11 +223,7 @@ class Client:
         except ValueError:
             body = None
         if reply.status_code >= 400:
-            code, detail = "error", f"HTTP {reply.status_code}"
-            if isinstance(body, dict):
-                code = str(body.get("error") or code)
-                detail = str(body.get("detail") or detail)
-            raise ApiError(reply.status_code, code, detail)
+            raise _api_error(reply)
         return body
 
     def _pages(self, path: str, params: dict[str, Any], key: str) -> Iterator[Json]:
@@ -163,11 +282,46 @@ class Client:
         dataset: str | None = None,
         limit: int | None = None,
         job: str | None = None,
+        format: str = "json",
+    ) -> QueryResult:
+        """Run SQL over your org's relations: a `QueryResult` (`.rows`, `.columns`,
+        `.truncated`, `.to_arrow()`, `.to_pandas()`, `.to_polars()`; `result["rows"]` as
+        before). `format="arrow"` fetches an Arrow IPC stream (exact types: wide integers as
+        decimals, timestamps with their zone, lists, structs; up to the deployment's export
+        cap instead of JSON's 10,000 rows)."""
+        if format not in ("json", "arrow"):
+            raise ValueError("format must be json or arrow (csv, parquet: query_bytes)")
+        if format == "json":
+            body = self._query_body(sql, dataset, limit, job, None)
+            return QueryResult(dict(self.request("POST", "/v1/query", json=body)))
+        raw, truncated = self.query_bytes(sql, "arrow", dataset, limit, job)
+        return QueryResult.of_arrow(raw, truncated)
+
+    def query_bytes(
+        self,
+        sql: str,
+        format: str,
+        dataset: str | None = None,
+        limit: int | None = None,
+        job: str | None = None,
+    ) -> tuple[bytes, bool]:
+        """The query's answer as a body of bytes (`format`: arrow, csv or parquet) and
+        whether rows were left out (the deployment's row or byte cap)."""
+        body = self._query_body(sql, dataset, limit, job, format)
+        try:
+            reply = self._http.post("/v1/query", json=body)
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"{self.url} is unreachable ({type(exc).__name__})") from None
+        if reply.status_code >= 400:
+            raise _api_error(reply)
+        return reply.content, reply.headers.get("X-Trace-Truncated") == "true"
+
+    @staticmethod
+    def _query_body(
+        sql: str, dataset: str | None, limit: int | None, job: str | None, fmt: str | None
     ) -> Json:
-        body = {"sql": sql, "dataset": dataset, "limit": limit, "job": job}
-        return dict(
-            self.request("POST", "/v1/query", json={k: v for k, v in body.items() if v is not None})
-        )
+        body = {"sql": sql, "dataset": dataset, "limit": limit, "job": job, "format": fmt}
+        return {k: v for k, v in body.items() if v is not None}
 
     def relations(self, job: str | None = None) -> list[Json]:
         return list(self.request("GET", "/v1/relations", {"job": job})["relations"])

@@ -27,7 +27,10 @@ class QueryBody(BaseModel):
     dataset: str | None = Field(default=None, min_length=1, max_length=128)
     job: str | None = Field(default=None, min_length=1, max_length=63)
     sql: str = Field(min_length=1, max_length=20_000)
-    limit: int = Field(default=1000, ge=1, le=10_000)
+    # JSON: 1..10,000 (default 1,000); arrow, csv, parquet: up to TRACE_QUERY_MAX_EXPORT_ROWS
+    limit: int | None = Field(default=None, ge=1)
+    # json (default), arrow, csv or parquet; wins over the Accept header
+    format: str | None = Field(default=None, max_length=16)
 
 
 class RedriveBody(BaseModel):

@@ -9,13 +9,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from trace_platform.api.auth import Admin, Reader, Writer
 from trace_platform.api.models import BundleUpload, QueryBody, TaskCreate
 from trace_platform.domain.errors import ValidationError
 from trace_platform.domain.lifecycle import TaskStatus
+from trace_platform.domain.query_formats import MEDIA_TYPES, TRUNCATED_HEADER, choose_format
 from trace_platform.http import json_response
 from trace_platform.ops import bundles as bundle_ops
 from trace_platform.ops import datasets as dataset_ops
@@ -76,11 +77,23 @@ async def dataset(c: Reader, name: str) -> Response:
 
 
 @router.post("/v1/query", tags=["datasets"], summary="Sandboxed SQL over your org's relations")
-async def query(c: Reader, body: QueryBody) -> Response:
-    answer = await dataset_ops.query_as_user(
-        c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, body.job
+async def query(c: Reader, body: QueryBody, request: Request) -> Response:
+    """JSON `{columns, rows, truncated}` (default), or an Arrow IPC stream, CSV or Parquet
+    body (header X-Trace-Truncated), chosen by `format` or else by `Accept`."""
+    fmt = choose_format(body.format, request.headers.get("accept"))
+    if fmt == "json":
+        answer = await dataset_ops.query_as_user(
+            c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, body.job
+        )
+        return json_response(answer)
+    export = await dataset_ops.export_as_user(
+        c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, fmt, body.job
     )
-    return json_response(answer)
+    return Response(
+        export.body,
+        media_type=MEDIA_TYPES[fmt],
+        headers={TRUNCATED_HEADER: "true" if export.truncated else "false"},
+    )
 
 
 @router.get("/v1/relations", tags=["datasets"], summary="What your queries may read, by name")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from trace_platform.cli.common import (
     run_ops,
 )
 from trace_platform.domain.errors import ValidationError
+from trace_platform.domain.query_formats import FORMATS
 from trace_platform.ops import datasets as ops
 from trace_platform.ops.chains import check_block_range
 from trace_platform.sdk import Client
@@ -107,14 +109,64 @@ def _remote_query(
     return answer
 
 
+def _remote_export(
+    api: Client,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    job: str | None,
+    bounds: tuple[int, int] | None,
+    fmt: str,
+) -> ops.ExportAnswer:
+    if bounds is not None:
+        raise ValidationError("--range works on a local installation only; filter in SQL")
+    body, truncated = api.query_bytes(sql, fmt, dataset=name, limit=limit, job=job)
+    return ops.ExportAnswer(fmt, body, truncated)
+
+
+def _write_export(answer: ops.ExportAnswer, output: Path | None) -> None:
+    """The body to FILE, or to stdout (a binary format only when stdout is no terminal)."""
+    if output is not None:
+        output.write_bytes(answer.body)
+    else:
+        stdout = sys.stdout.buffer
+        if answer.fmt != "csv" and sys.stdout.isatty():
+            raise ValidationError(
+                f"{answer.fmt} is binary: give --output FILE or pipe stdout to a file"
+            )
+        stdout.write(answer.body)
+        stdout.flush()
+    if answer.truncated:
+        click.echo("truncated: more rows than TRACE_QUERY_MAX_EXPORT_ROWS or 63 MiB", err=True)
+
+
 @dataset.command("query")
 @click.argument("args", nargs=-1, required=True, metavar="[NAME] SQL")
-@click.option("--limit", type=int, default=None, help="Rows to return (1..10000, default 1000).")
+@click.option(
+    "--limit",
+    type=int,
+    default=None,
+    help="Rows to return (JSON 1..10000, default 1000; other formats up to the export cap).",
+)
 @click.option("--job", default=None, help="The chain job whose relations answer to short names.")
 @org_option
 @json_option
 @click.option(
     "--range", "block_range", default=None, help="Chain relations: only blocks START:END."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="json",
+    help="json (a table, or --json), or an arrow, csv or parquet body (exact types).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write an arrow, csv or parquet answer to FILE (else stdout, when not a terminal).",
 )
 @click.pass_context
 @handle_errors
@@ -126,6 +178,8 @@ def dataset_query(
     org_id: uuid.UUID | None,
     as_json: bool,
     block_range: str | None,
+    fmt: str,
+    output: Path | None,
 ) -> None:
     """Run SQL over your relations through the query service's binding, gate, sandboxed
     executor and audit: try a UDF's or an alert's query before shipping it.
@@ -140,16 +194,31 @@ def dataset_query(
         raise ValidationError("give [NAME] SQL: quote the SQL as one argument")
     name, sql = (args[0], args[1]) if len(args) == 2 else (None, args[0])
     bounds = check_block_range(block_range) if block_range is not None else None
+    if fmt == "json" and output is not None:
+        raise ValidationError("--output is for --format arrow, csv or parquet")
+    export: ops.ExportAnswer | None = None
     try:
-        result = run_ops(
-            ctx,
-            lambda env: ops.query_here(env, org_of(org_id), name, sql, limit, bounds, job),
-            remote=lambda api: _remote_query(api, name, sql, limit, job, bounds),
-        )
+        if fmt != "json":
+            export = run_ops(
+                ctx,
+                lambda env: ops.export_here(
+                    env, org_of(org_id), name, sql, limit, fmt, bounds, job
+                ),
+                remote=lambda api: _remote_export(api, name, sql, limit, job, bounds, fmt),
+            )
+        else:
+            result = run_ops(
+                ctx,
+                lambda env: ops.query_here(env, org_of(org_id), name, sql, limit, bounds, job),
+                remote=lambda api: _remote_query(api, name, sql, limit, job, bounds),
+            )
     except ValidationError as exc:  # name the gate's or the engine's reason code
         why = "SQL rejected" if exc.code == "sql_rejected" else "query failed"
         reason = exc.extra.get("reason", exc.code)
         raise ValidationError(f"{why} ({reason}): {exc.detail}") from None
+    if export is not None:
+        _write_export(export, output)
+        return
     emit(result, as_json, render.query_table)
     if not as_json:
         click.echo(render.query_footer(result), err=True)

@@ -16,6 +16,7 @@ from trace_platform.datasets import RegisteredDataset, register_dataset
 from trace_platform.db.sql import q
 from trace_platform.domain.catalog import RelationInfo
 from trace_platform.domain.errors import ConfigError, NotFoundError
+from trace_platform.domain.query_formats import TRUNCATED_HEADER, check_limit
 from trace_platform.ops.env import OpsEnv, from_row
 from trace_platform.ports import WORKER_HEADER
 
@@ -62,6 +63,15 @@ class DatasetDetail:
 class QueryAnswer:
     columns: list[dict[str, str]]
     rows: list[list[Any]]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ExportAnswer:
+    """A query answered as bytes: an Arrow IPC stream, CSV or Parquet (`fmt`)."""
+
+    fmt: str
+    body: bytes
     truncated: bool
 
 
@@ -117,13 +127,43 @@ async def query_here(
 ) -> QueryAnswer:
     """An operator's query at this installation (`trace dataset query`): every relation of
     the org by its catalog name (NAME also as `dataset`), run in this process."""
+    body, _truncated = await _run_here(env, org_id, name, sql, limit, block_range, job, "json")
+    return QueryAnswer(**orjson.loads(body))
+
+
+async def export_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    fmt: str,
+    block_range: tuple[int, int] | None = None,
+    job: str | None = None,
+) -> ExportAnswer:
+    """The same query answered (`fmt`) as an Arrow IPC stream, CSV or Parquet, made by the
+    engine (up to TRACE_QUERY_MAX_EXPORT_ROWS rows)."""
+    body, truncated = await _run_here(env, org_id, name, sql, limit, block_range, job, fmt)
+    return ExportAnswer(fmt, body, truncated)
+
+
+async def _run_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    block_range: tuple[int, int] | None,
+    job: str | None,
+    fmt: str,
+) -> tuple[bytes, bool]:
     service = _local_service(env)
     try:
         caller = await service.binder.user_caller(org_id, name, None, "cli", block_range, job)
-        result = await service.query(caller, None, sql, limit)
+        result = await service.query(caller, None, sql, limit, fmt=fmt)
     finally:
         await service.close()
-    return QueryAnswer(**orjson.loads(result.body))
+    return result.body, result.truncated
 
 
 async def relations_here(
@@ -166,22 +206,14 @@ async def query_as_user(
     user_id: uuid.UUID,
     name: str | None,
     sql: str,
-    limit: int,
+    limit: int | None,
     job: str | None = None,
 ) -> QueryAnswer:
     """A user's query (`POST /v1/query`, the console): sent to the query service, which
     binds it for the user's org, gates, runs and audits it per user."""
     if env.query_client is None or env.worker_token is None:
         raise ConfigError("this process has no client of the query service")
-    body = {
-        "org_id": str(org_id),
-        "user_id": str(user_id),
-        "dataset": name,
-        "job": job,
-        "sql": sql,
-        "limit": limit,
-        "timeout_seconds": env.settings.api_query_timeout_seconds,
-    }
+    body = _user_query(env, org_id, user_id, name, sql, check_limit("json", limit), job, "json")
     answer = await env.query_client.post(
         f"{env.settings.resolved_query_url}/internal/user-query",
         body,
@@ -189,3 +221,48 @@ async def query_as_user(
         retry=False,
     )
     return QueryAnswer(**answer)
+
+
+async def export_as_user(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    fmt: str,
+    job: str | None = None,
+) -> ExportAnswer:
+    """A user's query answered (`fmt`) as an Arrow IPC stream, CSV or Parquet: the same
+    binding, gate, sandbox and audit; the engine makes the bytes."""
+    if env.query_client is None or env.worker_token is None:
+        raise ConfigError("this process has no client of the query service")
+    body = _user_query(env, org_id, user_id, name, sql, check_limit(fmt, limit), job, fmt)
+    raw, headers = await env.query_client.post_bytes(
+        f"{env.settings.resolved_query_url}/internal/user-query",
+        body,
+        {WORKER_HEADER: env.worker_token},
+    )
+    return ExportAnswer(fmt, raw, headers.get(TRUNCATED_HEADER.lower()) == "true")
+
+
+def _user_query(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    job: str | None,
+    fmt: str,
+) -> dict[str, Any]:
+    return {
+        "org_id": str(org_id),
+        "user_id": str(user_id),
+        "dataset": name,
+        "job": job,
+        "sql": sql,
+        "limit": limit,
+        "timeout_seconds": env.settings.api_query_timeout_seconds,
+        "format": fmt,
+    }

@@ -24,6 +24,7 @@ from trace_platform.domain.errors import (
     ForbiddenError,
     TraceError,
 )
+from trace_platform.domain.query_formats import MEDIA_TYPES, TRUNCATED_HEADER
 from trace_platform.http import (
     CAPABILITY_HEADER,
     WORKER_HEADER,
@@ -37,7 +38,7 @@ from trace_platform.http import (
 )
 from trace_platform.logs import get_logger
 from trace_platform.query.binding import QueryCaller
-from trace_platform.query.engine import FORMAT_ARROW
+from trace_platform.query.engine import EXPORT_FORMATS
 from trace_platform.query.executor import QueryResult, executor_limits
 from trace_platform.query.relations import describe
 from trace_platform.query.service import BatchItem, QueryService
@@ -62,6 +63,18 @@ MAX_BATCH = 256
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
+def answer(result: QueryResult, fmt: str) -> Response:
+    """A query's answer in its format; a body of an export format says in a header whether
+    rows were left out (a JSON body says it in its `truncated`)."""
+    if fmt in EXPORT_FORMATS:
+        return Response(
+            result.body,
+            media_type=MEDIA_TYPES[fmt],
+            headers={TRUNCATED_HEADER: "true" if result.truncated else "false"},
+        )
+    return Response(result.body, media_type="application/json")
+
+
 class BatchQuery(QueryRequest):
     capability: str = Field(min_length=1, max_length=16_384)  # this task's token
 
@@ -78,8 +91,9 @@ class UserQueryRequest(BaseModel):
     dataset: str | None = Field(default=None, min_length=1, max_length=128)
     job: str | None = Field(default=None, min_length=1, max_length=63)
     sql: str = Field(min_length=1, max_length=20_000)
-    limit: int | None = Field(default=None, ge=1, le=10_000)
+    limit: int | None = Field(default=None, ge=1)  # JSON: at most 10,000 (clamped)
     timeout_seconds: float | None = Field(default=None, gt=0, le=600)
+    format: Literal["json", "arrow", "csv", "parquet"] = "json"
 
 
 class RelationsRequest(BaseModel):
@@ -151,6 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.query_uid,
             # The default object store is under home too: its files link into the slots.
             executor_slots=settings.home / "query-slots",
+            max_export_rows=settings.query_max_export_rows,
         )
         state.update(service=service, pool=state_pool)
         try:
@@ -185,13 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
         service: QueryService = state["service"]
         caller = task_caller(claims, body)
         result = await service.query(caller, body.dataset_id, body.sql, body.limit, fmt=body.format)
-        if body.format == FORMAT_ARROW:
-            return Response(
-                result.body,
-                media_type=ARROW_STREAM,
-                headers={"X-Trace-Truncated": "true" if result.truncated else "false"},
-            )
-        return Response(result.body, media_type="application/json")
+        return answer(result, body.format)
 
     @app.post(
         "/v1/task/query-batch",
@@ -243,9 +252,9 @@ def create_app(settings: Settings) -> FastAPI:
             body.org_id, body.dataset, body.user_id, "api", job=body.job
         )
         result = await service.query(
-            caller, None, body.sql, body.limit, timeout=body.timeout_seconds
+            caller, None, body.sql, body.limit, timeout=body.timeout_seconds, fmt=body.format
         )
-        return Response(result.body, media_type="application/json")
+        return answer(result, body.format)
 
     @app.post(
         "/internal/relations",

@@ -50,7 +50,8 @@ ROUTE_READER = "reader"
 ROUTE_ARROW = "arrow"
 _FRAME = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
-FORMAT_JSON, FORMAT_ARROW = "json", "arrow"
+FORMAT_JSON, FORMAT_ARROW, FORMAT_CSV, FORMAT_PARQUET = "json", "arrow", "csv", "parquet"
+EXPORT_FORMATS = (FORMAT_ARROW, FORMAT_CSV, FORMAT_PARQUET)  # answered as bytes, not JSON
 ARROW_BATCH_ROWS = 64 * 1024
 MAX_ARROW_BYTES = MAX_FRAME - 1024 * 1024  # one reply frame, with room for its header
 SMALL_BYTES = 4 * 1024 * 1024  # in-memory relations this small are queried on one thread
@@ -311,8 +312,9 @@ class Engine:
     ) -> tuple[bytes, int, bool]:
         """Run one query; (response body, row count, truncated) or QueryFailed. `timeout`:
         this query's time limit (a user's query has its own), else the executor's. `fmt`:
-        the body as JSON `{columns, rows, truncated}` or as an Arrow IPC stream (types kept
-        exactly: wide integers, decimals, timestamps with zone, lists, structs)."""
+        the body as JSON `{columns, rows, truncated}`, or as an Arrow IPC stream, CSV or
+        Parquet (`export`: types kept exactly: wide integers, decimals, timestamps with
+        zone, lists, structs)."""
         import duckdb
 
         # Independent of the gate: DuckDB's own parser must see exactly one SELECT. (A pure
@@ -336,8 +338,8 @@ class Engine:
                 con.register(name, dataset)
             self.watchdog.arm(con, min(MAX_TIMEOUT, timeout or self.limits.timeout_seconds))
             try:
-                if fmt == FORMAT_ARROW:  # a relation streams its batches without a copy
-                    return arrow_stream(con.sql(sql), limit)
+                if fmt in EXPORT_FORMATS:  # its batches are written as they come
+                    return export(con.execute(sql), limit, fmt)
                 result = con.execute(sql)
                 columns = [{"name": d[0], "type": str(d[1])} for d in result.description or []]
                 rows = result.fetchmany(limit + 1)
@@ -382,26 +384,122 @@ class Engine:
         return body, len(rows), truncated
 
 
-def arrow_stream(relation: Any, limit: int) -> tuple[bytes, int, bool]:
-    """At most `limit` rows of a query's relation as one Arrow IPC stream (and at most
-    MAX_ARROW_BYTES of it): (body, rows, truncated)."""
+def _exact_schema(types: list[str], schema: Any) -> Any:
+    """The schema an answer is written with, every column exact: HUGEINT's Arrow type is
+    decimal128(38, 0), one digit short of its 39, so decimal256(39, 0); UHUGEINT arrives
+    as a decimal128 that wraps above 2**127, so its decimal text (None: nothing to change)."""
     import pyarrow as pa
 
-    reader = relation.to_arrow_reader(ARROW_BATCH_ROWS)
+    if "HUGEINT" not in types and "UHUGEINT" not in types:
+        return None
+    wanted = {"HUGEINT": pa.decimal256(39, 0), "UHUGEINT": pa.string()}
+    fields = [
+        f.with_type(wanted[t]) if t in wanted else f for f, t in zip(schema, types, strict=True)
+    ]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _exact_batch(batch: Any, types: list[str], schema: Any) -> Any:
+    import pyarrow as pa
+
+    columns = []
+    for column, t, field in zip(batch.columns, types, schema, strict=True):
+        if t == "UHUGEINT":  # undo the wrap: the 128 bits are unsigned
+            values = [None if v is None else int(v) % (1 << 128) for v in column.to_pylist()]
+            columns.append(pa.array([None if v is None else str(v) for v in values], pa.string()))
+        else:
+            columns.append(column.cast(field.type) if column.type != field.type else column)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _csv_batch(batch: Any) -> Any:
+    """A batch CSV can write: list, struct and map columns as their JSON text (integers
+    beyond 64 bits and decimals as strings), binary as hex."""
+    import orjson
+    import pyarrow as pa
+
+    nested = (
+        pa.types.is_list,
+        pa.types.is_large_list,
+        pa.types.is_fixed_size_list,
+        pa.types.is_struct,
+        pa.types.is_map,
+    )
+    columns = []
+    changed = False
+    for column in batch.columns:
+        if any(is_(column.type) for is_ in nested):
+            texts = [
+                None if v is None else orjson.dumps(wide_int(v), default=json_value).decode()
+                for v in column.to_pylist()
+            ]
+            columns.append(pa.array(texts, pa.string()))
+            changed = True
+        elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            columns.append(pa.array([None if v is None else v.hex() for v in column.to_pylist()]))
+            changed = True
+        else:
+            columns.append(column)
+    if not changed:
+        return batch
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def export(result: Any, limit: int, fmt: str) -> tuple[bytes, int, bool]:
+    """At most `limit` rows of an executed query (a DuckDB connection holding its result)
+    as one body of `fmt` (an Arrow IPC stream, CSV with a header row, or Parquet) and at
+    most MAX_ARROW_BYTES of it, written batch by batch: (body, rows, truncated)."""
+    import pyarrow as pa
+
+    types = [str(d[1]) for d in result.description or []]
+    reader = result.to_arrow_reader(ARROW_BATCH_ROWS)
+    wide = _exact_schema(types, reader.schema)
+    schema = wide or reader.schema
     sink = pa.BufferOutputStream()
     rows, truncated = 0, False
-    with pa.ipc.new_stream(sink, reader.schema) as writer:
+    writer: Any
+    if fmt == FORMAT_PARQUET:
+        import pyarrow.parquet as pq
+
+        writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    elif fmt == FORMAT_CSV:
+        writer = None  # each batch is encoded apart, to be measured before it is kept
+    else:
+        writer = pa.ipc.new_stream(sink, schema)
+    try:
         for batch in reader:
             if rows + batch.num_rows > limit:
                 batch = batch.slice(0, limit - rows)
                 truncated = True
-            if sink.tell() + batch.nbytes > MAX_ARROW_BYTES:
-                truncated = True
-                break
-            writer.write_batch(batch)
+            if wide is not None:
+                batch = _exact_batch(batch, types, wide)
+            if fmt == FORMAT_CSV:
+                import pyarrow.csv as csv
+
+                out = pa.BufferOutputStream()
+                options = csv.WriteOptions(include_header=rows == 0 and sink.tell() == 0)
+                csv.write_csv(_csv_batch(batch), out, options)
+                text = out.getvalue()
+                if sink.tell() + text.size > MAX_ARROW_BYTES:
+                    truncated = True
+                    break
+                sink.write(text)
+            else:
+                if sink.tell() + batch.nbytes > MAX_ARROW_BYTES:
+                    truncated = True
+                    break
+                writer.write_batch(batch)
             rows += batch.num_rows
             if truncated:
                 break
+    finally:
+        if writer is not None:
+            writer.close()
+    if fmt == FORMAT_CSV and sink.tell() == 0:  # no rows: the header alone
+        import pyarrow.csv as csv
+
+        empty = [pa.array([], pa.string()) for _ in schema.names]
+        csv.write_csv(pa.Table.from_arrays(empty, names=schema.names), sink)
     return sink.getvalue().to_pybytes(), rows, truncated
 
 
@@ -542,7 +640,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                     str(item["sql"]),
                     int(item["limit"]),
                     float(wanted) if isinstance(wanted, (int, float)) else None,
-                    FORMAT_ARROW if item.get("format") == FORMAT_ARROW else FORMAT_JSON,
+                    fmt if (fmt := item.get("format")) in EXPORT_FORMATS else FORMAT_JSON,
                 )
                 reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
             except QueryFailed as exc:

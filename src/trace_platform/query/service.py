@@ -26,7 +26,7 @@ from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, s
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERIES, QUERY_SECONDS
 from trace_platform.query.binding import Binder, QueryCaller
-from trace_platform.query.engine import FORMAT_ARROW, FORMAT_JSON
+from trace_platform.query.engine import EXPORT_FORMATS, FORMAT_JSON
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
@@ -39,7 +39,7 @@ from trace_platform.sandbox import Isolation
 
 log = get_logger(__name__)
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
-MAX_EXPORT_ROWS = 10_000_000
+MAX_EXPORT_ROWS = 10_000_000  # TRACE_QUERY_MAX_EXPORT_ROWS's default
 
 
 class QueryRejected(ValidationError):
@@ -65,11 +65,13 @@ def gate(sql: str) -> GatedQuery:
     return check_sql(sql, None)
 
 
-def clamp_limit(limit: int | None, fmt: str = FORMAT_JSON) -> int:
-    """JSON answers hold at most MAX_LIMIT rows; an Arrow stream up to MAX_EXPORT_ROWS
-    (by default all of them, within the engine's byte cap)."""
-    if fmt == FORMAT_ARROW:
-        return MAX_EXPORT_ROWS if limit is None else max(1, min(MAX_EXPORT_ROWS, limit))
+def clamp_limit(
+    limit: int | None, fmt: str = FORMAT_JSON, max_export_rows: int = MAX_EXPORT_ROWS
+) -> int:
+    """JSON answers hold at most MAX_LIMIT rows; an Arrow, CSV or Parquet body up to
+    `max_export_rows` (by default all of them, within the engine's byte cap)."""
+    if fmt in EXPORT_FORMATS:
+        return max_export_rows if limit is None else max(1, min(max_export_rows, limit))
     return DEFAULT_LIMIT if limit is None else max(1, min(MAX_LIMIT, limit))
 
 
@@ -84,11 +86,14 @@ class QueryService:
         s3_options: dict[str, str] | None = None,
         executor_uid: int = 65533,
         executor_slots: Path | None = None,
+        max_export_rows: int = MAX_EXPORT_ROWS,
     ) -> None:
-        """`executor_slots`: where sandboxed executors link their files (`ExecutorPool`)."""
+        """`executor_slots`: where sandboxed executors link their files (`ExecutorPool`);
+        `max_export_rows`: the most rows of an Arrow, CSV or Parquet answer."""
         self.binder = Binder(state, s3_options)
         self.data = data
         self.limits = limits
+        self.max_export_rows = max_export_rows
         self.pool = ExecutorPool(workers, limits, isolation, executor_uid, slots=executor_slots)
 
     async def close(self) -> None:
@@ -105,7 +110,7 @@ class QueryService:
     ) -> QueryResult:
         """Gate, bind, run and audit one query (a task's, a user's or an operator's).
         `dataset_id`: the granted dataset read as `dataset` (None: by the catalog's names);
-        `fmt`: JSON, or an Arrow IPC stream."""
+        `fmt`: JSON, or an Arrow IPC stream, CSV or Parquet."""
         item = BatchItem(caller, dataset_id, sql, limit, fmt)
         gated, binding, dataset_ids = await self._bind(item, None)
         result = await self._execute(item, gated, binding, timeout)
@@ -205,7 +210,11 @@ class QueryService:
         answer: QueryResult | TraceError | QueryFailed
         try:
             answer = await self.pool.run(
-                binding, gated.sql, clamp_limit(item.limit, item.fmt), timeout, fmt=item.fmt
+                binding,
+                gated.sql,
+                clamp_limit(item.limit, item.fmt, self.max_export_rows),
+                timeout,
+                fmt=item.fmt,
             )
         except (QueryFailed, ExecutorUnavailable, OverloadedError) as exc:
             answer = exc
