@@ -42,6 +42,7 @@ log = get_logger(__name__)
 AUTO_INFLIGHT, MAX_AUTO_INFLIGHT = 16, 64
 JOBS_REFRESH_SECONDS = 1.0  # the observer reads the jobs' rows this often, not every tick
 REORG_RECHECK_SECONDS = 1.0  # at an unchanged head, committed ranges are re-checked this often
+RECORD_EVERY_SECONDS = 1.0  # an unchanged healthy head is written (checked_at) this often
 BACKFILL_BLOCKS = 1000  # default range size far behind: cryo's own chunk
 
 
@@ -322,6 +323,7 @@ class HeadObserver:
         self._last_reported = 0.0
         self._last_poll: dict[uuid.UUID, float] = {}
         self._last_check: dict[uuid.UUID, float] = {}
+        self._recorded: dict[uuid.UUID, tuple[int | None, str | None, float]] = {}
         self._jobs: list[asyncpg.Record] = []
         self._jobs_read = float("-inf")
 
@@ -402,6 +404,14 @@ class HeadObserver:
         export_metrics(await endpoint_status(self.pool, list(self._pools)))
 
     async def _record(self, job: asyncpg.Record, head: int | None, error: str | None) -> None:
+        """Write the poll's outcome; the same healthy head is written again (its check
+        time, the staleness check) once a RECORD_EVERY_SECONDS, not at every poll."""
+        now = time.monotonic()
+        last = self._recorded.get(job["job_id"], (None, None, float("-inf")))
+        same = head is not None and error is None and last[:2] == (head, error)
+        if same and now - last[2] < RECORD_EVERY_SECONDS:
+            return
+        self._recorded[job["job_id"]] = (head, error, now)
         row = await self.pool.fetchrow(q("chain", "record_head"), job["job_id"], head, error)
         mode = job["mode"]
         if row is None or mode["kind"] != "follow_head" or row["head_age"] is None:
