@@ -181,9 +181,11 @@ async def latency(args: argparse.Namespace) -> None:
                 measured = group.seconds()
                 return stack_cpu_seconds(home) if measured is None else measured
 
-            idle0, t_idle = total(), time.monotonic()
+            idle0, by0, t_idle = total(), stack_cpu(home), time.monotonic()
             await asyncio.sleep(args.idle)
-            idle = (total() - idle0) / (time.monotonic() - t_idle)
+            idle_for = time.monotonic() - t_idle
+            idle = (total() - idle0) / idle_for
+            idle_by = {k: (v - by0.get(k, 0.0)) / idle_for for k, v in stack_cpu(home).items()}
             cpu0, all0, t0 = stack_cpu(home), group.seconds(), time.monotonic()
             for i in range(args.alerts):
                 await asyncio.sleep(max(0.0, t0 + i * args.interval - time.monotonic()))
@@ -233,6 +235,8 @@ async def latency(args: argparse.Namespace) -> None:
     )
     top = sorted(spent.items(), key=lambda kv: -kv[1])
     print("  by process, per block: " + ", ".join(f"{k} {v / blocks:.3f}" for k, v in top if v))
+    top = sorted(idle_by.items(), key=lambda kv: -kv[1])
+    print("  idle, by process, per second: " + ", ".join(f"{k} {v:.3f}" for k, v in top if v))
     if len(latencies) < args.alerts:
         raise SystemExit(f"only {len(latencies)}/{args.alerts} alerts arrived")
 
