@@ -106,7 +106,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "delivery_retry_base_seconds", float, 8.0, "First retry delay of a delivery (x2.4 each)."
     ),
-    Setting("delivery_interval", float, 0.1, "How often the delivery process looks for work."),
+    Setting(
+        "delivery_interval",
+        float,
+        0.1,
+        "How often the delivery process looks for work when it cannot listen for it.",
+    ),
     Setting(
         "delivery_allow_private",
         bool,
