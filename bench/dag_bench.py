@@ -511,7 +511,8 @@ async def backfill(args: argparse.Namespace) -> None:
     ranges, rb, spb = args.ranges, args.range_blocks, args.swaps_per_block
     tip = ranges * rb
     runs: list[tuple[tuple[int, int], dict[str, Any]]] = []
-    async with SeededStack(DEAD_RPC, log_level="info") as b:
+    tuned = {"query_executors": args.query_executors} if args.query_executors else {}
+    async with SeededStack(DEAD_RPC, log_level="info", **tuned) as b:
         t = time.perf_counter()
         files = await seed_chain(b, "seeded", ranges, rb, spb)
         seeded = time.perf_counter() - t
@@ -536,6 +537,8 @@ async def backfill(args: argparse.Namespace) -> None:
         f" {rows / duck_s:,.0f} input rows/s"
     )
     print(f"level-2 rows, sum(swaps), sum(volume0): {duck_sums}")
+    if args.query_executors:
+        print(f"query service: {args.query_executors} executors (default 2)")
     failed = False
     for (span, limit), run in runs:
         timings = run["timings"]
@@ -602,6 +605,51 @@ def head_specs(pool: str) -> tuple[str, str]:
     return chain, dag
 
 
+HEAD_JOBS = ("swaps", "pool_volume", "busiest")
+HEAD_PHASES = {
+    "schedule": "inputs committed -> range task created (the scheduler)",
+    "start": "created -> operator runs (outbox, queue, claim)",
+    "query": "query service (bind, executor, SQL, Arrow back)",
+    "write": "Parquet encode + store (worker)",
+    "commit": "completion report + fenced commit (dispatcher)",
+}
+
+
+async def head_levels(b: BenchStack, first: int, last: int) -> dict[str, dict[str, list[float]]]:
+    """Per level, where each range task's time went: from its inputs' last commit (the
+    chain's blocks and decoded swaps for level 1, the level above for the others) to its own
+    commit, by the timing its attempt reports."""
+    parts = {
+        (r["name"], r["range_end"]): float(r["at"])
+        for r in await b.pool.fetch(
+            "SELECT d.name, p.range_end, extract(epoch FROM p.created_at) AS at"
+            " FROM state.dataset_partitions p JOIN state.datasets d USING (dataset_uuid)"
+            " WHERE p.removed_seq IS NULL AND p.range_start >= $1 AND p.range_end <= $2",
+            first,
+            last,
+        )
+    }
+    inputs = {
+        "swaps": ["head.blocks", "head.pair_Swap"],
+        "pool_volume": ["live.swaps"],
+        "busiest": ["live.pool_volume"],
+    }
+    out: dict[str, dict[str, list[float]]] = {j: {k: [] for k in HEAD_PHASES} for j in HEAD_JOBS}
+    for t in await task_timings(b, "live"):
+        if t["range_start"] < first or t["range_end"] > last or "started" not in t:
+            continue
+        ready = [parts.get((name, t["range_end"])) for name in inputs[t["job"]]]
+        if None in ready:
+            continue
+        phases = out[t["job"]]
+        phases["schedule"].append(t["created"] - max(r for r in ready if r is not None))
+        phases["start"].append(t["started"] - t["created"])
+        phases["query"].append(t["queried"] - t["started"])
+        phases["write"].append(t["written"] - t["queried"])
+        phases["commit"].append(t["committed"] - t["written"])
+    return out
+
+
 async def head(args: argparse.Namespace) -> None:
     node = Anvil().start()
     try:
@@ -611,7 +659,7 @@ async def head(args: argparse.Namespace) -> None:
         (created,) = node.receipt(tx)["logs"]
         pool = "0x" + created["data"][26:66]
         chain, dag = head_specs(pool)
-        async with BenchStack(node) as b:
+        async with BenchStack(node, log_level="info") as b:
             await b.apply(chain)
             await b.apply(dag)
             first = node.head() + 1 + 3  # 3 warm-up blocks
@@ -653,6 +701,8 @@ async def head(args: argparse.Namespace) -> None:
                 " AND p.removed_seq IS NULL AND p.range_start >= $1",
                 first,
             )
+            levels = await head_levels(b, first, last)
+            starts = executor_starts(b.home / "stack.log")
     finally:
         node.stop()
     print(
@@ -673,6 +723,14 @@ async def head(args: argparse.Namespace) -> None:
             f"{pct(values, 0.99):>8.2f}{max(values):>8.2f}"
         )
     print("(targets: level 3 p50 <= 1.5 s, p99 <= 4 s)")
+    print(f"  each level's range task, p50 ms: {'':<24}{'level 1':>9}{'level 2':>9}{'level 3':>9}")
+    for key, label in HEAD_PHASES.items():
+        cells = "".join(f"{pct(levels[j][key], 0.5) * 1000:>9.0f}" for j in HEAD_JOBS)
+        print(f"  {label:<57}{cells}")
+    print(
+        f"  (the query service started {len(starts)} executors in the whole run,"
+        f" {statistics.median(starts or [0]):.0f} ms each (median): {len(starts) / max(1, last):.1f} a block)"
+    )
     if len(steps) < args.blocks:
         raise SystemExit(f"only {len(steps)} of {args.blocks} blocks measured")
 
@@ -864,6 +922,9 @@ def main() -> None:
     )
     bf.add_argument(
         "--max-concurrency", default="0", help="the DAG's; a list builds one DAG each (0: default)"
+    )
+    bf.add_argument(
+        "--query-executors", type=int, default=0, help="the query service's (0: the default)"
     )
     hd = sub.add_parser("head")
     hd.add_argument("--blocks", type=int, default=60, help="blocks measured")
