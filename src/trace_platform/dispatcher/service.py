@@ -505,6 +505,10 @@ class TaskService:
             await self._insert_events(conn, task_id, attempt, events or [])
         for hook in hooks:
             hook.committed()  # after the commit: e.g. the planner sees the freed slot
+        if hooks and outcome == Outcome.SUCCESS:
+            # A commit announces itself in the outbox (`dataset.range_committed`, whose
+            # listeners schedule alert evaluations): drain it now, not at the next poll.
+            self.outbox_poke.set()
         transition = (
             "completed"
             if outcome == Outcome.SUCCESS
