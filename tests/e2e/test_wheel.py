@@ -5,6 +5,7 @@ the demo (UDFs in both languages, the chain sync) must work from the package alo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -90,7 +91,9 @@ def test_the_wheel_carries_everything_the_demo_needs(tmp_path: Path) -> None:
         assert "UDF typescript       completed: 1000/1000 alerts inserted" in text
         assert "chain sync           completed" in text
         assert "alerts               completed: 3 live whale transfers" in text  # + the TS rule
-        assert text.count("s to webhook") == 9  # 3 rules: whales (SQL, TS) and decoded big swaps
+        # 4 rules: whales (SQL, TS), decoded big swaps, and the DAG's enriched big swaps
+        assert text.count("s to webhook") == 12
+        assert re.search(r"dag demo-\w+-dex +swaps -> pool_volume built", text), text
         assert "skipped" not in text
     finally:
         _run([str(bin_dir / "trace"), "db", "stop"], env=env, cwd=empty, timeout=60)
