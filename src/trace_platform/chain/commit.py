@@ -86,6 +86,23 @@ def committed_event_id(dataset_uuid: uuid.UUID, start: int, end: int, seq: int) 
     return uuid.uuid5(_EVENT_NS, f"{dataset_uuid}:{start}:{end}:{seq}")
 
 
+def checked_file(f: Any, prefix: str) -> dict[str, Any]:
+    """One reported file, checked: inside the attempt's `prefix`, with a size, a row count
+    and a sha256; its known fields only. CommitRejected otherwise (a range's and a DAG
+    job's commits share it)."""
+    if not isinstance(f, dict):
+        raise CommitRejected("the completion's file list is malformed")
+    uri = f.get("uri")
+    if not isinstance(uri, str) or not uri.startswith(prefix) or ".." in uri[len(prefix) :]:
+        raise CommitRejected("a reported file lies outside the attempt's prefix")
+    n, b = f.get("rows"), f.get("size")
+    if type(n) is not int or type(b) is not int or n < 0 or b <= 0:
+        raise CommitRejected("a reported file has no valid size or row count")
+    if not isinstance(f.get("sha256"), str):
+        raise CommitRejected("a reported file has no sha256")
+    return {k: f[k] for k in ("uri", "size", "sha256", "rows", "min_block", "max_block") if k in f}
+
+
 def check_files(
     outputs: Any, prefix: str, start: int, end: int, cryo_dataset: str
 ) -> tuple[list[dict[str, Any]], int, int, str | None, str | None]:
@@ -101,23 +118,12 @@ def check_files(
     rows = size = 0
     clean: list[dict[str, Any]] = []
     for f in files:
-        if not isinstance(f, dict):
-            raise CommitRejected("the completion's file list is malformed")
-        uri = f.get("uri")
-        if not isinstance(uri, str) or not uri.startswith(prefix) or ".." in uri[len(prefix) :]:
-            raise CommitRejected("a reported file lies outside the attempt's prefix")
-        n, b = f.get("rows"), f.get("size")
-        lo, hi = f.get("min_block"), f.get("max_block")
-        if type(n) is not int or type(b) is not int or n < 0 or b <= 0:
-            raise CommitRejected("a reported file has no valid size or row count")
+        checked = checked_file(f, prefix)
+        n, lo, hi = checked["rows"], checked.get("min_block"), checked.get("max_block")
         if n and (type(lo) is not int or type(hi) is not int or lo < start or hi >= end):
             raise CommitRejected("a reported file holds blocks outside the range")
-        if not isinstance(f.get("sha256"), str):
-            raise CommitRejected("a reported file has no sha256")
-        rows, size = rows + n, size + b
-        clean.append(
-            {k: f[k] for k in ("uri", "size", "sha256", "rows", "min_block", "max_block") if k in f}
-        )
+        rows, size = rows + n, size + checked["size"]
+        clean.append(checked)
     if not clean:
         raise CommitRejected("the completion reports no file for the range")
     if cryo_dataset == "blocks" and rows != end - start:

@@ -13,20 +13,18 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from trace_platform.chain.commit import CommitRejected, committed_event_id
+from trace_platform.chain.commit import (
+    CommitRejected,
+    RangeReplaced,
+    checked_file,
+    committed_event_id,
+)
 from trace_platform.dag.run import PAYLOAD_KEY, output_prefix
 from trace_platform.db.sql import q
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
 MAX_FILES = 16
-
-
-class RangeReplaced(CommitRejected):
-    """The range's inputs were replaced while it ran: this attempt's result is stale and no
-    later attempt of the task could commit either (the recompute is a new task)."""
-
-    final = True
 
 
 def checked_files(outputs: Any, prefix: str, start: int, end: int) -> tuple[list[Any], int, int]:
@@ -40,18 +38,9 @@ def checked_files(outputs: Any, prefix: str, start: int, end: int) -> tuple[list
     rows = size = 0
     clean = []
     for f in files:
-        uri = f.get("uri") if isinstance(f, dict) else None
-        if not isinstance(uri, str) or not uri.startswith(prefix) or ".." in uri[len(prefix) :]:
-            raise CommitRejected("a reported file lies outside the attempt's prefix")
-        n, b = f.get("rows"), f.get("size")
-        if type(n) is not int or type(b) is not int or n < 0 or b <= 0:
-            raise CommitRejected("a reported file has no valid size or row count")
-        if not isinstance(f.get("sha256"), str):
-            raise CommitRejected("a reported file has no sha256")
-        rows, size = rows + n, size + b
-        clean.append(
-            {k: f[k] for k in ("uri", "size", "sha256", "rows", "min_block", "max_block") if k in f}
-        )
+        checked = checked_file(f, prefix)
+        rows, size = rows + checked["rows"], size + checked["size"]
+        clean.append(checked)
     return clean, rows, size
 
 
