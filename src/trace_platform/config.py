@@ -131,6 +131,10 @@ SETTINGS: tuple[Setting, ...] = (
         10_000_000,
         "Most rows of a query answered as Arrow, CSV or Parquet.",
     ),
+    Setting("query_run_timeout", float, 300.0, "Time limit of one query run (seconds, <= 600)."),
+    Setting(
+        "query_result_ttl", float, 604_800.0, "How long a query run's result is kept (seconds)."
+    ),
     Setting("oidc_issuer", str, None, "OIDC: accept bearer JWTs of this issuer (iss) too."),
     Setting("oidc_audience", str, None, "OIDC: the audience (aud) those JWTs must carry."),
     Setting("oidc_jwks", str, None, "OIDC: JWKS of the issuer: an https URL or a file path."),
@@ -231,6 +235,8 @@ class Settings:
     api_rate_burst: int = 60
     api_query_timeout_seconds: float = 60.0
     query_max_export_rows: int = 10_000_000
+    query_run_timeout: float = 300.0
+    query_result_ttl: float = 604_800.0
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks: str | None = None
@@ -283,6 +289,8 @@ class Settings:
             "delivery_interval",
             "api_rate_per_second",
             "api_query_timeout_seconds",
+            "query_run_timeout",
+            "query_result_ttl",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -319,6 +327,8 @@ class Settings:
             raise ConfigError("TRACE_LOG_LEVEL must be debug, info, warning or error")
         if self.api_query_timeout_seconds > 600:
             raise ConfigError("TRACE_API_QUERY_TIMEOUT_SECONDS must be <= 600")
+        if self.query_run_timeout > 600:  # the engine's own bound on any query
+            raise ConfigError("TRACE_QUERY_RUN_TIMEOUT must be <= 600")
         oidc = (self.oidc_issuer, self.oidc_audience, self.oidc_jwks)
         if any(oidc) and not all(oidc):
             raise ConfigError(

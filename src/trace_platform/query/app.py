@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from trace_platform import __version__
 from trace_platform.adapters.local_keys import VerifiedTokens, load_key_ring, load_worker_tokens
+from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
@@ -41,6 +42,7 @@ from trace_platform.query.binding import QueryCaller
 from trace_platform.query.engine import EXPORT_FORMATS
 from trace_platform.query.executor import QueryResult, executor_limits
 from trace_platform.query.relations import describe
+from trace_platform.query.runs import QueryRuns
 from trace_platform.query.service import BatchItem, QueryService
 from trace_platform.sandbox import detect_isolation
 
@@ -94,6 +96,20 @@ class UserQueryRequest(BaseModel):
     limit: int | None = Field(default=None, ge=1)  # JSON: at most 10,000 (clamped)
     timeout_seconds: float | None = Field(default=None, gt=0, le=600)
     format: Literal["json", "arrow", "csv", "parquet"] = "json"
+
+
+class QueryRunRequest(BaseModel):
+    """A user's query run (`POST /v1/query-runs`): as a user query, plus its key."""
+
+    model_config = ConfigDict(extra="forbid")
+    org_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+    dataset: str | None = Field(default=None, min_length=1, max_length=128)
+    job: str | None = Field(default=None, min_length=1, max_length=63)
+    sql: str = Field(min_length=1, max_length=20_000)
+    limit: int | None = Field(default=None, ge=1)
+    format: Literal["json", "arrow", "csv", "parquet"] = "json"
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class RelationsRequest(BaseModel):
@@ -167,10 +183,19 @@ def create_app(settings: Settings) -> FastAPI:
             executor_slots=settings.home / "query-slots",
             max_export_rows=settings.query_max_export_rows,
         )
-        state.update(service=service, pool=state_pool)
+        runs = QueryRuns(
+            state_pool,
+            service,
+            object_store_from_settings(settings),
+            settings.query_run_timeout,
+            settings.query_result_ttl,
+        )
+        runs.start()
+        state.update(service=service, pool=state_pool, runs=runs)
         try:
             yield
         finally:
+            await runs.close()
             await service.close()
             await state_pool.close()
             await data_pool.close()
@@ -255,6 +280,29 @@ def create_app(settings: Settings) -> FastAPI:
             caller, None, body.sql, body.limit, timeout=body.timeout_seconds, fmt=body.format
         )
         return answer(result, body.format)
+
+    @app.post(
+        "/internal/query-runs",
+        tags=["internal"],
+        openapi_extra=request_body_schema(QueryRunRequest),
+        summary="Start a user's query run (from the user API): executed here in the background",
+    )
+    async def query_run(request: Request) -> Response:
+        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
+            raise AuthError("missing or invalid worker token")
+        body = await parse_body(request, QueryRunRequest)
+        service: QueryService = state["service"]
+        runs: QueryRuns = state["runs"]
+        caller = await service.binder.user_caller(
+            body.org_id, body.dataset, body.user_id, "api", job=body.job
+        )
+        run_id, created = await runs.submit(
+            caller, body.sql, body.limit, body.format, body.idempotency_key
+        )
+        return Response(
+            orjson.dumps({"run_id": str(run_id), "created": created}),
+            media_type="application/json",
+        )
 
     @app.post(
         "/internal/relations",
