@@ -1,6 +1,7 @@
 """An idle query executor takes the next version of its dataset in place (a followed chain's
 next range), through the real sandbox: the new files replace the old ones in its slot, the
-old ones are out of its sight, and another dataset never takes an executor in place."""
+old ones are out of its sight. Another dataset of the same org takes it in a new database
+(nothing of the earlier binding readable); another org's never takes it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from trace_platform.query.engine import ROUTE_READER, BoundRelation, Engine
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
@@ -27,8 +29,12 @@ from trace_platform.sandbox import Isolation, detect_isolation
 LIMITS = ExecutorLimits(timeout_seconds=5)
 
 
-def one(key: str, path: Path) -> Binding:
-    return Binding((Relation(("dataset",), key, (str(path),)),))
+def one(key: str, path: Path, org: str | None = None, name: str | None = None) -> Binding:
+    names = ("dataset",) if name is None else ("dataset", name)
+    return Binding((Relation(names, key, (str(path),)),), org=org)
+
+
+ORG_A, ORG_B = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
 
 
 def version(root: Path, name: str, first: int) -> Path:
@@ -84,7 +90,107 @@ async def test_an_idle_executor_takes_the_next_version_of_its_dataset_in_place(
     assert next(iter(pool.idle.values())).proc.pid == pid
 
 
-async def test_another_dataset_never_takes_an_executor_in_place(
+async def test_another_dataset_of_the_same_org_takes_it_in_a_new_database(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    """Two datasets of one org, each bound alone (the second's query is not granted the
+    first): the executor is rebound in place, and nothing of the first binding — its names,
+    its tables, its files by path — is readable from the second."""
+    secret, other = version(tmp_path, "secret", 1000), version(tmp_path, "other", 0)
+    first = one("secret@1", secret, ORG_A, name="secret_rel")
+    second = one("other@1", other, ORG_A, name="other_rel")
+    # Queried twice: the first binding's relation is loaded into memory (a table).
+    assert await rows(pool, first, "SELECT sum(x) FROM secret_rel") == [[10045]]
+    assert await rows(pool, first, "SELECT table_name FROM duckdb_tables()") == [["dataset"]]
+    (executor,) = pool.idle.values()
+    pid = executor.proc.pid
+    assert await rows(pool, second, "SELECT sum(x) FROM other_rel") == [[45]]
+    (rebound,) = pool.idle.values()
+    assert rebound is executor and rebound.proc.pid == pid and rebound.binding == second
+    for sql in (
+        "SELECT * FROM secret_rel",
+        "SELECT * FROM main.secret_rel",
+        "SELECT * FROM memory.main.secret_rel",
+        "SELECT * FROM read_parquet('/data/part-000000-000-00000.parquet')",
+        f"SELECT * FROM read_parquet('{secret}')",
+    ):
+        with pytest.raises(QueryFailed):
+            await rows(pool, second, sql)
+    # What the database holds is the second binding's alone (its views; no table left).
+    objects = (
+        "SELECT table_name FROM duckdb_tables() UNION ALL"
+        " SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1"
+    )
+    assert await rows(pool, second, objects) == [["dataset"], ["other_rel"]]
+    assert await rows(pool, second, "SELECT file FROM glob('/data/**')") == [
+        ["/data/part-000001-000-00000.parquet"]
+    ]
+    assert await rows(pool, second, "SELECT count(*) FROM duckdb_databases()") == [[3]]
+    assert await rows(pool, second, "SELECT max(x) FROM dataset") == [[9]]
+
+
+async def test_another_orgs_dataset_never_takes_an_executor_in_place(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    v1 = version(tmp_path, "v1", 0)
+    mine = one("ds@1", v1, ORG_A)
+    assert await rows(pool, mine, "SELECT count(*) FROM dataset") == [[10]]
+    (executor,) = pool.idle.values()
+    theirs = one("theirs@1", v1, ORG_B)
+    assert not executor.can_rebind(theirs)
+    assert not executor.can_rebind(one("theirs@1", v1))  # no org: never another dataset
+    assert await rows(pool, theirs, "SELECT count(*) FROM dataset") == [[10]]
+    (fresh,) = pool.idle.values()
+    assert fresh is not executor and fresh.proc.pid != executor.proc.pid
+    # Asked directly, an executor refuses a binding it may not take (and stays as it was).
+    with pytest.raises(Exception, match="cannot take"):
+        await fresh.rebind(mine)
+    assert fresh.binding == theirs
+
+
+def test_a_fresh_rebinding_leaves_nothing_of_the_earlier_database(tmp_path: Path) -> None:
+    """Whatever the earlier binding's database held — temporary tables, another attached
+    database, macros, variables, sequences — a rebinding to other datasets starts from
+    none of it (in-process, the engine's own database)."""
+    secret, other = version(tmp_path, "secret", 1000), version(tmp_path, "other", 0)
+    limits = ExecutorLimits(timeout_seconds=5)
+    earlier = Engine(ROUTE_READER, [BoundRelation(("secret_rel",), (str(secret),))], limits)
+    for statement in (
+        "CREATE TEMP TABLE kept AS SELECT * FROM secret_rel",
+        "ATTACH ':memory:' AS stash",
+        "CREATE TABLE stash.copied AS SELECT * FROM secret_rel",
+        "CREATE MACRO leak() AS (SELECT max(x) FROM secret_rel)",
+        "CREATE SEQUENCE counter",
+        "SET VARIABLE hidden = 10045",
+    ):
+        earlier.con.execute(statement)
+    later = Engine(
+        ROUTE_READER,
+        [BoundRelation(("other_rel",), (str(other),))],
+        limits,
+        previous=earlier,
+        fresh=True,
+    )
+    assert orjson.loads(later.query("SELECT sum(x) FROM other_rel", 5)[0])["rows"] == [[45]]
+    for sql in (
+        "SELECT * FROM kept",
+        "SELECT * FROM temp.main.kept",
+        "SELECT * FROM stash.copied",
+        "SELECT leak()",
+        "SELECT nextval('counter')",
+        "SELECT * FROM secret_rel",
+    ):
+        with pytest.raises(QueryFailed):
+            later.query(sql, 5)
+    assert orjson.loads(later.query("SELECT getvariable('hidden')", 5)[0])["rows"] == [[None]]
+    listed = "SELECT database_name FROM duckdb_databases() WHERE NOT internal"
+    assert orjson.loads(later.query(listed, 5)[0])["rows"] == [["memory"]]
+    # Its own settings, locked again: the earlier database's are gone with it.
+    with pytest.raises(Exception, match="locked"):
+        later.con.execute("SET threads = 3")
+
+
+async def test_another_dataset_without_an_org_never_takes_an_executor_in_place(
     pool: ExecutorPool, tmp_path: Path
 ) -> None:
     v1 = version(tmp_path, "v1", 0)

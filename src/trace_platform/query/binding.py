@@ -334,7 +334,13 @@ class Binder:
             )
         order = sorted(used, key=lambda d: primary is None or d != primary.dataset_uuid)
         s3 = self.s3_options if any(p.startswith("s3://") for p in read_prefixes) else None
-        binding = Binding(tuple(relations), tuple(sorted(s3.items())) if s3 is not None else None)
+        # Every relation was checked to be of the caller's org (`_bind_grant`): the binding
+        # carries it, so an executor is never rebound across orgs.
+        binding = Binding(
+            tuple(relations),
+            tuple(sorted(s3.items())) if s3 is not None else None,
+            org=str(caller.org_id),
+        )
         return binding, order
 
     async def _bind_grant(

@@ -8,13 +8,18 @@ An engine is bound to one set of relations at a time (each granted dataset versi
 snapshot under the names the query reads it by); the service may rebind an idle executor to
 other versions of the same datasets (a followed chain's next range): every relation of the
 old binding is dropped from the (locked) database before the new ones are created, so nothing
-of one binding is left for the next. DuckDB is in memory with
+of one binding is left for the next. Rebound to other datasets (of the same org: the service
+never rebinds across orgs) it closes its database and opens a new one (`fresh`), so no
+relation, temporary object, setting, attached database or cache survives. DuckDB is in
+memory with
 extensions never installed or auto-loaded, no persistent secrets, no spill files, memory and
 threads bounded, configuration locked, and a per-query interrupt. Two routes to the data:
 
 - `reader` (local files, sandboxed executor): DuckDB's own Parquet reader with external
   access disabled except `allowed_directories` = the directories of the granted files; a
-  small relation is loaded into memory once at bind (`MATERIALIZE_MAX_BYTES`). The
+  small relation (`MATERIALIZE_MAX_BYTES`) is loaded into memory once, when its binding is
+  queried a second time or by a batch (a binding queried once, a DAG range, reads its
+  files once instead of copying them first). The
   OS layer holds on its own: the executor sees only those files, read-only, under an
   unprivileged uid, so even statements DuckDB would allow there (`COPY ... TO`, `glob`)
   can neither write nor find anything else.
@@ -24,8 +29,9 @@ threads bounded, configuration locked, and a per-query interrupt. Two routes to 
 Wire protocol on stdin/stdout: frames of a 4-byte big-endian length and an orjson document.
 First frame in: the binding. Then one frame in per query (`{sql, limit, timeout?}`) or per
 batch of queries (`{batch: [...]}`); out, per query in order: a header frame and, on success,
-a second frame holding the response body. A `{rebind: [relations]}` frame binds the
-executor anew (same route, limits and S3 options) and is answered like the first binding.
+a second frame holding the response body. A `{rebind: [relations], fresh?}` frame binds the
+executor anew (same route, limits and S3 options; `fresh`: in a new database) and is
+answered like the first binding.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from typing import Any, BinaryIO
 
 MAX_RESULT_BYTES = 10 * 1024 * 1024
 # Relations whose files total at most this (and an eighth of the memory limit) are loaded
-# into memory when an executor binds them; larger ones are read from Parquet per query.
+# into memory when their binding is queried again; larger ones are read from Parquet per query.
 MATERIALIZE_MAX_BYTES = 64 * 1024 * 1024
 MAX_TIMEOUT = 600.0  # seconds: no query runs longer, whatever it asks
 ROUTE_READER = "reader"
@@ -179,6 +185,8 @@ class Engine:
     """One locked in-memory database bound to a set of relations (dataset versions or
     snapshots), each visible under the names the query uses for it."""
 
+    con: Any  # the DuckDB connection of its database
+
     def __init__(
         self,
         route: str,
@@ -186,10 +194,14 @@ class Engine:
         limits: ExecutorLimits,
         s3: dict[str, str] | None = None,
         previous: Engine | None = None,
+        fresh: bool = False,
     ) -> None:
         """`previous`: the engine of the executor's last binding, whose database this one
         takes over once it is emptied (a new DuckDB database costs ~12 ms of CPU): its
-        locked configuration stays, allowed directory and thread count included."""
+        locked configuration stays, allowed directory and thread count included. `fresh`
+        (a binding of other datasets): `previous`'s database is closed instead and a new
+        one opened, so nothing of it — relations, temporary objects, settings, attached
+        databases, caches — can reach this binding."""
         import duckdb
 
         if not all(r.files for r in relations):
@@ -208,14 +220,20 @@ class Engine:
             "threads": limits.threads,
         }
         files = [f for r in relations for f in r.files]
+        if previous is not None and fresh:
+            previous.con.close()
+        reuse = previous if not fresh else None
+        # Relations loaded into memory at their second query (name, source, names): one
+        # query (a DAG range) reads the Parquet files once instead of copying them first.
+        self.deferred: list[tuple[str, str, tuple[str, ...]]] = []
         if route == ROUTE_READER:
             if s3 is not None:
                 raise QueryFailed("query_error", "the reader route is for local files only")
             if not all(os.access(f, os.R_OK) for f in files):
                 raise QueryFailed("dataset_unreadable", "a dataset file is not readable here")
             dirs = sorted({os.path.dirname(f) + "/" for f in files})
-            if previous is not None:
-                con = previous.emptied(route, dirs)
+            if reuse is not None:
+                con = reuse.emptied(route, dirs)
             else:
                 con = duckdb.connect(":memory:", config=config)
                 con.execute(f"SET allowed_directories = {_sql_list(dirs)}")
@@ -238,22 +256,23 @@ class Engine:
                     source += f" WHERE block_number >= {lo} AND block_number < {hi}"
                 first, *others = [_quote(n) for n in rel.names]
                 size = sum(os.path.getsize(f) for f in rel.files)
-                if size <= budget and _materialize(con, first, source):
-                    budget -= size
-                else:
-                    in_memory = False
-                    con.execute(f"CREATE VIEW {first} AS {source}")
+                con.execute(f"CREATE VIEW {first} AS {source}")
                 for name in others:
                     con.execute(f"CREATE VIEW {name} AS SELECT * FROM {first}")
+                if size <= budget:
+                    budget -= size
+                    self.deferred.append((first, source, tuple(others)))
+                else:
+                    in_memory = False
             small = sum(os.path.getsize(f) for f in files) <= SMALL_BYTES
-            if previous is None and in_memory and small:
+            if reuse is None and in_memory and small:
                 # A few blocks' rows (an alert's range): a second thread only costs a
                 # hand-over per query.
                 con.execute("SET threads = 1")
         elif route == ROUTE_ARROW:
             dirs = []
-            if previous is not None:
-                con = previous.emptied(route, dirs)
+            if reuse is not None:
+                con = reuse.emptied(route, dirs)
             else:
                 con = duckdb.connect(":memory:", config={"enable_external_access": False, **config})
             for rel in relations:
@@ -262,7 +281,7 @@ class Engine:
                     self.arrow[name] = dataset
         else:
             raise QueryFailed("query_error", "unknown route")
-        if previous is None:
+        if reuse is None:
             con.execute("SET lock_configuration = true")
         self.con = con
         self.route, self.dirs = route, dirs
@@ -270,6 +289,21 @@ class Engine:
         self.watchdog: Watchdog = previous.watchdog if previous is not None else Watchdog()
         self._checked: set[str] = set()
         self._names: tuple[str, ...] | None = None
+        self.queries = 0
+
+    def reused(self) -> None:
+        """This binding is queried again (or by a batch of queries): load its small
+        relations into memory now, once (their files are immutable), so a snapshot of many
+        small ranges is then scanned like one table, not file by file. One that does not
+        fit the memory limit stays a view over its files."""
+        deferred, self.deferred = self.deferred, []
+        for first, source, others in deferred:
+            for name in (*others, first):
+                self.con.execute(f"DROP VIEW IF EXISTS {name}")
+            if not _materialize(self.con, first, source):
+                self.con.execute(f"CREATE VIEW {first} AS {source}")
+            for name in others:
+                self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM {first}")
 
     def emptied(self, route: str, dirs: list[str]) -> Any:
         """This engine's database with every relation dropped, for the next binding of the
@@ -317,6 +351,9 @@ class Engine:
         zone, lists, structs)."""
         import duckdb
 
+        self.queries += 1
+        if self.queries > 1 and self.deferred:
+            self.reused()
         # Independent of the gate: DuckDB's own parser must see exactly one SELECT. (A pure
         # function of the text, ~0.2 ms: texts that passed are remembered.)
         if sql not in self._checked:
@@ -591,15 +628,20 @@ READY = {"ok": True, "ready": True}
 
 
 def _bind(
-    init: dict[str, Any], raw: Any, limits: ExecutorLimits, previous: Engine | None
+    init: dict[str, Any],
+    raw: Any,
+    limits: ExecutorLimits,
+    previous: Engine | None,
+    fresh: bool = False,
 ) -> Engine | dict[str, Any]:
     """An engine bound to the relations `raw` (the first binding also applies the process's
-    limits; a rebinding takes over `previous`'s database), or the refusal to answer with."""
+    limits; a rebinding takes over `previous`'s database, or with `fresh` closes it and
+    opens a new one), or the refusal to answer with."""
     try:
         if previous is None:
             apply_limits(limits)
         relations = [BoundRelation.of(r) for r in raw]
-        return Engine(init["route"], relations, limits, init.get("s3"), previous)
+        return Engine(init["route"], relations, limits, init.get("s3"), previous, fresh)
     except QueryFailed as exc:
         return {"ok": False, "code": exc.code, "reason": exc.reason}
     except Exception as exc:
@@ -622,7 +664,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     os.dup2(devnull, 2)  # from here on nothing (no SQL) can reach the service's log
     while (request := read_frame(inp)) is not None:
         if isinstance(request, dict) and "rebind" in request:
-            rebound = _bind(init, request["rebind"], limits, engine)
+            fresh = request.get("fresh") is True
+            rebound = _bind(init, request["rebind"], limits, engine, fresh)
             write_frames(out, orjson.dumps(rebound if isinstance(rebound, dict) else READY))
             if isinstance(rebound, dict):
                 return 1
@@ -632,6 +675,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         # in order; one whose result is large flushes what is pending first).
         batch = request.get("batch") if isinstance(request, dict) else None
         items = batch if isinstance(batch, list) else [request]
+        if len(items) > 1 and engine.deferred:
+            engine.reused()  # many queries of one binding: in memory before the first
         pending: list[bytes] = []
         for item in items:
             try:

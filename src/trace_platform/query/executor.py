@@ -10,10 +10,12 @@ where DuckDB itself touches no file and no network.
 
 The pool holds at most `size` executors. A query goes to an idle executor bound to its
 dataset version; else to an idle one bound to another version of the same datasets, which is
-rebound (a followed chain's next range: a new in-memory database in the same process, ~ms,
-instead of a new sandbox, ~0.1 s of CPU); else a new one is started (recycling the least
-recently used idle one when the pool is full); when every executor is busy the query waits
-up to `QUEUE_SECONDS` for one to be released, then the caller gets OverloadedError (HTTP 429).
+rebound (a followed chain's next range: its emptied database in the same process, ~ms,
+instead of a new sandbox, ~0.1-0.4 s); else to an idle one bound to other datasets of the
+same org, rebound in a new database (a DAG's levels, which read different datasets, ~12 ms);
+never to one of another org; else a new one is started (recycling the least recently used
+idle one when the pool is full); when every executor is busy the query waits up to
+`QUEUE_SECONDS` for one to be released, then the caller gets OverloadedError (HTTP 429).
 
 A sandboxed executor sees its files in a directory of its own (its *slot*), bound read-only
 at `/data`: the service hard-links the granted files into it, and on a rebind replaces them
@@ -115,11 +117,13 @@ class Relation:
 
 @dataclass(frozen=True)
 class Binding:
-    """What one executor holds: the relations of a query (an executor is reused for the
-    same binding only)."""
+    """What one executor holds: the relations of a query, and the org whose grants they are
+    (an executor is rebound only to a binding of the same org; None: never to other
+    datasets)."""
 
     relations: tuple[Relation, ...]
     s3: tuple[tuple[str, str], ...] | None = None
+    org: str | None = None
 
     @property
     def key(self) -> str:
@@ -294,23 +298,27 @@ class Executor:
             raise
 
     def can_rebind(self, binding: Binding) -> bool:
-        """Whether this executor may take `binding` in place of its own: other versions of
-        the same datasets, in the same order, through the same route (a sandbox needs its
-        slot). Never another dataset, so never another org's."""
-
-        def datasets(b: Binding) -> list[str]:
-            return [r.key.partition("@")[0] for r in b.relations]
-
+        """Whether this executor may take `binding` in place of its own, through the same
+        route (a sandbox needs its slot) and S3 options: other versions of the same
+        datasets, or other datasets of the same org (`Binding.org`; the engine then opens
+        a new database, `same_datasets`). Never another org's."""
         return (
             (self.slot is not None or self.route == ROUTE_ARROW)
             and binding.s3 == self.binding.s3
-            and datasets(binding) == datasets(self.binding)
+            and (
+                same_datasets(binding, self.binding)
+                or (binding.org is not None and binding.org == self.binding.org)
+            )
         )
 
     async def rebind(self, binding: Binding) -> None:
         """Bind this idle executor to `binding` (see `can_rebind`): its slot's files are
-        replaced first, then the engine builds a new database. ExecutorUnavailable when it
-        cannot (the caller closes it and starts another)."""
+        replaced first, then the engine empties its database (other versions of the same
+        datasets) or opens a new one (other datasets). ExecutorUnavailable when it cannot
+        (the caller closes it and starts another)."""
+        if not self.can_rebind(binding):
+            raise ExecutorUnavailable("this executor cannot take that binding")
+        fresh = not same_datasets(binding, self.binding)
         if self.route == ROUTE_READER:
             if self.slot is None:
                 raise ExecutorUnavailable("this executor cannot be rebound")
@@ -324,7 +332,7 @@ class Executor:
         self.binding = binding
         self.in_flight = True  # until the engine says it is ready
         try:
-            self._send(orjson.dumps({"rebind": self._relations(files)}))
+            self._send(orjson.dumps({"rebind": self._relations(files), "fresh": fresh}))
             reply = await asyncio.wait_for(self._read(), START_TIMEOUT)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             reply = None
@@ -477,6 +485,13 @@ class Executor:
             shutil.rmtree(self.slot, ignore_errors=True)
 
 
+def same_datasets(a: Binding, b: Binding) -> bool:
+    """The same datasets in the same order (versions may differ)."""
+    return [r.key.partition("@")[0] for r in a.relations] == [
+        r.key.partition("@")[0] for r in b.relations
+    ]
+
+
 def _failure(header: dict[str, Any]) -> QueryFailed:
     """The QueryFailed of an engine's refusal header (with the names its error may show)."""
     names = header.get("names")
@@ -532,10 +547,15 @@ class ExecutorPool:
             if reuse and ex.binding == binding and ex.alive:
                 del self.idle[ident]
                 return ex
-        for ident, ex in self.idle.items():  # least recently used first
-            if reuse and ex.alive and ex.can_rebind(binding):
-                del self.idle[ident]
-                return ex  # the caller rebinds it (`_ready`)
+        # Another version of the same datasets first (its database is kept), then other
+        # datasets of the same org (a new database); least recently used first.
+        for same in (True, False):
+            for ident, ex in self.idle.items():
+                if not (reuse and ex.alive and ex.can_rebind(binding)):
+                    continue
+                if same_datasets(ex.binding, binding) == same:
+                    del self.idle[ident]
+                    return ex  # the caller rebinds it (`_ready`)
         if self.live < self.size:
             self.live += 1
             return True
