@@ -3,7 +3,8 @@
     .venv/bin/python bench/alert_bench.py latency [--alerts 60] [--interval 1] [--head-poll 0.2]
         [--database-url URL]
     .venv/bin/python bench/alert_bench.py throughput [--deliveries 5000]
-    .venv/bin/python bench/alert_bench.py fanout [--rules 1000] [--minutes 5] [--database-url URL]
+    .venv/bin/python bench/alert_bench.py fanout [--rules 1000] [--minutes 5] [--interval 1]
+        [--database-url URL]
 
 latency: anvil in automine (each whale transfer is mined at once, in its own block, so a
   block's birth is the wall clock of its `eth_sendTransaction`, to a few ms), a chain followed
@@ -20,14 +21,19 @@ throughput: N events with one webhook channel each, inserted with the sink's own
   guard's resolver in the path, its answer cached); deliveries/s from insert to the last
   `delivered`, next to raw aiohttp POSTs of the same bodies at the same concurrency to the
   same receiver in the same run. Target >= 500 deliveries/s.
-fanout: N SQL rules on one chain job following `anvil --block-time 1` (tail_lag 0, chunk_size
-  1, so every block is one committed range and N evaluation tasks); one rule fires on the
-  whale transfer sent every block and has a webhook channel, the others never match. Every
-  10 s: evaluations completed per second and the backlog of evaluations not yet done (it
-  must not grow); at the end, block -> webhook p50/p99 of the firing rule and the CPU
-  seconds (stack processes + Postgres, from /proc) per evaluation. Targets: keep up with 1
-  block/s (no growing backlog), p99 <= 6 s. --database-url: an external PostgreSQL server
-  (fresh bench_fan_state/bench_fan_data databases on it) instead of the embedded one.
+fanout: N SQL rules on one chain job following anvil in automine (tail_lag 0, chunk_size 1),
+  one whale transfer sent every --interval seconds, each mined at once in its own block (its
+  birth known to a few ms), so every block is one committed range and N evaluation tasks; one
+  rule fires on every whale transfer and has a webhook channel, the others never match.
+  Every 10 s: evaluations completed per second and the backlog of evaluations not yet done
+  (it must not grow); at the end, block -> webhook p50/p99 of the firing rule from each
+  block's birth, the CPU of the stack's processes, query executors and Postgres (counted as
+  `latency` counts them) per evaluation, by process, and next to it the floor: DuckDB alone
+  in one process answering the same rules over (up to 20 of) the same ranges, its own CPU per
+  query, and the ratio. Targets: keep up with N evaluations a second (no growing backlog),
+  p99 <= 6 s, <= 1 ms of CPU per evaluation. --database-url: an external PostgreSQL server
+  (fresh bench_fan_state/bench_fan_data databases on it; its CPU is then not counted)
+  instead of the embedded one.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ SECRET_ENV = "TRACE_HOOK_SECRET_BENCH"
 SMOKE = {  # `--smoke MODE`: each mode's smallest run (bench/smoke.py)
     "latency": {"alerts": 2, "interval": 0.2, "idle": 0.5},
     "throughput": {"deliveries": 50},
-    "fanout": {"rules": 2, "minutes": 0.05},
+    "fanout": {"rules": 2, "minutes": 0.05, "interval": 0.5},
 }
 WARMUP_BLOCKS = 3
 RECEIVER = """
@@ -133,6 +139,20 @@ def live_transfers(node: Anvil, head_poll: float = 0.1) -> tuple[str, dict[str, 
     return mode, streams
 
 
+async def send_whale(node: Anvil, token: str, to: str, births: dict[int, float], i: int) -> float:
+    """One whale transfer, mined at once in its own block (anvil in automine): records the
+    block's birth (the wall clock of the send, which mines it) in `births` by block number;
+    returns how long the send took (the most a birth can be early)."""
+    block = node.head() + 1
+    births[block] = sent = time.time()
+    tx = await asyncio.to_thread(node.transfer_token, token, to, 2 * 10**24 + i)
+    took = time.time() - sent
+    mined = int((await asyncio.to_thread(node.receipt, tx))["blockNumber"], 16)
+    if mined != block:
+        births[mined] = births.pop(block)
+    return took
+
+
 async def latency(args: argparse.Namespace) -> None:
     births: dict[int, float] = {}  # block number -> wall clock when its transfer was sent
     runner, port, latencies = await verifying_receiver(births)
@@ -156,14 +176,7 @@ async def latency(args: argparse.Namespace) -> None:
             sends: list[float] = []
 
             async def whale(i: int) -> None:
-                block = node.head() + 1
-                # The block is mined inside this call: its birth is no earlier than the send.
-                births[block] = sent = time.time()
-                tx = await asyncio.to_thread(node.transfer_token, token, acct[2], 2 * 10**24 + i)
-                sends.append(time.time() - sent)
-                mined = int((await asyncio.to_thread(node.receipt, tx))["blockNumber"], 16)
-                if mined != block:
-                    births[mined] = births.pop(block)
+                sends.append(await send_whale(node, token, acct[2], births, i))
 
             # Warm-up (not counted): the first blocks start the query executor and such.
             for i in range(WARMUP_BLOCKS):
@@ -406,28 +419,6 @@ async def _alert(state: Any, alert_id: uuid.UUID, url: str) -> None:
 MARKERS = ("postgres", "engine.py", "trace_platform")
 
 
-def cpu_by_process() -> dict[str, float]:
-    """User + system CPU seconds of the stack's processes, by kind (Postgres, the query
-    executors, each `trace_platform` process), summed over the live processes."""
-    hz = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        marker = next((m for m in MARKERS if m in cmd), None)
-        if marker is None:
-            continue
-        kind = cmd.split(marker, 1)[1].split()[0] if marker == "trace_platform" else marker
-        fields = stat.rsplit(")", 1)[1].split()
-        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / hz
-    return out
-
-
 def stack_cpu(home: Path) -> dict[str, float]:
     """User + system CPU seconds of one stack by kind of process: this process's children
     (`trace up`'s processes, query executors included; anvil, the chain, is not counted) and
@@ -502,10 +493,6 @@ def stack_cpu_seconds(home: Path) -> float:
     return sum(stack_cpu(home).values())
 
 
-def cpu_seconds() -> float:
-    return sum(cpu_by_process().values())
-
-
 def machine_cpu_seconds() -> float:
     """Busy CPU seconds of the whole machine (/proc/stat): also counts processes that ended
     during the run (query executors recycled for a new range's binding, for one)."""
@@ -521,45 +508,113 @@ EVALS = """SELECT count(*) FILTER (WHERE status = 'completed') AS done,
        count(*) FILTER (WHERE status = 'failed' AND next_retry_at IS NULL) AS failed,
        count(*) FILTER (WHERE attempt > 1) AS retried
 FROM state.tasks WHERE payload->>'operator' = 'alert_eval'"""
+RANGES = """SELECT p.range_start, p.range_end, p.files
+FROM state.dataset_partitions p
+WHERE p.dataset_uuid = (SELECT (payload->'alert'->>'dataset_uuid')::uuid FROM state.tasks
+                        WHERE payload->>'operator' = 'alert_eval' LIMIT 1)
+  AND p.removed_seq IS NULL AND p.range_start = ANY($1::bigint[])
+ORDER BY p.range_start"""
+FLOOR_RANGES = 20  # measured ranges the floor answers every rule over
+FLOOR = """
+import resource, sys, orjson, duckdb
+job = orjson.loads(sys.stdin.buffer.read())
+con = duckdb.connect(config={"threads": 1})
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+# Warm-up (not counted): one range, every rule, as the stack's warm-up blocks.
+for start, end, files in job["ranges"][:1] * 2:
+    con.execute("CREATE OR REPLACE TABLE dataset AS SELECT * FROM read_parquet($1)"
+                " WHERE block_number >= $2 AND block_number < $3", [files, start, end])
+    for sql in job["rules"]:
+        con.execute(sql).fetchall()
+cpu0, rows, queries = cpu(), 0, 0
+for start, end, files in job["ranges"]:
+    con.execute("CREATE OR REPLACE TABLE dataset AS SELECT * FROM read_parquet($1)"
+                " WHERE block_number >= $2 AND block_number < $3", [files, start, end])
+    for sql in job["rules"]:
+        rows += len(con.execute(sql).fetchall())
+        queries += 1
+print(orjson.dumps({"cpu": cpu() - cpu0, "queries": queries, "rows": rows}).decode())
+"""
+
+
+def rule_sql(i: int) -> str:
+    """Rule i's SQL: rule 0 matches every whale transfer, the others never match."""
+    threshold = "1e24" if i == 0 else f"1e{40 + i % 200}"
+    return (
+        "SELECT block_number, transaction_hash, log_index FROM dataset"
+        f" WHERE value_f64 >= {threshold}"
+    )
+
+
+def duckdb_floor(rules: list[str], ranges: list[tuple[int, int, list[str]]]) -> dict[str, Any]:
+    """The floor: DuckDB alone, in one process of its own (one thread), loading each range's
+    Parquet files into memory as the query executor does and answering every rule over it;
+    its CPU is that process's own (user + system, all its threads), counted around the
+    queries as the stack's is counted around the run."""
+    job = orjson.dumps({"rules": rules, "ranges": ranges})
+    run = subprocess.run(
+        [sys.executable, "-c", FLOOR], input=job, capture_output=True, check=True, timeout=600
+    )
+    return dict(orjson.loads(run.stdout.splitlines()[-1]))
 
 
 async def fanout(args: argparse.Namespace) -> None:
-    runner, port, latencies = await verifying_receiver()
-    node = Anvil(block_time=1).start()
+    births: dict[int, float] = {}  # block number -> wall clock when its transfer was sent
+    runner, port, latencies = await verifying_receiver(births)
+    node = Anvil().start()  # automine: each whale transfer is mined at once, in its own block
+    group = CpuGroup()  # the stack and its Postgres start inside; anvil and the bench not
     samples: list[tuple[float, int, int]] = []
+    sends: list[float] = []
     try:
         databases = await external(args.database_url, "fan")
         async with BenchStack(node, delivery_allow_private=True, **databases) as b:
+            group.leave()
             token = await asyncio.to_thread(node.deploy_token)
             mode, streams = live_transfers(node)
             docs = [spec("fan", mode, streams)]
-            for i in range(args.rules):
-                fires = i == 0
-                threshold = "1e24" if fires else f"1e{40 + i % 200}"
+            rules = [rule_sql(i) for i in range(args.rules)]
+            for i, sql in enumerate(rules):
                 channels = (
                     f"channels:\n  - {{type: webhook, url: 'http://127.0.0.1:{port}/hook',"
                     f" secret_env: {SECRET_ENV}}}\n"
-                    if fires
+                    if i == 0
                     else ""
                 )
                 docs.append(
                     f"kind: alert\nname: rule-{i}\nsource: {{dataset: fan.erc20_transfers}}\n"
-                    "start: latest\nrule: {sql: 'SELECT block_number, transaction_hash,"
-                    f" log_index FROM dataset WHERE value_f64 >= {threshold}'}}\n"
+                    f"start: latest\nrule: {{sql: '{sql}'}}\n"
                     f"identity: [transaction_hash, log_index]\n{channels}"
                 )
             await b.apply("---\n".join(docs))
             acct = node.accounts()
-            before, busy0, t0 = cpu_by_process(), machine_cpu_seconds(), time.monotonic()
+            # Warm-up (not counted): the first blocks start the query executors and such.
+            for i in range(WARMUP_BLOCKS):
+                await send_whale(node, token, acct[2], births, i)
+                await asyncio.sleep(args.interval)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                row = await b.pool.fetchrow(EVALS)
+                if row["done"] >= WARMUP_BLOCKS * args.rules and row["backlog"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            latencies.clear()
+            births.clear()
+            home = b.settings.home
+
+            def total() -> float:
+                measured = group.seconds()
+                return stack_cpu_seconds(home) if measured is None else measured
+
+            by0, cpu0, busy0 = stack_cpu(home), total(), machine_cpu_seconds()
             done0 = (await b.pool.fetchrow(EVALS))["done"]
-            last_sample = t0
+            t0 = last_sample = time.monotonic()
             i = 0
             while time.monotonic() - t0 < args.minutes * 60:
-                block = node.head()
-                await asyncio.to_thread(node.transfer_token, token, acct[2], 2 * 10**24 + i)
+                await asyncio.sleep(max(0.0, t0 + i * args.interval - time.monotonic()))
+                sends.append(await send_whale(node, token, acct[2], births, i))
                 i += 1
-                while node.head() == block:  # one whale per block
-                    await asyncio.sleep(0.05)
                 if time.monotonic() - last_sample >= 10:
                     last_sample = time.monotonic()
                     row = await b.pool.fetchrow(EVALS)
@@ -574,38 +629,69 @@ async def fanout(args: argparse.Namespace) -> None:
                     )
             elapsed = time.monotonic() - t0
             row = await b.pool.fetchrow(EVALS)
+            cpu, busy = total() - cpu0, machine_cpu_seconds() - busy0
+            spent = {k: v - by0.get(k, 0.0) for k, v in stack_cpu(home).items()}
+            if group.seconds() is not None:
+                spent["ended (executors)"] = max(0.0, cpu - sum(spent.values()))
+            evaluations = row["done"] - done0
             reasons = await b.pool.fetch(
                 "SELECT left(last_error, 80) AS why, count(*) AS n FROM state.tasks"
                 " WHERE payload->>'operator' = 'alert_eval' AND last_error IS NOT NULL"
                 " GROUP BY 1 ORDER BY 2 DESC LIMIT 3"
             )
-            after, busy = cpu_by_process(), machine_cpu_seconds() - busy0
-            spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
-            cpu = sum(spent.values())
-            evaluations = row["done"] - done0
+            # The floor over the same ranges (a sample of the measured ones), same rules.
+            measured = sorted(births)[-FLOOR_RANGES:]
+            ranges = [
+                (
+                    r["range_start"],
+                    r["range_end"],
+                    [f["uri"].removeprefix("file://") for f in r["files"]],
+                )
+                for r in await b.pool.fetch(RANGES, measured)
+            ]
+            floor = await asyncio.to_thread(duckdb_floor, rules, ranges) if ranges else None
     finally:
+        group.remove()
         node.stop()
         await runner.cleanup()
     print(
-        f"{args.rules} SQL rules on one chain job, anvil --block-time 1, {elapsed:.0f} s,"
-        f" {i} blocks with a whale transfer"
+        f"{args.rules} SQL rules on one chain job, anvil in automine, one whale transfer every"
+        f" {args.interval:g} s (one block each), {elapsed:.1f} s, {i} blocks"
     )
     print(
         f"  evaluations completed: {evaluations} ({evaluations / elapsed:.0f}/s; needed to keep"
-        f" up: {args.rules}/s); backlog at the end {row['backlog']}, failed {row['failed']}"
+        f" up: {args.rules / args.interval:.0f}/s); backlog at the end {row['backlog']},"
+        f" failed {row['failed']}"
     )
+    how = "a cgroup of their own" if group.path is not None else "/proc, live processes only"
     if evaluations:
+        per = cpu / evaluations * 1000
         print(
-            f"  CPU per evaluation: {cpu / evaluations * 1000:.1f} ms (live stack processes +"
-            f" Postgres), {busy / evaluations * 1000:.1f} ms (whole machine, bench included)"
+            f"  CPU of the stack (its processes, query executors and Postgres; {how}):"
+            f" {per:.2f} ms per evaluation, {cpu:.1f} s in all   (target <= 1 ms)"
         )
-        top = sorted(spent.items(), key=lambda kv: -kv[1])[:6]
-        print("  CPU seconds by process: " + ", ".join(f"{k} {v:.1f}" for k, v in top))
+        top = sorted(spent.items(), key=lambda kv: -kv[1])
+        print(
+            "  by process, ms per evaluation: "
+            + ", ".join(f"{k} {v / evaluations * 1000:.3f}" for k, v in top if v > 0)
+        )
+        print(
+            f"  (the whole machine was busy {busy / evaluations * 1000:.2f} ms per evaluation,"
+            " anvil, the bench and anything else running included)"
+        )
+        if floor is not None and floor["queries"]:
+            duck = floor["cpu"] / floor["queries"] * 1000
+            print(
+                f"  floor: DuckDB alone in one process, the same {args.rules} rules over"
+                f" {len(ranges)} of the same ranges ({floor['queries']} queries, each range"
+                f" loaded into memory first): {duck:.3f} ms of CPU per query;"
+                f" Trace/DuckDB {per / duck:.1f}x"
+            )
     if latencies:
         print(
-            f"  block -> webhook of the firing rule over {len(latencies)} alerts:"
-            f" p50 {pct(latencies, 0.5):.2f} s, p99 {pct(latencies, 0.99):.2f} s"
-            "   (target p99 <= 6 s; block timestamps are whole seconds)"
+            f"  block -> webhook of the firing rule over {len(latencies)} alerts, from each"
+            f" block's birth: p50 {pct(latencies, 0.5):.2f} s, p99 {pct(latencies, 0.99):.2f} s"
+            f"   (target p99 <= 6 s; sends took p99 {pct(sends, 0.99) * 1000:.0f} ms)"
         )
     else:
         print("  no alert of the firing rule arrived")
@@ -615,7 +701,8 @@ async def fanout(args: argparse.Namespace) -> None:
     for r in reasons:
         print(f"  retried because: {r['why']} ({r['n']})")
     growing = row["backlog"] > 2 * args.rules and row["backlog"] >= first
-    print(f"  keeps up with 1 block/s: {'no (backlog grows)' if growing else 'yes'}")
+    keeps = "no (backlog grows)" if growing else "yes"
+    print(f"  keeps up with one block every {args.interval:g} s: {keeps}")
 
 
 def main() -> None:
@@ -635,6 +722,7 @@ def main() -> None:
     fan = sub.add_parser("fanout")
     fan.add_argument("--rules", type=int, default=1000)
     fan.add_argument("--minutes", type=float, default=5.0)
+    fan.add_argument("--interval", type=float, default=1.0, help="seconds between blocks")
     fan.add_argument("--database-url", help="an external PostgreSQL server")
     args = parser.parse_args()
     if smoke.apply(args, SMOKE[args.what]):
