@@ -33,6 +33,7 @@ from trace_platform.domain.errors import (
     TraceError,
     ValidationError,
 )
+from trace_platform.domain.query_formats import AnswerCut
 from trace_platform.ports import CAPABILITY_HEADER, WORKER_HEADER
 
 _BY_STATUS: dict[int, type[TraceError]] = {
@@ -95,6 +96,39 @@ def new_session(total_seconds: float = 30.0, max_connections: int = 32) -> aioht
         connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30),
         timeout=aiohttp.ClientTimeout(total=total_seconds, connect=5),
     )
+
+
+class BytesReply:
+    """An answer of bytes being read (`TaskClient.open_bytes`): `headers` (names in lower
+    case), its chunks by iterating it (at most CHUNK_BYTES each, as they arrive); a body that
+    ends short (aborted by the service, its chunked encoding unfinished) raises AnswerCut,
+    a lost connection ServiceUnavailable. `close()` releases the connection."""
+
+    CHUNK_BYTES = 1024 * 1024
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+
+    def __aiter__(self) -> BytesReply:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._resp.content.read(self.CHUNK_BYTES)
+        except aiohttp.ClientPayloadError:
+            raise AnswerCut("the service's answer ended before its end") from None
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            raise ServiceUnavailable("the service's answer broke off") from None
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def close(self) -> None:
+        if self._resp.content.at_eof():
+            self._resp.release()  # read to its end: the connection serves again
+        else:
+            self._resp.close()
 
 
 class TaskClient:
@@ -173,6 +207,33 @@ class TaskClient:
                 data = {}
             raise answer_error(status, data if isinstance(data, dict) else {})
         return raw, got
+
+    async def open_bytes(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> BytesReply:
+        """One call answered with bytes, read as they arrive (`BytesReply`, to be closed):
+        not retried; a non-200 raises the error of its status as `post` does."""
+        try:
+            resp = await self.session.post(
+                url,
+                data=orjson.dumps(body),
+                headers={**headers, "Content-Type": "application/json"},
+            )
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            raise ServiceUnavailable(f"no answer from {url.rsplit('/', 1)[-1]}") from None
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            finally:
+                resp.release()
+            try:
+                data = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                data = {}
+            raise answer_error(resp.status, data if isinstance(data, dict) else {})
+        return BytesReply(resp)
 
     async def report_endpoints(self, process: str, rows: list[dict[str, Any]]) -> None:
         """This worker's view of its RPC pools' endpoints (labels, never URLs), for status."""

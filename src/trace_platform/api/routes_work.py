@@ -16,8 +16,9 @@ from trace_platform.api.auth import Admin, Reader, Writer
 from trace_platform.api.models import BundleUpload, QueryBody, TaskCreate
 from trace_platform.domain.errors import ValidationError
 from trace_platform.domain.lifecycle import TaskStatus
-from trace_platform.domain.query_formats import MEDIA_TYPES, TRUNCATED_HEADER, choose_format
+from trace_platform.domain.query_formats import TRUNCATED_HEADER, choose_format
 from trace_platform.http import json_response
+from trace_platform.http_stream import bytes_answer
 from trace_platform.ops import bundles as bundle_ops
 from trace_platform.ops import datasets as dataset_ops
 from trace_platform.ops import tasks as task_ops
@@ -79,21 +80,20 @@ async def dataset(c: Reader, name: str) -> Response:
 @router.post("/v1/query", tags=["datasets"], summary="Sandboxed SQL over your org's relations")
 async def query(c: Reader, body: QueryBody, request: Request) -> Response:
     """JSON `{columns, rows, truncated}` (default), or an Arrow IPC stream, CSV or Parquet
-    body (header X-Trace-Truncated), chosen by `format` or else by `Accept`."""
+    body, chosen by `format` or else by `Accept`: whole with X-Trace-Truncated, or streamed
+    when large (cut past TRACE_QUERY_MAX_EXPORT_ROWS: `http_stream`)."""
     fmt = choose_format(body.format, request.headers.get("accept"))
     if fmt == "json":
         answer = await dataset_ops.query_as_user(
             c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, body.job
         )
         return json_response(answer)
-    export = await dataset_ops.export_as_user(
+    # Streamed from the query service as it comes, never held whole (`http_stream`).
+    reply = await dataset_ops.stream_as_user(
         c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, fmt, body.job
     )
-    return Response(
-        export.body,
-        media_type=MEDIA_TYPES[fmt],
-        headers={TRUNCATED_HEADER: "true" if export.truncated else "false"},
-    )
+    truncated = reply.headers.get(TRUNCATED_HEADER.lower()) == "true"
+    return await bytes_answer(reply, fmt, lambda: truncated, reply.close)
 
 
 @router.get("/v1/relations", tags=["datasets"], summary="What your queries may read, by name")

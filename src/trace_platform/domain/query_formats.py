@@ -58,3 +58,18 @@ def check_limit(fmt: str, limit: int | None) -> int | None:
             )
         return DEFAULT_JSON_ROWS if limit is None else limit
     return limit
+
+
+class AnswerCut(TraceError):
+    """A streamed answer that must not be taken for complete: it reached
+    TRACE_QUERY_MAX_EXPORT_ROWS with rows left, or it failed after its first bytes went out.
+    Raised inside a body that has started, it aborts the chunked body (no terminating chunk,
+    the connection closed); `rest`: the bytes held back, for an answer still small enough to
+    be sent whole with `X-Trace-Truncated: true`."""
+
+    status = 500
+    code = "answer_cut"
+
+    def __init__(self, detail: str, rest: bytes = b"") -> None:
+        super().__init__(detail)
+        self.rest = rest

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from trace_platform.client import BytesReply
 from trace_platform.datasets import RegisteredDataset, register_dataset
 from trace_platform.db.sql import q
 from trace_platform.domain.catalog import RelationInfo
@@ -244,6 +245,31 @@ async def export_as_user(
         {WORKER_HEADER: env.worker_token},
     )
     return ExportAnswer(fmt, raw, headers.get(TRUNCATED_HEADER.lower()) == "true")
+
+
+async def stream_as_user(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    fmt: str,
+    job: str | None = None,
+    params: tuple[str, ...] = (),
+) -> BytesReply:
+    """The same as `export_as_user`, but read as the query service sends it (`BytesReply`,
+    chunk by chunk, to be closed): never held whole in this process."""
+    if env.query_client is None or env.worker_token is None:
+        raise ConfigError("this process has no client of the query service")
+    body = _user_query(env, org_id, user_id, name, sql, check_limit(fmt, limit), job, fmt)
+    if params:
+        body["params"] = list(params)
+    return await env.query_client.open_bytes(
+        f"{env.settings.resolved_query_url}/internal/user-query",
+        body,
+        {WORKER_HEADER: env.worker_token},
+    )
 
 
 def _user_query(

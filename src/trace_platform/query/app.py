@@ -37,6 +37,7 @@ from trace_platform.http import (
     request_body_schema,
     serve,
 )
+from trace_platform.http_stream import bytes_answer
 from trace_platform.logs import get_logger
 from trace_platform.query.binding import QueryCaller
 from trace_platform.query.engine import EXPORT_FORMATS
@@ -56,9 +57,9 @@ class QueryRequest(BaseModel):
     dataset_id: str | None = Field(default=None, max_length=64)
     sql: str = Field(max_length=20_000)
     limit: int | None = None
-    # json: {columns, rows, truncated}; arrow: an Arrow IPC stream (header
-    # X-Trace-Truncated says whether rows were left out)
-    format: Literal["json", "arrow"] = "json"
+    # json: {columns, rows, truncated}; arrow, csv, parquet: a body of bytes, streamed
+    # when large (`http_stream`: X-Trace-Truncated true|false, or unknown on a stream)
+    format: Literal["json", "arrow", "csv", "parquet"] = "json"
 
 
 MAX_BATCH = 256
@@ -224,6 +225,11 @@ def create_app(settings: Settings) -> FastAPI:
         body = await parse_body(request, QueryRequest)
         service: QueryService = state["service"]
         caller = task_caller(claims, body)
+        if body.format in EXPORT_FORMATS:
+            stream = await service.stream(
+                caller, body.dataset_id, body.sql, body.limit, fmt=body.format
+            )
+            return await bytes_answer(stream, body.format, lambda: stream.truncated, stream.close)
         result = await service.query(caller, body.dataset_id, body.sql, body.limit, fmt=body.format)
         return answer(result, body.format)
 
@@ -276,6 +282,11 @@ def create_app(settings: Settings) -> FastAPI:
         caller = await service.binder.user_caller(
             body.org_id, body.dataset, body.user_id, "api", job=body.job
         )
+        if body.format in EXPORT_FORMATS:  # streamed, never held whole here
+            stream = await service.stream(
+                caller, None, body.sql, body.limit, timeout=body.timeout_seconds, fmt=body.format
+            )
+            return await bytes_answer(stream, body.format, lambda: stream.truncated, stream.close)
         result = await service.query(
             caller, None, body.sql, body.limit, timeout=body.timeout_seconds, fmt=body.format
         )

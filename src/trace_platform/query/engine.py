@@ -62,6 +62,7 @@ ARROW_BATCH_ROWS = 64 * 1024
 MAX_ARROW_BYTES = MAX_FRAME - 1024 * 1024  # one reply frame, with room for its header
 SMALL_BYTES = 4 * 1024 * 1024  # in-memory relations this small are queried on one thread
 FLUSH_BYTES = 1024 * 1024  # a batch's replies are held back up to this much
+STREAM_CHUNK_BYTES = 1024 * 1024  # a streamed export goes out in frames of this much
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,8 @@ class Engine:
         self.watchdog: Watchdog = previous.watchdog if previous is not None else Watchdog()
         self._checked: set[str] = set()
         self._names: tuple[str, ...] | None = None
+        # a streamed export's bytes go there as they are written (`FrameSink`)
+        self.sink: FrameSink | None = None
         self.queries = 0
 
     def reused(self) -> None:
@@ -376,7 +379,7 @@ class Engine:
             self.watchdog.arm(con, min(MAX_TIMEOUT, timeout or self.limits.timeout_seconds))
             try:
                 if fmt in EXPORT_FORMATS:  # its batches are written as they come
-                    return export(con.execute(sql), limit, fmt)
+                    return export(_relation(con, sql), limit, fmt, self.sink)
                 result = con.execute(sql)
                 columns = [{"name": d[0], "type": str(d[1])} for d in result.description or []]
                 rows = result.fetchmany(limit + 1)
@@ -482,29 +485,120 @@ def _csv_batch(batch: Any) -> Any:
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
-def export(result: Any, limit: int, fmt: str) -> tuple[bytes, int, bool]:
-    """At most `limit` rows of an executed query (a DuckDB connection holding its result)
-    as one body of `fmt` (an Arrow IPC stream, CSV with a header row, or Parquet) and at
-    most MAX_ARROW_BYTES of it, written batch by batch: (body, rows, truncated)."""
+def _relation(con: Any, sql: str, params: list[str] | None = None) -> Any:
+    """The query as a relation whose Arrow batches stream (a DB-API result would be copied
+    whole first). A statement that fails to bind fails as `execute` fails it, so its
+    error reads the same as in a JSON answer (with its line and column)."""
+    import duckdb
+
+    try:
+        return con.sql(sql, params=params)
+    except duckdb.Error:
+        con.execute(sql, params)
+        raise
+
+
+def _engine_failure(exc: Exception) -> QueryFailed:
+    """A DuckDB error that reached us through the Arrow reader mid-stream (pyarrow raises it
+    as OSError with DuckDB's message) as the QueryFailed the same error raised directly
+    would be."""
+    text = str(exc)
+    for prefix, code, reason in (
+        ("INTERRUPT", "query_timeout", "query exceeded its time limit"),
+        ("Out of Memory", "query_out_of_memory", "query exceeded its memory limit"),
+        ("Permission Error", "query_denied", "query touched something it may not"),
+        ("Invalid Input Error", "query_denied", "query touched something it may not"),
+        ("IO Error", "query_denied", "query touched a file it may not"),
+    ):
+        if text.startswith(prefix):
+            return QueryFailed(code, reason)
+    return QueryFailed("query_error", text or type(exc).__name__)
+
+
+class FrameSink:
+    """Where a streamed export's bytes go (a file object for pyarrow's writers): out to the
+    service as frames of at most STREAM_CHUNK_BYTES, held back until STREAM_CHUNK_BYTES are
+    pending, the first of them after a header frame `{ok: true, stream: true}`.
+
+    The streamed reply to a `{sql, limit, format, stream: true}` request is therefore: either
+    one failure header, as for any query (nothing was sent yet), or that header, data frames
+    (never empty), an empty frame, and a trailer frame: `{ok: true, rows, truncated}`, or a
+    failure `{ok: false, code, reason}` for a query that failed after bytes went out."""
+
+    closed = False
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.pending = bytearray()
+        self.position = 0
+        self.started = False
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data).cast("B"))
+        self.pending += data
+        self.position += size
+        if len(self.pending) >= STREAM_CHUNK_BYTES:
+            self.send()
+        return size
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self) -> None:
+        """Out with what is pending (after the header, the first time)."""
+        import orjson
+
+        frames = [] if self.started else [orjson.dumps({"ok": True, "stream": True})]
+        self.started = True
+        view = memoryview(self.pending)
+        frames += [
+            bytes(view[i : i + STREAM_CHUNK_BYTES]) for i in range(0, len(view), STREAM_CHUNK_BYTES)
+        ]
+        view.release()
+        self.pending.clear()
+        write_frames(self.out, *frames)
+
+
+def export(result: Any, limit: int, fmt: str, sink: Any = None) -> tuple[bytes, int, bool]:
+    """At most `limit` rows of an executed query (a DuckDB relation or connection holding
+    its result) as an Arrow IPC stream, CSV with a header row, or Parquet, written batch by
+    batch: (body, rows, truncated). Without `sink`: one body of at most MAX_ARROW_BYTES.
+    With `sink` (a `FrameSink`): every byte goes there as written, however many (the
+    body returned is empty); `truncated`: rows were left out past `limit`."""
     import pyarrow as pa
 
     types = [str(d[1]) for d in result.description or []]
     reader = result.to_arrow_reader(ARROW_BATCH_ROWS)
     wide = _exact_schema(types, reader.schema)
     schema = wide or reader.schema
-    sink = pa.BufferOutputStream()
+    buffer = pa.BufferOutputStream() if sink is None else None
+    target: Any = buffer if buffer is not None else pa.PythonFile(sink, mode="w")
+    most = MAX_ARROW_BYTES if sink is None else None
     rows, truncated = 0, False
     writer: Any
     if fmt == FORMAT_PARQUET:
         import pyarrow.parquet as pq
 
-        writer = pq.ParquetWriter(sink, schema, compression="zstd")
+        writer = pq.ParquetWriter(target, schema, compression="zstd")
     elif fmt == FORMAT_CSV:
         writer = None  # each batch is encoded apart, to be measured before it is kept
     else:
-        writer = pa.ipc.new_stream(sink, schema)
+        writer = pa.ipc.new_stream(target, schema)
+    batches = iter(reader)
     try:
-        for batch in reader:
+        while True:
+            try:
+                batch = next(batches, None)
+            except OSError as exc:  # DuckDB failed mid-stream (pyarrow's wrapping)
+                raise _engine_failure(exc) from None
+            if batch is None:
+                break
             if rows + batch.num_rows > limit:
                 batch = batch.slice(0, limit - rows)
                 truncated = True
@@ -514,15 +608,15 @@ def export(result: Any, limit: int, fmt: str) -> tuple[bytes, int, bool]:
                 import pyarrow.csv as csv
 
                 out = pa.BufferOutputStream()
-                options = csv.WriteOptions(include_header=rows == 0 and sink.tell() == 0)
+                options = csv.WriteOptions(include_header=rows == 0 and target.tell() == 0)
                 csv.write_csv(_csv_batch(batch), out, options)
                 text = out.getvalue()
-                if sink.tell() + text.size > MAX_ARROW_BYTES:
+                if most is not None and target.tell() + text.size > most:
                     truncated = True
                     break
-                sink.write(text)
+                target.write(text)
             else:
-                if sink.tell() + batch.nbytes > MAX_ARROW_BYTES:
+                if most is not None and target.tell() + batch.nbytes > most:
                     truncated = True
                     break
                 writer.write_batch(batch)
@@ -532,12 +626,15 @@ def export(result: Any, limit: int, fmt: str) -> tuple[bytes, int, bool]:
     finally:
         if writer is not None:
             writer.close()
-    if fmt == FORMAT_CSV and sink.tell() == 0:  # no rows: the header alone
+    if fmt == FORMAT_CSV and target.tell() == 0:  # no rows: the header alone
         import pyarrow.csv as csv
 
         empty = [pa.array([], pa.string()) for _ in schema.names]
-        csv.write_csv(pa.Table.from_arrays(empty, names=schema.names), sink)
-    return sink.getvalue().to_pybytes(), rows, truncated
+        csv.write_csv(pa.Table.from_arrays(empty, names=schema.names), target)
+    if buffer is None:
+        target.flush()
+        return b"", rows, truncated
+    return buffer.getvalue().to_pybytes(), rows, truncated
 
 
 class Watchdog:
@@ -671,6 +768,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 return 1
             engine = rebound
             continue
+        if isinstance(request, dict) and request.get("stream"):
+            if (code := _stream(engine, request, out, limits)) is not None:
+                return code
+            continue
         # One query, or a batch of queries on this binding (their replies go out together,
         # in order; one whose result is large flushes what is pending first).
         batch = request.get("batch") if isinstance(request, dict) else None
@@ -719,6 +820,54 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         if pending:
             write_frames(out, *pending)
     return 0
+
+
+def _stream(
+    engine: Engine, item: dict[str, Any], out: BinaryIO, limits: ExecutorLimits
+) -> int | None:
+    """Answer one export as a stream (`FrameSink`); the process's exit code when it must
+    end (out of memory, an unexpected error, its CPU budget half spent), else None."""
+    import orjson
+
+    sink = FrameSink(out)
+    fmt = item.get("format")
+    wanted = item.get("timeout")
+    exit_code: int | None = None
+    try:
+        engine.sink = sink
+        try:
+            _, count, truncated = engine.query(
+                str(item["sql"]),
+                int(item["limit"]),
+                float(wanted) if isinstance(wanted, (int, float)) else None,
+                fmt if fmt in EXPORT_FORMATS else FORMAT_ARROW,
+                # a saved query's values, when it has any (bound as parameters)
+                **({"params": list(item["params"])} if item.get("params") else {}),
+            )
+        finally:
+            engine.sink = None
+        sink.send()  # the rest, and the header if nothing went out yet
+        reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
+    except QueryFailed as exc:
+        reply = {"ok": False, "code": exc.code, "reason": exc.reason}
+        if exc.names:
+            reply["names"] = list(exc.names)
+    except MemoryError:
+        reply = {"ok": False, "code": "query_out_of_memory", "reason": "out of memory"}
+        exit_code = 1
+    except Exception as exc:
+        reply = {"ok": False, "code": "query_error", "reason": type(exc).__name__}
+        exit_code = 1
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    if exit_code is None and usage.ru_utime + usage.ru_stime > limits.cpu_seconds / 2:
+        exit_code = 0
+    if exit_code is not None:
+        reply["retire"] = True
+    if sink.started:
+        write_frames(out, b"", orjson.dumps(reply))
+    else:
+        write_frames(out, orjson.dumps(reply))
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERY_EXECUTOR_STARTS, QUERY_EXECUTORS
 from trace_platform.query import engine
 from trace_platform.query.engine import (
+    FORMAT_ARROW,
     FORMAT_JSON,
     ROUTE_ARROW,
     ROUTE_READER,
@@ -70,6 +71,7 @@ __all__ = [
     "ExecutorLimits",
     "ExecutorPool",
     "ExecutorUnavailable",
+    "ExportStream",
     "QueryFailed",
     "Relation",
 ]
@@ -464,6 +466,68 @@ class Executor:
         self.in_flight = False
         return out
 
+    async def open_stream(
+        self,
+        sql: str,
+        limit: int,
+        deadline: float,
+        engine_timeout: float | None,
+        fmt: str,
+        params: tuple[str, ...] = (),
+    ) -> None:
+        """Ask for an export streamed (`engine.FrameSink`) and wait for its first bytes:
+        QueryFailed when the engine refused or failed it before any went out (the executor
+        stays usable unless it says otherwise); then read it with `next_chunk`.
+        `deadline` (event-loop time) bounds the whole stream."""
+        self.queries += 1
+        self.in_flight = True  # until the stream's trailer is read; if not, never reuse it
+        request: dict[str, Any] = {"sql": sql, "limit": limit, "format": fmt, "stream": True}
+        if engine_timeout is not None:
+            request["timeout"] = engine_timeout
+        if params:
+            request["params"] = list(params)
+        try:
+            async with asyncio.timeout_at(deadline):
+                self._send(orjson.dumps(request))
+                header = await self._read()
+        except TimeoutError:
+            self.kill()
+            raise ExecutorUnavailable("query executor did not answer in time") from None
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.kill()
+            raise ExecutorLost("query executor failed; retry") from None
+        if header.get("ok"):
+            return
+        self.in_flight = False
+        if header.get("retire"):
+            self.retiring = True
+            self.kill()
+        raise _failure(header)
+
+    async def next_chunk(self, deadline: float) -> bytes | dict[str, Any]:
+        """The stream's next bytes (at most engine.STREAM_CHUNK_BYTES), or at its end the
+        engine's trailer `{ok, rows, truncated}`; QueryFailed when the query failed part-way,
+        ExecutorUnavailable when the process is lost or past `deadline` (killed)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await self._read_bytes()
+                if chunk:
+                    return chunk
+                trailer = await self._read()
+        except TimeoutError:
+            self.kill()
+            raise ExecutorUnavailable("query executor did not answer in time") from None
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.kill()
+            raise ExecutorLost("query executor failed part-way") from None
+        self.in_flight = False
+        self.retiring = bool(trailer.get("retire"))
+        if trailer.get("ok"):
+            return dict(trailer)
+        if self.retiring:
+            self.kill()
+        raise _failure(trailer)
+
     @property
     def alive(self) -> bool:
         return self.proc.returncode is None
@@ -497,6 +561,44 @@ def _failure(header: dict[str, Any]) -> QueryFailed:
     names = header.get("names")
     shown = tuple(str(n) for n in names) if isinstance(names, list) else ()
     return QueryFailed(str(header.get("code")), str(header.get("reason")), shown)
+
+
+class ExportStream:
+    """An export's bytes as its executor writes them (`ExecutorPool.stream`): iterate it
+    for chunks of at most engine.STREAM_CHUNK_BYTES; at its end `rows` and `truncated` hold
+    the engine's count. Always `close` it: an executor whose stream was not read to its end
+    is killed, never reused."""
+
+    def __init__(self, pool: ExecutorPool, ex: Executor, deadline: float) -> None:
+        self._pool: ExecutorPool | None = pool
+        self._ex = ex
+        self._deadline = deadline
+        self.rows = 0
+        self.truncated = False
+        self.finished = False
+
+    def __aiter__(self) -> ExportStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.finished:
+            raise StopAsyncIteration
+        try:
+            got = await self._ex.next_chunk(self._deadline)
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(got, bytes):
+            return got
+        self.rows, self.truncated = int(got["rows"]), bool(got["truncated"])
+        self.finished = True
+        self.close()
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool._release(self._ex)
 
 
 class ExecutorPool:
@@ -669,6 +771,58 @@ class ExecutorPool:
             finally:
                 self._release(ex)
         return out
+
+    async def stream(
+        self,
+        binding: Binding,
+        sql: str,
+        limit: int,
+        timeout: float | None = None,
+        queue_seconds: float = QUEUE_SECONDS,
+        fmt: str = FORMAT_ARROW,
+        params: tuple[str, ...] = (),
+    ) -> ExportStream:
+        """An export (`fmt`: Arrow IPC stream, CSV or Parquet) streamed from its executor,
+        once its first bytes are there (a query refused or failed before is raised here, as
+        `run` raises it). `timeout`: as `run`'s, for the whole stream."""
+        try:
+            return await self._stream(
+                binding, sql, limit, False, timeout, queue_seconds, fmt, params
+            )
+        except _StaleExecutor:
+            return await self._stream(
+                binding, sql, limit, True, timeout, queue_seconds, fmt, params
+            )
+
+    async def _stream(
+        self,
+        binding: Binding,
+        sql: str,
+        limit: int,
+        fresh: bool,
+        timeout: float | None,
+        queue_seconds: float,
+        fmt: str,
+        params: tuple[str, ...],
+    ) -> ExportStream:
+        taken = self._take(binding, reuse=not fresh)
+        if taken is None:
+            taken = await self._wait_for_executor(binding, fresh, queue_seconds)
+        ex: Executor | None = None
+        try:
+            ex = await self._ready(taken, binding)
+            limit_s = timeout or self.limits.timeout_seconds
+            deadline = asyncio.get_running_loop().time() + limit_s + 5
+            try:
+                await ex.open_stream(sql, limit, deadline, timeout, fmt, params)
+            except ExecutorLost:
+                if isinstance(taken, Executor):  # it had served before: died while idle
+                    raise _StaleExecutor from None
+                raise
+        except BaseException:
+            self._release(ex)
+            raise
+        return ExportStream(self, ex, deadline)
 
     def _release(self, ex: Executor | None) -> None:
         """Back to the idle set if it can serve again, else its slot is freed (`None`: it

@@ -22,16 +22,18 @@ from trace_platform.domain.errors import (
     ValidationError,
 )
 from trace_platform.domain.query_errors import public_reason
+from trace_platform.domain.query_formats import AnswerCut
 from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, sql_hash
 from trace_platform.logs import get_logger
 from trace_platform.metrics import QUERIES, QUERY_SECONDS
 from trace_platform.query.binding import Binder, QueryCaller
-from trace_platform.query.engine import EXPORT_FORMATS, FORMAT_JSON
+from trace_platform.query.engine import EXPORT_FORMATS, FORMAT_ARROW, FORMAT_JSON
 from trace_platform.query.executor import (
     Binding,
     ExecutorLimits,
     ExecutorPool,
     ExecutorUnavailable,
+    ExportStream,
     QueryFailed,
     QueryResult,
 )
@@ -119,6 +121,36 @@ class QueryService:
         )
         self._allowed(item, result, dataset_ids)
         return result
+
+    async def stream(
+        self,
+        caller: QueryCaller,
+        dataset_id: str | None,
+        sql: str,
+        limit: int | None,
+        timeout: float | None = None,
+        fmt: str = FORMAT_ARROW,
+        params: tuple[str, ...] = (),
+    ) -> AnswerStream:
+        """One export (Arrow IPC stream, CSV or Parquet) gated, bound and run as `query`
+        runs it, but streamed: its bytes as the executor writes them, never held whole
+        (`AnswerStream`); a refusal, or a failure before the first bytes, is raised here."""
+        item = BatchItem(caller, dataset_id, sql, limit, fmt)
+        gated, binding, dataset_ids = await self._bind(item, None)
+        started = time.perf_counter()
+        try:
+            stream = await self.pool.stream(
+                binding,
+                gated.sql,
+                clamp_limit(limit, fmt, self.max_export_rows),
+                timeout,
+                fmt=fmt,
+                params=params,
+            )
+        except (QueryFailed, ExecutorUnavailable, OverloadedError) as exc:
+            raise _error(self._outcome(item, exc, time.perf_counter() - started)) from None
+        cap = limit is None or limit > self.max_export_rows
+        return AnswerStream(self, item, gated, dataset_ids, stream, cap, started)
 
     async def query_batch(self, items: list[BatchItem]) -> list[QueryResult | TraceError]:
         """Many tasks' queries in one call (an alert's rules over one committed range): each
@@ -285,3 +317,95 @@ class QueryService:
             relations=len(dataset_ids),
             **self._ids(item),
         )
+
+
+class AnswerStream:
+    """An export streaming from its executor to its caller (`QueryService.stream`): its
+    chunks in order, the last one held back until the query's audit row is written, so a
+    complete answer never goes out without one. Past TRACE_QUERY_MAX_EXPORT_ROWS with rows
+    left it ends in AnswerCut (holding that last chunk), never in a body that looks whole;
+    a failure part-way raises the caller's error. `close()` it in any case: one abandoned
+    before its end is audited then (rows it had: not counted, 0) and its executor killed."""
+
+    def __init__(
+        self,
+        service: QueryService,
+        item: BatchItem,
+        gated: GatedQuery,
+        dataset_ids: list[str],
+        stream: ExportStream,
+        cap: bool,
+        started: float,
+    ) -> None:
+        self._service = service
+        self._item, self._gated, self._dataset_ids = item, gated, dataset_ids
+        self._stream = stream
+        self._cap = cap  # the limit was the deployment's cap, not the caller's own
+        self._started = started
+        self._held: bytes | None = None
+        self._ended = False
+        self.audited = False
+
+    @property
+    def rows(self) -> int:
+        return self._stream.rows
+
+    @property
+    def truncated(self) -> bool:
+        return self._stream.truncated
+
+    def __aiter__(self) -> AnswerStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._ended:
+            try:
+                chunk = await anext(self._stream)
+            except StopAsyncIteration:
+                self._ended = True
+                break
+            except (QueryFailed, ExecutorUnavailable) as exc:
+                self._ended = True
+                seconds = time.perf_counter() - self._started
+                raise _error(self._service._outcome(self._item, exc, seconds)) from None
+            held, self._held = self._held, chunk
+            if held is not None:
+                return held
+        last, self._held = self._held, None
+        if not self.audited:
+            await self._audit(self._stream.rows)
+            QUERY_SECONDS.observe(time.perf_counter() - self._started)
+            result = QueryResult(b"", self._stream.rows, self._stream.truncated)
+            self._service._allowed(self._item, result, self._dataset_ids)
+            if self._stream.truncated and self._cap:
+                raise AnswerCut(
+                    "the answer reached TRACE_QUERY_MAX_EXPORT_ROWS with rows left", last or b""
+                )
+        if last is None:
+            raise StopAsyncIteration
+        return last
+
+    async def _audit(self, rows: int) -> None:
+        self.audited = True
+        result = QueryResult(b"", rows, self._stream.truncated)
+        await self._service.data.execute(
+            q("datasets", "insert_audit"),
+            *self._service._audit(self._item, self._gated, self._dataset_ids, result),
+        )
+
+    async def close(self) -> None:
+        self._stream.close()
+        if not self.audited:  # abandoned part-way: it ran, and bytes may have gone out
+            log.warning("query.stream_abandoned", **self._service._ids(self._item))
+            task = asyncio.ensure_future(self._audit(0))
+            _AUDITS.add(task)
+            task.add_done_callback(_AUDITS.discard)
+            await asyncio.shield(task)
+
+
+_AUDITS: set[asyncio.Future[None]] = set()  # audits of abandoned streams, finished if cancelled
+
+
+def _error(outcome: QueryResult | TraceError) -> TraceError:
+    """The error `_outcome` made of an executor's refusal or failure."""
+    return outcome if isinstance(outcome, TraceError) else TraceError("query was not run")

@@ -1,0 +1,104 @@
+"""A query's answer of bytes (an Arrow IPC stream, CSV or Parquet) as an HTTP response, with
+bounded memory: the query service answers `/internal/user-query` and `/v1/task/query` with it,
+the user API forwards it as `POST /v1/query`'s answer.
+
+The first `WINDOW_BYTES` are held back. An answer that ends within them goes out whole, with
+its length and `X-Trace-Truncated: true|false` (rows left out past a `limit` or
+TRACE_QUERY_MAX_EXPORT_ROWS), and an error before its end is answered with its status, as
+today. A larger answer streams (chunked, `X-Trace-Truncated: unknown`: the head goes out before
+its end is known) chunk by chunk as its executor writes it, never held whole: it holds at most
+the `limit` asked for; if it reaches TRACE_QUERY_MAX_EXPORT_ROWS with rows left, or fails
+part-way, its body is aborted (`AnswerCut`): no terminating chunk, the connection closed, so
+no client takes it for complete (httpx raises RemoteProtocolError, curl exits 18, aiohttp
+raises ClientPayloadError; a cut Arrow stream lacks its end-of-stream marker, a cut Parquet
+file its footer)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.responses import Response, StreamingResponse
+
+from trace_platform.domain.query_formats import MEDIA_TYPES, TRUNCATED_HEADER, AnswerCut
+from trace_platform.logs import get_logger
+
+log = get_logger(__name__)
+WINDOW_BYTES = 4 * 1024 * 1024
+
+
+async def bytes_answer(
+    chunks: AsyncIterator[bytes],
+    fmt: str,
+    truncated: Callable[[], bool],
+    close: Callable[[], Awaitable[None]],
+) -> Response:
+    """The response for an answer's `chunks` (see module). `truncated()`: whether rows were
+    left out, asked once they have all been read; `close()`: releases what the chunks come
+    from, called once whatever happens (after the body is sent, or when it is not)."""
+    held: list[bytes] = []
+    size = 0
+    whole = False
+    try:
+        while size <= WINDOW_BYTES:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                whole, cut = True, truncated()
+                break
+            except AnswerCut as exc:  # cut, but small enough to be sent whole and say so
+                held.append(exc.rest)
+                whole, cut = True, True
+                break
+            held.append(chunk)
+            size += len(chunk)
+    except BaseException:
+        await close()
+        raise
+    if whole:
+        await close()
+        return Response(
+            b"".join(held),
+            media_type=MEDIA_TYPES[fmt],
+            headers={TRUNCATED_HEADER: "true" if cut else "false"},
+        )
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while held:
+                yield held.pop(0)
+            async for chunk in chunks:
+                yield chunk
+        except AnswerCut as exc:
+            log.warning("query.answer_cut", reason=exc.detail)
+            raise
+        finally:
+            await close()
+
+    quiet_answer_cuts()
+    return StreamingResponse(
+        body(), media_type=MEDIA_TYPES[fmt], headers={TRUNCATED_HEADER: "unknown"}
+    )
+
+
+class _QuietCuts(logging.Filter):
+    """uvicorn logs an exception that ends a started response with its traceback: an answer
+    cut on purpose (`AnswerCut`, logged as `query.answer_cut`) is not such an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        for _ in range(8):  # through groups (anyio's task groups) and chained causes
+            if exc is None or isinstance(exc, AnswerCut):
+                break
+            if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+                exc = exc.exceptions[0]
+            else:
+                exc = exc.__cause__ or exc.__context__
+        return not isinstance(exc, AnswerCut)
+
+
+def quiet_answer_cuts() -> None:
+    """Install the filter (once per process) on uvicorn's error log."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietCuts) for f in logger.filters):
+        logger.addFilter(_QuietCuts())
