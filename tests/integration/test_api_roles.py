@@ -25,7 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
+from tests.conftest import (
+    Proc,
+    free_port,
+    proc_env,
+    start_query_service,
+    wait_http_ready,
+    wait_until,
+)
 from tests.delivery_helpers import define_alert
 from tests.helpers import env_of, everything
 from trace_platform.adapters.stores import object_store_from_settings
@@ -186,6 +193,9 @@ class Row:
     role: str  # the least role that may call it
     status: int  # its success status
     target: Callable[[Scene], Awaitable[Request]]
+    # awaited after the call, before the after-digest: work the call started in the
+    # background (a query run) is done, and nothing writes behind the next row's back
+    settle: Callable[[Scene, httpx.Response], Awaitable[None]] | None = None
 
 
 async def plain(path: str, body: Any = None) -> Request:
@@ -241,6 +251,33 @@ async def _revoke(s: Scene) -> Request:
     return f"/v1/users/{await s.user()}/revoke", None
 
 
+async def _run_ended(s: Scene, run_id: str) -> None:
+    async def ended() -> bool:
+        r = await s.http.get(f"/v1/query-runs/{run_id}", headers=bearer(s.setup_key))
+        return bool(r.json()["status"] in ("succeeded", "failed", "canceled"))
+
+    await wait_until(ended, timeout=60, interval=0.05, what="the query run to end")
+
+
+async def _settle_run(s: Scene, r: httpx.Response) -> None:
+    if r.status_code == 202:
+        await _run_ended(s, r.json()["run_id"])
+
+
+async def _query_run(s: Scene, sql: str, ended: bool) -> Request:
+    """A query run of the org (ended, or still going when `sql` is slow)."""
+    body = {"dataset": "numbers", "sql": sql}
+    r = await s.http.post("/v1/query-runs", json=body, headers=bearer(s.setup_key))
+    assert r.status_code == 202, r.text
+    run_id = r.json()["run_id"]
+    if ended:
+        await _run_ended(s, run_id)
+    return f"/v1/query-runs/{run_id}", None
+
+
+# ten rows joined with themselves ten times: a run that is still going when it is canceled
+SLOW_RUN = "SELECT sum(" + " + ".join(f"t{i}.n" for i in range(10)) + ") AS s FROM "
+SLOW_RUN += ", ".join(f"numbers t{i}" for i in range(10))
 QUERY = {"dataset": "numbers", "sql": "SELECT count(*) FROM dataset"}
 TABLE = [
     Row("GET", "/v1/me", "reader", 200, at("/v1/me")),
@@ -253,6 +290,14 @@ TABLE = [
     Row("GET", "/v1/datasets/{name}", "reader", 200, at("/v1/datasets/numbers")),
     Row("POST", "/v1/query", "reader", 200, at("/v1/query", QUERY)),
     Row("GET", "/v1/relations", "reader", 200, at("/v1/relations")),
+    Row("POST", "/v1/query-runs", "reader", 202, at("/v1/query-runs", QUERY), _settle_run),
+    Row("GET", "/v1/query-runs", "reader", 200, at("/v1/query-runs")),
+    Row(
+        "GET", "/v1/query-runs/{run_id}", "reader", 200, lambda s: _query_run(s, QUERY["sql"], True)
+    ),
+    Row(
+        "DELETE", "/v1/query-runs/{run_id}", "reader", 200, lambda s: _query_run(s, SLOW_RUN, False)
+    ),
     Row("GET", "/v1/bundles", "reader", 200, at("/v1/bundles")),
     Row("POST", "/v1/bundles", "writer", 201, _bundle),
     Row("GET", "/v1/specs", "reader", 200, at("/v1/specs")),
@@ -328,6 +373,8 @@ async def test_each_role_can_do_exactly_what_its_row_allows(
         send: dict[str, Any] = {"content": body} if isinstance(body, str) else {"json": body}
         before = await everything(s.settings)
         r = await s.http.request(row.method, path, headers=bearer(keys[role]), **send)
+        if row.settle is not None:
+            await row.settle(s, r)
         after = await everything(s.settings)
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         if RANK[role] >= RANK[row.role]:
