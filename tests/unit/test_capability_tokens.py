@@ -1,6 +1,7 @@
 """Capability token verification fails closed (SPEC §5)."""
 
 import base64
+import hmac
 import json
 import time
 import uuid
@@ -11,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from trace_platform.adapters.local_keys import LocalKeyRing, WorkerTokens, generate_es256_pem
-from trace_platform.domain.capability import build_claims, is_within_prefixes
+from trace_platform.domain.capability import CapabilityClaims, build_claims, is_within_prefixes
 from trace_platform.domain.errors import AuthError, ConfigError
 
 SECRET_A = "a" * 40
@@ -253,3 +254,92 @@ def test_remembered_tokens_are_exact_strings_and_expire() -> None:
     for _ in range(20):  # past its size it forgets the oldest and still answers
         memo.sign(claims())
     assert memo.verify(token) == c
+
+
+def _verdict(r: LocalKeyRing, token: str) -> Any:
+    try:
+        return r.verify(token)
+    except AuthError as exc:
+        return ("refused", exc.detail)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_a_token_in_the_rings_own_form_is_verified_without_pyjwt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    r = ring(HS_A, HS_B)
+    c = claims()
+    mine, rotated = r.sign(c), ring(HS_B).sign(c)  # current key and the accepted next one
+
+    def no_pyjwt(*_: Any, **__: Any) -> Any:
+        raise AssertionError("PyJWT was asked")
+
+    monkeypatch.setattr(jwt, "decode", no_pyjwt)
+    monkeypatch.setattr(jwt, "get_unverified_header", no_pyjwt)
+    assert r.verify(mine) == c
+    assert r.verify(rotated) == c
+
+
+def _variants() -> list[tuple[str, str]]:
+    """Tokens around the ring's own form: each either passes every check or breaks one."""
+    now = int(time.time())
+    good = claims().model_dump(mode="json")
+    head = _b64(b'{"alg":"HS256","kid":"a","typ":"JWT"}')
+
+    def own(payload: Any, secret: str = SECRET_A, header: str = head) -> str:
+        body = _b64(json.dumps(payload).encode())
+        sig = hmac.digest(secret.encode(), f"{header}.{body}".encode(), "sha256")
+        return f"{header}.{body}.{_b64(sig)}"
+
+    def changed(**over: Any) -> dict[str, Any]:
+        return {**good, **over}
+
+    tok = own(good)
+    h, b, s = tok.split(".")
+    out = [
+        ("good", tok),
+        ("other key's secret under kid a", own(good, SECRET_B)),
+        ("unknown key's secret", own(good, "c" * 40)),
+        ("expired", own(changed(exp=now - 60))),
+        ("expired within the leeway", own(changed(exp=now - 2))),
+        ("issued in the future", own(changed(iat=now + 60))),
+        ("float exp", own(changed(exp=now + 60.5))),
+        ("string exp", own(changed(exp=str(now + 60)))),
+        ("bool iat", own(changed(iat=True))),
+        ("not before, passed", own(changed(nbf=now - 60))),
+        ("not before, to come", own(changed(nbf=now + 60))),
+        ("wrong issuer", own(changed(iss="someone-else"))),
+        ("wrong audience", own(changed(aud="other.aud"))),
+        ("audience list", own(changed(aud=["trace.task"]))),
+        ("no jti", own({k: v for k, v in good.items() if k != "jti"})),
+        ("null sub", own(changed(sub=None))),
+        ("not an object", own([good])),
+        ("padded body", f"{h}.{b}{'=' * (-len(b) % 4)}.{s}"),
+        ("padded signature", f"{h}.{b}.{s}="),
+        ("junk in body", f"{h}.{b[:-1]}!.{s}"),
+        ("four segments", f"{tok}.{s}"),
+        ("no signature", f"{h}.{b}."),
+        ("tampered body", f"{h}.{_b64(json.dumps(changed(attempt=2)).encode())}.{s}"),
+        ("other header order", own(good, header=_b64(b'{"kid":"a","alg":"HS256","typ":"JWT"}'))),
+    ]
+    return out
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _variants()])
+def test_the_own_form_check_decides_exactly_as_pyjwt(name: str) -> None:
+    """Whatever the fast check of the ring's own form decides, PyJWT alone decides the same
+    (the same claims, or the same refusal)."""
+    token = dict(_variants())[name]
+    r = ring(HS_A, HS_B)
+    fast = _verdict(r, token)
+    r._own_headers = {}  # the ring without its own-form check: PyJWT for every token
+    assert fast == _verdict(r, token)
+    # PyJWT's own leniencies (padding after the signature, another header order) pass
+    # through its path; nbf is not a claim the token model knows.
+    if name in ("good", "expired within the leeway", "padded signature", "other header order"):
+        assert isinstance(fast, CapabilityClaims), fast
+    else:
+        assert isinstance(fast, tuple), fast

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from trace_platform.domain.errors import AuthError, ConfigError
 
 ALLOWED_ALGS = ("HS256", "ES256")
 LEEWAY_SECONDS = 5
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")  # unpadded base64url
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,13 @@ class LocalKeyRing:
             if key.kid in self._keys:
                 raise ConfigError(f"task key ring: duplicate kid {key.kid!r}")
             self._keys[key.kid] = key
+        # The encoded header this ring writes, for each HS256 key: a token carrying exactly
+        # that header is checked by `_verify_own` (no PyJWT); any other goes through PyJWT.
+        self._own_headers: dict[str, bytes] = {}  # encoded header -> the key's secret
+        for key in self._keys.values():
+            if key.alg == "HS256" and isinstance(key.verify_key, bytes):
+                _, prepared, header = self._local_signer(key)
+                self._own_headers[header.decode()] = prepared
 
     @classmethod
     def from_document(
@@ -175,6 +186,60 @@ class LocalKeyRing:
     def verify(self, token: str) -> CapabilityClaims:
         if not token or len(token) > 16384:
             raise AuthError("missing or malformed capability token")
+        raw = self._verify_own(token)
+        if raw is None:
+            raw = self._verify_jwt(token)
+        try:
+            claims = CapabilityClaims.model_validate(raw)
+            claims.check_subject()
+        except (PydanticValidationError, ValueError):
+            raise AuthError("capability token claims are missing or malformed") from None
+        if claims.iat > time.time() + LEEWAY_SECONDS:
+            raise AuthError("capability token issued in the future")
+        return claims
+
+    def _verify_own(self, token: str) -> dict[str, Any] | None:
+        """The claims of an HS256 token in exactly the form this ring signs (its own encoded
+        header, unpadded base64url segments) whose signature and registered claims pass
+        every check `_verify_jwt` makes; None for anything else, which PyJWT then decides
+        (and refuses, with its reason). PyJWT checks each character of a segment in Python
+        (~0.1 ms for a token of a few grants: most of a rule query's cost in the query
+        service); this does the same checks in C."""
+        head, _, rest = token.partition(".")
+        secret = self._own_headers.get(head)
+        if secret is None:
+            return None
+        body, _, signature = rest.partition(".")
+        if not (_SEGMENT.fullmatch(body) and _SEGMENT.fullmatch(signature)):
+            return None
+        try:
+            sig = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+            expected = hmac.digest(secret, f"{head}.{body}".encode(), "sha256")
+            if not hmac.compare_digest(sig, expected):
+                return None
+            raw = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (binascii.Error, ValueError):
+            return None
+        if not isinstance(raw, dict) or any(raw.get(c) is None for c in REQUIRED_CLAIMS):
+            return None
+        exp, iat, now = raw["exp"], raw["iat"], time.time()
+        if (
+            type(exp) is not int  # bool is not an integer claim here
+            or type(iat) is not int
+            or exp <= now - LEEWAY_SECONDS
+            or iat > now + LEEWAY_SECONDS
+            or "nbf" in raw
+            or raw["iss"] != self.issuer
+            or raw["aud"] != AUDIENCE
+            or not isinstance(raw["sub"], str)
+            or not isinstance(raw["jti"], str)
+        ):
+            return None
+        return raw
+
+    def _verify_jwt(self, token: str) -> dict[str, Any]:
+        """The claims of a token PyJWT verifies with the ring's key its header names (the
+        algorithm fixed by the key), or AuthError saying why not."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -200,14 +265,7 @@ class LocalKeyRing:
             raise AuthError("capability token expired") from None
         except jwt.PyJWTError:
             raise AuthError("capability token is invalid") from None
-        try:
-            claims = CapabilityClaims.model_validate(raw)
-            claims.check_subject()
-        except (PydanticValidationError, ValueError):
-            raise AuthError("capability token claims are missing or malformed") from None
-        if claims.iat > time.time() + LEEWAY_SECONDS:
-            raise AuthError("capability token issued in the future")
-        return claims
+        return dict(raw)
 
     def jwks(self) -> dict[str, Any]:
         keys = [jwk for k in self._keys.values() if (jwk := k.public_jwk()) is not None]
