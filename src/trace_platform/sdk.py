@@ -18,12 +18,16 @@ error, a repr or a log line.
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
+import orjson
 
 from trace_platform.domain.errors import TraceError, UnavailableError
 
@@ -41,6 +45,16 @@ class ApiError(TraceError):
 
 class ApiUnreachable(UnavailableError):
     """No answer from the API (connection refused, DNS, timeout)."""
+
+
+class QueryRunFailed(ApiError):
+    """A query run ended without a result: `run` is its document (`status` failed or
+    canceled, `error_code`, `error_detail`)."""
+
+    def __init__(self, run: Json) -> None:
+        detail = str(run.get("error_detail") or f"the query run {run.get('status')}")
+        super().__init__(409, str(run.get("error_code") or run.get("status")), detail)
+        self.run = run
 
 
 def _api_error(reply: httpx.Response) -> ApiError:
@@ -176,6 +190,7 @@ class Client:
         if not url.startswith(("http://", "https://")):
             raise ValueError("the API URL must start with http:// or https://")
         self.url = url.rstrip("/")
+        self._transport = transport
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "trace-sdk"},
@@ -322,6 +337,135 @@ class Client:
     ) -> Json:
         body = {"sql": sql, "dataset": dataset, "limit": limit, "job": job, "format": fmt}
         return {k: v for k, v in body.items() if v is not None}
+
+    # -- query runs (in the background; results through a short-lived URL) ----------------
+
+    def start_query_run(
+        self,
+        sql: str,
+        format: str = "json",
+        dataset: str | None = None,
+        job: str | None = None,
+        limit: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Submit a query run; its id. The same `idempotency_key` with the same SQL gives
+        back the same run (with other SQL: ApiError 409)."""
+        body = self._query_body(sql, dataset, limit, job, format)
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return str(self.request("POST", "/v1/query-runs", json=body)["run_id"])
+
+    def query_run_status(self, run_id: str) -> Json:
+        """A run: `status` (queued, running, succeeded, failed, canceled), rows, bytes,
+        duration, error, and when it succeeded a short-lived `url` to its result."""
+        return dict(self.request("GET", f"/v1/query-runs/{run_id}"))
+
+    def query_runs(self, limit: int = 50) -> list[Json]:
+        """Your recent runs, newest first (status, rows, time; no SQL)."""
+        return list(self.request("GET", "/v1/query-runs", {"limit": limit})["runs"])
+
+    def cancel_query_run(self, run_id: str) -> Json:
+        return dict(self.request("DELETE", f"/v1/query-runs/{run_id}"))
+
+    def query_run(
+        self,
+        sql: str,
+        format: str = "arrow",
+        dataset: str | None = None,
+        job: str | None = None,
+        limit: int | None = None,
+        idempotency_key: str | None = None,
+        on_progress: Callable[[Json], None] | None = None,
+        output: str | Path | None = None,
+        poll_seconds: float = 0.5,
+        timeout: float | None = None,
+    ) -> QueryResult | bytes | Path:
+        """Run SQL in the background and wait for its result: a `QueryResult` for `arrow`
+        (exact types) or `json`; the bytes of a `csv` or `parquet` result, or the Path it
+        was written to when `output` is given (streamed, never whole in memory).
+        `on_progress(run)` is called with the run's document at each poll (its `status`,
+        and `rows`/`bytes` once done). Failed or canceled: `QueryRunFailed` (with the run's
+        `error_code`); interrupted (Ctrl+C) or past `timeout` seconds, the run is canceled."""
+        run_id = self.start_query_run(sql, format, dataset, job, limit, idempotency_key)
+        run = self._await_run(run_id, on_progress, poll_seconds, timeout)
+        if output is not None and format in ("csv", "parquet"):
+            return self._fetch_result(run, Path(output))
+        body = self._fetch_result(run, None)
+        assert isinstance(body, bytes)
+        if format == "arrow":
+            return QueryResult.of_arrow(body, bool(run.get("truncated")))
+        if format == "json":
+            return QueryResult(dict(orjson.loads(body)))
+        return body
+
+    def query_run_bytes(
+        self,
+        sql: str,
+        format: str,
+        dataset: str | None = None,
+        job: str | None = None,
+        limit: int | None = None,
+        on_progress: Callable[[Json], None] | None = None,
+    ) -> tuple[bytes, bool]:
+        """A query run's result as it was written (any format) and whether rows were left
+        out."""
+        run_id = self.start_query_run(sql, format, dataset, job, limit)
+        run = self._await_run(run_id, on_progress, 0.5, None)
+        body = self._fetch_result(run, None)
+        assert isinstance(body, bytes)
+        return body, bool(run.get("truncated"))
+
+    def _await_run(
+        self,
+        run_id: str,
+        on_progress: Callable[[Json], None] | None,
+        poll_seconds: float,
+        timeout: float | None,
+    ) -> Json:
+        """Poll a run until it ends (backing off to a few times `poll_seconds`); the run's
+        document when it succeeded, else QueryRunFailed. Interrupted or past `timeout`, the
+        run is canceled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = min(poll_seconds, 0.1)
+        try:
+            while True:
+                run = self.query_run_status(run_id)
+                if on_progress is not None:
+                    on_progress(run)
+                if run["status"] not in ("queued", "running"):
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"query run {run_id} took longer than {timeout} s")
+                time.sleep(wait)
+                wait = min(wait * 2, max(poll_seconds, 0.1) * 4)
+        except (KeyboardInterrupt, TimeoutError):
+            with contextlib.suppress(TraceError):
+                self.cancel_query_run(run_id)
+            raise
+        if run["status"] != "succeeded" or not run.get("url"):
+            raise QueryRunFailed(run)
+        return run
+
+    def _fetch_result(self, run: Json, output: Path | None) -> bytes | Path:
+        """A succeeded run's result from its URL, whole or streamed to `output` (no key is
+        sent: the URL is the credential, and a pre-signed S3 URL refuses any other)."""
+        try:
+            with (
+                httpx.Client(timeout=self._http.timeout, transport=self._transport) as plain,
+                plain.stream("GET", run["url"]) as reply,
+            ):
+                if reply.status_code >= 400:
+                    reply.read()
+                    raise _api_error(reply)
+                if output is None:
+                    return reply.read()
+                with output.open("wb") as fh:
+                    for chunk in reply.iter_bytes():
+                        fh.write(chunk)
+                return output
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"the result URL is unreachable ({type(exc).__name__})") from None
 
     def relations(self, job: str | None = None) -> list[Json]:
         return list(self.request("GET", "/v1/relations", {"job": job})["relations"])

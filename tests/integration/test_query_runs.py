@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import asyncpg
 import httpx
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,7 +32,7 @@ from tests.conftest import (
     wait_http_ready,
     wait_until,
 )
-from tests.helpers import env_of
+from tests.helpers import env_of, run_trace
 from tests.integration.test_query import ATTACKS, ENGINE_ERRORS
 from tests.integration.test_query_formats import FORMATS, SQL, T0, rows_of
 from trace_platform.adapters.stores import object_store_from_settings
@@ -40,6 +41,7 @@ from trace_platform.datasets import register_dataset
 from trace_platform.db.pool import create_pool
 from trace_platform.ops.users import create_user
 from trace_platform.ports import LITE_ORG_ID
+from trace_platform.sdk import QueryResult
 
 OTHER_ORG = uuid.UUID("00000000-0000-4000-8000-0000000000b2")
 FINAL = ("succeeded", "failed", "canceled")
@@ -519,3 +521,62 @@ async def test_a_bad_run_request_is_refused_and_leaves_no_run(
         ).status_code in (400, 422)
         assert (await http.post("/v1/query-runs", json={"sql": "SELECT 1"})).status_code == 401
     assert await pool.fetchval("SELECT count(*) FROM state.query_runs") == before
+
+
+def test_the_sdk_waits_for_a_run_and_returns_its_result_in_each_format(
+    stack: Stack, keys: dict[str, str], datasets: None, tmp_path: Path
+) -> None:
+    from trace_platform.sdk import Client, QueryRunFailed
+
+    seen: list[str] = []
+    with Client(stack.url, keys["reader"]) as trace:
+        exact = trace.query_run(
+            SQL, format="arrow", dataset="typed", on_progress=lambda r: seen.append(r["status"])
+        )
+        assert isinstance(exact, QueryResult)
+        direct = trace.query(SQL, dataset="typed", format="arrow")
+        assert exact.to_arrow().equals(direct.to_arrow())  # the exact types and values
+        assert seen[-1] == "succeeded" and set(seen) <= {"queued", "running", "succeeded"}
+        as_json = trace.query_run(SQL, format="json", dataset="typed")
+        assert isinstance(as_json, QueryResult)
+        assert as_json.rows == trace.query(SQL, dataset="typed").rows
+        raw = trace.query_run(SQL, format="csv", dataset="typed")
+        assert isinstance(raw, bytes)
+        assert raw == trace.query_bytes(SQL, "csv", dataset="typed")[0]
+        out = tmp_path / "answer.parquet"
+        written = trace.query_run(SQL, format="parquet", dataset="typed", output=out)
+        assert written == out
+        assert rows_of("parquet", out.read_bytes()) == rows_of("arrow", direct_arrow(trace))
+        with pytest.raises(QueryRunFailed) as failed:
+            trace.query_run("SELECT no_such_column_xyz FROM dataset", dataset="typed")
+        assert failed.value.run["status"] == "failed" and failed.value.code == "query_error"
+        assert "no_such_column_xyz" in failed.value.detail  # the engine names the column
+        recent = trace.query_runs(limit=2)
+        assert recent[0]["status"] == "failed" and recent[1]["format"] == "parquet"
+
+
+def direct_arrow(trace: Any) -> bytes:
+    body, _ = trace.query_bytes(SQL, "arrow", dataset="typed")
+    assert isinstance(body, bytes)
+    return body
+
+
+def test_the_cli_runs_a_query_in_the_background_here_and_through_the_api(
+    stack: Stack, keys: dict[str, str], datasets: None, r_settings: Settings, tmp_path: Path
+) -> None:
+    remote = r_settings.replace(api_url=stack.url, api_key=keys["reader"])
+    for where in (r_settings, remote):
+        out = tmp_path / f"{where.api_url is None}.csv"
+        done = run_trace(
+            where, "dataset", "query", "typed", SQL, "--async", "--format", "csv", "-o", str(out)
+        )
+        assert done.returncode == 0, done.stderr
+        assert "query run: succeeded" in done.stderr
+        assert rows_of("csv", out.read_bytes())[4][0] == 4
+        table = run_trace(where, "dataset", "query", "typed", SQL, "--async", "--json")
+        assert table.returncode == 0, table.stderr
+        assert len(orjson.loads(table.stdout)["rows"]) == 5
+        bad = run_trace(
+            where, "dataset", "query", "typed", "SELECT zzz_col FROM dataset", "--async"
+        )
+        assert bad.returncode != 0 and "query failed (query_error)" in bad.stderr

@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import click
+import orjson
 
 from trace_platform.cli import render
 from trace_platform.cli.common import (
@@ -22,8 +24,10 @@ from trace_platform.cli.common import (
 from trace_platform.domain.errors import ValidationError
 from trace_platform.domain.query_formats import FORMATS
 from trace_platform.ops import datasets as ops
+from trace_platform.ops import query_runs as run_ops_mod
 from trace_platform.ops.chains import check_block_range
-from trace_platform.sdk import Client
+from trace_platform.ops.env import OpsEnv
+from trace_platform.sdk import Client, QueryRunFailed
 
 
 @click.group()
@@ -124,6 +128,42 @@ def _remote_export(
     return ops.ExportAnswer(fmt, body, truncated)
 
 
+def _progress(status: str) -> None:
+    click.echo(f"query run: {status}", err=True)
+
+
+async def _run_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    fmt: str,
+    job: str | None,
+) -> ops.ExportAnswer:
+    body, truncated = await run_ops_mod.run_here(
+        env, org_id, sql, fmt, name, job, limit, on_status=_progress
+    )
+    return ops.ExportAnswer(fmt, body, truncated)
+
+
+def _remote_run(
+    api: Client, name: str | None, sql: str, limit: int | None, job: str | None, fmt: str
+) -> ops.ExportAnswer:
+    seen: list[str] = []
+
+    def progress(run: dict[str, Any]) -> None:
+        if not seen or seen[-1] != run["status"]:
+            seen.append(str(run["status"]))
+            _progress(seen[-1])
+
+    try:
+        body, truncated = api.query_run_bytes(sql, fmt, name, job, limit, on_progress=progress)
+    except QueryRunFailed as exc:
+        raise ValidationError(exc.detail, reason=exc.code) from None
+    return ops.ExportAnswer(fmt, body, truncated)
+
+
 def _write_export(answer: ops.ExportAnswer, output: Path | None) -> None:
     """The body to FILE, or to stdout (a binary format only when stdout is no terminal)."""
     if output is not None:
@@ -168,6 +208,14 @@ def _write_export(answer: ops.ExportAnswer, output: Path | None) -> None:
     default=None,
     help="Write an arrow, csv or parquet answer to FILE (else stdout, when not a terminal).",
 )
+@click.option(
+    "--async",
+    "in_background",
+    is_flag=True,
+    default=False,
+    help="Run it as a query run in the query service (its own time limit, the result kept in"
+    " the object store) and wait for it; progress on stderr.",
+)
 @click.pass_context
 @handle_errors
 def dataset_query(
@@ -180,6 +228,7 @@ def dataset_query(
     block_range: str | None,
     fmt: str,
     output: Path | None,
+    in_background: bool,
 ) -> None:
     """Run SQL over your relations through the query service's binding, gate, sandboxed
     executor and audit: try a UDF's or an alert's query before shipping it.
@@ -198,7 +247,18 @@ def dataset_query(
         raise ValidationError("--output is for --format arrow, csv or parquet")
     export: ops.ExportAnswer | None = None
     try:
-        if fmt != "json":
+        if in_background:
+            if bounds is not None:
+                raise ValidationError("--range does not go with --async; filter in SQL")
+            export = run_ops(
+                ctx,
+                lambda env: _run_here(env, org_of(org_id), name, sql, limit, fmt, job),
+                remote=lambda api: _remote_run(api, name, sql, limit, job, fmt),
+            )
+            if fmt == "json":
+                result = ops.QueryAnswer(**orjson.loads(export.body))
+                export = None
+        elif fmt != "json":
             export = run_ops(
                 ctx,
                 lambda env: ops.export_here(

@@ -6,10 +6,11 @@ service."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -18,6 +19,7 @@ from trace_platform.domain.errors import ConfigError, NotFoundError, ValidationE
 from trace_platform.domain.query_formats import MEDIA_TYPES, check_limit
 from trace_platform.domain.query_runs import (
     EXTENSIONS,
+    LIVE,
     RESULT_ROUTE,
     RESULT_URL_SECONDS,
     SUCCEEDED,
@@ -229,3 +231,53 @@ async def open_result(
     return ResultBody(
         MEDIA_TYPES[fmt], f"{run_id}.{EXTENSIONS[fmt]}", env.store.open_stream(row["output_uri"])
     )
+
+
+class RunEnded(ValidationError):
+    """A run that ended without a result (failed or canceled): its error code and reason."""
+
+    status = 409
+    code = "query_run_failed"
+
+
+async def run_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    sql: str,
+    fmt: str,
+    dataset: str | None = None,
+    job: str | None = None,
+    limit: int | None = None,
+    on_status: Callable[[str], None] | None = None,
+    poll_seconds: float = 0.2,
+) -> tuple[bytes, bool]:
+    """An operator's query run at this installation (`trace dataset query --async`): handed
+    to this installation's query service (which must be up: `trace up`), waited for, and
+    its result read from the object store. (body, truncated); RunEnded when it failed."""
+    from trace_platform.adapters.local_keys import load_worker_tokens
+    from trace_platform.client import TaskClient
+
+    client = TaskClient(env.settings.resolved_query_url)
+    try:
+        here = replace(
+            env, query_client=client, worker_token=load_worker_tokens(env.settings).current
+        )
+        run = await submit_run(here, org_id, None, sql, fmt, dataset, job, limit)
+        seen = None
+        while True:
+            row = await env.state.fetchrow(q("query_runs", "run_of_org"), org_id, run.run_id)
+            if row is None:
+                raise NotFoundError("unknown query run")
+            if on_status is not None and row["status"] != seen:
+                on_status(row["status"])
+            seen = row["status"]
+            if seen not in LIVE:
+                break
+            await asyncio.sleep(poll_seconds)
+    finally:
+        await client.close()
+    if seen != SUCCEEDED:
+        raise RunEnded(
+            str(row["error_detail"] or f"the run {seen}"), reason=row["error_code"] or seen
+        )
+    return await env.store.get_bytes(row["output_uri"]), bool(row["truncated"])
