@@ -580,3 +580,27 @@ def test_the_cli_runs_a_query_in_the_background_here_and_through_the_api(
             where, "dataset", "query", "typed", "SELECT zzz_col FROM dataset", "--async"
         )
         assert bad.returncode != 0 and "query failed (query_error)" in bad.stderr
+
+
+def test_the_notebook_example_runs_a_query_and_writes_its_parquet(
+    stack: Stack, keys: dict[str, str], datasets: None, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import trace_platform
+
+    script = Path(trace_platform.__file__).parent / "examples" / "notebook" / "query_run.py"
+    env = {**os.environ, "TRACE_API_URL": stack.url, "TRACE_API_KEY": keys["reader"]}
+    done = subprocess.run(
+        [sys.executable, str(script), "SELECT n, label FROM typed ORDER BY n"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "5 rows" in done.stderr and "succeeded" in done.stderr
+    assert pq.read_table(tmp_path / "result.parquet").column("n").to_pylist() == list(range(5))
