@@ -319,6 +319,11 @@ class TaskClient:
         raises as `query`."""
         return await self._task_query(lease, {"sql": sql, "format": "arrow"})
 
+    async def query_parquet(self, lease: Lease, sql: str) -> tuple[bytes, bool]:
+        """`POST /v1/task/query` answered as one Parquet file (zstd): (the file, truncated);
+        raises as `query`."""
+        return await self._task_query(lease, {"sql": sql, "format": "parquet"})
+
     async def _task_query(self, lease: Lease, fields: dict[str, Any]) -> tuple[bytes, bool]:
         if self.query_url is None:
             raise ServiceUnavailable("no query service is configured")
