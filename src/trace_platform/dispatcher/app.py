@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         observer = start_chain_loops(runner, settings, pool, store, plan_now)
         start_dag_loops(runner, pool, settings.chain_interval, derive_now)
-        listener = await _listen_outbox(urls.state, poke)
+        listener = await _listen_outbox(urls.state, poke, derive_now)
         udf_stop = asyncio.Event()
         invoker = invoker_from_settings(settings)
         await invoker.start()
@@ -168,11 +168,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _listen_outbox(dsn: str, poke: asyncio.Event) -> asyncpg.Connection | None:
-    """Wake the drainer when another process (e.g. `trace task create`) writes outbox rows."""
+async def _listen_outbox(
+    dsn: str, poke: asyncio.Event, plan_dags: asyncio.Event
+) -> asyncpg.Connection | None:
+    """Wake the drainer when another process (e.g. `trace task create`) writes outbox rows,
+    and the DAG scheduler when a DAG is applied or resumed (`dags.notify_planner`)."""
     try:
         conn = await asyncpg.connect(dsn, timeout=10)
         await conn.add_listener("trace_outbox", lambda *_: poke.set())
+        await conn.add_listener("trace_dag_planner", lambda *_: plan_dags.set())
     except (OSError, asyncpg.PostgresError):
         log.warning("dispatcher.listen_failed")
         return None

@@ -237,6 +237,7 @@ async def apply_dag(env: OpsEnv, spec: DagSpec, org_id: uuid.UUID) -> dict[str, 
                 await _stop_tasks(conn, old["job_uuid"])
                 await conn.execute(q("dags", "remove_job"), old["job_uuid"])
         await conn.execute(q("outbox", "notify_outbox"))
+        await conn.execute(q("dags", "notify_planner"))  # plan its jobs now (on commit)
     return {**result, "changed": True, "created": current is None, "jobs_changed": changed}
 
 
@@ -429,7 +430,10 @@ async def set_dag_paused(env: OpsEnv, org_id: uuid.UUID, name: str, paused: bool
     dag = await _dag(env, org_id, name)
     if not paused and await env.state.fetchrow(q("chain", "show_spec"), org_id, KIND, name) is None:
         raise ConflictError(f"DAG {name!r} was deleted: apply its spec again to resume it")
-    await env.state.execute(q("dags", "set_dag_paused"), dag["dag_id"], paused)
+    async with env.state.acquire() as conn, conn.transaction():
+        await conn.execute(q("dags", "set_dag_paused"), dag["dag_id"], paused)
+        if not paused:
+            await conn.execute(q("dags", "notify_planner"))  # schedule again now
     return DagPaused(name, paused)
 
 

@@ -307,3 +307,7 @@ ORDER BY t.updated_at DESC LIMIT 1;
 SELECT r.job_uuid, r.dataset_uuid FROM state.dag_reads r
 JOIN state.dag_jobs j USING (job_uuid)
 WHERE j.dag_id = $1 AND r.bounded;
+
+-- name: notify_planner
+-- A DAG applied or resumed: the dispatcher's DAG scheduler plans at once, not at its next tick.
+SELECT pg_notify('trace_dag_planner', '');
