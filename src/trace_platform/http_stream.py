@@ -71,7 +71,7 @@ async def bytes_answer(
                 yield chunk
         except AnswerCut as exc:
             log.warning("query.answer_cut", reason=exc.detail)
-            raise
+            raise BodyAborted from None
         finally:
             await close()
 
@@ -81,20 +81,26 @@ async def bytes_answer(
     )
 
 
+class BodyAborted(BaseException):
+    """Ends the ASGI app in the middle of a body, so the server closes the connection
+    without the terminating chunk. Not an Exception: no error handler answers it (there is
+    nothing left to answer), it reaches uvicorn, which closes the connection."""
+
+
 class _QuietCuts(logging.Filter):
-    """uvicorn logs an exception that ends a started response with its traceback: an answer
-    cut on purpose (`AnswerCut`, logged as `query.answer_cut`) is not such an error."""
+    """uvicorn logs what ends a started response with its traceback: an answer cut on
+    purpose (`BodyAborted`, logged as `query.answer_cut`) is not such an error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         for _ in range(8):  # through groups (anyio's task groups) and chained causes
-            if exc is None or isinstance(exc, AnswerCut):
+            if exc is None or isinstance(exc, BodyAborted):
                 break
             if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
                 exc = exc.exceptions[0]
             else:
                 exc = exc.__cause__ or exc.__context__
-        return not isinstance(exc, AnswerCut)
+        return not isinstance(exc, BodyAborted)
 
 
 def quiet_answer_cuts() -> None:

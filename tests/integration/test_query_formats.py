@@ -1,23 +1,29 @@
 """`POST /v1/query` answered as JSON, an Arrow IPC stream, CSV or Parquet (SPEC §21 item 1),
 `trace dataset query --format` and the SDK's result (`to_arrow`, `to_pandas`, `to_polars`),
 against a real `trace api`, a real query service and a real Postgres: the same values in
-every format (an integer wider than 64 bits exact, a timestamp with zone, a list, a struct),
-the same gate, refusals and audit row whatever the format."""
+every format (an integer wider than 64 bits and a decimal exact, a timestamp with zone, a
+list, a struct), the same gate, refusals and audit row whatever the format; a large answer
+streams through both processes with bounded memory (their RSS sampled from /proc), and one
+cut at TRACE_QUERY_MAX_EXPORT_ROWS cannot be read as complete."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -33,7 +39,13 @@ from trace_platform.ports import LITE_ORG_ID
 
 FORMATS = ["json", "arrow", "csv", "parquet"]
 WIDE = 10**24  # n * WIDE: a HUGEINT beyond 64 bits for n > 0
-SQL = f"SELECT n, n::HUGEINT * {WIDE} AS wide, ts, tags, s FROM dataset ORDER BY n"
+SQL = (
+    f"SELECT n, n::HUGEINT * {WIDE} AS wide, ts, tags, s, (n * 1.25)::DECIMAL(38, 4) AS dec "
+    "FROM dataset ORDER BY n"
+)
+BIG_ROWS = 2_000_000
+CAP = 3_000_000  # this module's TRACE_QUERY_MAX_EXPORT_ROWS
+MB = 1024 * 1024
 T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
@@ -46,6 +58,7 @@ def f_settings(settings: Settings) -> Settings:
         api_port=free_port(),
         api_rate_per_second=1000.0,
         api_rate_burst=1000,
+        query_max_export_rows=CAP,
     )
 
 
@@ -56,16 +69,30 @@ async def pool(f_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    query: Proc  # the query service (its executors are processes of their own)
+    api: Proc
+
+
 @pytest.fixture(scope="module")
-async def api(f_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def stack(
+    f_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
     logs = tmp_path_factory.mktemp("fmtlogs")
     query = await start_query_service(f_settings, logs)
     proc = Proc(["api"], proc_env(f_settings), logs / "api.log").start()
     url = f"http://127.0.0.1:{f_settings.api_port}"
     await wait_http_ready(url, proc)
-    yield url
+    yield Stack(url, query, proc)
     proc.stop()
     query.stop()
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> str:
+    return stack.url
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +136,8 @@ def normal(row: dict[str, Any]) -> tuple[Any, ...]:
     ts = row["ts"]
     ts = ts if isinstance(ts, datetime) else datetime.fromisoformat(ts)
     assert ts.tzinfo is not None  # the zone survives
-    return (int(row["n"]), int(row["wide"]), ts, value(row["tags"]), value(row["s"]))
+    dec = Decimal(str(row["dec"]))  # JSON and CSV: its exact text; Arrow, Parquet: a Decimal
+    return (int(row["n"]), int(row["wide"]), ts, value(row["tags"]), value(row["s"]), dec)
 
 
 def rows_of(fmt: str, body: bytes) -> list[tuple[Any, ...]]:
@@ -125,6 +153,7 @@ def rows_of(fmt: str, body: bytes) -> list[tuple[Any, ...]]:
         table = pq.read_table(pa.BufferReader(body))
     assert table.schema.field("wide").type == pa.decimal256(39, 0)  # exact, not a float
     assert table.schema.field("ts").type.tz is not None
+    assert table.schema.field("dec").type == pa.decimal128(38, 4)
     return [normal(r) for r in table.to_pylist()]
 
 
@@ -157,7 +186,14 @@ async def test_the_same_query_gives_the_same_values_in_every_format_and_is_audit
             answers[fmt] = rows_of(fmt, r.content)
             assert await audit_rows(f_settings) == before + 1  # one audit row, any format
     expected = [
-        (i, i * WIDE, T0.replace(minute=i), list(range(i)), {"n": i, "label": f'row "{i}", ok'})
+        (
+            i,
+            i * WIDE,
+            T0.replace(minute=i),
+            list(range(i)),
+            {"n": i, "label": f'row "{i}", ok'},
+            Decimal(i) * Decimal("1.25"),
+        )
         for i in range(5)
     ]
     for fmt in FORMATS:
@@ -272,3 +308,132 @@ def test_the_cli_writes_each_format_and_refuses_a_binary_one_to_a_terminal(
         str(tmp_path / "x"),
     )
     assert bad.returncode != 0 and "getenv" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+async def big(f_settings: Settings, pool: asyncpg.Pool, tmp_path_factory: Any) -> str:
+    """BIG_ROWS rows: a number and a label of 16 characters."""
+    path = tmp_path_factory.mktemp("big") / "big.parquet"
+    n = pa.array(range(BIG_ROWS), pa.int64())
+    label = pc.utf8_lpad(pc.cast(n, pa.string()), 16, "0")
+    pq.write_table(pa.table({"n": n, "label": label}), path)
+    await register_dataset(pool, object_store_from_settings(f_settings), "big", [path], LITE_ORG_ID)
+    return "big"
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak since its reset) of a process, in KiB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = int(value.split()[0])
+    return found
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+async def fetch_to(
+    http: httpx.AsyncClient, body: dict[str, Any], key: str, out: Path
+) -> httpx.Response:
+    """POST /v1/query, its body written to `out` as it arrives (never held here)."""
+    async with http.stream("POST", "/v1/query", json=body, headers=bearer(key)) as r:
+        with out.open("wb") as f:
+            async for chunk in r.aiter_raw():
+                f.write(chunk)
+    return r
+
+
+async def test_a_large_answer_streams_through_the_api_and_the_query_service_in_bounded_memory(
+    stack: Stack, key: str, big: str, tmp_path: Path, f_settings: Settings
+) -> None:
+    pids = {"api": stack.api.popen.pid, "query": stack.query.popen.pid}  # type: ignore[union-attr]
+    sql = f"SELECT n, n::HUGEINT * {WIDE} AS wide, label FROM big"
+    async with httpx.AsyncClient(base_url=stack.url, timeout=120) as http:
+        # warm: both processes have served a streamed answer once (code loaded, pools open)
+        r = await fetch_to(
+            http, {"sql": sql, "format": "arrow", "limit": 200_000}, key, tmp_path / "w"
+        )
+        assert r.status_code == 200 and r.headers["x-trace-truncated"] == "unknown"
+        idle = {name: memory_kb(pid)["VmRSS"] for name, pid in pids.items()}
+        for pid in pids.values():
+            reset_peak(pid)
+        sampled = dict(idle)
+        streaming = True
+
+        async def sample() -> None:
+            while streaming:
+                for name, pid in pids.items():
+                    sampled[name] = max(sampled[name], memory_kb(pid)["VmRSS"])
+                await asyncio.sleep(0.02)
+
+        sampler = asyncio.create_task(sample())
+        before = await audit_rows(f_settings)
+        out = tmp_path / "answer.arrow"
+        try:
+            r = await fetch_to(http, {"sql": sql, "format": "arrow"}, key, out)
+        finally:
+            streaming = False
+            await sampler
+    peak = {name: memory_kb(pid)["VmHWM"] for name, pid in pids.items()}
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/vnd.apache.arrow.stream")
+    assert "content-length" not in r.headers and r.headers["x-trace-truncated"] == "unknown"
+    size = out.stat().st_size
+    table = pa.ipc.open_stream(pa.memory_map(str(out))).read_all()
+    assert table.num_rows == BIG_ROWS and size > 100 * MB  # far above one 63 MiB frame
+    assert table.schema.field("wide").type == pa.decimal256(39, 0)
+    for i in (0, 1, BIG_ROWS // 2, BIG_ROWS - 1):
+        row = table.slice(i, 1).to_pylist()[0]
+        assert (int(row["wide"]), row["label"]) == (row["n"] * WIDE, f"{row['n']:016d}")
+    assert sorted(table.column("n").to_pylist()[:: BIG_ROWS // 8]) == list(
+        range(0, BIG_ROWS, BIG_ROWS // 8)
+    )
+    assert await audit_rows(f_settings) == before + 1
+    for name in pids:
+        grew_mb = (max(peak[name], sampled[name]) - idle[name]) / 1024
+        print(
+            f"{name}: idle {idle[name] / 1024:.0f} MB, peak +{grew_mb:.0f} MB ({size / MB:.0f} MB)"
+        )
+        assert grew_mb < 200, (name, idle[name], peak[name], sampled[name])
+
+
+async def test_an_answer_cut_at_the_row_cap_is_never_taken_for_complete(
+    api: str, key: str, big: str, tmp_path: Path, f_settings: Settings
+) -> None:
+    # CAP + 1,000,000 rows asked with no limit: the body ends without its terminating chunk
+    sql = "SELECT a.n, b.k FROM big a, (SELECT 1 AS k UNION ALL SELECT 2) b"
+    async with httpx.AsyncClient(base_url=api, timeout=120) as http:
+        before = await audit_rows(f_settings)
+        for fmt in ("csv", "arrow"):
+            with pytest.raises(httpx.RemoteProtocolError, match=r"incomplete|without sending"):
+                await fetch_to(http, {"sql": sql, "format": fmt}, key, tmp_path / "cut")
+            data = (tmp_path / "cut").read_bytes()
+            if fmt == "csv":
+                assert 1_000_000 < data.count(b"\n") <= CAP  # rows arrived, then the cut
+        assert await audit_rows(f_settings) == before + 2  # each ran, and is audited
+        from trace_platform.sdk import AnswerIncomplete, Client
+
+        with Client(api, key) as trace, pytest.raises(AnswerIncomplete, match="cut"):
+            await asyncio.to_thread(trace.query_bytes, sql, "arrow")
+        # the same query with a limit of the caller's own is a complete answer of that many:
+        # streamed (CSV, ~20 MB), or whole when that small (Parquet, compressed), which
+        # then says rows were left out
+        r = await fetch_to(
+            http, {"sql": sql, "format": "csv", "limit": 2_500_000}, key, tmp_path / "c"
+        )
+        assert r.status_code == 200 and r.headers["x-trace-truncated"] == "unknown"
+        assert (tmp_path / "c").read_bytes().count(b"\n") == 2_500_001  # and its header row
+        r = await fetch_to(
+            http, {"sql": sql, "format": "parquet", "limit": 2_500_000}, key, tmp_path / "p"
+        )
+        assert r.status_code == 200 and r.headers["x-trace-truncated"] == "true"
+        assert pq.ParquetFile(tmp_path / "p").metadata.num_rows == 2_500_000
+        # a small answer past the cap is sent whole and says it was cut
+        small = "SELECT a.n FROM big a, big b LIMIT 10"
+        r = await http.post(
+            "/v1/query", json={"sql": small, "format": "csv", "limit": 5}, headers=bearer(key)
+        )
+        assert r.headers["x-trace-truncated"] == "true" and r.text.count("\n") == 6
