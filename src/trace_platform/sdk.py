@@ -43,6 +43,14 @@ class ApiError(TraceError):
         self.code = code
 
 
+class AnswerIncomplete(TraceError):
+    """An answer of bytes that ended before its end: it reached the deployment's
+    TRACE_QUERY_MAX_EXPORT_ROWS with rows left, or failed part-way (ask fewer rows with
+    `limit`, or a query run). Never taken for a complete answer."""
+
+    code = "answer_cut"
+
+
 class ApiUnreachable(UnavailableError):
     """No answer from the API (connection refused, DNS, timeout)."""
 
@@ -321,10 +329,17 @@ class Client:
         job: str | None = None,
     ) -> tuple[bytes, bool]:
         """The query's answer as a body of bytes (`format`: arrow, csv or parquet) and
-        whether rows were left out (the deployment's row or byte cap)."""
+        whether rows were left out (past `limit`; known for an answer sent whole, False for
+        a streamed one, which holds at most `limit` rows). AnswerIncomplete when the answer
+        was cut (TRACE_QUERY_MAX_EXPORT_ROWS reached with rows left, or a failure part-way)."""
         body = self._query_body(sql, dataset, limit, job, format)
         try:
             reply = self._http.post("/v1/query", json=body)
+        except httpx.RemoteProtocolError:  # the body ended without its terminating chunk
+            raise AnswerIncomplete(
+                "the answer was cut before its end (more rows than the deployment's "
+                "TRACE_QUERY_MAX_EXPORT_ROWS, or a failure part-way)"
+            ) from None
         except httpx.HTTPError as exc:
             raise ApiUnreachable(f"{self.url} is unreachable ({type(exc).__name__})") from None
         if reply.status_code >= 400:
