@@ -198,6 +198,8 @@ class TaskClient:
                 raw = await resp.read()
                 status = resp.status
                 got = {k.lower(): v for k, v in resp.headers.items()}
+        except aiohttp.ClientPayloadError:  # a streamed answer cut (`http_stream`)
+            raise AnswerCut("the service's answer was cut before its end") from None
         except (aiohttp.ClientConnectionError, TimeoutError):
             raise ServiceUnavailable(f"no answer from {url.rsplit('/', 1)[-1]}") from None
         if status != 200:
@@ -338,7 +340,10 @@ class TaskClient:
                     "Content-Type": "application/json",
                 },
             ) as resp:
-                raw = await resp.read()
+                try:
+                    raw = await resp.read()
+                except aiohttp.ClientPayloadError:  # a streamed answer cut (`http_stream`)
+                    raise AnswerCut("the query's answer was cut before its end") from None
                 status = resp.status
                 truncated = resp.headers.get("X-Trace-Truncated") == "true"
             if status == 200:
