@@ -170,7 +170,11 @@ async def wait_built(
         st = await status(settings, dag)
         last.update(st)
         jobs = st["jobs"]
-        ok = all(j["committed_to"] >= tip and j["in_flight"] == 0 for j in jobs)
+        # A changed spec builds a new generation beside the current one: built once it
+        # cut over.
+        ok = st["building_generation"] is None and all(
+            j["committed_to"] >= tip and j["in_flight"] == 0 for j in jobs
+        )
         return st if ok else None
 
     try:

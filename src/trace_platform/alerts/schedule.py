@@ -16,10 +16,18 @@ EVAL_ATTEMPTS = 10
 
 
 def evaluation_payload(
-    alert: Any, source: Any, partition_id: str, start: int, end: int
+    alert: Any,
+    source: Any,
+    partition_id: str,
+    start: int,
+    end: int,
+    headers_from: str | None = None,
 ) -> dict[str, Any]:
     """A SQL rule runs in the worker (operator alert_eval); a UDF rule runs in the sandboxed
-    runner, whose handler gets {alert, range, config} and calls context.query."""
+    runner, whose handler gets {alert, range, config} and calls context.query.
+    `headers_from`: a chain's stored `blocks` relation the events' block hashes and times
+    are read from (granted for the range) instead of the node — a DAG generation's
+    re-evaluation makes no RPC request."""
     spec = alert["spec"]
     about = {
         "alert_id": str(alert["alert_id"]),
@@ -37,7 +45,10 @@ def evaluation_payload(
     }
     # The task's token grants this range of every relation of the source's chain job (the
     # rule reads the source as `dataset` and may join the others), nothing else.
-    inputs = [{"chain": source["job"], "range": [start, end]}]
+    inputs: list[dict[str, Any]] = [{"chain": source["job"], "range": [start, end]}]
+    if headers_from is not None:
+        about["headers_from"] = headers_from
+        inputs.append({"dataset": headers_from, "range": [start, end]})
     udf = spec["rule"].get("udf")
     if udf is None:
         return {
@@ -70,6 +81,7 @@ async def schedule_evaluations(
     dataset_uuid: uuid.UUID,
     partitions: list[tuple[str, int, int]],
     alerts: list[Any] | None = None,
+    headers_from: str | None = None,
 ) -> int:
     """Evaluation tasks of these partitions for every enabled alert of the dataset (or the
     given alerts) whose start block the partition ends after. Returns tasks created."""
@@ -90,7 +102,7 @@ async def schedule_evaluations(
         for p, s, e in partitions:
             if e > alert["start_block"]:
                 ids.append(evaluation_task_id(alert["alert_id"], p))
-                payloads.append(evaluation_payload(alert, source, str(p), s, e))
+                payloads.append(evaluation_payload(alert, source, str(p), s, e, headers_from))
     created = 0
     for org_id, (ids, payloads) in by_org.items():
         if not ids:

@@ -13,6 +13,8 @@ from typing import Any
 import asyncpg
 
 from trace_platform.alerts.schedule import schedule_evaluations
+from trace_platform.dag.generations import SWITCHED_TOPIC
+from trace_platform.db.sql import q
 from trace_platform.ports import OutboxRoute
 
 
@@ -27,4 +29,25 @@ def dependents_routes(pool: asyncpg.Pool, wake: asyncio.Event) -> dict[str, Outb
                 )
         wake.set()
 
-    return {"dataset.range_committed": committed}
+    async def switched(_ids: list[uuid.UUID], payloads: list[dict[str, Any]]) -> None:
+        # A DAG generation became current: the alert rules that moved to its outputs
+        # evaluate its partitions, block headers read from the stored chain (no RPC);
+        # events equal to ones already delivered are deduplicated by their keys.
+        async with pool.acquire() as conn, conn.transaction():
+            for p in payloads:
+                for ds_text in p.get("datasets", []):
+                    ds = uuid.UUID(ds_text)
+                    chain = await conn.fetchval(q("dags", "chain_of_dataset"), ds)
+                    for alert in await conn.fetch(q("alerts", "alerts_of_dataset"), ds):
+                        parts = await conn.fetch(
+                            q("alerts", "partitions_after"), ds, alert["start_block"]
+                        )
+                        await schedule_evaluations(
+                            conn,
+                            ds,
+                            [(r["partition_id"], r["range_start"], r["range_end"]) for r in parts],
+                            [alert],
+                            headers_from=f"{chain}.blocks" if chain else None,
+                        )
+
+    return {"dataset.range_committed": committed, SWITCHED_TOPIC: switched}

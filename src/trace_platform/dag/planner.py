@@ -24,6 +24,7 @@ import asyncpg
 
 from trace_platform.aio import LoopRunner
 from trace_platform.dag.cascade import invalidate_job
+from trace_platform.dag.generations import cut_over_ready
 from trace_platform.dag.spec import dag_range_task_id
 from trace_platform.db.sql import q
 from trace_platform.domain.dag import Partition, contiguous_tip, next_ranges
@@ -43,7 +44,8 @@ def range_payload(job: Any, reads: list[Any], start: int, end: int) -> dict[str,
             inputs.append({"chain": item["name"], "range": [start, end]})
         else:
             # A job's output within the range; a registered dataset whole, at its snapshot.
-            read: dict[str, Any] = {"dataset": item["dataset"]}
+            # A job's output by its dataset's id (fixed at apply: the generation it reads).
+            read: dict[str, Any] = {"dataset": item.get("dataset_uuid") or item["dataset"]}
             if item["kind"] == "job":
                 read["range"] = [start, end]
             if item.get("where"):
@@ -81,6 +83,7 @@ class DagPlanner:
                     created += await self.plan_job(conn, job_uuid)
             if created:
                 await conn.execute(q("outbox", "notify_outbox"))
+        await cut_over_ready(self.pool)  # a building generation that covers cuts over
         return created
 
     async def plan_job(self, conn: Any, job_uuid: uuid.UUID) -> int:

@@ -180,3 +180,60 @@ def qualify_relations(sql: str, names: Mapping[str, str], ctes: Iterable[str] = 
             node.set("alias", exp.TableAlias(this=exp.to_identifier(shown, quoted=True)))
         node.set("this", exp.to_identifier(names[read].lower(), quoted=True))
     return str(tree.sql(dialect="duckdb", comments=False))
+
+
+# Generations (SPEC §19, invariant 21) ------------------------------------------------------
+
+
+def hidden_name(dag: str, job: str, generation: str) -> str:
+    """The catalog name of a job's output while its generation is not current: outside the
+    DAG's `{dag}.` namespace (so no `{chain: dag}` expansion or short name reaches it) and
+    hidden from the catalog, unique per (dag, job, generation)."""
+    return f"gen-{generation}.{dag}.{job}"
+
+
+def needs_build(
+    changed: Iterable[str], building_upstream: Mapping[str, Iterable[str]], has_current: bool
+) -> set[str]:
+    """The jobs an apply builds as a new generation beside the current one: every changed
+    job (new definition or new upstream generation) once the DAG has a current generation,
+    and every new job reading one of those. `building_upstream`: job → its DAG inputs.
+    Empty when the DAG has no current generation (a first apply is current at once)."""
+    if not has_current:
+        return set()
+    out = set(changed)
+    grew = True
+    while grew:
+        grew = False
+        for job, ups in building_upstream.items():
+            if job not in out and any(u in out for u in ups):
+                out.add(job)
+                grew = True
+    return out
+
+
+def covers(building_tip: int, target: int) -> bool:
+    """A building job may cut over once its committed prefix reaches what the current one
+    covered (or, for a job new in this generation, what its inputs hold)."""
+    return building_tip >= target
+
+
+def rollback_target(states: Mapping[int, str], current: int) -> int | None:
+    """The generation a rollback restores: the newest retired one before `current` (a
+    purged or abandoned generation is never restored); None when there is none."""
+    older = [g for g, s in states.items() if g < current and s == "retired"]
+    return max(older) if older else None
+
+
+def purgeable_rows(
+    members: Mapping[int, Mapping[str, str]], states: Mapping[int, str], generation: int
+) -> set[str]:
+    """The job rows purging `generation` deletes: its rows that no other kept generation
+    (current, building or retired) holds — an unchanged job's row serves several."""
+    kept = {
+        row
+        for g, rows in members.items()
+        if g != generation and states.get(g) in ("current", "building", "retired")
+        for row in rows.values()
+    }
+    return {row for row in members.get(generation, {}).values() if row not in kept}

@@ -258,6 +258,9 @@ class Binder:
         chain = [g.name for g in caller.grants if g.name and g.dataset_version.startswith("snap-")]
         aliases = relation_aliases(named, default_job(named, chain))
         catalog = {alias: named[name] for alias, name in aliases.items()}
+        for g in caller.grants:
+            # A DAG job's SQL names its job inputs by dataset id (the generation it reads).
+            catalog.setdefault(g.dataset_uuid.lower(), g)
         primary = None
         if dataset_id is not None:
             primary = next((g for g in caller.grants if g.dataset_uuid == dataset_id), None)
@@ -285,7 +288,9 @@ class Binder:
         aliases, kinds = self._aliases(caller, rows)
         if any(n not in aliases and n not in gated.ctes for n in gated.relations):
             # A relation registered a moment ago is not refused for a stale catalog.
-            aliases, kinds = self._aliases(caller, await self.org_relations(caller.org_id, True))
+            rows = await self.org_relations(caller.org_id, True)
+            aliases, kinds = self._aliases(caller, rows)
+        ids = {r["name"]: str(r["dataset_uuid"]) for r in rows}
         wanted = {name: aliases[name] for name in gated.relations if name in aliases}
         primary: DatasetGrant | None = None
         if caller.primary is not None and DATASET_ALIAS not in gated.ctes:
@@ -303,6 +308,13 @@ class Binder:
                 grant, prefix = await self.resolve(
                     caller.org_id, name, caller.block_range, chain=kinds.get(name)
                 )
+                if name in ids and grant.dataset_uuid != ids[name]:
+                    # A DAG's cut-over moved the name to another dataset between the two
+                    # lookups: every relation of one query reads as of one catalog (no mix
+                    # of generations).
+                    grant, prefix = await self.resolve(
+                        caller.org_id, ids[name], caller.block_range, chain=kinds.get(name)
+                    )
             catalog[alias] = grant
             prefixes.append(prefix)
         return catalog, primary, prefixes

@@ -20,7 +20,8 @@ WHERE d.org_id = $1
 GROUP BY d.dag_id ORDER BY d.name;
 
 -- name: jobs_of_dag
-SELECT * FROM state.dag_jobs WHERE dag_id = $1 ORDER BY position, name;
+-- The jobs readers see: each name's current row.
+SELECT * FROM state.dag_jobs WHERE dag_id = $1 AND role = 'current' ORDER BY position, name;
 
 -- name: lock_jobs_of_dag
 SELECT * FROM state.dag_jobs WHERE dag_id = $1 ORDER BY name FOR UPDATE;
@@ -54,9 +55,11 @@ FROM unnest($2::uuid[], $3::boolean[], $4::text[]) AS t(ds, bounded, version);
 UPDATE state.dag_jobs SET status = 'removed', updated_at = now() WHERE job_uuid = $1;
 
 -- name: plannable_jobs
--- Per-range jobs that may schedule: active, of an unpaused DAG.
+-- Per-range jobs that may schedule: active, of an unpaused DAG, current or building (a
+-- retired generation is kept, not computed).
 SELECT j.job_uuid FROM state.dag_jobs j JOIN state.dags d USING (dag_id)
 WHERE j.status = 'active' AND NOT d.paused AND j.window_kind = 'range'
+  AND j.role IN ('current', 'building')
 ORDER BY j.position, j.job_uuid;
 
 -- name: lock_job
@@ -99,7 +102,7 @@ SELECT dataset_version FROM state.dataset_versions WHERE dataset_uuid = $1
 ORDER BY created_at DESC LIMIT 1;
 
 -- name: range_for_task
-SELECT r.*, j.dataset_uuid, j.dag_id FROM state.dag_ranges r
+SELECT r.*, j.dataset_uuid, j.dag_id, j.window_kind FROM state.dag_ranges r
 JOIN state.dag_jobs j USING (job_uuid)
 WHERE r.task_id = $1 FOR UPDATE OF r;
 
@@ -236,7 +239,7 @@ FROM state.dags d
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE status <> 'removed') AS jobs,
            count(*) FILTER (WHERE status = 'stopped') AS stopped_jobs
-    FROM state.dag_jobs WHERE dag_id = d.dag_id
+    FROM state.dag_jobs WHERE dag_id = d.dag_id AND role = 'current'
 ) j ON true
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE rr.status = 'committed') AS committed,
@@ -249,7 +252,7 @@ LEFT JOIN LATERAL (
                AS ended
         FROM state.tasks tt WHERE tt.task_id = rr.task_id AND rr.status = 'scheduled'
     ) t ON true
-    WHERE jj.dag_id = d.dag_id AND jj.status <> 'removed'
+    WHERE jj.dag_id = d.dag_id AND jj.status <> 'removed' AND jj.role = 'current'
 ) r ON true
 WHERE d.org_id = $1
 ORDER BY d.name;
@@ -311,3 +314,123 @@ WHERE j.dag_id = $1 AND r.bounded;
 -- name: notify_planner
 -- A DAG applied or resumed: the dispatcher's DAG scheduler plans at once, not at its next tick.
 SELECT pg_notify('trace_dag_planner', '');
+
+-- Generations (SPEC §19, invariant 21) -----------------------------------------------------
+
+-- name: lock_dag_generations
+SELECT generation, state, jobs, spec, sha256, created_at, current_at
+FROM state.dag_generations WHERE dag_id = $1 ORDER BY generation FOR UPDATE;
+
+-- name: dag_generations
+SELECT generation, state, jobs, created_at, current_at
+FROM state.dag_generations WHERE dag_id = $1 ORDER BY generation;
+
+-- name: insert_generation
+INSERT INTO state.dag_generations (dag_id, generation, state, spec, sha256, jobs, current_at)
+VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $3 = 'current' THEN now() END)
+ON CONFLICT (dag_id, generation) DO UPDATE SET state = $3, spec = $4, sha256 = $5, jobs = $6;
+
+-- name: set_generation_state
+UPDATE state.dag_generations
+SET state = $3, current_at = CASE WHEN $3 = 'current' THEN now() ELSE current_at END
+WHERE dag_id = $1 AND generation = $2;
+
+-- name: set_dag_generations
+UPDATE state.dags SET generation = $2, building_generation = $3, updated_at = now()
+WHERE dag_id = $1;
+
+-- name: insert_generation_job
+-- A job row of a generation that is not current yet (or a first apply's, $14 = 'current').
+INSERT INTO state.dag_jobs (job_uuid, dag_id, org_id, name, dataset_uuid, window_kind,
+    generation, definition, inputs, position, from_block, cursor, max_concurrency,
+    max_attempts, role)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14);
+
+-- name: reuse_generation_job
+-- A kept row of the same definition (a rollback's, an abandoned build's) builds again.
+UPDATE state.dag_jobs SET role = $2, status = 'active', last_error = NULL, position = $3,
+    max_concurrency = $4, max_attempts = $5, updated_at = now()
+WHERE job_uuid = $1;
+
+-- name: update_job_limits
+UPDATE state.dag_jobs SET position = $2, max_concurrency = $3, max_attempts = $4,
+    updated_at = now()
+WHERE job_uuid = $1;
+
+-- name: set_job_roles
+UPDATE state.dag_jobs SET role = $2, status = CASE WHEN $2 = 'current' AND status = 'removed'
+    THEN 'active' ELSE status END, updated_at = now()
+WHERE job_uuid = ANY($1::uuid[]);
+
+-- name: rename_datasets
+-- The cut-over's catalog switch: each dataset takes its new name, in one statement.
+UPDATE state.datasets d SET name = t.name
+FROM unnest($1::uuid[], $2::text[]) AS t(ds, name)
+WHERE d.dataset_uuid = t.ds;
+
+-- name: repoint_alerts
+-- Alert rules on a job's output follow its current generation.
+UPDATE state.alert_definitions a SET dataset_uuid = t.new_ds
+FROM unnest($1::uuid[], $2::uuid[]) AS t(old_ds, new_ds)
+WHERE a.dataset_uuid = t.old_ds
+RETURNING a.alert_id, a.dataset_uuid;
+
+-- name: building_dags
+-- DAGs with a generation being built.
+SELECT dag_id FROM state.dags WHERE building_generation IS NOT NULL ORDER BY dag_id;
+
+-- name: job_rows
+SELECT j.*, ds.name AS dataset_name FROM state.dag_jobs j
+JOIN state.datasets ds USING (dataset_uuid)
+WHERE j.job_uuid = ANY($1::uuid[]);
+
+-- name: lock_job_rows
+SELECT * FROM state.dag_jobs WHERE job_uuid = ANY($1::uuid[]) ORDER BY job_uuid FOR UPDATE;
+
+-- name: all_job_rows_of_dag
+SELECT * FROM state.dag_jobs WHERE dag_id = $1 ORDER BY name, job_uuid FOR UPDATE;
+
+-- name: partitions_of_datasets
+-- Every partition of these datasets, live or not (a purge deletes them all).
+SELECT partition_id, files FROM state.dataset_partitions WHERE dataset_uuid = ANY($1::uuid[]);
+
+-- name: purge_lineage
+DELETE FROM state.dag_lineage WHERE partition_id = ANY($1::uuid[]);
+
+-- name: purge_partitions
+DELETE FROM state.dataset_partitions WHERE dataset_uuid = ANY($1::uuid[]);
+
+-- name: purge_jobs
+DELETE FROM state.dag_jobs WHERE job_uuid = ANY($1::uuid[]);
+
+-- name: purge_datasets
+DELETE FROM state.datasets WHERE dataset_uuid = ANY($1::uuid[]);
+
+-- name: set_spec_body
+UPDATE state.specs SET body = $4, sha256 = $5, updated_at = now()
+WHERE org_id = $1 AND kind = $2 AND name = $3;
+
+-- name: dag_by_id
+SELECT * FROM state.dags WHERE dag_id = $1;
+
+-- name: db_now
+SELECT clock_timestamp();
+
+-- name: removed_since
+-- Whether any partition of these datasets left readers' snapshots at or after $2.
+SELECT EXISTS (SELECT 1 FROM state.dataset_partitions
+               WHERE dataset_uuid = ANY($1::uuid[]) AND removed_seq IS NOT NULL
+                 AND removed_at >= $2);
+
+-- name: insert_switched_event
+-- Alert rules that moved to a new generation's output evaluate its partitions.
+INSERT INTO state.outbox (outbox_id, topic, payload)
+VALUES ($1, 'dag.generation_switched', $2);
+
+-- name: chain_of_dataset
+-- The chain job a DAG output derives from (its DAG's first chain input).
+SELECT i.item ->> 'name' FROM state.dag_jobs j
+CROSS JOIN LATERAL jsonb_array_elements(j.inputs) AS i (item)
+WHERE j.dag_id = (SELECT dag_id FROM state.dag_jobs WHERE dataset_uuid = $1 LIMIT 1)
+  AND i.item ->> 'kind' = 'chain'
+ORDER BY j.position LIMIT 1;

@@ -29,6 +29,9 @@ FROM state.datasets d
 WHERE d.org_id = $1
   AND (d.kind = 'partitions'
        OR EXISTS (SELECT 1 FROM state.dataset_versions v WHERE v.dataset_uuid = d.dataset_uuid))
+  -- A DAG job's generation that is not current (building, retired) is not in the catalog.
+  AND NOT EXISTS (SELECT 1 FROM state.dag_jobs j
+                  WHERE j.dataset_uuid = d.dataset_uuid AND j.role <> 'current')
 ORDER BY d.name;
 
 -- name: resolve_pinned
