@@ -485,6 +485,76 @@ class Client:
     def relations(self, job: str | None = None) -> list[Json]:
         return list(self.request("GET", "/v1/relations", {"job": job})["relations"])
 
+    # -- saved queries --------------------------------------------------------------------
+
+    def saved_queries(self) -> list[Json]:
+        """Your org's saved queries (name, description, job, parameters; no SQL)."""
+        return list(self.request("GET", "/v1/saved-queries")["saved_queries"])
+
+    def saved_query(self, name: str) -> Json:
+        """A saved query with its SQL and its typed parameters."""
+        return dict(self.request("GET", f"/v1/saved-queries/{name}"))
+
+    def save_query(
+        self, name: str, sql: str, description: str = "", job: str | None = None
+    ) -> Json:
+        """Save SQL under NAME (writer): parameters are `{{ name: TYPE }}` placeholders
+        (`{{ name: TYPE = default }}` with a default), bound as values when it runs."""
+        body = {"name": name, "sql": sql, "description": description, "job": job}
+        return dict(self.request("POST", "/v1/saved-queries", json=body))
+
+    def update_query(
+        self, name: str, sql: str, description: str = "", job: str | None = None
+    ) -> Json:
+        body = {"sql": sql, "description": description, "job": job}
+        return dict(self.request("PUT", f"/v1/saved-queries/{name}", json=body))
+
+    def delete_query(self, name: str) -> Json:
+        return dict(self.request("DELETE", f"/v1/saved-queries/{name}"))
+
+    def run_query(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        limit: int | None = None,
+        format: str = "json",
+    ) -> QueryResult:
+        """Run the saved query NAME with `params` (a value per parameter, text or a JSON
+        scalar, checked against its declared type): a `QueryResult` as `query` gives
+        (`format="arrow"` for exact types)."""
+        if format not in ("json", "arrow"):
+            raise ValueError("format must be json or arrow (csv, parquet: run_query_bytes)")
+        if format == "json":
+            body = self._run_body(params, limit, None)
+            return QueryResult(
+                dict(self.request("POST", f"/v1/saved-queries/{name}/run", json=body))
+            )
+        raw, truncated = self.run_query_bytes(name, "arrow", params, limit)
+        return QueryResult.of_arrow(raw, truncated)
+
+    def run_query_bytes(
+        self,
+        name: str,
+        format: str,
+        params: dict[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> tuple[bytes, bool]:
+        """A saved query's answer as bytes (`format`: arrow, csv or parquet) and whether
+        rows were left out."""
+        body = self._run_body(params, limit, format)
+        try:
+            reply = self._http.post(f"/v1/saved-queries/{name}/run", json=body)
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"{self.url} is unreachable ({type(exc).__name__})") from None
+        if reply.status_code >= 400:
+            raise _api_error(reply)
+        return reply.content, reply.headers.get("X-Trace-Truncated") == "true"
+
+    @staticmethod
+    def _run_body(params: dict[str, Any] | None, limit: int | None, fmt: str | None) -> Json:
+        body = {"params": params or {}, "limit": limit, "format": fmt}
+        return {k: v for k, v in body.items() if v is not None}
+
     # -- specs, chains --------------------------------------------------------------------
 
     def apply(self, yaml_text: str) -> list[Json]:

@@ -171,6 +171,12 @@ class Scene:
         )
         return str(message)
 
+    async def saved(self) -> str:
+        """A saved query of the org, with a typed parameter."""
+        name = self.fresh("role-saved")
+        await self.setup("POST", "/v1/saved-queries", json={"name": name, "sql": SAVED_SQL})
+        return name
+
     def bundle(self) -> dict[str, str]:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
@@ -278,7 +284,16 @@ async def _query_run(s: Scene, sql: str, ended: bool) -> Request:
 # ten rows joined with themselves ten times: a run that is still going when it is canceled
 SLOW_RUN = "SELECT sum(" + " + ".join(f"t{i}.n" for i in range(10)) + ") AS s FROM "
 SLOW_RUN += ", ".join(f"numbers t{i}" for i in range(10))
+async def _saved(s: Scene, suffix: str = "", body: Any = None) -> Request:
+    return f"/v1/saved-queries/{await s.saved()}{suffix}", body
+
+
+async def _new_saved(s: Scene) -> Request:
+    return "/v1/saved-queries", {"name": s.fresh("role-new-saved"), "sql": SAVED_SQL}
+
+
 QUERY = {"dataset": "numbers", "sql": "SELECT count(*) FROM dataset"}
+SAVED_SQL = "SELECT count(*) FROM numbers WHERE n >= {{ low: BIGINT = 3 }}"
 TABLE = [
     Row("GET", "/v1/me", "reader", 200, at("/v1/me")),
     Row("GET", "/v1/status", "reader", 200, at("/v1/status")),
@@ -290,6 +305,24 @@ TABLE = [
     Row("GET", "/v1/datasets/{name}", "reader", 200, at("/v1/datasets/numbers")),
     Row("POST", "/v1/query", "reader", 200, at("/v1/query", QUERY)),
     Row("GET", "/v1/relations", "reader", 200, at("/v1/relations")),
+    Row("GET", "/v1/saved-queries", "reader", 200, at("/v1/saved-queries")),
+    Row("POST", "/v1/saved-queries", "writer", 201, _new_saved),
+    Row("GET", "/v1/saved-queries/{name}", "reader", 200, _saved),
+    Row(
+        "PUT",
+        "/v1/saved-queries/{name}",
+        "writer",
+        200,
+        lambda s: _saved(s, "", {"sql": "SELECT n FROM numbers", "description": "all"}),
+    ),
+    Row("DELETE", "/v1/saved-queries/{name}", "writer", 200, _saved),
+    Row(
+        "POST",
+        "/v1/saved-queries/{name}/run",
+        "reader",
+        200,
+        lambda s: _saved(s, "/run", {"params": {"low": "5"}}),
+    ),
     Row("POST", "/v1/query-runs", "reader", 202, at("/v1/query-runs", QUERY), _settle_run),
     Row("GET", "/v1/query-runs", "reader", 200, at("/v1/query-runs")),
     Row(

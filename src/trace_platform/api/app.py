@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from trace_platform import __version__
 from trace_platform.adapters.local_keys import load_worker_tokens
-from trace_platform.api import console, routes_manage, routes_runs, routes_work
+from trace_platform.api import console, routes_manage, routes_queries, routes_runs, routes_work
 from trace_platform.api.auth import ApiState, RateLimiter
 from trace_platform.api.samples import Samples
 from trace_platform.client import TaskClient, new_session
@@ -88,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.include_router(routes_work.router)
     app.include_router(routes_manage.router)
+    app.include_router(routes_queries.router)
     app.include_router(routes_runs.router)
     app.include_router(console.router)
     install_health(app, lambda: pool_ready(state.env_.state if state.env_ else None))

@@ -49,3 +49,33 @@ class BundleUpload(BaseModel):
     language: Literal["python", "node"]
     entrypoint: str = Field(min_length=3, max_length=200)
     zip_base64: str = Field(min_length=4, max_length=70_000_000)
+
+
+ParamValue = str | int | float | bool
+
+
+class SavedQueryCreate(BaseModel):
+    """A saved query: `sql` with typed `{{ name: TYPE }}` parameters (SPEC §21)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    sql: str = Field(min_length=1, max_length=20_000)
+    description: str = Field(default="", max_length=2_000)
+    job: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+class SavedQueryUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1, max_length=20_000)
+    description: str = Field(default="", max_length=2_000)
+    job: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+class SavedQueryRun(BaseModel):
+    """`params`: a value per parameter (text or a JSON scalar, checked against its type);
+    `format` and `limit` as for `POST /v1/query`."""
+
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, ParamValue] = Field(default_factory=dict, max_length=32)
+    limit: int | None = Field(default=None, ge=1)
+    format: str | None = Field(default=None, max_length=16)

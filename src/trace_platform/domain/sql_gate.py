@@ -217,7 +217,6 @@ _FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
     exp.Describe,
     exp.Show,
     exp.Parameter,
-    exp.Placeholder,
     exp.SessionParameter,
     exp.Transaction,
     exp.Commit,
@@ -284,6 +283,12 @@ def _relation_name(node: exp.Table) -> str:
     return name
 
 
+def _bound_parameter(node: exp.Placeholder, parameters: int) -> bool:
+    """`$k` with 1 <= k <= parameters: a value trusted code binds (never `?` or `$name`)."""
+    index = str(node.this or "")
+    return index.isdigit() and 1 <= int(index) <= parameters
+
+
 def _function_allowed(name: str) -> bool:
     return name in ALLOWED_FUNCTIONS or all(
         part in ALLOWED_FUNCTIONS for part in _FOLDED.get(name, ("",))
@@ -300,9 +305,13 @@ def _function_name(node: exp.Func) -> str:
     return str(node.sql_name()).upper()
 
 
-def check_sql(sql: str, relations: Collection[str] | None = frozenset({"dataset"})) -> GatedQuery:
+def check_sql(
+    sql: str, relations: Collection[str] | None = frozenset({"dataset"}), parameters: int = 0
+) -> GatedQuery:
     """Accept one read-only SELECT, or raise SqlRejected. Every name read must be one of
-    `relations` (or a CTE); with None, the caller checks the names it grants."""
+    `relations` (or a CTE); with None, the caller checks the names it grants. `parameters`:
+    how many prepared-statement parameters (`$1`..`$n`) trusted code binds values to (a
+    saved query's, `domain.saved_query`); none are allowed otherwise."""
     if not isinstance(sql, str) or not sql.strip():
         raise SqlRejected("sql_empty", "SQL is empty")
     if len(sql) > MAX_SQL_LENGTH:
@@ -326,7 +335,9 @@ def check_sql(sql: str, relations: Collection[str] | None = frozenset({"dataset"
         ctes.add(name)
     read: dict[str, None] = {}
     for node in list(tree.walk()):
-        if isinstance(node, _FORBIDDEN_NODES):
+        if isinstance(node, _FORBIDDEN_NODES) or (
+            isinstance(node, exp.Placeholder) and not _bound_parameter(node, parameters)
+        ):
             raise SqlRejected("sql_forbidden_construct", "statement kind or clause not allowed")
         if isinstance(node, exp.Table):
             name = _relation_name(node)

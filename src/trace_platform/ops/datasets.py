@@ -125,10 +125,14 @@ async def query_here(
     limit: int | None,
     block_range: tuple[int, int] | None = None,
     job: str | None = None,
+    params: tuple[str, ...] = (),
 ) -> QueryAnswer:
     """An operator's query at this installation (`trace dataset query`): every relation of
-    the org by its catalog name (NAME also as `dataset`), run in this process."""
-    body, _truncated = await _run_here(env, org_id, name, sql, limit, block_range, job, "json")
+    the org by its catalog name (NAME also as `dataset`), run in this process. `params`: a
+    saved query's values for its `$1`..`$n` (`ops.saved_queries`)."""
+    body, _truncated = await _run_here(
+        env, org_id, name, sql, limit, block_range, job, "json", params
+    )
     return QueryAnswer(**orjson.loads(body))
 
 
@@ -141,10 +145,11 @@ async def export_here(
     fmt: str,
     block_range: tuple[int, int] | None = None,
     job: str | None = None,
+    params: tuple[str, ...] = (),
 ) -> ExportAnswer:
     """The same query answered (`fmt`) as an Arrow IPC stream, CSV or Parquet, made by the
     engine (up to TRACE_QUERY_MAX_EXPORT_ROWS rows)."""
-    body, truncated = await _run_here(env, org_id, name, sql, limit, block_range, job, fmt)
+    body, truncated = await _run_here(env, org_id, name, sql, limit, block_range, job, fmt, params)
     return ExportAnswer(fmt, body, truncated)
 
 
@@ -157,11 +162,12 @@ async def _run_here(
     block_range: tuple[int, int] | None,
     job: str | None,
     fmt: str,
+    params: tuple[str, ...] = (),
 ) -> tuple[bytes, bool]:
     service = _local_service(env)
     try:
         caller = await service.binder.user_caller(org_id, name, None, "cli", block_range, job)
-        result = await service.query(caller, None, sql, limit, fmt=fmt)
+        result = await service.query(caller, None, sql, limit, fmt=fmt, params=params)
     finally:
         await service.close()
     return result.body, result.truncated
@@ -209,12 +215,14 @@ async def query_as_user(
     sql: str,
     limit: int | None,
     job: str | None = None,
+    params: tuple[str, ...] = (),
 ) -> QueryAnswer:
     """A user's query (`POST /v1/query`, the console): sent to the query service, which
     binds it for the user's org, gates, runs and audits it per user."""
     if env.query_client is None or env.worker_token is None:
         raise ConfigError("this process has no client of the query service")
     body = _user_query(env, org_id, user_id, name, sql, check_limit("json", limit), job, "json")
+    body["params"] = list(params)
     answer = await env.query_client.post(
         f"{env.settings.resolved_query_url}/internal/user-query",
         body,
@@ -233,12 +241,14 @@ async def export_as_user(
     limit: int | None,
     fmt: str,
     job: str | None = None,
+    params: tuple[str, ...] = (),
 ) -> ExportAnswer:
     """A user's query answered (`fmt`) as an Arrow IPC stream, CSV or Parquet: the same
     binding, gate, sandbox and audit; the engine makes the bytes."""
     if env.query_client is None or env.worker_token is None:
         raise ConfigError("this process has no client of the query service")
     body = _user_query(env, org_id, user_id, name, sql, check_limit(fmt, limit), job, fmt)
+    body["params"] = list(params)
     raw, headers = await env.query_client.post_bytes(
         f"{env.settings.resolved_query_url}/internal/user-query",
         body,

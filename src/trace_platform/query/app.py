@@ -97,6 +97,9 @@ class UserQueryRequest(BaseModel):
     limit: int | None = Field(default=None, ge=1)  # JSON: at most 10,000 (clamped)
     timeout_seconds: float | None = Field(default=None, gt=0, le=600)
     format: Literal["json", "arrow", "csv", "parquet"] = "json"
+    # A saved query's values for its `$1`..`$n`, checked against their types by the user API
+    # (`domain.saved_query`); bound as prepared-statement parameters, never into the SQL.
+    params: list[str] = Field(default_factory=list, max_length=32)
 
 
 class QueryRunRequest(BaseModel):
@@ -284,11 +287,23 @@ def create_app(settings: Settings) -> FastAPI:
         )
         if body.format in EXPORT_FORMATS:  # streamed, never held whole here
             stream = await service.stream(
-                caller, None, body.sql, body.limit, timeout=body.timeout_seconds, fmt=body.format
+                caller,
+                None,
+                body.sql,
+                body.limit,
+                timeout=body.timeout_seconds,
+                fmt=body.format,
+                params=tuple(body.params),
             )
             return await bytes_answer(stream, body.format, lambda: stream.truncated, stream.close)
         result = await service.query(
-            caller, None, body.sql, body.limit, timeout=body.timeout_seconds, fmt=body.format
+            caller,
+            None,
+            body.sql,
+            body.limit,
+            timeout=body.timeout_seconds,
+            fmt=body.format,
+            params=tuple(body.params),
         )
         return answer(result, body.format)
 

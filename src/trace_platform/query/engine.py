@@ -345,7 +345,12 @@ class Engine:
         return self._names
 
     def query(
-        self, sql: str, limit: int, timeout: float | None = None, fmt: str = FORMAT_JSON
+        self,
+        sql: str,
+        limit: int,
+        timeout: float | None = None,
+        fmt: str = FORMAT_JSON,
+        params: list[str] | None = None,
     ) -> tuple[bytes, int, bool]:
         """Run one query; (response body, row count, truncated) or QueryFailed. `timeout`:
         this query's time limit (a user's query has its own), else the executor's. `fmt`:
@@ -379,8 +384,10 @@ class Engine:
             self.watchdog.arm(con, min(MAX_TIMEOUT, timeout or self.limits.timeout_seconds))
             try:
                 if fmt in EXPORT_FORMATS:  # its batches are written as they come
-                    return export(_relation(con, sql), limit, fmt, self.sink)
-                result = con.execute(sql)
+                    return export(_relation(con, sql, params), limit, fmt, self.sink)
+                # `params`: a saved query's values, bound to its `$k` as prepared-statement
+                # parameters (never part of the SQL text)
+                result = con.execute(sql, params)
                 columns = [{"name": d[0], "type": str(d[1])} for d in result.description or []]
                 rows = result.fetchmany(limit + 1)
             finally:
@@ -787,6 +794,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                     int(item["limit"]),
                     float(wanted) if isinstance(wanted, (int, float)) else None,
                     fmt if (fmt := item.get("format")) in EXPORT_FORMATS else FORMAT_JSON,
+                    [str(v) for v in p] if isinstance(p := item.get("params"), list) else None,
                 )
                 reply: dict[str, Any] = {"ok": True, "rows": count, "truncated": truncated}
             except QueryFailed as exc:

@@ -399,6 +399,7 @@ class Executor:
         timeout: float,
         engine_timeout: float | None = None,
         fmt: str = FORMAT_JSON,
+        params: tuple[str, ...] = (),
     ) -> QueryResult:
         """QueryFailed for a refused or failed query (the executor stays usable unless it
         says otherwise); ExecutorUnavailable when the process is lost or stuck (killed)."""
@@ -411,6 +412,8 @@ class Executor:
                     request["timeout"] = engine_timeout
                 if fmt != FORMAT_JSON:
                     request["format"] = fmt
+                if params:
+                    request["params"] = list(params)
                 self._send(orjson.dumps(request))
                 header = await self._read()
                 if header.get("ok"):
@@ -703,16 +706,17 @@ class ExecutorPool:
         timeout: float | None = None,
         queue_seconds: float = QUEUE_SECONDS,
         fmt: str = FORMAT_JSON,
+        params: tuple[str, ...] = (),
     ) -> QueryResult:
         """`timeout`: this query's limit in seconds (default: the executors' own);
         `queue_seconds`: how long it may wait for a busy pool before OverloadedError;
         `fmt`: the answer's format (JSON, or an Arrow IPC stream)."""
         try:
-            return await self._run(binding, sql, limit, False, timeout, queue_seconds, fmt)
+            return await self._run(binding, sql, limit, False, timeout, queue_seconds, fmt, params)
         except _StaleExecutor:
             # An idle executor had died unseen (OOM killer, operator): queries only read, so
             # one more try on a fresh executor is safe; a query that kills that one fails.
-            return await self._run(binding, sql, limit, True, timeout, queue_seconds, fmt)
+            return await self._run(binding, sql, limit, True, timeout, queue_seconds, fmt, params)
 
     async def _run(
         self,
@@ -723,6 +727,7 @@ class ExecutorPool:
         timeout: float | None,
         queue_seconds: float,
         fmt: str = FORMAT_JSON,
+        params: tuple[str, ...] = (),
     ) -> QueryResult:
         taken = self._take(binding, reuse=not fresh)
         if taken is None:
@@ -732,7 +737,7 @@ class ExecutorPool:
             ex = await self._ready(taken, binding)
             try:
                 limit_s = timeout or self.limits.timeout_seconds
-                return await ex.query(sql, limit, limit_s + 5, timeout, fmt)
+                return await ex.query(sql, limit, limit_s + 5, timeout, fmt, params)
             except ExecutorLost:
                 if isinstance(taken, Executor):  # it had served before: died while idle
                     raise _StaleExecutor from None

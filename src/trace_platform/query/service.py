@@ -57,14 +57,16 @@ class BatchItem:
     sql: str
     limit: int | None
     fmt: str = FORMAT_JSON
+    params: tuple[str, ...] = ()  # a saved query's values for its `$1`..`$n`
 
 
 @lru_cache(maxsize=4096)
-def gate(sql: str) -> GatedQuery:
+def gate(sql: str, parameters: int = 0) -> GatedQuery:
     """The gate is a pure function of the SQL text: UDFs repeat their queries, so verdicts
     that pass are remembered (rejections are not cached and re-parse every time). Which
-    names the caller may read is checked per query, by the binding."""
-    return check_sql(sql, None)
+    names the caller may read is checked per query, by the binding. `parameters`: how many
+    `$k` a saved query's values are bound to (none for any other query)."""
+    return check_sql(sql, None, parameters)
 
 
 def clamp_limit(
@@ -109,11 +111,13 @@ class QueryService:
         limit: int | None,
         timeout: float | None = None,
         fmt: str = FORMAT_JSON,
+        params: tuple[str, ...] = (),
     ) -> QueryResult:
         """Gate, bind, run and audit one query (a task's, a user's or an operator's).
         `dataset_id`: the granted dataset read as `dataset` (None: by the catalog's names);
-        `fmt`: JSON, or an Arrow IPC stream, CSV or Parquet."""
-        item = BatchItem(caller, dataset_id, sql, limit, fmt)
+        `fmt`: JSON, or an Arrow IPC stream, CSV or Parquet; `params`: a saved query's
+        values, bound to its `$1`..`$n` (`domain.saved_query`)."""
+        item = BatchItem(caller, dataset_id, sql, limit, fmt, params)
         gated, binding, dataset_ids = await self._bind(item, None)
         result = await self._execute(item, gated, binding, timeout)
         await self.data.execute(
@@ -135,7 +139,7 @@ class QueryService:
         """One export (Arrow IPC stream, CSV or Parquet) gated, bound and run as `query`
         runs it, but streamed: its bytes as the executor writes them, never held whole
         (`AnswerStream`); a refusal, or a failure before the first bytes, is raised here."""
-        item = BatchItem(caller, dataset_id, sql, limit, fmt)
+        item = BatchItem(caller, dataset_id, sql, limit, fmt, params)
         gated, binding, dataset_ids = await self._bind(item, None)
         started = time.perf_counter()
         try:
@@ -211,7 +215,7 @@ class QueryService:
         grants and relations read (the same grants at the same moment bind the same)."""
         caller = item.caller
         try:
-            gated = gate(item.sql)
+            gated = gate(item.sql, len(item.params))
             key = (
                 caller.org_id,
                 caller.grants,
@@ -247,6 +251,7 @@ class QueryService:
                 clamp_limit(item.limit, item.fmt, self.max_export_rows),
                 timeout,
                 fmt=item.fmt,
+                params=item.params,
             )
         except (QueryFailed, ExecutorUnavailable, OverloadedError) as exc:
             answer = exc
@@ -281,7 +286,11 @@ class QueryService:
         if failed.code != "query_error":
             return failed.reason  # the engine's own words, no query text in them
         return public_reason(
-            failed.reason, item.sql, gate(item.sql).sql, failed.names, "query failed in the engine"
+            failed.reason,
+            item.sql,
+            gate(item.sql, len(item.params)).sql,
+            failed.names,
+            "query failed in the engine",
         )
 
     @staticmethod
