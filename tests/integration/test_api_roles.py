@@ -257,6 +257,14 @@ async def _revoke(s: Scene) -> Request:
     return f"/v1/users/{await s.user()}/revoke", None
 
 
+async def _saved(s: Scene, suffix: str = "", body: Any = None) -> Request:
+    return f"/v1/saved-queries/{await s.saved()}{suffix}", body
+
+
+async def _new_saved(s: Scene) -> Request:
+    return "/v1/saved-queries", {"name": s.fresh("role-new-saved"), "sql": SAVED_SQL}
+
+
 async def _run_ended(s: Scene, run_id: str) -> None:
     async def ended() -> bool:
         r = await s.http.get(f"/v1/query-runs/{run_id}", headers=bearer(s.setup_key))
@@ -284,14 +292,6 @@ async def _query_run(s: Scene, sql: str, ended: bool) -> Request:
 # ten rows joined with themselves ten times: a run that is still going when it is canceled
 SLOW_RUN = "SELECT sum(" + " + ".join(f"t{i}.n" for i in range(10)) + ") AS s FROM "
 SLOW_RUN += ", ".join(f"numbers t{i}" for i in range(10))
-async def _saved(s: Scene, suffix: str = "", body: Any = None) -> Request:
-    return f"/v1/saved-queries/{await s.saved()}{suffix}", body
-
-
-async def _new_saved(s: Scene) -> Request:
-    return "/v1/saved-queries", {"name": s.fresh("role-new-saved"), "sql": SAVED_SQL}
-
-
 QUERY = {"dataset": "numbers", "sql": "SELECT count(*) FROM dataset"}
 SAVED_SQL = "SELECT count(*) FROM numbers WHERE n >= {{ low: BIGINT = 3 }}"
 TABLE = [
@@ -305,6 +305,14 @@ TABLE = [
     Row("GET", "/v1/datasets/{name}", "reader", 200, at("/v1/datasets/numbers")),
     Row("POST", "/v1/query", "reader", 200, at("/v1/query", QUERY)),
     Row("GET", "/v1/relations", "reader", 200, at("/v1/relations")),
+    Row("POST", "/v1/query-runs", "reader", 202, at("/v1/query-runs", QUERY), _settle_run),
+    Row("GET", "/v1/query-runs", "reader", 200, at("/v1/query-runs")),
+    Row(
+        "GET", "/v1/query-runs/{run_id}", "reader", 200, lambda s: _query_run(s, QUERY["sql"], True)
+    ),
+    Row(
+        "DELETE", "/v1/query-runs/{run_id}", "reader", 200, lambda s: _query_run(s, SLOW_RUN, False)
+    ),
     Row("GET", "/v1/saved-queries", "reader", 200, at("/v1/saved-queries")),
     Row("POST", "/v1/saved-queries", "writer", 201, _new_saved),
     Row("GET", "/v1/saved-queries/{name}", "reader", 200, _saved),
@@ -322,14 +330,6 @@ TABLE = [
         "reader",
         200,
         lambda s: _saved(s, "/run", {"params": {"low": "5"}}),
-    ),
-    Row("POST", "/v1/query-runs", "reader", 202, at("/v1/query-runs", QUERY), _settle_run),
-    Row("GET", "/v1/query-runs", "reader", 200, at("/v1/query-runs")),
-    Row(
-        "GET", "/v1/query-runs/{run_id}", "reader", 200, lambda s: _query_run(s, QUERY["sql"], True)
-    ),
-    Row(
-        "DELETE", "/v1/query-runs/{run_id}", "reader", 200, lambda s: _query_run(s, SLOW_RUN, False)
     ),
     Row("GET", "/v1/bundles", "reader", 200, at("/v1/bundles")),
     Row("POST", "/v1/bundles", "writer", 201, _bundle),

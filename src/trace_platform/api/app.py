@@ -88,8 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.include_router(routes_work.router)
     app.include_router(routes_manage.router)
-    app.include_router(routes_queries.router)
     app.include_router(routes_runs.router)
+    app.include_router(routes_queries.router)
     app.include_router(console.router)
     install_health(app, lambda: pool_ready(state.env_.state if state.env_ else None))
     return app
