@@ -5,9 +5,10 @@ Apply checks the whole file before anything changes: every input exists in the o
 job's SQL passes the gate reading only its inputs' relations (a name two inputs share is
 refused, naming both). The SQL that runs is the user's with each relation written by its
 full name (`qualify_relations`), so it reads the same relations whatever its task is granted.
-A job whose definition changed — or whose upstream did — is a new generation: it recomputes
-from its start (readers see its output shrink to what the new generation has committed;
-building generations side by side with an atomic cut-over is the next step).
+A job whose definition changed — or whose upstream did — is a new generation, built beside
+the current one from committed data (`dag/generations.py`); readers keep the current one
+until every changed job of the DAG cuts over in one transaction. `rollback_dag` returns to
+the previous generation, `purge_dag` deletes a kept one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from trace_platform.chain.commit import dataset_prefix
-from trace_platform.dag.cascade import invalidate_job
+from trace_platform.dag import generations
+from trace_platform.dag.generations import JobWrite, apply_generation, coverage
 from trace_platform.dag.spec import (
     ChainInput,
     DagSpec,
@@ -26,7 +27,6 @@ from trace_platform.dag.spec import (
     JobInput,
     JobSpec,
     dag_id_for,
-    job_uuid_for,
 )
 from trace_platform.datasets import dataset_uuid_for
 from trace_platform.db.sql import q
@@ -164,8 +164,9 @@ async def plan_job(
 
 async def apply_dag(env: OpsEnv, spec: DagSpec, org_id: uuid.UUID) -> dict[str, Any]:
     """Create or update the DAG, its jobs and their output datasets. Re-applying the same
-    spec changes nothing; a changed job (or one downstream of it) recomputes from its start;
-    a job removed from the spec stops (its output stays readable)."""
+    spec changes nothing; a changed job (and every one downstream of it) is built as a new
+    generation beside the current one, which readers keep until the cut-over; a job removed
+    from the spec stops (its output stays readable until the next cut-over)."""
     body = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     digest = spec_digest(body)
     dag_id = dag_id_for(org_id, spec.name)
@@ -185,60 +186,42 @@ async def apply_dag(env: OpsEnv, spec: DagSpec, org_id: uuid.UUID) -> dict[str, 
             plans[name] = await plan_job(conn, org_id, spec, name, spec.jobs[name], plans)
         await conn.execute(q("chain", "upsert_spec"), org_id, KIND, spec.name, body, digest)
         await conn.execute(q("dags", "upsert_dag"), dag_id, org_id, spec.name)
-        existing = {r["name"]: r for r in await conn.fetch(q("dags", "lock_jobs_of_dag"), dag_id)}
-        changed: list[str] = []
-        for position, name in enumerate(spec.order()):
-            plan, job = plans[name], spec.jobs[name]
-            full = spec.output_name(name)
-            ds = dataset_uuid_for(org_id, full)
-            await conn.execute(
-                q("chain", "upsert_partitioned_dataset"),
-                ds,
-                org_id,
-                full,
-                dataset_prefix(store_root, ds),
-            )
-            if await conn.fetchval(q("chain", "dataset_kind"), ds) != "partitions":
-                raise ConflictError(f"jobs.{name}: dataset {full!r} exists and is not derived")
-            job_uuid = job_uuid_for(dag_id, name)
-            old = existing.get(name)
-            if old is not None and (
-                old["generation"] != plan.generation or old["status"] == "removed"
-            ):
-                await invalidate_job(conn, job_uuid, old["from_block"])
-            if old is None or old["generation"] != plan.generation:
-                changed.append(name)
-            await conn.execute(
-                q("dags", "upsert_job"),
-                job_uuid,
-                dag_id,
-                org_id,
+        writes = {
+            name: JobWrite(
                 name,
-                ds,
-                job.window,
                 plan.generation,
                 plan.definition,
                 plan.inputs,
-                position,
+                plan.reads,
                 plan.from_block,
-                job.max_concurrency or spec.defaults.max_concurrency,
-                job.max_attempts or spec.defaults.max_attempts,
+                plan.upstream,
+                spec.jobs[name].window,
+                spec.jobs[name].max_concurrency or spec.defaults.max_concurrency,
+                spec.jobs[name].max_attempts or spec.defaults.max_attempts,
             )
-            await conn.execute(q("dags", "clear_reads"), job_uuid)
-            await conn.execute(
-                q("dags", "set_reads"),
-                job_uuid,
-                list(plan.reads),
-                [b for b, _ in plan.reads.values()],
-                [v for _, v in plan.reads.values()],
-            )
+            for name, plan in plans.items()
+        }
+        existing = {
+            r["name"]: r
+            for r in await conn.fetch(q("dags", "lock_jobs_of_dag"), dag_id)
+            if r["role"] == "current"
+        }
+        changed, building, _rows = await apply_generation(
+            conn, org_id, dag_id, spec, writes, body, digest, store_root
+        )
         for name, old in existing.items():
             if name not in spec.jobs and old["status"] != "removed":
                 await _stop_tasks(conn, old["job_uuid"])
                 await conn.execute(q("dags", "remove_job"), old["job_uuid"])
         await conn.execute(q("outbox", "notify_outbox"))
         await conn.execute(q("dags", "notify_planner"))  # plan its jobs now (on commit)
-    return {**result, "changed": True, "created": current is None, "jobs_changed": changed}
+    return {
+        **result,
+        "changed": True,
+        "created": current is None,
+        "jobs_changed": changed,
+        "building_generation": building,
+    }
 
 
 async def _stop_tasks(conn: Any, job_uuid: uuid.UUID) -> None:
@@ -304,11 +287,58 @@ class DagJobStatus:
 
 
 @dataclass(frozen=True)
+class DagGenerationJob:
+    """One job of a generation being built: its committed prefix and the block it must
+    reach before the DAG cuts over (what the current generation covers)."""
+
+    job: str
+    committed_to: int
+    target: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class DagGeneration:
+    """A generation of the DAG: `current` (what readers see), `building` (with its jobs'
+    progress), `retired` (kept for a rollback until purged), `abandoned` (superseded while
+    building) or `purged`."""
+
+    generation: int
+    state: str
+    created_at: datetime
+    current_at: datetime | None
+    progress: float | None = None  # building: the least of its jobs' committed / target
+    jobs: list[DagGenerationJob] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class DagStatus:
     name: str
     state: str
     paused: bool
     jobs: list[DagJobStatus]
+    generation: int = 1  # the current generation
+    building_generation: int | None = None
+    generations: list[DagGeneration] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DagSwitched:
+    """A rollback: the generation readers saw and the one they see now."""
+
+    name: str
+    from_generation: int
+    to_generation: int
+    jobs: int
+
+
+@dataclass(frozen=True)
+class DagPurged:
+    name: str
+    generation: int
+    jobs: int
+    partitions: int
+    files: int
 
 
 @dataclass(frozen=True)
@@ -415,8 +445,65 @@ async def dag_status(env: OpsEnv, org_id: uuid.UUID, name: str) -> DagStatus:
                     last_error=error,
                 )
             )
+        generations = await _generations(conn, dag)
     stopped = sum(1 for j in out if j.status == "stopped")
-    return DagStatus(name, _state(dag["paused"], applied, stopped), dag["paused"], out)
+    return DagStatus(
+        name,
+        _state(dag["paused"], applied, stopped),
+        dag["paused"],
+        out,
+        generation=dag["generation"],
+        building_generation=dag["building_generation"],
+        generations=generations,
+    )
+
+
+async def _generations(conn: Any, dag: Any) -> list[DagGeneration]:
+    """The DAG's generations, the building one with its jobs' progress."""
+    building, jobs, _active = await coverage(conn, dag["dag_id"])
+    out = []
+    for g in await conn.fetch(q("dags", "dag_generations"), dag["dag_id"]):
+        mine = jobs if g["generation"] == building else []
+        progress = None
+        if g["generation"] == building:
+            spans = [
+                1.0 if j.ready else max(0.0, j.committed_to / j.target if j.target else 1.0)
+                for j in mine
+            ]
+            progress = round(min(spans), 4) if spans else 1.0
+        out.append(
+            DagGeneration(
+                g["generation"],
+                g["state"],
+                g["created_at"],
+                g["current_at"],
+                progress,
+                [DagGenerationJob(j.job, j.committed_to, j.target, j.ready) for j in mine],
+            )
+        )
+    return out
+
+
+async def rollback_dag(env: OpsEnv, org_id: uuid.UUID, name: str) -> DagSwitched:
+    """Readers see the previous generation again, in one transaction: its rows and
+    partitions were kept, so nothing is recomputed (no task is created). A generation being
+    built is abandoned. 409 when there is no earlier kept generation."""
+    dag = await _dag(env, org_id, name)
+    async with env.state.acquire() as conn, conn.transaction():
+        done = await generations.rollback(conn, dag["dag_id"])
+        await conn.execute(q("outbox", "notify_outbox"))
+    return DagSwitched(name, done["from"], done["to"], done["jobs"])
+
+
+async def purge_dag(env: OpsEnv, org_id: uuid.UUID, name: str, generation: int) -> DagPurged:
+    """Delete a kept generation (not the current or the building one): the rows only it
+    holds, their partitions and lineage, their output datasets, then their files."""
+    dag = await _dag(env, org_id, name)
+    async with env.state.acquire() as conn, conn.transaction():
+        done, files = await generations.purge(conn, dag["dag_id"], generation)
+    for uri in files:
+        await env.store.delete(uri)
+    return DagPurged(name, generation, done["jobs"], done["partitions"], len(files))
 
 
 async def all_dag_status(env: OpsEnv, org_id: uuid.UUID) -> list[DagStatus]:
