@@ -296,8 +296,13 @@ def build_router(
             if not _OBJECT_NAME.match(body.name) or ".." in body.name:
                 raise ValidationError("name must be a plain file name ([A-Za-z0-9._-], no '/')")
             await service().check_reporting(body.task_id, body.attempt, body.lease_token)
-            uri = claims.s3.write_prefixes[0] + body.name
-            if not is_within_prefixes(uri, claims.s3.write_prefixes):
+            prefixes = claims.s3.write_prefixes
+            if body.target == "output":
+                if len(prefixes) < 2:
+                    raise ForbiddenError("this attempt has no output prefix")
+                prefixes = prefixes[1:2]
+            uri = prefixes[0] + body.name
+            if not is_within_prefixes(uri, prefixes):
                 raise ForbiddenError("object is outside the token's write prefixes")
             url = store.presign(uri, "PUT", UPLOAD_URL_TTL_SECONDS)
             expires = datetime.now(UTC) + timedelta(seconds=UPLOAD_URL_TTL_SECONDS)

@@ -55,6 +55,9 @@ class UploadUrlRequest(Fence):
     name: str = Field(min_length=1, max_length=200)
     content_type: str | None = Field(default=None, max_length=200)
     size_bytes: int | None = Field(default=None, ge=0)
+    # `batch`: the attempt's batch prefix; `output`: a DAG UDF range's partition prefix
+    # (granted only to such attempts).
+    target: Literal["batch", "output"] = "batch"
 
 
 class BlockHeadersRequest(Fence):

@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 
 from trace_platform.config import Settings
+from trace_platform.dag.run import output_prefix
 from trace_platform.datasets import resolve_inputs
 from trace_platform.db.sql import q
 from trace_platform.domain.capability import CapabilityClaims, DatasetGrant, build_claims
@@ -254,7 +255,12 @@ class TaskService:
                 )
                 raise NotClaimedError("failed") from None
         return await self.mint_token(
-            row["task_id"], row["attempt"], row["org_id"], grants, prefixes
+            row["task_id"],
+            row["attempt"],
+            row["org_id"],
+            grants,
+            prefixes,
+            _output_prefixes(self.store_root, row),
         )
 
     async def mint_token(
@@ -264,6 +270,7 @@ class TaskService:
         org_id: uuid.UUID,
         datasets: list[DatasetGrant] | None = None,
         read_prefixes: list[str] | None = None,
+        output_prefixes: list[str] | None = None,
     ) -> str:
         ttl = max(self.settings.token_ttl_seconds, self.settings.lease_seconds * 2)
         claims = build_claims(
@@ -275,6 +282,7 @@ class TaskService:
             store_root=self.store_root,
             datasets=datasets,
             read_prefixes=read_prefixes,
+            output_prefixes=output_prefixes,
         )
         return await self.signer.sign_async(claims)
 
@@ -540,6 +548,23 @@ def _claimed(row: asyncpg.Record, token: str) -> Claimed:
         capability_token=token,
         payload=row["payload"],
     )
+
+
+def _output_prefixes(store_root: str, row: asyncpg.Record) -> list[str]:
+    """A DAG UDF range's runner writes the job's partition itself (through an upload URL):
+    its token also grants the attempt's own prefix under the job's dataset (from the
+    planner's trusted payload, never from the runner)."""
+    payload = row["payload"]
+    if not isinstance(payload, dict) or payload.get("runtime") != "lambda":
+        return []
+    dag = payload.get("dag")
+    if not isinstance(dag, dict):
+        return []
+    try:
+        ds = uuid.UUID(str(dag.get("dataset_uuid")))
+    except ValueError:
+        return []
+    return [output_prefix(store_root, str(ds), row["task_id"], row["attempt"])]
 
 
 def _has_inputs(row: asyncpg.Record) -> bool:

@@ -119,6 +119,7 @@ class UdfDispatcher:
             )
             return None
         work = claimed.payload.get("work_payload", {})
+        dag = claimed.payload.get("dag")
         return InvocationPayload(
             task_id=claimed.task_id,
             attempt=claimed.attempt,
@@ -130,4 +131,5 @@ class UdfDispatcher:
             language=bundle["language"],
             entrypoint=bundle["entrypoint"],
             work_payload=work if isinstance(work, dict) else {"value": work},
+            dag=dag if isinstance(dag, dict) else None,
         )

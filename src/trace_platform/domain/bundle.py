@@ -40,6 +40,9 @@ class InvocationPayload(BaseModel):
     language: Language
     entrypoint: str
     work_payload: dict[str, Any]
+    # A DAG UDF job's range (SPEC §19): the runner checks the handler's rows against
+    # `schema` (and `unique_key`) and writes them as the partition; absent for other tasks.
+    dag: dict[str, Any] | None = None
 
 
 def check_entrypoint(entrypoint: str) -> tuple[str, str]:

@@ -134,6 +134,7 @@ def build_claims(
     store_root: str,
     datasets: list[DatasetGrant] | None = None,
     read_prefixes: list[str] | None = None,
+    output_prefixes: list[str] | None = None,
     now: float | None = None,
 ) -> CapabilityClaims:
     issued = int(now if now is not None else time.time())
@@ -150,7 +151,9 @@ def build_claims(
         datasets=list(datasets or []),
         s3=S3Grants(
             read_prefixes=list(read_prefixes or []),
-            write_prefixes=[batch_prefix(store_root, task_id, attempt)],
+            # The attempt's batch prefix first (upload-url's default); then, for a DAG UDF
+            # range, the attempt's own prefix under the job's dataset.
+            write_prefixes=[batch_prefix(store_root, task_id, attempt), *(output_prefixes or [])],
         ),
     )
 

@@ -74,7 +74,8 @@ _SIMPLE = {
     *_INT_RANGES,
 }
 _DECL = re.compile(
-    r"^(?P<type>[A-Z][A-Z0-9 ]*?)\s*(?:\(\s*(?P<p>\d{1,2})\s*(?:,\s*(?P<s>\d{1,2})\s*)?\))?"
+    r"^(?P<type>[A-Z][A-Z0-9]*(?: WITH TIME ZONE)?)"
+    r"\s*(?:\(\s*(?P<p>\d{1,2})\s*(?:,\s*(?P<s>\d{1,2})\s*)?\))?"
     r"(?P<nn>\s+NOT\s+NULL)?$"
 )
 _DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")

@@ -31,6 +31,7 @@ from trace_platform.domain.bundle import (
 )
 from trace_platform.domain.errors import ConflictError, TraceError
 from trace_platform.domain.lifecycle import FatalTaskError, Outcome
+from trace_platform.domain.udf_schema import RowViolation, SchemaError, rows_to_parquet
 from trace_platform.logs import get_logger
 from trace_platform.sandbox import Isolation, Limits, apply_limits, sandbox_command
 
@@ -50,7 +51,8 @@ class RunOutcome:
     stdout: bytes = b""
     stderr: bytes = b""
     notes: list[str] = field(default_factory=list)
-    collected: list[Any] | None = None  # alert rules: result rows, made events afterwards
+    collected: list[Any] | None = None  # alert rules, DAG jobs: rows, checked afterwards
+    outputs: dict[str, Any] | None = None  # a DAG range's partition, reported at completion
 
 
 class Capture:
@@ -215,6 +217,8 @@ class Runner:
             alert = alert_of(inv.work_payload)
             if alert is not None and result.outcome == Outcome.SUCCESS:
                 result = await self._alert_events(channel, alert, result)
+            if inv.dag is not None and result.outcome == Outcome.SUCCESS:
+                result = await self._dag_partition(session, channel, inv.dag, result)
             return result
         finally:
             heartbeat.cancel()
@@ -247,6 +251,69 @@ class Runner:
             for event in events:
                 fh.write(orjson.dumps(event) + b"\n")
         run.records, run.collected = len(events), None
+        return run
+
+    async def _dag_partition(
+        self,
+        session: aiohttp.ClientSession,
+        channel: DispatcherChannel,
+        dag: dict[str, Any],
+        run: RunOutcome,
+    ) -> RunOutcome:
+        """A DAG UDF job's rows, checked here (trusted code, not the bundle) against the
+        job's schema and unique_key, become one Parquet file in the attempt's output prefix,
+        reported at completion; the dispatcher commits it. A violation fails the attempt for
+        good, naming the row and column, and nothing is written."""
+        rows, run.collected = run.collected or [], None
+        columns = dag.get("schema")
+        if not isinstance(columns, list) or not all(
+            isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c)
+            for c in columns
+        ):
+            return RunOutcome(Outcome.FATAL_ERROR, "the DAG job's task has no schema")
+        schema = {c: t for c, t in columns}  # in the declared order: the file's columns
+        try:
+            data, facts = await asyncio.to_thread(
+                rows_to_parquet, rows, schema, dag.get("unique_key") or ()
+            )
+        except (RowViolation, SchemaError) as exc:
+            error = f"the handler's rows break the job's schema: {exc}"[:2000]
+            return RunOutcome(Outcome.FATAL_ERROR, error, stdout=run.stdout, stderr=run.stderr)
+        try:
+            upload = await channel.call(
+                "upload-url",
+                name="part-000.parquet",
+                size_bytes=len(data),
+                target="output",
+            )
+            async with session.put(
+                upload["url"], data=data, headers={"Content-Type": "application/octet-stream"}
+            ) as r:
+                status = r.status
+        except ConflictError:
+            raise
+        except (TraceError, aiohttp.ClientError, TimeoutError) as exc:
+            error = f"partition upload failed: {type(exc).__name__}"
+            return RunOutcome(Outcome.RETRYABLE_ERROR, error, stdout=run.stdout, stderr=run.stderr)
+        if status not in (200, 201, 204):
+            error = f"partition upload failed: HTTP {status}"
+            return RunOutcome(Outcome.RETRYABLE_ERROR, error, stdout=run.stdout, stderr=run.stderr)
+        report = {
+            "uri": upload["batch_uri"],
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            **facts,
+        }
+        run.records = facts["rows"]
+        run.outputs = {
+            "dag": {
+                "start": dag.get("start"),
+                "end": dag.get("end"),
+                "files": [report],
+                "rows": facts["rows"],
+                "bytes": len(data),
+            }
+        }
         return run
 
     async def _heartbeat(self, channel: DispatcherChannel, inv: InvocationPayload) -> None:
@@ -313,7 +380,7 @@ class Runner:
             "bundle_dir": str(bundle_dir) if weak else "/bundle",
         }
         result = RunOutcome(Outcome.RETRYABLE_ERROR, batch_path=batch_path)
-        if alert_of(inv.work_payload) is not None:
+        if alert_of(inv.work_payload) is not None or inv.dag is not None:
             result.collected = []
         try:
             await asyncio.to_thread(writer_file.write, orjson.dumps(init) + b"\n")
@@ -412,7 +479,12 @@ class Runner:
     async def _report(
         self, session: aiohttp.ClientSession, channel: DispatcherChannel, run: RunOutcome
     ) -> Outcome:
-        if run.outcome == Outcome.SUCCESS and run.records and run.batch_path is not None:
+        if (
+            run.outcome == Outcome.SUCCESS
+            and run.records
+            and run.batch_path is not None
+            and run.outputs is None
+        ):
             upload = await channel.call(
                 "upload-url",
                 name="batch-0000.jsonl",
@@ -437,7 +509,9 @@ class Runner:
             error = run.error or "handler failed"
             if tail.strip():
                 error += "\n--- stderr (tail) ---\n" + tail
-        outputs = {"records": run.records} if run.outcome == Outcome.SUCCESS else None
+        outputs = None
+        if run.outcome == Outcome.SUCCESS:
+            outputs = run.outputs or {"records": run.records}
         await channel.call("complete", outcome=run.outcome, error_message=error, outputs=outputs)
         log.info(
             "runner.completed",
