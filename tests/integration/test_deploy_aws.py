@@ -296,6 +296,7 @@ def _matrix() -> list[tuple[str, str, bool]]:
         ("dispatcher", "receive task_wakeup", DENY),
         ("dispatcher", "send buffer_queue", DENY),
         ("dispatcher", "put buffers/", ALLOW),
+        ("dispatcher", "put datasets/", ALLOW),  # a DAG UDF range's partition upload URL
         ("dispatcher", "get secret", DENY),
         ("worker", "receive task_wakeup", ALLOW),
         ("worker", "send buffer_queue", DENY),

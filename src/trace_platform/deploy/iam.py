@@ -52,6 +52,7 @@ COMPONENTS: dict[str, tuple[Grant, ...]] = {
         Grant(("kms:Sign", "kms:GetPublicKey"), "key", "", "signs capability tokens"),
         Grant(("lambda:InvokeFunction",), "function", "", "runs UDF attempts in the runner"),
         Grant(WRITE, "prefix", "buffers/", "pre-signed upload URLs for attempts' batches"),
+        Grant(WRITE, "prefix", "datasets/", "pre-signed upload URLs for DAG UDF partitions"),
         Grant(READ, "prefix", "bundles/", "hands bundles to the runner"),
         Grant(READ, "prefix", "datasets/", "checks chain range files at commit"),
         Grant(LIST, "bucket", "datasets/", "lists a range's files at commit"),
