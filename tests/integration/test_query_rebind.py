@@ -251,3 +251,25 @@ def test_slots_left_by_a_process_that_is_gone_are_removed(tmp_path: Path) -> Non
     pool = ExecutorPool(1, LIMITS, detect_isolation(), slots=base)
     assert pool.slots == base / f"slots-{os.getpid()}" and pool.slots.is_dir()
     assert not gone.exists() and alive.exists()
+
+
+def test_a_range_grant_reads_only_its_blocks_and_a_relation_without_blocks_whole(
+    tmp_path: Path,
+) -> None:
+    blocks = tmp_path / "blocks.parquet"
+    pq.write_table(pa.table({"block_number": list(range(100)), "v": [1] * 100}), blocks)
+    derived = version(tmp_path, "derived", 0)  # x = 0..9, no block numbers
+    engine = Engine(
+        ROUTE_READER,
+        [
+            BoundRelation(("chain",), (str(blocks),), (10, 20)),
+            BoundRelation(("derived",), (str(derived),), (10, 20)),
+        ],
+        ExecutorLimits(timeout_seconds=5),
+    )
+    sql = "SELECT min(block_number), max(block_number), count(*) FROM chain"
+    assert orjson.loads(engine.query(sql, 5)[0])["rows"] == [[10, 19, 10]]
+    assert orjson.loads(engine.query("SELECT count(*) FROM derived", 5)[0])["rows"] == [[10]]
+    # Queried again (loaded into memory): still the range's blocks alone.
+    assert orjson.loads(engine.query(sql, 5)[0])["rows"] == [[10, 19, 10]]
+    assert not engine.deferred

@@ -123,6 +123,28 @@ def _has_block_number(con: Any, source: str) -> bool:
     return "block_number" in names
 
 
+def _create_bounded_view(
+    con: Any, name: str, source: str, block_range: tuple[int, int] | None
+) -> str:
+    """CREATE VIEW `name` over `source`; for a range grant, only rows of blocks inside it
+    (a derived relation without block numbers is granted whole partitions of the range).
+    Tried with the bounds first (creating the view reads the files' footers once); without
+    them only when the files have no block_number column. The source the view reads."""
+    import duckdb
+
+    if block_range is not None:
+        lo, hi = block_range
+        bounded = f"{source} WHERE block_number >= {lo} AND block_number < {hi}"
+        try:
+            con.execute(f"CREATE VIEW {name} AS {bounded}")
+            return bounded
+        except duckdb.BinderException:
+            if _has_block_number(con, source):
+                raise  # the bounds failed for another reason: never read it unbounded
+    con.execute(f"CREATE VIEW {name} AS {source}")
+    return source
+
+
 def _filtered(dataset: Any, rel: BoundRelation) -> Any:
     """A relation's Arrow dataset with its grant's bounds as typed expressions: the blocks
     of a range grant (when its rows carry block numbers) and an input's `where` (each value
@@ -250,14 +272,9 @@ class Engine:
                 # block_hash) reads as NULL in older partitions instead of failing the scan.
                 listed = _sql_list(list(rel.files))
                 source = f"SELECT * FROM read_parquet({listed}, union_by_name = true)"
-                if rel.block_range is not None and _has_block_number(con, source):
-                    # A range grant: only rows of blocks inside it. (A derived relation
-                    # without block numbers is granted whole partitions of the range.)
-                    lo, hi = rel.block_range
-                    source += f" WHERE block_number >= {lo} AND block_number < {hi}"
                 first, *others = [_quote(n) for n in rel.names]
                 size = sum(os.path.getsize(f) for f in rel.files)
-                con.execute(f"CREATE VIEW {first} AS {source}")
+                source = _create_bounded_view(con, first, source, rel.block_range)
                 for name in others:
                     con.execute(f"CREATE VIEW {name} AS SELECT * FROM {first}")
                 if size <= budget:
