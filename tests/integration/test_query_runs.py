@@ -301,6 +301,35 @@ async def test_a_running_run_is_canceled_and_its_executor_killed(
         assert (row["status"], row["output_uri"]) == ("canceled", None)
 
 
+async def test_runs_past_the_run_slots_wait_queued_and_leave_an_executor_to_queries(
+    stack: Stack, keys: dict[str, str], datasets: None, pool: asyncpg.Pool
+) -> None:
+    """Two executors: one run at a time (the other executor stays for interactive queries);
+    the next runs are queued, and a queued run cancels without ever starting."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+        slow = await submit(http, keys["reader"], sql=SLOW_SQL, format="csv")
+        await wait_status(http, keys["reader"], slow, ("running",))
+        waiting = await submit(http, keys["reader"], dataset="typed", sql=SQL, format="json")
+        dropped = await submit(http, keys["reader"], dataset="typed", sql=SQL, format="csv")
+        assert (await run_of(http, keys["reader"], waiting))["status"] == "queued"
+        r = await http.delete(f"/v1/query-runs/{dropped}", headers=bearer(keys["reader"]))
+        assert r.status_code == 200 and r.json()["status"] == "canceled"
+        direct = await http.post(
+            "/v1/query", json={"dataset": "typed", "sql": SQL}, headers=bearer(keys["reader"])
+        )
+        assert direct.status_code == 200, direct.text  # while the slow run holds its executor
+        assert (await run_of(http, keys["reader"], waiting))["status"] == "queued"
+        r = await http.delete(f"/v1/query-runs/{slow}", headers=bearer(keys["reader"]))
+        assert r.status_code == 200
+        done = await wait_status(http, keys["reader"], waiting, FINAL)
+        assert done["status"] == "succeeded" and done["rows"] == 5
+        never = await pool.fetchrow(
+            "SELECT status, started_at FROM state.query_runs WHERE run_id = $1",
+            uuid.UUID(dropped),
+        )
+        assert (never["status"], never["started_at"]) == ("canceled", None)
+
+
 async def test_another_orgs_run_and_its_url_are_out_of_reach(
     stack: Stack, keys: dict[str, str], datasets: None
 ) -> None:

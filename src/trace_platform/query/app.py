@@ -193,6 +193,7 @@ def create_app(settings: Settings) -> FastAPI:
             object_store_from_settings(settings),
             settings.query_run_timeout,
             settings.query_result_ttl,
+            concurrency=settings.query_executors - 1,
         )
         runs.start()
         state.update(service=service, pool=state_pool, runs=runs)

@@ -49,13 +49,17 @@ class QueryRuns:
         store: ObjectStore,
         timeout_seconds: float,
         ttl_seconds: float,
+        concurrency: int = 1,
     ) -> None:
+        """`concurrency`: runs executing at once; the others stay queued (so runs never take
+        every executor from interactive queries: the service passes its executors less one)."""
         self.pool = pool
         self.service = service
         self.store = store
         self.timeout_seconds = timeout_seconds
         self.ttl_seconds = ttl_seconds
         self.held: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.slots = asyncio.Semaphore(max(1, concurrency))
         self.loops = LoopRunner()
         self._stopping = False
 
@@ -131,10 +135,12 @@ class QueryRuns:
         started = time.monotonic()
         ids = {"run_id": str(run_id), **caller.log_ids()}
         try:
-            if await self.pool.fetchval(q("query_runs", "start_run"), run_id) is None:
-                return  # canceled while queued
-            log.info("query_run.started", **ids)
-            result = await self._query(caller, sql, limit, fmt, started)
+            async with self.slots:  # queued until a slot is free
+                if await self.pool.fetchval(q("query_runs", "start_run"), run_id) is None:
+                    return  # canceled while queued
+                started = time.monotonic()  # its time limit and duration count from here
+                log.info("query_run.started", **ids)
+                result = await self._query(caller, sql, limit, fmt, started)
             uri = self.store.uri_for(result_key(caller.org_id, run_id, fmt))
             await self.store.put_bytes(uri, result.body)
             ms = int((time.monotonic() - started) * 1000)
