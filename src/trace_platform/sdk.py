@@ -598,6 +598,14 @@ class Client:
         """Stop the DAG and forget its spec; its output datasets stay readable."""
         return dict(self.request("DELETE", f"/v1/dags/{name}"))
 
+    def rollback_dag(self, name: str) -> Json:
+        """Readers see the previous generation again (`from_generation`, `to_generation`)."""
+        return dict(self.request("POST", f"/v1/dags/{name}/rollback"))
+
+    def purge_dag(self, name: str, generation: int) -> Json:
+        """Delete a kept generation (not the current or building one)."""
+        return dict(self.request("DELETE", f"/v1/dags/{name}/generations/{int(generation)}"))
+
     # -- alerts and deliveries ------------------------------------------------------------
 
     def alerts(self) -> list[Json]:

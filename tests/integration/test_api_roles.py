@@ -228,6 +228,27 @@ async def _dag(s: Scene, suffix: str = "") -> Request:
     return f"/v1/dags/{await s.dag()}{suffix}", None
 
 
+async def _dag_kept(s: Scene, suffix: str) -> Request:
+    """A fresh DAG with a second, kept generation holding the same rows: a rollback makes
+    generation 1 current again, a purge of generation 2 deletes no row of generation 1."""
+    name = await s.dag()
+    dag_id = await s.pool.fetchval("SELECT dag_id FROM state.dags WHERE name = $1", name)
+    await s.pool.execute(
+        "INSERT INTO state.dag_generations (dag_id, generation, state, spec, sha256, jobs)"
+        " SELECT dag_id, 2, 'retired', spec, sha256, jobs FROM state.dag_generations"
+        " WHERE dag_id = $1 AND generation = 1",
+        dag_id,
+    )
+    if suffix == "/rollback":
+        await s.pool.execute(
+            "UPDATE state.dag_generations SET state = CASE generation WHEN 1 THEN 'retired'"
+            " ELSE 'current' END WHERE dag_id = $1",
+            dag_id,
+        )
+        await s.pool.execute("UPDATE state.dags SET generation = 2 WHERE dag_id = $1", dag_id)
+    return f"/v1/dags/{name}{suffix}", None
+
+
 async def _alert(s: Scene, suffix: str = "") -> Request:
     await define_alert(s.pool, LITE_ORG_ID, "role-alert", [])
     return f"/v1/alerts/role-alert{suffix}", None
@@ -344,6 +365,14 @@ TABLE = [
     Row("GET", "/v1/dags/{name}", "reader", 200, _dag),
     Row("POST", "/v1/dags/{name}/{action}", "writer", 200, lambda s: _dag(s, "/pause")),
     Row("DELETE", "/v1/dags/{name}", "writer", 200, _dag),
+    Row("POST", "/v1/dags/{name}/rollback", "writer", 200, lambda s: _dag_kept(s, "/rollback")),
+    Row(
+        "DELETE",
+        "/v1/dags/{name}/generations/{generation}",
+        "writer",
+        200,
+        lambda s: _dag_kept(s, "/generations/2"),
+    ),
     Row("GET", "/v1/alerts", "reader", 200, at("/v1/alerts")),
     Row("GET", "/v1/alerts/{name}", "reader", 200, _alert),
     Row("GET", "/v1/alerts/{name}/events", "reader", 200, lambda s: _alert(s, "/events")),

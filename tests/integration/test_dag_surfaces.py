@@ -317,3 +317,43 @@ async def test_a_reader_cannot_pause_or_delete_and_a_writer_can(
     await apply(s_settings, DAILY)  # applied again, it runs where it was
     st = await status(s_settings, "daily")
     assert st.state == "running" and all(j.committed_to == BLOCKS for j in st.jobs)
+
+
+async def test_rollback_and_purge_of_a_generation_through_the_cli_the_api_and_the_sdk(
+    s_settings: Settings, api: str, keys: dict[str, str], tmp_path: Path
+) -> None:
+    from trace_platform.sdk import ApiError, Client
+
+    changed = DAILY.replace("count(*) AS n,", "count(*) AS n, 2 AS v,")
+    await apply(s_settings, changed)
+
+    async def cut_over() -> DagStatus | None:
+        st = await status(s_settings, "daily")
+        return st if st.building_generation is None and st.generation == 2 else None
+
+    await wait_until(cut_over, 60, 0.2, "generation 2 current")
+    shown = trace(s_settings, "dag", "status", "daily").stdout
+    assert "generation 2 current; kept for rollback: 1" in shown
+    with Client(api, keys["reader"]) as reader:
+        with pytest.raises(ApiError) as refused:
+            reader.rollback_dag("daily")
+        assert refused.value.status == 403
+        assert reader.dag("daily")["generation"] == 2
+    with Client(api, keys["writer"]) as writer:
+        assert writer.rollback_dag("daily") == {
+            "name": "daily",
+            "from_generation": 2,
+            "to_generation": 1,
+            "jobs": 1,
+        }
+        with pytest.raises(ApiError) as current:
+            writer.purge_dag("daily", 1)
+        assert current.value.status == 409 and "is current" in str(current.value)
+    read = trace(s_settings, "dataset", "query", "daily.counted", "SELECT * FROM dataset LIMIT 1")
+    assert " v " not in f" {read.stdout.split(chr(10))[0]} "  # generation 1's columns again
+    again = run_remote(api, keys["writer"], "dag", "rollback", "daily", home=tmp_path)
+    assert again.returncode == 1 and "no earlier generation" in again.stderr
+    purged = trace(s_settings, "dag", "purge", "daily", "--generation", "2").stdout
+    assert purged.startswith("daily: generation 2 purged (1 jobs,")
+    states = {g.generation: g.state for g in (await status(s_settings, "daily")).generations}
+    assert states == {1: "current", 2: "purged"}

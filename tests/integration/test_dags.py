@@ -322,7 +322,7 @@ async def test_refused_dag_specs_name_the_field_and_change_nothing(
         job("SELECT * FROM secret_table"): "jobs.a.sql: relation 'secret_table' is not among",
         job("SELECT * FROM blocks", "[{chain: nope}]"): "jobs.a.inputs.0.chain: no chain job",
         job("SELECT 1 FROM blocks", extra=", max_queue_depth: 5"): "jobs.a.max_queue_depth",
-        job("SELECT 1 FROM blocks", extra=", window: all"): "jobs.a.window: window: all is not",
+        job("SELECT 1 FROM blocks", extra=", window: hourly"): "jobs.a.window",
         job("SELECT 1 FROM blocks", extra=", bogus: 1"): "jobs.a.bogus: unknown field",
         job("DROP TABLE blocks"): "jobs.a.sql:",
         (

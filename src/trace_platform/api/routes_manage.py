@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from trace_platform.api.auth import Admin, Reader, Writer
@@ -93,6 +93,24 @@ async def dags(c: Reader) -> Response:
 )
 async def dag(c: Reader, name: str) -> Response:
     return json_response(await dag_ops.dag_status(c.env, c.org, name))
+
+
+@router.post(
+    "/v1/dags/{name}/rollback",
+    tags=["dags"],
+    summary="Readers see the DAG's previous generation again, no recomputation (writer)",
+)
+async def rollback_dag(c: Writer, name: str) -> Response:
+    return json_response(await dag_ops.rollback_dag(c.env, c.org, name))
+
+
+@router.delete(
+    "/v1/dags/{name}/generations/{generation}",
+    tags=["dags"],
+    summary="Purge a kept generation of a DAG: its rows, partitions and files (writer)",
+)
+async def purge_dag(c: Writer, name: str, generation: Annotated[int, Path(ge=1)]) -> Response:
+    return json_response(await dag_ops.purge_dag(c.env, c.org, name, generation))
 
 
 @router.post("/v1/dags/{name}/{action}", tags=["dags"], summary="Pause or resume a DAG (writer)")

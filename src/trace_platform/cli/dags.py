@@ -1,5 +1,5 @@
-"""`trace dag ...`: DAGs of SQL jobs (SPEC §19) — list, status, pause, resume, delete. A DAG
-is created and changed by applying its spec (`trace apply FILE`)."""
+"""`trace dag ...`: DAGs of SQL jobs (SPEC §19) — list, status, pause, resume, rollback,
+purge, delete. A DAG is created and changed by applying its spec (`trace apply FILE`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from trace_platform.ops import dags as ops
 
 @click.group()
 def dag() -> None:
-    """DAGs of SQL jobs over synced chains: list, status, pause, resume, delete."""
+    """DAGs of SQL jobs over synced chains: list, status, pause, resume, rollback, purge,
+    delete."""
 
 
 @dag.command("list")
@@ -96,6 +97,57 @@ def dag_pause(ctx: click.Context, name: str, org_id: uuid.UUID | None) -> None:
 def dag_resume(ctx: click.Context, name: str, org_id: uuid.UUID | None) -> None:
     """Schedule ranges of DAG NAME again, from where each job was."""
     _set_paused(ctx, name, org_id, False)
+
+
+@dag.command("rollback")
+@click.argument("name")
+@org_option
+@json_option
+@click.pass_context
+@handle_errors
+def dag_rollback(ctx: click.Context, name: str, org_id: uuid.UUID | None, as_json: bool) -> None:
+    """Readers of DAG NAME see its previous generation again, in one transaction: its
+    partitions were kept, nothing is recomputed. A generation being built is abandoned."""
+    done = run_ops(
+        ctx,
+        lambda env: ops.rollback_dag(env, org_of(org_id), name),
+        remote=lambda api: from_json(ops.DagSwitched, api.rollback_dag(name)),
+    )
+    emit(
+        done,
+        as_json,
+        lambda d: (
+            f"{d.name}: generation {d.from_generation} -> {d.to_generation}"
+            f" ({d.jobs} jobs switched)"
+        ),
+    )
+
+
+@dag.command("purge")
+@click.argument("name")
+@click.option("--generation", "generation", type=click.IntRange(min=1), required=True)
+@org_option
+@json_option
+@click.pass_context
+@handle_errors
+def dag_purge(
+    ctx: click.Context, name: str, generation: int, org_id: uuid.UUID | None, as_json: bool
+) -> None:
+    """Delete kept generation G of DAG NAME (its rows, partitions and files); the current
+    and the building generation are refused."""
+    done = run_ops(
+        ctx,
+        lambda env: ops.purge_dag(env, org_of(org_id), name, generation),
+        remote=lambda api: from_json(ops.DagPurged, api.purge_dag(name, generation)),
+    )
+    emit(
+        done,
+        as_json,
+        lambda d: (
+            f"{d.name}: generation {d.generation} purged ({d.jobs} jobs,"
+            f" {d.partitions} partitions, {d.files} files)"
+        ),
+    )
 
 
 @dag.command("delete")

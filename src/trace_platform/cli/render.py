@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # (types only: a verb imports the operations it runs, not eve
     from trace_platform.domain.catalog import RelationInfo
     from trace_platform.ops.alerts import AlertDetail, AlertEvent, AlertSummary, Delivery
     from trace_platform.ops.bundles import BundleSummary
-    from trace_platform.ops.dags import DagStatus, DagSummary
+    from trace_platform.ops.dags import DagSnapshotStatus, DagStatus, DagSummary
     from trace_platform.ops.datasets import DatasetDetail, DatasetSummary, QueryAnswer
     from trace_platform.ops.dlq import DlqMessage
     from trace_platform.ops.status import StatusReport
@@ -288,6 +288,38 @@ def dags(items: list[DagSummary]) -> str:
     return "\n".join(_columns(header, rows))
 
 
+def snapshot_line(s: DagSnapshotStatus) -> str:
+    """A whole-snapshot job's refresh: version, last run, schedule, next slot, missed."""
+    when = "on change" if s.schedule is None else f"schedule {s.schedule!r} (UTC)"
+    last = "never" if s.last_run_at is None else s.last_run_at.isoformat(timespec="seconds")
+    line = f"whole snapshot, {when}: version {s.version}, {s.runs} runs, last run {last}"
+    if s.next_slot is not None:
+        line += f", next slot {s.next_slot.isoformat(timespec='seconds')}"
+    if s.missed_slots:
+        line += f", missed {s.missed_slots} slots"
+        if s.last_missed and s.last_slot is not None:
+            line += f" ({s.last_missed} before {s.last_slot.isoformat(timespec='seconds')})"
+    return line
+
+
+def dag_generations(status: DagStatus) -> list[str]:
+    """The current generation, the one being built (its jobs' progress) and those kept."""
+    kept = [str(g.generation) for g in status.generations if g.state == "retired"]
+    out = [
+        f"generation {status.generation} current"
+        + (f"; kept for rollback: {', '.join(kept)}" if kept else "")
+    ]
+    for g in status.generations:
+        if g.state != "building":
+            continue
+        done = ", ".join(
+            f"{j.job} {j.committed_to}/{j.target}{' ready' if j.ready else ''}" for j in g.jobs
+        )
+        pct = f"{(g.progress or 0) * 100:.0f}%"
+        out.append(f"generation {g.generation} building  {pct}  {done}")
+    return out
+
+
 def dag_status(status: DagStatus) -> str:
     """One row per job (progress from its first block to its inputs' committed tip), then
     each job's inputs and last error."""
@@ -329,6 +361,8 @@ def dag_status(status: DagStatus) -> str:
             f"{i.kind} {i.name}" + (f" where {i.where}" if i.where else "") for i in j.inputs
         )
         lines.append(f"  {j.job} ({j.relation}) reads {inputs}")
+        if j.snapshot is not None:
+            lines.append(f"    {snapshot_line(j.snapshot)}")
         if j.last_error:
             lines.append(f"    last error: {j.last_error}")
     return "\n".join(lines)

@@ -44,6 +44,10 @@ async def invalidate_job(
     job = await conn.fetchrow(q("dags", "lock_job"), job_uuid)
     if job is None or job["status"] == "removed":
         return 0
+    if job["window_kind"] == "all":
+        # A whole-snapshot run read everything committed when it was claimed, whatever range
+        # it is filed under: any lost input block invalidates its whole output.
+        from_block = min(from_block, job["from_block"])
     reaching = await conn.fetch(q("dags", "ranges_reaching"), job_uuid, from_block)
     start = invalidated_from([(r["range_start"], r["range_end"]) for r in reaching], from_block)
     if start is None:

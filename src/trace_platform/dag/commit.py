@@ -57,7 +57,12 @@ async def commit_job_range(
     files, rows, size = checked_files(outputs, prefix, start, end)
     # The output's row lock first: commits of one dataset run one at a time from here.
     seq = await conn.fetchval(q("chain", "bump_commit_seq"), ds)
-    if await conn.fetch(q("dags", "overlapping"), ds, start, end):
+    whole = rng["window_kind"] == "all"
+    if whole:
+        # A whole-snapshot run replaces the output's previous version in this commit;
+        # readers pinned to an earlier commit keep reading that one.
+        await conn.execute(q("dag_snapshots", "remove_live_partitions"), ds, seq)
+    elif await conn.fetch(q("dags", "overlapping"), ds, start, end):
         raise CommitRejected("range overlaps a committed partition of the job")
     partition_id = uuid.uuid4()
     await conn.execute(
@@ -77,7 +82,7 @@ async def commit_job_range(
     )
     lineage: list[tuple[Any, Any, int, int]] = []
     for read in await conn.fetch(q("dags", "reads_of_job"), rng["job_uuid"]):
-        if not read["bounded"]:
+        if not read["bounded"] or whole:  # a whole run read every partition: none listed
             continue
         for p in await conn.fetch(q("dags", "overlapping"), read["dataset_uuid"], start, end):
             lineage.append(

@@ -25,6 +25,7 @@ import asyncpg
 from trace_platform.aio import LoopRunner
 from trace_platform.dag.cascade import invalidate_job
 from trace_platform.dag.generations import cut_over_ready
+from trace_platform.dag.snapshots import plan_snapshot_job
 from trace_platform.dag.spec import dag_range_task_id
 from trace_platform.db.sql import q
 from trace_platform.domain.dag import Partition, contiguous_tip, next_ranges
@@ -74,13 +75,17 @@ class DagPlanner:
         self.pool = pool
 
     async def tick(self) -> int:
-        """Plan every active per-range job; returns tasks created."""
+        """Plan every active job (per-range, then whole-snapshot); returns tasks created."""
         created = 0
         async with self.pool.acquire() as conn:
             jobs = [r["job_uuid"] for r in await conn.fetch(q("dags", "plannable_jobs"))]
             for job_uuid in jobs:
                 async with conn.transaction():
                     created += await self.plan_job(conn, job_uuid)
+            # Whole-snapshot jobs (`window: all`): a run per change or cron slot.
+            for row in await conn.fetch(q("dag_snapshots", "snapshot_jobs")):
+                async with conn.transaction():
+                    created += await plan_snapshot_job(conn, row["job_uuid"])
             if created:
                 await conn.execute(q("outbox", "notify_outbox"))
         await cut_over_ready(self.pool)  # a building generation that covers cuts over

@@ -1,9 +1,12 @@
 """The `kind: dag` spec (SPEC §19): strict, unknown fields rejected with their path, the job
 graph checked whole (`domain.dag.job_order`) before anything is applied.
 
-What the engine runs today: per-range SQL jobs. `udf:`, `window: all` and `schedule` are
-part of the format and refused with "not supported yet" until their engine lands, never
-silently ignored; the original design's reserved backpressure fields are refused always.
+What the engine runs today: per-range SQL jobs, and whole-snapshot SQL jobs (`window: all`),
+refreshed on upstream change (at most once per `min_interval_seconds`, default 10) or once
+per UTC cron slot (`schedule:`, 5 fields or 6 with seconds first; a schedule implies
+`window: all`). `udf:` is part of the format and refused with "not supported yet" until its
+engine lands, never silently ignored; the original design's reserved backpressure fields are
+refused always.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from pydantic import (
 )
 
 from trace_platform.domain.dag import RESERVED_JOB_FIELDS, GraphError, job_order
+from trace_platform.domain.dag_schedule import (
+    DEFAULT_MIN_INTERVAL_SECONDS,
+    ScheduleError,
+    check_schedule,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 JOB_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
@@ -130,20 +138,49 @@ class JobSpec(_Strict):
             raise ValueError("reserved for future backpressure controls; not supported")
         return value
 
-    @field_validator("udf", "schema_", "schedule", "min_interval_seconds")
+    @field_validator("udf", "schema_")
     @classmethod
     def _not_yet(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None:
-            what = "udf jobs are" if info.field_name in ("udf", "schema_") else "schedule is"
-            raise ValueError(f"{what} not supported yet (next release)")
+            raise ValueError("udf jobs are not supported yet (next release)")
         return value
 
-    @field_validator("window")
+    @field_validator("schedule")
     @classmethod
-    def _range_only(cls, value: str) -> str:
-        if value == "all":
-            raise ValueError("window: all is not supported yet (next release)")
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_schedule(value)
+            except ScheduleError as exc:
+                raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheduled_is_whole(cls, data: Any) -> Any:
+        # A job with a schedule is a whole-snapshot job (SPEC §19): `window: all` implied.
+        if isinstance(data, dict) and data.get("schedule") is not None:
+            if data.get("window", "all") != "all":
+                raise ValueError("a job with a schedule is a whole-snapshot job (window: all)")
+            return {**data, "window": "all"}
+        return data
+
+    @model_validator(mode="after")
+    def _refresh(self) -> JobSpec:
+        if self.min_interval_seconds is not None and (
+            self.window != "all" or self.schedule is not None
+        ):
+            raise ValueError(
+                "min_interval_seconds is for whole-snapshot jobs refreshed on change"
+                " (window: all without a schedule)"
+            )
+        return self
+
+    def refresh_interval(self) -> float:
+        """Seconds between two runs on upstream change, at least."""
+        if self.min_interval_seconds is None:
+            return DEFAULT_MIN_INTERVAL_SECONDS
+        return self.min_interval_seconds
 
     @model_validator(mode="after")
     def _one_body(self) -> JobSpec:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from trace_platform.dag import generations
@@ -33,6 +33,7 @@ from trace_platform.db.sql import q
 from trace_platform.domain.capability import parse_where
 from trace_platform.domain.catalog import bare_alias, relation_aliases
 from trace_platform.domain.dag import definition_hash, qualify_relations
+from trace_platform.domain.dag_schedule import next_slot
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
 from trace_platform.domain.sql_gate import SqlRejected, check_sql, shown
 from trace_platform.ops.chains import spec_digest
@@ -93,6 +94,11 @@ async def plan_job(
             inputs.append({"kind": "chain", "name": item.chain})
         elif isinstance(item, JobInput):
             up = done[item.job]
+            if job.window == "range" and spec.jobs[item.job].window == "all":
+                raise ValidationError(
+                    f"{at}.job: {item.job!r} is a whole-snapshot job (window: all); only a"
+                    " whole-snapshot job reads it"
+                )
             full = spec.output_name(item.job)
             ds = dataset_uuid_for(org_id, full)
             uuids[full] = ds
@@ -121,6 +127,8 @@ async def plan_job(
                     "where": item.where,
                 }
             )
+    if not starts and job.window == "all":
+        starts.append(0)  # registered datasets only: read whole, refreshed on change
     if not starts:
         raise ValidationError(
             f"{where}.inputs: a per-range job needs a chain or job input (its ranges follow it)"
@@ -148,7 +156,7 @@ async def plan_job(
         ds = uuids[full]
         if ds not in reads:
             reads[ds] = (True, None)
-    if not any(bounded for bounded, _ in reads.values()):
+    if job.window == "range" and not any(bounded for bounded, _ in reads.values()):
         raise ValidationError(
             f"{where}.sql: a per-range job must read a relation of a chain or job input"
         )
@@ -206,9 +214,19 @@ async def apply_dag(env: OpsEnv, spec: DagSpec, org_id: uuid.UUID) -> dict[str, 
             for r in await conn.fetch(q("dags", "lock_jobs_of_dag"), dag_id)
             if r["role"] == "current"
         }
-        changed, building, _rows = await apply_generation(
+        changed, building, rows = await apply_generation(
             conn, org_id, dag_id, spec, writes, body, digest, store_root
         )
+        for name in spec.order():
+            job = spec.jobs[name]
+            if job.window == "all":
+                await conn.execute(
+                    q("dag_snapshots", "upsert_snapshot_job"),
+                    rows[name],
+                    job.schedule,
+                    job.refresh_interval(),
+                    name in changed,
+                )
         for name, old in existing.items():
             if name not in spec.jobs and old["status"] != "removed":
                 await _stop_tasks(conn, old["job_uuid"])
@@ -263,6 +281,26 @@ class DagInput:
 
 
 @dataclass(frozen=True)
+class DagSnapshotStatus:
+    """A whole-snapshot job's refresh (SPEC §19): its `schedule` (UTC cron; None: refreshed
+    on upstream change, at most once per `min_interval_seconds`), its output's current
+    `version` (the commit readers pin), its last committed run (when, for which slot), the
+    last slot planned and the next, and the slots skipped after downtime (`missed_slots` in
+    total, `last_missed` just before `last_slot`: only the latest missed slot runs)."""
+
+    schedule: str | None
+    min_interval_seconds: float
+    version: int
+    runs: int
+    last_run_at: datetime | None
+    last_run_slot: datetime | None
+    last_slot: datetime | None
+    next_slot: datetime | None
+    missed_slots: int
+    last_missed: int
+
+
+@dataclass(frozen=True)
 class DagJobStatus:
     """One job of a DAG: its ranges (of its current generation) committed, in flight and
     failed, the rows its output holds, how far its output is committed without a gap
@@ -284,6 +322,7 @@ class DagJobStatus:
     input_tip: int | None
     lag_blocks: int | None
     last_error: str | None
+    snapshot: DagSnapshotStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -407,6 +446,10 @@ async def dag_status(env: OpsEnv, org_id: uuid.UUID, name: str) -> DagStatus:
                 q("dags", "input_tips"), [p[0] for p in pairs], [p[1] for p in pairs]
             )
         }
+        snapshots = {
+            r["job_uuid"]: _snapshot_status(r)
+            for r in await conn.fetch(q("dag_snapshots", "snapshot_status_of_dag"), dag["dag_id"])
+        }
         live = {
             r["dataset_uuid"]: int(r["rows"])
             for r in await conn.fetch(q("dags", "live_rows"), [j["dataset_uuid"] for j in jobs])
@@ -443,6 +486,9 @@ async def dag_status(env: OpsEnv, org_id: uuid.UUID, name: str) -> DagStatus:
                     input_tip=input_tip,
                     lag_blocks=max(0, input_tip - done) if input_tip is not None else None,
                     last_error=error,
+                    snapshot=snapshots.get(job["job_uuid"])
+                    if job["window_kind"] == "all"
+                    else None,
                 )
             )
         generations = await _generations(conn, dag)
@@ -504,6 +550,22 @@ async def purge_dag(env: OpsEnv, org_id: uuid.UUID, name: str, generation: int) 
     for uri in files:
         await env.store.delete(uri)
     return DagPurged(name, generation, done["jobs"], done["partitions"], len(files))
+
+
+def _snapshot_status(row: Any) -> DagSnapshotStatus:
+    schedule = row["schedule"]
+    return DagSnapshotStatus(
+        schedule=schedule,
+        min_interval_seconds=float(row["min_interval_seconds"]),
+        version=int(row["version"]),
+        runs=int(row["runs"]),
+        last_run_at=row["last_run_at"],
+        last_run_slot=row["last_run_slot"],
+        last_slot=row["last_slot"] if schedule else None,
+        next_slot=next_slot(schedule, datetime.now(UTC)) if schedule else None,
+        missed_slots=int(row["missed_slots"]),
+        last_missed=int(row["last_missed"]),
+    )
 
 
 async def all_dag_status(env: OpsEnv, org_id: uuid.UUID) -> list[DagStatus]:
