@@ -324,6 +324,7 @@ def dag_status(status: DagStatus) -> str:
     """One row per job (progress from its first block to its inputs' committed tip), then
     each job's inputs and last error."""
     lines = [f"dag {status.name}  {status.state}  {plural(len(status.jobs), 'job')}"]
+    lines += dag_generations(status)
     header = [
         "job",
         "status",
