@@ -11,13 +11,15 @@ the alert, the identity columns and the block's hash, read from the node.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import orjson
 
-from trace_platform.chain.pool import PoolUnavailable, rpc_pool
+from trace_platform.chain.pool import PoolUnavailable, RpcPool, rpc_pool
 from trace_platform.chain.rpc import RpcError
 from trace_platform.client import Lease, ServiceUnavailable, TaskClient, new_session
 from trace_platform.config import Settings
@@ -49,6 +51,7 @@ class RuleBatcher:
         self.waiting = False
         self.tasks: set[asyncio.Task[None]] = set()
         self._client: TaskClient | None = None
+        self.node_headers = NodeHeaders()
 
     @property
     def client(self) -> TaskClient:
@@ -180,11 +183,63 @@ async def evaluate(settings: Settings, lease: Lease) -> list[dict[str, Any]]:
     if numbers and isinstance(a.get("headers_from"), str):
         headers = await stored_headers(settings, lease, a, numbers)
     elif numbers and pool is not None:
+        batcher = RuleBatcher.of_loop(settings)
+        partition = a.get("partition_id")
         try:
-            headers, _ = await pool.call(lambda rpc: rpc.block_headers(numbers), None)
+            if isinstance(partition, str):
+                headers = await batcher.node_headers.read(pool, partition, numbers)
+            else:
+                headers, _ = await pool.call(lambda rpc: rpc.block_headers(numbers), None)
         except (PoolUnavailable, RpcError) as exc:
             raise RetryableTaskError(f"rpc: {exc}") from None
     return rows_to_events(a, rows, headers)
+
+
+Header = tuple[str, int] | None
+Read = asyncio.Task[tuple[dict[int, Header], Any]]
+
+
+class NodeHeaders:
+    """The node's block headers for this worker's evaluations, by committed partition: the
+    rules of one range that fire on the same blocks share one read (those firing together
+    wait for the same call), so N firing rules make one RPC call, not N. A range a reorg
+    replaced is a new partition and is read afresh; a failed read, or a block the node did
+    not have, is not kept (the next attempt asks again)."""
+
+    def __init__(self, partitions: int = 256) -> None:
+        self.partitions = partitions
+        self.reads: OrderedDict[tuple[str, str], dict[int, Read]] = OrderedDict()
+
+    async def read(self, pool: RpcPool, partition: str, numbers: list[int]) -> dict[int, Header]:
+        """(hash, time) by block number, as `RpcClient.block_headers` answers; raises what
+        the pool call raised."""
+        key = (pool.name, partition)
+        reads = self.reads.pop(key, None) or {}
+        self.reads[key] = reads  # the most recently used last
+        while len(self.reads) > self.partitions:
+            self.reads.popitem(last=False)
+        missing = sorted({n for n in numbers if n not in reads})
+        if missing:
+            task = asyncio.create_task(pool.call(lambda rpc: rpc.block_headers(missing), None))
+            task.add_done_callback(partial(_forget_unread, reads, missing))
+            for n in missing:
+                reads[n] = task
+        waits = {n: reads[n] for n in numbers}
+        found: dict[int, Header] = {}
+        for task in set(waits.values()):
+            # Shielded: an attempt that stops waiting does not cancel the others' read.
+            headers, _ = await asyncio.shield(task)
+            found.update(headers)
+        return {n: found.get(n) for n in numbers}
+
+
+def _forget_unread(reads: dict[int, Read], numbers: list[int], task: Read) -> None:
+    """A finished read keeps only the headers it found."""
+    failed = task.cancelled() or task.exception() is not None
+    headers = {} if failed else task.result()[0]
+    for n in numbers:
+        if reads.get(n) is task and headers.get(n) is None:
+            del reads[n]
 
 
 async def stored_headers(
