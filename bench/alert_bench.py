@@ -4,7 +4,7 @@
         [--database-url URL]
     .venv/bin/python bench/alert_bench.py throughput [--deliveries 5000]
     .venv/bin/python bench/alert_bench.py fanout [--rules 1000] [--minutes 5] [--interval 1]
-        [--database-url URL]
+        [--firing 1] [--database-url URL]
 
 latency: anvil in automine (each whale transfer is mined at once, in its own block, so a
   block's birth is the wall clock of its `eth_sendTransaction`, to a few ms), a chain followed
@@ -24,7 +24,8 @@ throughput: N events with one webhook channel each, inserted with the sink's own
 fanout: N SQL rules on one chain job following anvil in automine (tail_lag 0, chunk_size 1),
   one whale transfer sent every --interval seconds, each mined at once in its own block (its
   birth known to a few ms), so every block is one committed range and N evaluation tasks; one
-  rule fires on every whale transfer and has a webhook channel, the others never match.
+  rule (or the first --firing rules) fires on every whale transfer, the first with a webhook
+  channel; the others never match.
   Every 10 s: evaluations completed per second and the backlog of evaluations not yet done
   (it must not grow); at the end, block -> webhook p50/p99 of the firing rule from each
   block's birth, the CPU of the stack's processes, query executors and Postgres (counted as
@@ -539,9 +540,9 @@ print(orjson.dumps({"cpu": cpu() - cpu0, "queries": queries, "rows": rows}).deco
 """
 
 
-def rule_sql(i: int) -> str:
-    """Rule i's SQL: rule 0 matches every whale transfer, the others never match."""
-    threshold = "1e24" if i == 0 else f"1e{40 + i % 200}"
+def rule_sql(i: int, firing: int = 1) -> str:
+    """Rule i's SQL: the first `firing` rules match every whale transfer, the others never."""
+    threshold = "1e24" if i < firing else f"1e{40 + i % 200}"
     return (
         "SELECT block_number, transaction_hash, log_index FROM dataset"
         f" WHERE value_f64 >= {threshold}"
@@ -574,7 +575,7 @@ async def fanout(args: argparse.Namespace) -> None:
             token = await asyncio.to_thread(node.deploy_token)
             mode, streams = live_transfers(node)
             docs = [spec("fan", mode, streams)]
-            rules = [rule_sql(i) for i in range(args.rules)]
+            rules = [rule_sql(i, args.firing) for i in range(args.rules)]
             for i, sql in enumerate(rules):
                 channels = (
                     f"channels:\n  - {{type: webhook, url: 'http://127.0.0.1:{port}/hook',"
@@ -655,7 +656,8 @@ async def fanout(args: argparse.Namespace) -> None:
         node.stop()
         await runner.cleanup()
     print(
-        f"{args.rules} SQL rules on one chain job, anvil in automine, one whale transfer every"
+        f"{args.rules} SQL rules ({args.firing} firing every block) on one chain job, anvil in"
+        " automine, one whale transfer every"
         f" {args.interval:g} s (one block each), {elapsed:.1f} s, {i} blocks"
     )
     print(
@@ -723,6 +725,12 @@ def main() -> None:
     fan.add_argument("--rules", type=int, default=1000)
     fan.add_argument("--minutes", type=float, default=5.0)
     fan.add_argument("--interval", type=float, default=1.0, help="seconds between blocks")
+    fan.add_argument(
+        "--firing",
+        type=int,
+        default=1,
+        help="rules that fire on every block (the first has the webhook)",
+    )
     fan.add_argument("--database-url", help="an external PostgreSQL server")
     args = parser.parse_args()
     if smoke.apply(args, SMOKE[args.what]):
