@@ -249,6 +249,10 @@ async def test_a_runs_result_through_its_url_equals_the_query_answer_in_every_fo
         listed = await http.get("/v1/query-runs", headers=bearer(keys["reader"]))
         assert listed.status_code == 200
         runs = listed.json()["runs"]
+        cut = await submit(http, keys["reader"], dataset="typed", sql=SQL, format="csv", limit=2)
+        short = await wait_status(http, keys["reader"], cut, FINAL)
+        assert (short["rows"], short["truncated"]) == (2, True)
+        assert len(rows_of("csv", (await http.get(short["url"])).content)) == 2
         assert [r["format"] for r in runs[:4]] == FORMATS[::-1]  # newest first
         assert all(r["status"] == "succeeded" and r["rows"] == 5 for r in runs[:4])
         assert not any("sql" in r for r in runs)

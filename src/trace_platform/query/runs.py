@@ -1,6 +1,7 @@
 """Query runs in the query service (SPEC §21): a user's query executed in the background with
 its own time limit, through the same gate, binding, sandbox and audit as `POST /v1/query`,
-its result written to the object store under `results/{org}/{run_id}/`.
+its result written to the object store under `results/{org}/{run_id}/` (an Arrow, CSV or
+Parquet answer streamed from the executor into the store, never held whole).
 
 The service that accepted a run holds it (the SQL text lives only in its memory, never in a
 row or a log) and beats the run's row every second while it is queued or running. The beat
@@ -16,21 +17,25 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 
 from trace_platform.aio import LoopRunner
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import OverloadedError, TraceError
+from trace_platform.domain.query_formats import AnswerCut
 from trace_platform.domain.query_runs import PriorRun, result_key, reuse_run
 from trace_platform.domain.sql_gate import SqlRejected, sql_hash
 from trace_platform.logs import get_logger
 from trace_platform.ports import ObjectStore
 from trace_platform.query.binding import QueryCaller
-from trace_platform.query.executor import QueryResult
+from trace_platform.query.engine import FORMAT_JSON
 from trace_platform.query.service import QueryRejected, QueryService, gate
 
 log = get_logger(__name__)
+T = TypeVar("T")
 BEAT_SECONDS = 1.0  # how often a held run's row is beaten (and a cancel noticed)
 LOST_SECONDS = 15.0  # a live run unbeaten this long lost its query service
 COLLECT_SECONDS = 5.0  # how often lost runs and expired results are collected
@@ -140,18 +145,11 @@ class QueryRuns:
                     return  # canceled while queued
                 started = time.monotonic()  # its time limit and duration count from here
                 log.info("query_run.started", **ids)
-                result = await self._query(caller, sql, limit, fmt, started)
-            uri = self.store.uri_for(result_key(caller.org_id, run_id, fmt))
-            await self.store.put_bytes(uri, result.body)
+                uri = self.store.uri_for(result_key(caller.org_id, run_id, fmt))
+                rows, size, truncated = await self._write(caller, sql, limit, fmt, started, uri)
             ms = int((time.monotonic() - started) * 1000)
             done = await self.pool.fetchval(
-                q("query_runs", "finish_run"),
-                run_id,
-                result.rows,
-                len(result.body),
-                result.truncated,
-                ms,
-                uri,
+                q("query_runs", "finish_run"), run_id, rows, size, truncated, ms, uri
             )
             if done is None:  # canceled while it ran: its result is nobody's
                 await self.store.delete(uri)
@@ -159,9 +157,9 @@ class QueryRuns:
                 return
             log.info(
                 "query_run.succeeded",
-                rows=result.rows,
-                bytes=len(result.body),
-                truncated=result.truncated,
+                rows=rows,
+                bytes=size,
+                truncated=truncated,
                 duration_ms=ms,
                 **ids,
             )
@@ -187,16 +185,54 @@ class QueryRuns:
             await self._fail(run_id, "internal", "the run failed in the query service", started)
             log.error("query_run.failed", reason="internal", error=type(exc).__name__, **ids)
 
-    async def _query(
-        self, caller: QueryCaller, sql: str, limit: int | None, fmt: str, started: float
-    ) -> QueryResult:
-        """The run's query, waiting out a busy executor pool within its own time limit."""
+    async def _write(
+        self,
+        caller: QueryCaller,
+        sql: str,
+        limit: int | None,
+        fmt: str,
+        started: float,
+        uri: str,
+    ) -> tuple[int, int, bool]:
+        """Run the query and write its answer to `uri`: (rows, bytes, truncated). An Arrow,
+        CSV or Parquet answer streams from the executor into the store, never held whole; a
+        JSON one (at most 10,000 rows) is written at once."""
+        if fmt == FORMAT_JSON:
+            result = await self._busy_retry(
+                lambda left: self.service.query(caller, None, sql, limit, timeout=left, fmt=fmt),
+                started,
+            )
+            await self.store.put_bytes(uri, result.body)
+            return result.rows, len(result.body), result.truncated
+        stream = await self._busy_retry(
+            lambda left: self.service.stream(caller, None, sql, limit, timeout=left, fmt=fmt),
+            started,
+        )
+        size, cut = 0, False
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal size, cut
+            try:
+                async for chunk in stream:
+                    size += len(chunk)
+                    yield chunk
+            except AnswerCut as exc:  # at TRACE_QUERY_MAX_EXPORT_ROWS: whole up to there
+                cut = True
+                size += len(exc.rest)
+                yield exc.rest
+
+        try:
+            await self.store.put_stream(uri, chunks())
+        finally:
+            await stream.close()
+        return stream.rows, size, stream.truncated or cut
+
+    async def _busy_retry(self, call: Callable[[float], Awaitable[T]], started: float) -> T:
+        """`call(seconds left)`, waiting out a busy executor pool within the run's limit."""
         while True:
             left = self.timeout_seconds - (time.monotonic() - started)
             try:
-                return await self.service.query(
-                    caller, None, sql, limit, timeout=max(1.0, left), fmt=fmt
-                )
+                return await call(max(1.0, left))
             except OverloadedError:
                 if left <= BUSY_RETRY_SECONDS:
                     raise
