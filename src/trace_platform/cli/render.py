@@ -362,6 +362,13 @@ def dag_status(status: DagStatus) -> str:
             f"{i.kind} {i.name}" + (f" where {i.where}" if i.where else "") for i in j.inputs
         )
         lines.append(f"  {j.job} ({j.relation}) reads {inputs}")
+        if j.udf is not None:
+            columns = ", ".join(f"{c} {t}" for c, t in j.udf.schema.items())
+            lines.append(
+                f"    udf: {j.udf.language} bundle {j.udf.bundle_id} (sha256"
+                f" {j.udf.sha256[:12]}), rows checked against {{{columns}}}"
+                + (f", unique_key {j.udf.unique_key}" if j.udf.unique_key else "")
+            )
         if j.snapshot is not None:
             lines.append(f"    {snapshot_line(j.snapshot)}")
         if j.last_error:

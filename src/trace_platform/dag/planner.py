@@ -52,6 +52,8 @@ def range_payload(job: Any, reads: list[Any], start: int, end: int) -> dict[str,
             if item.get("where"):
                 read["where"] = item["where"]  # a typed predicate on the grant, not SQL
             inputs.append(read)
+    if "udf" in definition:
+        return udf_payload(job, inputs, [start, end])
     return {
         "operator": "dag_sql",
         "dag": {
@@ -64,6 +66,46 @@ def range_payload(job: Any, reads: list[Any], start: int, end: int) -> dict[str,
             "start": start,
             "end": end,
             "sql": definition["run_sql"],
+            "unique_key": definition.get("unique_key"),
+        },
+        "inputs": inputs,
+    }
+
+
+def udf_payload(job: Any, inputs: list[dict[str, Any]], window: list[int] | None) -> dict[str, Any]:
+    """A UDF job's task (SPEC §19): the dispatcher invokes the job's bundle in the runner
+    with the event `{range, inputs, config}`; the runner checks the rows it returns against
+    the job's schema and writes the partition (`dag` says where and what; the commit hook
+    keys on it). `window` is [start, end), or None for a whole-snapshot run."""
+    definition = job["definition"]
+    start, end = window if window is not None else (None, None)
+    event_inputs = [
+        {
+            "kind": item["kind"],
+            "name": item["name"],
+            **({"relation": item["dataset"]} if item["kind"] != "chain" else {}),
+            **({"where": item["where"]} if item.get("where") else {}),
+        }
+        for item in job["inputs"]
+    ]
+    return {
+        "runtime": "lambda",
+        "udf": {"bundle_id": definition["bundle"]["bundle_id"]},
+        "work_payload": {
+            "range": window,
+            "inputs": event_inputs,
+            "config": definition["udf"].get("config") or {},
+        },
+        "dag": {
+            "dag": job["dag_name"],
+            "job": job["name"],
+            "job_uuid": str(job["job_uuid"]),
+            "dataset_uuid": str(job["dataset_uuid"]),
+            "generation": job["generation"],
+            "epoch": job["epoch"],
+            "start": start,
+            "end": end,
+            "schema": definition["columns"],  # [[column, type], ...] in declared order
             "unique_key": definition.get("unique_key"),
         },
         "inputs": inputs,

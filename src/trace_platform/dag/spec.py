@@ -1,12 +1,12 @@
 """The `kind: dag` spec (SPEC §19): strict, unknown fields rejected with their path, the job
 graph checked whole (`domain.dag.job_order`) before anything is applied.
 
-What the engine runs today: per-range SQL jobs, and whole-snapshot SQL jobs (`window: all`),
-refreshed on upstream change (at most once per `min_interval_seconds`, default 10) or once
-per UTC cron slot (`schedule:`, 5 fields or 6 with seconds first; a schedule implies
-`window: all`). `udf:` is part of the format and refused with "not supported yet" until its
-engine lands, never silently ignored; the original design's reserved backpressure fields are
-refused always.
+What the engine runs today: per-range SQL and UDF jobs (a UDF job names a registered bundle
+and declares its output `schema:`, column → DuckDB type, `NOT NULL` after the type refusing
+NULL); whole-snapshot jobs (`window: all`), refreshed on upstream change (at most once per
+`min_interval_seconds`, default 10) or once per UTC cron slot (`schedule:`, 5 fields or 6
+with seconds first; a schedule implies `window: all`). The original design's reserved
+backpressure fields are refused always.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,6 +30,7 @@ from trace_platform.domain.dag_schedule import (
     ScheduleError,
     check_schedule,
 )
+from trace_platform.domain.udf_schema import SchemaError, parse_schema
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 JOB_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
@@ -138,13 +138,6 @@ class JobSpec(_Strict):
             raise ValueError("reserved for future backpressure controls; not supported")
         return value
 
-    @field_validator("udf", "schema_")
-    @classmethod
-    def _not_yet(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None:
-            raise ValueError("udf jobs are not supported yet (next release)")
-        return value
-
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
@@ -164,6 +157,16 @@ class JobSpec(_Strict):
                 raise ValueError("a job with a schedule is a whole-snapshot job (window: all)")
             return {**data, "window": "all"}
         return data
+
+    @field_validator("schema_")
+    @classmethod
+    def _types(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            try:
+                parse_schema(value)
+            except SchemaError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _refresh(self) -> JobSpec:
@@ -186,6 +189,14 @@ class JobSpec(_Strict):
     def _one_body(self) -> JobSpec:
         if (self.sql is None) == (self.udf is None):
             raise ValueError("give exactly one of sql or udf")
+        if self.udf is not None and self.schema_ is None:
+            raise ValueError("a udf job needs a schema: {column: DuckDB type [NOT NULL]}")
+        if self.sql is not None and self.schema_ is not None:
+            raise ValueError("schema is for udf jobs (a SQL job's result has its own types)")
+        if self.schema_ is not None and self.unique_key:
+            missing = [c for c in self.unique_key if c not in self.schema_]
+            if missing:
+                raise ValueError(f"unique_key column(s) {missing} are not in the schema")
         return self
 
     def job_inputs(self) -> list[str]:

@@ -133,6 +133,8 @@ async def plan_job(
         raise ValidationError(
             f"{where}.inputs: a per-range job needs a chain or job input (its ranges follow it)"
         )
+    if job.udf is not None:
+        return await _plan_udf(conn, org_id, name, job, inputs, reads, uuids, min(starts), done)
     assert job.sql is not None
     try:
         gated = check_sql(job.sql, None)
@@ -163,6 +165,51 @@ async def plan_job(
     definition = job.model_dump(mode="json", by_alias=True, exclude_none=True)
     definition["run_sql"] = qualify_relations(gated.sql, resolved, gated.ctes)
     plan = JobPlan(name, definition, inputs, reads, min(starts), upstream=job.job_inputs())
+    plan.generation = definition_hash(
+        {k: v for k, v in definition.items() if k not in ("max_concurrency", "max_attempts")},
+        {up: done[up].generation for up in plan.upstream},
+    )
+    return plan
+
+
+async def _plan_udf(
+    conn: Any,
+    org_id: uuid.UUID,
+    name: str,
+    job: JobSpec,
+    inputs: list[dict[str, Any]],
+    reads: dict[uuid.UUID, tuple[bool, str | None]],
+    uuids: dict[str, uuid.UUID],
+    from_block: int,
+    done: dict[str, JobPlan],
+) -> JobPlan:
+    """A UDF job: its bundle must be one of the org's (its sha256 joins the definition, so
+    a new bundle is a new generation); it reads every relation of its inputs."""
+    assert job.udf is not None
+    try:
+        bundle_id = uuid.UUID(job.udf.bundle_id)
+    except ValueError:
+        bundle_id = None
+    bundle = (
+        None if bundle_id is None else await conn.fetchrow(q("bundles", "get_bundle"), bundle_id)
+    )
+    if bundle is None or bundle["org_id"] != org_id:
+        raise ValidationError(
+            f"jobs.{name}.udf.bundle_id: no bundle {shown(job.udf.bundle_id)!r} in this org"
+            " (upload one with `trace bundle upload`)"
+        )
+    for ds in uuids.values():
+        reads.setdefault(ds, (True, None))
+    definition = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # The columns in their declared order (a jsonb object keeps no order): the partition's.
+    definition["columns"] = [[c, t] for c, t in (job.schema_ or {}).items()]
+    definition["bundle"] = {
+        "bundle_id": str(bundle_id),
+        "sha256": bundle["sha256"],
+        "language": bundle["language"],
+        "entrypoint": bundle["entrypoint"],
+    }
+    plan = JobPlan(name, definition, inputs, reads, from_block, upstream=job.job_inputs())
     plan.generation = definition_hash(
         {k: v for k, v in definition.items() if k not in ("max_concurrency", "max_attempts")},
         {up: done[up].generation for up in plan.upstream},
@@ -301,6 +348,33 @@ class DagSnapshotStatus:
 
 
 @dataclass(frozen=True)
+class DagUdf:
+    """A UDF job's code: its bundle (id, sha256, language, entrypoint) and the schema its
+    rows are checked against (column → DuckDB type, `NOT NULL` refusing NULL)."""
+
+    bundle_id: str
+    sha256: str
+    language: str
+    entrypoint: str
+    schema: dict[str, str]
+    unique_key: list[str] | None = None
+
+
+def _udf_of(definition: Any) -> DagUdf | None:
+    bundle = definition.get("bundle") if isinstance(definition, dict) else None
+    if not isinstance(bundle, dict):
+        return None
+    return DagUdf(
+        bundle["bundle_id"],
+        bundle["sha256"],
+        bundle["language"],
+        bundle["entrypoint"],
+        {c: t for c, t in definition.get("columns") or []},
+        definition.get("unique_key"),
+    )
+
+
+@dataclass(frozen=True)
 class DagJobStatus:
     """One job of a DAG: its ranges (of its current generation) committed, in flight and
     failed, the rows its output holds, how far its output is committed without a gap
@@ -323,6 +397,7 @@ class DagJobStatus:
     lag_blocks: int | None
     last_error: str | None
     snapshot: DagSnapshotStatus | None = None
+    udf: DagUdf | None = None  # a UDF job's bundle and declared schema; None: a SQL job
 
 
 @dataclass(frozen=True)
@@ -489,6 +564,7 @@ async def dag_status(env: OpsEnv, org_id: uuid.UUID, name: str) -> DagStatus:
                     snapshot=snapshots.get(job["job_uuid"])
                     if job["window_kind"] == "all"
                     else None,
+                    udf=_udf_of(job["definition"]),
                 )
             )
         generations = await _generations(conn, dag)
