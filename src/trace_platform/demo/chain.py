@@ -49,6 +49,8 @@ class ChainDemoResult:
     dag_seconds: float = 0.0
     dag_swaps: int = 0
     volumes: list[list[Any]] = field(default_factory=list)
+    top_schedule: str = ""  # the whole-snapshot top_pools job: its cron and next slot
+    top_next_slot: str = ""
 
 
 @dataclass
@@ -215,9 +217,13 @@ async def sync_and_query(env: OpsEnv, traffic: Traffic, timeout: float) -> Chain
     return result
 
 
+TOP_POOLS_SCHEDULE = "* * * * *"
+
+
 def dag_text(dag: str, chain: str) -> str:
-    """Two jobs over the chain: decoded swaps enriched with their blocks' timestamps, and
-    per range of blocks, each pool's volume."""
+    """Three jobs over the chain: decoded swaps enriched with their blocks' timestamps; per
+    range of blocks, each pool's volume; and over all of it, the top pools, a whole
+    snapshot recomputed once a minute (UTC) as a new version."""
     enriched = (
         "SELECT s.block_number, s.log_index, s.transaction_hash, s.address AS pool,"
         " s.amount0In / 1e18 AS tokens_in, b.timestamp AS block_time"
@@ -227,11 +233,17 @@ def dag_text(dag: str, chain: str) -> str:
         "SELECT pool, count(*) AS swaps, sum(tokens_in) AS tokens_in,"
         " min(block_time) AS first_time FROM swaps GROUP BY pool"
     )
+    top = (
+        "SELECT pool, sum(swaps) AS swaps, sum(tokens_in) AS tokens_in FROM pool_volume"
+        " GROUP BY pool ORDER BY swaps DESC LIMIT 10"
+    )
     return (
         f"kind: dag\nname: {dag}\njobs:\n"
         f"  swaps:\n    inputs: [{{chain: {chain}}}]\n    sql: {json.dumps(enriched)}\n"
         "    unique_key: [transaction_hash, log_index]\n"
         f"  pool_volume:\n    inputs: [{{job: swaps}}]\n    sql: {json.dumps(volume)}\n"
+        f"  top_pools:\n    inputs: [{{job: pool_volume}}]\n    window: all\n"
+        f"    schedule: {json.dumps(TOP_POOLS_SCHEDULE)}\n    sql: {json.dumps(top)}\n"
     )
 
 
@@ -241,16 +253,27 @@ async def derive(env: OpsEnv, result: ChainDemoResult, timeout: float) -> None:
 
     dag = result.dag = f"{result.name}-dex"
     await apply_specs(env, LITE_ORG_ID, dag_text(dag, result.name))
-    print(f"applied dag {dag}: swaps (pair_Swap JOIN blocks) -> pool_volume", flush=True)
+    print(
+        f"applied dag {dag}: swaps (pair_Swap JOIN blocks) -> pool_volume -> top_pools"
+        f" (window: all, schedule {TOP_POOLS_SCHEDULE!r})",
+        flush=True,
+    )
     t0 = time.monotonic()
     while True:
-        jobs = (await dag_status(env, LITE_ORG_ID, dag)).jobs
+        every = (await dag_status(env, LITE_ORG_ID, dag)).jobs
+        # The per-range jobs build now; top_pools runs at its next cron slot (not waited for).
+        jobs = [j for j in every if j.window == "range"]
         done = all(j.committed_to >= BLOCKS and not j.in_flight for j in jobs)
         failed = [j for j in jobs if j.status == "stopped"]
         if done or failed or time.monotonic() - t0 > timeout:
             break
         await asyncio.sleep(0.2)
     result.dag_seconds = time.monotonic() - t0
+    for j in every:
+        if j.snapshot is not None and j.snapshot.schedule:
+            result.top_schedule = j.snapshot.schedule
+            slot = j.snapshot.next_slot
+            result.top_next_slot = slot.strftime("%H:%M:%S UTC") if slot else ""
     if failed:
         raise TraceError(f"job {failed[0].job}: {failed[0].last_error}")
     volumes = await query_here(
@@ -291,4 +314,9 @@ def format_chain(r: ChainDemoResult) -> list[str]:
         )
         for row in r.volumes:
             lines.append(f"    pool {row[0][:12]}…  {row[1]:>3} swaps  {row[2]:,.0f} in")
+        if r.top_schedule:
+            lines.append(
+                f"    top_pools (window: all) refreshed on cron {r.top_schedule!r}: next run"
+                f" {r.top_next_slot}, a new version each run (trace dag status {r.dag})"
+            )
     return lines
