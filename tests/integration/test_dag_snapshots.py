@@ -392,3 +392,41 @@ async def test_a_reorg_below_a_whole_snapshot_job_removes_its_version_until_it_r
 
     await wait_until(repaired, 90, 0.1, "snapr.hashes over the canonical chain")
     assert seen and all(not (rows & abandoned) for rows in seen)
+
+
+async def test_the_api_and_the_remote_cli_show_a_cron_jobs_last_run_next_slot_and_version(
+    s_settings: Settings, stack: dict[str, Proc], tmp_path: Path
+) -> None:
+    """GET /v1/dags/{name} carries the same `snapshot` document as the local status, and
+    the remote CLI renders it (after the cron test: `ticker` has run)."""
+    from tests.conftest import proc_env, wait_http_ready
+    from tests.helpers import env_of
+    from tests.integration.test_user_api import run_remote
+    from trace_platform.db.pool import create_pool
+    from trace_platform.ops.users import create_user
+
+    api = Proc(["api"], proc_env(s_settings), tmp_path / "api.log").start()
+    url = f"http://127.0.0.1:{s_settings.api_port}"
+    try:
+        await wait_http_ready(url, api)
+        pool = await create_pool(s_settings.state_database_url or "", max_size=2)
+        try:
+            key = (await create_user(env_of(pool), LITE_ORG_ID, "snap-reader", "reader")).api_key
+        finally:
+            await pool.close()
+        async with httpx.AsyncClient(base_url=url) as http:
+            r = await http.get("/v1/dags/ticker", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        (job,) = r.json()["jobs"]
+        snap = job["snapshot"]
+        local = (await job_status(s_settings, "ticker", "blocks_seen"))["snapshot"]
+        assert snap["schedule"] == CRON and snap["version"] == local["version"] > 0
+        assert snap["runs"] == local["runs"] and snap["missed_slots"] == local["missed_slots"]
+        assert datetime.fromisoformat(snap["last_run_at"]) == local["last_run_at"]
+        assert datetime.fromisoformat(snap["next_slot"]) > datetime.fromisoformat(snap["last_slot"])
+        remote = run_remote(url, key, "dag", "status", "ticker", home=tmp_path)
+        assert remote.returncode == 0, remote.stderr
+        assert f"whole snapshot, schedule '{CRON}' (UTC): version" in remote.stdout
+        assert f"missed {local['missed_slots']} slots" in remote.stdout
+    finally:
+        api.stop()
