@@ -258,6 +258,40 @@ async def test_a_runs_result_through_its_url_equals_the_query_answer_in_every_fo
         assert not any("sql" in r for r in runs)
 
 
+def memory(pid: int) -> dict[str, int]:
+    """A process's resident set now (VmRSS) and at its peak so far (VmHWM), in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+async def test_a_large_result_streams_to_the_store_in_bounded_memory(
+    stack: Stack, keys: dict[str, str], datasets: None
+) -> None:
+    """2,000,000 rows as a 112 MB Arrow stream: the query service's peak resident set (its
+    high-water mark, not a sample) stays within 48 MiB of its size before the run (it held
+    the whole answer before streaming); the API never touches the result."""
+    assert stack.query is not None and stack.query.popen is not None and stack.api is not None
+    cols = ", ".join(f"t{i}.n AS c{i}" for i in range(6))
+    sql = f"SELECT {cols}, t0.n * 1000000 + t1.n AS g FROM "
+    sql += ", ".join(f"ten t{i}" for i in range(7)) + " WHERE t6.n < 2"
+    query_pid, api_pid = stack.query.popen.pid, stack.api.popen.pid
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+        warm = await submit(http, keys["reader"], sql="SELECT n FROM ten", format="arrow")
+        await wait_status(http, keys["reader"], warm, FINAL)
+        before, api_before = memory(query_pid), memory(api_pid)
+        run_id = await submit(http, keys["reader"], sql=sql, format="arrow")
+        done = await wait_status(http, keys["reader"], run_id, FINAL)
+    assert done["status"] == "succeeded" and done["rows"] == 2_000_000, done
+    assert done["bytes"] > 100 * 2**20 and done["truncated"] is False
+    grown = memory(query_pid)["VmHWM"] - before["VmRSS"]
+    assert grown < 48 * 2**20, f"query service peak grew {grown / 2**20:.1f} MiB"
+    assert memory(api_pid)["VmHWM"] - api_before["VmRSS"] < 8 * 2**20  # it never held it
+
+
 async def test_the_same_idempotency_key_gives_the_same_run_and_other_sql_a_409(
     stack: Stack, keys: dict[str, str], datasets: None
 ) -> None:
