@@ -438,3 +438,52 @@ async def test_udf_specs_are_refused_at_apply_naming_the_field(
         answers.append(answer)
     assert answers[0]["jobs_changed"] == ["a"]  # created
     assert answers[1]["changed"] and answers[1]["jobs_changed"] == ["a"], answers[1]
+
+
+WHOLE_HANDLER = """
+def handler(event, context):
+    assert event["range"] is None  # a whole-snapshot run reads every committed row
+    (relation,) = [i["relation"] for i in event["inputs"]]
+    res = context.query(f'SELECT odd, count(*) FROM "{relation}" GROUP BY 1', limit=100)
+    return [{"odd": odd, "swaps": n} for odd, n in res["rows"]]
+"""
+
+
+async def test_a_whole_snapshot_udf_job_replaces_its_output_with_each_run(
+    u_settings: Settings, stack: dict[str, Proc]
+) -> None:
+    py = await register(u_settings, python_zip(PY_HANDLER), "python", "handler.handler")
+    whole = await register(u_settings, python_zip(WHOLE_HANDLER), "python", "handler.handler")
+    spec = (
+        "kind: dag\nname: udfall\njobs:\n"
+        "  base:\n    inputs: [{chain: upools}]\n"
+        f"    udf: {{bundle_id: '{py.bundle_id}', config: {{scale: 1, prefix: 'w'}}}}\n"
+        f"    schema: {PY_SCHEMA}\n    backfill_blocks: 10\n"
+        "  parity:\n    inputs: [{job: base}]\n    window: all\n    min_interval_seconds: 0.2\n"
+        f"    udf: {{bundle_id: '{whole.bundle_id}'}}\n"
+        "    schema: {odd: BOOLEAN NOT NULL, swaps: BIGINT NOT NULL}\n    unique_key: [odd]\n"
+    )
+    await apply(u_settings, spec)
+    con = duck()
+
+    async def recomputed() -> Any:
+        chain = await partitions(u_settings, "upools.pair_Swap")
+        if not chain or chain[-1][1] < BLOCKS:
+            return None
+        swaps = [f for *_, fs in chain for f in fs]
+        rows = con.execute(f"SELECT block_number FROM {parquet(swaps)}").fetchall()
+        odd = [r[0] % 2 == 1 for r in rows]
+        expected = sorted({(o, odd.count(o)) for o in odd})
+        parts = await partitions(u_settings, "udfall.parity")
+        if len(parts) != 1:  # each run replaces the output: one live partition
+            return None
+        got = con.execute(f"SELECT * FROM {parquet(parts[0][2])} ORDER BY 1").fetchall()
+        return parts if got == expected and len(rows) == 13 else None
+
+    (part,) = await wait_until(recomputed, 90, 0.2, "the whole-snapshot UDF over every swap")
+    types = con.execute(f"DESCRIBE SELECT * FROM {parquet(part[2])}").fetchall()
+    assert [(t[0], t[1]) for t in types] == [("odd", "BOOLEAN"), ("swaps", "BIGINT")]
+    st = await status(u_settings, "udfall")
+    (parity,) = [j for j in st["jobs"] if j["job"] == "parity"]
+    assert parity["window"] == "all" and parity["udf"]["language"] == "python"
+    assert parity["snapshot"]["runs"] >= 1
