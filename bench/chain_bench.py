@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
@@ -100,13 +101,23 @@ class BenchStack:
         self.stack = Stack(self.settings, workers=1, out=(self.home / "stack.log").open("w"))
 
     async def __aenter__(self) -> BenchStack:
-        await self.stack.start()
-        await self.stack.wait_ready()
-        urls = await prepare(self.settings)
-        self.pool = await create_pool(urls.state, max_size=2)
-        # Ready is not settled: the runner's fork server and the workers' extractor libraries
-        # still load for a moment, and their CPU would count against the first sync.
-        await asyncio.sleep(SETTLE_SECONDS)
+        try:
+            await self.stack.start()
+            await self.stack.wait_ready()
+            urls = await prepare(self.settings)
+            self.pool = await create_pool(urls.state, max_size=2)
+            # Ready is not settled: the runner's fork server and the workers' extractor
+            # libraries still load for a moment, and their CPU would count against the first
+            # sync.
+            await asyncio.sleep(SETTLE_SECONDS)
+        except BaseException:
+            # A stack that did not start (a migration refused, say) leaves nothing running:
+            # its embedded Postgres had started and outlived the bench.
+            with contextlib.suppress(Exception):
+                await self.stack.stop()
+            stop_embedded(self.home / "postgres")
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise
         return self
 
     async def __aexit__(self, *_: object) -> None:
