@@ -315,6 +315,15 @@ async def test_python_and_typescript_udf_jobs_equal_the_same_logic_over_the_chai
         )
     assert [list(r) for r in res.rows] == [[13]]
 
+    # The console's DAGs page (its template, given the same typed status) marks UDF jobs.
+    from trace_platform.api.console import _env
+
+    async with open_env(u_settings) as env:
+        typed = await dag_status(env, LITE_ORG_ID, "udfdag")
+    html = _env.get_template("dag_bars.html").render(dags=[typed])
+    assert f"udf · python · {py.sha256[:12]}" in html
+    assert f"udf · node · {ts.sha256[:12]}" in html
+
     # `trace dag status` shows each job's code: the UDF's bundle and its schema.
     out = run_trace(u_settings, "dag", "status", "udfdag")
     assert out.returncode == 0, out.stderr
