@@ -4,6 +4,9 @@
         [--swaps-per-block 5] [--backfill-blocks N] [--max-concurrency N]
     .venv/bin/python bench/dag_bench.py head [--blocks 60] [--interval 1]
     .venv/bin/python bench/dag_bench.py status [--partitions 10000] [--runs 20]
+    .venv/bin/python bench/dag_bench.py rederive [--ranges 200] [--range-blocks 1000]
+        [--swaps-per-block 5] [--cryo-blocks 5000]
+    .venv/bin/python bench/dag_bench.py cutover [--partitions 10000] [--runs 20]
 
 backfill: a 2-level per-range SQL DAG (decoded swaps enriched with their block's timestamp,
   then swaps and volume per block and pool) over a chain of --ranges committed ranges of
@@ -30,6 +33,16 @@ status: a 3-job DAG over a chain whose streams and jobs each hold --partitions c
   partitions (seeded straight into the ledger tables a range commit writes), no stack: the
   scheduler's `DagPlanner.plan_job` with nothing to do and with one new input range (each in
   a transaction rolled back), and `ops.dags.dag_status` (target <= 100 ms each).
+rederive: the backfill's 2-level DAG built over the same seeded chain (its pool points at a
+  loopback endpoint that counts every JSON-RPC request), then level 2's SQL changed: apply to
+  the cut-over of generation 2 (database clock), its RPC requests (target 0) and whether
+  level 1 kept its partitions, next to raw cryo extracting blocks + logs of --cryo-blocks
+  anvil blocks, scaled to the seeded chain's blocks (target: >= 10x faster).
+cutover: a 3-job DAG whose last two jobs changed, every job row (old and new) holding
+  --partitions committed partitions (seeded into the ledger tables), no stack: the cut-over
+  transaction (`dag.generations.switch`) BEGIN to COMMIT, which bounds how long it holds its
+  locks, switching to generation 2 and back (target <= 50 ms), and the coverage check before
+  it (no lock).
 """
 
 from __future__ import annotations
@@ -64,6 +77,8 @@ SMOKE = {  # `--smoke MODE`: each mode's smallest run (bench/smoke.py)
     "backfill": {"ranges": 4, "range_blocks": 10, "swaps_per_block": 2, "backfill_blocks": "0,20"},
     "head": {"blocks": 3, "interval": 0.5},
     "status": {"partitions": 100, "runs": 3},
+    "rederive": {"ranges": 4, "range_blocks": 10, "swaps_per_block": 2, "cryo_blocks": 50},
+    "cutover": {"partitions": 100, "runs": 3},
 }
 SWAP_EVENT = (
     "Swap(address indexed sender, uint256 amount0In, uint256 amount1In, uint256 amount0Out,"
@@ -909,6 +924,303 @@ async def seed_job(conn: Any, job: str, n: int) -> None:
     )
 
 
+# --- rederive and cut-over (DAG generations) ---------------------------------------------
+
+LEVEL2_V2 = LEVEL2.replace(
+    "min(block_time) AS block_time", "min(block_time) AS block_time, max(amount1Out) AS out1"
+)
+
+
+class RpcCounter:
+    """A loopback JSON-RPC endpoint that only counts: the seeded chain's pool points here,
+    so any request the stack makes to "the node" is seen (and answered with an error)."""
+
+    def __init__(self) -> None:
+        self.methods: collections.Counter[str] = collections.Counter()
+        self.url = ""
+        self.runner: Any = None
+
+    async def start(self) -> RpcCounter:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                body = orjson.loads(await request.read())
+            except orjson.JSONDecodeError:
+                body = {}
+            for item in body if isinstance(body, list) else [body]:
+                self.methods[str(item.get("method") if isinstance(item, dict) else "?")] += 1
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": "bench"}}
+            )
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def raw_cryo_rate(blocks: int) -> tuple[float, int]:
+    """Raw cryo extracting blocks + logs of `blocks` anvil blocks (a token transfer block
+    every 10): (seconds, logs extracted)."""
+    import cryo
+
+    node = Anvil().start()
+    try:
+        chain_bench.make_chain(node, blocks)
+        out = Path(tempfile.mkdtemp(prefix="trace-raw-cryo-"))
+        t0 = time.perf_counter()
+        cryo.freeze(
+            ["blocks", "logs"],
+            blocks=[f"0:{blocks}"],
+            rpc=node.url,
+            output_dir=str(out),
+            hex=True,
+            verbose=False,
+        )
+        elapsed = time.perf_counter() - t0
+        import duckdb
+
+        logs = (
+            duckdb.connect()
+            .execute(f"SELECT count(*) FROM read_parquet('{out}/*logs*.parquet')")
+            .fetchone()
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        return elapsed, int(logs[0]) if logs else 0
+    finally:
+        node.stop()
+
+
+async def generation_state(b: BenchStack, dag: str) -> tuple[int, int | None]:
+    row = await b.pool.fetchrow(
+        "SELECT generation, building_generation FROM state.dags WHERE name = $1", dag
+    )
+    return int(row["generation"]), row["building_generation"]
+
+
+async def rederive(args: argparse.Namespace) -> None:
+    """Change level 2's SQL of a built 2-level DAG over the seeded chain: the new generation
+    of level 2 is computed from level 1's committed partitions, next to extracting the same
+    blocks from a node."""
+    ranges, rb, spb = args.ranges, args.range_blocks, args.swaps_per_block
+    tip = ranges * rb
+    rows = tip + tip * spb
+    cryo_s, cryo_logs = await asyncio.to_thread(raw_cryo_rate, args.cryo_blocks)
+    counter = await RpcCounter().start()
+    try:
+        async with SeededStack(counter.url, log_level="info") as b:
+            await seed_chain(b, "seeded", ranges, rb, spb)
+            level1 = tip * spb
+            print(
+                f"seeded {ranges} committed ranges of {rb} blocks ({tip:,} blocks + {level1:,}"
+                f" swaps = {rows:,} input rows) through chain.commit.commit_range"
+            )
+            await b.start()
+            t0 = time.perf_counter()
+            await b.apply(dag_spec("rx", "seeded", args.backfill_blocks or None, None))
+            await wait_dag(b, "rx", tip, timeout=900)
+            built = time.perf_counter() - t0
+            before = sum(counter.methods.values())
+            l1_before = await b.pool.fetch(
+                "SELECT partition_id FROM state.dataset_partitions p JOIN state.datasets d"
+                " USING (dataset_uuid) WHERE d.name = 'rx.swaps' AND p.removed_seq IS NULL"
+            )
+            start = float(await b.pool.fetchval("SELECT extract(epoch FROM clock_timestamp())"))
+            changed = dag_spec("rx", "seeded", args.backfill_blocks or None, None).replace(
+                json.dumps(LEVEL2), json.dumps(LEVEL2_V2)
+            )
+            await b.apply(changed)
+            deadline = time.monotonic() + 900
+            while await generation_state(b, "rx") != (2, None):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("generation 2 did not cut over")
+                await asyncio.sleep(0.05)
+            cut = await b.pool.fetchval(
+                "SELECT extract(epoch FROM g.current_at) FROM state.dag_generations g"
+                " JOIN state.dags d USING (dag_id) WHERE d.name = 'rx' AND g.generation = 2"
+            )
+            rederived = float(cut) - start
+            rpc = sum(counter.methods.values()) - before
+            l1_after = await b.pool.fetch(
+                "SELECT partition_id FROM state.dataset_partitions p JOIN state.datasets d"
+                " USING (dataset_uuid) WHERE d.name = 'rx.swaps' AND p.removed_seq IS NULL"
+            )
+            volume = [
+                f["uri"].removeprefix("file://")
+                for r in await b.pool.fetch(
+                    "SELECT p.files FROM state.dataset_partitions p JOIN state.datasets d"
+                    " USING (dataset_uuid) WHERE d.name = 'rx.pool_volume'"
+                    " AND p.removed_seq IS NULL"
+                )
+                for f in r["files"]
+            ]
+            tasks = await b.pool.fetchval(
+                "SELECT count(*) FROM state.dag_ranges r JOIN state.dag_jobs j USING (job_uuid)"
+                " JOIN state.dags d USING (dag_id) WHERE d.name = 'rx' AND j.role = 'current'"
+                " AND j.name = 'pool_volume'"
+            )
+            import duckdb
+
+            listed = ", ".join(f"'{p}'" for p in volume)
+            out1 = (
+                duckdb.connect()
+                .execute(f"SELECT count(*) FROM read_parquet([{listed}]) WHERE out1 IS NOT NULL")
+                .fetchone()
+            )
+    finally:
+        await counter.stop()
+    per_block = cryo_s / args.cryo_blocks
+    cryo_full = per_block * tip
+    print(
+        f"generation 1 (both levels from the seeded chain): built in {built:.2f} s"
+        f" ({rows / built:,.0f} input rows/s)"
+    )
+    print(
+        f"generation 2 (level 2's SQL changed; level 1's {level1:,} enriched swaps its input):"
+        f" apply -> cut-over {rederived:.2f} s, {tasks} level-2 range tasks,"
+        f" {rpc} RPC requests; level-1 partitions unchanged:"
+        f" {sorted(r[0] for r in l1_before) == sorted(r[0] for r in l1_after)};"
+        f" rows with the new column: {out1[0] if out1 else 0:,}"
+    )
+    print(
+        f"raw cryo, blocks + logs of {args.cryo_blocks:,} anvil blocks ({cryo_logs:,} logs):"
+        f" {cryo_s:.2f} s = {per_block * 1000:.2f} ms a block -> the seeded {tip:,} blocks"
+        f" at that rate: {cryo_full:.1f} s (a lower bound: the seeded chain holds {spb} swaps"
+        " a block, anvil's about one log in 10 blocks)"
+    )
+    print(
+        f"  re-derive vs raw cryo of the same blocks: {cryo_full / rederived:.1f}x faster"
+        " (target >= 10x, 0 RPC)"
+    )
+
+
+async def seed_row(conn: Any, job_uuid: uuid.UUID, n: int) -> None:
+    """One job row's ledger as its range commits leave it (`seed_job`, by row)."""
+    row = await conn.fetchrow(
+        "SELECT job_uuid, dataset_uuid, generation, org_id FROM state.dag_jobs WHERE job_uuid = $1",
+        job_uuid,
+    )
+    await seed_partitions(conn, row["dataset_uuid"], 0, n)
+    await conn.execute(
+        "INSERT INTO state.dag_ranges (task_id, job_uuid, generation, epoch, range_start,"
+        " range_end, status, partition_id, committed_at)"
+        " SELECT gen_random_uuid(), $1, $2, 0, p.range_start, p.range_end, 'committed',"
+        " p.partition_id, now() FROM state.dataset_partitions p WHERE p.dataset_uuid = $3",
+        row["job_uuid"],
+        row["generation"],
+        row["dataset_uuid"],
+    )
+    await conn.execute(
+        "UPDATE state.dag_jobs SET cursor = $2 WHERE job_uuid = $1", row["job_uuid"], n * SPAN
+    )
+
+
+async def cutover(args: argparse.Namespace) -> None:
+    """The cut-over transaction of a 3-job DAG whose last two jobs changed, each row (old
+    and new) holding --partitions committed partitions: its lock hold (BEGIN to COMMIT: the
+    locks it takes are released at COMMIT), switching 1 -> 2 and back, and the coverage
+    check that precedes it (no lock)."""
+    from trace_platform.config import Settings
+    from trace_platform.dag.generations import coverage, switch
+    from trace_platform.db.embedded import stop_embedded
+    from trace_platform.ops.specs import apply_specs
+
+    n = args.partitions
+    home = Path(tempfile.mkdtemp(prefix="trace-dag-bench-"))
+    settings = Settings.load({"home": home, "log_level": "warning"}, env={})
+    urls = await prepare(settings)
+    pool = await create_pool(urls.state, max_size=2)
+    held: list[float] = []
+    checks: list[float] = []
+    try:
+        env = OpsEnv(settings, pool, pool)
+        chain = (
+            "kind: chain_sync\nname: big\nchain_id: 1\nrpc_pool: nowhere\n"
+            f"mode: {{kind: fixed_target, from_block: 0, to_block: {n * SPAN + 1000}}}\n"
+            f"streams:\n  blocks: {{cryo_dataset: blocks, chunk_size: {SPAN}}}\n"
+        )
+
+        def dag(where: str) -> str:
+            return (
+                "kind: dag\nname: wide\njobs:\n"
+                "  per_block: {inputs: [{chain: big}], sql: 'SELECT block_number FROM blocks'}\n"
+                "  busy: {inputs: [{job: per_block}], sql: 'SELECT block_number FROM per_block"
+                f" WHERE {where}'}}\n"
+                "  total: {inputs: [{job: busy}], sql: 'SELECT count(*) AS n FROM busy'}\n"
+            )
+
+        await apply_specs(env, LITE_ORG_ID, chain)
+        await apply_specs(env, LITE_ORG_ID, dag("block_number > 0"))
+        async with pool.acquire() as conn, conn.transaction():
+            ds = await conn.fetchval(
+                "SELECT dataset_uuid FROM state.datasets WHERE name = 'big.blocks'"
+            )
+            await seed_partitions(conn, ds, 0, n)
+            for r in await conn.fetch("SELECT job_uuid FROM state.dag_jobs"):
+                await seed_row(conn, r["job_uuid"], n)
+        (result,) = await apply_specs(env, LITE_ORG_ID, dag("block_number > 1"))
+        assert result["building_generation"] == 2, result
+        async with pool.acquire() as conn, conn.transaction():
+            for r in await conn.fetch(
+                "SELECT job_uuid FROM state.dag_jobs WHERE role = 'building'"
+            ):
+                await seed_row(conn, r["job_uuid"], n)
+        await pool.execute("ANALYZE")
+        dag_id = await pool.fetchval("SELECT dag_id FROM state.dags WHERE name = 'wide'")
+        parts = await pool.fetchval("SELECT count(*) FROM state.dataset_partitions")
+        print(
+            f"a 3-job DAG, 2 jobs changed: 5 job rows x {n:,} committed partitions"
+            f" ({parts:,} partitions in all)"
+        )
+        target = 2
+        async with pool.acquire() as conn:
+            for _ in range(args.runs + 1):
+                t = time.perf_counter()
+                checked = await conn.fetchval("SELECT clock_timestamp()")
+                building, jobs, active = await coverage(conn, dag_id)
+                checks.append((time.perf_counter() - t) * 1000)
+                if target == 2:
+                    assert building == 2 and active and all(j.ready for j in jobs), jobs
+                t = time.perf_counter()
+                async with conn.transaction():
+                    await switch(conn, dag_id, target, "bench", since=checked)
+                held.append((time.perf_counter() - t) * 1000)
+                if target == 1:  # back to building generation 2, as apply leaves it
+                    await conn.execute(
+                        "UPDATE state.dags SET building_generation = 2 WHERE dag_id = $1", dag_id
+                    )
+                    await conn.execute(
+                        "UPDATE state.dag_generations SET state = 'building'"
+                        " WHERE dag_id = $1 AND generation = 2",
+                        dag_id,
+                    )
+                    await conn.execute(
+                        "UPDATE state.dag_jobs SET role = 'building' WHERE dag_id = $1"
+                        " AND role = 'retired'",
+                        dag_id,
+                    )
+                target = 1 if target == 2 else 2
+    finally:
+        await pool.close()
+        stop_embedded(home / "postgres")
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"  {'operation':<60}{'median ms':>10}{'max ms':>9}")
+    for label, values in (
+        ("coverage check (no lock), every building job vs current", checks[1:]),
+        ("cut-over transaction, BEGIN -> COMMIT (its lock hold)", held[1:]),
+    ):
+        print(f"  {label:<60}{statistics.median(values):>10.1f}{max(values):>9.1f}")
+    print("(target: lock hold <= 50 ms)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     smoke.add_flag(ap)
@@ -932,10 +1244,25 @@ def main() -> None:
     st = sub.add_parser("status")
     st.add_argument("--partitions", type=int, default=10_000, help="per job and input")
     st.add_argument("--runs", type=int, default=20)
+    rd = sub.add_parser("rederive")
+    rd.add_argument("--ranges", type=int, default=200, help="committed chain ranges")
+    rd.add_argument("--range-blocks", type=int, default=1000, help="blocks a chain range")
+    rd.add_argument("--swaps-per-block", type=int, default=5)
+    rd.add_argument("--backfill-blocks", type=int, default=0, help="level 1's (0: default)")
+    rd.add_argument("--cryo-blocks", type=int, default=5000, help="anvil blocks raw cryo reads")
+    co = sub.add_parser("cutover")
+    co.add_argument("--partitions", type=int, default=10_000, help="per job row")
+    co.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
     if smoke.apply(args, SMOKE[args.bench]):
         chain_bench.SETTLE_SECONDS = 0.0
-    benches = {"backfill": backfill, "head": head, "status": status}
+    benches = {
+        "backfill": backfill,
+        "head": head,
+        "status": status,
+        "rederive": rederive,
+        "cutover": cutover,
+    }
     asyncio.run(benches[args.bench](args))
     sys.stdout.flush()
 
