@@ -442,8 +442,8 @@ def split_report(timings: list[dict[str, Any]], t0: float, executors: list[float
     labels = {
         "schedule": "scheduling (input or slot ready -> task created)",
         "start": "queue + claim + worker (created -> operator runs)",
-        "query": "query service: bind, executor, SQL, Arrow back",
-        "write": "Parquet encode + store (worker)",
+        "query": "query service: bind, executor, SQL, Parquet back",
+        "write": "Parquet footer check + store (worker)",
         "commit": "completion report + fenced commit (dispatcher)",
     }
     print(
@@ -624,8 +624,8 @@ HEAD_JOBS = ("swaps", "pool_volume", "busiest")
 HEAD_PHASES = {
     "schedule": "inputs committed -> range task created (the scheduler)",
     "start": "created -> operator runs (outbox, queue, claim)",
-    "query": "query service (bind, executor, SQL, Arrow back)",
-    "write": "Parquet encode + store (worker)",
+    "query": "query service (bind, executor, SQL, Parquet back)",
+    "write": "Parquet footer check + store (worker)",
     "commit": "completion report + fenced commit (dispatcher)",
 }
 
@@ -680,6 +680,7 @@ async def head(args: argparse.Namespace) -> None:
             first = node.head() + 1 + 3  # 3 warm-up blocks
             last = first + args.blocks
             i = 0
+            cpu0, busy0 = stack_cpu(b.home), machine_cpu_seconds()
             next_at = time.monotonic()
             while node.head() < last - 1:
                 node.transact(pool, SWAP, [10**18 + i, 0, 0, 1, acct[1]], acct[2])
@@ -687,6 +688,7 @@ async def head(args: argparse.Namespace) -> None:
                 next_at += args.interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             await wait_dag(b, "live", last, timeout=60)
+            cpu1, busy1 = stack_cpu(b.home), machine_cpu_seconds()
             steps = await b.pool.fetch(
                 "WITH p AS (SELECT d.name, p.range_start, p.range_end, p.created_at"
                 " FROM state.dataset_partitions p JOIN state.datasets d USING (dataset_uuid)"
@@ -745,6 +747,13 @@ async def head(args: argparse.Namespace) -> None:
     print(
         f"  (the query service started {len(starts)} executors in the whole run,"
         f" {statistics.median(starts or [0]):.0f} ms each (median): {len(starts) / max(1, last):.1f} a block)"
+    )
+    used = sorted(((k, cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) for k in cpu1), key=lambda kv: -kv[1])
+    blocks = max(1, last - first + 3)  # the warm-up blocks were sent inside the window too
+    print(
+        f"  CPU s while following ({blocks} blocks): stack {sum(v for _, v in used):.2f}"
+        f" ({sum(v for _, v in used) / blocks:.3f} a block), machine {busy1 - busy0:.2f};"
+        " by process: " + ", ".join(f"{k} {v:.2f}" for k, v in used if v >= 0.01)
     )
     if len(steps) < args.blocks:
         raise SystemExit(f"only {len(steps)} of {args.blocks} blocks measured")
