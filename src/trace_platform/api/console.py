@@ -1,6 +1,8 @@
 """The web console at `/ui` (SPEC §13): server-rendered pages (Jinja2, autoescaped) that call
 the operations layer like the `/v1/*` routes do, a 4 KB script that refreshes each page's
-live part in place and calls `/v1/*` for actions, and no asset from anywhere but here.
+live part in place and calls `/v1/*` for actions, the SQL page's script (`sql.js`: query runs,
+pages, saved queries, downloads, charts drawn by uPlot, vendored under `static/vendor/`), and
+no asset from anywhere but here.
 
 Why this stack: pages render in one round trip from the database (fast on millions of
 tasks, nothing to build, no bundle to ship), autoescaping makes every value inert by
@@ -53,7 +55,14 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+ASSETS = {
+    "console.js": "text/javascript",
+    "console.css": "text/css",
+    "sql.js": "text/javascript",
+    # uPlot 1.6.32 (MIT, vendor/uPlot.LICENSE), from npm: the SQL page's charts, offline
+    "vendor/uPlot.iife.min.js": "text/javascript",
+    "vendor/uPlot.min.css": "text/css",
+}
 
 _env = Environment(
     loader=PackageLoader("trace_platform.api", "templates"),
@@ -109,7 +118,7 @@ def _login_page(request: Request, error: str | None, status: int = 200) -> Respo
     return resp
 
 
-@router.get("/ui/static/{name}")
+@router.get("/ui/static/{name:path}")
 async def static(name: str) -> Response:
     if name not in ASSETS:
         raise NotFoundError("no such asset")
@@ -250,7 +259,13 @@ async def sql_page(request: Request) -> Response:
         facts = next((f for f in ("erc20_transfers", "logs", "transactions") if f in names), None)
         first = relations[0].names[0] if relations else None
         joins = facts if "blocks" in names else None
-        return {"relations": relations, "job": job, "join": joins, "first": first}
+        return {
+            "relations": relations,
+            "job": job,
+            "join": joins,
+            "first": first,
+            "can_write": user.can("writer"),  # saving a query needs the writer role
+        }
 
     return await render(request, "sql.html", load)
 

@@ -49,7 +49,7 @@ document.addEventListener("click", async (ev) => {
 });
 
 document.addEventListener("submit", async (ev) => {
-  const form = ev.target.closest("form#sql");
+  const form = ev.target.closest("form#sql:not([data-page])"); // the SQL page has sql.js
   if (!form) return;
   ev.preventDefault();
   const status = document.getElementById("sql-status");
