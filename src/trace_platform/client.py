@@ -114,8 +114,10 @@ class BytesReply:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._resp.content.read(self.CHUNK_BYTES)
+        try:  # whole chunks (fewer, larger writes downstream), the last one short
+            chunk = await self._resp.content.readexactly(self.CHUNK_BYTES)
+        except asyncio.IncompleteReadError as short:
+            chunk = short.partial
         except aiohttp.ClientPayloadError:
             raise AnswerCut("the service's answer ended before its end") from None
         except (aiohttp.ClientConnectionError, TimeoutError):

@@ -26,7 +26,7 @@ MODES: dict[str, list[str | None]] = {
     "decode_bench.py": [None],
     "default_path_bench.py": [None],
     "kernel_bench.py": [None],
-    "query_bench.py": [None],
+    "query_bench.py": ["latency", "export"],
     "runner_bench.py": [None],
     "sink_bench.py": [None],
 }

@@ -62,7 +62,7 @@ ARROW_BATCH_ROWS = 64 * 1024
 MAX_ARROW_BYTES = MAX_FRAME - 1024 * 1024  # one reply frame, with room for its header
 SMALL_BYTES = 4 * 1024 * 1024  # in-memory relations this small are queried on one thread
 FLUSH_BYTES = 1024 * 1024  # a batch's replies are held back up to this much
-STREAM_CHUNK_BYTES = 1024 * 1024  # a streamed export goes out in frames of this much
+STREAM_CHUNK_BYTES = 256 * 1024  # a streamed export goes out in frames of this much
 
 
 @dataclass(frozen=True)
@@ -578,15 +578,17 @@ class FrameSink:
         """Out with what is pending (after the header, the first time)."""
         import orjson
 
-        frames = [] if self.started else [orjson.dumps({"ok": True, "stream": True})]
-        self.started = True
-        view = memoryview(self.pending)
-        frames += [
-            bytes(view[i : i + STREAM_CHUNK_BYTES]) for i in range(0, len(view), STREAM_CHUNK_BYTES)
-        ]
-        view.release()
+        if not self.started:
+            header = orjson.dumps({"ok": True, "stream": True})
+            self.out.write(_FRAME.pack(len(header)) + header)
+            self.started = True
+        with memoryview(self.pending) as view:  # out as they are, no copy made
+            for i in range(0, len(view), STREAM_CHUNK_BYTES):
+                with view[i : i + STREAM_CHUNK_BYTES] as piece:
+                    self.out.write(_FRAME.pack(len(piece)))
+                    self.out.write(piece)
+        self.out.flush()
         self.pending.clear()
-        write_frames(self.out, *frames)
 
 
 def export(result: Any, limit: int, fmt: str, sink: Any = None) -> tuple[bytes, int, bool]:
