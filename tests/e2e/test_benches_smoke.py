@@ -22,7 +22,7 @@ MODES: dict[str, list[str | None]] = {
     "alert_bench.py": ["latency", "throughput", "fanout"],
     "chain_bench.py": ["throughput", "throttled", "mixed-pool", "lag", "query", "join"],
     "console_bench.py": [None],
-    "dag_bench.py": ["backfill", "head", "status"],
+    "dag_bench.py": ["backfill", "head", "status", "rederive", "cutover"],
     "decode_bench.py": [None],
     "default_path_bench.py": [None],
     "kernel_bench.py": [None],
