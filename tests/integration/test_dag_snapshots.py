@@ -184,6 +184,25 @@ async def test_a_whole_snapshot_job_equals_the_recompute_after_each_upstream_cha
             assert await pinned_read(query_url, attempt, 'SELECT * FROM "snap.top"') == rows
             pinned = (attempt, rows)
     assert versions == sorted(versions) and len(set(versions)) == 3
+    # A changed SQL is a new generation: built beside the current one, then cut over.
+    changed = TOP.replace("max(block_number) AS last_block", "min(block_number) AS first_block")
+    await apply(
+        s_settings,
+        "kind: dag\nname: snap\njobs:\n"
+        f"  swaps: {{inputs: [{{chain: live}}], sql: {json.dumps(LEVEL1)}}}\n"
+        "  top:\n"
+        "    inputs: [{job: swaps}]\n"
+        "    window: all\n"
+        "    min_interval_seconds: 0\n"
+        f"    sql: {json.dumps(changed)}\n",
+    )
+
+    async def rebuilt() -> bool:
+        files = [f for *_, fs in await live_files(s_settings, "snap.swaps") for f in fs]
+        expected = sorted(duck({"swaps": files}).execute(changed).fetchall(), key=repr)
+        return await read(s_settings, "snap.top") == expected
+
+    await wait_until(rebuilt, 90, 0.2, "snap.top cut over to the changed SQL")
     text = render_status(await _status(s_settings, "snap"))
     assert "whole snapshot, on change: version" in text
 
@@ -403,8 +422,14 @@ async def test_the_api_and_the_remote_cli_show_a_cron_jobs_last_run_next_slot_an
     from tests.helpers import env_of
     from tests.integration.test_user_api import run_remote
     from trace_platform.db.pool import create_pool
+    from trace_platform.ops.dags import set_dag_paused
     from trace_platform.ops.users import create_user
 
+    async with open_env(s_settings) as env:  # paused and idle: the documents hold still
+        await set_dag_paused(env, LITE_ORG_ID, "ticker", True)
+    await wait_until(
+        lambda: _settled(runs(s_settings, "ticker")), 30, 0.1, "ticker's last run done"
+    )
     api = Proc(["api"], proc_env(s_settings), tmp_path / "api.log").start()
     url = f"http://127.0.0.1:{s_settings.api_port}"
     try:
@@ -430,3 +455,7 @@ async def test_the_api_and_the_remote_cli_show_a_cron_jobs_last_run_next_slot_an
         assert f"missed {local['missed_slots']} slots" in remote.stdout
     finally:
         api.stop()
+
+
+async def _settled(rows: Any) -> bool:
+    return all(r["status"] != "scheduled" for r in await rows)

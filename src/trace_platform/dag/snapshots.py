@@ -65,6 +65,8 @@ async def plan_snapshot_job(conn: Any, job_uuid: uuid.UUID, now: datetime | None
     job = await conn.fetchrow(q("dags", "lock_job"), job_uuid)
     if job is None or job["status"] != "active" or job["window_kind"] != "all":
         return 0
+    if job["role"] not in ("current", "building"):  # a retired generation is not computed
+        return 0
     state = await conn.fetchrow(q("dag_snapshots", "lock_snapshot_job"), job_uuid)
     if state is None:
         return 0

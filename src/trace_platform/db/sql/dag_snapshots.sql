@@ -1,9 +1,11 @@
 -- Whole-snapshot DAG jobs (SPEC §19): their schedule state, runs and status.
 
 -- name: snapshot_jobs
--- Whole-snapshot jobs that may run: active, of an unpaused DAG.
+-- Whole-snapshot jobs that may run: active, of an unpaused DAG, current or building (a
+-- retired generation is kept, not computed).
 SELECT j.job_uuid FROM state.dag_jobs j JOIN state.dags d USING (dag_id)
 WHERE j.status = 'active' AND NOT d.paused AND j.window_kind = 'all'
+  AND j.role IN ('current', 'building')
 ORDER BY j.position, j.job_uuid;
 
 -- name: upsert_snapshot_job
@@ -60,7 +62,7 @@ JOIN state.dag_jobs j USING (job_uuid)
 JOIN state.datasets ds ON ds.dataset_uuid = j.dataset_uuid
 LEFT JOIN LATERAL (
     SELECT r.committed_at, r.slot FROM state.dag_ranges r
-    WHERE r.job_uuid = s.job_uuid AND r.status = 'committed'
+    WHERE r.job_uuid = s.job_uuid AND r.committed_at IS NOT NULL  -- (since replaced, too)
     ORDER BY r.committed_at DESC LIMIT 1
 ) last ON true
 WHERE j.dag_id = $1;
