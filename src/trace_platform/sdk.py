@@ -8,6 +8,7 @@
             print(task["task_id"])
         rows = trace.query("SELECT count(*) AS n FROM blocks", job="mainnet").rows
         df = trace.query("SELECT * FROM transfers", format="arrow").to_pandas()  # [pandas]
+        big = trace.query_run("SELECT * FROM transfers", format="parquet", output="t.parquet")
 
 Every method returns the JSON document of its route (the same documents `trace ... --json`
 prints). A non-2xx answer raises `ApiError` with the API's `status`, `code` (e.g.
