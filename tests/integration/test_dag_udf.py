@@ -453,7 +453,7 @@ WHOLE_HANDLER = """
 def handler(event, context):
     assert event["range"] is None  # a whole-snapshot run reads every committed row
     (relation,) = [i["relation"] for i in event["inputs"]]
-    res = context.query(f'SELECT odd, count(*) FROM "{relation}" GROUP BY 1', limit=100)
+    res = context.query(f'SELECT odd, count(*) FROM "{relation}" GROUP BY 1', 100)  # SQL, limit
     return [{"odd": odd, "swaps": n} for odd, n in res["rows"]]
 """
 

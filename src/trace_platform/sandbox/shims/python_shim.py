@@ -47,9 +47,10 @@ class Context:
 
     def query(self, dataset_id, sql=None, limit=1000):
         """Read granted relations through the query service (the runner adds the token):
-        `query(SQL)` reads them by name (`blocks`, `logs`, ...), `query(DATASET_ID, SQL)`
-        also reads that dataset as `dataset`."""
-        if sql is None:
+        `query(SQL)` or `query(SQL, LIMIT)` reads them by name (`blocks`, `logs`, ...),
+        `query(DATASET_ID, SQL)` also reads that dataset as `dataset`."""
+        if sql is None or (isinstance(sql, int) and not isinstance(sql, bool)):
+            limit = sql if sql is not None else limit
             dataset_id, sql = None, dataset_id
         self._next_id += 1
         _send(
