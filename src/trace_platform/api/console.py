@@ -40,9 +40,11 @@ from trace_platform.api.auth import (
     session_value,
 )
 from trace_platform.api.samples import Samples, sparkline
+from trace_platform.domain.dag_graph import layout as dag_layout
 from trace_platform.domain.errors import AuthError, ForbiddenError, NotFoundError, TraceError
 from trace_platform.ops import alerts as alert_ops
 from trace_platform.ops import chains as chain_ops
+from trace_platform.ops import dag_lineage
 from trace_platform.ops import dags as dag_ops
 from trace_platform.ops import datasets as dataset_ops
 from trace_platform.ops import dlq as dlq_ops
@@ -71,6 +73,10 @@ _env = Environment(
     lstrip_blocks=True,
 )
 _env.filters["json"] = lambda v: orjson.dumps(v, default=str, option=orjson.OPT_INDENT_2).decode()
+# The DAG page's lineage graph: a DagStatus laid out as SVG geometry (dag_graph.html).
+_env.filters["dag_graph"] = lambda d: dag_layout(
+    [(j.job, [(i.kind, i.name) for i in j.inputs]) for j in d.jobs]
+)
 
 router = APIRouter(include_in_schema=False)
 Loader = Callable[[User, OpsEnv], Awaitable[dict[str, Any]]]
@@ -231,6 +237,20 @@ async def dags(request: Request) -> Response:
         return {"dags": await dag_ops.all_dag_status(env, user.org_id)}
 
     return await render(request, "dags.html", load)
+
+
+@router.get("/ui/dags/{dag}/jobs/{job}")
+async def dag_job(request: Request, dag: str, job: str) -> Response:
+    """A job's live partitions (100 a page, after range start `after`) with their lineage;
+    `generation`: the job row a building or kept generation reads as."""
+    after, gen = request.query_params.get("after"), request.query_params.get("generation")
+
+    async def load(user: User, env: OpsEnv) -> dict[str, Any]:
+        a = int(after) if after and after.lstrip("-").isdigit() else None
+        g = int(gen) if gen and gen.isdigit() else None
+        return {"p": await dag_lineage.job_partitions(env, user.org_id, dag, job, g, a)}
+
+    return await render(request, "dag_job.html", load)
 
 
 @router.get("/ui/datasets")

@@ -54,3 +54,51 @@ WHERE org_id = $1 ORDER BY created_at DESC LIMIT $2;
 
 -- name: queue_depths
 SELECT queue_name, count(*) AS depth FROM state.queue_messages GROUP BY queue_name;
+
+-- name: dag_job_row
+-- A DAG job's row as the console's job page shows it: the current one, or the row
+-- generation $4 of the DAG reads as (a building or kept generation).
+SELECT d.dag_id, d.generation AS dag_generation, d.building_generation, j.job_uuid, j.name,
+       j.dataset_uuid, j.generation, j.window_kind, j.role, j.status, j.inputs, j.from_block
+FROM state.dags d
+JOIN state.dag_jobs j ON j.dag_id = d.dag_id AND j.name = $3
+WHERE d.org_id = $1 AND d.name = $2
+  AND (($4::int IS NULL AND j.role = 'current')
+       OR j.job_uuid = (SELECT (g.jobs ->> $3)::uuid FROM state.dag_generations g
+                        WHERE g.dag_id = d.dag_id AND g.generation = $4));
+
+-- name: generations_of_job_row
+-- The DAG generations that read as this job row (an unchanged job serves several).
+SELECT generation, state FROM state.dag_generations
+WHERE dag_id = $1 AND jobs ->> $2 = $3::text AND state <> 'purged'
+ORDER BY generation;
+
+-- name: job_partitions_page
+-- A job row's live partitions by range, keyset-paged after range start $3 (served by
+-- dataset_partitions_live_idx), with the range ledger's generation and commit time.
+SELECT p.partition_id, p.range_start, p.range_end, p.row_count, p.size_bytes,
+       coalesce(r.committed_at, p.created_at) AS committed_at, r.generation, r.task_id
+FROM state.dataset_partitions p
+LEFT JOIN LATERAL (
+    SELECT rr.committed_at, rr.generation, rr.task_id FROM state.dag_ranges rr
+    WHERE rr.job_uuid = $2 AND rr.range_start = p.range_start
+      AND rr.partition_id = p.partition_id
+    LIMIT 1
+) r ON true
+WHERE p.dataset_uuid = $1 AND p.removed_seq IS NULL
+  AND ($3::bigint IS NULL OR p.range_start > $3)
+ORDER BY p.range_start
+LIMIT $4;
+
+-- name: lineage_of_partitions
+-- What each partition was computed from: the input partitions and the block range read
+-- from each, with the input's dataset name and, for a job of a DAG, that job row.
+SELECT l.partition_id, l.input_dataset_uuid, l.input_partition_id, l.range_start,
+       l.range_end, ds.name AS dataset_name, ij.name AS input_job,
+       ij.generation AS input_generation, dd.name AS input_dag
+FROM state.dag_lineage l
+LEFT JOIN state.datasets ds ON ds.dataset_uuid = l.input_dataset_uuid
+LEFT JOIN state.dag_jobs ij ON ij.dataset_uuid = l.input_dataset_uuid
+LEFT JOIN state.dags dd ON dd.dag_id = ij.dag_id
+WHERE l.partition_id = ANY($1::uuid[])
+ORDER BY l.partition_id, ds.name, l.range_start;
