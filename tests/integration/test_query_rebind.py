@@ -273,3 +273,27 @@ def test_a_range_grant_reads_only_its_blocks_and_a_relation_without_blocks_whole
     # Queried again (loaded into memory): still the range's blocks alone.
     assert orjson.loads(engine.query(sql, 5)[0])["rows"] == [[10, 19, 10]]
     assert not engine.deferred
+
+
+async def test_without_bubblewrap_another_dataset_of_the_org_is_rebound_with_nothing_left(
+    tmp_path: Path,
+) -> None:
+    weak = Isolation(bwrap=None, drop_uid=False, features={"filesystem_view": False})
+    pool = ExecutorPool(1, LIMITS, weak, slots=tmp_path / "slots")
+    try:
+        secret, other = version(tmp_path, "secret", 1000), version(tmp_path, "other", 0)
+        first = one("secret@1", secret, ORG_A, name="secret_rel")
+        assert await rows(pool, first, "SELECT sum(x) FROM secret_rel") == [[10045]]
+        (executor,) = pool.idle.values()
+        second = one("other@1", other, ORG_A, name="other_rel")
+        assert await rows(pool, second, "SELECT sum(x) FROM other_rel") == [[45]]
+        assert next(iter(pool.idle.values())) is executor
+        for sql in ("SELECT * FROM secret_rel", f"SELECT * FROM read_parquet('{secret}')"):
+            with pytest.raises(QueryFailed):
+                await rows(pool, second, sql)
+        # Another org's dataset starts a new executor.
+        theirs = one("theirs@1", other, ORG_B)
+        assert await rows(pool, theirs, "SELECT count(*) FROM dataset") == [[10]]
+        assert next(iter(pool.idle.values())) is not executor
+    finally:
+        await pool.close()
