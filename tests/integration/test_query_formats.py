@@ -27,7 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
+from tests.conftest import (
+    Proc,
+    free_port,
+    proc_env,
+    start_query_service,
+    wait_http_ready,
+    wait_until,
+)
 from tests.helpers import echoed_sql, env_of, run_trace
 from tests.integration.test_query import ATTACKS
 from trace_platform.adapters.stores import object_store_from_settings
@@ -437,3 +444,31 @@ async def test_an_answer_cut_at_the_row_cap_is_never_taken_for_complete(
             "/v1/query", json={"sql": small, "format": "csv", "limit": 5}, headers=bearer(key)
         )
         assert r.headers["x-trace-truncated"] == "true" and r.text.count("\n") == 6
+
+
+async def test_a_stream_its_client_abandons_frees_its_executor_and_is_audited(
+    api: str, key: str, big: str, f_settings: Settings
+) -> None:
+    sql = f"SELECT n, n::HUGEINT * {WIDE} AS wide, label FROM big"
+    async with httpx.AsyncClient(base_url=api, timeout=60) as http:
+        before = await audit_rows(f_settings)
+        for _ in range(f_settings.query_executors + 2):  # more than the pool holds
+            async with http.stream(
+                "POST", "/v1/query", json={"sql": sql, "format": "csv"}, headers=bearer(key)
+            ) as r:
+                assert r.status_code == 200 and r.headers["x-trace-truncated"] == "unknown"
+                got = 0
+                async for chunk in r.aiter_raw():
+                    got += len(chunk)
+                    if got > 8 * MB:
+                        break  # hang up part-way
+        # each was run and is audited, its executor killed: the pool serves the next query
+        r = await http.post(
+            "/v1/query", json={"sql": "SELECT count(*) AS c FROM big"}, headers=bearer(key)
+        )
+        assert r.status_code == 200 and r.json()["rows"] == [[BIG_ROWS]]
+
+        async def audited() -> bool:
+            return await audit_rows(f_settings) == before + f_settings.query_executors + 3
+
+        await wait_until(audited, 10, 0.05, "audit rows of the abandoned streams")
