@@ -26,6 +26,7 @@ from trace_platform.config import Settings
 from trace_platform.domain.catalog import RELATION_INCOMPLETE
 from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.domain.lifecycle import FatalTaskError, RetryableTaskError
+from trace_platform.domain.query_formats import AnswerCut
 from trace_platform.operators import OperatorContext, output_operator
 from trace_platform.ports import ObjectStore
 
@@ -91,36 +92,12 @@ def parquet_facts(data: bytes, unique_key: list[str] | None) -> dict[str, Any]:
     meta = parquet.metadata
     facts: dict[str, Any] = {"rows": meta.num_rows}
     if meta.num_rows and "block_number" in names:
-        bounds = _block_bounds(meta)
-        if bounds is None:
-            found = pc.min_max(parquet.read(columns=["block_number"])["block_number"]).as_py()
-            bounds = (found["min"], found["max"]) if found["min"] is not None else None
-        if bounds is not None:
-            facts["min_block"], facts["max_block"] = int(bounds[0]), int(bounds[1])
+        # From the values, not the footer's statistics: the file was written in the
+        # sandboxed executor, and the range commit's bounds check must not take its word.
+        found = pc.min_max(parquet.read(columns=["block_number"])["block_number"]).as_py()
+        if found["min"] is not None:
+            facts["min_block"], facts["max_block"] = int(found["min"]), int(found["max"])
     return facts
-
-
-def _block_bounds(meta: Any) -> tuple[int, int] | None:
-    """(min, max) block_number from every row group's statistics; None when one lacks them
-    (or holds only nulls: then the values are read)."""
-    lows: list[int] = []
-    highs: list[int] = []
-    for i in range(meta.num_row_groups):
-        group = meta.row_group(i)
-        column = next(
-            (
-                group.column(j)
-                for j in range(group.num_columns)
-                if group.column(j).path_in_schema == "block_number"
-            ),
-            None,
-        )
-        stats = column.statistics if column is not None else None
-        if stats is None or not stats.has_min_max or not isinstance(stats.min, int):
-            return None
-        lows.append(stats.min)
-        highs.append(stats.max)
-    return (min(lows), max(highs)) if lows else None
 
 
 def attempt_error(exc: TraceError) -> Exception:
@@ -147,6 +124,11 @@ async def run_range(
             data, truncated = await client.query_parquet(lease, spec["sql"])
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise RetryableTaskError(f"query service: {type(exc).__name__}") from None
+    except AnswerCut:
+        raise RetryableTaskError(
+            "the query service's answer was cut part-way: a failure, or more rows in one"
+            " range than TRACE_QUERY_MAX_EXPORT_ROWS allows (use a smaller backfill_blocks)"
+        ) from None
     except TraceError as exc:
         raise attempt_error(exc) from None
     if truncated:
