@@ -9,6 +9,7 @@ Set TRACE_SCREENSHOTS=docs/screenshots to refresh the README's screenshots."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -367,6 +368,8 @@ async def test_an_operator_works_the_console_and_a_reader_cannot_act(
             "/ui/login": "/ui/login",
             "/ui/chains": "/ui/chains",
             "/ui/dags": "/ui/dags",  # (with DAGs in it: the next test)
+            # (a job's partitions and lineage: the next test; here the not-found page)
+            "/ui/dags/{dag}/jobs/{job}": "/ui/dags/no-such-dag/jobs/nothing",
             "/ui/tasks": "/ui/tasks?status=failed",
             "/ui/tasks/{task_id}": f"/ui/tasks/{slow}",
             "/ui/datasets": "/ui/datasets",
@@ -477,6 +480,16 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
         "  stamped: {inputs: [{chain: half}], sql: 'SELECT block_number, timestamp FROM blocks'}\n"
         "  dup: {inputs: [{chain: half}], sql: 'SELECT 1 AS k FROM blocks', unique_key: [k]}\n",
     )
+    # A DAG shaped like the demo's: per-range jobs two levels deep over the chain, and a
+    # whole-snapshot job over the last (its lineage graph and a job's partitions below).
+    await apply(
+        b_settings,
+        "kind: dag\nname: flow\njobs:\n"
+        "  stamp: {inputs: [{chain: half}], sql: 'SELECT block_number, timestamp FROM blocks'}\n"
+        "  tally: {inputs: [{job: stamp}], sql: 'SELECT count(*) AS n, min(block_number)"
+        " AS first FROM stamp'}\n"
+        "  total: {inputs: [{job: tally}], window: all, sql: 'SELECT sum(n) AS n FROM tally'}\n",
+    )
 
     async def settled() -> bool:
         h, s = await status(b_settings, "half"), await status(b_settings, "stuck")
@@ -489,6 +502,11 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
             and bool(s["error"])
             and dag["stamped"].committed_to == half // 2
             and dag["dup"].status == "stopped"
+            and all(
+                j.committed_to == half // 2
+                for j in (await dag_status_of(b_settings, "flow")).jobs
+                if j.window == "range"
+            )
         )
 
     await wait_until(settled, 60, 0.2, "half at 10 of 20, stuck in error, halfway built")
@@ -529,6 +547,89 @@ async def test_progress_bars_are_drawn_to_scale_and_a_jobs_error_is_shown(
         assert await dag.locator("[data-job-error='halfway.stamped']").count() == 0
         await redrawn(page)
     await shot(page, "dags")
+
+    # The lineage graph: a node per job and per source, an edge per input, drawn served and
+    # live; a job's node opens its partitions, each naming the input partitions it read.
+    for drawn in ("served", "redrawn live"):
+        graph = page.locator("svg.dag-graph[data-graph='flow']")
+        nodes = await graph.locator("[data-node]").evaluate_all(
+            "(es) => es.map((e) => e.dataset.node)"
+        )
+        assert sorted(nodes) == ["chain:half", "job:stamp", "job:tally", "job:total"], drawn
+        edges = await graph.locator("path.edge").evaluate_all(
+            "(es) => es.map((e) => e.dataset.edge)"
+        )
+        assert sorted(edges) == [
+            "chain:half->job:stamp",
+            "job:stamp->job:tally",
+            "job:tally->job:total",
+        ], drawn
+        box = {
+            k: await graph.locator(f"[data-node='{k}'] rect >> nth=0").bounding_box()
+            for k in ("chain:half", "job:stamp", "job:tally", "job:total")
+        }
+        xs = []
+        for k in ("chain:half", "job:stamp", "job:tally", "job:total"):
+            b = box[k]
+            assert b is not None and b["width"] > 100, (k, b)
+            xs.append(b["x"])
+        assert xs == sorted(xs) and len(set(xs)) == 4, (drawn, xs)  # one column per level
+        gen = await graph.locator("[data-node='job:tally'] text.gen").text_content() or ""
+        assert gen.startswith("gen 1"), gen
+        fill = graph.locator("[data-node='job:stamp'] rect.progress")
+        assert await fill.get_attribute("data-fraction") == "1.0", drawn
+        error = await graph.locator("[data-node='job:tally'] text.lag").text_content() or ""
+        tallied = len(await dag_partitions(pool, "flow", "tally"))
+        assert f"{tallied} ranges" in error and "lag 0" in error, error
+        dup = (
+            await page.locator(
+                "svg.dag-graph[data-graph='halfway'] [data-node='job:dup'] text.lag"
+            ).text_content()
+            or ""
+        )
+        assert dup.startswith("stopped"), dup
+        await redrawn(page)
+    await page.click("svg.dag-graph[data-graph='flow'] [data-node='job:tally']")
+    await page.wait_for_url(f"{stack}/ui/dags/flow/jobs/tally")
+    parts = page.locator("table.partitions tr.partition")
+    stamp = await dag_partitions(pool, "flow", "stamp")
+    tally = await dag_partitions(pool, "flow", "tally")
+    assert await parts.count() == len(tally) >= 1
+    assert [await parts.nth(i).get_attribute("data-range") for i in range(len(tally))] == [
+        f"{s}-{e}" for _, s, e in tally
+    ]
+    first = parts.nth(0)
+    assert await first.get_attribute("data-partition") == str(tally[0][0])
+    # tally's first range read the stamp partitions overlapping it, named with their range
+    read = [p for p in stamp if p[1] < tally[0][2] and p[2] > tally[0][1]]
+    inputs = first.locator(".lineage .input")
+    assert await inputs.evaluate_all("(es) => es.map((e) => e.dataset.inputPartition)") == [
+        str(p[0]) for p in read
+    ]
+    inputs = inputs.nth(0)
+    text = await inputs.inner_text()
+    assert "flow.stamp" in text and f"blocks {read[0][1]}\u2013{read[0][2] - 1}" in text, text
+    await shot(page, "dag-job")
+    # the input's link opens the input job's page at that partition
+    await inputs.locator("a").click()
+    await page.wait_for_url(re.compile(r".*/ui/dags/flow/jobs/stamp\?after=-?\d+$"))
+    row = page.locator("table.partitions tr.partition >> nth=0")
+    assert await row.get_attribute("data-partition") == str(read[0][0])
+    lineage = await row.locator(".lineage").inner_text()
+    assert "half.blocks" in lineage and "blocks 0\u20134" in lineage, lineage
+
+
+async def dag_partitions(pool: asyncpg.Pool, dag: str, job: str) -> list[tuple[Any, int, int]]:
+    """The live partitions of a DAG's current job: (partition id, range start, range end)."""
+    rows = await pool.fetch(
+        "SELECT p.partition_id, p.range_start, p.range_end FROM state.dataset_partitions p"
+        " JOIN state.dag_jobs j ON j.dataset_uuid = p.dataset_uuid AND j.role = 'current'"
+        " JOIN state.dags d ON d.dag_id = j.dag_id"
+        " WHERE d.name = $1 AND j.name = $2 AND p.removed_seq IS NULL ORDER BY p.range_start",
+        dag,
+        job,
+    )
+    return [(r["partition_id"], int(r["range_start"]), int(r["range_end"])) for r in rows]
 
 
 async def dag_status_of(settings: Settings, name: str) -> DagStatus:
