@@ -30,6 +30,7 @@ from tests.conftest import (
 from tests.delivery_helpers import Receiver
 from tests.integration.test_dags import LEVEL1, chain_spec, node  # noqa: F401 (fixture)
 from tests.rpc_proxy import FaultProxy
+from trace_platform.alerts.headers import AlertBlockHeaders
 from trace_platform.chain.devnet import Anvil
 from trace_platform.config import Settings
 from trace_platform.delivery.signing import new_secret
@@ -164,7 +165,11 @@ def range_calls(proxy: FaultProxy, since: float) -> list[Any]:
 
 
 async def test_a_changed_job_rebuilds_beside_the_current_one_and_cuts_over_whole(
-    g_settings: Settings, stack: dict[str, Proc], proxy: FaultProxy, receiver: Receiver
+    g_settings: Settings,
+    stack: dict[str, Proc],
+    proxy: FaultProxy,
+    receiver: Receiver,
+    node: Anvil,  # noqa: F811
 ) -> None:
     await apply(g_settings, spec("v1"))
     await wait_until(lambda: built(g_settings), 120, 0.2, "generation 1 built")
@@ -262,6 +267,24 @@ async def test_a_changed_job_rebuilds_beside_the_current_one_and_cuts_over_whole
         )
         raise AssertionError(f"re-evaluations: {[dict(t) for t in tasks]}") from None
     assert all(n == 1 for n in delivered().values()) and len(delivered()) == SWAPS
+    # A UDF rule's evaluation asks the dispatcher for its headers: a re-evaluation's come
+    # from the stored blocks, equal to the node's.
+    (task,) = await fetch(
+        g_settings,
+        "SELECT t.task_id, t.payload->'alert' AS a FROM state.tasks t"
+        " WHERE t.payload->'alert'->>'partition_id' = $1",
+        str(next(iter(new_l2))),
+    )
+    lo, hi = int(task["a"]["start"]), int(task["a"]["end"])
+    numbers = [lo, (lo + hi) // 2, hi - 1]
+    async with open_env(g_settings) as env:
+        stored = await AlertBlockHeaders(env.state, g_settings)(task["task_id"], numbers)
+    on_node = {
+        str(n): [b["hash"], int(b["timestamp"], 16)]
+        for n in numbers
+        for b in [node.rpc("eth_getBlockByNumber", [hex(n), False])]
+    }
+    assert stored == on_node
     # Not one request naming blocks reached the node since the change was applied.
     assert range_calls(proxy, since) == []
 

@@ -434,3 +434,12 @@ CROSS JOIN LATERAL jsonb_array_elements(j.inputs) AS i (item)
 WHERE j.dag_id = (SELECT dag_id FROM state.dag_jobs WHERE dataset_uuid = $1 LIMIT 1)
   AND i.item ->> 'kind' = 'chain'
 ORDER BY j.position LIMIT 1;
+
+-- name: stored_block_files
+-- The files of a task's org's relation $2 (a chain's `blocks`) live over [$3, $4): where a
+-- DAG generation's re-evaluated UDF alert rule reads its block headers (no RPC).
+SELECT p.files FROM state.tasks t
+JOIN state.datasets d ON d.org_id = t.org_id AND d.name = $2 AND d.kind = 'partitions'
+JOIN state.dataset_partitions p ON p.dataset_uuid = d.dataset_uuid AND p.removed_seq IS NULL
+WHERE t.task_id = $1 AND p.range_start < $4 AND p.range_end > $3
+ORDER BY p.range_start;
