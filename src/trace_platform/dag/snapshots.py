@@ -3,18 +3,20 @@ tick (`dag/planner.py`) in one transaction per job holding the job's row lock:
 
 - one run in flight at a time; a run whose task ended for good records its error on the job
   (the job keeps its schedule: the next slot or change runs again);
-- with a `schedule`: the latest cron slot since the last one planned runs (`due_slot`); slots
-  passed while no dispatcher was up are skipped and counted (`missed_slots`);
+- with a `schedule`: one run at once when its generation and epoch have none (applied, a new
+  generation, an output removed by a reorg repair), then the latest cron slot since the last
+  one planned (`due_slot`); slots passed while no dispatcher was up are skipped and counted
+  (`missed_slots`);
 - without: a run when the inputs' versions moved since the last run was planned, at most
   once per `min_interval_seconds` (`refresh_due`).
 
 A run's task id is derived from (job, generation, slot) — or (job, generation, epoch, run
-number) off schedule — so two dispatchers planning the same slot schedule one task, and a
-dispatcher killed after planning leaves a task its successor does not duplicate. The task
-reads every input whole at the snapshot pinned when it is claimed; its commit
-(`dag/commit.py`) replaces the output's previous version in one commit, so a reader pinned to
-the previous version keeps reading it until the files are collected (after the longest
-token lifetime, as every retired partition).
+number) off schedule, (job, generation, epoch) for a scheduled job's run before its slots — so
+two dispatchers planning the same slot schedule one task, and a dispatcher killed after
+planning leaves a task its successor does not duplicate. The task reads every input whole at
+the snapshot pinned when it is claimed; its commit (`dag/commit.py`) replaces the output's
+previous version in one commit, so a reader pinned to the previous version keeps reading it
+until the files are collected (after the longest token lifetime, as every retired partition).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ _RUN_NS = uuid.UUID("9b7d2c41-6e0a-4f3b-8d59-1c2e7a4f0b86")
 
 
 def snapshot_task_id(job_uuid: uuid.UUID, generation: str, run: str) -> uuid.UUID:
-    """Deterministic per (job, generation, run): `run` is the slot (ISO, UTC) or
-    `e<epoch>-r<n>` for a run on upstream change."""
+    """Deterministic per (job, generation, run): `run` is the slot (ISO, UTC),
+    `e<epoch>-r<n>` for a run on upstream change or `e<epoch>-now` for a scheduled job's run
+    before its slots."""
     return uuid.uuid5(_RUN_NS, f"{job_uuid}:{generation}:{run}")
 
 
@@ -83,7 +86,21 @@ async def plan_snapshot_job(conn: Any, job_uuid: uuid.UUID, now: datetime | None
     }
     slot: datetime | None = None
     missed = 0
-    if state["schedule"]:
+    reads = list(await conn.fetch(q("dags", "reads_of_job"), job_uuid))
+    start, end = await _covered(conn, reads, job["from_block"])
+    generation = job["generation"]
+    if state["schedule"] and not await conn.fetchval(
+        q("dag_snapshots", "has_run_of_epoch"), job_uuid, generation, job["epoch"]
+    ):
+        # No output of this generation and epoch yet — just applied, a new generation to
+        # build, or its output removed by a reorg repair: run now, not at the next slot
+        # (which could be a day away); the slots follow from there. A repair waits until
+        # its inputs cover again what the removed run covered.
+        before = await conn.fetchval(q("dag_snapshots", "covered_before"), job_uuid, generation)
+        if before is not None and end < before:
+            return 0
+        run = f"e{job['epoch']}-now"
+    elif state["schedule"]:
         decision = due_slot(state["schedule"], state["last_slot"] or now, now)
         if decision is None:
             return 0
@@ -94,9 +111,6 @@ async def plan_snapshot_job(conn: Any, job_uuid: uuid.UUID, now: datetime | None
         if not refresh_due(changed, state["planned_at"], state["min_interval_seconds"], now):
             return 0
         run = f"e{job['epoch']}-r{state['runs'] + 1}"
-    reads = list(await conn.fetch(q("dags", "reads_of_job"), job_uuid))
-    start, end = await _covered(conn, reads, job["from_block"])
-    generation = job["generation"]
     task_id = snapshot_task_id(job_uuid, generation, run)
     payload = whole_payload(range_payload(job, reads, start, end), slot)
     await conn.execute(

@@ -40,6 +40,16 @@ INSERT INTO state.dag_ranges (task_id, job_uuid, generation, epoch, range_start,
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (task_id) DO NOTHING;
 
+-- name: has_run_of_epoch
+-- Whether a job's current generation has planned a run in its current epoch.
+SELECT EXISTS (SELECT 1 FROM state.dag_ranges
+               WHERE job_uuid = $1 AND generation = $2 AND epoch = $3);
+
+-- name: covered_before
+-- The furthest block a job's generation's earlier runs covered (none: it never ran).
+SELECT max(range_end) FROM state.dag_ranges
+WHERE job_uuid = $1 AND generation = $2 AND status IN ('committed', 'replaced');
+
 -- name: record_run
 UPDATE state.dag_snapshot_jobs
 SET last_slot = coalesce($2, last_slot), missed_slots = missed_slots + $3,
