@@ -87,6 +87,19 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
             r"dag demo-\w+-dex +swaps -> pool_volume built in [\d.]+s: (\d+) swaps", text
         )
         assert dag is not None and dag.group(1) == swaps.group(1), text
+        # pool_volume's SQL changed: its new generation built in the background, cut over,
+        # then rolled back to the kept one with no task created.
+        assert re.search(r"changed pool_volume's SQL .*: generation 2 builds", text), text
+        assert re.search(r"building generation 2: pool_volume \d+/\d+", text), text
+        assert re.search(
+            r"cut over in one transaction: generation 1 -> 2 .* biggest_in: True", text
+        )
+        assert re.search(r"rolled back: generation 2 -> 1 \(\d+ jobs\), 0 tasks created", text)
+        assert re.search(
+            r"dag generations +pool_volume's SQL changed: generation 2 built beside 1 in"
+            r" [\d.]+s, cut over, rolled back to 1 \(0 tasks created\)\n",
+            text,
+        ), text
         status = subprocess.run(
             [sys.executable, "-m", "trace_platform", "status"],
             env=env,

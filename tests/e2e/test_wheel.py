@@ -94,6 +94,9 @@ def test_the_wheel_carries_everything_the_demo_needs(tmp_path: Path) -> None:
         # 4 rules: whales (SQL, TS), decoded big swaps, and the DAG's enriched big swaps
         assert text.count("s to webhook") == 12
         assert re.search(r"dag demo-\w+-dex +swaps -> pool_volume built", text), text
+        assert re.search(
+            r"dag generations +.* cut over, rolled back to 1 \(0 tasks created\)", text
+        )
         assert "skipped" not in text
     finally:
         _run([str(bin_dir / "trace"), "db", "stop"], env=env, cwd=empty, timeout=60)

@@ -51,6 +51,15 @@ class ChainDemoResult:
     volumes: list[list[Any]] = field(default_factory=list)
     top_schedule: str = ""  # the whole-snapshot top_pools job: its cron and next slot
     top_next_slot: str = ""
+    # pool_volume's SQL changed: the generation built beside the current one, the cut-over,
+    # then the rollback (generation numbers, seconds, and the DAG's tasks around it)
+    rebuilt: list[str] = field(default_factory=list)
+    generations: tuple[int, int] = (0, 0)
+    rebuild_seconds: float = 0.0
+    cut_over: bool = False
+    rolled_back: bool = False
+    tasks_around_rollback: tuple[int, int] = (0, 0)
+    new_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -205,11 +214,19 @@ async def sync_and_query(env: OpsEnv, traffic: Traffic, timeout: float) -> Chain
     except TraceError as exc:
         result.detail = f"DAG failed: {exc.detail}"
         return result
+    try:
+        await change_and_roll_back(env, result, timeout)
+    except TraceError as exc:
+        result.detail = f"DAG generations failed: {exc.detail}"
+        return result
     ok = (
         result.rows.get("blocks") == BLOCKS
         and result.whales_found == traffic.whales
         and result.swaps_found == traffic.swaps
         and result.dag_swaps == traffic.swaps
+        and result.cut_over
+        and result.rolled_back
+        and result.tasks_around_rollback[0] == result.tasks_around_rollback[1]
     )
     result.status = "completed" if ok else "failed"
     if not ok:
@@ -220,10 +237,11 @@ async def sync_and_query(env: OpsEnv, traffic: Traffic, timeout: float) -> Chain
 TOP_POOLS_SCHEDULE = "* * * * *"
 
 
-def dag_text(dag: str, chain: str) -> str:
+def dag_text(dag: str, chain: str, changed: bool = False) -> str:
     """Three jobs over the chain: decoded swaps enriched with their blocks' timestamps; per
     range of blocks, each pool's volume; and over all of it, the top pools, a whole
-    snapshot recomputed once a minute (UTC) as a new version."""
+    snapshot recomputed once a minute (UTC) as a new version. `changed`: pool_volume (level
+    2) also keeps each pool's biggest swap, a new generation of it and of top_pools."""
     enriched = (
         "SELECT s.block_number, s.log_index, s.transaction_hash, s.address AS pool,"
         " s.amount0In / 1e18 AS tokens_in, b.timestamp AS block_time"
@@ -231,7 +249,9 @@ def dag_text(dag: str, chain: str) -> str:
     )
     volume = (
         "SELECT pool, count(*) AS swaps, sum(tokens_in) AS tokens_in,"
-        " min(block_time) AS first_time FROM swaps GROUP BY pool"
+        " min(block_time) AS first_time"
+        + (", max(tokens_in) AS biggest_in" if changed else "")
+        + " FROM swaps GROUP BY pool"
     )
     top = (
         "SELECT pool, sum(swaps) AS swaps, sum(tokens_in) AS tokens_in FROM pool_volume"
@@ -288,6 +308,83 @@ async def derive(env: OpsEnv, result: ChainDemoResult, timeout: float) -> None:
     result.dag_swaps = int(sum(r[1] for r in result.volumes))
 
 
+async def change_and_roll_back(env: OpsEnv, result: ChainDemoResult, timeout: float) -> None:
+    """Change pool_volume's SQL: its new generation (and top_pools') builds in the background
+    from the committed swaps while readers keep the current one; show its progress, the
+    cut-over, then roll back to the previous generation (kept: nothing recomputed)."""
+    from trace_platform.ops.dags import dag_status, rollback_dag
+
+    dag = result.dag
+    before = (await dag_status(env, LITE_ORG_ID, dag)).generation
+    await apply_specs(env, LITE_ORG_ID, dag_text(dag, result.name, changed=True))
+    st = await dag_status(env, LITE_ORG_ID, dag)
+    building = st.building_generation
+    if building is None:
+        raise TraceError("changing pool_volume's SQL started no generation")
+    _say_line(
+        f"changed pool_volume's SQL (+ biggest_in): generation {building} builds pool_volume"
+        f" and top_pools from the stored swaps; readers keep generation {before}"
+    )
+    t0, last, seen = time.monotonic(), 0.0, ""
+    while True:
+        st = await dag_status(env, LITE_ORG_ID, dag)
+        if st.generation != before:
+            break
+        gen = next((g for g in st.generations if g.generation == building), None)
+        if gen is None or gen.state != "building":
+            raise TraceError(f"generation {building} is {gen.state if gen else 'gone'}")
+        line = "  building generation {}: {}".format(
+            building,
+            ", ".join(f"{j.job} {min(j.committed_to, j.target)}/{j.target}" for j in gen.jobs),
+        )
+        waiting = [j for j in st.jobs if j.window == "all" and j.snapshot is not None]
+        if all(j.ready for j in gen.jobs if j.job != "top_pools") and waiting:
+            slot = waiting[0].snapshot.next_slot if waiting[0].snapshot else None
+            if slot is not None:
+                line += f" (top_pools runs at its next cron slot, {slot:%H:%M:%S} UTC)"
+        if line != seen or time.monotonic() - last >= 5.0:
+            _say_line(line)
+            seen, last = line, time.monotonic()
+        for j in st.jobs:
+            if j.status == "stopped":
+                raise TraceError(f"job {j.job}: {j.last_error}")
+        if time.monotonic() - t0 > timeout:
+            raise TraceError(f"generation {building} did not cut over within {timeout:.0f} s")
+        await asyncio.sleep(0.25)
+    result.rebuild_seconds = time.monotonic() - t0
+    result.generations = (before, st.generation)
+    result.cut_over = True
+    cols = await query_here(env, LITE_ORG_ID, f"{dag}.pool_volume", "SELECT * FROM dataset", 1)
+    result.new_columns = [c["name"] for c in cols.columns]
+    _say_line(
+        f"cut over in one transaction: generation {before} -> {st.generation} after"
+        f" {result.rebuild_seconds:.1f}s; {dag}.pool_volume now has biggest_in:"
+        f" {'biggest_in' in result.new_columns}"
+    )
+    tasks_before = await _dag_tasks(env, dag)
+    switched = await rollback_dag(env, LITE_ORG_ID, dag)
+    tasks_after = await _dag_tasks(env, dag)
+    result.tasks_around_rollback = (tasks_before, tasks_after)
+    current = (await dag_status(env, LITE_ORG_ID, dag)).generation
+    result.rolled_back = current == switched.to_generation == before
+    _say_line(
+        f"rolled back: generation {switched.from_generation} -> {switched.to_generation}"
+        f" ({switched.jobs} jobs), {tasks_after - tasks_before} tasks created (the DAG's"
+        f" tasks: {tasks_before} before, {tasks_after} after); generation {current} is current"
+    )
+
+
+async def _dag_tasks(env: OpsEnv, dag: str) -> int:
+    """Tasks ever created for the DAG's jobs, every generation's (their range ledger)."""
+    from trace_platform.db.sql import q
+
+    return int(await env.state.fetchval(q("demo", "dag_tasks"), LITE_ORG_ID, dag))
+
+
+def _say_line(text: str) -> None:
+    print(text, flush=True)
+
+
 def format_chain(r: ChainDemoResult) -> list[str]:
     if r.status == "skipped":
         return [f"  chain sync           skipped ({r.detail})"]
@@ -319,4 +416,12 @@ def format_chain(r: ChainDemoResult) -> list[str]:
                 f"    top_pools (window: all) refreshed on cron {r.top_schedule!r}: next run"
                 f" {r.top_next_slot}, a new version each run (trace dag status {r.dag})"
             )
+    if r.cut_over:
+        old, new = r.generations
+        lines.append(
+            f"  dag generations      pool_volume's SQL changed: generation {new} built beside"
+            f" {old} in {r.rebuild_seconds:.1f}s, cut over, rolled back to {old}"
+            f" ({r.tasks_around_rollback[1] - r.tasks_around_rollback[0]} tasks created)"
+            + ("" if r.rolled_back else " - rollback FAILED")
+        )
     return lines

@@ -25,3 +25,10 @@ ORDER BY name;
 -- name: ranges_in_flight_on_pool
 SELECT count(*) FROM state.chain_ranges r JOIN state.chain_jobs j USING (job_id)
 WHERE j.org_id = $1 AND j.rpc_pool = $2 AND r.status = 'scheduled';
+
+-- name: dag_tasks
+-- Tasks ever created for a DAG's jobs, every generation's (each range or run has one).
+SELECT count(*) FROM state.dag_ranges r
+JOIN state.dag_jobs j ON j.job_uuid = r.job_uuid
+JOIN state.dags d ON d.dag_id = j.dag_id
+WHERE d.org_id = $1 AND d.name = $2;
