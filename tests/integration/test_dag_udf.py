@@ -496,3 +496,58 @@ async def test_a_whole_snapshot_udf_job_replaces_its_output_with_each_run(
     (parity,) = [j for j in st["jobs"] if j["job"] == "parity"]
     assert parity["window"] == "all" and parity["udf"]["language"] == "python"
     assert parity["snapshot"]["runs"] >= 1
+
+
+WEIGHT_HANDLER = """
+from decimal import Decimal
+
+def handler(event, context):
+    (relation,) = [i["relation"] for i in event["inputs"]]
+    res = context.query(f'SELECT weight FROM "{relation}"', 10000)
+    total = sum((Decimal(str(w)) for (w,) in res["rows"]), Decimal(0))
+    return [{"range_start": event["range"][0], "total": str(total)}]
+"""
+
+
+async def test_a_changed_udf_config_builds_a_new_generation_then_cuts_over(
+    u_settings: Settings, stack: dict[str, Proc]
+) -> None:
+    """The downstream job reads the upstream's building generation (by the event's
+    `relation`) while readers keep the current one; after the cut-over both hold rows of
+    the new config."""
+    py = await register(u_settings, python_zip(PY_HANDLER), "python", "handler.handler")
+    sums = await register(u_settings, python_zip(WEIGHT_HANDLER), "python", "handler.handler")
+
+    def spec(scale: int) -> str:
+        return (
+            "kind: dag\nname: udfgen\njobs:\n"
+            "  py_swaps:\n    inputs: [{chain: upools}]\n"
+            f"    udf: {{bundle_id: '{py.bundle_id}', config: {{scale: {scale}, prefix: 'g'}}}}\n"
+            f"    schema: {PY_SCHEMA}\n    backfill_blocks: 20\n"
+            "  weights:\n    inputs: [{job: py_swaps}]\n"
+            f"    udf: {{bundle_id: '{sums.bundle_id}'}}\n"
+            "    schema: {range_start: BIGINT NOT NULL, total: 'DECIMAL(20,2)'}\n"
+        )
+
+    async def rows(relation: str) -> list[tuple[Any, ...]]:
+        files = [f for *_, fs in await partitions(u_settings, relation) for f in fs]
+        return duck().execute(f"SELECT * FROM {parquet(files)}").fetchall() if files else []
+
+    await apply(u_settings, spec(3))
+    await wait_built(u_settings, "udfgen", BLOCKS)
+    (answer,) = await apply(u_settings, spec(5))
+    assert set(answer["jobs_changed"]) == {"py_swaps", "weights"}
+
+    async def cut_over() -> Any:
+        st = await status(u_settings, "udfgen")
+        done = st["building_generation"] is None and st["generation"] == 2
+        return st if done and all(j["committed_to"] >= BLOCKS for j in st["jobs"]) else None
+
+    st = await wait_until(cut_over, 90, 0.2, "udfgen's second generation current")
+    assert all(j["failed"] == 0 for j in st["jobs"]), st
+    py_rows = await rows("udfgen.py_swaps")
+    assert len(py_rows) == 13
+    assert all(r[4] == Decimal(f"{r[0] * 5 / 100:.2f}") for r in py_rows)
+    # The downstream job summed the new generation's weights, range by range.
+    weights = await rows("udfgen.weights")
+    assert sum(r[1] for r in weights) == sum(r[4] for r in py_rows)

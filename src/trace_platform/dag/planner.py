@@ -79,11 +79,21 @@ def udf_payload(job: Any, inputs: list[dict[str, Any]], window: list[int] | None
     keys on it). `window` is [start, end), or None for a whole-snapshot run."""
     definition = job["definition"]
     start, end = window if window is not None else (None, None)
+    # `relation`: the name `context.query` reads the input by in this task — a job input by
+    # its dataset's id (the generation this task reads, as a SQL job's SQL names it), a
+    # registered dataset by its name; `dataset`: the input's public name.
     event_inputs = [
         {
             "kind": item["kind"],
             "name": item["name"],
-            **({"relation": item["dataset"]} if item["kind"] != "chain" else {}),
+            **(
+                {
+                    "dataset": item["dataset"],
+                    "relation": item.get("dataset_uuid") or item["dataset"],
+                }
+                if item["kind"] != "chain"
+                else {}
+            ),
             **({"where": item["where"]} if item.get("where") else {}),
         }
         for item in job["inputs"]
