@@ -18,7 +18,7 @@ STATEMENT = re.compile(
     r"|CREATE\s|ALTER\s|DROP\s|COPY\s|ATTACH\s|PRAGMA\s|SET\s+\w+|INSTALL\s|LOAD\s|TRUNCATE\s)"
 )  # keywords as SQL is written here (upper case); prose in lower case is not SQL
 USER_QUERY = re.compile(
-    r"\bFROM\s+(dataset|blocks|transactions|logs|erc20_transfers|pair_\w+|factory_\w+|swaps\b"
+    r"\bFROM\s+(dataset|blocks|transactions|logs|erc20_transfers|pair_\w+|factory_\w+|swaps\b|pool_volume\b"
     r'|"[^"]+\.[^"]+")',  # a DAG job's input, or a relation's quoted full name ("dag.job")
     re.IGNORECASE,
 )

@@ -247,10 +247,10 @@ async def stored_headers(
 ) -> dict[int, tuple[str, int] | None]:
     """(hash, time) of the blocks from the chain's stored `blocks` relation (granted for
     the range), not the node: a DAG generation's re-evaluation makes no RPC request."""
-    relation = str(a["headers_from"]).replace('"', "")
+    job, _, table = str(a["headers_from"]).replace('"', "").partition(".")
     listed = ", ".join(str(int(n)) for n in numbers)
     sql = (
-        f'SELECT block_number, block_hash, "timestamp" FROM "{relation}"'
+        f'SELECT block_number, block_hash, "timestamp" FROM "{job}.{table}"'
         f" WHERE block_number IN ({listed})"
     )
     key = ("headers", a["dataset_uuid"], a.get("start"), a.get("end"))
