@@ -36,9 +36,10 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -77,6 +78,7 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+T = TypeVar("T")
 _FRAME = struct.Struct(">I")
 ENGINE_SCRIPT = Path(engine.__file__).resolve()
 SANDBOX_DATA = "/data"
@@ -711,39 +713,19 @@ class ExecutorPool:
         """`timeout`: this query's limit in seconds (default: the executors' own);
         `queue_seconds`: how long it may wait for a busy pool before OverloadedError;
         `fmt`: the answer's format (JSON, or an Arrow IPC stream)."""
-        try:
-            return await self._run(binding, sql, limit, False, timeout, queue_seconds, fmt, params)
-        except _StaleExecutor:
-            # An idle executor had died unseen (OOM killer, operator): queries only read, so
-            # one more try on a fresh executor is safe; a query that kills that one fails.
-            return await self._run(binding, sql, limit, True, timeout, queue_seconds, fmt, params)
+        limit_s = timeout or self.limits.timeout_seconds
 
-    async def _run(
-        self,
-        binding: Binding,
-        sql: str,
-        limit: int,
-        fresh: bool,
-        timeout: float | None,
-        queue_seconds: float,
-        fmt: str = FORMAT_JSON,
-        params: tuple[str, ...] = (),
-    ) -> QueryResult:
-        taken = self._take(binding, reuse=not fresh)
-        if taken is None:
-            taken = await self._wait_for_executor(binding, fresh, queue_seconds)
-        ex: Executor | None = None
-        try:
-            ex = await self._ready(taken, binding)
-            try:
-                limit_s = timeout or self.limits.timeout_seconds
-                return await ex.query(sql, limit, limit_s + 5, timeout, fmt, params)
-            except ExecutorLost:
-                if isinstance(taken, Executor):  # it had served before: died while idle
-                    raise _StaleExecutor from None
-                raise
-        finally:
+        async def attempt(fresh: bool) -> QueryResult:
+            ex, result = await self._on_executor(
+                binding,
+                fresh,
+                queue_seconds,
+                lambda ex: ex.query(sql, limit, limit_s + 5, timeout, fmt, params),
+            )
             self._release(ex)
+            return result
+
+        return await _once_more_if_stale(attempt)
 
     async def run_many(
         self, binding: Binding, queries: list[tuple[str, int]], queue_seconds: float
@@ -790,36 +772,38 @@ class ExecutorPool:
         """An export (`fmt`: Arrow IPC stream, CSV or Parquet) streamed from its executor,
         once its first bytes are there (a query refused or failed before is raised here, as
         `run` raises it). `timeout`: as `run`'s, for the whole stream."""
-        try:
-            return await self._stream(
-                binding, sql, limit, False, timeout, queue_seconds, fmt, params
-            )
-        except _StaleExecutor:
-            return await self._stream(
-                binding, sql, limit, True, timeout, queue_seconds, fmt, params
-            )
+        limit_s = timeout or self.limits.timeout_seconds
 
-    async def _stream(
+        async def open_stream(ex: Executor) -> float:
+            deadline = asyncio.get_running_loop().time() + limit_s + 5
+            await ex.open_stream(sql, limit, deadline, timeout, fmt, params)
+            return deadline
+
+        async def attempt(fresh: bool) -> ExportStream:
+            # The executor stays taken by the stream until it is closed.
+            ex, deadline = await self._on_executor(binding, fresh, queue_seconds, open_stream)
+            return ExportStream(self, ex, deadline)
+
+        return await _once_more_if_stale(attempt)
+
+    async def _on_executor(
         self,
         binding: Binding,
-        sql: str,
-        limit: int,
         fresh: bool,
-        timeout: float | None,
         queue_seconds: float,
-        fmt: str,
-        params: tuple[str, ...],
-    ) -> ExportStream:
+        use: Callable[[Executor], Awaitable[T]],
+    ) -> tuple[Executor, T]:
+        """`use` run on an executor for `binding` (an idle one unless `fresh`, waiting up to
+        `queue_seconds` for one); the executor is the caller's to release, unless this
+        raises (then it is released here). _StaleExecutor: an idle executor had died."""
         taken = self._take(binding, reuse=not fresh)
         if taken is None:
             taken = await self._wait_for_executor(binding, fresh, queue_seconds)
         ex: Executor | None = None
         try:
             ex = await self._ready(taken, binding)
-            limit_s = timeout or self.limits.timeout_seconds
-            deadline = asyncio.get_running_loop().time() + limit_s + 5
             try:
-                await ex.open_stream(sql, limit, deadline, timeout, fmt, params)
+                return ex, await use(ex)
             except ExecutorLost:
                 if isinstance(taken, Executor):  # it had served before: died while idle
                     raise _StaleExecutor from None
@@ -827,7 +811,6 @@ class ExecutorPool:
         except BaseException:
             self._release(ex)
             raise
-        return ExportStream(self, ex, deadline)
 
     def _release(self, ex: Executor | None) -> None:
         """Back to the idle set if it can serve again, else its slot is freed (`None`: it
@@ -874,6 +857,16 @@ class ExecutorPool:
         await asyncio.gather(*(ex.close() for ex in executors), *self.tasks)
         if self.slots is not None:
             shutil.rmtree(self.slots, ignore_errors=True)
+
+
+async def _once_more_if_stale(attempt: Callable[[bool], Awaitable[T]]) -> T:
+    """`attempt(fresh=False)`, and once more on a fresh executor when an idle executor had
+    died unseen (OOM killer, operator): queries only read, so the retry is safe; a query
+    that kills the fresh one fails."""
+    try:
+        return await attempt(False)
+    except _StaleExecutor:
+        return await attempt(True)
 
 
 def _own_slots(base: Path) -> Path:
