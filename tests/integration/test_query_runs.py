@@ -288,6 +288,10 @@ async def test_a_large_result_streams_to_the_store_in_bounded_memory(
     assert done["status"] == "succeeded" and done["rows"] == 2_000_000, done
     assert done["bytes"] > 100 * 2**20 and done["truncated"] is False
     grown = memory(query_pid)["VmHWM"] - before["VmRSS"]
+    print(  # the README's figure: pytest -s -k bounded_memory
+        f"\n2M-row Arrow run: {done['bytes'] / 2**20:.0f} MiB in {done['duration_ms']} ms;"
+        f" query service peak RSS {grown / 2**20:+.1f} MiB over {before['VmRSS'] / 2**20:.0f} MiB"
+    )
     assert grown < 48 * 2**20, f"query service peak grew {grown / 2**20:.1f} MiB"
     assert memory(api_pid)["VmHWM"] - api_before["VmRSS"] < 8 * 2**20  # it never held it
 
