@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from trace_platform.client import BytesReply
+from trace_platform.client import BytesReply, TaskClient
 from trace_platform.datasets import RegisteredDataset, register_dataset
 from trace_platform.db.sql import q
 from trace_platform.domain.catalog import RelationInfo
@@ -192,15 +192,9 @@ async def relations_as_user(
 ) -> list[RelationInfo]:
     """The same for a user (`GET /v1/relations`, the console's SQL page), from the query
     service."""
-    if env.query_client is None or env.worker_token is None:
-        raise ConfigError("this process has no client of the query service")
+    client, url, headers = _query_service(env)
     body = {"org_id": str(org_id), "user_id": str(user_id), "job": job}
-    answer = await env.query_client.post(
-        f"{env.settings.resolved_query_url}/internal/relations",
-        body,
-        {WORKER_HEADER: env.worker_token},
-        retry=False,
-    )
+    answer = await client.post(f"{url}/internal/relations", body, headers, retry=False)
     return [
         RelationInfo(r["name"], r["kind"], tuple(r["names"]), tuple(r["columns"]))
         for r in answer["relations"]
@@ -219,16 +213,9 @@ async def query_as_user(
 ) -> QueryAnswer:
     """A user's query (`POST /v1/query`, the console): sent to the query service, which
     binds it for the user's org, gates, runs and audits it per user."""
-    if env.query_client is None or env.worker_token is None:
-        raise ConfigError("this process has no client of the query service")
-    body = _user_query(env, org_id, user_id, name, sql, check_limit("json", limit), job, "json")
-    body["params"] = list(params)
-    answer = await env.query_client.post(
-        f"{env.settings.resolved_query_url}/internal/user-query",
-        body,
-        {WORKER_HEADER: env.worker_token},
-        retry=False,
-    )
+    client, url, headers = _query_service(env)
+    body = _user_query(env, org_id, user_id, name, sql, limit, job, "json", params)
+    answer = await client.post(f"{url}/internal/user-query", body, headers, retry=False)
     return QueryAnswer(**answer)
 
 
@@ -245,16 +232,10 @@ async def export_as_user(
 ) -> ExportAnswer:
     """A user's query answered (`fmt`) as an Arrow IPC stream, CSV or Parquet: the same
     binding, gate, sandbox and audit; the engine makes the bytes."""
-    if env.query_client is None or env.worker_token is None:
-        raise ConfigError("this process has no client of the query service")
-    body = _user_query(env, org_id, user_id, name, sql, check_limit(fmt, limit), job, fmt)
-    body["params"] = list(params)
-    raw, headers = await env.query_client.post_bytes(
-        f"{env.settings.resolved_query_url}/internal/user-query",
-        body,
-        {WORKER_HEADER: env.worker_token},
-    )
-    return ExportAnswer(fmt, raw, headers.get(TRUNCATED_HEADER.lower()) == "true")
+    client, url, headers = _query_service(env)
+    body = _user_query(env, org_id, user_id, name, sql, limit, job, fmt, params)
+    raw, reply_headers = await client.post_bytes(f"{url}/internal/user-query", body, headers)
+    return ExportAnswer(fmt, raw, reply_headers.get(TRUNCATED_HEADER.lower()) == "true")
 
 
 async def stream_as_user(
@@ -270,16 +251,17 @@ async def stream_as_user(
 ) -> BytesReply:
     """The same as `export_as_user`, but read as the query service sends it (`BytesReply`,
     chunk by chunk, to be closed): never held whole in this process."""
+    client, url, headers = _query_service(env)
+    body = _user_query(env, org_id, user_id, name, sql, limit, job, fmt, params)
+    return await client.open_bytes(f"{url}/internal/user-query", body, headers)
+
+
+def _query_service(env: OpsEnv) -> tuple[TaskClient, str, dict[str, str]]:
+    """This process's client of the query service, its URL and the worker token's header;
+    ConfigError when it has none."""
     if env.query_client is None or env.worker_token is None:
         raise ConfigError("this process has no client of the query service")
-    body = _user_query(env, org_id, user_id, name, sql, check_limit(fmt, limit), job, fmt)
-    if params:
-        body["params"] = list(params)
-    return await env.query_client.open_bytes(
-        f"{env.settings.resolved_query_url}/internal/user-query",
-        body,
-        {WORKER_HEADER: env.worker_token},
-    )
+    return env.query_client, env.settings.resolved_query_url, {WORKER_HEADER: env.worker_token}
 
 
 def _user_query(
@@ -291,14 +273,18 @@ def _user_query(
     limit: int | None,
     job: str | None,
     fmt: str,
+    params: tuple[str, ...],
 ) -> dict[str, Any]:
+    """The body of a user's query to the query service (`/internal/user-query`), its
+    `limit` checked for `fmt`."""
     return {
         "org_id": str(org_id),
         "user_id": str(user_id),
         "dataset": name,
         "job": job,
         "sql": sql,
-        "limit": limit,
+        "limit": check_limit(fmt, limit),
         "timeout_seconds": env.settings.api_query_timeout_seconds,
         "format": fmt,
+        "params": list(params),
     }
