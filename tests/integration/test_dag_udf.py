@@ -104,20 +104,22 @@ def handler(event, context):
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
     """One pool with swaps spread over the blocks (some ranges hold none)."""
     anvil = Anvil(log=tmp_path_factory.mktemp("anvil") / "anvil.log").start()
-    acct = anvil.accounts()
-    factory = anvil.deploy_factory()
-    tx = anvil.transact(factory, "createPair(address,address)", [acct[8], acct[9]])
-    (log,) = anvil.receipt(tx)["logs"]
-    pool = "0x" + log["data"][26:66]
-    for i in range(9):
-        anvil.transact(pool, SWAP, [10**18 * (i + 1), 0, 0, i, acct[1]], acct[2])
-        if i % 2:
-            anvil.transact(pool, SWAP, [7, 0, 0, i, acct[1]], acct[2])  # same block or next
-        anvil.mine(1 + i % 2)
-    anvil.mine(BLOCKS - 1 - anvil.head())
-    anvil.extra = {"factory": factory.lower()}  # type: ignore[attr-defined]
-    yield anvil
-    anvil.stop()
+    try:
+        acct = anvil.accounts()
+        factory = anvil.deploy_factory()
+        tx = anvil.transact(factory, "createPair(address,address)", [acct[8], acct[9]])
+        (log,) = anvil.receipt(tx)["logs"]
+        pool = "0x" + log["data"][26:66]
+        for i in range(9):
+            anvil.transact(pool, SWAP, [10**18 * (i + 1), 0, 0, i, acct[1]], acct[2])
+            if i % 2:
+                anvil.transact(pool, SWAP, [7, 0, 0, i, acct[1]], acct[2])  # same block or next
+            anvil.mine(1 + i % 2)
+        anvil.mine(BLOCKS - 1 - anvil.head())
+        anvil.extra = {"factory": factory.lower()}  # type: ignore[attr-defined]
+        yield anvil
+    finally:
+        anvil.stop()  # also when seeding failed
 
 
 @pytest.fixture(scope="module")
