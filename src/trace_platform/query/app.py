@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -48,6 +48,7 @@ from trace_platform.query.service import BatchItem, QueryService
 from trace_platform.sandbox import detect_isolation
 
 log = get_logger(__name__)
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class QueryRequest(BaseModel):
@@ -215,6 +216,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise ForbiddenError("capability token does not grant this task attempt")
         return QueryCaller.of_task(claims)
 
+    async def user_api_body(request: Request, model: type[Body]) -> Body:
+        """The body of a request from the user API, once its worker token is checked."""
+        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
+            raise AuthError("missing or invalid worker token")
+        return await parse_body(request, model)
+
     @app.post(
         "/v1/task/query",
         tags=["task"],
@@ -279,9 +286,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="A user's query (from the user API): the org's relations, same gate and sandbox",
     )
     async def user_query(request: Request) -> Response:
-        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
-            raise AuthError("missing or invalid worker token")
-        body = await parse_body(request, UserQueryRequest)
+        body = await user_api_body(request, UserQueryRequest)
         service: QueryService = state["service"]
         caller = await service.binder.user_caller(
             body.org_id, body.dataset, body.user_id, "api", job=body.job
@@ -315,9 +320,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Start a user's query run (from the user API): executed here in the background",
     )
     async def query_run(request: Request) -> Response:
-        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
-            raise AuthError("missing or invalid worker token")
-        body = await parse_body(request, QueryRunRequest)
+        body = await user_api_body(request, QueryRunRequest)
         service: QueryService = state["service"]
         runs: QueryRuns = state["runs"]
         caller = await service.binder.user_caller(
@@ -338,9 +341,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="The relations a user's query may read, with their names and columns",
     )
     async def relations(request: Request) -> Response:
-        if not worker_tokens.accepts(request.headers.get(WORKER_HEADER)):
-            raise AuthError("missing or invalid worker token")
-        body = await parse_body(request, RelationsRequest)
+        body = await user_api_body(request, RelationsRequest)
         service: QueryService = state["service"]
         caller = await service.binder.user_caller(
             body.org_id, None, body.user_id, "api", job=body.job
