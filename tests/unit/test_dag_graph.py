@@ -3,10 +3,19 @@ right of its deepest input, one edge per input, nothing overlapping."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from trace_platform.domain.dag import GraphError
 from trace_platform.domain.dag_graph import layout
+from trace_platform.ops.dags import (
+    DagGeneration,
+    DagGenerationJob,
+    DagInput,
+    DagJobStatus,
+    DagStatus,
+)
 
 DEMO = [
     ("swaps", [("chain", "demo"), ("dataset", "labels")]),
@@ -54,7 +63,7 @@ def test_one_edge_per_input_from_the_sources_right_side_to_the_jobs_left_side() 
 def test_boxes_do_not_overlap_and_fit_the_drawing() -> None:
     g = layout(DEMO)
     for a in g.nodes:
-        assert 0 <= a.x and a.x + a.w <= g.width and 0 <= a.y and a.y + a.h <= g.height
+        assert a.x >= 0 and a.x + a.w <= g.width and a.y >= 0 and a.y + a.h <= g.height
         for b in g.nodes:
             if a is not b:
                 apart = a.x + a.w <= b.x or b.x + b.w <= a.x or a.y + a.h <= b.y or b.y + b.h <= a.y
@@ -69,3 +78,70 @@ def test_a_cycle_is_refused_naming_it() -> None:
 def test_an_empty_dag_draws_nothing() -> None:
     g = layout([])
     assert (g.nodes, g.edges) == ([], [])
+
+
+def _job(name: str, inputs: list[tuple[str, str]], **kw: object) -> DagJobStatus:
+    base: dict[str, object] = {
+        "job": name,
+        "relation": f"dex.{name}",
+        "window": "range",
+        "status": "active",
+        "generation": f"{name}-hash",
+        "inputs": [DagInput(k, n) for k, n in inputs],
+        "from_block": 0,
+        "committed": 6,
+        "in_flight": 0,
+        "failed": 0,
+        "rows": 60,
+        "committed_to": 600,
+        "input_tip": 600,
+        "lag_blocks": 0,
+        "last_error": None,
+    }
+    base.update(kw)
+    return DagJobStatus(**base)  # type: ignore[arg-type]
+
+
+def test_the_drawn_graph_shows_each_jobs_generation_the_building_ones_progress_and_errors() -> None:
+    from trace_platform.api.console import _env
+
+    now = datetime.now(UTC)
+    status = DagStatus(
+        "dex",
+        "running",
+        False,
+        [
+            _job("swaps", [("chain", "demo")]),
+            _job("pool_volume", [("job", "swaps")], committed_to=300, lag_blocks=300),
+            _job(
+                "top_pools",
+                [("job", "pool_volume")],
+                status="stopped",
+                failed=1,
+                last_error="boom <b>",
+            ),
+        ],
+        generation=1,
+        building_generation=2,
+        generations=[
+            DagGeneration(1, "current", now, now),
+            DagGeneration(
+                2,
+                "building",
+                now,
+                None,
+                0.5,
+                [DagGenerationJob("pool_volume", 300, 600, False)],
+            ),
+        ],
+    )
+    svg = _env.get_template("dag_graph.html").render(d=status)
+    assert svg.count('class="node job"') == 3 and svg.count('class="node source"') == 1
+    assert svg.count('class="edge"') == 3
+    assert "gen 1 · building 2: 300/600</text>" in svg  # pool_volume is being rebuilt
+    assert svg.count("building 2") == 1  # swaps and top_pools are not in generation 2
+    assert 'data-fraction="0.5"' in svg  # pool_volume: 300 of 600 blocks
+    assert "lag 300</text>" in svg
+    assert "stopped · 0 ranges" not in svg and "stopped · 6 ranges" in svg
+    assert "boom &lt;b&gt;" in svg and "<b>" not in svg  # an error is inert text
+    assert "style=" not in svg and "<script" not in svg  # nothing the CSP would block

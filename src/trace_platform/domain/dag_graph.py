@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from trace_platform.domain.dag import job_order
 
-NODE_W = 200  # a job's box: its name, generation, progress bar and lag
+NODE_W = 230  # a job's box: its name, generation, progress bar and lag
 JOB_H = 64
 SOURCE_H = 34
 COL_GAP = 70
