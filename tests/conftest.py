@@ -4,6 +4,7 @@ processes on loopback. Set TRACE_TEST_ADMIN_DATABASE_URL to use an external serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -261,6 +262,42 @@ async def start_query_service(settings: Settings, tmp: Path) -> Proc:
     proc.url = f"http://127.0.0.1:{settings.query_port}"
     await wait_http_ready(proc.url, proc)
     return proc
+
+
+def api_settings(settings: Settings, **changes: Any) -> Settings:
+    """`settings` for a module's own API and query service, each on a free port, with the
+    API's rate limit out of the way (it has its own test) unless `changes` set it."""
+    port = free_port()
+    defaults: dict[str, Any] = {
+        "query_port": port,
+        "query_url": f"http://127.0.0.1:{port}",
+        "api_port": free_port(),
+        "api_rate_per_second": 1000.0,
+        "api_rate_burst": 1000,
+    }
+    return settings.replace(**(defaults | changes))
+
+
+@dataclass(frozen=True)
+class ApiStack:
+    url: str  # the API's
+    query: Proc  # the query service (its executors are processes of their own)
+    api: Proc
+
+
+@contextlib.asynccontextmanager
+async def api_stack(settings: Settings, logs: Path) -> AsyncIterator[ApiStack]:
+    """`trace api` and the query service only (`api_settings`), logging to `logs`, ready
+    when entered and stopped (the API first) when left."""
+    query = await start_query_service(settings, logs)
+    api = Proc(["api"], proc_env(settings), logs / "api.log").start()
+    url = f"http://127.0.0.1:{settings.api_port}"
+    try:
+        await wait_http_ready(url, api)
+        yield ApiStack(url, query, api)
+    finally:
+        api.stop()
+        query.stop()
 
 
 @pytest.fixture(scope="module")

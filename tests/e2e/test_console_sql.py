@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from playwright.async_api import Page
 
-from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
+from tests.conftest import api_settings, api_stack
 from tests.e2e.test_console_browser import WatchedBrowser, browser, chromium, logged_in
 from tests.helpers import env_of
 from trace_platform.adapters.stores import object_store_from_settings
@@ -39,14 +39,7 @@ SAVED_SQL = "SELECT n, n * 2 AS doubled FROM waves WHERE n < {{ below: BIGINT = 
 
 @pytest.fixture(scope="module")
 def c_settings(settings: Settings) -> Settings:
-    port = free_port()
-    return settings.replace(
-        query_port=port,
-        query_url=f"http://127.0.0.1:{port}",
-        api_port=free_port(),
-        api_rate_per_second=1000.0,
-        api_rate_burst=1000,
-    )
+    return api_settings(settings)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +52,8 @@ async def pool(c_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="module")
 async def api(c_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     logs = tmp_path_factory.mktemp("sqlpagelogs")
-    query = await start_query_service(c_settings, logs)
-    proc = Proc(["api"], proc_env(c_settings), logs / "api.log").start()
-    url = f"http://127.0.0.1:{c_settings.api_port}"
-    await wait_http_ready(url, proc)
-    yield url
-    proc.stop()
-    query.stop()
+    async with api_stack(c_settings, logs) as stack:
+        yield stack.url
 
 
 @pytest.fixture(scope="module")

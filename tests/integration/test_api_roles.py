@@ -25,14 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import (
-    Proc,
-    free_port,
-    proc_env,
-    start_query_service,
-    wait_http_ready,
-    wait_until,
-)
+from tests.conftest import api_settings, api_stack, wait_until
 from tests.delivery_helpers import define_alert
 from tests.helpers import env_of, everything
 from trace_platform.adapters.stores import object_store_from_settings
@@ -57,14 +50,7 @@ DAG_SPEC = (
 
 @pytest.fixture(scope="module")
 def r_settings(settings: Settings) -> Settings:
-    port = free_port()
-    return settings.replace(
-        query_port=port,
-        query_url=f"http://127.0.0.1:{port}",
-        api_port=free_port(),
-        api_rate_per_second=1000.0,  # the rate limit has its own test
-        api_rate_burst=1000,
-    )
+    return api_settings(settings)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +65,8 @@ async def api(r_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     """`trace api` and the query service only: no loop of another process writes to the
     databases while a refused call is checked for changing nothing."""
     logs = tmp_path_factory.mktemp("rolelogs")
-    query = await start_query_service(r_settings, logs)
-    proc = Proc(["api"], proc_env(r_settings), logs / "api.log").start()
-    url = f"http://127.0.0.1:{r_settings.api_port}"
-    await wait_http_ready(url, proc)
-    yield url
-    proc.stop()
-    query.stop()
+    async with api_stack(r_settings, logs) as stack:
+        yield stack.url
 
 
 @dataclass

@@ -13,7 +13,6 @@ import csv
 import io
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,14 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import (
-    Proc,
-    free_port,
-    proc_env,
-    start_query_service,
-    wait_http_ready,
-    wait_until,
-)
+from tests.conftest import ApiStack, api_settings, api_stack, wait_until
 from tests.helpers import echoed_sql, env_of, run_trace
 from tests.integration.test_query import ATTACKS
 from trace_platform.adapters.stores import object_store_from_settings
@@ -58,15 +50,7 @@ T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def f_settings(settings: Settings) -> Settings:
-    port = free_port()
-    return settings.replace(
-        query_port=port,
-        query_url=f"http://127.0.0.1:{port}",
-        api_port=free_port(),
-        api_rate_per_second=1000.0,
-        api_rate_burst=1000,
-        query_max_export_rows=CAP,
-    )
+    return api_settings(settings, query_max_export_rows=CAP)
 
 
 @pytest.fixture(scope="module")
@@ -76,29 +60,16 @@ async def pool(f_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-@dataclass(frozen=True)
-class Stack:
-    url: str
-    query: Proc  # the query service (its executors are processes of their own)
-    api: Proc
-
-
 @pytest.fixture(scope="module")
 async def stack(
     f_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    logs = tmp_path_factory.mktemp("fmtlogs")
-    query = await start_query_service(f_settings, logs)
-    proc = Proc(["api"], proc_env(f_settings), logs / "api.log").start()
-    url = f"http://127.0.0.1:{f_settings.api_port}"
-    await wait_http_ready(url, proc)
-    yield Stack(url, query, proc)
-    proc.stop()
-    query.stop()
+) -> AsyncIterator[ApiStack]:
+    async with api_stack(f_settings, tmp_path_factory.mktemp("fmtlogs")) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
-def api(stack: Stack) -> str:
+def api(stack: ApiStack) -> str:
     return stack.url
 
 
@@ -354,7 +325,7 @@ async def fetch_to(
 
 
 async def test_a_large_answer_streams_through_the_api_and_the_query_service_in_bounded_memory(
-    stack: Stack, key: str, big: str, tmp_path: Path, f_settings: Settings
+    stack: ApiStack, key: str, big: str, tmp_path: Path, f_settings: Settings
 ) -> None:
     pids = {"api": stack.api.popen.pid, "query": stack.query.popen.pid}  # type: ignore[union-attr]
     sql = f"SELECT n, n::HUGEINT * {WIDE} AS wide, label FROM big"

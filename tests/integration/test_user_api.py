@@ -18,7 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Proc, free_port, proc_env, start_query_service, wait_http_ready
+from tests.conftest import (
+    Proc,
+    api_settings,
+    api_stack,
+    free_port,
+    proc_env,
+    start_query_service,
+    wait_http_ready,
+)
 from tests.helpers import echoed_sql, env_of, run_trace
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
@@ -33,14 +41,7 @@ XSS = "<script>alert('x')</script>"
 
 @pytest.fixture(scope="module")
 def u_settings(settings: Settings) -> Settings:
-    port = free_port()
-    return settings.replace(
-        query_port=port,
-        query_url=f"http://127.0.0.1:{port}",
-        api_port=free_port(),
-        api_rate_per_second=20.0,
-        api_rate_burst=60,
-    )
+    return api_settings(settings, api_rate_per_second=20.0, api_rate_burst=60)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,8 @@ LOGS: list[Path] = []
 async def api(u_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     logs = tmp_path_factory.mktemp("apilogs")
     LOGS.append(logs)
-    query = await start_query_service(u_settings, logs)
-    proc = Proc(["api"], proc_env(u_settings), logs / "api.log").start()
-    url = f"http://127.0.0.1:{u_settings.api_port}"
-    await wait_http_ready(url, proc)
-    yield url
-    proc.stop()
-    query.stop()
+    async with api_stack(u_settings, logs) as stack:
+        yield stack.url
 
 
 @pytest.fixture(scope="module")
