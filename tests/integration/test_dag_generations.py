@@ -21,14 +21,15 @@ import pytest
 from tests.chain_helpers import apply
 from tests.conftest import (
     Proc,
-    proc_env,
-    start_dispatcher,
-    start_proc,
-    start_query_service,
     wait_until,
 )
 from tests.delivery_helpers import Receiver
-from tests.integration.test_dags import LEVEL1, chain_spec, node  # noqa: F401 (fixture)
+from tests.integration.test_dags import (  # noqa: F401 (node: a fixture)
+    LEVEL1,
+    chain_spec,
+    dag_stack,
+    node,
+)
 from tests.rpc_proxy import FaultProxy
 from trace_platform.alerts.headers import AlertBlockHeaders
 from trace_platform.chain.devnet import Anvil
@@ -101,22 +102,10 @@ async def stack(
     node: Anvil,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[dict[str, Proc]]:
-    logs = tmp_path_factory.mktemp("logs")
-    procs = {
-        "dispatcher": await start_dispatcher(g_settings, logs),
-        "query": await start_query_service(g_settings, logs),
-        "worker": start_proc(g_settings, logs, "worker"),
-        "sink": start_proc(g_settings, logs, "sink"),
-        "deliver": Proc(
-            ["deliver"], proc_env(g_settings, TRACE_HOOK_SECRET_DAG=SECRET), logs / "deliver.log"
-        ).start(),
-    }
-    try:
-        await apply(g_settings, chain_spec(node, "gpools"))
+    async with dag_stack(
+        g_settings, tmp_path_factory.mktemp("logs"), chain_spec(node, "gpools"), SECRET
+    ) as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
 
 
 async def status(settings: Settings) -> dict[str, Any]:

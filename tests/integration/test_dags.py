@@ -6,6 +6,7 @@ their field; a reorg carries down every level."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import uuid
@@ -184,26 +185,37 @@ async def wait_built(
     return built
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    d_settings: Settings, node: Anvil, tmp_path_factory: pytest.TempPathFactory
+@contextlib.asynccontextmanager
+async def dag_stack(
+    settings: Settings, logs: Path, chain: str, secret: str
 ) -> AsyncIterator[dict[str, Proc]]:
-    logs = tmp_path_factory.mktemp("logs")
+    """Dispatcher, query service, worker, sink and delivery (`secret` as the DAG hook's
+    TRACE_HOOK_SECRET_DAG), with the chain spec `chain` applied; all stopped when left."""
     procs = {
-        "dispatcher": await start_dispatcher(d_settings, logs),
-        "query": await start_query_service(d_settings, logs),
-        "worker": start_proc(d_settings, logs, "worker"),
-        "sink": start_proc(d_settings, logs, "sink"),
+        "dispatcher": await start_dispatcher(settings, logs),
+        "query": await start_query_service(settings, logs),
+        "worker": start_proc(settings, logs, "worker"),
+        "sink": start_proc(settings, logs, "sink"),
         "deliver": Proc(
-            ["deliver"], proc_env(d_settings, TRACE_HOOK_SECRET_DAG=SECRET), logs / "deliver.log"
+            ["deliver"], proc_env(settings, TRACE_HOOK_SECRET_DAG=secret), logs / "deliver.log"
         ).start(),
     }
     try:
-        await apply(d_settings, chain_spec(node))
+        await apply(settings, chain)
         yield procs
     finally:
         for p in procs.values():
             p.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    d_settings: Settings, node: Anvil, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, Proc]]:
+    async with dag_stack(
+        d_settings, tmp_path_factory.mktemp("logs"), chain_spec(node), SECRET
+    ) as procs:
+        yield procs
 
 
 async def live_files(settings: Settings, name: str) -> list[tuple[int, int, list[str]]]:
