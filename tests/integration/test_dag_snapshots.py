@@ -56,6 +56,20 @@ SLOT_SECONDS = 5
 CRON = f"*/{SLOT_SECONDS} * * * * *"  # six fields, seconds first: every 5 s (UTC)
 
 
+def snap_spec(top_sql: str) -> str:
+    """The `snap` DAG: `swaps` per range over the chain, `top` (window: all, `top_sql`)
+    over all of it."""
+    return (
+        "kind: dag\nname: snap\njobs:\n"
+        f"  swaps: {{inputs: [{{chain: live}}], sql: {json.dumps(LEVEL1)}}}\n"
+        "  top:\n"
+        "    inputs: [{job: swaps}]\n"
+        "    window: all\n"
+        "    min_interval_seconds: 0\n"
+        f"    sql: {json.dumps(top_sql)}\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
     """One pool, followed at its head; tests add swaps and mine."""
@@ -126,16 +140,7 @@ async def test_a_whole_snapshot_job_equals_the_recompute_after_each_upstream_cha
 ) -> None:
     """...each run replaces the output as a new version, and a reader pinned to the
     previous version keeps reading it."""
-    await apply(
-        s_settings,
-        "kind: dag\nname: snap\njobs:\n"
-        f"  swaps: {{inputs: [{{chain: live}}], sql: {json.dumps(LEVEL1)}}}\n"
-        "  top:\n"
-        "    inputs: [{job: swaps}]\n"
-        "    window: all\n"
-        "    min_interval_seconds: 0\n"
-        f"    sql: {json.dumps(TOP)}\n",
-    )
+    await apply(s_settings, snap_spec(TOP))
     pool = node.extra["pool"]  # type: ignore[attr-defined]
     acct = node.accounts()
     versions: list[int] = []
@@ -186,16 +191,7 @@ async def test_a_whole_snapshot_job_equals_the_recompute_after_each_upstream_cha
     assert versions == sorted(versions) and len(set(versions)) == 3
     # A changed SQL is a new generation: built beside the current one, then cut over.
     changed = TOP.replace("max(block_number) AS last_block", "min(block_number) AS first_block")
-    await apply(
-        s_settings,
-        "kind: dag\nname: snap\njobs:\n"
-        f"  swaps: {{inputs: [{{chain: live}}], sql: {json.dumps(LEVEL1)}}}\n"
-        "  top:\n"
-        "    inputs: [{job: swaps}]\n"
-        "    window: all\n"
-        "    min_interval_seconds: 0\n"
-        f"    sql: {json.dumps(changed)}\n",
-    )
+    await apply(s_settings, snap_spec(changed))
 
     async def rebuilt() -> bool:
         files = [f for *_, fs in await live_files(s_settings, "snap.swaps") for f in fs]
