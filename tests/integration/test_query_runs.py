@@ -579,6 +579,7 @@ async def test_a_bad_run_request_is_refused_and_leaves_no_run(
             ({"sql": "SELECT 1", "limit": 10_001}, 400),  # JSON holds 10,000 rows at most
             ({"sql": "SELECT 1", "what": 1}, 400),
             ({"sql": "SELECT * FROM dataset", "dataset": "no-such-dataset"}, 404),
+            ({"sql": "SELECT * FROM not_a_relation_of_this_org"}, 400),  # as /v1/query
             ({"sql": "SELECT 1", "idempotency_key": ""}, 400),
         ):
             r = await http.post("/v1/query-runs", json=body, headers=bearer(keys["reader"]))

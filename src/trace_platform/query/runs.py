@@ -27,12 +27,12 @@ from trace_platform.db.sql import q
 from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.domain.query_formats import AnswerCut
 from trace_platform.domain.query_runs import PriorRun, result_key, reuse_run
-from trace_platform.domain.sql_gate import SqlRejected, sql_hash
+from trace_platform.domain.sql_gate import sql_hash
 from trace_platform.logs import get_logger
 from trace_platform.ports import ObjectStore
 from trace_platform.query.binding import QueryCaller
 from trace_platform.query.engine import FORMAT_JSON
-from trace_platform.query.service import QueryRejected, QueryService, gate
+from trace_platform.query.service import QueryService
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -92,15 +92,16 @@ class QueryRuns:
         fmt: str,
         idempotency_key: str | None,
     ) -> tuple[uuid.UUID, bool]:
-        """Accept a run: (run id, whether it is new). SQL the gate refuses is a 400 here and
-        leaves no row; the same idempotency key with the same SQL and format is the run it
-        named before (not run again), with other SQL a 409."""
+        """Accept a run: (run id, whether it is new). SQL the gate refuses or a relation the
+        caller cannot read is refused here as `POST /v1/query` refuses it, and leaves no
+        row; the same idempotency key with the same SQL and format is the run it named
+        before (not run again), with other SQL a 409."""
         digest = sql_hash(sql)
         try:
-            gate(sql)
-        except SqlRejected as exc:
+            await self.service.check(caller, sql)  # the gate, and the relations it reads
+        except TraceError as exc:
             log.warning("query_run.denied", reason=exc.code, sql_sha256=digest, **caller.log_ids())
-            raise QueryRejected(exc.reason, reason=exc.code) from None
+            raise
         run_id = uuid.uuid4()
         inserted = await self.pool.fetchval(
             q("query_runs", "insert_run"),
