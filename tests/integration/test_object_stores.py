@@ -48,6 +48,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
+def new_bucket(endpoint: str, prefix: str = "b") -> str:
+    """A new, empty bucket at the S3 `endpoint`: its name (`prefix` and 8 random hex)."""
+    bucket = prefix + os.urandom(4).hex()
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
 @pytest.fixture(scope="module", autouse=True)
 def aws_env() -> Iterator[None]:
     old = {
@@ -72,8 +79,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
             tmp_path / "objects", ObjectUrlSigner(b"k" * 32, "http://127.0.0.1:1")
         )
     endpoint = request.getfixturevalue("s3_endpoint")
-    bucket = "b" + os.urandom(4).hex()
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    bucket = new_bucket(endpoint)
     return S3ObjectStore(f"s3://{bucket}/trace", endpoint_url=endpoint)
 
 
@@ -132,8 +138,7 @@ async def test_presigned_urls_are_object_scoped(store: ObjectStore) -> None:
 
 
 async def test_s3_presigned_put_and_get_work_over_http(s3_endpoint: str) -> None:
-    bucket = "b" + os.urandom(4).hex()
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    bucket = new_bucket(s3_endpoint)
     store = S3ObjectStore(f"s3://{bucket}", endpoint_url=s3_endpoint)
     uri = store.uri_for("buffers/t/1/x.jsonl")
     req = urllib.request.Request(

@@ -5,7 +5,6 @@ expired result is deleted from the bucket."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,14 +18,18 @@ import pytest
 
 from tests.conftest import (
     Proc,
-    free_port,
+    api_settings,
     proc_env,
     start_query_service,
     wait_http_ready,
     wait_until,
 )
 from tests.helpers import env_of
-from tests.integration.test_object_stores import aws_env, s3_endpoint  # noqa: F401 - fixtures
+from tests.integration.test_object_stores import (  # noqa: F401 - fixtures
+    aws_env,
+    new_bucket,
+    s3_endpoint,
+)
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
@@ -39,17 +42,9 @@ SQL = "SELECT n, n * 10 AS tens FROM dataset ORDER BY n"
 
 @pytest.fixture(scope="module")
 def s3_settings(settings: Settings, s3_endpoint: str) -> Settings:  # noqa: F811
-    bucket = "runs-" + os.urandom(4).hex()
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    port = free_port()
-    return settings.replace(
-        object_store_url=f"s3://{bucket}/lake",
-        s3_endpoint_url=s3_endpoint,
-        query_port=port,
-        query_url=f"http://127.0.0.1:{port}",
-        api_port=free_port(),
-        api_rate_per_second=1000.0,
-        api_rate_burst=1000,
+    bucket = new_bucket(s3_endpoint, "runs-")
+    return api_settings(
+        settings, object_store_url=f"s3://{bucket}/lake", s3_endpoint_url=s3_endpoint
     )
 
 

@@ -3,11 +3,9 @@ store, granted at claim, read by the executor through an S3 filesystem it is han
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,7 +19,11 @@ from tests.conftest import (
     start_query_service,
 )
 from tests.helpers import Attempt, create_tasks
-from tests.integration.test_object_stores import aws_env, s3_endpoint  # noqa: F401 - fixtures
+from tests.integration.test_object_stores import (  # noqa: F401 - fixtures
+    aws_env,
+    new_bucket,
+    s3_endpoint,
+)
 from trace_platform.adapters.stores import object_store_from_settings
 from trace_platform.config import Settings
 from trace_platform.datasets import register_dataset
@@ -31,8 +33,7 @@ from trace_platform.ports import LITE_ORG_ID
 
 @pytest.fixture(scope="module")
 def s3_settings(settings: Settings, s3_endpoint: str) -> Settings:  # noqa: F811
-    bucket = "trace-" + os.urandom(4).hex()
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    bucket = new_bucket(s3_endpoint, "trace-")
     port = free_port()
     return settings.replace(
         object_store_url=f"s3://{bucket}/lake",
