@@ -377,9 +377,13 @@ class Client:
         duration, error, and when it succeeded a short-lived `url` to its result."""
         return dict(self.request("GET", f"/v1/query-runs/{run_id}"))
 
-    def query_runs(self, limit: int = 50) -> list[Json]:
-        """Your recent runs, newest first (status, rows, time; no SQL)."""
-        return list(self.request("GET", "/v1/query-runs", {"limit": limit})["runs"])
+    def query_runs(self, limit: int = 50, saved_query: str | None = None) -> list[Json]:
+        """Your recent runs, newest first (status, rows, time; no SQL); with `saved_query`,
+        only the runs of that saved query."""
+        query: dict[str, Any] = {"limit": limit}
+        if saved_query is not None:
+            query["saved_query"] = saved_query
+        return list(self.request("GET", "/v1/query-runs", query)["runs"])
 
     def cancel_query_run(self, run_id: str) -> Json:
         return dict(self.request("DELETE", f"/v1/query-runs/{run_id}"))
@@ -404,6 +408,17 @@ class Client:
         and `rows`/`bytes` once done). Failed or canceled: `QueryRunFailed` (with the run's
         `error_code`); interrupted (Ctrl+C) or past `timeout` seconds, the run is canceled."""
         run_id = self.start_query_run(sql, format, dataset, job, limit, idempotency_key)
+        return self._run_result(run_id, format, on_progress, output, poll_seconds, timeout)
+
+    def _run_result(
+        self,
+        run_id: str,
+        format: str,
+        on_progress: Callable[[Json], None] | None,
+        output: str | Path | None,
+        poll_seconds: float,
+        timeout: float | None,
+    ) -> QueryResult | bytes | Path:
         run = self._await_run(run_id, on_progress, poll_seconds, timeout)
         if output is not None and format in ("csv", "parquet"):
             return self._fetch_result(run, Path(output))
@@ -550,6 +565,40 @@ class Client:
         if reply.status_code >= 400:
             raise _api_error(reply)
         return reply.content, reply.headers.get("X-Trace-Truncated") == "true"
+
+    def start_saved_query_run(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        format: str = "json",
+        limit: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Start a query run of the saved query NAME with `params`; its id. The same
+        `idempotency_key` with the same values and format gives back the same run (other
+        values: ApiError 409)."""
+        body = self._run_body(params, limit, format)
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        reply = self.request("POST", f"/v1/saved-queries/{name}/runs", json=body)
+        return str(reply["run_id"])
+
+    def saved_query_run(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        format: str = "arrow",
+        limit: int | None = None,
+        idempotency_key: str | None = None,
+        on_progress: Callable[[Json], None] | None = None,
+        output: str | Path | None = None,
+        poll_seconds: float = 0.5,
+        timeout: float | None = None,
+    ) -> QueryResult | bytes | Path:
+        """Run the saved query NAME with `params` in the background and wait for its
+        result, as `query_run` does for SQL (same return values, progress and cancel)."""
+        run_id = self.start_saved_query_run(name, params, format, limit, idempotency_key)
+        return self._run_result(run_id, format, on_progress, output, poll_seconds, timeout)
 
     @staticmethod
     def _run_body(params: dict[str, Any] | None, limit: int | None, fmt: str | None) -> Json:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import api_settings, api_stack
+from tests.conftest import api_settings, api_stack, wait_until
 from tests.helpers import env_of, run_trace
 from tests.integration.test_user_api import run_remote
 from trace_platform.adapters.stores import object_store_from_settings
@@ -320,3 +320,139 @@ def test_the_sdk_saves_and_runs_with_params(api: str, keys: dict[str, str], numb
         assert caught.value.status == 400 and "'n'" in str(caught.value)
         client.delete_query("sdk")
         assert "sdk" not in {q["name"] for q in client.saved_queries()}
+
+
+async def _finished_run(http: httpx.AsyncClient, key: str, run_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        r = await http.get(f"/v1/query-runs/{run_id}", headers=bearer(key))
+        assert r.status_code == 200, r.text
+        doc: dict[str, Any] = r.json()
+        return doc if doc["status"] not in ("queued", "running") else None
+
+    found: dict[str, Any] = await wait_until(done, timeout=60, interval=0.1, what="run ended")
+    return found
+
+
+async def test_a_saved_query_runs_as_a_query_run_with_its_values_bound(
+    api: str, keys: dict[str, str], numbers: str, s_settings: Settings, pool: asyncpg.Pool
+) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        w, r, other = bearer(keys["writer"]), bearer(keys["reader"]), bearer(keys["b-reader"])
+        made = await http.post("/v1/saved-queries", json={"name": "runq", "sql": SQL}, headers=w)
+        assert made.status_code == 201, made.text
+
+        async def start(params: dict[str, Any], **extra: Any) -> httpx.Response:
+            body = {"params": params, **extra}
+            return await http.post("/v1/saved-queries/runq/runs", json=body, headers=r)
+
+        async def result_of(run_id: str) -> dict[str, Any]:
+            run = await _finished_run(http, keys["reader"], run_id)
+            assert run["status"] == "succeeded", run
+            assert run["saved_query"] == "runq"
+            got = await http.get(run["url"])
+            assert got.status_code == 200, got.text
+            doc: dict[str, Any] = got.json()
+            return doc
+
+        # a run's answer is the synchronous run's answer
+        sync = await http.post("/v1/saved-queries/runq/run", json={"params": {"low": 5}}, headers=r)
+        assert sync.status_code == 200, sync.text
+        first = await start({"low": 5}, format="json", idempotency_key="runq-1")
+        assert first.status_code == 202, first.text
+        run_id = first.json()["run_id"]
+        assert first.json()["created"] is True
+        assert (
+            (await result_of(run_id))["rows"]
+            == sync.json()["rows"]
+            == [
+                [5, "row5"],
+                [6, "row6"],
+                [7, "row7"],
+            ]
+        )
+        # idempotency: the same key and values (the same once checked: "5" is 5) is the same
+        # run; other values or another format is a 409
+        for same in ({"low": 5}, {"low": "5", "span": 3}):
+            again = await start(same, format="json", idempotency_key="runq-1")
+            assert again.status_code == 202, again.text
+            assert again.json() == {"run_id": run_id, "created": False}
+        for params, fmt in (
+            ({"low": 6}, "json"),
+            ({"low": 5, "skip": "x"}, "json"),
+            ({"low": 5}, "csv"),
+        ):
+            clash = await start(params, format=fmt, idempotency_key="runq-1")
+            assert clash.status_code == 409, clash.text
+            assert clash.json()["error"] == "idempotency_conflict"
+        # hostile values: as text they match nothing and run the same statement; as an
+        # integer they are a 400 naming the parameter, never the value, and make no run
+        before = await pool.fetchval("SELECT count(*) FROM state.query_runs")
+        for value in HOSTILE:
+            bad = await start({"low": value})
+            assert bad.status_code == 400, bad.text
+            assert bad.json()["error"] == "bad_parameter"
+            assert "'low'" in bad.json()["detail"] and value not in bad.text
+        assert await pool.fetchval("SELECT count(*) FROM state.query_runs") == before
+        hostile_runs = []
+        for value in HOSTILE:
+            ok = await start({"low": 0, "span": 20, "skip": value}, format="json")
+            assert ok.status_code == 202, ok.text
+            hostile_runs.append(ok.json()["run_id"])
+        for rid in hostile_runs:
+            assert len((await result_of(rid))["rows"]) == 20
+        # the runs record the saved query and the values' hash, never the SQL or the values
+        rows = await pool.fetch(
+            "SELECT * FROM state.query_runs WHERE saved_query = 'runq' ORDER BY created_at"
+        )
+        assert len(rows) == 1 + len(HOSTILE)
+        assert len({row["sql_sha256"] for row in rows}) == 1  # one statement, whatever the values
+        hashes = [row["params_sha256"] for row in rows]
+        assert all(h and len(h) == 64 for h in hashes) and len(set(hashes)) == len(rows)
+        text = repr([dict(row) for row in rows])
+        for secret in (*HOSTILE, "numbers", "row5", "CAST("):
+            assert secret not in text
+        # the user's runs of this saved query, by name; another org sees none of it
+        listed = await http.get("/v1/query-runs", params={"saved_query": "runq"}, headers=r)
+        assert listed.status_code == 200, listed.text
+        assert {x["run_id"] for x in listed.json()["runs"]} == {str(x["run_id"]) for x in rows}
+        assert all(x["saved_query"] == "runq" for x in listed.json()["runs"])
+        none = await http.get("/v1/query-runs", params={"saved_query": "win"}, headers=r)
+        assert all(x["saved_query"] == "win" for x in none.json()["runs"])
+        assert (await http.get(f"/v1/query-runs/{run_id}", headers=other)).status_code == 404
+        theirs = await http.post(
+            "/v1/saved-queries/runq/runs", json={"params": {"low": 5}}, headers=other
+        )
+        assert theirs.status_code == 404, theirs.text
+        other_list = await http.get("/v1/query-runs", params={"saved_query": "runq"}, headers=other)
+        assert other_list.json()["runs"] == []
+        # cancel through DELETE as any run
+        slow = await start({"low": 0, "span": 20}, format="csv")
+        assert slow.status_code == 202
+        stop = await http.delete(f"/v1/query-runs/{slow.json()['run_id']}", headers=r)
+        assert stop.status_code in (200, 409), stop.text  # 409: it had finished already
+        ended = await _finished_run(http, keys["reader"], slow.json()["run_id"])
+        assert ended["status"] in ("canceled", "succeeded")
+    for log in LOGS[0].glob("*.log"):
+        text = log.read_text()
+        assert "DROP TABLE" not in text and "read_parquet" not in text and "row5'" not in text
+
+
+def test_the_sdk_runs_a_saved_query_as_a_query_run(
+    api: str, keys: dict[str, str], numbers: str
+) -> None:
+    with Client(api, keys["writer"]) as client:
+        client.save_query("sdkrun", "SELECT n, label FROM numbers WHERE n >= {{ n: BIGINT }}")
+        seen: list[str] = []
+        result = client.saved_query_run(
+            "sdkrun", {"n": 17}, on_progress=lambda run: seen.append(run["status"])
+        )
+        assert not isinstance(result, (bytes, Path))
+        assert (
+            result.to_arrow().to_pylist()
+            == client.run_query("sdkrun", {"n": 17}, format="arrow").to_arrow().to_pylist()
+        )
+        assert seen[-1] == "succeeded"
+        assert [r["saved_query"] for r in client.query_runs(saved_query="sdkrun")] == ["sdkrun"]
+        with pytest.raises(ApiError) as caught:
+            client.saved_query_run("sdkrun", {"n": "seventeen"})
+        assert caught.value.status == 400 and "'n'" in str(caught.value)

@@ -16,6 +16,7 @@ from trace_platform.domain.query_runs import (
     check_cancel,
     check_result_signature,
     derive_result_secret,
+    params_hash,
     result_key,
     result_signature,
     reuse_run,
@@ -86,3 +87,22 @@ def test_a_runs_time_limit_and_result_life_are_settings_with_bounds() -> None:
     for env in ({"TRACE_QUERY_RUN_TIMEOUT": "601"}, {"TRACE_QUERY_RESULT_TTL": "0"}):
         with pytest.raises(ConfigError):
             Settings.load(env=env)
+
+
+def test_a_saved_query_run_is_the_same_run_only_with_the_same_values() -> None:
+    digest = params_hash(["5", "3", ""])
+    assert digest is not None and len(digest) == 64
+    assert params_hash(None) is None
+    assert params_hash(["5", "3", ""]) == digest
+    assert params_hash(["5", "3", "x"]) != digest
+    assert params_hash(["5,3"]) != params_hash(["5", "3"])  # no two value lists collide
+    prior = PriorRun(RUN, "a" * 64, "json", "runq", digest)
+    assert reuse_run(prior, "a" * 64, "json", "runq", digest) == RUN
+    for changed in (
+        ("a" * 64, "json", "runq", params_hash(["6", "3", ""])),
+        ("a" * 64, "json", "other", digest),
+        ("a" * 64, "json", None, None),
+        ("a" * 64, "csv", "runq", digest),
+    ):
+        with pytest.raises(IdempotencyConflict):
+            reuse_run(prior, *changed)

@@ -79,3 +79,11 @@ class SavedQueryRun(BaseModel):
     params: dict[str, ParamValue] = Field(default_factory=dict, max_length=32)
     limit: int | None = Field(default=None, ge=1)
     format: str | None = Field(default=None, max_length=16)
+
+
+class SavedQueryRunStart(SavedQueryRun):
+    """A saved query's query run (`POST /v1/saved-queries/{name}/runs`): as a run of it,
+    plus `idempotency_key` (the same key with the same values and format is the same run;
+    other values or format: 409)."""
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)

@@ -8,7 +8,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from trace_platform.api.auth import Ctx, Reader, Writer
-from trace_platform.api.models import SavedQueryCreate, SavedQueryRun, SavedQueryUpdate
+from trace_platform.api.models import (
+    SavedQueryCreate,
+    SavedQueryRun,
+    SavedQueryRunStart,
+    SavedQueryUpdate,
+)
 from trace_platform.domain.query_formats import TRUNCATED_HEADER, choose_format
 from trace_platform.http import json_response
 from trace_platform.http_stream import bytes_answer
@@ -86,3 +91,20 @@ async def run_query(c: Reader, name: str, body: SavedQueryRun, request: Request)
     )
     truncated = reply.headers.get(TRUNCATED_HEADER.lower()) == "true"
     return await bytes_answer(reply, fmt, lambda: truncated, reply.close)
+
+
+@router.post(
+    "/v1/saved-queries/{name}/runs",
+    tags=["saved queries", "query runs"],
+    summary="Start a query run of a saved query with its parameters' values",
+    status_code=202,
+)
+async def start_run(c: Reader, name: str, body: SavedQueryRunStart) -> Response:
+    """`202 {run_id, created}`, then as any query run (`GET /v1/query-runs/{id}`, `DELETE`).
+    Values are checked and bound as `POST /v1/saved-queries/{name}/run` binds them; the run
+    records the saved query's name and the sha256 of the values, never the values."""
+    fmt = choose_format(body.format, None)
+    run = await saved_ops.start_run(
+        c.env, _caller(c), name, body.params, fmt, body.limit, body.idempotency_key
+    )
+    return json_response({"run_id": run.run_id, "created": run.created}, 202)

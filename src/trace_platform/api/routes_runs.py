@@ -68,8 +68,12 @@ async def runs(
     c: Reader,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=run_ops.MAX_PAGE)] = 50,
+    saved_query: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> Response:
-    return json_response(await run_ops.list_runs(c.env, c.org, c.user.user_id, cursor, limit))
+    """`saved_query`: only the runs of that saved query (`POST /v1/saved-queries/{name}/runs`)."""
+    return json_response(
+        await run_ops.list_runs(c.env, c.org, c.user.user_id, cursor, limit, saved_query)
+    )
 
 
 @router.get(

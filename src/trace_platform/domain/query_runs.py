@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trace_platform.domain.errors import ConflictError, ForbiddenError
@@ -52,14 +54,36 @@ class PriorRun:
     run_id: uuid.UUID
     sql_sha256: str
     fmt: str
+    saved_query: str | None = None
+    params_sha256: str | None = None
 
 
-def reuse_run(prior: PriorRun, sql_sha256: str, fmt: str) -> uuid.UUID:
-    """The same key with the same SQL (by hash) and format is the same run; with other SQL
-    or another format it is a 409: a key names one request."""
-    if prior.sql_sha256 != sql_sha256 or prior.fmt != fmt:
+def params_hash(params: Sequence[str] | None) -> str | None:
+    """The sha256 of a saved query's bound parameter values (their canonical text, in `$k`
+    order), recorded instead of the values; None for a run of plain SQL (no values)."""
+    if params is None:
+        return None
+    canonical = json.dumps(list(params), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def reuse_run(
+    prior: PriorRun,
+    sql_sha256: str,
+    fmt: str,
+    saved_query: str | None = None,
+    params_sha256: str | None = None,
+) -> uuid.UUID:
+    """The same key with the same SQL (by hash), parameter values (by hash), saved query and
+    format is the same run; with anything else it is a 409: a key names one request."""
+    if (
+        prior.sql_sha256 != sql_sha256
+        or prior.fmt != fmt
+        or prior.saved_query != saved_query
+        or prior.params_sha256 != params_sha256
+    ):
         raise IdempotencyConflict(
-            "this idempotency_key names another run (different SQL or format)"
+            "this idempotency_key names another run (different SQL, parameter values or format)"
         )
     return prior.run_id
 

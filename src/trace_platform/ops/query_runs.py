@@ -48,6 +48,7 @@ class QueryRunSummary:
     error_code: str | None
     created_at: datetime
     finished_at: datetime | None
+    saved_query: str | None = None  # the saved query it ran (None: plain SQL)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class QueryRunDetail:
     expired: bool = False
     url: str | None = None
     url_expires_at: datetime | None = None
+    saved_query: str | None = None  # the saved query it ran, and its values' sha256
+    params_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,13 +108,17 @@ async def submit_run(
     job: str | None = None,
     limit: int | None = None,
     idempotency_key: str | None = None,
+    params: tuple[str, ...] | None = None,
+    saved_query: str | None = None,
 ) -> SubmittedRun:
     """Hand a run to the query service, which records it (queued) and executes it; SQL the
     gate refuses, an unknown dataset or job are refused here and leave no run. `limit`: as
-    `POST /v1/query` (JSON 1..10,000, default 1,000; other formats up to the export cap)."""
+    `POST /v1/query` (JSON 1..10,000, default 1,000; other formats up to the export cap).
+    `params`, `saved_query`: a saved query's checked values and its name (its run records
+    the name and the values' sha256, never the values)."""
     if env.query_client is None or env.worker_token is None:
         raise ConfigError("this process has no client of the query service")
-    body = {
+    body: dict[str, object] = {
         "org_id": str(org_id),
         "user_id": None if user_id is None else str(user_id),
         "dataset": dataset,
@@ -121,6 +128,9 @@ async def submit_run(
         "format": fmt,
         "idempotency_key": idempotency_key,
     }
+    if saved_query is not None:
+        body["saved_query"] = saved_query
+        body["params"] = list(params or ())
     answer = await env.query_client.post(
         f"{env.settings.resolved_query_url}/internal/query-runs",
         body,
@@ -178,13 +188,21 @@ async def list_runs(
     user_id: uuid.UUID,
     cursor: str | None = None,
     limit: int = 50,
+    saved_query: str | None = None,
 ) -> QueryRunPage:
-    """A user's runs, newest first (status, rows, time; no SQL), and the next page's cursor."""
+    """A user's runs, newest first (status, rows, time; no SQL), and the next page's cursor;
+    with `saved_query`, only the runs of that saved query."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValidationError(f"limit must be 1..{MAX_PAGE}")
     after = decode_cursor(cursor) if cursor else (None, None)
     rows = await env.state.fetch(
-        q("query_runs", "runs_of_user"), org_id, user_id, after[0], after[1], limit + 1
+        q("query_runs", "runs_of_user"),
+        org_id,
+        user_id,
+        after[0],
+        after[1],
+        limit + 1,
+        saved_query,
     )
     more = len(rows) > limit
     rows = rows[:limit]

@@ -22,6 +22,7 @@ from trace_platform.domain.saved_query import (
 )
 from trace_platform.domain.sql_gate import SqlRejected, check_sql
 from trace_platform.ops import datasets as dataset_ops
+from trace_platform.ops import query_runs as run_ops
 from trace_platform.ops.env import Caller, OpsEnv, from_row
 
 MAX_SQL = 20_000
@@ -208,4 +209,34 @@ async def run_query(
         )
     return await dataset_ops.export_here(
         env, org, None, bound.sql, limit, fmt, None, bound.job, bound.params
+    )
+
+
+async def start_run(
+    env: OpsEnv,
+    caller: Caller,
+    name: str,
+    values: dict[str, Any],
+    fmt: str = "json",
+    limit: int | None = None,
+    idempotency_key: str | None = None,
+) -> run_ops.SubmittedRun:
+    """Start a query run of the saved query NAME: its values bound exactly as `run_query`
+    binds them (400 `bad_parameter` naming the parameter), handed to the query service as
+    prepared-statement parameters with the saved query's name. The run records the name and
+    the sha256 of the values, never the values; an idempotency key compares the SQL's hash,
+    the values' hash and the format (other values: 409)."""
+    bound = await bind_query(env, caller.org_id, name, values)
+    return await run_ops.submit_run(
+        env,
+        caller.org_id,
+        caller.user_id,
+        bound.sql,
+        fmt,
+        None,
+        bound.job,
+        limit,
+        idempotency_key,
+        bound.params,
+        name,
     )

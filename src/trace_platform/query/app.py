@@ -115,6 +115,10 @@ class QueryRunRequest(BaseModel):
     limit: int | None = Field(default=None, ge=1)
     format: Literal["json", "arrow", "csv", "parquet"] = "json"
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+    # A saved query's run: its name and its bound values for `$1`..`$n` (checked by the user
+    # API, `domain.saved_query`); the run records the name and the values' sha256 only.
+    saved_query: str | None = Field(default=None, min_length=1, max_length=128)
+    params: list[str] | None = Field(default=None, max_length=32)
 
 
 class RelationsRequest(BaseModel):
@@ -327,7 +331,13 @@ def create_app(settings: Settings) -> FastAPI:
             body.org_id, body.dataset, body.user_id, "api", job=body.job
         )
         run_id, created = await runs.submit(
-            caller, body.sql, body.limit, body.format, body.idempotency_key
+            caller,
+            body.sql,
+            body.limit,
+            body.format,
+            body.idempotency_key,
+            None if body.params is None else tuple(body.params),
+            body.saved_query,
         )
         return Response(
             orjson.dumps({"run_id": str(run_id), "created": created}),

@@ -26,7 +26,7 @@ from trace_platform.aio import LoopRunner
 from trace_platform.db.sql import q
 from trace_platform.domain.errors import OverloadedError, TraceError
 from trace_platform.domain.query_formats import AnswerCut
-from trace_platform.domain.query_runs import PriorRun, result_key, reuse_run
+from trace_platform.domain.query_runs import PriorRun, params_hash, result_key, reuse_run
 from trace_platform.domain.sql_gate import sql_hash
 from trace_platform.logs import get_logger
 from trace_platform.ports import ObjectStore
@@ -91,14 +91,20 @@ class QueryRuns:
         limit: int | None,
         fmt: str,
         idempotency_key: str | None,
+        params: tuple[str, ...] | None = None,
+        saved_query: str | None = None,
     ) -> tuple[uuid.UUID, bool]:
         """Accept a run: (run id, whether it is new). SQL the gate refuses or a relation the
         caller cannot read is refused here as `POST /v1/query` refuses it, and leaves no
         row; the same idempotency key with the same SQL and format is the run it named
-        before (not run again), with other SQL a 409."""
+        before (not run again), with other SQL a 409. `params`, `saved_query`: a saved
+        query's bound values (for its `$1`..`$n`) and its name; the row records the name and
+        the sha256 of the values, never the values, and a key also compares their hash."""
         digest = sql_hash(sql)
+        values = params or ()
+        params_digest = params_hash(values if saved_query is not None else None)
         try:
-            await self.service.check(caller, sql)  # the gate, and the relations it reads
+            await self.service.check(caller, sql, values)  # the gate, the relations it reads
         except TraceError as exc:
             log.warning("query_run.denied", reason=exc.code, sql_sha256=digest, **caller.log_ids())
             raise
@@ -112,6 +118,8 @@ class QueryRuns:
             digest,
             fmt,
             self.ttl_seconds,
+            saved_query,
+            params_digest,
         )
         if inserted is None:
             prior = await self.pool.fetchrow(
@@ -120,10 +128,20 @@ class QueryRuns:
             if prior is None:  # the row that conflicted is gone: a caller's retry will do
                 raise OverloadedError("the run could not be recorded; retry", retry_after=1)
             same = reuse_run(
-                PriorRun(prior["run_id"], prior["sql_sha256"], prior["format"]), digest, fmt
+                PriorRun(
+                    prior["run_id"],
+                    prior["sql_sha256"],
+                    prior["format"],
+                    prior["saved_query"],
+                    prior["params_sha256"],
+                ),
+                digest,
+                fmt,
+                saved_query,
+                params_digest,
             )
             return same, False
-        task = asyncio.create_task(self._run(run_id, caller, sql, limit, fmt))
+        task = asyncio.create_task(self._run(run_id, caller, sql, limit, fmt, values))
         self.held[run_id] = task
         task.add_done_callback(lambda _t: self.held.pop(run_id, None))
         log.info(
@@ -131,12 +149,20 @@ class QueryRuns:
             run_id=str(run_id),
             format=fmt,
             sql_sha256=digest,
+            saved_query=saved_query,
+            params_sha256=params_digest,
             **caller.log_ids(),
         )
         return run_id, True
 
     async def _run(
-        self, run_id: uuid.UUID, caller: QueryCaller, sql: str, limit: int | None, fmt: str
+        self,
+        run_id: uuid.UUID,
+        caller: QueryCaller,
+        sql: str,
+        limit: int | None,
+        fmt: str,
+        params: tuple[str, ...] = (),
     ) -> None:
         started = time.monotonic()
         ids = {"run_id": str(run_id), **caller.log_ids()}
@@ -147,7 +173,9 @@ class QueryRuns:
                 started = time.monotonic()  # its time limit and duration count from here
                 log.info("query_run.started", **ids)
                 uri = self.store.uri_for(result_key(caller.org_id, run_id, fmt))
-                rows, size, truncated = await self._write(caller, sql, limit, fmt, started, uri)
+                rows, size, truncated = await self._write(
+                    caller, sql, limit, fmt, started, uri, params
+                )
             ms = int((time.monotonic() - started) * 1000)
             done = await self.pool.fetchval(
                 q("query_runs", "finish_run"), run_id, rows, size, truncated, ms, uri
@@ -194,19 +222,24 @@ class QueryRuns:
         fmt: str,
         started: float,
         uri: str,
+        params: tuple[str, ...] = (),
     ) -> tuple[int, int, bool]:
         """Run the query and write its answer to `uri`: (rows, bytes, truncated). An Arrow,
         CSV or Parquet answer streams from the executor into the store, never held whole; a
         JSON one (at most 10,000 rows) is written at once."""
         if fmt == FORMAT_JSON:
             result = await self._busy_retry(
-                lambda left: self.service.query(caller, None, sql, limit, timeout=left, fmt=fmt),
+                lambda left: self.service.query(
+                    caller, None, sql, limit, timeout=left, fmt=fmt, params=params
+                ),
                 started,
             )
             await self.store.put_bytes(uri, result.body)
             return result.rows, len(result.body), result.truncated
         stream = await self._busy_retry(
-            lambda left: self.service.stream(caller, None, sql, limit, timeout=left, fmt=fmt),
+            lambda left: self.service.stream(
+                caller, None, sql, limit, timeout=left, fmt=fmt, params=params
+            ),
             started,
         )
         size, cut = 0, False

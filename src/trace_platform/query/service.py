@@ -156,11 +156,12 @@ class QueryService:
         cap = limit is None or limit > self.max_export_rows
         return AnswerStream(self, item, gated, dataset_ids, stream, cap, started)
 
-    async def check(self, caller: QueryCaller, sql: str) -> None:
+    async def check(self, caller: QueryCaller, sql: str, params: tuple[str, ...] = ()) -> None:
         """Refuse what `query` would refuse before running anything: SQL the gate rejects and
         relations the caller cannot read (a name that maps to nothing, another org's data);
-        nothing is run or audited (a query run is refused so, and leaves no run)."""
-        await self._bind(BatchItem(caller, None, sql, None), None)
+        nothing is run or audited (a query run is refused so, and leaves no run). `params`:
+        a saved query's values for its `$1`..`$n`."""
+        await self._bind(BatchItem(caller, None, sql, None, params=params), None)
 
     async def query_batch(self, items: list[BatchItem]) -> list[QueryResult | TraceError]:
         """Many tasks' queries in one call (an alert's rules over one committed range): each

@@ -6,13 +6,14 @@
 -- name: insert_run
 -- A new run, queued; nothing when the (org, user, idempotency key) already names one.
 INSERT INTO state.query_runs
-    (run_id, org_id, user_id, idempotency_key, sql_sha256, format, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+    (run_id, org_id, user_id, idempotency_key, sql_sha256, format, expires_at, saved_query,
+     params_sha256)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9)
 ON CONFLICT DO NOTHING
 RETURNING run_id;
 
 -- name: run_by_key
-SELECT run_id, sql_sha256, format, status
+SELECT run_id, sql_sha256, format, status, saved_query, params_sha256
 FROM state.query_runs
 WHERE org_id = $1 AND user_id IS NOT DISTINCT FROM $2 AND idempotency_key = $3;
 
@@ -67,18 +68,20 @@ UPDATE state.query_runs SET collected_at = now() WHERE run_id = $1;
 -- name: run_of_org
 SELECT run_id, org_id, user_id, sql_sha256, format, status, rows, bytes, truncated,
        duration_ms, error_code, error_detail, output_uri, created_at, started_at,
-       finished_at, expires_at, collected_at
+       finished_at, expires_at, collected_at, saved_query, params_sha256
 FROM state.query_runs
 WHERE org_id = $1 AND run_id = $2;
 
 -- name: runs_of_user
--- A user's runs, newest first, keyset-paged by (created_at, run_id).
+-- A user's runs, newest first, keyset-paged by (created_at, run_id); $6: only the runs of
+-- that saved query (NULL: all).
 SELECT run_id, org_id, user_id, sql_sha256, format, status, rows, bytes, truncated,
        duration_ms, error_code, error_detail, output_uri, created_at, started_at,
-       finished_at, expires_at, collected_at
+       finished_at, expires_at, collected_at, saved_query, params_sha256
 FROM state.query_runs
 WHERE org_id = $1 AND user_id = $2
   AND ($3::timestamptz IS NULL OR (created_at, run_id) < ($3, $4::uuid))
+  AND ($6::text IS NULL OR saved_query = $6)
 ORDER BY created_at DESC, run_id DESC
 LIMIT $5;
 
