@@ -73,6 +73,14 @@ class Receiver:
     def at(self, path: str) -> list[Seen]:
         return [s for s in self.seen if s.path == path]
 
+    def per_tx(self, path: str) -> dict[str, int]:
+        """How many deliveries at `path` carried each transaction (the event's tx_hash)."""
+        out: dict[str, int] = {}
+        for seen in self.at(path):
+            tx = orjson.loads(seen.body)["data"]["tx_hash"]
+            out[tx] = out.get(tx, 0) + 1
+        return out
+
     async def stop(self) -> None:
         self.hang.set()
         if self.runner is not None:

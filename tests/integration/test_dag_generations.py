@@ -173,11 +173,7 @@ async def test_a_changed_job_rebuilds_beside_the_current_one_and_cuts_over_whole
     await apply(g_settings, alert)
 
     def delivered() -> dict[str, int]:
-        out: dict[str, int] = {}
-        for seen in receiver.at("/gx"):
-            tx = json.loads(seen.body)["data"]["tx_hash"]
-            out[tx] = out.get(tx, 0) + 1
-        return out
+        return receiver.per_tx("/gx")
 
     await wait_until(lambda: len(delivered()) == SWAPS, 60, 0.1, "every swap alerted")
     assert await read_levels(g_settings) == [("l2", "v1", SWAPS), ("l3", "v1", SWAPS)]

@@ -395,11 +395,7 @@ async def test_a_reorg_carries_down_every_level_and_no_reader_sees_the_abandoned
     await apply(d_settings, alert)
 
     def delivered() -> dict[str, int]:
-        out: dict[str, int] = {}
-        for seen in receiver.at("/fx"):
-            tx = json.loads(seen.body)["data"]["tx_hash"]
-            out[tx] = out.get(tx, 0) + 1
-        return out
+        return receiver.per_tx("/fx")
 
     await wait_until(lambda: len(delivered()) == 8, 60, 0.1, "8 swaps alerted")
 
