@@ -144,6 +144,11 @@ async def test_another_org_an_unknown_job_or_generation_is_not_found(pool: async
         await job_partitions(env, LITE_ORG_ID, "big", "down", 7)
     with pytest.raises(ValidationError, match="limit"):
         await job_partitions(env, LITE_ORG_ID, "big", "down", limit=0)
+    # past the columns' integer ranges (a console URL's ?generation= or ?after=): 404 / 400
+    with pytest.raises(NotFoundError, match="in generation 99999999999999999999"):
+        await job_partitions(env, LITE_ORG_ID, "big", "down", 99999999999999999999)
+    with pytest.raises(ValidationError, match="after"):
+        await job_partitions(env, LITE_ORG_ID, "big", "down", None, 2**70)
     # generation 1 names the same (current) row
     page = await job_partitions(env, LITE_ORG_ID, "big", "down", 1, None, 5)
     assert [p.range_start for p in page.partitions] == [0, 10, 20, 30, 40]

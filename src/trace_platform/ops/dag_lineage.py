@@ -82,8 +82,16 @@ async def job_partitions(
     is not the org's; 400 on a bad limit."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValidationError(f"limit: between 1 and {MAX_PAGE}")
+    if after is not None and not -(2**63) <= after < 2**63:
+        raise ValidationError("after: a range start (a 64-bit integer)")
+    # A generation is an int column: one past it names no generation (was: a DataError).
+    found = generation is None or 1 <= generation < 2**31
     async with env.state.acquire() as conn:
-        row = await conn.fetchrow(q("console", "dag_job_row"), org_id, dag, job, generation)
+        row = (
+            await conn.fetchrow(q("console", "dag_job_row"), org_id, dag, job, generation)
+            if found
+            else None
+        )
         if row is None:
             where = "" if generation is None else f" in generation {generation}"
             raise NotFoundError(f"no job {shown(job)!r} of DAG {shown(dag)!r}{where}")
