@@ -167,6 +167,9 @@ async def test_a_whole_snapshot_job_equals_the_recompute_after_each_upstream_cha
             snap = st["snapshot"]
             assert st["window"] == "all" and snap["schedule"] is None
             assert snap["last_run_at"] is not None and snap["next_slot"] is None
+            # No run failed, the first included: it waited for snap.swaps' first commit
+            # (before it, the input has no version to read).
+            assert st["failed"] == 0 and st["last_error"] is None, st
             versions.append(snap["version"])
             async with open_env(s_settings) as env:
                 live = await env.state.fetchval(

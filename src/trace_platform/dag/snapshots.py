@@ -87,7 +87,10 @@ async def plan_snapshot_job(conn: Any, job_uuid: uuid.UUID, now: datetime | None
     slot: datetime | None = None
     missed = 0
     reads = list(await conn.fetch(q("dags", "reads_of_job"), job_uuid))
-    start, end = await _covered(conn, reads, job["from_block"])
+    covered = await _covered(conn, reads, job["from_block"])
+    if covered is None:
+        return 0  # an input has committed nothing yet: nothing to compute over
+    start, end = covered
     generation = job["generation"]
     if state["schedule"] and not await conn.fetchval(
         q("dag_snapshots", "has_run_of_epoch"), job_uuid, generation, job["epoch"]
@@ -147,13 +150,17 @@ async def plan_snapshot_job(conn: Any, job_uuid: uuid.UUID, now: datetime | None
     return 1
 
 
-async def _covered(conn: Any, reads: list[Any], from_block: int) -> tuple[int, int]:
+async def _covered(conn: Any, reads: list[Any], from_block: int) -> tuple[int, int] | None:
     """The blocks a run's output stands for: from the job's first block to the least
     committed prefix of its chain and job inputs when planned (one block when it reads only
-    registered datasets). The run reads whatever is committed when its task is claimed."""
+    registered datasets); None while one of those inputs has committed nothing from the
+    job's first block (an upstream job not built yet: its dataset has no version to read).
+    The run reads whatever is committed when its task is claimed."""
     tips = [
         int(await conn.fetchval(q("dags", "input_tip"), r["dataset_uuid"], from_block))
         for r in reads
         if r["bounded"]
     ]
+    if tips and min(tips) <= from_block:
+        return None
     return from_block, max(min(tips) if tips else 0, from_block + 1)
