@@ -247,11 +247,10 @@ def dag_text(dag: str, chain: str, changed: bool = False) -> str:
         " s.amount0In / 1e18 AS tokens_in, b.timestamp AS block_time"
         " FROM pair_Swap s JOIN blocks b USING (block_number)"
     )
+    biggest = ", max(tokens_in) AS biggest_in" if changed else ""
     volume = (
         "SELECT pool, count(*) AS swaps, sum(tokens_in) AS tokens_in,"
-        " min(block_time) AS first_time"
-        + (", max(tokens_in) AS biggest_in" if changed else "")
-        + " FROM swaps GROUP BY pool"
+        f" min(block_time) AS first_time{biggest} FROM swaps GROUP BY pool"
     )
     top = (
         "SELECT pool, sum(swaps) AS swaps, sum(tokens_in) AS tokens_in FROM pool_volume"
