@@ -600,6 +600,22 @@ class Client:
         run_id = self.start_saved_query_run(name, params, format, limit, idempotency_key)
         return self._run_result(run_id, format, on_progress, output, poll_seconds, timeout)
 
+    def saved_query_run_bytes(
+        self,
+        name: str,
+        format: str,
+        params: dict[str, Any] | None = None,
+        limit: int | None = None,
+        on_progress: Callable[[Json], None] | None = None,
+    ) -> tuple[bytes, bool]:
+        """A saved query's query run's result as it was written (any format) and whether
+        rows were left out."""
+        run_id = self.start_saved_query_run(name, params, format, limit)
+        run = self._await_run(run_id, on_progress, 0.5, None)
+        body = self._fetch_result(run, None)
+        assert isinstance(body, bytes)
+        return body, bool(run.get("truncated"))
+
     @staticmethod
     def _run_body(params: dict[str, Any] | None, limit: int | None, fmt: str | None) -> Json:
         body = {"params": params or {}, "limit": limit, "format": fmt}

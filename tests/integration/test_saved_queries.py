@@ -456,3 +456,49 @@ def test_the_sdk_runs_a_saved_query_as_a_query_run(
         with pytest.raises(ApiError) as caught:
             client.saved_query_run("sdkrun", {"n": "seventeen"})
         assert caught.value.status == 400 and "'n'" in str(caught.value)
+
+
+async def test_the_cli_runs_a_saved_query_as_a_query_run_here_and_through_the_api(
+    api: str,
+    keys: dict[str, str],
+    numbers: str,
+    s_settings: Settings,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        made = await http.post(
+            "/v1/saved-queries",
+            json={"name": "cli-async", "sql": "SELECT n FROM numbers WHERE n > {{ n: BIGINT }}"},
+            headers=bearer(keys["writer"]),
+        )
+        assert made.status_code == 201, made.text
+    remote = s_settings.replace(api_url=api, api_key=keys["reader"])
+    for where in (s_settings, remote):
+        ran = run_trace(where, "query", "run", "cli-async", "--async", "--param", "n=16", "--json")
+        assert ran.returncode == 0, ran.stderr
+        assert "query run: succeeded" in ran.stderr
+        assert orjson.loads(ran.stdout)["rows"] == [[17], [18], [19]]
+        out = tmp_path / f"{where.api_url is None}.csv"
+        exported = run_trace(
+            where,
+            "query",
+            "run",
+            "cli-async",
+            "--async",
+            "-p",
+            "n=18",
+            "--format",
+            "csv",
+            "-o",
+            str(out),
+        )
+        assert exported.returncode == 0, exported.stderr
+        assert list(csv.reader(io.StringIO(out.read_text()))) == [["n"], ["19"]]
+        bad = run_trace(where, "query", "run", "cli-async", "--async", "-p", "n=1; DROP")
+        assert bad.returncode == 2 and "parameter 'n' must be" in bad.stderr
+    recorded = await pool.fetch(
+        "SELECT user_id, params_sha256 FROM state.query_runs WHERE saved_query = 'cli-async'"
+    )
+    assert len(recorded) == 4  # two here (an operator: no user), two through the API
+    assert sum(r["user_id"] is None for r in recorded) == 2

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import click
+import orjson
 
 from trace_platform.cli import render
 from trace_platform.cli.common import (
@@ -24,7 +25,7 @@ from trace_platform.domain.errors import ValidationError
 from trace_platform.domain.query_formats import FORMATS
 from trace_platform.ops import saved_queries as ops
 from trace_platform.ops.datasets import ExportAnswer, QueryAnswer
-from trace_platform.ops.env import Caller
+from trace_platform.ops.env import Caller, OpsEnv
 
 
 @click.group()
@@ -202,6 +203,15 @@ def _params(given: tuple[str, ...]) -> dict[str, str]:
     default=None,
     help="Write an arrow, csv or parquet answer to FILE (else stdout, when not a terminal).",
 )
+@click.option(
+    "--async",
+    "in_background",
+    is_flag=True,
+    default=False,
+    help="Run it as a query run in the query service (its own time limit, the result kept in"
+    " the object store, listed by `GET /v1/query-runs?saved_query=NAME`) and wait for it;"
+    " progress on stderr.",
+)
 @org_option
 @json_option
 @click.pass_context
@@ -215,6 +225,7 @@ def query_run(
     output: Path | None,
     org_id: uuid.UUID | None,
     as_json: bool,
+    in_background: bool,
 ) -> None:
     """Run the saved query NAME with its parameters' values, through the same gate,
     sandbox and audit as `trace dataset query`."""
@@ -222,6 +233,9 @@ def query_run(
     if fmt == "json" and output is not None:
         raise ValidationError("--output is for --format arrow, csv or parquet")
     org = org_of(org_id)
+    if in_background:
+        _run_in_background(ctx, org, name, values, fmt, limit, output, as_json)
+        return
 
     def remote(api: object) -> QueryAnswer | ExportAnswer:
         from trace_platform.sdk import Client
@@ -241,6 +255,51 @@ def query_run(
     if isinstance(result, ExportAnswer):
         _write_export(result, output)
         return
+    emit(result, as_json, render.query_table)
+    if not as_json:
+        click.echo(render.query_footer(result), err=True)
+
+
+def _run_in_background(
+    ctx: click.Context,
+    org: uuid.UUID,
+    name: str,
+    values: dict[str, str],
+    fmt: str,
+    limit: int | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """`trace query run NAME --async`: a query run of the saved query (locally through this
+    installation's query service, remotely through `POST /v1/saved-queries/NAME/runs`)."""
+    from trace_platform.cli.datasets import _progress
+
+    def remote(api: object) -> ExportAnswer:
+        from trace_platform.sdk import Client, QueryRunFailed
+
+        assert isinstance(api, Client)
+        seen: list[str] = []
+
+        def progress(run: dict[str, object]) -> None:
+            if not seen or seen[-1] != run["status"]:
+                seen.append(str(run["status"]))
+                _progress(seen[-1])
+
+        try:
+            body, truncated = api.saved_query_run_bytes(name, fmt, values, limit, progress)
+        except QueryRunFailed as exc:
+            raise ValidationError(exc.detail, reason=exc.code) from None
+        return ExportAnswer(fmt, body, truncated)
+
+    async def here(env: OpsEnv) -> ExportAnswer:
+        body, truncated = await ops.run_here(env, org, name, values, fmt, limit, _progress)
+        return ExportAnswer(fmt, body, truncated)
+
+    export = run_ops(ctx, here, remote=remote)
+    if fmt != "json":
+        _write_export(export, output)
+        return
+    result = QueryAnswer(**orjson.loads(export.body))
     emit(result, as_json, render.query_table)
     if not as_json:
         click.echo(render.query_footer(result), err=True)

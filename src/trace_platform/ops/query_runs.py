@@ -268,6 +268,8 @@ async def run_here(
     limit: int | None = None,
     on_status: Callable[[str], None] | None = None,
     poll_seconds: float = 0.2,
+    params: tuple[str, ...] | None = None,
+    saved_query: str | None = None,
 ) -> tuple[bytes, bool]:
     """An operator's query run at this installation (`trace dataset query --async`): handed
     to this installation's query service (which must be up: `trace up`), waited for, and
@@ -280,7 +282,9 @@ async def run_here(
         here = replace(
             env, query_client=client, worker_token=load_worker_tokens(env.settings).current
         )
-        run = await submit_run(here, org_id, None, sql, fmt, dataset, job, limit)
+        run = await submit_run(
+            here, org_id, None, sql, fmt, dataset, job, limit, None, params, saved_query
+        )
         seen = None
         while True:
             row = await env.state.fetchrow(q("query_runs", "run_of_org"), org_id, run.run_id)

@@ -7,6 +7,7 @@ same binding, gate, sandbox and audit as any other query of the org (`ops.datase
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -239,4 +240,31 @@ async def start_run(
         idempotency_key,
         bound.params,
         name,
+    )
+
+
+async def run_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    name: str,
+    values: dict[str, Any],
+    fmt: str = "json",
+    limit: int | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> tuple[bytes, bool]:
+    """An operator's query run of the saved query NAME at this installation (`trace query
+    run NAME --async`): bound as `start_run` binds it, waited for, its result read from the
+    object store. (body, truncated)."""
+    bound = await bind_query(env, org_id, name, values)
+    return await run_ops.run_here(
+        env,
+        org_id,
+        bound.sql,
+        fmt,
+        None,
+        bound.job,
+        limit,
+        on_status=on_status,
+        params=bound.params,
+        saved_query=name,
     )
