@@ -153,6 +153,11 @@ async def test_run_chart_save_rerun_by_name_and_download_csv(
     rows = await page.locator("table.results tr").all_inner_texts()
     assert [r.split("\t") for r in rows[1:]] == [["0", "0"], ["1", "2"], ["2", "4"]]
     await page.wait_for_selector("#run-history td.succeeded:has-text('small-waves')")
+    # it ran as a query run of the saved query: the server lists it after a new visit
+    await page.goto(f"{api}/ui/sql")
+    await page.wait_for_selector("#run-history td.succeeded:has-text('small-waves')")
+    await page.click("#saved-list button[data-saved='small-waves']")
+    await page.wait_for_selector("input[data-param='below']")
     # a wrong value: refused naming the parameter
     await page.fill("input[data-param='below']", "3; DROP TABLE waves")
     await page.click("#sql-run")

@@ -10,7 +10,7 @@
   const PAGE = 100; // rows a page of the table shows
   const MAX_POINTS = 2000; // drawn per series; more are down-sampled
   const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
-  const state = { result: null, page: 0, run: null, saved: null, local: [] };
+  const state = { result: null, page: 0, run: null, saved: null };
 
   async function api(method, path, body, signal) {
     const headers = { Accept: "application/json" };
@@ -67,27 +67,19 @@
   }
 
   async function runSaved(saved, limit) {
-    const ctl = new AbortController();
-    started(() => ctl.abort());
-    let res;
-    try {
-      res = await api("POST", `/v1/saved-queries/${encodeURIComponent(saved.name)}/run`, { params: paramValues(), limit }, ctl.signal);
-    } catch (_) {
-      finished();
-      say("canceled", true);
-      remember({ status: "canceled", name: saved.name });
-      return;
-    }
-    const ms = finished();
-    remember({ status: res.ok ? "succeeded" : "failed", rows: res.ok ? res.data.rows.length : null, duration_ms: Math.round(ms), name: saved.name });
-    if (!res.ok) { say(why(res), true); return; }
-    show(res.data, ms);
+    // a query run of the saved query (its values bound by the server; Cancel: DELETE)
+    const path = `/v1/saved-queries/${encodeURIComponent(saved.name)}/runs`;
+    await runInBackground(path, { params: paramValues(), limit, format: "json" });
   }
 
   async function runAdhoc(limit) {
     const body = { sql: form.sql.value, limit, format: "json" };
     if (form.dataset.job) body.job = form.dataset.job;
-    const res = await api("POST", "/v1/query-runs", body);
+    await runInBackground("/v1/query-runs", body);
+  }
+
+  async function runInBackground(path, body) {
+    const res = await api("POST", path, body);
     if (!res.ok) { say(why(res), true); return; }
     const id = res.data.run_id;
     let canceled = false;
@@ -352,22 +344,17 @@
   }
 
   // -- history ---------------------------------------------------------------------------
-  function remember(run) {
-    state.local.unshift({ ...run, created_at: new Date().toISOString() });
-    state.local = state.local.slice(0, 10);
-    history();
-  }
-
   async function history() {
     const res = await api("GET", "/v1/query-runs?limit=10");
-    const runs = (res.ok ? res.data.runs : []).concat(state.local)
+    const runs = (res.ok ? res.data.runs : [])
       .sort((a, b) => String(b.created_at).localeCompare(String(a.created_at))).slice(0, 10);
     const t = $("run-history");
     while (t.rows.length > 1) t.deleteRow(1);
     for (const r of runs) {
       const tr = t.insertRow();
       tr.className = "run";
-      tr.insertCell().textContent = r.status + (r.name ? ` · ${r.name}` : "");
+      const named = r.name || r.saved_query;
+      tr.insertCell().textContent = r.status + (named ? ` · ${named}` : "");
       tr.insertCell().textContent = r.rows === null || r.rows === undefined ? "" : Number(r.rows).toLocaleString();
       tr.insertCell().textContent = r.duration_ms === null || r.duration_ms === undefined ? "" : `${r.duration_ms} ms`;
       tr.insertCell().textContent = new Date(r.created_at).toLocaleTimeString();
