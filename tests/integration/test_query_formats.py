@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import duckdb
 import httpx
 import orjson
 import pyarrow as pa
@@ -129,7 +130,10 @@ def rows_of(fmt: str, body: bytes) -> list[tuple[Any, ...]]:
         table = pa.ipc.open_stream(body).read_all()
     else:
         table = pq.read_table(pa.BufferReader(body))
-    assert table.schema.field("wide").type == pa.decimal256(39, 0)  # exact, not a float
+    # Exact, not a float: 39 digits in Arrow; DECIMAL(38, 0) in Parquet, which DuckDB reads
+    # back exactly (it takes a 39-digit decimal for a DOUBLE)
+    wide = pa.decimal256(39, 0) if fmt == "arrow" else pa.decimal128(38, 0)
+    assert table.schema.field("wide").type == wide
     assert table.schema.field("ts").type.tz is not None
     assert table.schema.field("dec").type == pa.decimal128(38, 4)
     return [normal(r) for r in table.to_pylist()]
@@ -144,9 +148,10 @@ async def audit_rows(settings: Settings) -> int:
 
 
 async def test_the_same_query_gives_the_same_values_in_every_format_and_is_audited_once(
-    api: str, key: str, dataset: str, f_settings: Settings
+    api: str, key: str, dataset: str, f_settings: Settings, tmp_path: Path
 ) -> None:
     answers = {}
+    parquet_body = b""
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
         for fmt in FORMATS:
             before = await audit_rows(f_settings)
@@ -162,6 +167,8 @@ async def test_the_same_query_gives_the_same_values_in_every_format_and_is_audit
             if fmt != "json":
                 assert r.headers["x-trace-truncated"] == "false"
             answers[fmt] = rows_of(fmt, r.content)
+            if fmt == "parquet":
+                parquet_body = r.content
             assert await audit_rows(f_settings) == before + 1  # one audit row, any format
     expected = [
         (
@@ -176,6 +183,13 @@ async def test_the_same_query_gives_the_same_values_in_every_format_and_is_audit
     ]
     for fmt in FORMATS:
         assert answers[fmt] == expected, fmt
+    # DuckDB reads the Parquet answer back exactly (a DAG's partitions are such files): a
+    # 39-digit decimal would come back as a DOUBLE.
+    path = tmp_path / "answer.parquet"
+    path.write_bytes(parquet_body)
+    back = duckdb.sql(f"SELECT n, wide, typeof(wide) FROM '{path}' ORDER BY n").fetchall()
+    assert [(n, int(w)) for n, w, _ in back] == [(i, i * WIDE) for i in range(5)]
+    assert {t for *_, t in back} == {"DECIMAL(38,0)"}
 
 
 async def test_accept_chooses_the_format_the_field_wins_and_unknown_ones_are_refused(

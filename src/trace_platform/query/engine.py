@@ -448,15 +448,20 @@ class Engine:
         return body, len(rows), truncated
 
 
-def _exact_schema(types: list[str], schema: Any) -> Any:
+def _exact_schema(types: list[str], schema: Any, parquet: bool = False) -> Any:
     """The schema an answer is written with, every column exact: HUGEINT's Arrow type is
-    decimal128(38, 0), one digit short of its 39, so decimal256(39, 0); UHUGEINT arrives
-    as a decimal128 that wraps above 2**127, so its decimal text (None: nothing to change)."""
+    decimal128(38, 0), one digit short of its 39, so decimal256(39, 0) — except in Parquet,
+    which DuckDB reads back (a DAG's partitions, a downloaded file): it takes a 39-digit
+    decimal for a DOUBLE, so there HUGEINT stays DECIMAL(38, 0), exact to 38 digits; UHUGEINT
+    arrives as a decimal128 that wraps above 2**127, so its decimal text (None: nothing to
+    change)."""
     import pyarrow as pa
 
-    if "HUGEINT" not in types and "UHUGEINT" not in types:
-        return None
     wanted = {"HUGEINT": pa.decimal256(39, 0), "UHUGEINT": pa.string()}
+    if parquet:
+        del wanted["HUGEINT"]
+    if not any(t in wanted for t in types):
+        return None
     fields = [
         f.with_type(wanted[t]) if t in wanted else f for f, t in zip(schema, types, strict=True)
     ]
@@ -601,7 +606,7 @@ def export(result: Any, limit: int, fmt: str, sink: Any = None) -> tuple[bytes, 
 
     types = [str(d[1]) for d in result.description or []]
     reader = result.to_arrow_reader(ARROW_BATCH_ROWS)
-    wide = _exact_schema(types, reader.schema)
+    wide = _exact_schema(types, reader.schema, parquet=fmt == FORMAT_PARQUET)
     schema = wide or reader.schema
     buffer = pa.BufferOutputStream() if sink is None else None
     target: Any = buffer if buffer is not None else pa.PythonFile(sink, mode="w")
