@@ -6,6 +6,7 @@ role may call which route: `test_api_roles.py`.)"""
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -305,12 +306,19 @@ async def test_the_console_session_is_httponly_strict_and_state_changes_need_csr
 ) -> None:
     async with httpx.AsyncClient(base_url=api, timeout=10, follow_redirects=False) as http:
         assert (await http.get("/ui")).status_code == 303  # to the login page
-        form = await http.get("/ui/login")
+        # The page asked for, query string included, is where the log-in leads.
+        asked = await http.get("/ui/tasks?state=failed")
+        assert asked.status_code == 303
+        form = await http.get(asked.headers["location"])
         token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        back = re.search(r'name="next" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
         no_csrf = await http.post("/ui/login", data={"api_key": keys["admin"], "login_token": "x"})
         assert no_csrf.status_code == 403
-        r = await http.post("/ui/login", data={"api_key": keys["admin"], "login_token": token})
-        assert r.status_code == 303
+        r = await http.post(
+            "/ui/login",
+            data={"api_key": keys["admin"], "login_token": token, "next": html.unescape(back)},
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/ui/tasks?state=failed"
         cookie = r.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
         assert keys["admin"] not in cookie + r.headers.get("location", "")

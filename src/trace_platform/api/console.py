@@ -108,7 +108,8 @@ async def render(request: Request, template: str, load: Loader) -> Response:
     try:
         user = await authenticate(request)
     except AuthError:
-        return RedirectResponse("/ui/login?next=" + quote(request.url.path), status_code=303)
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/ui/login?next=" + quote(back), status_code=303)
     try:
         ctx = await load(user, api_state(request).env)
     except TraceError as exc:  # not found, a bad filter or cursor: one line, no trace
@@ -116,9 +117,20 @@ async def render(request: Request, template: str, load: Loader) -> Response:
     return page(request, template, user, **ctx)
 
 
-def _login_page(request: Request, error: str | None, status: int = 200) -> Response:
+def _next_page(target: object) -> str:
+    """Where a log-in leads: a console page of this site (path and query), else /ui."""
+    text = str(target or "/ui")
+    if not text.startswith("/ui") or text.startswith("//") or "\\" in text:
+        return "/ui"
+    return text
+
+
+def _login_page(
+    request: Request, error: str | None, status: int = 200, next_url: object = None
+) -> Response:
     token = secrets.token_urlsafe(24)
-    resp = page(request, "login.html", None, login_token=token, error=error)
+    target = _next_page(next_url or request.query_params.get("next"))
+    resp = page(request, "login.html", None, login_token=token, error=error, next_url=target)
     resp.status_code = status
     resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", max_age=600, path="/ui")
     return resp
@@ -147,11 +159,8 @@ async def login(request: Request) -> Response:
         raise ForbiddenError("missing or wrong CSRF token")
     user = await user_ops.authenticate(state.env.state, key.strip())
     if user is None:
-        return _login_page(request, "unknown or revoked API key", 401)
-    target = str(form.get("next", "/ui"))
-    if not target.startswith("/ui") or target.startswith("//"):
-        target = "/ui"
-    done = RedirectResponse(target, status_code=303)
+        return _login_page(request, "unknown or revoked API key", 401, form.get("next"))
+    done = RedirectResponse(_next_page(form.get("next")), status_code=303)
     done.set_cookie(
         SESSION_COOKIE,
         session_value(state.secret, user.user_id),

@@ -177,7 +177,11 @@ def _write_export(answer: ops.ExportAnswer, output: Path | None) -> None:
         stdout.write(answer.body)
         stdout.flush()
     if answer.truncated:
-        click.echo("truncated: more rows than TRACE_QUERY_MAX_EXPORT_ROWS or 63 MiB", err=True)
+        click.echo(
+            "truncated: rows were left out (past --limit, TRACE_QUERY_MAX_EXPORT_ROWS or"
+            " 63 MiB); give a larger --limit for more",
+            err=True,
+        )
 
 
 @dataset.command("query")

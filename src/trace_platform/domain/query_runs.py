@@ -91,7 +91,9 @@ def reuse_run(
 def check_cancel(status: str) -> None:
     """Only a queued or running run can be canceled."""
     if status not in LIVE:
-        raise RunFinished(f"the run is already {status}", status=status)
+        raise RunFinished(
+            f"the run is {status}: only a queued or running run can be canceled", status=status
+        )
 
 
 def derive_result_secret(worker_token: str) -> bytes:

@@ -18,7 +18,16 @@ import time
 
 from trace_platform.sdk import Client, QueryResult, QueryRunFailed
 
-SQL = sys.argv[1] if len(sys.argv) > 1 else "SELECT * FROM blocks ORDER BY block_number"
+
+def default_sql(trace: Client) -> str:
+    """Without SQL given: the blocks of the org's first chain job, by the relation's full
+    name (a short name such as `blocks` is ambiguous once the org syncs two chains)."""
+    names = sorted(r["name"] for r in trace.relations() if r["name"].endswith(".blocks"))
+    if not names:
+        sys.exit("no chain is synced yet: give SQL as the first argument")
+    return f'SELECT * FROM "{names[0]}" ORDER BY block_number'
+
+
 started = time.monotonic()
 
 
@@ -27,6 +36,7 @@ def progress(run: dict[str, object]) -> None:
 
 
 with Client(os.environ["TRACE_API_URL"], api_key=os.environ["TRACE_API_KEY"]) as trace:
+    SQL = sys.argv[1] if len(sys.argv) > 1 else default_sql(trace)
     try:
         # Arrow: a QueryResult with exact types (to_arrow, to_pandas, to_polars)
         result = trace.query_run(SQL, format="arrow", on_progress=progress)

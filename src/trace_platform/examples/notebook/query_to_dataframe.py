@@ -16,9 +16,18 @@ import sys
 
 from trace_platform.sdk import Client
 
-SQL = sys.argv[1] if len(sys.argv) > 1 else "SELECT * FROM blocks ORDER BY block_number"
+
+def default_sql(trace: Client) -> str:
+    """Without SQL given: the blocks of the org's first chain job, by the relation's full
+    name (a short name such as `blocks` is ambiguous once the org syncs two chains)."""
+    names = sorted(r["name"] for r in trace.relations() if r["name"].endswith(".blocks"))
+    if not names:
+        sys.exit("no chain is synced yet: give SQL as the first argument")
+    return f'SELECT * FROM "{names[0]}" ORDER BY block_number'
+
 
 with Client(os.environ["TRACE_API_URL"], api_key=os.environ["TRACE_API_KEY"]) as trace:
+    SQL = sys.argv[1] if len(sys.argv) > 1 else default_sql(trace)
     result = trace.query(SQL, format="arrow", limit=100_000)
     if result.truncated:
         print("more rows than the answer holds: narrow the query", file=sys.stderr)
