@@ -119,6 +119,7 @@ ROUTES = [
     Route(D, "GET", "/internal/jwks/task"),
     Route(Q, "POST", "/internal/user-query", user_query),
     Route(Q, "POST", "/internal/relations", lambda t: {"org_id": str(LITE_ORG_ID)}),
+    Route(Q, "POST", "/internal/query-runs", lambda t: {**user_query(t), "format": "csv"}),
 ]
 
 
