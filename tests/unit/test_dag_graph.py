@@ -145,3 +145,39 @@ def test_the_drawn_graph_shows_each_jobs_generation_the_building_ones_progress_a
     assert "stopped · 0 ranges" not in svg and "stopped · 6 ranges" in svg
     assert "boom &lt;b&gt;" in svg and "<b>" not in svg  # an error is inert text
     assert "style=" not in svg and "<script" not in svg  # nothing the CSP would block
+
+
+def test_status_text_names_a_building_generations_stopped_job_and_its_error() -> None:
+    """A building generation whose job failed for good never cuts over: status says which
+    job and why, not only its progress."""
+    from trace_platform.cli.render import dag_generations
+
+    now = datetime.now(UTC)
+    status = DagStatus(
+        "dex",
+        "running",
+        False,
+        [_job("swaps", [("chain", "demo")])],
+        generation=1,
+        building_generation=2,
+        generations=[
+            DagGeneration(1, "current", now, now),
+            DagGeneration(
+                2,
+                "building",
+                now,
+                None,
+                0.0,
+                [
+                    DagGenerationJob("swaps", 0, 600, False, "stopped", "input has no column x"),
+                    DagGenerationJob("pool_volume", 0, 600, False),
+                ],
+            ),
+        ],
+    )
+    lines = dag_generations(status)
+    assert lines[1].startswith("generation 2 building  0%")
+    stopped = [line for line in lines if "stopped" in line]
+    assert stopped == [
+        "  swaps stopped: input has no column x (fix the spec and apply again, or roll back)"
+    ]

@@ -317,6 +317,12 @@ def dag_generations(status: DagStatus) -> list[str]:
         )
         pct = f"{(g.progress or 0) * 100:.0f}%"
         out.append(f"generation {g.generation} building  {pct}  {done}")
+        out += [
+            f"  {j.job} stopped: {j.last_error or 'its ranges failed'} (fix the spec and"
+            " apply again, or roll back)"
+            for j in g.jobs
+            if j.status == "stopped"
+        ]
     return out
 
 

@@ -283,6 +283,8 @@ class Coverage:
     job: str
     committed_to: int
     target: int
+    status: str = "active"  # stopped: its ranges failed for good; it never cuts over
+    last_error: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -331,7 +333,7 @@ async def coverage(conn: Any, dag_id: uuid.UUID) -> tuple[int | None, list[Cover
         else:
             ups = [tips[(ds, b["from_block"])] for ds in reads.get(new, [])]
             target = min(ups) if ups else done
-        out.append(Coverage(name, done, target))
+        out.append(Coverage(name, done, target, b["status"], b["last_error"]))
     return dag["building_generation"], out, active
 
 

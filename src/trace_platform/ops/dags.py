@@ -409,6 +409,8 @@ class DagGenerationJob:
     committed_to: int
     target: int
     ready: bool
+    status: str = "active"  # stopped: failed for good, the generation cannot cut over
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -600,7 +602,12 @@ async def _generations(conn: Any, dag: Any) -> list[DagGeneration]:
                 g["created_at"],
                 g["current_at"],
                 progress,
-                [DagGenerationJob(j.job, j.committed_to, j.target, j.ready) for j in mine],
+                [
+                    DagGenerationJob(
+                        j.job, j.committed_to, j.target, j.ready, j.status, j.last_error
+                    )
+                    for j in mine
+                ],
             )
         )
     return out
