@@ -1,12 +1,13 @@
 """Decoded tables (SPEC §15): ranges of `<contract>_<Event>` derived from the job's committed
 raw `logs` partitions, never from the RPC.
 
-The planner (`plan_decoded`, in the dispatcher) gives a decoded stream one range per live
-logs partition from its cursor on, in order, once that partition is committed; a factory
-child's table also waits until its parent event's table has committed past the range (so
-every child created before the range's end is known, including children created inside
-the range). A range's payload names the logs files and the children with the block they
-were created at.
+A decoded table is a derived output, like a DAG job's: the dispatcher's derived-output
+scheduler (`dag/decoded.py`, woken by each range commit), not the chain planner, plans it
+with `plan_decoded` — one range per live logs partition from the stream's cursor on, in
+order, once that partition is committed (`decoded_ranges`); a factory child's table also
+waits until its parent event's table has committed past the range (so every child created
+before the range's end is known, including children created inside the range). A range's
+payload names the logs files and the children with the block they were created at.
 
 `chain_decode` (in the trusted worker) reads those files, keeps the logs of the event's
 topic0 emitted by the contract's addresses (a child from its creation block on), decodes
@@ -22,6 +23,7 @@ import asyncio
 import hashlib
 import io
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from trace_platform.chain.abi import Decoder, event_of_abi
@@ -46,6 +48,27 @@ _READ_COLUMNS = [
 ]
 
 
+def decoded_ranges(
+    cursor: int, parts: Sequence[Any], parent_tip: int | None
+) -> list[tuple[int, int, Any]]:
+    """The ranges a decoded stream at `cursor` may take next, each with the logs partition
+    it reads (`parts`: live logs partitions ending after the cursor, in order): one per
+    partition, contiguous from the cursor (a range starting inside a partition, after a
+    rewind, ends with it); stops at a gap in the committed logs (wait until it is
+    committed) and, for a factory child's table, at a partition ending past its parent
+    table's committed tip `parent_tip` (children created there are not known yet)."""
+    chosen: list[tuple[int, int, Any]] = []
+    at = cursor
+    for p in parts:
+        if p["range_start"] > at:
+            break  # a gap in the raw logs: wait until it is committed
+        if parent_tip is not None and p["range_end"] > parent_tip:
+            break  # the parent's table has not committed this far: children unknown
+        chosen.append((at, p["range_end"], p))
+        at = p["range_end"]
+    return chosen
+
+
 async def plan_decoded(conn: Any, row: Any, room: int) -> list[tuple[int, int, dict[str, Any]]]:
     """The next ranges of a decoded stream (at most `room`) with their payloads; ValueError
     when the stream cannot go on (its reason stops it)."""
@@ -64,15 +87,7 @@ async def plan_decoded(conn: Any, row: Any, room: int) -> list[tuple[int, int, d
         parent_tip = await conn.fetchval(
             q("chain", "contiguous_tip"), job_id, factory["table"], from_block
         )
-    chosen: list[tuple[int, int, Any]] = []
-    at = row["cursor"]
-    for p in parts:
-        if p["range_start"] > at:
-            break  # a gap in the raw logs: wait until it is committed
-        if parent_tip is not None and p["range_end"] > parent_tip:
-            break  # the parent's table has not committed this far: children unknown
-        chosen.append((at, p["range_end"], p))
-        at = p["range_end"]
+    chosen = decoded_ranges(row["cursor"], parts, parent_tip)
     if not chosen:
         return []
     children: list[Any] = []

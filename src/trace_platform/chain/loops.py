@@ -1,6 +1,8 @@
-"""Chain sync's dispatcher loops (planner, head observer, compaction). What follows a
-committed range is not chain sync's business: it announces `dataset.range_committed`
-(`dag.dependents` listens)."""
+"""Chain sync's dispatcher loops (planner, head observer, compaction). The planner plans
+extraction only. What follows a committed range is not chain sync's business — decoded
+tables, alert evaluations and DAG jobs are derived outputs, planned by the derived-output
+scheduler (`dag.scheduler`): it announces `dataset.range_committed` (`dag.dependents`
+listens); the dispatcher wires its commit hook's callback to wake that scheduler too."""
 
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ def start_chain_loops(
     store: ObjectStore,
     plan_now: asyncio.Event,
 ) -> HeadObserver:
-    """Start the planner (woken early by `plan_now`: a head moved, a range committed), the
-    head observer and the compactor; returns the observer, whose RPC sessions the caller
-    closes."""
+    """Start the extraction planner (woken early by `plan_now`: a head moved, a range
+    committed), the head observer and the compactor; returns the observer, whose RPC
+    sessions the caller closes."""
     planner = ChainPlanner(pool, settings)
     observer = HeadObserver(pool, settings, on_new_head=plan_now.set)
     # Retired files outlive every token that could still name their snapshot.

@@ -1,9 +1,12 @@
 """Planner and head observer: dispatcher loops of chain sync (SPEC §11).
 
-The planner ticks each active stream in its own transaction holding the stream's row lock
-(SKIP LOCKED, so several dispatchers never plan the same stream at once): it settles ranges
-whose task failed for good (the stream stops with the range and reason), then schedules new
-ranges up to `max_inflight` as tasks with deterministic ids and outbox wake-ups.
+The planner plans extraction only — the streams cryo extracts from the node. It ticks each
+active extracted stream holding the stream's row lock (SKIP LOCKED, so several dispatchers
+never plan the same stream at once): it settles ranges whose task failed for good (the
+stream stops with the range and reason), then schedules new ranges up to `max_inflight` as
+tasks with deterministic ids and outbox wake-ups (`chain/streams.py`, shared with the
+derived-output scheduler, which plans the decoded tables: outputs of committed logs, not of
+the node, scheduled with DAG jobs in `dag/decoded.py`).
 
 The head observer polls each job's node (async HTTP with timeouts: the API's event loop is
 never blocked), records the head and its age, flags `stale_head` / `rpc_unavailable` /
@@ -20,7 +23,6 @@ from typing import Any
 
 import asyncpg
 
-from trace_platform.chain.decode import plan_decoded
 from trace_platform.chain.pool import (
     REFUSED,
     RpcPool,
@@ -32,14 +34,13 @@ from trace_platform.chain.pool import (
 )
 from trace_platform.chain.reorg import repair_reorg
 from trace_platform.chain.rpc import RpcClient, RpcError, RpcUnavailable
-from trace_platform.chain.spec import DECODE, range_task_id
+from trace_platform.chain.streams import plannable_streams, schedule_ranges, settle_stream
 from trace_platform.config import Settings
 from trace_platform.db.sql import q
 from trace_platform.logs import get_logger
-from trace_platform.metrics import CHAIN_HEAD, CHAIN_RANGES
+from trace_platform.metrics import CHAIN_HEAD
 
 log = get_logger(__name__)
-AUTO_INFLIGHT, MAX_AUTO_INFLIGHT = 16, 64
 JOBS_REFRESH_SECONDS = 1.0  # the observer reads the jobs' rows this often, not every tick
 REORG_RECHECK_SECONDS = 1.0  # at an unchanged head, committed ranges are re-checked this often
 RECORD_EVERY_SECONDS = 1.0  # an unchanged healthy head is written (checked_at) this often
@@ -133,21 +134,9 @@ class ChainPlanner:
         self.pool = pool
         self.settings = settings
 
-    def default_inflight(self, pool_name: str) -> int:
-        """Ranges in flight per stream when its spec sets none: `AUTO_INFLIGHT` per endpoint
-        of the pool that takes ranges and is not refused (the worker batches the ranges of a
-        claim into few cryo calls, so more in flight is fewer, larger calls)."""
-        pool = rpc_pool(self.settings, pool_name)
-        usable = [h for h in pool.health if h.state != REFUSED] if pool else []
-        ranges = [h for h in usable if h.endpoint.serves_ranges()] or usable
-        return min(MAX_AUTO_INFLIGHT, AUTO_INFLIGHT * max(1, len(ranges)))
-
     async def tick(self) -> int:
-        """Plan every active stream once; returns how many ranges were scheduled."""
-        streams = await self.pool.fetch(q("chain", "plannable_streams"))
-        by_job: dict[uuid.UUID, list[str]] = {}
-        for s in streams:
-            by_job.setdefault(s["job_id"], []).append(s["stream"])
+        """Plan every active extracted stream once; returns how many ranges were scheduled."""
+        by_job = await plannable_streams(self.pool, decoded=False)
         scheduled = 0
         for job_id, names in by_job.items():
             async with self.pool.acquire() as conn, conn.transaction():
@@ -163,14 +152,11 @@ class ChainPlanner:
         scheduled = 0
         ready: dict[tuple[int, int, int | None], list[tuple[Any, int, int]]] = {}
         for stream in names:
-            settled = await self._settle(conn, job_id, stream)
+            settled = await settle_stream(conn, self.settings, job_id, stream)
             if settled is None:
                 continue
             row, room, limit = settled
-            if row["cryo_dataset"] == DECODE:
-                # Decoded from committed logs: no head, no RPC.
-                scheduled += await self._plan_decoded_stream(conn, row, room)
-            elif row["head_error"] is None and row["head_number"] is not None:
+            if row["head_error"] is None and row["head_number"] is not None:
                 # (Otherwise scheduling waits until the observer has seen the pool serve the
                 # right chain with a fresh head; its error is visible in status meanwhile.)
                 key = (row["cursor"], row["chunk_size"], row["backfill_blocks"])
@@ -180,47 +166,6 @@ class ChainPlanner:
             for row, _, limit in members:
                 scheduled += await self._extend(conn, row, room, limit)
         return scheduled
-
-    async def _settle(
-        self, conn: Any, job_id: uuid.UUID, stream: str
-    ) -> tuple[Any, int, int] | None:
-        """Lock the stream; stop it on a range that failed for good; (row, free slots, slots)
-        of an active stream."""
-        row = await conn.fetchrow(q("chain", "lock_stream"), job_id, stream)
-        if row is None or row["status"] != "active" or row["paused"]:
-            return None
-        inflight, limit = 0, row["max_inflight"] or self.default_inflight(row["rpc_pool"])
-        for r in await conn.fetch(q("chain", "open_ranges"), job_id, stream):
-            terminal = r["task_status"] == "canceled" or (
-                r["task_status"] == "failed" and r["next_retry_at"] is None
-            )
-            if not terminal:
-                inflight += 1
-                continue
-            reason = (r["last_error"] or r["task_status"])[:500]
-            error = f"range [{r['range_start']}, {r['range_end']}) failed: {reason}"
-            await conn.execute(q("chain", "fail_range"), r["task_id"], reason)
-            await conn.execute(q("chain", "stop_stream"), job_id, stream, error)
-            await conn.execute(
-                q("chain", "insert_event"),
-                job_id,
-                "chain.stream_stopped",
-                {
-                    "stream": stream,
-                    "range": [r["range_start"], r["range_end"]],
-                    "error": reason,
-                },
-            )
-            CHAIN_RANGES.labels("failed").inc()
-            log.error(
-                "chain.stream_stopped",
-                job_id=str(job_id),
-                stream=stream,
-                range_start=r["range_start"],
-                range_end=r["range_end"],
-            )
-            return None
-        return row, limit - inflight, limit
 
     async def _extend(self, conn: Any, row: Any, room: int, limit: int) -> int:
         """Schedule up to `room` new ranges of a stream from its cursor."""
@@ -242,68 +187,9 @@ class ChainPlanner:
             await conn.execute(q("chain", "advance_cursor"), job_id, stream, cursor)
         if not ranges:
             return 0
-        await self._schedule(conn, row, ranges, [range_payload(row, s, e) for s, e in ranges])
-        _scheduled(job_id, stream, ranges)
+        payloads = [range_payload(row, s, e) for s, e in ranges]
+        await schedule_ranges(conn, self.settings, row, ranges, payloads)
         return len(ranges)
-
-    async def _schedule(
-        self,
-        conn: Any,
-        row: Any,
-        ranges: list[tuple[int, int]],
-        payloads: list[dict[str, Any]],
-    ) -> None:
-        """Record the stream's new ranges and create their tasks with wake-ups (caller's
-        transaction, holding the stream's row lock)."""
-        job_id, stream, generation = row["job_id"], row["stream"], row["generation"]
-        ids = [range_task_id(job_id, stream, s, e, generation) for s, e in ranges]
-        await conn.execute(
-            q("chain", "insert_ranges"),
-            job_id,
-            stream,
-            generation,
-            ids,
-            [s for s, _ in ranges],
-            [e for _, e in ranges],
-        )
-        await conn.execute(
-            q("chain", "insert_range_tasks"),
-            ids,
-            payloads,
-            row["org_id"],
-            self.settings.chain_max_attempts,
-        )
-        await conn.execute(q("outbox", "notify_outbox"))
-
-    async def _plan_decoded_stream(self, conn: Any, row: Any, room: int) -> int:
-        if room <= 0:
-            return 0
-        job_id, stream = row["job_id"], row["stream"]
-        try:
-            planned = await plan_decoded(conn, row, room)
-        except ValueError as exc:
-            await conn.execute(q("chain", "stop_stream"), job_id, stream, str(exc)[:500])
-            log.error("chain.stream_stopped", job_id=str(job_id), stream=stream)
-            return 0
-        if not planned:
-            return 0
-        ranges = [(s, e) for s, e, _ in planned]
-        await conn.execute(q("chain", "advance_cursor"), job_id, stream, ranges[-1][1])
-        await self._schedule(conn, row, ranges, [p for _, _, p in planned])
-        _scheduled(job_id, stream, ranges)
-        return len(ranges)
-
-
-def _scheduled(job_id: uuid.UUID, stream: str, ranges: list[tuple[int, int]]) -> None:
-    CHAIN_RANGES.labels("scheduled").inc(len(ranges))
-    log.info(
-        "chain.ranges_scheduled",
-        job_id=str(job_id),
-        stream=stream,
-        count=len(ranges),
-        first=ranges[0][0],
-        last=ranges[-1][1],
-    )
 
 
 class HeadObserver:

@@ -1,8 +1,9 @@
 """What follows a committed range (SPEC §12, §19): the one place that hears
 `dataset.range_committed` and schedules what derives from the new partition — the alert
 evaluations of the dataset's alerts (deterministic task ids: a re-delivered event schedules
-nothing twice) and, by waking the DAG scheduler, the ranges of jobs that read it. Chain sync
-and DAG commits announce; neither imports who listens."""
+nothing twice) and, by waking the derived-output scheduler (`dag.scheduler`), the ranges of
+the decoded tables and DAG jobs that read it. Chain sync and DAG commits announce; neither
+imports who listens."""
 
 from __future__ import annotations
 

@@ -11,24 +11,24 @@ one transaction holding the job's row lock —
    at most `max_concurrency` in flight; each becomes a task with a deterministic id (job,
    generation, epoch, range) and its wake-up, and the cursor moves past it.
 
-Woken early when a range commits anywhere (a chain range, a job's range).
+Its tick runs in the one derived-output scheduler (`dag/scheduler.py`), next to the
+decoded tables', woken early when a range commits anywhere (a chain range, a job's range).
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
 import asyncpg
 
-from trace_platform.aio import LoopRunner
 from trace_platform.dag.cascade import invalidate_job
 from trace_platform.dag.generations import cut_over_ready
 from trace_platform.dag.snapshots import plan_snapshot_job
 from trace_platform.dag.spec import dag_range_task_id
 from trace_platform.db.sql import q
 from trace_platform.domain.dag import Partition, contiguous_tip, next_ranges
+from trace_platform.domain.derived import settle_open_ranges
 from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
@@ -159,19 +159,11 @@ class DagPlanner:
                 )
                 log.info("dag.input_version_changed", job_uuid=str(job_uuid))
                 return 0
-        in_flight = 0
-        for r in await conn.fetch(q("dags", "open_ranges"), job_uuid):
-            terminal = r["task_status"] == "canceled" or (
-                r["task_status"] == "failed" and r["next_retry_at"] is None
-            )
-            if not terminal:
-                in_flight += 1
-                continue
-            reason = (r["last_error"] or r["task_status"])[:500]
-            error = f"range [{r['range_start']}, {r['range_end']}) failed: {reason}"
-            await conn.execute(q("dags", "fail_range"), r["task_id"], reason)
-            await conn.execute(q("dags", "stop_job"), job_uuid, error)
-            log.error("dag.job_stopped", job_uuid=str(job_uuid), range_start=r["range_start"])
+        in_flight, failed = settle_open_ranges(await conn.fetch(q("dags", "open_ranges"), job_uuid))
+        if failed is not None:
+            await conn.execute(q("dags", "fail_range"), failed.task_id, failed.reason)
+            await conn.execute(q("dags", "stop_job"), job_uuid, failed.error)
+            log.error("dag.job_stopped", job_uuid=str(job_uuid), range_start=failed.start)
             return 0
         room = job["max_concurrency"] - in_flight
         if room <= 0:
@@ -215,11 +207,3 @@ class DagPlanner:
         await conn.execute(q("dags", "advance_cursor"), job_uuid, ranges[-1][1])
         await conn.execute(q("dags", "set_job_error"), job_uuid, None)
         return len(ranges)
-
-
-def start_dag_loops(
-    runner: LoopRunner, pool: asyncpg.Pool, interval: float, wake: asyncio.Event
-) -> None:
-    """The scheduler loop, woken early by `wake` (a range committed somewhere)."""
-    planner = DagPlanner(pool)
-    runner.start("dag_planner", planner.tick, interval, 1 << 30, wake)

@@ -25,7 +25,7 @@ from trace_platform.chain.loops import start_chain_loops
 from trace_platform.config import Settings
 from trace_platform.dag.commit import JobRangeCommitHook
 from trace_platform.dag.dependents import dependents_routes
-from trace_platform.dag.planner import start_dag_loops
+from trace_platform.dag.scheduler import start_derived_loops
 from trace_platform.db.embedded import resolve_databases
 from trace_platform.db.pool import STARTUP_DB_WAIT, create_pool
 from trace_platform.dispatcher.api import build_router
@@ -90,8 +90,11 @@ def create_app(settings: Settings) -> FastAPI:
         )
         poke = asyncio.Event()
         queue = queue_from_settings(settings, pool, urls.state)
-        plan_now = asyncio.Event()  # a committed range frees a slot: plan at once
-        derive_now = asyncio.Event()  # ... and may let a DAG job go on
+        plan_now = asyncio.Event()  # a committed range frees an extraction slot: plan at once
+        # ... and may let a derived output go on (a decoded table, a DAG job): the one
+        # derived-output scheduler is woken by every range commit (the hooks and the
+        # `dataset.range_committed` route) and by a DAG applied or resumed.
+        derive_now = asyncio.Event()
 
         def committed() -> None:
             plan_now.set()
@@ -112,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
             runner, settings, drainer, RetryScheduler(pool), LeaseReaper(pool, settings), poke
         )
         observer = start_chain_loops(runner, settings, pool, store, plan_now)
-        start_dag_loops(runner, pool, settings.chain_interval, derive_now)
+        start_derived_loops(runner, pool, settings, derive_now)
         listener = await _listen_outbox(urls.state, poke, derive_now)
         udf_stop = asyncio.Event()
         invoker = invoker_from_settings(settings)
@@ -172,7 +175,8 @@ async def _listen_outbox(
     dsn: str, poke: asyncio.Event, plan_dags: asyncio.Event
 ) -> asyncpg.Connection | None:
     """Wake the drainer when another process (e.g. `trace task create`) writes outbox rows,
-    and the DAG scheduler when a DAG is applied or resumed (`dags.notify_planner`)."""
+    and the derived-output scheduler when a DAG is applied or resumed
+    (`dags.notify_planner`)."""
     try:
         conn = await asyncpg.connect(dsn, timeout=10)
         await conn.add_listener("trace_outbox", lambda *_: poke.set())

@@ -94,8 +94,10 @@ SELECT * FROM state.chain_streams WHERE job_id = $1 ORDER BY stream;
 
 -- name: plannable_streams
 -- Streams a planner tick may schedule for; each is then locked on its own (SKIP LOCKED).
+-- $1: the decoded tables' streams (cryo_dataset 'decode', planned by the derived-output
+-- scheduler) or the extracted ones (the chain planner's).
 SELECT s.job_id, s.stream FROM state.chain_streams s JOIN state.chain_jobs j USING (job_id)
-WHERE s.status = 'active' AND NOT j.paused;
+WHERE s.status = 'active' AND NOT j.paused AND (s.cryo_dataset = 'decode') = $1::boolean;
 
 -- name: lock_stream
 SELECT s.*, j.org_id, j.chain_id, j.rpc_pool, j.mode, j.head_number, j.head_error, j.paused,
