@@ -30,7 +30,7 @@ from trace_platform.chain.devnet import Anvil, call_data, pools_artifact
 from trace_platform.config import Settings
 from trace_platform.delivery.signing import new_secret
 from trace_platform.domain.errors import TraceError
-from trace_platform.ops.dags import dag_status
+from trace_platform.ops.dags import dag_status, delete_dag
 from trace_platform.ops.datasets import query_here
 from trace_platform.ops.env import open_env
 from trace_platform.ops.specs import apply_specs
@@ -355,6 +355,71 @@ async def test_refused_dag_specs_name_the_field_and_change_nothing(
         assert (
             await env.state.fetchval("SELECT count(*) FROM state.specs WHERE name = 'refused'") == 0
         )
+
+
+async def test_a_column_no_input_has_is_refused_at_apply_and_nothing_changes(
+    d_settings: Settings, stack: dict[str, Proc]
+) -> None:
+    """A job's SQL is bound at apply against its inputs' columns, in job order: a column its
+    input lacks (a raw stream's, from its committed file's footer; a decoded table's, from
+    its ABI; an upstream job's, from binding that job's SQL), or a `where` on one, is
+    refused with the field path and the name only, before anything is written."""
+    await wait_until(lambda: live_files(d_settings, "pools.blocks"), 60, 0.1, "blocks committed")
+
+    def dag(level1: str = LEVEL1, level2: str = LEVEL2, inputs2: str = "[{job: swaps}]") -> str:
+        return (
+            "kind: dag\nname: columns\njobs:\n"
+            f"  swaps: {{inputs: [{{chain: pools}}], sql: {json.dumps(level1)}}}\n"
+            f"  pool_volume: {{inputs: {inputs2}, sql: {json.dumps(level2)}}}\n"
+            f"  busiest: {{inputs: [{{job: pool_volume}}], sql: {json.dumps(LEVEL3)}}}\n"
+        )
+
+    cases = {
+        # level 1: a decoded table's column, and a raw stream's
+        dag(level1=LEVEL1.replace("s.amount0In_raw", "s.amount_usd")): (
+            'jobs.swaps.sql: column "amount_usd" not found in any input'
+        ),
+        dag(level1=LEVEL1.replace("b.timestamp", "b.base_fee_gwei")): (
+            'jobs.swaps.sql: column "base_fee_gwei" not found in any input'
+        ),
+        # level 2: amount1In_raw is pair_Swap's, but level 1 does not produce it
+        dag(level2="SELECT address AS pool, max(amount1In_raw) AS most FROM swaps GROUP BY 1"): (
+            'jobs.pool_volume.sql: column "amount1In_raw" not found in any input'
+        ),
+        dag(inputs2="[{job: swaps, where: {amount1In_raw: '5'}}]"): (
+            "jobs.pool_volume.inputs.0.where.amount1In_raw: column not in columns.swaps"
+        ),
+        dag(level2=LEVEL2 + " HAVING max(log_index_x) > 0"): (
+            'jobs.pool_volume.sql: column "log_index_x" not found in any input'
+        ),
+    }
+    for text, expected in cases.items():
+        with pytest.raises(TraceError) as err:
+            await apply(d_settings, text)
+        assert err.value.status == 400 and err.value.detail == expected, err.value.detail
+        assert "SELECT" not in err.value.detail
+    async with open_env(d_settings) as env:
+        for table in ("state.dags", "state.specs"):
+            n = await env.state.fetchval(f"SELECT count(*) FROM {table} WHERE name = 'columns'")
+            assert n == 0, table
+        n = await env.state.fetchval(
+            "SELECT count(*) FROM state.datasets WHERE name LIKE 'columns.%'"
+        )
+        assert n == 0
+        n = await env.state.fetchval(
+            "SELECT count(*) FROM state.dag_jobs j JOIN state.datasets d USING (dataset_uuid)"
+            " WHERE d.name LIKE 'columns.%'"
+        )
+        assert n == 0
+    # The same three levels with the columns each produces: applied.
+    (applied,) = await apply(d_settings, dag())
+    assert applied["created"] is True
+    async with open_env(d_settings) as env:
+        jobs = await env.state.fetchval(
+            "SELECT count(*) FROM state.dag_jobs WHERE dag_id = $1", uuid.UUID(applied["dag_id"])
+        )
+        assert jobs == 3
+        await delete_dag(env, LITE_ORG_ID, "columns")  # stops it: the stack is shared
 
 
 def web3_swaps(node: Anvil) -> set[tuple[str, int]]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import trace_platform
 
 SRC = Path(trace_platform.__file__).parent
-OWNERS = ("db/", "query/engine.py")  # the module that owns its SQL
+# The modules that own their SQL: the platform's named statements, and the DuckDB sessions
+# of the query engine and of apply's column check (empty tables, no platform data).
+OWNERS = ("db/", "query/engine.py", "ops/dag_columns.py")
 STATEMENT = re.compile(
     r"^\s*(SELECT\s|INSERT\s+INTO\s|UPDATE\s+\S+\s+SET\s|DELETE\s+FROM\s|WITH\s+\w+\s+AS\s*\("
     r"|CREATE\s|ALTER\s|DROP\s|COPY\s|ATTACH\s|PRAGMA\s|SET\s+\w+|INSTALL\s|LOAD\s|TRUNCATE\s)"

@@ -30,6 +30,7 @@ from trace_platform.domain.dag_schedule import (
     ScheduleError,
     check_schedule,
 )
+from trace_platform.domain.sql_gate import shown
 from trace_platform.domain.udf_schema import SchemaError, parse_schema
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -73,6 +74,11 @@ class JobInput(_Input):
     """Another job of the same DAG, bounded to the job's range."""
 
     job: Annotated[str, Field(pattern=JOB_PATTERN)]
+
+
+def _shown(value: Any) -> str:
+    """A value a user wrote, as an error may show it: quoted, printable, at most 64 chars."""
+    return repr(shown(str(value))) if isinstance(value, str) else shown(repr(value))
 
 
 def _input_kind(value: Any) -> str | None:
@@ -148,13 +154,24 @@ class JobSpec(_Strict):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("window", mode="before")
+    @classmethod
+    def _known_window(cls, value: Any) -> Any:
+        if value not in ("range", "all"):
+            raise ValueError(f"{_shown(value)} is not a window: range (the default) or all")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _scheduled_is_whole(cls, data: Any) -> Any:
         # A job with a schedule is a whole-snapshot job (SPEC §19): `window: all` implied.
         if isinstance(data, dict) and data.get("schedule") is not None:
-            if data.get("window", "all") != "all":
-                raise ValueError("a job with a schedule is a whole-snapshot job (window: all)")
+            window = data.get("window", "all")
+            if window != "all":
+                raise ValueError(
+                    f"window {_shown(window)} does not go with a schedule: a job with a"
+                    " schedule is a whole-snapshot job (window: all, or leave window out)"
+                )
             return {**data, "window": "all"}
         return data
 

@@ -3,8 +3,9 @@ pause, resume, delete. Each state change is one transaction; no SQL lives in cal
 
 Apply checks the whole file before anything changes: every input exists in the org, and each
 job's SQL passes the gate reading only its inputs' relations (a name two inputs share is
-refused, naming both). The SQL that runs is the user's with each relation written by its
-full name (`qualify_relations`), so it reads the same relations whatever its task is granted.
+refused, naming both) and binds against their columns (`ops.dag_columns`). The SQL that
+runs is the user's with each relation written by its full name (`qualify_relations`), so it
+reads the same relations whatever its task is granted.
 A job whose definition changed — or whose upstream did — is a new generation, built beside
 the current one from committed data (`dag/generations.py`); readers keep the current one
 until every changed job of the DAG cuts over in one transaction. `rollback_dag` returns to
@@ -37,6 +38,7 @@ from trace_platform.domain.dag_schedule import next_slot
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
 from trace_platform.domain.sql_gate import SqlRejected, check_sql, shown
 from trace_platform.ops.chains import spec_digest
+from trace_platform.ops.dag_columns import JobColumns, check_columns
 from trace_platform.ops.env import OpsEnv
 
 KIND = "dag"
@@ -53,6 +55,7 @@ class JobPlan:
     from_block: int
     generation: str = ""
     upstream: list[str] = field(default_factory=list)
+    columns: JobColumns | None = None  # what apply's column check binds (`ops.dag_columns`)
 
 
 def _add(catalog: dict[str, set[str]], aliases: dict[str, str]) -> None:
@@ -70,6 +73,7 @@ async def plan_job(
     inputs: list[dict[str, Any]] = []
     reads: dict[uuid.UUID, tuple[bool, str | None]] = {}
     starts: list[int] = []
+    wheres: list[tuple[int, str, uuid.UUID | None, list[str]]] = []
     for i, item in enumerate(job.inputs):
         at = f"{where}.inputs.{i}"
         if item.where is not None:
@@ -105,6 +109,8 @@ async def plan_job(
             _add(catalog, {item.job: full, full.lower(): full, bare_alias(full): full})
             starts.append(up.from_block)
             inputs.append({"kind": "job", "name": item.job, "dataset": full, "where": item.where})
+            if item.where is not None:
+                wheres.append((i, full, None, list(item.where)))
         else:
             assert isinstance(item, DatasetInput)
             row = await conn.fetchrow(q("dags", "dataset_of_org"), org_id, item.dataset)
@@ -118,6 +124,8 @@ async def plan_job(
             version = await conn.fetchval(q("dags", "latest_version"), row["dataset_uuid"])
             uuids[row["name"]] = row["dataset_uuid"]
             reads[row["dataset_uuid"]] = (False, version)
+            if item.where is not None:
+                wheres.append((i, row["name"], row["dataset_uuid"], list(item.where)))
             _add(catalog, {row["name"].lower(): row["name"], bare_alias(row["name"]): row["name"]})
             inputs.append(
                 {
@@ -134,7 +142,9 @@ async def plan_job(
             f"{where}.inputs: a per-range job needs a chain or job input (its ranges follow it)"
         )
     if job.udf is not None:
-        return await _plan_udf(conn, org_id, name, job, inputs, reads, uuids, min(starts), done)
+        plan = await _plan_udf(conn, org_id, name, job, inputs, reads, uuids, min(starts), done)
+        plan.columns = JobColumns(None, {}, job.schema_, wheres)
+        return plan
     assert job.sql is not None
     try:
         gated = check_sql(job.sql, None)
@@ -168,6 +178,13 @@ async def plan_job(
     plan.generation = definition_hash(
         {k: v for k, v in definition.items() if k not in ("max_concurrency", "max_attempts")},
         {up: done[up].generation for up in plan.upstream},
+    )
+    plan.columns = JobColumns(
+        definition["run_sql"],
+        {full: uuids[full] for full in resolved.values()},
+        None,
+        wheres,
+        job.unique_key or (),
     )
     return plan
 
@@ -239,6 +256,12 @@ async def apply_dag(env: OpsEnv, spec: DagSpec, org_id: uuid.UUID) -> dict[str, 
         plans: dict[str, JobPlan] = {}
         for name in spec.order():
             plans[name] = await plan_job(conn, org_id, spec, name, spec.jobs[name], plans)
+        await check_columns(
+            conn,
+            env.settings,
+            spec,
+            {name: plan.columns for name, plan in plans.items() if plan.columns is not None},
+        )
         await conn.execute(q("chain", "upsert_spec"), org_id, KIND, spec.name, body, digest)
         await conn.execute(q("dags", "upsert_dag"), dag_id, org_id, spec.name)
         writes = {
