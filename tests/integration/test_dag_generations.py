@@ -322,6 +322,12 @@ async def test_a_changed_job_rebuilds_beside_the_current_one_and_cuts_over_whole
     assert left[0]["n"] == 0
     st = await status(g_settings)
     assert {g["generation"]: g["state"] for g in st["generations"]} == {1: "current", 2: "purged"}
+    # Purging it again is a conflict saying why, not a success that deleted nothing.
+    async with open_env(g_settings) as env:
+        with pytest.raises(ConflictError) as again:
+            await purge_dag(env, LITE_ORG_ID, "gx", 2)
+    assert again.value.status == 409
+    assert again.value.detail == "generation 2 is already purged"
     assert await read_levels(g_settings) == [("l2", "v1", SWAPS), ("l3", "v1", SWAPS)]
     async with open_env(g_settings) as env:
         with pytest.raises(ConflictError):

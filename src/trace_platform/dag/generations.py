@@ -469,7 +469,7 @@ async def purge(conn: Any, dag_id: uuid.UUID, generation: int) -> tuple[dict[str
     """Delete a generation that is neither current nor building (the caller's
     transaction): the rows only it holds, their partitions' rows, lineage and output
     datasets. Returns the result and the files to delete once committed. NotFoundError for
-    an unknown generation, ConflictError for the current or building one."""
+    an unknown generation, ConflictError for the current, the building or a purged one."""
     from trace_platform.domain.dag import purgeable_rows
     from trace_platform.domain.errors import ConflictError, NotFoundError
 
@@ -488,9 +488,9 @@ async def purge(conn: Any, dag_id: uuid.UUID, generation: int) -> tuple[dict[str
             f"generation {generation} of DAG {dag['name']!r} is being built; roll back or"
             " apply another first"
         )
-    result: dict[str, Any] = {"name": dag["name"], "generation": generation, "jobs": 0}
     if state == "purged":
-        return {**result, "partitions": 0, "already": True}, []
+        raise ConflictError(f"generation {generation} is already purged")
+    result: dict[str, Any] = {"name": dag["name"], "generation": generation, "jobs": 0}
     members = {g: members_of(r["jobs"]) for g, r in gens.items()}
     ids = purgeable_rows(members, {g: r["state"] for g, r in gens.items()}, generation)
     rows = [
@@ -522,4 +522,4 @@ async def purge(conn: Any, dag_id: uuid.UUID, generation: int) -> tuple[dict[str
         jobs=len(job_ids),
         partitions=len(parts),
     )
-    return {**result, "jobs": len(job_ids), "partitions": len(parts), "already": False}, files
+    return {**result, "jobs": len(job_ids), "partitions": len(parts)}, files
