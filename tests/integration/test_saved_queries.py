@@ -183,6 +183,56 @@ async def test_a_query_that_could_not_run_is_refused_when_saved_and_nothing_is_s
     )
 
 
+ORG_D = uuid.UUID("0d0d0d0d-0000-4000-8000-0000000000dd")
+
+
+async def test_a_name_two_chain_jobs_hold_is_refused_when_saved_as_query_refuses_it(
+    api: str, pool: asyncpg.Pool
+) -> None:
+    """A bare `blocks` in an org with two chain jobs could never run: saving (or updating
+    to) it is refused with the reason `/v1/query` gives, and nothing is stored; naming a
+    default job, or the full name, is saved."""
+    key = (await create_user(env_of(pool), ORG_D, "d-writer", "writer")).api_key
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        for job in ("chain-b", "chain-a"):
+            spec = (
+                f"kind: chain_sync\nname: {job}\nchain_id: 1\nrpc_pool: nowhere\n"
+                "mode: {kind: fixed_target, to_block: 100}\nstreams:\n"
+                "  blocks: {cryo_dataset: blocks, chunk_size: 10}\n"
+            )
+            applied = await http.post("/v1/specs", content=spec, headers=bearer(key))
+            assert applied.status_code == 200, applied.text
+        sql = "SELECT count(*) AS n FROM blocks WHERE number > 7"
+        queried = await http.post("/v1/query", json={"sql": sql}, headers=bearer(key))
+        assert queried.status_code == 400, queried.text
+        reason = queried.json()["detail"]
+        assert reason == (
+            "relation 'blocks' is ambiguous: held by chain jobs 'chain-a' and 'chain-b';"
+            ' write "chain-a.blocks" (or name a default job)'
+        )
+        saved = await http.post(
+            "/v1/saved-queries", json={"name": "count", "sql": sql}, headers=bearer(key)
+        )
+        assert saved.status_code == 400, saved.text
+        assert saved.json()["error"] == "sql_rejected" and saved.json()["detail"] == reason
+        assert "number > 7" not in saved.text
+        assert (
+            await pool.fetchval("SELECT count(*) FROM state.saved_queries WHERE org_id = $1", ORG_D)
+            == 0
+        )
+        # With a default job the short name is that job's; the full name is nobody else's.
+        for body in (
+            {"name": "count", "sql": sql, "job": "chain-a"},
+            {"name": "full", "sql": 'SELECT count(*) AS n FROM "chain-b.blocks"'},
+        ):
+            made = await http.post("/v1/saved-queries", json=body, headers=bearer(key))
+            assert made.status_code == 201, made.text
+        put = await http.put("/v1/saved-queries/full", json={"sql": sql}, headers=bearer(key))
+        assert put.status_code == 400 and put.json()["detail"] == reason
+        shown = await http.get("/v1/saved-queries/full", headers=bearer(key))
+        assert shown.json()["sql"] == 'SELECT count(*) AS n FROM "chain-b.blocks"'
+
+
 async def test_values_are_bound_as_values_and_never_change_the_statement(
     api: str, keys: dict[str, str], numbers: str, s_settings: Settings
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 DATASET_ALIAS = "dataset"
 RELATION_INCOMPLETE = "relation_incomplete"  # the error code of a range not yet committed
@@ -85,6 +86,29 @@ def default_job(names: Iterable[str], chain_names: Iterable[str]) -> str | None:
     """The job whose relations answer to short names: the only chain job among them."""
     jobs = {job_of(n.lower()) for n in chain_names} - {None}
     return next(iter(jobs)) if len(jobs) == 1 else None
+
+
+def is_ambiguous(name: str, names: Iterable[str]) -> bool:
+    """Whether `unresolved_reason` refuses `name` as ambiguous: a short name several chain
+    jobs hold, or a bare alias two relations share (`names`: full names)."""
+    full = set(names)
+    holders = [n for n in full if job_of(n) is not None and n.partition(".")[2].lower() == name]
+    if holders:
+        return len({(job_of(n) or "").lower() for n in holders}) > 1
+    return sum(1 for n in full if bare_alias(n) == name) > 1
+
+
+def person_aliases(
+    relations: Iterable[Any], job: str | None
+) -> tuple[dict[str, str], dict[str, bool]]:
+    """A person's catalog (`/v1/query`, saved queries): every name of the org's relations
+    (rows of `name`, `kind`, `derived`) → full name, and each relation → whether it is
+    partitioned. Short names answer for `job`, or the org's only chain job; a DAG's outputs
+    (`dag.job`) never take that role from it."""
+    rows = list(relations)
+    chain = [r["name"] for r in rows if r["kind"] == "partitions" and not r["derived"]]
+    kinds = {r["name"]: r["kind"] == "partitions" for r in rows}
+    return relation_aliases(kinds, job or default_job(kinds, chain)), kinds
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from trace_platform.db.sql import q
+from trace_platform.domain.catalog import is_ambiguous, person_aliases, unresolved_reason
 from trace_platform.domain.errors import ConflictError, NotFoundError, ValidationError
 from trace_platform.domain.saved_query import (
     Parameter,
@@ -21,7 +22,7 @@ from trace_platform.domain.saved_query import (
     check_query_name,
     parse_template,
 )
-from trace_platform.domain.sql_gate import SqlRejected, check_sql
+from trace_platform.domain.sql_gate import GatedQuery, SqlRejected, check_sql, shown
 from trace_platform.ops import datasets as dataset_ops
 from trace_platform.ops import query_runs as run_ops
 from trace_platform.ops.env import Caller, OpsEnv, from_row
@@ -68,7 +69,7 @@ class SavedQueryRejected(ValidationError):
     code = "sql_rejected"
 
 
-def checked(sql: str, description: str, job: str | None) -> Template:
+def checked(sql: str, description: str, job: str | None) -> tuple[Template, GatedQuery]:
     """The saved query's runnable form, or a 400: placeholders well formed and typed, and the
     runnable SQL passing the gate (which relations it may read is checked when it runs, for
     whoever runs it)."""
@@ -80,10 +81,25 @@ def checked(sql: str, description: str, job: str | None) -> Template:
         raise ValidationError("job must be 1-63 characters")
     template = parse_template(sql)
     try:
-        check_sql(template.sql, None, len(template.parameters))
+        gated = check_sql(template.sql, None, len(template.parameters))
     except SqlRejected as exc:
         raise SavedQueryRejected(exc.reason, reason=exc.code) from None
-    return template
+    return template, gated
+
+
+async def _refuse_ambiguous(
+    env: OpsEnv, org_id: uuid.UUID, gated: GatedQuery, job: str | None
+) -> None:
+    """A name several of the org's relations answer to (a bare `blocks` with two chain jobs
+    and no `job`) is refused now, with the reason `/v1/query` gives: the saved query could
+    never run as written. A name no relation answers to yet is kept (it may be synced later)."""
+    rows = await env.state.fetch(q("datasets", "org_relations"), org_id)
+    aliases, kinds = person_aliases(rows, job)
+    for name in gated.relations:
+        if name not in aliases and is_ambiguous(name, kinds):
+            raise SavedQueryRejected(
+                unresolved_reason(name, kinds, shown(name)), reason="sql_relation_not_allowed"
+            )
 
 
 def _parameters(template: Template) -> list[dict[str, Any]]:
@@ -99,7 +115,8 @@ async def save_query(
     env: OpsEnv, caller: Caller, name: str, sql: str, description: str = "", job: str | None = None
 ) -> SavedQuery:
     """A new saved query; 409 when the org has one of that name (update it instead)."""
-    template = checked(sql, description, job)
+    template, gated = checked(sql, description, job)
+    await _refuse_ambiguous(env, caller.org_id, gated, job)
     row = await env.state.fetchrow(
         q("saved_queries", "insert_saved_query"),
         uuid.uuid4(),
@@ -121,7 +138,8 @@ async def update_query(
     env: OpsEnv, caller: Caller, name: str, sql: str, description: str = "", job: str | None = None
 ) -> SavedQuery:
     """Replace a saved query's SQL, description and job; 404 when there is none."""
-    template = checked(sql, description, job)
+    template, gated = checked(sql, description, job)
+    await _refuse_ambiguous(env, caller.org_id, gated, job)
     row = await env.state.fetchrow(
         q("saved_queries", "update_saved_query"),
         caller.org_id,

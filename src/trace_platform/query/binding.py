@@ -36,6 +36,7 @@ from trace_platform.domain.catalog import (
     RELATION_INCOMPLETE,
     default_job,
     job_of,
+    person_aliases,
     relation_aliases,
 )
 from trace_platform.domain.errors import (
@@ -274,11 +275,7 @@ class Binder:
 
     @staticmethod
     def _aliases(caller: QueryCaller, rows: list[Any]) -> tuple[dict[str, str], dict[str, bool]]:
-        # Short names answer for the only chain job; a DAG's outputs (`dag.job`) never take
-        # that role from it.
-        chain = [r["name"] for r in rows if r["kind"] == "partitions" and not r["derived"]]
-        kinds = {r["name"]: r["kind"] == "partitions" for r in rows}
-        return relation_aliases(kinds, caller.job or default_job(kinds, chain)), kinds
+        return person_aliases(rows, caller.job)
 
     async def _org_catalog(
         self, caller: QueryCaller, gated: GatedQuery
