@@ -31,12 +31,15 @@ CHAIN = (
 DECODED = "token_Transfer"
 
 
-async def commit_logs_partition(pool: asyncpg.Pool, start: int, end: int) -> str:
+async def commit_logs_partition(
+    pool: asyncpg.Pool, start: int, end: int, job: str = "tokens"
+) -> str:
     """A live partition [start, end) of the job's `logs` dataset, as a range commit leaves
     it; returns its file's URI."""
     logs = await pool.fetchval(
         "SELECT s.dataset_uuid FROM state.chain_streams s JOIN state.chain_jobs j USING (job_id)"
-        " WHERE j.name = 'tokens' AND s.stream = 'logs'"
+        " WHERE j.name = $1 AND s.stream = 'logs'",
+        job,
     )
     uri = f"file:///store/logs/{start}.parquet"
     seq = await pool.fetchval(q("chain", "bump_commit_seq"), logs)
@@ -62,7 +65,8 @@ async def commit_logs_partition(pool: asyncpg.Pool, start: int, end: int) -> str
 async def decoded_ranges(pool: asyncpg.Pool) -> list[tuple[int, int, dict[str, object]]]:
     rows = await pool.fetch(
         "SELECT r.range_start, r.range_end, t.payload FROM state.chain_ranges r"
-        " JOIN state.tasks t USING (task_id) WHERE r.stream = $1 ORDER BY r.range_start",
+        " JOIN state.tasks t USING (task_id) JOIN state.chain_jobs j USING (job_id)"
+        " WHERE j.name = 'tokens' AND r.stream = $1 ORDER BY r.range_start",
         DECODED,
     )
     return [(r["range_start"], r["range_end"], r["payload"]) for r in rows]
@@ -89,7 +93,9 @@ async def test_a_logs_commit_is_decoded_by_the_derived_scheduler_not_the_chain_p
         assert payload["operator"] == "chain_decode"
         assert payload["chain"]["logs"] == [uri]  # type: ignore[index]
         cursor = await pool.fetchval(
-            "SELECT cursor FROM state.chain_streams WHERE stream = $1", DECODED
+            "SELECT s.cursor FROM state.chain_streams s JOIN state.chain_jobs j USING (job_id)"
+            " WHERE j.name = 'tokens' AND s.stream = $1",
+            DECODED,
         )
         assert cursor == 10
 
@@ -102,5 +108,43 @@ async def test_a_logs_commit_is_decoded_by_the_derived_scheduler_not_the_chain_p
         assert await scheduler.tick() == 2
         assert [(s, e) for s, e, _ in await decoded_ranges(pool)] == [(0, 10), (10, 20), (20, 30)]
         assert await ChainPlanner(pool, settings).tick() == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_decoded_range_that_failed_for_good_stops_its_stream_with_the_reason(
+    settings: Settings,
+) -> None:
+    urls = await prepare(settings)
+    pool = await create_pool(urls.state, max_size=2)
+    try:
+        await apply_specs(env_of(pool), LITE_ORG_ID, CHAIN.replace("tokens", "failing"))
+        await commit_logs_partition(pool, 0, 10, job="failing")
+        scheduler = DerivedScheduler(pool, settings)
+        assert await scheduler.tick() == 1
+        await pool.execute(
+            "UPDATE state.tasks SET status = 'failed', next_retry_at = NULL,"
+            " last_error = 'chain_decode: ValueError: bad abi'"
+            " WHERE task_id = (SELECT r.task_id FROM state.chain_ranges r"
+            "  JOIN state.chain_jobs j USING (job_id) WHERE j.name = 'failing')"
+        )
+        await commit_logs_partition(pool, 10, 20, job="failing")
+        assert await scheduler.tick() == 0  # stopped: [10, 20) is not planned
+        stream = await pool.fetchrow(
+            "SELECT s.status, s.last_error FROM state.chain_streams s"
+            " JOIN state.chain_jobs j USING (job_id) WHERE j.name = 'failing' AND s.stream = $1",
+            DECODED,
+        )
+        assert stream["status"] == "stopped"
+        assert stream["last_error"] == "range [0, 10) failed: chain_decode: ValueError: bad abi"
+        event = await pool.fetchrow(
+            "SELECT e.detail FROM state.chain_events e JOIN state.chain_jobs j USING (job_id)"
+            " WHERE j.name = 'failing' AND e.kind = 'chain.stream_stopped'"
+        )
+        assert event["detail"] == {
+            "stream": DECODED,
+            "range": [0, 10],
+            "error": "chain_decode: ValueError: bad abi",
+        }
     finally:
         await pool.close()
