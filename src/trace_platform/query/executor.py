@@ -281,6 +281,7 @@ class Executor:
                 env={},
                 cwd="/",
                 start_new_session=True,
+                limit=engine.PIPE_BYTES,  # read on while a whole frame is buffered
             )
         except OSError as exc:
             QUERY_EXECUTOR_STARTS.labels(route, "failed").inc()
