@@ -1,14 +1,18 @@
 """The console's SQL page in a real browser (Debian's chromium driven by Playwright) against a
-real `trace api`, a real query service and a real Postgres (SPEC §21 item 5): a query runs as
-a background query run (timer, history), its rows are paged, a chart of them is drawn (its
-canvas holds the series' colour), it is saved with a typed parameter, reopened and run again
-by name with a value, and its CSV is downloaded. Any console error or CSP violation fails the
-test (`WatchedBrowser`). Screenshots go to TRACE_SCREENSHOTS, else the test's tmp_path."""
+real `trace api`, a real query service and a real Postgres (SPEC §21 item 5): a query's answer
+streams in as Arrow (timer, history), its rows are paged, a chart of them is drawn (its canvas
+holds the series' colour) and redrawn while a large answer is still arriving, Cancel stops a
+stream part-way saying how many rows arrived; a query is saved with a typed parameter,
+reopened and run again by name with a value (a background query run), and its CSV is
+downloaded. Any console error or CSP violation fails the test (`WatchedBrowser`). Screenshots
+go to TRACE_SCREENSHOTS, else the test's tmp_path."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +38,13 @@ __all__ = ["browser", "chromium"]  # the watched-browser fixtures, shared with t
 
 ROWS = 5000  # more than a page, more than the chart draws: paged and down-sampled
 SQL = "SELECT n, n * 2 AS doubled, CASE WHEN n % 2 = 0 THEN 'even' ELSE 'odd' END AS parity FROM waves ORDER BY n"
+# a million rows (about 56 MB of Arrow in record batches of 64Ki rows): an answer that takes
+# a while to arrive, so the page redraws while it does
+LIVE_ROWS = 1_000_000
+LIVE_SQL = (
+    "SELECT a.n * 5000 + b.n AS n, (a.n * 5000 + b.n) % 1000 AS wave,"
+    " md5(CAST(a.n * 5000 + b.n AS VARCHAR)) AS digest FROM waves a, waves b WHERE a.n < 200"
+)
 SAVED_SQL = "SELECT n, n * 2 AS doubled FROM waves WHERE n < {{ below: BIGINT = 10 }} ORDER BY n"
 
 
@@ -187,6 +198,84 @@ async def test_run_chart_save_rerun_by_name_and_download_csv(
     ]
 
 
+async def live_draws(page: Page) -> list[int]:
+    """Rows the page held at each redraw it made while the answer was still arriving."""
+    text = await page.locator("#sql-chart").get_attribute("data-live-draws") or ""
+    return [int(n) for n in text.split(",") if n]
+
+
+async def test_a_large_answer_is_drawn_while_it_streams_in(
+    api: str, writer: str, browser: WatchedBrowser, tmp_path: Path
+) -> None:
+    page = await logged_in(browser, api, writer)
+    await page.goto(f"{api}/ui/sql")
+    await page.fill("#sql-text", LIVE_SQL)
+    await page.select_option("#sql-limit", str(LIVE_ROWS))
+    await page.click("#sql-run")
+    await page.wait_for_function(
+        "() => !document.getElementById('sql-run').disabled"
+        " && document.getElementById('sql-status').textContent.includes(' row(s) in ')",
+        timeout=120_000,
+    )
+    status = await page.text_content("#sql-status") or ""
+    assert status.startswith(f"{LIVE_ROWS:,} row(s) in ") and "more rows" not in status, status
+
+    # redrawn at least twice while rows were still arriving, with more rows each time
+    live = await live_draws(page)
+    assert len(live) >= 2, (live, status)
+    assert all(a < b for a, b in itertools.pairwise(live)), live
+    assert live[0] > 0 and live[-1] < LIVE_ROWS, live
+
+    # the final chart is the final result: every row, n from 0 to the last, down-sampled
+    chart = page.locator("#sql-chart")
+    assert await chart.get_attribute("data-drawn-rows") == str(LIVE_ROWS)
+    assert await chart.get_attribute("data-x-min") == "0"
+    assert await chart.get_attribute("data-x-max") == str(LIVE_ROWS - 1)
+    assert await chart.get_attribute("data-series") == "1"
+    assert 1000 <= int(await chart.get_attribute("data-points") or 0) <= 2000
+    assert f"of {LIVE_ROWS:,} points drawn" in (await page.text_content("#chart-note") or "")
+    assert await page.input_value("#chart-y") == "1"  # wave: numbers, the first after x
+    assert await drawn_pixels(page, BLUE) > 200
+    assert f"of {LIVE_ROWS:,}" in (await page.text_content("#page-info") or "")
+    n, wave, digest = (await page.locator("table.results tr").nth(1).inner_text()).split("\t")
+    assert int(wave) == int(n) % 1000 and digest == hashlib.md5(n.encode()).hexdigest()
+    history = await page.locator("#run-history tr.run").first.inner_text()
+    assert "succeeded · streamed" in history and f"{LIVE_ROWS:,}" in history
+    assert LIVE_SQL not in history
+    await screenshot(page, tmp_path, "sql-live")
+
+
+async def test_cancel_stops_a_streaming_answer_and_says_how_many_rows_arrived(
+    api: str, writer: str, browser: WatchedBrowser, tmp_path: Path
+) -> None:
+    page = await logged_in(browser, api, writer)
+    await page.goto(f"{api}/ui/sql")
+    await page.fill("#sql-text", LIVE_SQL)
+    await page.select_option("#sql-limit", str(LIVE_ROWS))
+    # Cancel is clicked the moment the first rows are drawn, the answer not yet complete
+    # (the page reads on only after that frame is painted: no race with the stream's end)
+    await page.evaluate(
+        """() => new MutationObserver((_, seen) => {
+            seen.disconnect();
+            document.getElementById("sql-cancel").click();
+        }).observe(document.getElementById("sql-chart"), {attributeFilter: ["data-live-draws"]})"""
+    )
+    await page.click("#sql-run")
+    await page.wait_for_selector("#sql-status.error")
+    status = await page.text_content("#sql-status") or ""
+    assert status.startswith("canceled: ") and "arrived before it stopped" in status, status
+    arrived = int(status.removeprefix("canceled: ").split(" ")[0].replace(",", ""))
+    assert 0 < arrived < LIVE_ROWS
+    # what it says arrived is what the page holds and drew
+    assert f"of {arrived:,}" in (await page.text_content("#page-info") or "")
+    assert await page.locator("#sql-chart").get_attribute("data-drawn-rows") == str(arrived)
+    assert not await page.locator("#sql-run").is_disabled()
+    assert await page.locator("#sql-cancel").is_disabled()
+    await page.wait_for_selector("#run-history td.canceled")
+    assert f"{arrived:,}" in await page.locator("#run-history tr.run").first.inner_text()
+    await screenshot(page, tmp_path, "sql-canceled")
+
+
 async def test_a_slow_run_is_canceled_from_the_page(
     api: str, writer: str, browser: WatchedBrowser, tmp_path: Path
 ) -> None:
@@ -198,6 +287,6 @@ async def test_a_slow_run_is_canceled_from_the_page(
     await page.wait_for_function("() => !document.getElementById('sql-cancel').disabled")
     await page.click("#sql-cancel")
     await page.wait_for_selector("#sql-status.error")
-    assert "canceled" in (await page.text_content("#sql-status") or "")
+    assert await page.text_content("#sql-status") == "canceled before any row arrived"
     await page.wait_for_selector("#run-history td.canceled")
     assert not await page.locator("#sql-run").is_disabled()

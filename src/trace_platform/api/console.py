@@ -61,6 +61,7 @@ ASSETS = {
     "console.js": "text/javascript",
     "console.css": "text/css",
     "sql.js": "text/javascript",
+    "arrow_stream.js": "text/javascript",  # the SQL page's reader of a streamed Arrow answer
     # uPlot 1.6.32 (MIT, vendor/uPlot.LICENSE), from npm: the SQL page's charts, offline
     "vendor/uPlot.iife.min.js": "text/javascript",
     "vendor/uPlot.min.css": "text/css",
