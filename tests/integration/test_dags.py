@@ -422,6 +422,57 @@ async def test_a_column_no_input_has_is_refused_at_apply_and_nothing_changes(
         await delete_dag(env, LITE_ORG_ID, "columns")  # stops it: the stack is shared
 
 
+async def test_a_registered_datasets_columns_are_every_file_of_its_version(
+    d_settings: Settings, stack: dict[str, Proc], tmp_path: Path
+) -> None:
+    """A `{dataset:}` input's columns at apply are those of every file of the version apply
+    pins (read by name, as the run reads them): a column only its second file has is
+    accepted, one none has — in the SQL or in its `where` — is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trace_platform.datasets import register_dataset
+
+    pq.write_table(pa.table({"address": ["0x1"], "label": ["a"]}), tmp_path / "1.parquet")
+    pq.write_table(
+        pa.table({"address": ["0x2"], "label": ["b"], "label_type": ["cex"]}),
+        tmp_path / "2.parquet",
+    )
+    async with open_env(d_settings) as env:
+        await register_dataset(
+            env.state,
+            env.store,
+            "labels",
+            [tmp_path / "1.parquet", tmp_path / "2.parquet"],
+            LITE_ORG_ID,
+        )
+
+    def dag(sql: str, where: str = "{label_type: cex}") -> str:
+        return (
+            "kind: dag\nname: labelled\njobs:\n"
+            f"  a: {{inputs: [{{chain: pools}}, {{dataset: labels, where: {where}}}],"
+            f" sql: {json.dumps(sql)}}}\n"
+        )
+
+    sql = (
+        "SELECT s.block_number, l.label, l.label_type FROM pair_Swap s"
+        " JOIN labels l ON l.address = s.address"
+    )
+    for text, expected in {
+        dag(sql.replace("l.label_type", "l.owner")): (
+            'jobs.a.sql: column "owner" not found in any input'
+        ),
+        dag(sql, "{kind: cex}"): "jobs.a.inputs.1.where.kind: column not in labels",
+    }.items():
+        with pytest.raises(TraceError) as err:
+            await apply(d_settings, text)
+        assert err.value.detail == expected
+    (applied,) = await apply(d_settings, dag(sql))
+    assert applied["created"] is True
+    async with open_env(d_settings) as env:
+        await delete_dag(env, LITE_ORG_ID, "labelled")  # stops it: the stack is shared
+
+
 def web3_swaps(node: Anvil) -> set[tuple[str, int]]:
     """(tx hash, log index) of every Swap of the node's pool on its canonical chain."""
     from web3 import Web3

@@ -7,12 +7,12 @@ failed at run time, range after range.
 
 Where an input's columns are known at apply: a decoded table's from its event ABI; a chain
 stream's from the Parquet footer of its newest committed file; a registered dataset's from
-the footer of its newest version (the version apply pins). A stream with nothing committed
-yet, or a dataset with no version, has no known columns: a job reading it (and every job
-downstream of that one) is not checked here and fails at run time instead, naming the
-column. Only a missing name is refused: a binding that fails for another reason (a type, an
-aggregate) is left to the run, whose types may differ slightly from these (a HUGEINT sum is
-written as DECIMAL(38, 0)).
+the footers of its newest version's files (the version apply pins). A stream with nothing
+committed yet, or a dataset with no version (or more than MAX_FOOTERS files), has no known
+columns: a job reading it (and every job downstream of that one) is not checked here and
+fails at run time instead, naming the column. Only a missing name is refused: a binding that
+fails for another reason (a type, an aggregate) is left to the run, whose types may differ
+slightly from these (a HUGEINT sum is written as DECIMAL(38, 0)).
 
 Binding is safe by construction: trusted code, one in-memory DuckDB per apply with external
 access disabled and its configuration locked, holding only empty tables of the inputs'
@@ -56,6 +56,7 @@ _MISSING = (
     (re.compile(r'Referenced table "(?P<name>[^"]{1,200})" not found'), 'table or alias "{}"'),
 )
 _FOOTERS: dict[str, pa.Schema] = {}  # file uri -> its Parquet schema (files are immutable)
+MAX_FOOTERS = 64  # a dataset version of more files is not checked at apply
 
 
 class MissingName(Exception):
@@ -170,16 +171,33 @@ async def input_schemas(
             with contextlib.suppress(AbiError):
                 out[row["dataset_uuid"]] = event_of_abi(decode["event"]).schema()
             continue
-        files = row["files"]
-        if row["manifest"] is not None:
-            files = row["manifest"].get("files") if isinstance(row["manifest"], dict) else None
-        first = files[0] if isinstance(files, list) and files else None
-        uri = first.get("uri") if isinstance(first, dict) else None
-        if isinstance(uri, str):
-            schema = await _footer_schema(uri, settings)
-            if schema is not None:
-                out[row["dataset_uuid"]] = schema
+        manifest = row["manifest"]
+        if manifest is not None:
+            # A version's files are read as one relation by column name: each file counts.
+            files = manifest.get("files") if isinstance(manifest, dict) else None
+        else:
+            files = (row["files"] or [])[:1]  # a partition's files are one extraction's
+        schema = await _files_schema(files, settings)
+        if schema is not None:
+            out[row["dataset_uuid"]] = schema
     return out
+
+
+async def _files_schema(files: Any, settings: Settings) -> pa.Schema | None:
+    """The columns of files read together (by name), or None: not known here (no file, too
+    many to read at apply, one unreadable, or two giving a column different types)."""
+    import pyarrow as pa
+
+    uris = [f.get("uri") for f in files] if isinstance(files, list) else []
+    if not uris or len(uris) > MAX_FOOTERS or not all(isinstance(u, str) for u in uris):
+        return None
+    schemas = [await _footer_schema(uri, settings) for uri in uris]
+    if any(schema is None for schema in schemas):
+        return None
+    try:
+        return pa.unify_schemas([s for s in schemas if s is not None])
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
 
 
 @dataclass(frozen=True)
