@@ -333,9 +333,37 @@ class Client:
         whether rows were left out (past `limit`; known for an answer sent whole, False for
         a streamed one, which holds at most `limit` rows). AnswerIncomplete when the answer
         was cut (TRACE_QUERY_MAX_EXPORT_ROWS reached with rows left, or a failure part-way)."""
+        chunks: list[bytes] = []
+        truncated = self.query_into(sql, format, chunks.append, dataset, limit, job)
+        return b"".join(chunks), truncated
+
+    def query_into(
+        self,
+        sql: str,
+        format: str,
+        write: Callable[[bytes], object],
+        dataset: str | None = None,
+        limit: int | None = None,
+        job: str | None = None,
+    ) -> bool:
+        """The same answer as `query_bytes`, handed to `write` chunk by chunk as it arrives
+        (never held whole: `write=file.write` for any size up to the export cap); whether
+        rows were left out. AnswerIncomplete when it was cut: what `write` got is no whole
+        answer."""
         body = self._query_body(sql, dataset, limit, job, format)
+        return self._post_into("/v1/query", body, write)
+
+    def _post_into(self, path: str, body: Json, write: Callable[[bytes], object]) -> bool:
+        """POST `body`; its answer of bytes to `write` as it streams in; X-Trace-Truncated."""
         try:
-            reply = self._http.post("/v1/query", json=body)
+            with self._http.stream("POST", path, json=body) as reply:
+                if reply.status_code >= 400:
+                    reply.read()
+                    raise _api_error(reply)
+                for chunk in reply.iter_bytes():
+                    write(chunk)
+                truncated: bool = reply.headers.get("X-Trace-Truncated") == "true"
+                return truncated
         except httpx.RemoteProtocolError:  # the body ended without its terminating chunk
             raise AnswerIncomplete(
                 "the answer was cut before its end (more rows than the deployment's "
@@ -343,9 +371,6 @@ class Client:
             ) from None
         except httpx.HTTPError as exc:
             raise ApiUnreachable(f"{self.url} is unreachable ({type(exc).__name__})") from None
-        if reply.status_code >= 400:
-            raise _api_error(reply)
-        return reply.content, reply.headers.get("X-Trace-Truncated") == "true"
 
     @staticmethod
     def _query_body(
@@ -556,15 +581,22 @@ class Client:
         limit: int | None = None,
     ) -> tuple[bytes, bool]:
         """A saved query's answer as bytes (`format`: arrow, csv or parquet) and whether
-        rows were left out."""
+        rows were left out (AnswerIncomplete as `query_bytes`)."""
+        chunks: list[bytes] = []
+        truncated = self.run_query_into(name, format, chunks.append, params, limit)
+        return b"".join(chunks), truncated
+
+    def run_query_into(
+        self,
+        name: str,
+        format: str,
+        write: Callable[[bytes], object],
+        params: dict[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> bool:
+        """The same answer handed to `write` chunk by chunk as it arrives (`query_into`)."""
         body = self._run_body(params, limit, format)
-        try:
-            reply = self._http.post(f"/v1/saved-queries/{name}/run", json=body)
-        except httpx.HTTPError as exc:
-            raise ApiUnreachable(f"{self.url} is unreachable ({type(exc).__name__})") from None
-        if reply.status_code >= 400:
-            raise _api_error(reply)
-        return reply.content, reply.headers.get("X-Trace-Truncated") == "true"
+        return self._post_into(f"/v1/saved-queries/{name}/run", body, write)
 
     def start_saved_query_run(
         self,

@@ -36,6 +36,7 @@ from trace_platform.datasets import register_dataset
 from trace_platform.db.pool import create_pool
 from trace_platform.ops.users import create_user
 from trace_platform.ports import LITE_ORG_ID
+from trace_platform.query.engine import STREAM_CHUNK_BYTES
 
 FORMATS = ["json", "arrow", "csv", "parquet"]
 WIDE = 10**24  # n * WIDE: a HUGEINT beyond 64 bits for n > 0
@@ -192,15 +193,19 @@ async def test_the_same_query_gives_the_same_values_in_every_format_and_is_audit
     assert {t for *_, t in back} == {"DECIMAL(38,0)"}
 
 
-async def test_accept_chooses_the_format_the_field_wins_and_unknown_ones_are_refused(
+async def test_accept_weighs_the_formats_the_field_wins_and_unacceptable_ones_are_refused(
     api: str, key: str, dataset: str
 ) -> None:
     body = {"dataset": dataset, "sql": SQL}
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-        r = await http.post(
-            "/v1/query", json=body, headers=bearer(key) | {"Accept": "text/csv;q=0.9, */*"}
-        )
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+        # RFC 9110 weights: the highest q wins; a wildcard weighs what nothing names
+        for accept, media in [
+            ("application/json;q=0.5, text/csv;q=0.9, */*;q=0.1", "text/csv"),
+            ("text/csv;q=0.9, */*", "application/json"),
+            ("application/json;q=0, application/*", "application/vnd.apache.arrow.stream"),
+        ]:
+            r = await http.post("/v1/query", json=body, headers=bearer(key) | {"Accept": accept})
+            assert r.status_code == 200 and r.headers["content-type"].startswith(media), accept
         r = await http.post(
             "/v1/query",
             json=body | {"format": "parquet"},
@@ -211,11 +216,10 @@ async def test_accept_chooses_the_format_the_field_wins_and_unknown_ones_are_ref
         assert r.status_code == 200 and r.json()["rows"]
         r = await http.post("/v1/query", json=body | {"format": "xml"}, headers=bearer(key))
         assert r.status_code == 400 and "format must be one of" in r.json()["detail"]
-        r = await http.post(
-            "/v1/query", json=body, headers=bearer(key) | {"Accept": "application/xml"}
-        )
-        assert (r.status_code, r.json()["error"]) == (406, "not_acceptable")
-        assert "\n" not in r.json()["detail"]
+        for accept in ("application/xml", "*/*;q=0", "application/json;q=0, text/html"):
+            r = await http.post("/v1/query", json=body, headers=bearer(key) | {"Accept": accept})
+            assert (r.status_code, r.json()["error"]) == (406, "not_acceptable"), accept
+            assert "\n" not in r.json()["detail"] and "text/csv" in r.json()["detail"]
         # a JSON answer keeps its 10,000 rows; an export may ask for more, and says when cut
         r = await http.post("/v1/query", json=body | {"limit": 10_001}, headers=bearer(key))
         assert r.status_code == 400
@@ -276,30 +280,33 @@ def test_the_sdk_result_converts_to_arrow_pandas_and_polars_with_the_json_values
             exact.to_pandas()
 
 
-def test_the_cli_writes_each_format_and_refuses_a_binary_one_to_a_terminal(
-    f_settings: Settings, api: str, dataset: str, tmp_path: Any
+def test_the_cli_writes_each_format_here_and_through_the_api_and_leaves_no_refused_file(
+    f_settings: Settings, api: str, key: str, dataset: str, tmp_path: Any
 ) -> None:
-    for fmt in FORMATS[1:]:
-        out = tmp_path / f"answer.{fmt}"
-        done = run_trace(
-            f_settings, "dataset", "query", dataset, SQL, "--format", fmt, "--output", str(out)
+    remote = f_settings.replace(api_url=api, api_key=key)
+    for where, label in ((f_settings, "here"), (remote, "api")):
+        for fmt in FORMATS[1:]:
+            out = tmp_path / f"{label}.{fmt}"
+            done = run_trace(
+                where, "dataset", "query", dataset, SQL, "--format", fmt, "--output", str(out)
+            )
+            assert done.returncode == 0, done.stderr
+            assert rows_of(fmt, out.read_bytes())[4][1] == 4 * WIDE
+        piped = run_trace(where, "dataset", "query", dataset, SQL, "--format", "csv")
+        assert piped.returncode == 0 and rows_of("csv", piped.stdout.encode())[1][1] == WIDE
+        bad = run_trace(
+            where,
+            "dataset",
+            "query",
+            dataset,
+            "SELECT getenv('HOME')",
+            "--format",
+            "parquet",
+            "-o",
+            str(tmp_path / "x"),
         )
-        assert done.returncode == 0, done.stderr
-        assert rows_of(fmt, out.read_bytes())[4][1] == 4 * WIDE
-    piped = run_trace(f_settings, "dataset", "query", dataset, SQL, "--format", "csv")
-    assert piped.returncode == 0 and rows_of("csv", piped.stdout.encode())[1][1] == WIDE
-    bad = run_trace(
-        f_settings,
-        "dataset",
-        "query",
-        dataset,
-        "SELECT getenv('HOME')",
-        "--format",
-        "parquet",
-        "-o",
-        str(tmp_path / "x"),
-    )
-    assert bad.returncode != 0 and "getenv" not in bad.stderr
+        assert bad.returncode != 0 and "getenv" not in bad.stderr
+        assert not list(tmp_path.glob("x*"))  # refused: no file, nor a part of one
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +397,44 @@ async def test_a_large_answer_streams_through_the_api_and_the_query_service_in_b
             f"{name}: idle {idle[name] / 1024:.0f} MB, peak +{grew_mb:.0f} MB ({size / MB:.0f} MB)"
         )
         assert grew_mb < 200, (name, idle[name], peak[name], sampled[name])
+
+
+def test_the_cli_streams_a_local_export_to_its_output_with_limit_and_cap_as_before(
+    f_settings: Settings, big: str, tmp_path: Path
+) -> None:
+    """`trace dataset query --format` at the installation writes the executor's chunks as
+    they come (it made one body of at most 63 MiB): the whole answer, many chunks long,
+    parses with every row; --limit and TRACE_QUERY_MAX_EXPORT_ROWS cut it as before, into a
+    whole file that says so on stderr."""
+    rows = 400_000  # about 10 MB of Arrow: dozens of the executor's 256 KiB chunks
+    out = tmp_path / "part.arrow"
+    sql = f"SELECT n, n::HUGEINT * {WIDE} AS wide, label FROM dataset WHERE n < {rows}"
+    done = run_trace(f_settings, "dataset", "query", big, sql, "--format", "arrow", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "truncated" not in done.stderr and not list(tmp_path.glob("*.part"))
+    assert out.stat().st_size > 30 * STREAM_CHUNK_BYTES
+    table = pa.ipc.open_stream(pa.memory_map(str(out))).read_all()
+    assert table.num_rows == rows and table.schema.field("wide").type == pa.decimal256(39, 0)
+    assert pc.count_distinct(table.column("n")).as_py() == rows
+    assert pc.sum(table.column("n")).as_py() == rows * (rows - 1) // 2
+    last = table.slice(rows - 1, 1).to_pylist()[0]
+    assert int(last["wide"]) == last["n"] * WIDE and last["label"] == f"{last['n']:016d}"
+    # --limit: that many rows, whole, and the note that rows were left out (to stdout too)
+    piped = run_trace(
+        f_settings, "dataset", "query", big, "SELECT n FROM dataset", "--format", "csv",
+        "--limit", "150000",
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.count("\n") == 150_001 and "truncated" in piped.stderr
+    # TRACE_QUERY_MAX_EXPORT_ROWS: whole up to there, and says so; exit 0 as before
+    capped = f_settings.replace(query_max_export_rows=120_000)
+    out = tmp_path / "capped.parquet"
+    done = run_trace(
+        capped, "dataset", "query", big, "SELECT n FROM dataset", "--format", "parquet",
+        "-o", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0 and "truncated" in done.stderr, done.stderr
+    assert pq.ParquetFile(out).metadata.num_rows == 120_000
 
 
 async def test_an_answer_cut_at_the_row_cap_is_never_taken_for_complete(

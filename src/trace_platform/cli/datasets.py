@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from trace_platform.cli.common import (
     org_option,
     run_ops,
 )
+from trace_platform.cli.export_output import ExportOutput, truncated_note
 from trace_platform.domain.errors import ValidationError
 from trace_platform.domain.query_formats import FORMATS
 from trace_platform.ops import datasets as ops
@@ -120,12 +120,27 @@ def _remote_export(
     limit: int | None,
     job: str | None,
     bounds: tuple[int, int] | None,
+    out: ExportOutput,
     fmt: str,
-) -> ops.ExportAnswer:
+) -> bool:
     if bounds is not None:
         raise ValidationError("--range works on a local installation only; filter in SQL")
-    body, truncated = api.query_bytes(sql, fmt, dataset=name, limit=limit, job=job)
-    return ops.ExportAnswer(fmt, body, truncated)
+    return api.query_into(sql, fmt, out.write, dataset=name, limit=limit, job=job)
+
+
+async def _stream_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    fmt: str,
+    bounds: tuple[int, int] | None,
+    job: str | None,
+    out: ExportOutput,
+) -> bool:
+    written = await ops.stream_here(env, org_id, name, sql, limit, fmt, out.write, bounds, job)
+    return written.truncated
 
 
 def _progress(status: str) -> None:
@@ -162,26 +177,6 @@ def _remote_run(
     except QueryRunFailed as exc:
         raise ValidationError(exc.detail, reason=exc.code) from None
     return ops.ExportAnswer(fmt, body, truncated)
-
-
-def _write_export(answer: ops.ExportAnswer, output: Path | None) -> None:
-    """The body to FILE, or to stdout (a binary format only when stdout is no terminal)."""
-    if output is not None:
-        output.write_bytes(answer.body)
-    else:
-        stdout = sys.stdout.buffer
-        if answer.fmt != "csv" and sys.stdout.isatty():
-            raise ValidationError(
-                f"{answer.fmt} is binary: give --output FILE or pipe stdout to a file"
-            )
-        stdout.write(answer.body)
-        stdout.flush()
-    if answer.truncated:
-        click.echo(
-            "truncated: rows were left out (past --limit, TRACE_QUERY_MAX_EXPORT_ROWS or"
-            " 63 MiB); give a larger --limit for more",
-            err=True,
-        )
 
 
 @dataset.command("query")
@@ -249,6 +244,8 @@ def dataset_query(
     bounds = check_block_range(block_range) if block_range is not None else None
     if fmt == "json" and output is not None:
         raise ValidationError("--output is for --format arrow, csv or parquet")
+    # a binary format bound for a terminal is refused before anything runs
+    target = ExportOutput(fmt, output) if fmt != "json" else None
     export: ops.ExportAnswer | None = None
     try:
         if in_background:
@@ -262,14 +259,17 @@ def dataset_query(
             if fmt == "json":
                 result = ops.QueryAnswer(**orjson.loads(export.body))
                 export = None
-        elif fmt != "json":
-            export = run_ops(
-                ctx,
-                lambda env: ops.export_here(
-                    env, org_of(org_id), name, sql, limit, fmt, bounds, job
-                ),
-                remote=lambda api: _remote_export(api, name, sql, limit, job, bounds, fmt),
-            )
+        elif target is not None:  # streamed to its output as it comes, never held whole
+            with target as out:
+                truncated = run_ops(
+                    ctx,
+                    lambda env: _stream_here(
+                        env, org_of(org_id), name, sql, limit, fmt, bounds, job, out
+                    ),
+                    remote=lambda api: _remote_export(api, name, sql, limit, job, bounds, out, fmt),
+                )
+            truncated_note(truncated)
+            return
         else:
             result = run_ops(
                 ctx,
@@ -280,8 +280,10 @@ def dataset_query(
         why = "SQL rejected" if exc.code == "sql_rejected" else "query failed"
         reason = exc.extra.get("reason", exc.code)
         raise ValidationError(f"{why} ({reason}): {exc.detail}") from None
-    if export is not None:
-        _write_export(export, output)
+    if export is not None and target is not None:
+        with target as out:
+            out.write(export.body)
+        truncated_note(export.truncated)
         return
     emit(result, as_json, render.query_table)
     if not as_json:

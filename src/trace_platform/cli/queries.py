@@ -20,11 +20,11 @@ from trace_platform.cli.common import (
     org_option,
     run_ops,
 )
-from trace_platform.cli.datasets import _write_export
+from trace_platform.cli.export_output import ExportOutput, truncated_note
 from trace_platform.domain.errors import ValidationError
 from trace_platform.domain.query_formats import FORMATS
 from trace_platform.ops import saved_queries as ops
-from trace_platform.ops.datasets import ExportAnswer, QueryAnswer
+from trace_platform.ops.datasets import ExportAnswer, QueryAnswer, stream_here
 from trace_platform.ops.env import Caller, OpsEnv
 
 
@@ -233,31 +233,54 @@ def query_run(
     if fmt == "json" and output is not None:
         raise ValidationError("--output is for --format arrow, csv or parquet")
     org = org_of(org_id)
+    # a binary format bound for a terminal is refused before anything runs
+    target = ExportOutput(fmt, output) if fmt != "json" else None
     if in_background:
-        _run_in_background(ctx, org, name, values, fmt, limit, output, as_json)
+        _run_in_background(ctx, org, name, values, fmt, limit, target, as_json)
+        return
+    if target is not None:  # streamed to its output as it comes, never held whole
+        with target as out:
+            truncated = run_ops(
+                ctx,
+                lambda env: _stream_here(env, org, name, values, fmt, limit, out),
+                remote=lambda api: api.run_query_into(name, fmt, out.write, values, limit),
+            )
+        truncated_note(truncated)
         return
 
-    def remote(api: object) -> QueryAnswer | ExportAnswer:
+    def remote(api: object) -> QueryAnswer:
         from trace_platform.sdk import Client
 
         assert isinstance(api, Client)
-        if fmt == "json":
-            answer: QueryAnswer = from_json(QueryAnswer, api.run_query(name, values, limit))
-            return answer
-        body, truncated = api.run_query_bytes(name, fmt, values, limit)
-        return ExportAnswer(fmt, body, truncated)
+        answer: QueryAnswer = from_json(QueryAnswer, api.run_query(name, values, limit))
+        return answer
 
     result = run_ops(
         ctx,
         lambda env: ops.run_query(env, Caller(org), name, values, fmt, limit),
         remote=remote,
     )
-    if isinstance(result, ExportAnswer):
-        _write_export(result, output)
-        return
+    assert isinstance(result, QueryAnswer)
     emit(result, as_json, render.query_table)
     if not as_json:
         click.echo(render.query_footer(result), err=True)
+
+
+async def _stream_here(
+    env: OpsEnv,
+    org: uuid.UUID,
+    name: str,
+    values: dict[str, str],
+    fmt: str,
+    limit: int | None,
+    out: ExportOutput,
+) -> bool:
+    """The saved query bound as `ops.run_query` binds it, its answer streamed to `out`."""
+    bound = await ops.bind_query(env, org, name, values)
+    written = await stream_here(
+        env, org, None, bound.sql, limit, fmt, out.write, None, bound.job, bound.params
+    )
+    return written.truncated
 
 
 def _run_in_background(
@@ -267,7 +290,7 @@ def _run_in_background(
     values: dict[str, str],
     fmt: str,
     limit: int | None,
-    output: Path | None,
+    target: ExportOutput | None,
     as_json: bool,
 ) -> None:
     """`trace query run NAME --async`: a query run of the saved query (locally through this
@@ -296,8 +319,10 @@ def _run_in_background(
         return ExportAnswer(fmt, body, truncated)
 
     export = run_ops(ctx, here, remote=remote)
-    if fmt != "json":
-        _write_export(export, output)
+    if target is not None:
+        with target as out:
+            out.write(export.body)
+        truncated_note(export.truncated)
         return
     result = QueryAnswer(**orjson.loads(export.body))
     emit(result, as_json, render.query_table)

@@ -5,6 +5,7 @@ prefix checks, gate, sandbox and audit row as a task's query)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from trace_platform.datasets import RegisteredDataset, register_dataset
 from trace_platform.db.sql import q
 from trace_platform.domain.catalog import RelationInfo
 from trace_platform.domain.errors import ConfigError, NotFoundError
-from trace_platform.domain.query_formats import TRUNCATED_HEADER, check_limit
+from trace_platform.domain.query_formats import TRUNCATED_HEADER, AnswerCut, check_limit
 from trace_platform.ops.env import OpsEnv, from_row
 from trace_platform.ports import WORKER_HEADER
 
@@ -76,6 +77,16 @@ class ExportAnswer:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class ExportWritten:
+    """A query answered as bytes handed on chunk by chunk (`stream_here`): its rows and
+    whether rows were left out."""
+
+    fmt: str
+    rows: int
+    truncated: bool
+
+
 async def list_datasets(env: OpsEnv, org_id: uuid.UUID) -> list[DatasetSummary]:
     rows = await env.state.fetch(q("console", "datasets_of_org"), org_id)
     return [from_row(DatasetSummary, r) for r in rows]
@@ -113,7 +124,14 @@ def _local_service(env: OpsEnv) -> Any:
 
     s = env.settings
     return QueryService(
-        env.state, env.data, 1, executor_limits(s), detect_isolation(), s3_options(s), s.query_uid
+        env.state,
+        env.data,
+        1,
+        executor_limits(s),
+        detect_isolation(),
+        s3_options(s),
+        s.query_uid,
+        max_export_rows=s.query_max_export_rows,
     )
 
 
@@ -151,6 +169,40 @@ async def export_here(
     engine (up to TRACE_QUERY_MAX_EXPORT_ROWS rows)."""
     body, truncated = await _run_here(env, org_id, name, sql, limit, block_range, job, fmt, params)
     return ExportAnswer(fmt, body, truncated)
+
+
+async def stream_here(
+    env: OpsEnv,
+    org_id: uuid.UUID,
+    name: str | None,
+    sql: str,
+    limit: int | None,
+    fmt: str,
+    write: Callable[[bytes], object],
+    block_range: tuple[int, int] | None = None,
+    job: str | None = None,
+    params: tuple[str, ...] = (),
+) -> ExportWritten:
+    """The same export as `export_here`, each chunk handed to `write` as the executor makes
+    it (never held whole, so no 63 MiB frame bounds it). At TRACE_QUERY_MAX_EXPORT_ROWS with
+    rows left it is whole up to there and says truncated, as `export_here`'s body and a
+    query run's file are; a refusal or a failure, before or part-way, is raised."""
+    service = _local_service(env)
+    try:
+        caller = await service.binder.user_caller(org_id, name, None, "cli", block_range, job)
+        stream = await service.stream(caller, None, sql, limit, fmt=fmt, params=params)
+        cut = False
+        try:
+            async for chunk in stream:
+                write(chunk)
+        except AnswerCut as exc:  # the cap reached: the held last chunk ends the file
+            cut = True
+            write(exc.rest)
+        finally:
+            await stream.close()
+    finally:
+        await service.close()
+    return ExportWritten(fmt, stream.rows, stream.truncated or cut)
 
 
 async def _run_here(
