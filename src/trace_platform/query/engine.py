@@ -242,6 +242,11 @@ class Engine:
             "temp_directory": "",
             "memory_limit": f"{limits.memory_mb}MB",
             "threads": limits.threads,
+            # Parquet statistics are not trusted to drop work: cryo's (Polars) files claim
+            # null_count 0 for a column holding NULLs (a contract creation's to_address), and
+            # read_parquet(..., union_by_name) then took count(col) for count(*) and
+            # coalesce(col, x) for col: wrong answers until the relation was materialized.
+            "disabled_optimizers": "statistics_propagation",
         }
         files = [f for r in relations for f in r.files]
         if previous is not None and fresh:
