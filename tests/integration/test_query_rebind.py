@@ -129,6 +129,44 @@ async def test_another_dataset_of_the_same_org_takes_it_in_a_new_database(
     assert await rows(pool, second, "SELECT max(x) FROM dataset") == [[9]]
 
 
+async def test_a_freed_executor_goes_first_to_a_waiting_query_of_its_own_datasets(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    """One executor, busy on dataset A; a query of dataset B (same org) starts waiting,
+    then one of A's next version. When A's query ends, the query of A takes the executor
+    (its database kept) although B's waited longer; B's runs next. Without the preference
+    the first waiter took it, closing A's database to open B's, and A's query then closed
+    B's in turn (two DAG levels alternating on the executors paid a database per range)."""
+    a1, a2 = version(tmp_path, "a1", 0), version(tmp_path, "a2", 100)
+    b1 = version(tmp_path, "b1", 1000)
+    first, later = one("a@1", a1, ORG_A), one("a@2", a2, ORG_A)
+    other = one("b@1", b1, ORG_A)
+    assert await rows(pool, first, "SELECT sum(x) FROM dataset") == [[45]]
+    done: list[str] = []
+
+    async def query(label: str, binding: Binding, sql: str) -> list[list[object]]:
+        found = await rows(pool, binding, sql)
+        done.append(label)
+        return found
+
+    slow = asyncio.create_task(
+        query("slow", first, "SELECT count(*) FROM dataset, range(60000000) t(i) WHERE i % 7 = 1")
+    )
+    while pool.idle:  # the slow query has the executor
+        await asyncio.sleep(0.005)
+    waiting_b = asyncio.create_task(query("b", other, "SELECT sum(x) FROM dataset"))
+    while len(pool._waiting) < 1:
+        await asyncio.sleep(0.005)
+    waiting_a = asyncio.create_task(query("a", later, "SELECT sum(x) FROM dataset"))
+    while len(pool._waiting) < 2:
+        await asyncio.sleep(0.005)
+    assert not slow.done(), "the slow query ended before both queries waited"
+    assert await waiting_a == [[1045]]
+    assert await waiting_b == [[10045]]
+    await slow
+    assert done == ["slow", "a", "b"]
+
+
 async def test_another_orgs_dataset_never_takes_an_executor_in_place(
     pool: ExecutorPool, tmp_path: Path
 ) -> None:

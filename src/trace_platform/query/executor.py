@@ -83,6 +83,11 @@ _FRAME = struct.Struct(">I")
 ENGINE_SCRIPT = Path(engine.__file__).resolve()
 SANDBOX_DATA = "/data"
 QUEUE_SECONDS = 0.5  # how long a query waits for a busy pool before it is answered 429
+# How many times a waiting query leaves a freed executor of other datasets to a waiting
+# query of that executor's own datasets (`ExecutorPool._take`) before it takes one anyway,
+# and how soon it looks again after leaving one (the other query may have taken another).
+MAX_PASSES = 2
+RECHECK_SECONDS = 0.01
 SANDBOX_LIB = "/opt/trace"
 START_TIMEOUT = 30.0
 _REAPING: set[asyncio.Future[None]] = set()  # closes of executors abandoned mid-start
@@ -631,6 +636,11 @@ class ExecutorPool:
         self._live = 0
         self.idle: OrderedDict[int, Executor] = OrderedDict()  # id → executor, LRU first
         self._freed = asyncio.Event()
+        # What the queries waiting for an executor are bound to (`_wait_for_executor`).
+        # The queries waiting for an executor (`_wait_for_executor`): key → [binding, how
+        # many times it left an executor to another].
+        self._waiting: dict[int, list[Any]] = {}
+        self._waiters = 0  # the last key given
         self.tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -643,9 +653,14 @@ class ExecutorPool:
         self._live = value
         QUERY_EXECUTORS.set(value)
 
-    def _take(self, binding: Binding, reuse: bool = True) -> Executor | bool | None:
+    def _take(
+        self, binding: Binding, reuse: bool = True, defer: int | None = None
+    ) -> Executor | bool | None:
         """An idle executor for `binding` (when `reuse`), or True when a new one may start,
-        else None."""
+        else None. `defer` (a waiting query's key, until it has done so MAX_PASSES times):
+        leave an executor of other datasets to a waiting query of its own datasets, which
+        keeps its database, rather than closing that database to open another (levels of a DAG
+        alternating on two executors each paid a new database per range)."""
         for ident, ex in list(self.idle.items()):
             if not ex.alive:  # died while idle: reap it, free its slot
                 del self.idle[ident]
@@ -657,21 +672,37 @@ class ExecutorPool:
                 return ex
         # Another version of the same datasets first (its database is kept), then other
         # datasets of the same org (a new database); least recently used first.
+        passed = False
         for same in (True, False):
             for ident, ex in self.idle.items():
                 if not (reuse and ex.alive and ex.can_rebind(binding)):
                     continue
-                if same_datasets(ex.binding, binding) == same:
-                    del self.idle[ident]
-                    return ex  # the caller rebinds it (`_ready`)
+                if same_datasets(ex.binding, binding) != same:
+                    continue
+                if not same and defer is not None and self._wanted_by_another(ex, defer):
+                    passed = True
+                    continue
+                del self.idle[ident]
+                return ex  # the caller rebinds it (`_ready`)
         if self.live < self.size:
             self.live += 1
             return True
+        if passed and defer is not None:
+            self._waiting[defer][1] += 1
+            return None
         if self.idle:
             _, victim = self.idle.popitem(last=False)  # recycle the least recently used
             self._close_later(victim)
             return True
         return None
+
+    def _wanted_by_another(self, ex: Executor, me: int) -> bool:
+        """Whether another waiting query (than the one of key `me`) could keep `ex`'s
+        database."""
+        return any(
+            key != me and same_datasets(ex.binding, w[0]) and ex.can_rebind(w[0])
+            for key, w in self._waiting.items()
+        )
 
     async def _ready(self, taken: Executor | bool, binding: Binding) -> Executor:
         """The executor to run `binding` on: `taken` as it is, or rebound; a new one when
@@ -843,13 +874,25 @@ class ExecutorPool:
         burst of short queries queues briefly instead of bouncing back as retries), then
         OverloadedError (HTTP 429)."""
         deadline = time.monotonic() + queue_seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self._freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), left)
-            taken = self._take(binding, reuse=not fresh)
-            if taken is not None:
-                return taken
+        self._waiters += 1
+        key = self._waiters
+        self._waiting[key] = [binding, 0]
+        try:
+            recheck = False
+            while (left := deadline - time.monotonic()) > 0:
+                self._freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._freed.wait(), min(left, RECHECK_SECONDS) if recheck else left
+                    )
+                passes = self._waiting[key][1]
+                defer = key if passes < MAX_PASSES else None
+                taken = self._take(binding, reuse=not fresh, defer=defer)
+                if taken is not None:
+                    return taken
+                recheck = self._waiting[key][1] > passes
+        finally:
+            del self._waiting[key]
         raise OverloadedError("all query executors are busy; retry shortly")
 
     async def close(self) -> None:
