@@ -11,13 +11,23 @@ the `limit` asked for; if it reaches TRACE_QUERY_MAX_EXPORT_ROWS with rows left,
 part-way, its body is aborted (`AnswerCut`): no terminating chunk, the connection closed, so
 no client takes it for complete (httpx raises RemoteProtocolError, curl exits 18, aiohttp
 raises ClientPayloadError; a cut Arrow stream lacks its end-of-stream marker, a cut Parquet
-file its footer)."""
+file its footer).
+
+Until its answer starts, a query is watched for its caller going away (`unless_gone`): a
+closed connection cancels it — the user API's call of the query service is closed, which
+the query service sees in turn and kills the executor running it — instead of running on to
+its time limit for nobody (a console's Cancel, a notebook's interrupt). Once the body
+streams, Starlette's StreamingResponse stops it the same way."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from trace_platform.domain.query_formats import MEDIA_TYPES, TRUNCATED_HEADER, AnswerCut
@@ -25,6 +35,36 @@ from trace_platform.logs import get_logger
 
 log = get_logger(__name__)
 WINDOW_BYTES = 4 * 1024 * 1024
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it
+T = TypeVar("T")
+
+
+async def unless_gone(request: Request, work: Awaitable[Response]) -> Response:
+    """`work`'s response, or — when the caller closes its connection first — `work`
+    cancelled (what it holds is released by its own cleanup) and a 499 nobody reads. The
+    request's body must have been read already (FastAPI's body parameters have)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler was cancelled itself: so is its work
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    log.info("query.client_gone", path=request.url.path)
+    return Response(status_code=CLIENT_GONE)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the ASGI server's `http.disconnect`)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def bytes_answer(

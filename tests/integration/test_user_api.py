@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -633,6 +635,87 @@ async def test_a_users_query_has_its_own_time_limit(
     finally:
         for p in procs:
             p.stop()
+
+
+def executors_of(pid: int) -> list[tuple[int, float]]:
+    """(pid, CPU seconds) of the query executors (engine.py) descended from `pid`."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"engine.py" in cmdline and b"bwrap" not in cmdline.split(b"\0")[0]:
+            found.append((p, sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")))
+    return found
+
+
+async def test_a_query_whose_caller_goes_away_is_stopped_and_its_executor_killed(
+    u_settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """A caller that closes its connection before the answer starts (the console's Cancel, a
+    notebook's interrupt) stops its query: the API closes its call of the query service,
+    which kills the executor running it, long before the query's 30 s budget would have —
+    for a JSON answer and a streamed Arrow one alike. Both processes log it."""
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"n": list(range(100_000))}), path)
+    await register_dataset(pool, object_store_from_settings(u_settings), "wide", [path], ORG_B)
+    key = (await create_user(env_of(pool), ORG_B, "quitter", "reader")).api_key
+    qport = free_port()
+    s = u_settings.replace(
+        query_port=qport,
+        query_url=f"http://127.0.0.1:{qport}",
+        api_port=free_port(),
+        api_query_timeout_seconds=30.0,
+    )
+    query = await start_query_service(s, tmp_path)
+    api = Proc(["api"], proc_env(s), tmp_path / "api.log").start()
+    await wait_http_ready(f"http://127.0.0.1:{s.api_port}", api)
+    assert query.popen is not None
+    # Billions of pairs: far longer than the waits below.
+    sql = "SELECT count(*) FROM dataset a, dataset b WHERE (a.n * 7 + b.n) % 1000003 = 1"
+    try:
+        for fmt in ("json", "arrow"):
+            body = orjson.dumps({"dataset": "wide", "sql": sql, "format": fmt})
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.api_port)
+            writer.write(
+                b"POST /v1/query HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            # Until an executor is working on it (its CPU time grows past a second).
+            for _ in range(600):
+                busy = [p for p, cpu in executors_of(query.popen.pid) if cpu > 1.0]
+                if busy:
+                    break
+                await asyncio.sleep(0.05)
+            assert busy, "no executor took the query"
+            writer.close()
+            # The executor is killed: gone within seconds, not after the query's 30 s.
+            for _ in range(200):
+                if not any(p in busy for p, _ in executors_of(query.popen.pid)):
+                    break
+                await asyncio.sleep(0.05)
+            assert not any(p in busy for p, _ in executors_of(query.popen.pid)), fmt
+            assert await reader.read() == b""  # nothing was answered to the gone caller
+        for proc in (api, query):
+            gone = [ln for ln in proc.log_path.read_text().splitlines() if "client_gone" in ln]
+            assert len(gone) == 2, proc.log_path.read_text()[-2000:]
+            assert all(sql not in ln and key not in ln for ln in gone)
+    finally:
+        api.stop()
+        query.stop()
 
 
 async def test_cli_json_and_the_v1_api_return_the_same_rows(

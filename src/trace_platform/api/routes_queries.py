@@ -16,7 +16,7 @@ from trace_platform.api.models import (
 )
 from trace_platform.domain.query_formats import TRUNCATED_HEADER, choose_format
 from trace_platform.http import json_response
-from trace_platform.http_stream import bytes_answer
+from trace_platform.http_stream import bytes_answer, unless_gone
 from trace_platform.ops import datasets as dataset_ops
 from trace_platform.ops import saved_queries as saved_ops
 from trace_platform.ops.env import Caller
@@ -81,16 +81,20 @@ async def run_query(c: Reader, name: str, body: SavedQueryRun, request: Request)
     """Values are checked against their declared types (400 naming the parameter) and bound
     as prepared-statement parameters: the statement is the same whatever they are."""
     fmt = choose_format(body.format, request.headers.get("accept"))
-    if fmt == "json":
-        answer = await saved_ops.run_query(c.env, _caller(c), name, body.params, fmt, body.limit)
-        return json_response(answer)
-    # An export streams from the query service as `POST /v1/query`'s does.
-    bound = await saved_ops.bind_query(c.env, c.org, name, body.params)
-    reply = await dataset_ops.stream_as_user(
-        c.env, c.org, c.user.user_id, None, bound.sql, body.limit, fmt, bound.job, bound.params
-    )
-    truncated = reply.headers.get(TRUNCATED_HEADER.lower()) == "true"
-    return await bytes_answer(reply, fmt, lambda: truncated, reply.close)
+
+    async def answer() -> Response:
+        if fmt == "json":
+            rows = await saved_ops.run_query(c.env, _caller(c), name, body.params, fmt, body.limit)
+            return json_response(rows)
+        # An export streams from the query service as `POST /v1/query`'s does.
+        bound = await saved_ops.bind_query(c.env, c.org, name, body.params)
+        reply = await dataset_ops.stream_as_user(
+            c.env, c.org, c.user.user_id, None, bound.sql, body.limit, fmt, bound.job, bound.params
+        )
+        truncated = reply.headers.get(TRUNCATED_HEADER.lower()) == "true"
+        return await bytes_answer(reply, fmt, lambda: truncated, reply.close)
+
+    return await unless_gone(request, answer())
 
 
 @router.post(

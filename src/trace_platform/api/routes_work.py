@@ -18,7 +18,7 @@ from trace_platform.domain.errors import ValidationError
 from trace_platform.domain.lifecycle import TaskStatus
 from trace_platform.domain.query_formats import TRUNCATED_HEADER, choose_format
 from trace_platform.http import json_response
-from trace_platform.http_stream import bytes_answer
+from trace_platform.http_stream import bytes_answer, unless_gone
 from trace_platform.ops import bundles as bundle_ops
 from trace_platform.ops import datasets as dataset_ops
 from trace_platform.ops import tasks as task_ops
@@ -83,17 +83,22 @@ async def query(c: Reader, body: QueryBody, request: Request) -> Response:
     body, chosen by `format` or else by `Accept`: whole with X-Trace-Truncated, or streamed
     when large (cut past TRACE_QUERY_MAX_EXPORT_ROWS: `http_stream`)."""
     fmt = choose_format(body.format, request.headers.get("accept"))
-    if fmt == "json":
-        answer = await dataset_ops.query_as_user(
-            c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, body.job
+
+    async def answer() -> Response:
+        if fmt == "json":
+            rows = await dataset_ops.query_as_user(
+                c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, body.job
+            )
+            return json_response(rows)
+        # Streamed from the query service as it comes, never held whole (`http_stream`).
+        reply = await dataset_ops.stream_as_user(
+            c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, fmt, body.job
         )
-        return json_response(answer)
-    # Streamed from the query service as it comes, never held whole (`http_stream`).
-    reply = await dataset_ops.stream_as_user(
-        c.env, c.org, c.user.user_id, body.dataset, body.sql, body.limit, fmt, body.job
-    )
-    truncated = reply.headers.get(TRUNCATED_HEADER.lower()) == "true"
-    return await bytes_answer(reply, fmt, lambda: truncated, reply.close)
+        truncated = reply.headers.get(TRUNCATED_HEADER.lower()) == "true"
+        return await bytes_answer(reply, fmt, lambda: truncated, reply.close)
+
+    # A caller that goes away before the answer starts stops the query (`http_stream`).
+    return await unless_gone(request, answer())
 
 
 @router.get("/v1/relations", tags=["datasets"], summary="What your queries may read, by name")

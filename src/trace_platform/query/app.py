@@ -37,7 +37,7 @@ from trace_platform.http import (
     request_body_schema,
     serve,
 )
-from trace_platform.http_stream import bytes_answer
+from trace_platform.http_stream import bytes_answer, unless_gone
 from trace_platform.logs import get_logger
 from trace_platform.query.binding import QueryCaller
 from trace_platform.query.engine import EXPORT_FORMATS
@@ -291,12 +291,26 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def user_query(request: Request) -> Response:
         body = await user_api_body(request, UserQueryRequest)
-        service: QueryService = state["service"]
-        caller = await service.binder.user_caller(
-            body.org_id, body.dataset, body.user_id, "api", job=body.job
-        )
-        if body.format in EXPORT_FORMATS:  # streamed, never held whole here
-            stream = await service.stream(
+
+        async def run() -> Response:
+            service: QueryService = state["service"]
+            caller = await service.binder.user_caller(
+                body.org_id, body.dataset, body.user_id, "api", job=body.job
+            )
+            if body.format in EXPORT_FORMATS:  # streamed, never held whole here
+                stream = await service.stream(
+                    caller,
+                    None,
+                    body.sql,
+                    body.limit,
+                    timeout=body.timeout_seconds,
+                    fmt=body.format,
+                    params=tuple(body.params),
+                )
+                return await bytes_answer(
+                    stream, body.format, lambda: stream.truncated, stream.close
+                )
+            result = await service.query(
                 caller,
                 None,
                 body.sql,
@@ -305,17 +319,11 @@ def create_app(settings: Settings) -> FastAPI:
                 fmt=body.format,
                 params=tuple(body.params),
             )
-            return await bytes_answer(stream, body.format, lambda: stream.truncated, stream.close)
-        result = await service.query(
-            caller,
-            None,
-            body.sql,
-            body.limit,
-            timeout=body.timeout_seconds,
-            fmt=body.format,
-            params=tuple(body.params),
-        )
-        return answer(result, body.format)
+            return answer(result, body.format)
+
+        # The user API closing its call (its caller went away) stops the query and kills
+        # its executor (`http_stream.unless_gone`).
+        return await unless_gone(request, run())
 
     @app.post(
         "/internal/query-runs",
