@@ -366,11 +366,11 @@ async def test_corpus_answers_with_known_values_are_right(
     assert hours == [[max(stamps) // 3600 - min(stamps) // 3600]]
     recursive = (await ask(a_settings, CORPUS[48])).rows
     assert recursive == [[1], [2], [3], [4], [5]]
-    # The token's deployment is the one transaction without a `to`; cryo's files claim no
-    # NULL in to_address (their null_count statistic is 0), which the engine must not trust
-    # (each `ask` is a binding's first query: it reads the files, nothing materialized).
-    # Still open: `WHERE to_address IS NULL` finds no row there (the Parquet reader skips
-    # the row group by that statistic).
+    # The token's deployment is the one transaction without a `to`. cryo's files claimed no
+    # NULL in to_address (a null_count statistic of 0), and a binding's first query (each
+    # `ask` is one: it reads the files, nothing materialized) counted it, took the coalesce
+    # for NULL, and found no row for `IS NULL` (the reader skipped the row group): cryo now
+    # writes no statistics, and the engine propagates none from the files.
     deployer = w3.eth.get_block(1, full_transactions=True)["transactions"][0]["from"].lower()
     nulls = await ask(
         a_settings,
@@ -379,6 +379,11 @@ async def test_corpus_answers_with_known_values_are_right(
         "  ORDER BY block_number, transaction_index LIMIT 1) FROM transactions",
     )
     assert nulls.rows == [[1, 2, deployer]]
+    creations = await ask(
+        a_settings,
+        "SELECT block_number, lower(from_address) FROM transactions WHERE to_address IS NULL",
+    )
+    assert creations.rows == [[1, deployer]]
     # Exact 256-bit sums: HUGEINT over value_string equals web3's integer sum.
     token = w3.to_checksum_address(node.extra["token"])  # type: ignore[attr-defined]
     topic = "0x" + w3.keccak(text="Transfer(address,address,uint256)").hex()

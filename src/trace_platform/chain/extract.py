@@ -132,6 +132,11 @@ def _freeze(
             # Every row names its block by hash too (logs do not by default): decoded
             # events carry it, and joins need no blocks stream for it.
             include_columns=["block_hash"],
+            # No footer statistics: cryo's (Polars) claim null_count 0 for columns holding
+            # NULLs (a contract creation's to_address, a log's missing topic3), and DuckDB's
+            # reader then skipped row groups for `IS NULL` — wrong answers. Without them it
+            # reads the values; compaction writes true statistics into merged files.
+            no_stats=True,
             **options,
         )
     except TypeError as exc:
