@@ -19,7 +19,8 @@ backfill: a 2-level per-range SQL DAG (decoded swaps enriched with their block's
   attempt prefix and commits them through the chain's commit hook (`chain.commit.commit_range`,
   the function the dispatcher calls on a range task's successful completion: ledger row, task,
   partition, hash continuity with its neighbours, the `dataset.range_committed` event), before
-  the stack starts. The job's defaults (backfill_blocks 10,000, max_concurrency 8) unless
+  the stack starts. The job's defaults (backfill_rows 1,000,000 input rows a task, no backfill_blocks,
+  max_concurrency 8) unless
   given. Also printed: how Trace's time splits per range task (from `state.dag_ranges`, the
   task's completion and the timing its `dag_sql` attempt reports; executor starts from the
   query service's log), and whether both systems' outputs agree.
@@ -562,7 +563,7 @@ async def backfill(args: argparse.Namespace) -> None:
         same = run["sums"] == duck_sums
         failed |= not same
         print(
-            f"\ntrace, 2-level DAG, backfill_blocks {span or 'default (10000)'}, max_concurrency"
+            f"\ntrace, 2-level DAG, backfill_blocks {span or 'default (none: backfill_rows 1,000,000)'}, max_concurrency"
             f" {limit or 'default (8)'}: {per_job['swaps']} level-1 + {per_job['pool_volume']}"
             f" level-2 range tasks"
         )

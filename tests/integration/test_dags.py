@@ -134,8 +134,19 @@ def chain_spec(node: Anvil, name: str = "pools", mode: str = FIXED, pool: str = 
 
 
 def dag_spec(
-    backfill_blocks: int = 20, level2: str = LEVEL2, name: str = "dex", chain: str = "pools"
+    backfill_blocks: int = 20,
+    level2: str = LEVEL2,
+    name: str = "dex",
+    chain: str = "pools",
+    spans: tuple[str, str, str] | None = None,
 ) -> str:
+    """The 3-level DAG; `spans`: each level's backfill line in place of the fixed spans
+    (an empty one: the job's defaults)."""
+    one, two, three = spans or (
+        f"    backfill_blocks: {backfill_blocks}\n",
+        "    backfill_blocks: 10\n",
+        "    backfill_blocks: 25\n",
+    )
     return (
         "kind: dag\n"
         f"name: {name}\n"
@@ -145,15 +156,15 @@ def dag_spec(
         f"    inputs: [{{chain: {chain}}}]\n"
         f"    sql: {json.dumps(LEVEL1)}\n"
         "    unique_key: [transaction_hash, log_index]\n"
-        f"    backfill_blocks: {backfill_blocks}\n"
+        f"{one}"
         "  pool_volume:\n"
         "    inputs: [{job: swaps}]\n"
         f"    sql: {json.dumps(level2)}\n"
-        "    backfill_blocks: 10\n"
+        f"{two}"
         "  busiest:\n"
         "    inputs: [{job: pool_volume}]\n"
         f"    sql: {json.dumps(LEVEL3)}\n"
-        "    backfill_blocks: 25\n"
+        f"{three}"
     )
 
 
@@ -318,6 +329,27 @@ async def test_a_three_level_dag_equals_duckdb_over_its_inputs_files(
     async with open_env(d_settings) as env:
         short = await query_here(env, LITE_ORG_ID, None, "SELECT count(*) FROM pair_Swap", 10, None)
     assert short.rows == [[12]] or [list(r) for r in short.rows] == [[12]]
+
+
+async def test_a_backfill_cut_by_input_rows_equals_duckdb_and_tiles_the_history(
+    d_settings: Settings, stack: dict[str, Proc]
+) -> None:
+    """Without backfill_blocks a job behind its inputs cuts ranges by their rows (SPEC §19):
+    level 1 at 20 input rows a range (its inputs hold a block row a block and the swaps),
+    levels 2 and 3 at the default 1,000,000 — and every level still equals DuckDB's
+    recompute over the same cuts."""
+    await apply(d_settings, dag_spec(name="byrows", spans=("    backfill_rows: 20\n", "", "")))
+    await wait_built(d_settings, BLOCKS, dag="byrows")
+    cuts = [(a, b) for a, b, _ in await live_files(d_settings, "byrows.swaps")]
+    ends = [0] + [b for _, b in cuts]
+    assert [a for a, _ in cuts] == ends[:-1] and ends[-1] == BLOCKS
+    # 60 blocks and 12 swaps at 20 rows a range, cut evenly: four or five ranges, none
+    # over 20 blocks (a block is a row).
+    assert 3 <= len(cuts) <= 6 and all(b - a <= 20 for a, b in cuts), cuts
+    expected = await expected_levels(d_settings, dag="byrows")
+    for relation, rows in expected.items():
+        assert await read(d_settings, relation) == rows, relation
+    assert sum(n for _pool, n in expected["byrows.busiest"]) == 12
 
 
 async def test_refused_dag_specs_name_the_field_and_change_nothing(

@@ -6,8 +6,9 @@ one transaction holding the job's row lock —
 2. a range whose task failed for good stops the job with the range and reason visible (it
    never silently holds a slot);
 3. the job's inputs' committed prefixes (`contiguous_tip` of each range input from the
-   cursor) give how far it may go; `next_ranges` cuts that into ranges of at most
-   `backfill_blocks` (following the partitions of inputs whose rows carry no block number),
+   cursor) give how far it may go; `next_ranges` cuts that into ranges holding at most
+   `backfill_rows` input rows (default 1,000,000) and `backfill_blocks` blocks (following
+   the partitions of inputs whose rows carry no block number),
    at most `max_concurrency` in flight; each becomes a task with a deterministic id (job,
    generation, epoch, range) and its wake-up, and the cursor moves past it.
 
@@ -25,7 +26,7 @@ import asyncpg
 from trace_platform.dag.cascade import invalidate_job
 from trace_platform.dag.generations import cut_over_ready
 from trace_platform.dag.snapshots import plan_snapshot_job
-from trace_platform.dag.spec import dag_range_task_id
+from trace_platform.dag.spec import backfill_limits, dag_range_task_id
 from trace_platform.db.sql import q
 from trace_platform.domain.dag import Partition, contiguous_tip, next_ranges
 from trace_platform.domain.derived import settle_open_ranges
@@ -171,22 +172,24 @@ class DagPlanner:
         cursor = job["cursor"]
         tips: list[int] = []
         boundaries: list[list[int]] = []
+        sizes: list[list[Partition]] = []
         for read in reads:
             if not read["bounded"]:
                 continue
             parts = [
-                Partition(p["range_start"], p["range_end"])
+                Partition(p["range_start"], p["range_end"], p["row_count"])
                 for p in await conn.fetch(
                     q("dags", "partitions_from"), read["dataset_uuid"], cursor, PARTITIONS_PER_TICK
                 )
             ]
             tips.append(contiguous_tip(parts, cursor))
+            sizes.append(parts)
             if await conn.fetchval(q("dags", "job_of_dataset"), read["dataset_uuid"]):
                 boundaries.append([p.end for p in parts])
         if not tips:
             return 0
-        span = job["definition"].get("backfill_blocks") or 10_000
-        ranges = next_ranges(cursor, min(tips), span, room, boundaries)
+        span, max_rows = backfill_limits(job["definition"])
+        ranges = next_ranges(cursor, min(tips), span, room, boundaries, sizes, max_rows)
         if not ranges:
             return 0
         generation, epoch = job["generation"], job["epoch"]

@@ -127,14 +127,14 @@ async def run_range(
     except AnswerCut:
         raise RetryableTaskError(
             "the query service's answer was cut part-way: a failure, or more rows in one"
-            " range than TRACE_QUERY_MAX_EXPORT_ROWS allows (use a smaller backfill_blocks)"
+            " range than TRACE_QUERY_MAX_EXPORT_ROWS allows (use a smaller backfill_rows)"
         ) from None
     except TraceError as exc:
         raise attempt_error(exc) from None
     if truncated:
         raise FatalTaskError(
             "the job's result for one range is larger than one partition may hold; use a"
-            " smaller backfill_blocks"
+            " smaller backfill_rows"
         )
     queried = time.time()
     facts = await asyncio.to_thread(parquet_facts, data, spec.get("unique_key"))

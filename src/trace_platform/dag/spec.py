@@ -39,7 +39,25 @@ COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 MAX_JOBS = 64
 MAX_INPUTS = 8
 MAX_WHERE_VALUES = 1000
-DEFAULT_BACKFILL_BLOCKS = 10_000
+# While behind its inputs a job's tasks hold up to this many input rows each (unless the
+# job sets `backfill_blocks`, a fixed span): few large tasks over sparse history, bounded
+# ones over dense history. Jobs applied before it existed keep their stored 10,000 blocks.
+DEFAULT_BACKFILL_ROWS = 1_000_000
+MAX_SPAN_BLOCKS = 10_000_000
+
+
+def backfill_limits(definition: dict[str, Any]) -> tuple[int, int | None]:
+    """A per-range job's (blocks, rows) limits of one task while it is behind: its
+    `backfill_blocks` (else no limit) and its `backfill_rows` (else DEFAULT_BACKFILL_ROWS,
+    unless `backfill_blocks` alone is set: a fixed span, as every job applied before rows
+    counted has stored)."""
+    blocks = definition.get("backfill_blocks")
+    rows = definition.get("backfill_rows")
+    if rows is None and blocks is None:
+        rows = DEFAULT_BACKFILL_ROWS
+    return int(blocks or MAX_SPAN_BLOCKS), (int(rows) if rows is not None else None)
+
+
 _DAG_NS = uuid.UUID("5a0c3e9d-8f21-4b7a-9c6e-2d4f8a1b3c70")
 _DAG_RANGE_NS = uuid.UUID("c4e1b7a2-3d9f-4e68-8a15-7b2c9d0e6f31")
 
@@ -129,8 +147,11 @@ class JobSpec(_Strict):
     min_interval_seconds: float | None = Field(default=None, ge=0, le=86_400)
     max_concurrency: int | None = Field(default=None, ge=1, le=256)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
-    # Blocks one task may cover while the job is behind its inputs (backfill).
-    backfill_blocks: int = Field(default=DEFAULT_BACKFILL_BLOCKS, ge=1, le=10_000_000)
+    # While the job is behind its inputs (backfill): the input rows one task may hold
+    # (default DEFAULT_BACKFILL_ROWS), and the blocks it may cover (default: no limit; set
+    # alone, a fixed span in blocks).
+    backfill_rows: int | None = Field(default=None, ge=1, le=100_000_000)
+    backfill_blocks: int | None = Field(default=None, ge=1, le=10_000_000)
 
     # Reserved by the original design for backpressure controls: refused, never ignored.
     max_queue_depth: Any = None

@@ -86,10 +86,11 @@ def definition_hash(definition: Mapping[str, object], upstream: Mapping[str, str
 
 @dataclass(frozen=True)
 class Partition:
-    """A live partition of an input: [start, end)."""
+    """A live partition of an input: [start, end), holding `rows` rows."""
 
     start: int
     end: int
+    rows: int = 0
 
 
 def contiguous_tip(parts: Sequence[Partition], start: int) -> int:
@@ -117,11 +118,17 @@ def next_ranges(
     span: int,
     room: int,
     boundaries: Sequence[Sequence[int]] = (),
+    sizes: Sequence[Sequence[Partition]] = (),
+    max_rows: int | None = None,
 ) -> list[tuple[int, int]]:
     """The next ranges of a per-range job: from `cursor` up to `tip`, each at most `span`
     blocks, at most `room` of them. Each end is a boundary of every input in `boundaries`
     (the partition ends of inputs whose rows carry no block number, which are read whole:
-    a range must hold their partitions whole). Empty when nothing new is ready."""
+    a range must hold their partitions whole). With `max_rows`, a range also holds at most
+    that many of its inputs' rows (`sizes`: each range input's partitions from the cursor,
+    sorted, their rows spread evenly over their blocks), ending at one of their partition
+    ends, or at one partition when that alone holds more: sparse history goes in few large
+    tasks, dense history in tasks of bounded work. Empty when nothing new is ready."""
     if span < 1:
         raise ValueError("span must be positive")
     ends: list[int] | None = None
@@ -132,6 +139,8 @@ def next_ranges(
     at = cursor
     while len(out) < room and at < tip:
         limit = min(tip, at + span)
+        if max_rows is not None and sizes:
+            limit = _rows_limit(at, limit, sizes, max_rows, ends)
         if ends is None:
             end = limit
         else:
@@ -147,6 +156,55 @@ def next_ranges(
         out.append((at, end))
         at = end
     return out
+
+
+def _rows_limit(
+    at: int,
+    limit: int,
+    sizes: Sequence[Sequence[Partition]],
+    max_rows: int,
+    ends: Sequence[int] | None,
+) -> int:
+    """The furthest end in (at, limit] — a partition end of an input (and one of `ends`
+    when given), or `limit` itself — up to which the inputs hold at most `max_rows` rows;
+    the nearest such end when even that holds more (a range always moves on). What is
+    ready is cut evenly: 1.2M rows under a limit of 1M go in two ranges of 0.6M, not 1M and
+    0.2M (the level's last range would hold the whole level up)."""
+    allowed = set(ends) if ends is not None else None
+    candidates = sorted({p.end for parts in sizes for p in parts if at < p.end < limit} | {limit})
+    if allowed is not None:
+        candidates = [e for e in candidates if e in allowed] or [limit]
+    # Ranges of even work: what is ready, cut into as few ranges as `max_rows` allows.
+    ready = sum(_share(p, at, limit) for parts in sizes for p in parts)
+    target = ready / -(-ready // max_rows) if ready > max_rows else float(max_rows)
+    index = [0] * len(sizes)  # per input: its first partition not yet wholly counted
+    whole = 0.0  # rows of partitions wholly before the candidate (clipped at `at`)
+    best: int | None = None
+    best_rows = 0.0
+    for end in candidates:
+        rows = 0.0
+        for k, parts in enumerate(sizes):
+            i = index[k]
+            while i < len(parts) and parts[i].end <= end:
+                whole += _share(parts[i], at, end)
+                i += 1
+            index[k] = i
+            if i < len(parts) and parts[i].start < end:  # one straddles the end
+                rows += _share(parts[i], at, end)
+        held = whole + rows
+        if held > target:
+            # The end nearer the even cut, never past `max_rows` (unless nothing is less).
+            if best is None or (held <= max_rows and held - target < target - best_rows):
+                return end
+            return best
+        best, best_rows = end, held
+    return limit
+
+
+def _share(p: Partition, at: int, end: int) -> float:
+    """The rows of `p` within [at, end), its rows spread evenly over its blocks."""
+    inside = min(p.end, end) - max(p.start, at)
+    return p.rows * inside / (p.end - p.start) if inside > 0 else 0.0
 
 
 def invalidated_from(ranges: Iterable[tuple[int, int]], from_block: int) -> int | None:

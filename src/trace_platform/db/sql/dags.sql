@@ -73,7 +73,7 @@ WHERE r.job_uuid = $1 ORDER BY ds.name;
 
 -- name: partitions_from
 -- Live partitions of a dataset that end after $2, in order (the planner's view of an input).
-SELECT range_start, range_end FROM state.dataset_partitions
+SELECT range_start, range_end, row_count FROM state.dataset_partitions
 WHERE dataset_uuid = $1 AND removed_seq IS NULL AND range_end > $2
 ORDER BY range_start LIMIT $3;
 
