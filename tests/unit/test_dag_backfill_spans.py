@@ -25,10 +25,20 @@ def test_sparse_history_goes_in_few_large_ranges_and_dense_in_bounded_ones() -> 
     assert ranges == [(0, 100_000), (100_000, 200_000)]
     # Not 1M rows then 0.2M: the level's last range would hold it up.
     ranges = next_ranges(0, 200_000, MAX_SPAN_BLOCKS, 8, (), [sparse], 500_000)
-    assert ranges == [(0, 67_000), (67_000, 133_000), (133_000, 200_000)]
+    assert ranges == [(0, 67_000), (67_000, 134_000), (134_000, 200_000)]
     dense = chain(200, 1000, 400_000)  # 80M rows: two partitions' worth a range
     ranges = next_ranges(0, 200_000, MAX_SPAN_BLOCKS, 8, (), [dense], 1_000_000)
     assert ranges == [(i * 2000, (i + 1) * 2000) for i in range(8)]
+
+
+def test_ready_work_is_shared_by_the_jobs_concurrency_while_each_range_holds_enough() -> None:
+    sparse = chain(200, 1000, 6_000)  # 1.2M rows: four ranges of 0.3M for 8 in flight
+    ranges = next_ranges(0, 200_000, MAX_SPAN_BLOCKS, 8, (), [sparse], 1_000_000, 8)
+    assert ranges == [(0, 50_000), (50_000, 100_000), (100_000, 150_000), (150_000, 200_000)]
+    # never below a quarter of the limit a range, nor more ranges than the spread
+    assert len(next_ranges(0, 200_000, MAX_SPAN_BLOCKS, 8, (), [sparse], 1_000_000, 2)) == 2
+    small = chain(10, 1000, 6_000)  # 60,000 rows: one range whatever the spread
+    assert next_ranges(0, 10_000, MAX_SPAN_BLOCKS, 8, (), [small], 1_000_000, 8) == [(0, 10_000)]
 
 
 def test_rows_of_every_input_count_and_the_block_limit_still_holds() -> None:

@@ -189,7 +189,9 @@ class DagPlanner:
         if not tips:
             return 0
         span, max_rows = backfill_limits(job["definition"])
-        ranges = next_ranges(cursor, min(tips), span, room, boundaries, sizes, max_rows)
+        ranges = next_ranges(
+            cursor, min(tips), span, room, boundaries, sizes, max_rows, job["max_concurrency"]
+        )
         if not ranges:
             return 0
         generation, epoch = job["generation"], job["epoch"]

@@ -120,6 +120,7 @@ def next_ranges(
     boundaries: Sequence[Sequence[int]] = (),
     sizes: Sequence[Sequence[Partition]] = (),
     max_rows: int | None = None,
+    spread: int = 1,
 ) -> list[tuple[int, int]]:
     """The next ranges of a per-range job: from `cursor` up to `tip`, each at most `span`
     blocks, at most `room` of them. Each end is a boundary of every input in `boundaries`
@@ -137,10 +138,12 @@ def next_ranges(
         ends = sorted(mine if ends is None else set(ends) & mine)
     out: list[tuple[int, int]] = []
     at = cursor
+    if max_rows is not None and sizes:
+        target = _even_target(cursor, tip, sizes, max_rows, spread)
     while len(out) < room and at < tip:
         limit = min(tip, at + span)
         if max_rows is not None and sizes:
-            limit = _rows_limit(at, limit, sizes, max_rows, ends)
+            limit = _rows_limit(at, limit, sizes, max_rows, ends, target)
         if ends is None:
             end = limit
         else:
@@ -158,25 +161,34 @@ def next_ranges(
     return out
 
 
+def _even_target(
+    cursor: int, tip: int, sizes: Sequence[Sequence[Partition]], max_rows: int, spread: int
+) -> float:
+    """The rows a range aims at: what is ready from `cursor`, cut evenly into as few ranges
+    as `max_rows` allows — 1.2M rows under a limit of 1M go in two ranges of 0.6M, not 1M
+    and 0.2M (the level's last range would hold it up) — and into at least `spread` (the
+    job's max_concurrency) while each still holds a quarter of `max_rows`: work enough for
+    a task, shared by the executors."""
+    ready = sum(_share(p, cursor, tip) for parts in sizes for p in parts)
+    pieces = max(-(-ready // max_rows), min(spread, ready // (max_rows / 4)), 1)
+    return ready / pieces
+
+
 def _rows_limit(
     at: int,
     limit: int,
     sizes: Sequence[Sequence[Partition]],
     max_rows: int,
     ends: Sequence[int] | None,
+    target: float,
 ) -> int:
-    """The furthest end in (at, limit] — a partition end of an input (and one of `ends`
-    when given), or `limit` itself — up to which the inputs hold at most `max_rows` rows;
-    the nearest such end when even that holds more (a range always moves on). What is
-    ready is cut evenly: 1.2M rows under a limit of 1M go in two ranges of 0.6M, not 1M and
-    0.2M (the level's last range would hold the whole level up)."""
+    """The end in (at, limit] — a partition end of an input (and one of `ends` when
+    given), or `limit` itself — nearest to holding `target` rows of the inputs, never more
+    than `max_rows`; the nearest end when even that holds more (a range always moves on)."""
     allowed = set(ends) if ends is not None else None
     candidates = sorted({p.end for parts in sizes for p in parts if at < p.end < limit} | {limit})
     if allowed is not None:
         candidates = [e for e in candidates if e in allowed] or [limit]
-    # Ranges of even work: what is ready, cut into as few ranges as `max_rows` allows.
-    ready = sum(_share(p, at, limit) for parts in sizes for p in parts)
-    target = ready / -(-ready // max_rows) if ready > max_rows else float(max_rows)
     index = [0] * len(sizes)  # per input: its first partition not yet wholly counted
     whole = 0.0  # rows of partitions wholly before the candidate (clipped at `at`)
     best: int | None = None
