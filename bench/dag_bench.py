@@ -36,7 +36,8 @@ status: a 3-job DAG over a chain whose streams and jobs each hold --partitions c
   a transaction rolled back), and `ops.dags.dag_status` (target <= 100 ms each).
 rederive: the backfill's 2-level DAG built over the same seeded chain (its pool points at a
   loopback endpoint that counts every JSON-RPC request), then level 2's SQL changed: apply to
-  the cut-over of generation 2 (database clock), its RPC requests (target 0) and whether
+  the cut-over of generation 2 (database clock), its RPC requests by method (target 0 for
+  chain data: a stack process's first check of the endpoint, eth_chainId, may fall in) and whether
   level 1 kept its partitions, next to raw cryo extracting blocks + logs of --cryo-blocks
   anvil blocks, scaled to the seeded chain's blocks (target: >= 10x faster).
 cutover: a 3-job DAG whose last two jobs changed, every job row (old and new) holding
@@ -1038,7 +1039,7 @@ async def rederive(args: argparse.Namespace) -> None:
             await b.apply(dag_spec("rx", "seeded", args.backfill_blocks or None, None))
             await wait_dag(b, "rx", tip, timeout=900)
             built = time.perf_counter() - t0
-            before = sum(counter.methods.values())
+            before = dict(counter.methods)
             l1_before = await b.pool.fetch(
                 "SELECT partition_id FROM state.dataset_partitions p JOIN state.datasets d"
                 " USING (dataset_uuid) WHERE d.name = 'rx.swaps' AND p.removed_seq IS NULL"
@@ -1058,7 +1059,10 @@ async def rederive(args: argparse.Namespace) -> None:
                 " JOIN state.dags d USING (dag_id) WHERE d.name = 'rx' AND g.generation = 2"
             )
             rederived = float(cut) - start
-            rpc = sum(counter.methods.values()) - before
+            asked = {
+                m: n - before.get(m, 0) for m, n in counter.methods.items() if n > before.get(m, 0)
+            }
+            rpc = sum(asked.values())
             l1_after = await b.pool.fetch(
                 "SELECT partition_id FROM state.dataset_partitions p JOIN state.datasets d"
                 " USING (dataset_uuid) WHERE d.name = 'rx.swaps' AND p.removed_seq IS NULL"
@@ -1096,7 +1100,9 @@ async def rederive(args: argparse.Namespace) -> None:
     print(
         f"generation 2 (level 2's SQL changed; level 1's {level1:,} enriched swaps its input):"
         f" apply -> cut-over {rederived:.2f} s, {tasks} level-2 range tasks,"
-        f" {rpc} RPC requests; level-1 partitions unchanged:"
+        f" {rpc} RPC requests{f' {asked}' if asked else ''} ({rpc - asked.get('eth_chainId', 0)}"
+        " for chain data; eth_chainId is a process's first check of the endpoint, 16 at"
+        " once, whenever it comes); level-1 partitions unchanged:"
         f" {sorted(r[0] for r in l1_before) == sorted(r[0] for r in l1_after)};"
         f" rows with the new column: {out1[0] if out1 else 0:,}"
     )
@@ -1108,7 +1114,7 @@ async def rederive(args: argparse.Namespace) -> None:
     )
     print(
         f"  re-derive vs raw cryo of the same blocks: {cryo_full / rederived:.1f}x faster"
-        " (target >= 10x, 0 RPC)"
+        " (target >= 10x, 0 RPC for chain data)"
     )
 
 
