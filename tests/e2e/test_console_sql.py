@@ -222,9 +222,10 @@ async def test_a_large_answer_is_drawn_while_it_streams_in(
 
     # redrawn at least twice while rows were still arriving, with more rows each time
     live = await live_draws(page)
-    assert len(live) >= 2, (live, status)
     assert all(a < b for a, b in itertools.pairwise(live)), live
-    assert live[0] > 0 and live[-1] < LIVE_ROWS, live
+    # (the last one may already hold every row: drawn before the stream's end was read)
+    partial = [n for n in live if n < LIVE_ROWS]
+    assert len(partial) >= 2 and partial[0] > 0, (live, status)
 
     # the final chart is the final result: every row, n from 0 to the last, down-sampled
     chart = page.locator("#sql-chart")
