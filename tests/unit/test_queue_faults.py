@@ -16,7 +16,7 @@ from trace_platform.adapters.memory_queue import InMemoryQueue
 from trace_platform.aio import watch
 from trace_platform.config import Settings
 from trace_platform.domain.errors import ConflictError, LoopDied, StaleFenceError
-from trace_platform.ports import TASK_WAKEUP, QueueUnavailable
+from trace_platform.ports import BUFFER_QUEUE, TASK_WAKEUP, QueueUnavailable
 from trace_platform.worker.service import AckBatcher, Worker
 
 
@@ -131,6 +131,51 @@ async def test_the_udf_dispatcher_outlives_failed_receives() -> None:
     stop.set()
     await asyncio.wait_for(run, 5)
     assert queue.depth(UDF_QUEUE) == 0
+
+
+class AwayDatabase:
+    """A data pool whose database is away (restarting): every acquire fails as asyncpg's
+    connect does, and is counted."""
+
+    def __init__(self) -> None:
+        self.acquires = 0
+
+    def acquire(self) -> Any:
+        self.acquires += 1
+        raise ConnectionRefusedError("the database is restarting")
+
+
+async def test_a_batch_that_meets_a_database_outage_returns_after_the_sinks_backoff(
+    tmp_path: Path,
+) -> None:
+    """Not after the queue's whole visibility (30 s): a database restart delayed every
+    batch caught in it by that much."""
+    from trace_platform.adapters.stores import object_store_from_settings
+    from trace_platform.sink.service import Sink
+
+    settings = Settings.load({"home": tmp_path, "sink_retry_base_seconds": 0.2}, env={})
+    assert settings.visibility_seconds >= 30
+    store = object_store_from_settings(settings)
+    task = uuid.uuid4()
+    pointer = {
+        "kind": "buffer_batch",
+        "org_id": str(uuid.uuid4()),
+        "batch_uri": f"{store.root}/buffers/{task}/1/batch-0000.jsonl",
+        "content_type": "application/jsonl",
+        "record_count": 1,
+        "producer": {"task_id": str(task), "attempt": 1},
+    }
+    queue, database = InMemoryQueue(), AwayDatabase()
+    await queue.publish(BUFFER_QUEUE, [pointer])
+    sink = Sink(queue, store, database, settings, concurrency=1)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    runner = asyncio.create_task(sink.run(stop))
+    try:
+        await wait_until(lambda: database.acquires >= 3, 5, what="two redeliveries within 5 s")
+        assert queue.calls["extend_visibility"] >= 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
 
 
 async def test_watch_reports_a_death_but_not_a_cancel() -> None:

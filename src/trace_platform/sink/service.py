@@ -29,7 +29,14 @@ from trace_platform.domain.capability import is_within_prefixes
 from trace_platform.domain.errors import ForbiddenError, NotFoundError, ValidationError
 from trace_platform.logs import get_logger
 from trace_platform.metrics import SINK_BATCHES, SINK_ROWS
-from trace_platform.ports import BUFFER_DLQ, BUFFER_QUEUE, ObjectStore, Queue, ReceivedMessage
+from trace_platform.ports import (
+    BUFFER_DLQ,
+    BUFFER_QUEUE,
+    ObjectStore,
+    Queue,
+    QueueUnavailable,
+    ReceivedMessage,
+)
 
 log = get_logger(__name__)
 
@@ -188,9 +195,7 @@ class Sink:
                     **ids,
                 )
                 return "dead_lettered"
-            backoff = min(
-                30.0, self.settings.sink_retry_base_seconds * 2 ** (message.deliveries - 1)
-            )
+            backoff = self.retry_in(message)
             await self.queue.extend_visibility(BUFFER_QUEUE, [message], backoff)
             log.warning(
                 "sink.batch.rejected",
@@ -213,6 +218,12 @@ class Sink:
         )
         return "inserted"
 
+    def retry_in(self, message: ReceivedMessage) -> float:
+        """Seconds until a batch that failed is delivered again: doubling from
+        TRACE_SINK_RETRY_BASE_SECONDS per delivery, at most 30."""
+        base = float(self.settings.sink_retry_base_seconds)
+        return min(30.0, base * 2.0 ** (message.deliveries - 1))
+
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and process until `stop` is set; in-flight batches finish first."""
         slots = asyncio.Semaphore(self.concurrency)
@@ -223,9 +234,20 @@ class Sink:
             try:
                 await self.handle(message)
             except DB_ERRORS as exc:
-                # Infrastructure trouble is not the batch's fault: let it be redelivered.
+                # Infrastructure trouble is not the batch's fault: it is delivered again after
+                # the sink's backoff, not the queue's whole visibility (30 s by default), when
+                # the queue can be told (a queue on the same database may be away too: then
+                # the visibility brings it back).
+                retry_in: float | None = self.retry_in(message)
+                try:
+                    await self.queue.extend_visibility(BUFFER_QUEUE, [message], retry_in or 0)
+                except (QueueUnavailable, *DB_ERRORS):
+                    retry_in = None
                 log.error(
-                    "sink.batch.error", message_id=str(message.message_id), error=type(exc).__name__
+                    "sink.batch.error",
+                    message_id=str(message.message_id),
+                    error=type(exc).__name__,
+                    retry_in=retry_in,
                 )
             finally:
                 slots.release()
