@@ -20,9 +20,13 @@ from trace_platform.cli.common import (
     org_option,
     run_ops,
 )
-from trace_platform.cli.export_output import ExportOutput, truncated_note
+from trace_platform.cli.export_output import (
+    ExportOutput,
+    format_option,
+    output_option,
+    truncated_note,
+)
 from trace_platform.domain.errors import ValidationError
-from trace_platform.domain.query_formats import FORMATS
 from trace_platform.ops import datasets as ops
 from trace_platform.ops import query_runs as run_ops_mod
 from trace_platform.ops.chains import check_block_range
@@ -193,20 +197,8 @@ def _remote_run(
 @click.option(
     "--range", "block_range", default=None, help="Chain relations: only blocks START:END."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="json",
-    help="json (a table, or --json), or an arrow, csv or parquet body (exact types).",
-)
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write an arrow, csv or parquet answer to FILE (else stdout, when not a terminal).",
-)
+@format_option
+@output_option
 @click.option(
     "--async",
     "in_background",

@@ -13,6 +13,23 @@ from typing import BinaryIO
 import click
 
 from trace_platform.domain.errors import ValidationError
+from trace_platform.domain.query_formats import FORMATS
+
+# The options of every command that answers a query in a chosen format.
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="json",
+    help="json (a table, or --json), or an arrow, csv or parquet body (exact types).",
+)
+output_option = click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write an arrow, csv or parquet answer to FILE (else stdout, when not a terminal).",
+)
 
 
 class ExportOutput:

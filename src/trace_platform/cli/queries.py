@@ -20,9 +20,13 @@ from trace_platform.cli.common import (
     org_option,
     run_ops,
 )
-from trace_platform.cli.export_output import ExportOutput, truncated_note
+from trace_platform.cli.export_output import (
+    ExportOutput,
+    format_option,
+    output_option,
+    truncated_note,
+)
 from trace_platform.domain.errors import ValidationError
-from trace_platform.domain.query_formats import FORMATS
 from trace_platform.ops import saved_queries as ops
 from trace_platform.ops.datasets import ExportAnswer, QueryAnswer, stream_here
 from trace_platform.ops.env import Caller, OpsEnv
@@ -189,20 +193,8 @@ def _params(given: tuple[str, ...]) -> dict[str, str]:
     help="A parameter's value (repeat for each); checked against its declared type.",
 )
 @click.option("--limit", type=int, default=None, help="Rows to return (as `dataset query`).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="json",
-    help="json (a table, or --json), or an arrow, csv or parquet body (exact types).",
-)
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write an arrow, csv or parquet answer to FILE (else stdout, when not a terminal).",
-)
+@format_option
+@output_option
 @click.option(
     "--async",
     "in_background",

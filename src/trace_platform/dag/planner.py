@@ -57,19 +57,24 @@ def range_payload(job: Any, reads: list[Any], start: int, end: int) -> dict[str,
         return udf_payload(job, inputs, [start, end])
     return {
         "operator": "dag_sql",
-        "dag": {
-            "dag": job["dag_name"],
-            "job": job["name"],
-            "job_uuid": str(job["job_uuid"]),
-            "dataset_uuid": str(job["dataset_uuid"]),
-            "generation": job["generation"],
-            "epoch": job["epoch"],
-            "start": start,
-            "end": end,
-            "sql": definition["run_sql"],
-            "unique_key": definition.get("unique_key"),
-        },
+        "dag": {**_job_range(job, start, end), "sql": definition["run_sql"]},
         "inputs": inputs,
+    }
+
+
+def _job_range(job: Any, start: int | None, end: int | None) -> dict[str, Any]:
+    """What a task of a job's range says of it (`dag`: where and what the commit hook
+    commits); [start, end) is None for a whole-snapshot run."""
+    return {
+        "dag": job["dag_name"],
+        "job": job["name"],
+        "job_uuid": str(job["job_uuid"]),
+        "dataset_uuid": str(job["dataset_uuid"]),
+        "generation": job["generation"],
+        "epoch": job["epoch"],
+        "start": start,
+        "end": end,
+        "unique_key": job["definition"].get("unique_key"),
     }
 
 
@@ -107,18 +112,8 @@ def udf_payload(job: Any, inputs: list[dict[str, Any]], window: list[int] | None
             "inputs": event_inputs,
             "config": definition["udf"].get("config") or {},
         },
-        "dag": {
-            "dag": job["dag_name"],
-            "job": job["name"],
-            "job_uuid": str(job["job_uuid"]),
-            "dataset_uuid": str(job["dataset_uuid"]),
-            "generation": job["generation"],
-            "epoch": job["epoch"],
-            "start": start,
-            "end": end,
-            "schema": definition["columns"],  # [[column, type], ...] in declared order
-            "unique_key": definition.get("unique_key"),
-        },
+        # the schema: [[column, type], ...] in declared order
+        "dag": {**_job_range(job, start, end), "schema": definition["columns"]},
         "inputs": inputs,
     }
 
