@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -36,7 +35,6 @@ from trace_platform.logs import get_logger
 log = get_logger(__name__)
 WINDOW_BYTES = 4 * 1024 * 1024
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it
-T = TypeVar("T")
 
 
 async def unless_gone(request: Request, work: Awaitable[Response]) -> Response:

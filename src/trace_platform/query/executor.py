@@ -636,7 +636,6 @@ class ExecutorPool:
         self._live = 0
         self.idle: OrderedDict[int, Executor] = OrderedDict()  # id → executor, LRU first
         self._freed = asyncio.Event()
-        # What the queries waiting for an executor are bound to (`_wait_for_executor`).
         # The queries waiting for an executor (`_wait_for_executor`): key → [binding, how
         # many times it left an executor to another].
         self._waiting: dict[int, list[Any]] = {}
