@@ -277,6 +277,32 @@ async def test_cancel_stops_a_streaming_answer_and_says_how_many_rows_arrived(
     await screenshot(page, tmp_path, "sql-canceled")
 
 
+async def test_a_column_of_hex_hashes_charts_as_categories_not_merged_numbers(
+    api: str, writer: str, browser: WatchedBrowser
+) -> None:
+    """`0x…` text is a hash or an address, not a number (JavaScript's Number() reads hex:
+    the hashes charted as x values around 1e77); as categories, the x axis is their order."""
+    page = await logged_in(browser, api, writer)
+    await page.goto(f"{api}/ui/sql")
+    await page.fill(
+        "#sql-text",
+        "SELECT '0x' || md5(CAST(n AS VARCHAR)) || md5(CAST(n + 1 AS VARCHAR)) AS tx_hash,"
+        " n AS value"
+        " FROM waves WHERE n < 1000 ORDER BY n",
+    )
+    await page.click("#sql-run")
+    await page.wait_for_function(
+        "() => !document.getElementById('sql-run').disabled"
+        " && document.getElementById('sql-status').textContent.includes(' row(s) in ')"
+    )
+    chart = page.locator("#sql-chart")
+    assert await page.input_value("#chart-x") == "0" and await page.input_value("#chart-y") == "1"
+    assert await chart.get_attribute("data-points") == "1000"
+    assert await chart.get_attribute("data-drawn-rows") == "1000"
+    assert await chart.get_attribute("data-x-min") == "0"
+    assert await chart.get_attribute("data-x-max") == "999"
+
+
 async def test_a_slow_run_is_canceled_from_the_page(
     api: str, writer: str, browser: WatchedBrowser, tmp_path: Path
 ) -> None:

@@ -323,11 +323,14 @@
   $("page-prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); table(); });
   $("page-next").addEventListener("click", () => { state.page += 1; table(); });
 
+  const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
   function kindOf(rows, i) { // a column's kind, from its first 200 values that are not NULL
     const seen = [];
     for (let r = 0; r < rows.length && seen.length < 200; r++) if (rows[r][i] !== null && rows[r][i] !== undefined) seen.push(rows[r][i]);
     if (!seen.length) return "number";
-    if (seen.every((v) => typeof v === "number" || (typeof v === "string" && v.trim() !== "" && !Number.isNaN(Number(v))))) return "number";
+    // text counts as a number only when written in decimal (a wide integer, an exact decimal):
+    // Number() also reads "0x…" hex, and a hash or address column would chart as a few huge x
+    if (seen.every((v) => typeof v === "number" || (typeof v === "string" && DECIMAL.test(v.trim())))) return "number";
     if (seen.every((v) => typeof v === "string" && /^\d{4}-\d\d-\d\d/.test(v) && !Number.isNaN(Date.parse(v)))) return "time";
     return "category";
   }
