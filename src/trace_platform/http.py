@@ -31,6 +31,14 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 1 << 20
 
 
+# Every JSON document (answers and errors alike: a 404 under /ui too) is data, never a page:
+# it may run nothing, be framed by nothing, and is not sniffed into HTML.
+DOCUMENT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 def json_response(
     content: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -38,7 +46,7 @@ def json_response(
         orjson.dumps(content, default=str),
         status_code=status,
         media_type="application/json",
-        headers=headers,
+        headers={**DOCUMENT_HEADERS, **headers} if headers else DOCUMENT_HEADERS,
     )
 
 

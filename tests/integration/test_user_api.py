@@ -358,6 +358,26 @@ async def test_hostile_values_render_inert(api: str, keys: dict[str, str], datas
         assert XSS not in page.text and "&lt;script&gt;" in page.text
 
 
+async def test_every_json_document_errors_included_runs_nothing_and_is_not_sniffed(
+    api: str, keys: dict[str, str]
+) -> None:
+    """A 404 under /ui (no such page), a refused query and an answer are JSON documents with
+    a CSP that allows nothing and nosniff (a console 404 carried no CSP at all)."""
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        answers = [
+            await http.get("/ui/dags/no-such-dag"),
+            await http.post(
+                "/v1/query", json={"sql": "SELECT * FROM range(3)"}, headers=bearer(keys["reader"])
+            ),
+            await http.get("/v1/tasks", headers=bearer(keys["reader"])),
+        ]
+    assert [r.status_code for r in answers] == [404, 400, 200]
+    for r in answers:
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
 def test_the_user_api_documents_every_route_with_resolvable_schemas(api: str) -> None:
     doc = httpx.get(f"{api}/openapi.json").json()
     paths = set(doc["paths"])
